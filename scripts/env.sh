@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create/refresh the project virtualenv (.venv) with everything the main job and the tests need.
+# Idempotent: reinstalls only when pyproject.toml changed. Sourced by scripts/main.sh and scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${WMTP_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[env] creating virtualenv $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+STAMP="$VENV/.wmtp_stamp"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[env] installing dependencies (pyproject.toml changed or first run)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  # torch is used for conversion and parity tests only. Pin the CPU build first so that the open
+  # range in the 'torch' extra does not pull a multi-GB CUDA build.
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q "torch==${WMTP_TORCH_VERSION:-2.13.0}" >&2
+  fi
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[torch,dev]" >&2
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
