@@ -1,0 +1,118 @@
+"""Critic (value model) losses: pairwise ranking, λ-return regression, Monte-Carlo MSE, and the
+helpers the critic pipeline uses (λ schedule, terminal masks). Float32 throughout."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from wmtp_jax.ops._utils import as_mask, as_rewards, as_values, last_valid_index
+from wmtp_jax.ops.td import compute_lambda_return
+
+MEAN_EPS = 1e-8
+
+
+def sequence_mean_value(values, mask) -> jax.Array:
+    """v̄ = Σ(v·m)/(Σm + 1e-8) per row → `[B]`."""
+    v = as_values(values)
+    m = as_mask(mask, v.shape, "mask")
+    return jnp.sum(v * m, axis=1) / (jnp.sum(m, axis=1) + MEAN_EPS)
+
+
+def pairwise_ranking_loss(v_pos, v_neg, mask_pos, mask_neg) -> jax.Array:
+    """Bradley-Terry: mean_b −log σ(v̄_pos − v̄_neg), v̄ the masked mean of the raw values."""
+    diff = sequence_mean_value(v_pos, mask_pos) - sequence_mean_value(v_neg, mask_neg)
+    return -jnp.mean(jax.nn.log_sigmoid(diff))
+
+
+def _per_sequence_mean(loss: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked mean per row, then the mean over rows with ≥ 1 token (0 if none)."""
+    n = jnp.sum(mask, axis=1)
+    seq = jnp.sum(loss * mask, axis=1) / (n + MEAN_EPS)
+    has = (n > 0).astype(jnp.float32)
+    return jnp.sum(seq * has) / jnp.maximum(jnp.sum(has), 1.0)
+
+
+def huber_over_delta(x: jax.Array, delta: float) -> jax.Array:
+    """torch smooth_l1_loss(beta=δ): 0.5x²/δ if |x| < δ else |x| − 0.5δ (= optax.huber_loss/δ)."""
+    ax = jnp.abs(x)
+    return jnp.where(ax < delta, 0.5 * x * x / delta, ax - 0.5 * delta)
+
+
+def compute_lambda_value_loss(value_logits, rewards, attention_mask, loss_mask, gamma=1.0,
+                              lam=0.95, loss_type: str = "huber", huber_delta: float = 0.5,
+                              output_end_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Regress V onto stop_gradient(λ-returns) on attention_mask·loss_mask tokens.
+
+    loss_type: "huber" (smooth-L1 with β = huber_delta) or "mse"; per-sequence masked mean,
+    then the mean over sequences with ≥ 1 token.
+    """
+    v = as_values(value_logits, "value_logits")
+    targets = jax.lax.stop_gradient(
+        compute_lambda_return(v, rewards, loss_mask, gamma, lam, output_end_mask))
+    mask = as_mask(attention_mask, v.shape, "attention_mask") * as_mask(loss_mask, v.shape)
+    if loss_type == "huber":
+        loss = huber_over_delta(v - targets, huber_delta)
+    elif loss_type == "mse":
+        loss = (v - targets) ** 2
+    else:
+        raise ValueError(f"value_loss.loss_fn: expected 'huber' or 'mse', got {loss_type!r}")
+    return _per_sequence_mean(loss, mask)
+
+
+def compute_mc_value_loss(value_logits, rewards, attention_mask, loss_mask) -> jax.Array:
+    """Monte-Carlo MSE: (V − R)² on attention_mask·loss_mask tokens, per-sequence mean, then mean
+    over non-empty sequences (= λ-return MSE at λ = γ = 1)."""
+    v = as_values(value_logits, "value_logits")
+    r = as_rewards(rewards, v.shape[0])
+    mask = as_mask(attention_mask, v.shape, "attention_mask") * as_mask(loss_mask, v.shape)
+    return _per_sequence_mean((v - r[:, None]) ** 2, mask)
+
+
+def get_scheduled_lambda(current_step, warmup_steps: int = 250, decay_steps: int = 500,
+                         lam_start: float = 1.0, lam_end: float = 0.95,
+                         schedule_type: str = "linear"):
+    """Hold λ = start for warmup_steps, decay to end over decay_steps (linear | cosine), then end;
+    `constant` always gives start. Python numbers in → float out; a traced step → float32 array."""
+    if schedule_type not in ("linear", "cosine", "constant"):
+        raise ValueError(f"lambda_schedule.type: expected linear|cosine|constant, got {schedule_type!r}")
+    if schedule_type == "constant":
+        return lam_start
+    if isinstance(current_step, numbers.Number):
+        if current_step < warmup_steps:
+            return lam_start
+        if current_step < warmup_steps + decay_steps:
+            p = (current_step - warmup_steps) / decay_steps
+            if schedule_type == "cosine":
+                return lam_end + (lam_start - lam_end) * 0.5 * (1.0 + math.cos(math.pi * p))
+            return lam_start - p * (lam_start - lam_end)
+        return lam_end
+    step = jnp.asarray(current_step, jnp.float32)
+    p = jnp.clip((step - warmup_steps) / max(decay_steps, 1), 0.0, 1.0)
+    if schedule_type == "cosine":
+        mid = lam_end + (lam_start - lam_end) * 0.5 * (1.0 + jnp.cos(jnp.pi * p))
+    else:
+        mid = lam_start - p * (lam_start - lam_end)
+    return jnp.where(step < warmup_steps, lam_start,
+                     jnp.where(step < warmup_steps + decay_steps, mid, lam_end)).astype(jnp.float32)
+
+
+def create_output_end_mask(attention_mask) -> jax.Array:
+    """1.0 at index Σattention_mask − 1 (the last real token under right padding) for non-empty
+    rows; float32 `[B,S]`."""
+    am = jnp.asarray(attention_mask)
+    n = jnp.sum(am.astype(jnp.int32), axis=1)
+    idx = jnp.maximum(n - 1, 0)
+    hit = jnp.arange(am.shape[1])[None, :] == idx[:, None]
+    return (hit & (n > 0)[:, None]).astype(jnp.float32)
+
+
+def create_eos_only_mask(loss_mask) -> jax.Array:
+    """1.0 at the last loss_mask = 1 position of each non-empty row; float32 `[B,S]`."""
+    m = jnp.asarray(loss_mask).astype(jnp.float32)
+    hit = jnp.arange(m.shape[1])[None, :] == last_valid_index(m)[:, None]
+    return (hit & jnp.any(m > 0, axis=1, keepdims=True)).astype(jnp.float32)

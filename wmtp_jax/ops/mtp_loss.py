@@ -1,0 +1,113 @@
+"""Multi-token-prediction cross entropy (dense logits) and the NTP loss for reference tuning.
+
+Head k (1-based) at source position t predicts token t+k: it scores `logits[:, t, k-1]` against
+`labels[:, t+k]` under the mask `attention_mask[:, t+k] · (labels[:, t+k] != -100)`.
+Per head: Σ(ce·w·m)/Σm (normalised by the valid-token count, not by Σw); the loss is the mean over
+heads with ≥ 1 valid token (0 if none). Everything is float32 whatever the logits dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from wmtp_jax.ops._utils import IGNORE_INDEX, token_ce
+
+
+def _shift_pad(x: jax.Array, k: int, fill) -> jax.Array:
+    """x[:, k:] right-padded with `fill` back to length S (all `fill` when k >= S)."""
+    s = x.shape[1]
+    tail = x[:, min(k, s):]
+    pad = jnp.full((x.shape[0], s - tail.shape[1]) + x.shape[2:], fill, x.dtype)
+    return jnp.concatenate([tail, pad], axis=1)
+
+
+def align_head_targets(labels: jax.Array, attention_mask: jax.Array, n_future: int,
+                       weights: Optional[jax.Array] = None):
+    """Targets, masks and weights of every head aligned at the *source* position t.
+
+    Returns `targets [B,S,K]` int32 (IGNORE_INDEX where invalid), `mask [B,S,K]` f32 and
+    `weights [B,S,K]` f32 under stop_gradient (ones when `weights` is None). 2-D weights `[B,S]`
+    index the predicted token (t+k); 3-D `[B,S,K']` (K' >= K) index the source position t.
+    """
+    labels = jnp.asarray(labels)
+    b, s = labels.shape
+    if tuple(attention_mask.shape) != (b, s):
+        raise ValueError(f"attention_mask: expected shape {(b, s)} like labels, got {attention_mask.shape}")
+    am = jnp.asarray(attention_mask).astype(jnp.float32)
+    valid = (labels != IGNORE_INDEX).astype(jnp.float32) * am
+    if weights is not None:
+        weights = jax.lax.stop_gradient(jnp.asarray(weights)).astype(jnp.float32)
+        if weights.ndim == 2 and weights.shape != (b, s):
+            raise ValueError(f"weights: 2-D weights must be [B,S]={(b, s)}, got {weights.shape}")
+        if weights.ndim == 3 and (weights.shape[:2] != (b, s) or weights.shape[2] < n_future):
+            raise ValueError(f"weights: 3-D weights must be [B,S,K>={n_future}]=({b},{s},..), got {weights.shape}")
+        if weights.ndim not in (2, 3):
+            raise ValueError(f"weights: expected [B,S] or [B,S,K], got {weights.shape}")
+    tgts, masks, ws = [], [], []
+    for k in range(1, n_future + 1):
+        tgts.append(_shift_pad(labels.astype(jnp.int32), k, IGNORE_INDEX))
+        masks.append(_shift_pad(valid, k, 0.0))
+        if weights is None:
+            ws.append(jnp.ones((b, s), jnp.float32))
+        elif weights.ndim == 2:
+            ws.append(_shift_pad(weights, k, 0.0))
+        else:
+            ws.append(weights[:, :, k - 1])
+    return jnp.stack(tgts, -1), jnp.stack(masks, -1), jnp.stack(ws, -1)
+
+
+def reduce_head_losses(ce: jax.Array, mask: jax.Array, weights: jax.Array) -> dict:
+    """ce, mask, weights `[B,S,K]` aligned at the source position -> the loss dict.
+
+    Keys: weighted_ce_loss, unweighted_ce_loss (scalars), head_weighted_ce_loss,
+    head_unweighted_ce_loss, head_valid_tokens (`[K]`), n_valid_heads.
+    """
+    on = mask > 0
+    ce = jnp.where(on, ce, 0.0)  # keeps garbage at masked positions out of the sums
+    n = jnp.sum(mask, axis=(0, 1))
+    denom = jnp.maximum(n, 1.0)
+    head_w = jnp.sum(jnp.where(on, ce * weights * mask, 0.0), axis=(0, 1)) / denom
+    head_u = jnp.sum(ce * mask, axis=(0, 1)) / denom
+    counted = (n > 0).astype(jnp.float32)
+    n_heads = jnp.sum(counted)
+    norm = jnp.maximum(n_heads, 1.0)
+    return {
+        "weighted_ce_loss": jnp.sum(head_w * counted) / norm,
+        "unweighted_ce_loss": jnp.sum(head_u * counted) / norm,
+        "head_weighted_ce_loss": head_w,
+        "head_unweighted_ce_loss": head_u,
+        "head_valid_tokens": n,
+        "n_valid_heads": n_heads,
+    }
+
+
+def compute_mtp_ce_loss(logits: jax.Array, labels: jax.Array, attention_mask: jax.Array,
+                        weights: Optional[jax.Array] = None, n_future: Optional[int] = None) -> dict:
+    """Weighted / unweighted MTP cross entropy from dense logits `[B,S,K,V]`.
+
+    labels, attention_mask `[B,S]`; weights None, `[B,S]` (predicted-token index t+k) or `[B,S,K]`
+    (source index t), never differentiated. `n_future` uses the first n_future heads (default K).
+    Returns {"weighted_ce_loss", "unweighted_ce_loss", per-head arrays, ...} (see reduce_head_losses).
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"logits: expected [B,S,K,V], got {logits.shape}")
+    b, s, k_all, _ = logits.shape
+    if tuple(labels.shape) != (b, s):
+        raise ValueError(f"labels: expected shape {(b, s)} from logits {logits.shape}, got {labels.shape}")
+    n_future = k_all if n_future is None else int(n_future)
+    if not 1 <= n_future <= k_all:
+        raise ValueError(f"n_future={n_future} must be in [1, {k_all}] (logits {logits.shape})")
+    targets, mask, w = align_head_targets(labels, attention_mask, n_future, weights)
+    ce = jnp.stack([token_ce(logits[:, :, k], targets[:, :, k]) for k in range(n_future)], -1)
+    return reduce_head_losses(ce, mask, w)
+
+
+def compute_ntp_loss(logits: jax.Array, labels: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Next-token CE for `[B,S,V]` logits: logits[:, :-1] vs labels[:, 1:], mask
+    (labels[:, 1:] != -100)·attention_mask[:, 1:], mean over valid tokens (0 if none)."""
+    if logits.ndim != 3:
+        raise ValueError(f"logits: expected [B,S,V], got {logits.shape}")
+    return compute_mtp_ce_loss(logits[:, :, None], labels, attention_mask)["unweighted_ce_loss"]
