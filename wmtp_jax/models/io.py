@@ -1,0 +1,288 @@
+"""Model directories: save / load a model's parameters and everything needed to rebuild it.
+
+Layout (`FORMAT`)::
+
+    <dir>/model_config.json   {"format": "wmtp_jax.model/v1", "kind": "mtp"|"llama"|"critic",
+                               "args": ModelArgs.to_dict(), "lm_head": bool (llama),
+                               "value_head": {"type", "dropout", "bias_init"} (critic),
+                               "lora": LoRAConfig dict | null, "rope": "rotate_half", "source": {...}}
+    <dir>/params/             orbax checkpoint of `nnx.state(model, nnx.Param).to_pure_dict()`
+    <dir>/tokenizer/          optional tokenizer files carried from the source checkpoint
+
+Writes are atomic (a `<dir>.tmp-*` sibling renamed into place; removed on any error). Loading
+restores through an abstract target (`nnx.eval_shape`, `ShapeDtypeStruct` + `NamedSharding` on
+the given mesh), so a directory restores onto any mesh and any device count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+
+from .args import ModelArgs
+from .partitioning import DEFAULT_RULES, Rules, state_shardings
+
+FORMAT = "wmtp_jax.model/v1"
+KINDS = ("mtp", "llama", "critic")
+CONFIG_FILE = "model_config.json"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "generation_config.json")
+
+
+# ---- atomic output directory -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_dir(dst, *, force: bool = False):
+    """Yield a fresh temporary sibling of `dst`; on success it replaces `dst`, on error it is removed.
+
+    An existing `dst` is an error unless `force`; it is only removed once the new content is complete.
+    """
+    dst = Path(os.path.abspath(dst))
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst}: destination already exists (pass --force / force=True to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dst.name}.tmp-", dir=dst.parent))
+    try:
+        yield tmp
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{dst.name}.old-", dir=dst.parent))
+            os.replace(dst, old / dst.name)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_tokenizer(files: Iterable[Path], dst: Path) -> list[str]:
+    """Copy tokenizer files into `dst` (created only if there is something to copy)."""
+    files = [Path(f) for f in files]
+    if files:
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy2(f, dst / f.name)
+    return [f.name for f in files]
+
+
+def find_tokenizer_files(*dirs) -> list[Path]:
+    """Tokenizer files in the first of `dirs` that has any (also looks in `<d>/tokenizer/`)."""
+    for d in dirs:
+        for cand in (Path(d), Path(d) / "tokenizer"):
+            found = [cand / n for n in TOKENIZER_FILES if (cand / n).is_file()]
+            if found:
+                return found
+    return []
+
+
+# ---- config ----------------------------------------------------------------------------------
+
+def _lora_dict(lora) -> Optional[dict]:
+    if lora is None or isinstance(lora, dict):
+        return lora
+    if hasattr(lora, "to_dict"):
+        return lora.to_dict()
+    d = dataclasses.asdict(lora)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def make_config(kind: str, args: ModelArgs, *, lm_head: bool = True, value_head: Optional[dict] = None,
+                lora=None, source: Optional[dict] = None) -> dict:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {list(KINDS)}")
+    cfg: dict[str, Any] = {"format": FORMAT, "kind": kind, "args": args.to_dict()}
+    if kind == "llama":
+        cfg["lm_head"] = bool(lm_head)
+    if kind == "critic":
+        vh = {"type": "mlp", "dropout": 0.0, "bias_init": None, **(value_head or {})}
+        cfg["value_head"] = {k: vh[k] for k in ("type", "dropout", "bias_init")}
+    cfg.update(lora=_lora_dict(lora), rope="rotate_half", source=source or {})
+    return cfg
+
+
+def read_config(directory) -> dict:
+    """Read and validate `<dir>/model_config.json`."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (not a wmtp_jax model directory)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
+    if cfg.get("kind") not in KINDS:
+        raise ValueError(f"{path}: kind {cfg.get('kind')!r}, expected one of {list(KINDS)}")
+    ModelArgs.from_dict(cfg.get("args", {}), source=f"{path} args")
+    return cfg
+
+
+# ---- save ------------------------------------------------------------------------------------
+
+def _floating_dtype_name(params: dict) -> str:
+    counts: dict[str, int] = {}
+    for leaf in jax.tree.leaves(params):
+        if np.issubdtype(np.dtype(leaf.dtype), np.floating) or str(leaf.dtype) == "bfloat16":
+            counts[str(leaf.dtype)] = counts.get(str(leaf.dtype), 0) + int(np.prod(leaf.shape))
+    return max(counts, key=counts.get) if counts else "float32"
+
+
+def save_model(directory, model_or_params, *, kind: str, args: ModelArgs, lm_head: bool = True,
+               value_head: Optional[dict] = None, lora=None, source: Optional[dict] = None,
+               tokenizer: Iterable[Path] = (), force: bool = False) -> Path:
+    """Write a model directory atomically; returns its path.
+
+    model_or_params: an NNX module (its `nnx.Param` state, LoRA factors included) or the nested
+    pure dict of parameters (numpy or jax arrays, possibly sharded). `args.param_dtype` is
+    recorded as the stored dtype. `tokenizer`: files copied into `<dir>/tokenizer/`.
+    Single-process writer (multi-host training saves through `wmtp_jax.train.checkpoint`).
+    """
+    if isinstance(model_or_params, nnx.Module):
+        if lora is None:
+            lora = getattr(model_or_params, "lora", None)
+        params = nnx.state(model_or_params, nnx.Param).to_pure_dict()
+    else:
+        params = model_or_params
+    args = args.replace(param_dtype=_floating_dtype_name(params))
+    cfg = make_config(kind, args, lm_head=lm_head, value_head=value_head, lora=lora, source=source)
+    with atomic_dir(directory, force=force) as tmp:
+        ckptr = ocp.PyTreeCheckpointer()
+        ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params))
+        ckptr.close()
+        copy_tokenizer(tokenizer, tmp / "tokenizer")
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    return Path(os.path.abspath(directory))
+
+
+# ---- load ------------------------------------------------------------------------------------
+
+def _checkpoint_tree(directory: Path) -> dict:
+    path = directory / "params"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: parameter checkpoint not found")
+    return ocp.PyTreeCheckpointer().metadata(path.absolute()).item_metadata.tree
+
+
+def load_params(directory, *, dtype=None) -> tuple[dict, dict]:
+    """(config, nested numpy parameter dict) of a model directory; `dtype` casts on read."""
+    directory = Path(directory)
+    cfg = read_config(directory)
+    meta = _checkpoint_tree(directory)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), meta)
+    params = ocp.PyTreeCheckpointer().restore(
+        (directory / "params").absolute(), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    return cfg, params
+
+
+def _paths(tree, prefix=()) -> dict[tuple, Any]:
+    out = {}
+    for k, v in tree.items():
+        out.update(_paths(v, prefix + (k,)) if isinstance(v, dict) else {prefix + (k,): v})
+    return out
+
+
+def _check_tree(directory: Path, target: dict, meta: dict):
+    want, have = _paths(target), _paths(meta)
+    fmt = lambda ps: sorted("/".join(map(str, p)) for p in ps)[:5]
+    if set(want) != set(have):
+        raise ValueError(f"{directory}/params: parameter tree does not match {CONFIG_FILE}: missing "
+                         f"{fmt(set(want) - set(have))}, unexpected {fmt(set(have) - set(want))}")
+    for p, w in want.items():
+        if tuple(w.shape) != tuple(have[p].shape):
+            raise ValueError(f"{directory}/params: parameter {'/'.join(map(str, p))} has shape "
+                             f"{tuple(have[p].shape)}, expected {tuple(w.shape)} from {CONFIG_FILE}")
+
+
+def lora_from_config(d: Optional[dict]):
+    if d is None:
+        return None
+    from .lora import LoRAConfig
+    return LoRAConfig.from_dict(d) if hasattr(LoRAConfig, "from_dict") else LoRAConfig(**d)
+
+
+def model_factory(cfg: dict, args: ModelArgs, *, seed: int = 0):
+    """Zero-argument constructor of the module described by a model config."""
+    lora = lora_from_config(cfg.get("lora"))
+    kind = cfg["kind"]
+    if kind == "mtp":
+        from .mtp import MTPTransformer
+        return lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=lora)
+    if kind == "llama":
+        from .llama import Llama
+        return lambda: Llama(args, rngs=nnx.Rngs(seed), lm_head=cfg.get("lm_head", True), lora=lora)
+    from .value import ValueModel
+    vh = cfg.get("value_head") or {}
+    return lambda: ValueModel(args, rngs=nnx.Rngs(seed), head_type=vh.get("type", "mlp"),
+                              dropout=vh.get("dropout", 0.0), bias_init=vh.get("bias_init"), lora=lora)
+
+
+def load_model(directory, *, kind: Optional[str] = None, dtype=None, mesh: Optional[Mesh] = None,
+               rules: Optional[Rules] = None, args_overrides: Optional[dict] = None, seed: int = 0):
+    """Rebuild the NNX module of a model directory and restore its parameters.
+
+    dtype: parameter and compute dtype (None keeps the stored dtype); args_overrides: further
+    ModelArgs fields (e.g. {"dtype": "bfloat16", "remat": "full"}). With `mesh`, every parameter
+    is restored directly into its sharding from `rules` (default DEFAULT_RULES); without, onto
+    the first local device.
+    """
+    directory = Path(directory)
+    cfg = read_config(directory)
+    if kind is not None and cfg["kind"] != kind:
+        raise ValueError(f"{directory}/{CONFIG_FILE}: kind {cfg['kind']!r}, expected {kind!r}")
+    args = ModelArgs.from_dict(cfg["args"])
+    if dtype is not None:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        args = args.replace(param_dtype=name, dtype=name)
+    args = args.replace(**(args_overrides or {}))
+    make = model_factory(cfg, args, seed=seed)
+
+    abstract = nnx.eval_shape(make)
+    graphdef, params_abs, rest_abs = nnx.split(abstract, nnx.Param, ...)
+    if mesh is not None:
+        shardings = state_shardings(params_abs, mesh, rules or DEFAULT_RULES)
+        rest_sharding = lambda _: NamedSharding(mesh, jax.sharding.PartitionSpec())
+    else:
+        one = SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: one, params_abs)
+        rest_sharding = lambda _: one
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          params_abs.to_pure_dict(), shardings.to_pure_dict())
+    _check_tree(directory, target, _checkpoint_tree(directory))
+    restored = ocp.PyTreeCheckpointer().restore(
+        (directory / "params").absolute(),
+        args=ocp.args.PyTreeRestore(item=target,
+                                    restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+    params_abs.replace_by_pure_dict(restored)
+    rest = rest_abs
+    if jax.tree.leaves(rest_abs):  # RNG state etc.: materialise (the param init is dead code)
+        rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+        rest = jax.device_put(rest, jax.tree.map(rest_sharding, rest))
+    return nnx.merge(graphdef, params_abs, rest)
+
+
+def load_policy(directory, *, dtype=None, mesh=None, rules=None, **kw):
+    """MTPTransformer of an `mtp` directory: `model(tokens, return_all_heads=True)` → `[B,S,K,V]`."""
+    return load_model(directory, kind="mtp", dtype=dtype, mesh=mesh, rules=rules, **kw)
+
+
+def load_llama(directory, *, dtype=None, mesh=None, rules=None, **kw):
+    """Llama of a `llama` directory: `model(tokens, attention_mask=None)` → `[B,S,V]`."""
+    return load_model(directory, kind="llama", dtype=dtype, mesh=mesh, rules=rules, **kw)
+
+
+def load_critic(directory, *, dtype=None, mesh=None, rules=None, **kw):
+    """ValueModel of a `critic` directory: `model(tokens, attention_mask)` → `[B,S,1]`."""
+    return load_model(directory, kind="critic", dtype=dtype, mesh=mesh, rules=rules, **kw)
