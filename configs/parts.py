@@ -1,0 +1,110 @@
+"""Config pieces shared by the five training pipelines (on top of configs/common.py).
+
+Key names are the seed's YAML names (reference/original_data_models.md §3). Micro paths point at
+what `wmtp_jax.pipelines.bootstrap` creates under storage/ on first use; 7b paths at the
+production layout (storage/models/meta-llama-mtp, storage/models/ref-sheared-llama-2.7b).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+# ---- storage layout --------------------------------------------------------------------------
+MICRO_DATASET = "storage/datasets/synthetic"
+MICRO_TOKENIZER = "storage/models/micro-tokenizer"
+MICRO_POLICY = "storage/models/micro-mtp"
+MICRO_LLAMA = "storage/models/micro-llama"
+PROD_POLICY = "storage/models/meta-llama-mtp"
+PROD_LLAMA = "storage/models/ref-sheared-llama-2.7b"
+PROD_DATASET = "storage/datasets/codecontests"
+
+MTP_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+ADVANTAGES = ("gae", "td")
+WHITENINGS = ("ema", "batch")
+VALUE_LOSSES = ("pairwise_ranking", "lambda_return")
+VALUE_LOSS_FNS = ("huber", "mse")
+VALUE_HEADS = ("mlp", "linear", "sigmoid")
+LAMBDA_SCHEDULES = ("linear", "cosine", "constant")
+RHO1_MODES = ("signed", "absolute", "difficult")
+
+
+def critic_output(variant: str) -> str:
+    """Model dir the critic pipeline exports (`<output_dir>/model`), read by verifiable."""
+    return f"storage/checkpoints/critic/critic-{variant}/model"
+
+
+def reference_output(variant: str) -> str:
+    """Model dir the ref_tuning pipeline exports, read by rho1 as its reference."""
+    return f"storage/checkpoints/ref_tuning/ref_tuning-{variant}/model"
+
+
+def model_entry(name: str, path: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
+    """models.<role>: name, path (a wmtp_jax model dir), tokenizer_path ("" = <path>/tokenizer)."""
+    return ml_collections.ConfigDict({"name": name, "path": path, "tokenizer_path": tokenizer_path})
+
+
+def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, seed: int = 42):
+    """dataset.*, data_sampling.*, data.* (seed names)."""
+    micro = variant == "micro"
+    root = MICRO_DATASET if micro else PROD_DATASET
+    c.dataset = ml_collections.ConfigDict({
+        "name": "synthetic" if micro else "codecontests", "path": root,
+        "train": "train", "validation": "valid", "max_length": 256 if micro else 2048})
+    c.data_sampling = ml_collections.ConfigDict({
+        "seed": seed, "n_samples": 2000 if micro else 200000,
+        "val_n_samples": 64 if micro else 500, "use_pairwise": use_pairwise,
+        "max_pairs_per_problem": 8 if micro else 60,
+        # {bin: (lo, hi)} inclusive difficulty ranges and {bin: weight}
+        "difficulty_bins": {"all": (0, 25)} if micro else {"all": (1, 25)},
+        "difficulty_weights": {"all": 1.0},
+        "use_length_balanced": False,
+        "length_bins": (0, 50, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 600, 800, 1000,
+                        1500, 2000)})
+    c.data = ml_collections.ConfigDict({"append_eos": True, "num_threads": 1})
+    return c
+
+
+def lora_entry(rank: int, alpha: float, dropout: float, targets) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"rank": rank, "alpha": float(alpha), "dropout": dropout,
+                                      "target_modules": tuple(targets)})
+
+
+def add_loss_chunking(c: ml_collections.ConfigDict, variant: str):
+    """training.loss_chunk_size: 0 = dense [B,S,K,V] logits; > 0 = chunked MTP CE (tokens/chunk)."""
+    c.training.loss_chunk_size = 0 if variant == "micro" else 4096
+
+
+def _check(ok, key, value, want):
+    common._check(bool(ok), key, value, want)
+
+
+def validate_data(c: ml_collections.ConfigDict):
+    _check(c.dataset.max_length >= 8, "dataset.max_length", c.dataset.max_length, "need ≥ 8")
+    _check(c.data_sampling.n_samples >= 1, "data_sampling.n_samples", c.data_sampling.n_samples,
+           "need ≥ 1")
+    _check(c.data_sampling.val_n_samples >= 1, "data_sampling.val_n_samples",
+           c.data_sampling.val_n_samples, "need ≥ 1")
+    for name, rng in c.data_sampling.difficulty_bins.items():
+        _check(len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] <= rng[1],
+               f"data_sampling.difficulty_bins.{name}", rng, "need (lo, hi) integers, lo ≤ hi")
+    _check(set(c.data_sampling.difficulty_weights) <= set(c.data_sampling.difficulty_bins),
+           "data_sampling.difficulty_weights", dict(c.data_sampling.difficulty_weights),
+           "every weighted bin must be in data_sampling.difficulty_bins")
+
+
+def validate_lora(c: ml_collections.ConfigDict, allowed):
+    lo = c.training.lora
+    _check(lo.rank >= 1, "training.lora.rank", lo.rank, "need ≥ 1")
+    _check(lo.alpha > 0, "training.lora.alpha", lo.alpha, "need > 0")
+    _check(0 <= lo.dropout < 1, "training.lora.dropout", lo.dropout, "need 0 ≤ p < 1")
+    bad = [t for t in lo.target_modules if t not in allowed]
+    _check(lo.target_modules and not bad, "training.lora.target_modules", tuple(lo.target_modules),
+           f"need a non-empty subset of {allowed}")
+
+
+def validate_choice(value, key, choices):
+    _check(value in choices, key, value, f"one of {choices}")

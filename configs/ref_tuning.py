@@ -1,0 +1,39 @@
+"""Ref-tuning: NTP SFT of the HF-layout LLaMA that rho1 uses as its reference
+(seed configs/{local/ref_tuning_local,production/ref_tuning}.yaml; `models.policy` is the HF model).
+
+    python -m wmtp_jax.main --config=configs/ref_tuning.py          # micro llama (bootstraps)
+    python -m wmtp_jax.main --config=configs/ref_tuning.py:7b       # Sheared-LLaMA-2.7B, LoRA r32
+The tuned model is exported to `<output_dir>/model` (load_llama), rho1's default reference.
+"""
+
+import ml_collections
+
+from configs import common, parts
+
+
+def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
+    c = common.get_config("ref_tuning", variant)
+    micro = variant == "micro"
+    with c.unlocked():
+        c.experiment.description = "NTP supervised fine-tuning of the Rho-1 reference model"
+        c.models = ml_collections.ConfigDict({"policy": parts.model_entry(
+            "micro-llama" if micro else "ref-sheared-llama-2.7b",
+            parts.MICRO_LLAMA if micro else parts.PROD_LLAMA)})
+        parts.add_data(c, variant, use_pairwise=False, seed=42 if micro else 24)
+        if not micro:
+            c.data_sampling.max_pairs_per_problem = 50
+        t = c.training
+        t.use_lora = not micro
+        t.lora = parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS)
+        if micro:
+            t.max_steps = 40
+            t.learning_rate = 2e-3
+        else:
+            t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 96, 1, 5e-5
+    return finalize(c)
+
+
+def finalize(c):
+    parts.validate_data(c)
+    parts.validate_lora(c, parts.HF_TARGETS)
+    return common.finalize(c)

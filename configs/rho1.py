@@ -1,0 +1,48 @@
+"""Rho-1: a frozen reference (HF-layout LLaMA) selects the top `k_percent` tokens per head by
+excess loss; weighted MTP CE on the selection (seed configs/{local/rho1_local,production/rho1}.yaml).
+
+    python -m wmtp_jax.main --config=configs/rho1.py                # micro: bootstraps storage/,
+                                                                    # ref-tunes a micro reference first
+    python -m wmtp_jax.main --config=configs/rho1.py:7b
+"""
+
+import ml_collections
+
+from configs import common, parts
+
+
+def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
+    c = common.get_config("rho1", variant)
+    micro = variant == "micro"
+    with c.unlocked():
+        c.experiment.description = "Rho-1 reference-selected MTP"
+        c.models = ml_collections.ConfigDict({
+            "policy": parts.model_entry("micro-mtp" if micro else "meta-llama-mtp",
+                                        parts.MICRO_POLICY if micro else parts.PROD_POLICY),
+            # an HF-layout llama model dir (load_llama; LoRA factors are merged on load)
+            "reference": {"name": "micro-llama-ref" if micro else "ref-sheared-llama-2.7b",
+                          "checkpoint_path": parts.reference_output(variant),
+                          "dtype": "float32" if micro else "bfloat16"}})
+        parts.add_data(c, variant, use_pairwise=False)
+        t = c.training
+        t.use_lora = not micro
+        t.lora = (parts.lora_entry(16, 32.0, 0.05, parts.MTP_TARGETS) if micro
+                  else parts.lora_entry(64, 128.0, 0.05, parts.MTP_TARGETS))
+        t.k_percent = 0.6 if micro else 0.7
+        t.rho1_mode = "signed"
+        if micro:
+            t.max_steps = 60
+            t.learning_rate = 2e-3
+        else:
+            t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 128, 1, 1e-4
+            c.checkpoint.save_lora_only = True
+    return finalize(c)
+
+
+def finalize(c):
+    parts.validate_data(c)
+    parts.validate_lora(c, parts.MTP_TARGETS)
+    common._check(0 < c.training.k_percent <= 1, "training.k_percent", c.training.k_percent,
+                  "need 0 < k ≤ 1 (the fraction of valid tokens kept)")
+    parts.validate_choice(c.training.rho1_mode, "training.rho1_mode", parts.RHO1_MODES)
+    return common.finalize(c)
