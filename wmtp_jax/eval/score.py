@@ -33,9 +33,10 @@ def read_samples(path: str) -> list[dict]:
                 raise ValueError(f"{where}: malformed JSON line: {e}") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for key in ("task_id", "completion"):
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"{where}: missing or non-string {key!r}")
+            if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
+                raise ValueError(f"{where}: missing or non-string 'task_id'")
+            if not isinstance(row.get("completion"), str):
+                raise ValueError(f"{where}: missing or non-string 'completion'")
             row["_where"] = where
             samples.append(row)
     return samples
@@ -64,13 +65,13 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
     if problems is None:
         problems = benchmarks.load_problems(benchmark, data_dir, split, max_tests=max_tests)
     for s in samples:
-        if s.get("task_id") not in problems:
+        if str(s.get("task_id")) not in problems:
             where = s.get("_where", "samples")
             raise ValueError(f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
                              f"({len(problems)} problems)")
 
     def check(sample: dict) -> dict:
-        return benchmarks.check_completion(benchmark, problems[sample["task_id"]],
+        return benchmarks.check_completion(benchmark, problems[str(sample["task_id"])],
                                            sample["completion"], timeout, limits)
 
     if benchmark == "gsm8k":  # nothing to execute
@@ -83,8 +84,8 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
 
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in results:
-        counts[r["task_id"]][0] += 1
-        counts[r["task_id"]][1] += int(r["passed"])
+        counts[str(r["task_id"])][0] += 1
+        counts[str(r["task_id"])][1] += int(r["passed"])
     missing = len(problems) - len(counts)
     if missing:
         logging.warning("%s: %d of %d problems have no samples", benchmark, missing, len(problems))
