@@ -1,0 +1,155 @@
+"""Record access: JSONL files read by line index through a byte-offset index.
+
+A split file `train.jsonl` gets a sidecar `train.jsonl.idx.npy` (int64 `[n_lines + 1]` byte
+offsets; line i is `bytes[off[i]:off[i+1]]`). The index is rebuilt when it is older than the file
+or disagrees with its size, so a large split is never held in memory: only 8 bytes per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line (1-based) and the field."""
+
+
+def where(path: str | os.PathLike, line: int | None) -> str:
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def parse_json_line(raw: str | bytes, path, line: int) -> dict:
+    """One JSON object from a JSONL line, or DataError naming file:line."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where(path, line)}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where(path, line)}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "list", dict: "object",
+               float: "number"}
+
+
+def require(rec: Mapping, field: str, types: type | tuple[type, ...], path, line: int | None,
+            default: Any = ...) -> Any:
+    """`rec[field]`, checked against `types`; DataError naming file:line and the field otherwise."""
+    if field not in rec or rec[field] is None:
+        if default is not ...:
+            return default
+        raise DataError(f"{where(path, line)}: missing field '{field}' (keys: {sorted(rec)})")
+    value = rec[field]
+    types_t = types if isinstance(types, tuple) else (types,)
+    if (isinstance(value, bool) and bool not in types_t) or not isinstance(value, types_t):
+        names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types_t)
+        raise DataError(f"{where(path, line)}: field '{field}' must be {names}, "
+                        f"got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Streams (1-based line number, object) from a .jsonl or .jsonl.gz file; blank lines skipped."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            if raw.strip():
+                yield n, parse_json_line(raw, path, n)
+
+
+def index_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".idx.npy")
+
+
+def build_index(path: str | os.PathLike) -> np.ndarray:
+    """Byte offsets of every non-empty line, `[n + 1]` int64 (last = end of the last line)."""
+    starts, ends, pos = [], [], 0
+    with open(path, "rb") as f:
+        for raw in iter(lambda: f.readline(), b""):
+            if raw.strip():
+                starts.append(pos)
+                ends.append(pos + len(raw))
+            pos += len(raw)
+    off = np.asarray(starts + ends[-1:], dtype=np.int64)
+    # Blank lines would make off[i+1] overshoot line i's end; records are re-stripped on read.
+    return off
+
+
+def load_index(path: str | os.PathLike) -> np.ndarray:
+    """The saved index when fresh, else a rebuilt (and saved) one."""
+    p, ip = Path(path), index_path(path)
+    size = p.stat().st_size
+    if ip.exists() and ip.stat().st_mtime >= p.stat().st_mtime:
+        off = np.load(ip)
+        if off.ndim == 1 and (off.size == 1 and off[0] == 0 or off.size > 1 and off[-1] <= size):
+            return off
+    off = build_index(p) if size else np.zeros(1, np.int64)
+    if off.size == 0:
+        off = np.zeros(1, np.int64)
+    tmp = ip.with_name(ip.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, off)
+    os.replace(tmp, ip)
+    return off
+
+
+class JsonlRecords(Sequence):
+    """Random access to the records of a JSONL file: `recs[i]` is the dict on non-empty line i."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such records file")
+        self._off = load_index(self.path)
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return int(self._off.size - 1)
+
+    def _read(self, i: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        start, stop = int(self._off[i]), int(self._off[i + 1])
+        return os.pread(self._fd, stop - start, start)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: record {i} out of range [0, {n})")
+        i %= n
+        raw = self._read(i).strip().split(b"\n", 1)[0]
+        return parse_json_line(raw, self.path, i + 1)
+
+    def get_many(self, indices: Sequence[int]) -> list[dict]:
+        return [self[int(i)] for i in indices]
+
+    def __getstate__(self):  # picklable for grain worker processes
+        return {"path": self.path, "_off": self._off, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
+def write_jsonl(path: str | os.PathLike, records) -> int:
+    """Writes records (one compact JSON object per line, ensure_ascii as the reference); count."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n

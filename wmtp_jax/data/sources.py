@@ -1,0 +1,86 @@
+"""Prepared splits -> sampled, random-access sources for the loader (reference `load_dataset`).
+
+`load_samples(dataset_dir, split, sampling, seed)` returns a `SampledSource`: `len()` and
+`src[i]` (a record read by byte offset on demand). Pairwise records are
+`{instruction, input, correct_output, incorrect_output, problem_id}`; pointwise records are the
+full JSONL record (correct solutions only, reference semantics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from wmtp_jax.data import sampling as sampling_lib
+from wmtp_jax.data.records import JsonlRecords
+
+SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "validation"),
+                 "validation": ("validation", "valid"), "test": ("test",)}
+
+
+def processed_dir(dataset_dir: str | os.PathLike) -> Path:
+    d = Path(dataset_dir)
+    return d / "processed" if (d / "processed").is_dir() else d
+
+
+def available_splits(dataset_dir) -> list[str]:
+    d = processed_dir(dataset_dir)
+    return sorted(p.stem for p in d.glob("*.jsonl") if not p.stem.endswith("_eval"))
+
+
+def resolve_split(dataset_dir, split: str) -> tuple[Path, Path]:
+    """(records file, metadata file) for a split; validation <-> valid aliases as the reference."""
+    d = processed_dir(dataset_dir)
+    if split not in SPLIT_ALIASES:
+        raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_ALIASES)} "
+                         f"(present in {d}: {available_splits(d)})")
+    for name in SPLIT_ALIASES[split]:
+        if (d / f"{name}.jsonl").exists():
+            return d / f"{name}.jsonl", d / f"{name}_metadata.json"
+    raise FileNotFoundError(f"split {split!r} not found in {d}; present: {available_splits(d)}")
+
+
+def load_problem_index_map(metadata_path: str | os.PathLike) -> dict:
+    p = Path(metadata_path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: metadata missing (run `python -m wmtp_jax.data.prepare`)")
+    meta = json.loads(p.read_text())
+    pim = meta.get("problem_index_map")
+    if not pim:
+        raise FileNotFoundError(f"{p}: empty problem_index_map")
+    return pim
+
+
+class SampledSource(Sequence):
+    """Random-access view `src[i]` over the sampled indices of a JSONL split (grain data source)."""
+
+    def __init__(self, records: JsonlRecords, items: Sequence, pairwise: bool):
+        self.records, self.items, self.pairwise = records, list(items), pairwise
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        if not self.pairwise:
+            return self.records[item]
+        c, n = self.records[item["correct_idx"]], self.records[item["incorrect_idx"]]
+        return {"instruction": c["instruction"], "input": c.get("input") or "",
+                "correct_output": c["output"], "incorrect_output": n["output"],
+                "problem_id": item["problem_id"]}
+
+
+def load_samples(dataset_dir: str | os.PathLike, split: str, sampling: Mapping, seed: int = 42,
+                 rank: int = 0, world_size: int = 1) -> SampledSource:
+    """Samples pairs (or correct-only pointwise records when `use_pairwise` is false) and, for
+    world_size > 1, keeps this rank's `[rank::world_size]` shard (prefer world_size=1 with the
+    loader's global-batch sharding, which is independent of the process count)."""
+    path, meta = resolve_split(dataset_dir, split)
+    pairs = sampling_lib.sample_pairs(load_problem_index_map(meta), sampling, seed)
+    pairwise = bool(sampling.get("use_pairwise", False))
+    items = pairs if pairwise else sampling_lib.pointwise_indices(pairs)
+    if world_size > 1:
+        items = sampling_lib.shard(items, rank, world_size)
+    return SampledSource(JsonlRecords(path), items, pairwise)
