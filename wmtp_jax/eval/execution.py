@@ -111,7 +111,7 @@ class Limits:
     """Resource caps for one run. ``cpu_seconds=None`` means ceil(timeout) + 1."""
 
     cpu_seconds: int | None = None
-    address_space: int = 2 << 30
+    address_space: int = 1 << 30
     nproc: int = 64
     file_size: int = 16 << 20
     open_files: int = 256
