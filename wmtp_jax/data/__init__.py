@@ -1,23 +1,31 @@
 """Data: prepare (raw -> processed records), synthetic task, records, sampling, collate, loader.
 
-Public API: `AlpacaCollator`, `PairwiseCollator`, `apply_alpaca_template`, `DataLoader`,
-`load_samples`, `sample_pairs`, `load_tokenizer`, `train_micro_tokenizer`,
-`ensure_micro_tokenizer`, `ensure_synthetic`, `JsonlRecords`, `DataError`.
+Public API (imported lazily, so `python -m wmtp_jax.data.prepare` does not load grain/jax):
+`AlpacaCollator`, `PairwiseCollator`, `apply_alpaca_template`, `IGNORE_INDEX`, `DataLoader`,
+`load_samples`, `SampledSource`, `resolve_split`, `sample_pairs`, `sample_unique_pairs`,
+`sample_length_balanced_pairs`, `pointwise_indices`, `shard`, `SamplingShortfall`,
+`load_tokenizer`, `train_micro_tokenizer`, `ensure_micro_tokenizer`, `ensure_synthetic`,
+`JsonlRecords`, `DataError`.
 """
 
-from wmtp_jax.data.collate import (IGNORE_INDEX, AlpacaCollator, PairwiseCollator,
-                                   apply_alpaca_template)
-from wmtp_jax.data.loader import DataLoader
-from wmtp_jax.data.records import DataError, JsonlRecords
-from wmtp_jax.data.sampling import (SamplingShortfall, pointwise_indices, sample_length_balanced_pairs,
-                                    sample_pairs, sample_unique_pairs, shard)
-from wmtp_jax.data.sources import SampledSource, load_samples, resolve_split
-from wmtp_jax.data.tokenizer import ensure_micro_tokenizer, load_tokenizer, train_micro_tokenizer
+import importlib
+
+_EXPORTS = {
+    "wmtp_jax.data.collate": ("AlpacaCollator", "PairwiseCollator", "apply_alpaca_template",
+                              "IGNORE_INDEX"),
+    "wmtp_jax.data.loader": ("DataLoader",),
+    "wmtp_jax.data.records": ("DataError", "JsonlRecords"),
+    "wmtp_jax.data.sampling": ("SamplingShortfall", "pointwise_indices", "sample_pairs",
+                               "sample_unique_pairs", "sample_length_balanced_pairs", "shard"),
+    "wmtp_jax.data.sources": ("SampledSource", "load_samples", "resolve_split"),
+    "wmtp_jax.data.tokenizer": ("ensure_micro_tokenizer", "load_tokenizer", "train_micro_tokenizer"),
+    "wmtp_jax.data.synthetic": ("ensure_synthetic",),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
 
-def ensure_synthetic(out_dir, seed: int = 0, tokenizer_dir=None, n_problems=None):
-    """Creates the synthetic dataset under `out_dir` (processed/...) unless present; returns the
-    processed dir. See `wmtp_jax.data.synthetic.ensure_synthetic`."""
-    from wmtp_jax.data.synthetic import ensure_synthetic as _ensure
-
-    return _ensure(out_dir, seed=seed, tokenizer_dir=tokenizer_dir, n_problems=n_problems)
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'wmtp_jax.data' has no attribute {name!r}")
