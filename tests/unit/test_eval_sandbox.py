@@ -2,7 +2,10 @@
 
 import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -159,3 +162,38 @@ def test_parallel_map_keeps_order():
     progs = [f"assert {i} % 2 == 0\n" for i in range(6)]
     out = execution.parallel_map(execution.run_python_tests, progs, workers=3, progress=False)
     assert [r["passed"] for r in out] == [True, False, True, False, True, False]
+
+
+
+def _pids_with_uid_at_least(lo: int) -> set[int]:
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if int(next(x for x in f if x.startswith("Uid:")).split()[1]) >= lo:
+                    pids.add(int(pid))
+        except (OSError, StopIteration):
+            continue
+    return pids
+
+
+def test_sandbox_dies_with_a_killed_harness():
+    """SIGKILL the harness mid-run: the launcher's alarm still kills the sleeping program."""
+    script = ("from wmtp_jax.eval import execution\nexecution.probe_protections()\n"
+              "print('probed', flush=True)\n"
+              "execution.run_program('import time\\ntime.sleep(1000)', timeout=1.0)\n")
+    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert harness.stdout.readline() == "probed\n"
+    before = _pids_with_uid_at_least(1_000_000)  # sandbox uids are drawn from [1e6, ...)
+    deadline = time.monotonic() + 20
+    while not (started := _pids_with_uid_at_least(1_000_000) - before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.kill(harness.pid, signal.SIGKILL)
+    harness.wait()
+    harness.stdout.close()
+    assert started, "the sandboxed program never started"
+    deadline = time.monotonic() + 10
+    while _pids_with_uid_at_least(1_000_000) & started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pids_with_uid_at_least(1_000_000) & started

@@ -83,9 +83,15 @@ try:
         os.chown(work, c["uid"], c["gid"]); os.chown(path, c["uid"], c["gid"])
 except Exception as e:
     die(repr(e))
+# Dead man's switch: even if the harness dies, the whole group (and namespace) dies by then.
+import signal
+signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
+signal.alarm(c["alarm"])
 pid = os.fork()
 if pid == 0:
     try:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         for name, value in c["rlimits"]:
             resource.setrlimit(getattr(resource, name), (value, value))
         if c["uid"] is not None:
@@ -228,6 +234,7 @@ def _run(source: str, stdin: bytes | None, timeout: float, limits: Limits,
         config = dict(program=prog, workdir=workdir, private_tmp=prot.private_tmp,
                       tmp_dirs=_PRIVATE_TMP_DIRS, tmpfs_size=limits.tmpfs_size, uid=uid,
                       gid=uid, rlimits=limits.rlimits(timeout), python=sys.executable,
+                      alarm=int(timeout) + 3,
                       env=SAFE_ENV, rebind=_rebinds() if prot.private_tmp else ())
         stdin_path = os.path.join(host_dir, "stdin")
         with open(stdin_path, "wb") as f:
