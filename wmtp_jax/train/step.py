@@ -1,0 +1,169 @@
+"""The functional train state and the jitted train / eval steps (generic, no WMTP knowledge).
+
+The model is split once: `graphdef, params, fixed, other = nnx.split(model, trainable,
+nnx.Param, ...)`, where `params` are the trainable parameters (gradients + optimizer state),
+`fixed` the model's frozen parameters and `other` every non-parameter variable (RNG streams,
+counters). The train state is a dict pytree:
+
+    {"step": int32[], "params", "opt_state", "other", "extra" (pipeline pytree), "rng": uint32[2]}
+
+One train step consumes a stacked batch [GA, micro_batch, ...]: `lax.scan` over the GA
+micro-batches accumulates float32 gradients, divides by GA (exactly GA micro-batches, no
+partial steps), constrains the gradients to the optimizer-state sharding (a reduce-scatter
+under FSDP / ZeRO-2), clips by global norm and applies AdamW. Metrics are device scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from wmtp_jax.train import mesh as mesh_lib
+from wmtp_jax.train.optimizer import clip_by_global_norm, make_optimizer
+
+F32 = jnp.float32
+
+
+def path_str(key_path) -> str:
+    """'layers/0/attn/wq/lora_a' from a jax key path (nnx `.value` accessors dropped)."""
+    parts = []
+    for k in key_path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey) and k.name not in ("value", "raw_value"):
+            parts.append(k.name)
+    return "/".join(parts)
+
+
+def label_tree(params, label_fn: Callable[[str], str]):
+    return jax.tree_util.tree_map_with_path(lambda kp, _: label_fn(path_str(kp)), params)
+
+
+@dataclasses.dataclass
+class Compiled:
+    """Everything the host loop needs: initial state, shardings and the jitted functions."""
+    graphdef: Any
+    state: dict
+    fixed: Any
+    frozen_graph: Any
+    frozen_state: Any
+    state_shardings: dict
+    train_step: Callable  # (state, fixed, frozen_state, batch[GA, B, ...]) -> (state, metrics)
+    eval_step: Callable  # (state, fixed, frozen_state, batch[B, ...]) -> metrics
+    schedules: dict
+    tx: optax.GradientTransformation
+
+    def model(self, state=None) -> nnx.Module:
+        s = self.state if state is None else state
+        return nnx.merge(self.graphdef, s["params"], self.fixed, s["other"])
+
+
+def _scalar_metrics(metrics: dict, where: str) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        v = jnp.asarray(v)
+        if v.shape != ():
+            raise ValueError(f"{where}: metric {k!r} must be a scalar, got shape {v.shape}")
+        out[k] = v.astype(F32)
+    return out
+
+
+def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
+    """Split and place the task's model(s) on `mesh`, build the optimizer and the jitted steps."""
+    rules = mesh_lib.rules_for(config.runtime.sharding)
+    repl = mesh_lib.replicated(mesh)
+    ga = int(config.training.gradient_accumulation_steps)
+    max_norm = float(config.training.max_grad_norm)
+
+    graphdef, params, fixed, other = nnx.split(task.model, task.trainable, nnx.Param, ...)
+    if not jax.tree.leaves(params):
+        raise ValueError("TrainTask.trainable selects no parameter of TrainTask.model")
+    if task.frozen is not None:
+        frozen_graph, frozen_state = nnx.split(task.frozen)
+        frozen_state = jax.device_put(frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params))
+    else:
+        frozen_graph, frozen_state = None, None
+
+    labels = label_tree(params, task.param_labels) if task.param_labels else None
+    tx, schedules = make_optimizer(config.training, total_steps, labels, task.param_groups)
+
+    params_sh = mesh_lib.tree_shardings(params, mesh, rules.params)
+    grads_sh = mesh_lib.tree_shardings(params, mesh, rules.opt_state)
+    opt_sh = mesh_lib.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules.opt_state)
+    fixed_sh = mesh_lib.tree_shardings(fixed, mesh, rules.params)
+    state_sh = {"step": repl, "params": params_sh, "opt_state": opt_sh, "other": repl,
+                "extra": repl, "rng": repl}
+
+    params = jax.device_put(params, params_sh)
+    fixed = jax.device_put(fixed, fixed_sh)
+    state = {
+        "step": jax.device_put(jnp.zeros((), jnp.int32), repl),
+        "params": params,
+        "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
+        "other": jax.device_put(other, repl),
+        "extra": jax.device_put(task.extra_state if task.extra_state is not None else {}, repl),
+        "rng": jax.device_put(jax.random.PRNGKey(int(config.seed)), repl),
+    }
+
+    def merge_frozen(frozen_state_):
+        if frozen_graph is None:
+            return None
+        frozen = nnx.merge(frozen_graph, frozen_state_, copy=True)
+        frozen.eval()
+        return frozen
+
+    def train_step(state, fixed, frozen_state, batch):
+        rng, step_rng = jax.random.split(state["rng"])
+        micro_rngs = jax.random.split(step_rng, ga)
+        frozen = merge_frozen(frozen_state)
+
+        def micro(carry, xs):
+            gsum, other, extra = carry
+            mb, r = xs
+
+            def loss_of(p):
+                model = nnx.merge(graphdef, p, fixed, other, copy=True)
+                loss, (metrics, new_extra) = task.loss_fn(model, frozen, mb, r, extra)
+                new_other = nnx.split(model, task.trainable, nnx.Param, ...)[3]
+                return jnp.asarray(loss, F32), (metrics, new_extra, new_other)
+
+            (loss, (metrics, extra, other)), g = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+            gsum = jax.tree.map(lambda a, b: a + b.astype(F32), gsum, g)
+            return (gsum, other, extra), (loss, _scalar_metrics(metrics, "loss_fn"))
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, F32), state["params"])
+        (gsum, other, extra), (losses, metrics) = jax.lax.scan(
+            micro, (zeros, state["other"], state["extra"]), (batch, micro_rngs))
+        grads = jax.tree.map(lambda g, p: (g / ga).astype(p.dtype), gsum, state["params"])
+        grads = jax.lax.with_sharding_constraint(grads, grads_sh)
+        grads, clip = clip_by_global_norm(grads, max_norm)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        out = {k: jnp.mean(v) for k, v in metrics.items()}
+        out.update(loss=jnp.mean(losses), **clip)
+        for name, sched in schedules.items():
+            out[f"lr/{name}"] = sched(state["step"])
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                     "other": other, "extra": extra, "rng": rng}
+        return new_state, out
+
+    def eval_step(state, fixed, frozen_state, batch):
+        model = nnx.merge(graphdef, state["params"], fixed, state["other"], copy=True)
+        model.eval()
+        metrics = task.eval_fn(model, merge_frozen(frozen_state), batch, state["extra"])
+        return _scalar_metrics(metrics, "eval_fn")
+
+    return Compiled(
+        graphdef=graphdef, state=state, fixed=fixed, frozen_graph=frozen_graph,
+        frozen_state=frozen_state, state_shardings=state_sh,
+        train_step=jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sh, repl)),
+        eval_step=jax.jit(eval_step, out_shardings=repl) if task.eval_fn else None,
+        schedules=schedules, tx=tx)
