@@ -47,7 +47,7 @@ def lr_schedule(base_lr: float, total_steps: int, type: str = "constant", warmup
         if type == "cosine":
             main = eta_min + (base_lr - eta_min) * (1 + jnp.cos(math.pi * prog)) / 2
         else:
-            main = base_lr * (1 + (end - 1) * prog)
+            main = base_lr * ((1 - prog) + end * prog)  # = base·(1 + (e − 1)·prog), f32-exact at prog = 1
         return jnp.where(s < w, warm, main).astype(jnp.float32)
 
     return schedule

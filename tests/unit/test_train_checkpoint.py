@@ -1,0 +1,58 @@
+"""Orbax checkpointer: restore on another mesh, retention, best kept apart, metadata; tracking utils."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from wmtp_jax.train import mesh as mesh_lib
+from wmtp_jax.train.checkpoint import Checkpointer, decode_bytes
+from wmtp_jax.train.tracking import flatten_config
+
+
+def _state(mesh, scale=1.0):
+    params = {"w": jnp.arange(64.0).reshape(8, 8) * scale, "b": jnp.ones(8) * scale}
+    sh = {"w": NamedSharding(mesh, P("fsdp")), "b": NamedSharding(mesh, P())}
+    rngs = nnx.Rngs(dropout=3)
+    _, other = nnx.split(rngs)  # typed PRNG key + counter, as a model's RNG streams
+    return {"step": jnp.int32(5), "params": jax.device_put(params, sh), "other": other,
+            "rng": jax.random.PRNGKey(1)}
+
+
+def test_save_restore_on_other_mesh_and_retention(tmp_path):
+    m8 = mesh_lib.make_mesh(1, 8, 1)
+    ck = Checkpointer(tmp_path, keep=2)
+    for step in (2, 4, 6):
+        ck.save(step, _state(m8, step), {"data_iter": b"\x00pos", "best": None}, {"lr": 1e-3})
+    ck.save(4, _state(m8, 40.0), {"best": {"value": 1.0}}, {"lr": 1e-3}, best=True)
+    ck.wait()
+    assert ck.periodic.all_steps() == [4, 6] and ck.latest_step() == 6
+    assert ck.latest_step(best=True) == 4
+    # restore onto a 2-device mesh (different sharding than saved)
+    m2 = mesh_lib.make_mesh(1, 2, 1, devices=jax.devices()[:2])
+    template = _state(m2, 0.0)
+    state, meta = Checkpointer(tmp_path, keep=2).restore(template)
+    np.testing.assert_array_equal(np.asarray(state["params"]["w"]), np.arange(64.0).reshape(8, 8) * 6)
+    assert state["params"]["w"].sharding == template["params"]["w"].sharding
+    assert jax.dtypes.issubdtype(state["other"]["dropout"]["key"].get_value().dtype, jax.dtypes.prng_key)
+    assert decode_bytes(meta["data_iter"]) == b"\x00pos" and meta["step"] == 6
+    best, bmeta = ck.restore(template, best=True)
+    assert float(best["params"]["b"][0]) == 40.0 and bmeta["best"] == {"value": 1.0}
+    assert ck.read_config() == {"lr": 1e-3}
+
+
+def test_uncommitted_tmp_dirs_are_ignored(tmp_path):
+    m = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ck = Checkpointer(tmp_path, keep=3)
+    ck.save(1, _state(m), {}, {})
+    ck.wait()
+    (tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-123").mkdir()  # as after a SIGKILL
+    again = Checkpointer(tmp_path, keep=3)
+    assert again.latest_step() == 1
+
+
+def test_flatten_config_truncates():
+    flat = flatten_config({"a": {"b": 1, "c": {"d": "x" * 7000}}, "e": (1, 2)})
+    assert flat["a.b"] == "1" and flat["e"] == "(1, 2)"
+    assert len(flat["a.c.d"]) == 6000 and flat["a.c.d"].endswith("...")
