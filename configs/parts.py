@@ -33,13 +33,13 @@ RHO1_MODES = ("signed", "absolute", "difficult")
 
 
 def critic_output(variant: str) -> str:
-    """Model dir the critic pipeline exports (`<output_dir>/model`), read by verifiable."""
-    return f"storage/checkpoints/critic/critic-{variant}/model"
+    """Model dir the critic pipeline exports (`<output_dir>/final_model`), read by verifiable."""
+    return f"storage/checkpoints/critic/critic-{variant}/final_model"
 
 
 def reference_output(variant: str) -> str:
     """Model dir the ref_tuning pipeline exports, read by rho1 as its reference."""
-    return f"storage/checkpoints/ref_tuning/ref_tuning-{variant}/model"
+    return f"storage/checkpoints/ref_tuning/ref_tuning-{variant}/final_model"
 
 
 def model_entry(name: str, path: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
@@ -53,9 +53,9 @@ def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, 
     root = MICRO_DATASET if micro else PROD_DATASET
     c.dataset = ml_collections.ConfigDict({
         "name": "synthetic" if micro else "codecontests", "path": root,
-        "train": "train", "validation": "valid", "max_length": 256 if micro else 2048})
+        "train": "train", "validation": "valid", "max_length": 128 if micro else 2048})
     c.data_sampling = ml_collections.ConfigDict({
-        "seed": seed, "n_samples": 2000 if micro else 200000,
+        "seed": seed, "n_samples": 700 if micro else 200000,
         "val_n_samples": 64 if micro else 500, "use_pairwise": use_pairwise,
         "max_pairs_per_problem": 8 if micro else 60,
         # {bin: (lo, hi)} inclusive difficulty ranges and {bin: weight}

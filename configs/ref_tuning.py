@@ -3,7 +3,7 @@
 
     python -m wmtp_jax.main --config=configs/ref_tuning.py          # micro llama (bootstraps)
     python -m wmtp_jax.main --config=configs/ref_tuning.py:7b       # Sheared-LLaMA-2.7B, LoRA r32
-The tuned model is exported to `<output_dir>/model` (load_llama), rho1's default reference.
+The tuned model is exported to `<output_dir>/final_model` (load_llama), rho1's default reference.
 """
 
 import ml_collections

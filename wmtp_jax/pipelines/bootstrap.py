@@ -1,0 +1,152 @@
+"""The embedded micro default: create what a `:micro` run lacks under storage/, saying so.
+
+Order: synthetic dataset → micro BPE tokenizer (trained on it) → random-init micro models
+(an MTP policy, an HF-layout llama for the critic / reference backbones) → for verifiable a
+micro critic (the critic pipeline's micro config), for rho1 a micro reference (ref_tuning micro).
+Nothing that exists is touched; every creation is logged. Production (`:7b`) runs never call this.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from absl import logging
+
+from configs import parts
+
+MICRO_VOCAB_SIZE = 1024
+MICRO_SEED = 0
+
+
+def micro_policy_args(vocab_size: int, max_seq_len: int):
+    """Meta MTP layout: 6 layers with n_future 4 → 2 trunk blocks + 4 head blocks, dim 256."""
+    from wmtp_jax.models import ModelArgs
+
+    return ModelArgs(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
+                     multiple_of=64, n_future_tokens=4, max_seq_len=max_seq_len)
+
+
+def micro_llama_args(vocab_size: int, max_seq_len: int):
+    """HF-layout llama backbone of the micro critic and reference: 3 blocks, dim 256."""
+    from wmtp_jax.models import ModelArgs
+
+    return ModelArgs(dim=256, n_layers=3, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
+                     multiple_of=64, n_future_tokens=1, max_seq_len=max_seq_len)
+
+
+def _created(what: str, path, t0: float):
+    logging.info("[bootstrap] created %s at %s (%.1f s)", what, path, time.time() - t0)
+
+
+def ensure_dataset(dataset_dir: str) -> Path:
+    from wmtp_jax.data import ensure_synthetic
+    from wmtp_jax.data.sources import available_splits
+
+    d = Path(dataset_dir)
+    if (d / "processed").is_dir() and "train" in available_splits(d):
+        return d
+    t0 = time.time()
+    logging.info("[bootstrap] no dataset at %s: generating the synthetic code task", d)
+    ensure_synthetic(str(d), seed=MICRO_SEED)
+    _created("synthetic dataset", d, t0)
+    return d
+
+
+def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
+    from wmtp_jax.data import ensure_micro_tokenizer, load_tokenizer
+
+    if (Path(tokenizer_dir) / "tokenizer.json").exists():
+        return load_tokenizer(tokenizer_dir)
+    t0 = time.time()
+    logging.info("[bootstrap] no tokenizer at %s: training a %d-token BPE on %s",
+                 tokenizer_dir, MICRO_VOCAB_SIZE, dataset_dir)
+    tok = ensure_micro_tokenizer(tokenizer_dir, dataset_dir, vocab_size=MICRO_VOCAB_SIZE)
+    _created("micro tokenizer", tokenizer_dir, t0)
+    return tok
+
+
+def _tokenizer_files(tokenizer_dir: str) -> list[Path]:
+    return sorted(p for p in Path(tokenizer_dir).iterdir() if p.is_file())
+
+
+def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> Path:
+    """A random-init micro model dir (`kind` mtp | llama) with the micro tokenizer inside."""
+    from flax import nnx
+
+    from wmtp_jax.models import io
+
+    p = Path(path)
+    if (p / io.CONFIG_FILE).exists():
+        return p
+    t0 = time.time()
+    from wmtp_jax.data import load_tokenizer
+
+    vocab = len(load_tokenizer(tokenizer_dir))
+    if kind == "mtp":
+        from wmtp_jax.models.mtp import MTPTransformer
+
+        args = micro_policy_args(vocab, max_seq_len)
+        model = MTPTransformer(args, rngs=nnx.Rngs(MICRO_SEED))
+    else:
+        from wmtp_jax.models.llama import Llama
+
+        args = micro_llama_args(vocab, max_seq_len)
+        model = Llama(args, rngs=nnx.Rngs(MICRO_SEED + 1), lm_head=True)
+    io.save_model(p, model, kind=kind, args=args, tokenizer=_tokenizer_files(tokenizer_dir),
+                  source={"bootstrap": f"random init, seed {MICRO_SEED}"})
+    n = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
+    _created(f"random-init micro {kind} model ({n / 1e6:.2f}M params)", p, t0)
+    return p
+
+
+def _run_prerequisite(name: str, config_module, parent):
+    """Train a prerequisite model with its pipeline's micro config (sharing the parent's MLflow
+    store and seed); returns its exported model dir."""
+    import importlib
+
+    cfg = config_module.get_config("micro")
+    with cfg.unlocked():
+        cfg.seed = parent.seed
+        cfg.mlflow.tracking_uri = parent.mlflow.tracking_uri
+        cfg.mlflow.experiment = parent.mlflow.experiment
+        cfg.dataset.path = parent.dataset.path
+        cfg.dataset.max_length = parent.dataset.max_length
+    t0 = time.time()
+    logging.info("[bootstrap] training the micro %s first (%s micro config, %d steps)",
+                 name, cfg.pipeline, cfg.training.max_steps)
+    module = importlib.import_module(f"wmtp_jax.pipelines.{cfg.pipeline}")
+    result = module.run(cfg)
+    _created(f"micro {name}", result["model_dir"], t0)
+    return Path(result["model_dir"])
+
+
+def ensure_micro_storage(config) -> None:
+    """Create what `config` (a `:micro` pipeline config) needs and lacks."""
+    if config.variant != "micro":
+        return
+    ds = ensure_dataset(config.dataset.path)
+    ensure_tokenizer(parts.MICRO_TOKENIZER, str(ds))
+    L = int(config.dataset.max_length)
+    m = config.models
+    if "policy" in m:
+        kind = "llama" if config.pipeline == "ref_tuning" else "mtp"
+        ensure_model(m.policy.path, kind, parts.MICRO_TOKENIZER, L)
+    if config.pipeline == "critic":
+        ensure_model(m.value_model.path, "llama", parts.MICRO_TOKENIZER, L)
+    if config.pipeline == "verifiable" and not Path(m.value_model.checkpoint_path).exists():
+        from configs import critic
+
+        got = _run_prerequisite("critic", critic, config)
+        if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
+            raise FileNotFoundError(f"the micro critic was written to {got}, but "
+                                    f"models.value_model.checkpoint_path is "
+                                    f"{m.value_model.checkpoint_path}")
+    if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
+        from configs import ref_tuning
+
+        got = _run_prerequisite("reference", ref_tuning, config)
+        if got.resolve() != Path(m.reference.checkpoint_path).resolve():
+            raise FileNotFoundError(f"the micro reference was written to {got}, but "
+                                    f"models.reference.checkpoint_path is "
+                                    f"{m.reference.checkpoint_path}")

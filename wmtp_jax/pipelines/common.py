@@ -1,0 +1,262 @@
+"""Shared pipeline helpers: data iterators, trainable models (base weights + LoRA), frozen
+inference models sharded on the mesh, the MTP CE of a policy, and the end-of-run report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from wmtp_jax import ops
+
+# seed (HF) LoRA target names → the model's projection names
+HF_TO_MODEL_TARGETS = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
+                       "gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def tokenizer_path(entry) -> str:
+    """models.<role>.tokenizer_path, else `<path>/tokenizer`."""
+    return entry.tokenizer_path or str(Path(entry.path) / "tokenizer")
+
+
+def load_tokenizer(entry):
+    from wmtp_jax.data import load_tokenizer as _load
+
+    return _load(tokenizer_path(entry))
+
+
+def sampling_dict(config, *, validation: bool = False, pairwise: Optional[bool] = None) -> dict:
+    """data_sampling as the sampler's plain dict (validation: n_samples = val_n_samples)."""
+    s = config.data_sampling
+    d = {"n_samples": int(s.val_n_samples if validation else s.n_samples),
+         "use_pairwise": bool(s.use_pairwise if pairwise is None else pairwise),
+         "max_pairs_per_problem": s.max_pairs_per_problem or None,
+         "difficulty_bins": {k: list(v) for k, v in s.difficulty_bins.items()},
+         "difficulty_weights": dict(s.difficulty_weights),
+         "use_length_balanced": bool(s.use_length_balanced),
+         "length_bins": list(s.length_bins)}
+    return d
+
+
+def make_source(config, split: str, *, pairwise: bool, validation: bool = False):
+    """Sampled records of `split` (all processes see the same global list; the loader shards)."""
+    from wmtp_jax.data import load_samples
+
+    return load_samples(config.dataset.path, split,
+                        sampling_dict(config, validation=validation, pairwise=pairwise),
+                        seed=int(config.data_sampling.seed))
+
+
+def make_collator(config, tokenizer, *, pairwise: bool):
+    from wmtp_jax.data import AlpacaCollator, PairwiseCollator
+
+    cls = PairwiseCollator if pairwise else AlpacaCollator
+    return cls(tokenizer, max_length=int(config.dataset.max_length),
+               append_eos=bool(config.data.append_eos))
+
+
+def make_loaders(config, tokenizer, *, pairwise: bool):
+    """(endless shuffled train loader, val_iter_fn, n_val_records).
+
+    Batches: per-process rows of a global batch of `training.batch_size`, static length
+    `dataset.max_length`, plus `valid` (0 on padding rows of the last validation batch)."""
+    from wmtp_jax.data import DataLoader
+
+    collate = make_collator(config, tokenizer, pairwise=pairwise)
+    bs = int(config.training.batch_size)
+    train_src = make_source(config, config.dataset.train, pairwise=pairwise)
+    train = DataLoader(train_src, collate, bs, seed=int(config.seed), shuffle=True,
+                       num_threads=int(config.data.num_threads))
+    val_src = make_source(config, config.dataset.validation, pairwise=pairwise, validation=True)
+
+    def val_iter_fn():
+        return DataLoader(val_src, collate, bs, shuffle=False, num_epochs=1, drop_remainder=False,
+                          num_threads=int(config.data.num_threads))
+
+    logging.info("data: %d train / %d validation %s records from %s (max_length %d)",
+                 len(train_src), len(val_src), "pair" if pairwise else "pointwise",
+                 config.dataset.path, config.dataset.max_length)
+    return train, val_iter_fn, len(val_src)
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+def lora_config(config, *, hf_names: bool = False):
+    """LoRAConfig from training.lora when training.use_lora, else None (HF names mapped)."""
+    if not config.training.use_lora:
+        return None
+    from wmtp_jax.models.lora import LoRAConfig
+
+    lo = config.training.lora
+    targets = tuple(HF_TO_MODEL_TARGETS.get(t, t) if hf_names else t for t in lo.target_modules)
+    return LoRAConfig(rank=int(lo.rank), alpha=float(lo.alpha), dropout=float(lo.dropout),
+                      targets=targets)
+
+
+def runtime_overrides(config) -> dict:
+    """ModelArgs overrides of the trained model: float32 master params, runtime compute dtype."""
+    return {"dtype": config.runtime.dtype, "param_dtype": "float32", "remat": config.runtime.remat}
+
+
+def _overlay(target: dict, base: dict, path: str, directory) -> dict:
+    """`target` (pure dict) with every leaf of `base` written in (shapes checked)."""
+    out = dict(target)
+    for k, v in base.items():
+        where = f"{path}/{k}" if path else str(k)
+        if k not in target:
+            raise ValueError(f"{directory}: parameter {where} has no counterpart in the model "
+                             f"being trained (model keys here: {sorted(map(str, target))[:8]})")
+        if isinstance(v, dict):
+            out[k] = _overlay(target[k], v, where, directory)
+        else:
+            t = target[k]
+            if tuple(t.shape) != tuple(v.shape):
+                raise ValueError(f"{directory}: parameter {where} has shape {tuple(v.shape)}, "
+                                 f"the model expects {tuple(t.shape)}")
+            out[k] = jax.device_put(np.asarray(v, dtype=np.dtype(t.dtype)), t.sharding)
+    return out
+
+
+def load_into(model: nnx.Module, directory, *, subtree: tuple = (), drop: tuple = ()) -> nnx.Module:
+    """Write the parameters of model dir `directory` into `model` (in place, keeping shardings).
+
+    subtree: where the saved tree goes inside the model's tree (e.g. a critic's backbone);
+    drop: top-level saved keys to skip (e.g. the llama `output` head under a value head)."""
+    from wmtp_jax.models import io
+
+    _, saved = io.load_params(directory)
+    saved = {k: v for k, v in saved.items() if k not in drop}
+    state = nnx.state(model, nnx.Param)
+    pure = state.to_pure_dict()
+    node = pure
+    for key in subtree:
+        node = node[key]
+    merged_sub = _overlay(node, saved, "/".join(subtree), directory)
+    if subtree:
+        parent = pure
+        for key in subtree[:-1]:
+            parent = parent[key]
+        parent[subtree[-1]] = merged_sub
+    else:
+        pure = merged_sub
+    state.replace_by_pure_dict(pure)
+    nnx.update(model, state)
+    return model
+
+
+def build_sharded(make: Callable[[], nnx.Module], mesh=None, strategy: str = "FULL_SHARD"):
+    """Random-init `make()` directly in its sharded layout on `mesh` (or on one device)."""
+    if mesh is None:
+        return make()
+    from wmtp_jax.models.partitioning import init_sharded
+    from wmtp_jax.train.mesh import rules_for
+
+    return init_sharded(make, mesh, rules_for(strategy).params)
+
+
+def load_trainable(directory, *, kind: str, config, lora=None, mesh=None, seed: int = 0,
+                   make: Optional[Callable] = None):
+    """The model of `directory` rebuilt with float32 params, the runtime compute dtype and
+    `lora` factors (A random, B zero) attached; base weights restored from the directory."""
+    from wmtp_jax.models import io
+
+    if make is None:
+        cfg = dict(io.read_config(directory))
+        args = io.ModelArgs.from_dict(cfg["args"]).replace(**runtime_overrides(config))
+        if lora is None and not cfg.get("lora"):
+            return io.load_model(directory, kind=kind, dtype="float32",
+                                 args_overrides=runtime_overrides(config), mesh=mesh,
+                                 rules=_rules(config), seed=seed)
+        if cfg.get("lora") and lora is not None:
+            raise ValueError(f"{directory}: already carries LoRA factors; merge them before "
+                             f"adding new ones (training.use_lora)")
+        cfg["lora"] = io._lora_dict(lora) if lora is not None else cfg.get("lora")
+        make = io.model_factory(cfg, args, seed=seed)
+    model = build_sharded(make, mesh, config.runtime.sharding)
+    return load_into(model, directory)
+
+
+def _rules(config):
+    from wmtp_jax.train.mesh import rules_for
+
+    return rules_for(config.runtime.sharding).params
+
+
+def load_frozen(directory, *, kind: str, dtype: str, config, mesh=None):
+    """An inference-only model (critic / reference) in `dtype`, sharded with the strategy's
+    parameter rules; LoRA factors, when the directory has them, are merged into the weights."""
+    from wmtp_jax.models import io
+
+    d = Path(directory)
+    if not (d / io.CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{d}: no model directory ({io.CONFIG_FILE} missing)")
+    model = io.load_model(d, kind=kind, dtype=dtype, mesh=mesh, rules=_rules(config),
+                          args_overrides={"remat": "none"})
+    if io.read_config(d).get("lora"):
+        from wmtp_jax.models import lora as lora_lib
+
+        model = lora_lib.merge_lora(model)
+    model.eval()
+    return model
+
+
+def trainable_filter(config, extra: Any = None):
+    """LoRA-only (`nnx.LoRAParam`, plus `extra`) or every parameter."""
+    if not config.training.use_lora:
+        return nnx.Param
+    return nnx.LoRAParam if extra is None else nnx.Any(nnx.LoRAParam, extra)
+
+
+# ---- losses ----------------------------------------------------------------------------------
+
+def policy_mtp_loss(policy, input_ids, labels, attention_mask, weights=None, *,
+                    chunk_size: int = 0) -> dict:
+    """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
+    head latents (no `[B,S,K,V]` logits). Returns the ops dict (weighted/unweighted CE, ...)."""
+    if chunk_size and chunk_size > 0:
+        _, lat = policy.latents(input_ids)
+        return ops.chunked_mtp_ce_loss(lat, policy.norm.scale[...], policy.output.kernel[...],
+                                       labels, attention_mask, weights,
+                                       norm_eps=policy.args.norm_eps, chunk_size=int(chunk_size),
+                                       compute_dtype=policy.args.dtype)
+    logits = policy(input_ids, return_all_heads=True)
+    return ops.compute_mtp_ce_loss(logits, labels, attention_mask, weights)
+
+
+def count_response_tokens(batch) -> int:
+    """Tokens per micro-batch for throughput: attention-mask ones (pos + neg for pairs)."""
+    keys = [k for k in batch if k.endswith("attention_mask")]
+    return int(sum(np.asarray(batch[k]).sum() for k in keys))
+
+
+# ---- run ------------------------------------------------------------------------------------
+
+def report(result, what: str) -> None:
+    """Print where the checkpoint, the MLflow run and the metrics are (end of every run)."""
+    if jax.process_index() != 0:
+        return
+    lines = [f"[{what}] {result.status} at step {result.step}",
+             f"  checkpoint : {result.checkpoint_dir}",
+             f"  best       : {result.best_dir}",
+             f"  model dir  : {result.output_dir / 'final_model'}",
+             f"  metrics    : {result.metrics_file}",
+             f"  mlflow     : run {result.mlflow_run_id} in {result.mlflow_tracking_uri}"]
+    keys = [k for k in ("train/loss", "val/loss") if k in result.metrics]
+    if keys:
+        lines.append("  final      : " + ", ".join(f"{k}={result.metrics[k]:.4f}" for k in keys))
+    print("\n".join(lines), flush=True)
+
+
+def setup(config):
+    """Bootstrap micro storage when needed and build the mesh."""
+    from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
+    from wmtp_jax.train.mesh import mesh_from_config
+
+    ensure_micro_storage(config)
+    return mesh_from_config(config)
