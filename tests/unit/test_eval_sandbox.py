@@ -177,12 +177,13 @@ def _pids_with_uid_at_least(lo: int) -> set[int]:
     return pids
 
 
-def test_sandbox_dies_with_a_killed_harness():
+def test_sandbox_dies_with_a_killed_harness(tmp_path):
     """SIGKILL the harness mid-run: the launcher's alarm still kills the sleeping program."""
     script = ("from wmtp_jax.eval import execution\nexecution.probe_protections()\n"
               "print('probed', flush=True)\n"
               "execution.run_program('import time\\ntime.sleep(1000)', timeout=1.0)\n")
-    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})  # its temp dir lands here
     assert harness.stdout.readline() == "probed\n"
     before = _pids_with_uid_at_least(1_000_000)  # sandbox uids are drawn from [1e6, ...)
     deadline = time.monotonic() + 20

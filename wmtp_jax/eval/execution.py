@@ -397,9 +397,12 @@ R = TypeVar("R")
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
                  desc: str = "executing", progress: bool = True) -> list[R]:
-    """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess)."""
+    """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess).
+
+    Default workers: 2 × CPU count (much of a short run is process/namespace setup latency).
+    """
     items = list(items)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or 2 * (os.cpu_count() or 1))
     probe_protections()  # once, before the threads start
     results: list = [None] * len(items)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated k values (default 1,10,100; k > n is skipped)")
     parser.add_argument("--data-dir", default="storage/datasets")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel sandboxes (default: 2 x CPU count)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds per program (per test for codecontests)")
     parser.add_argument("--max-tests", type=int, default=10,
