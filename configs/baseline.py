@@ -33,6 +33,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
 
 
 def validate(c):
+    """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
 

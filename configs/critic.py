@@ -49,7 +49,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     return finalize(c)
 
 
-def finalize(c):
+def validate(c):
+    """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     t = c.training
     parts.validate_lora(c, parts.HF_TARGETS)
@@ -70,4 +71,8 @@ def finalize(c):
                   "need 0 < γ ≤ 1")
     common._check(c.data_sampling.use_pairwise, "data_sampling.use_pairwise",
                   c.data_sampling.use_pairwise, "the critic trains on pairs (must be true)")
+
+
+def finalize(c):
+    validate(c)
     return common.finalize(c)

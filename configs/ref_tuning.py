@@ -33,7 +33,12 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     return finalize(c)
 
 
-def finalize(c):
+def validate(c):
+    """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.HF_TARGETS)
+
+
+def finalize(c):
+    validate(c)
     return common.finalize(c)

@@ -39,10 +39,15 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     return finalize(c)
 
 
-def finalize(c):
+def validate(c):
+    """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
     common._check(0 < c.training.k_percent <= 1, "training.k_percent", c.training.k_percent,
                   "need 0 < k ≤ 1 (the fraction of valid tokens kept)")
     parts.validate_choice(c.training.rho1_mode, "training.rho1_mode", parts.RHO1_MODES)
+
+
+def finalize(c):
+    validate(c)
     return common.finalize(c)

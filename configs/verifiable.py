@@ -48,7 +48,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     return finalize(c)
 
 
-def finalize(c):
+def validate(c):
+    """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
     t = c.training
@@ -63,4 +64,8 @@ def finalize(c):
                   "need 0 ≤ m ≤ 1")
     common._check(t.td_ema_warmup_steps >= 0, "training.td_ema_warmup_steps",
                   t.td_ema_warmup_steps, "need ≥ 0")
+
+
+def finalize(c):
+    validate(c)
     return common.finalize(c)

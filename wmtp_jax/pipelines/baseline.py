@@ -70,6 +70,4 @@ def run(config):
     from wmtp_jax.train.loop import fit
 
     mesh = common.setup(config)
-    result = fit(config, make_task(config, mesh), mesh=mesh)
-    common.report(result, config.pipeline)
-    return result
+    return fit(config, make_task(config, mesh), mesh=mesh)

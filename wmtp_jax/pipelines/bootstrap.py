@@ -117,8 +117,15 @@ def _run_prerequisite(name: str, config_module, parent):
                  name, cfg.pipeline, cfg.training.max_steps)
     module = importlib.import_module(f"wmtp_jax.pipelines.{cfg.pipeline}")
     result = module.run(cfg)
-    _created(f"micro {name}", result["model_dir"], t0)
-    return Path(result["model_dir"])
+    from wmtp_jax.pipelines.common import report
+
+    report(result, f"bootstrap {name}")
+    if result.status not in ("completed", "data_exhausted"):
+        raise RuntimeError(f"the micro {name} run ended with status {result.status!r}; "
+                           f"rerun to resume it ({result.output_dir})")
+    model_dir = result.output_dir / "final_model"
+    _created(f"micro {name}", model_dir, t0)
+    return model_dir
 
 
 def ensure_micro_storage(config) -> None:

@@ -238,9 +238,7 @@ def count_response_tokens(batch) -> int:
 # ---- run ------------------------------------------------------------------------------------
 
 def report(result, what: str) -> None:
-    """Print where the checkpoint, the MLflow run and the metrics are (end of every run)."""
-    if jax.process_index() != 0:
-        return
+    """Log where a (prerequisite) run's checkpoint, MLflow run and metrics are."""
     lines = [f"[{what}] {result.status} at step {result.step}",
              f"  checkpoint : {result.checkpoint_dir}",
              f"  best       : {result.best_dir}",
@@ -250,13 +248,27 @@ def report(result, what: str) -> None:
     keys = [k for k in ("train/loss", "val/loss") if k in result.metrics]
     if keys:
         lines.append("  final      : " + ", ".join(f"{k}={result.metrics[k]:.4f}" for k in keys))
-    print("\n".join(lines), flush=True)
+    logging.info("\n".join(lines))
+
+
+def validate(config) -> None:
+    """Re-run the pipeline config's value checks (command-line overrides came after
+    get_config); a bad value exits non-zero with a message naming the key."""
+    import importlib
+    import sys
+
+    try:
+        importlib.import_module(f"configs.{config.pipeline}").validate(config)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def setup(config):
-    """Bootstrap micro storage when needed and build the mesh."""
+    """Validate, bootstrap micro storage when needed, and build the mesh."""
     from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
     from wmtp_jax.train.mesh import mesh_from_config
 
+    validate(config)
     ensure_micro_storage(config)
     return mesh_from_config(config)

@@ -1,0 +1,88 @@
+"""Rho-1: reference-selected MTP (reference run_rho1.py; SEMANTICS "Rho-1").
+
+Per micro-batch: logits = policy(ids) [B,S,K,V] (ONE forward); ref = reference(ids) [B,S,V];
+weights = compute_mtp_selective_weights(stop_gradient(logits), ref, labels, loss_mask,
+k_percent, rho1_mode) — per head k the valid tokens with score ≥ the (1 − k_percent) quantile
+(score = CE_policy − CE_ref, |·|, or CE_ref), 3-D 0/1 weights at the source position;
+loss = compute_mtp_ce_loss(logits, labels, attention_mask, weights)["weighted_ce_loss"]
+(Σ(ce·sel)/#valid). The reference is frozen, sharded for inference, LoRA merged.
+Best = lowest val/loss (unweighted CE).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from wmtp_jax import ops
+from wmtp_jax.pipelines import common
+from wmtp_jax.pipelines.verifiable import loss_mask_of
+
+
+def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
+    """(loss dict, weights [B,S,K], selection stats) from one policy forward."""
+    ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    logits = policy(ids, return_all_heads=True)
+    ref_logits = jax.lax.stop_gradient(reference(ids).astype(jnp.float32))
+    m = loss_mask_of(labels, am)
+    w, stats = ops.compute_mtp_selective_weights(jax.lax.stop_gradient(logits), ref_logits,
+                                                 labels, m, k_percent, mode)
+    return ops.compute_mtp_ce_loss(logits, labels, am, w), w, stats, m
+
+
+def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str):
+    out, w, stats, m = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
+    metrics = {"weighted_ce_loss": out["weighted_ce_loss"],
+               "unweighted_ce_loss": out["unweighted_ce_loss"],
+               "selection_ratio": stats["selection_ratio"],
+               "avg_heads_per_pos": stats["avg_heads_per_position"],
+               "excess_loss": stats["head_0_excess_mean"],
+               **{f"rho1/{k}": v for k, v in stats.items()
+                  if k.startswith("head_") and not k.endswith("_valid")},
+               **ops.compute_weight_statistics(w, m)}
+    return out["weighted_ce_loss"], (metrics, extra)
+
+
+def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str):
+    """val/weighted_ce_loss, val/unweighted_ce_loss, val/head0_ce_loss, val/excess_loss,
+    val/loss (= unweighted). Same normalisation as training (the reference's differed)."""
+    out, _, stats, _ = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
+    return {"weighted_ce_loss": out["weighted_ce_loss"],
+            "unweighted_ce_loss": out["unweighted_ce_loss"],
+            "head0_ce_loss": out["head_unweighted_ce_loss"][0],
+            "excess_loss": stats["head_0_excess_mean"], "loss": out["unweighted_ce_loss"]}
+
+
+def load_reference(config, mesh):
+    r = config.models.reference
+    return common.load_frozen(r.checkpoint_path, kind="llama", dtype=r.dtype, config=config,
+                              mesh=mesh)
+
+
+def make_task(config, mesh):
+    from wmtp_jax.pipelines import baseline
+    from wmtp_jax.train.loop import TrainTask
+
+    tok = common.load_tokenizer(config.models.policy)
+    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=False)
+    policy = baseline.build_policy(config, mesh)
+    reference = load_reference(config, mesh)
+    if reference.args.vocab_size != policy.args.vocab_size:
+        raise ValueError(f"models.reference vocab_size {reference.args.vocab_size} != policy "
+                         f"vocab_size {policy.args.vocab_size}: they must share the tokenizer")
+    kw = dict(k_percent=float(config.training.k_percent), mode=config.training.rho1_mode)
+    return TrainTask(
+        model=policy, frozen=reference, loss_fn=partial(loss_fn, **kw), train_iter=train,
+        trainable=common.trainable_filter(config), eval_fn=partial(eval_fn, **kw),
+        val_iter_fn=val_iter_fn, best_metric="val/loss", best_mode="min",
+        count_tokens=common.count_response_tokens, batches_per_epoch=train.steps_per_epoch,
+        export_fn=baseline.export_policy(config, policy))
+
+
+def run(config):
+    from wmtp_jax.train.loop import fit
+
+    mesh = common.setup(config)
+    return fit(config, make_task(config, mesh), mesh=mesh)

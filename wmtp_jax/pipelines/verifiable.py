@@ -1,0 +1,199 @@
+"""Verifiable (WMTP): TD-weighted MTP with a frozen, independently trained critic
+(reference run_verifiable.py; SEMANTICS "Losses and weights").
+
+Per micro-batch:  V = stop_gradient(critic(ids, attention_mask))            [B,S,1]
+                  A = GAE (δ_t = γv_t − v_{t−1}, A_t = δ_t + γλA_{t+1}) | TD errors   [B,S]
+                  (μ, σ) = EMA state (before this step) | batch stats
+                  w = clip(exp(((A − μ)/(σ + 1e-8))/β), min, max) · loss_mask       [B,S]
+                  loss = compute_mtp_ce_loss(policy(ids), labels, mask, w)["weighted_ce_loss"]
+(2-D weights: head k at position t is weighted by w[t+k], the predicted token's weight.)
+The EMA folds the advantages of all GA micro-batches of a step (Chan's parallel moments) after
+the step's last micro-batch, i.e. between optimizer steps, and is checkpointed with the state.
+Validation whitens with batch statistics. Best checkpoint = lowest val/loss (unweighted CE).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from wmtp_jax import ops
+from wmtp_jax.ops._utils import IGNORE_INDEX, masked_mean, masked_std
+from wmtp_jax.pipelines import common
+
+
+class WeightingConfig(NamedTuple):
+    """Static hyper-parameters of the weights (training.* and weighting.*)."""
+    advantage: str = "gae"
+    whitening: str = "ema"
+    gamma: float = 1.0
+    lam: float = 0.95
+    initial_value: float = 0.5
+    beta: float = 1.0
+    min_weight: float = 0.1
+    max_weight: float = 3.0
+
+    @classmethod
+    def from_config(cls, c):
+        t = c.training
+        return cls(c.weighting.advantage, c.weighting.whitening, float(t.gamma),
+                   float(t.td_lambda), float(t.initial_value), float(t.beta),
+                   float(t.weight_clip_min), float(t.weight_clip_max))
+
+
+# ---- EMA state folded over the GA micro-batches of a step -------------------------------------
+
+def init_extra(momentum: float, warmup_steps: int) -> dict:
+    """{"ema": TDStatsEMA, "acc": running (count, mean, M2) of this step's valid advantages,
+    "micro": micro-batches seen in this step}."""
+    z = jnp.zeros((), jnp.float32)
+    return {"ema": ops.td_ema_init(momentum, warmup_steps), "acc": {"n": z, "mean": z, "m2": z},
+            "micro": jnp.zeros((), jnp.int32)}
+
+
+def _merge_moments(acc: dict, x: jax.Array, mask: jax.Array) -> dict:
+    """Chan et al. parallel update of (n, mean, M2) with the valid entries of x."""
+    nb = jnp.sum(mask)
+    mb = jnp.sum(x * mask) / jnp.maximum(nb, 1.0)
+    m2b = jnp.sum(jnp.where(mask > 0, (x - mb) ** 2, 0.0))
+    n = acc["n"] + nb
+    d = mb - acc["mean"]
+    frac = nb / jnp.maximum(n, 1.0)
+    return {"n": n, "mean": acc["mean"] + d * frac,
+            "m2": acc["m2"] + m2b + d * d * acc["n"] * frac}
+
+
+def fold_ema(ema, acc: dict):
+    """td_ema_update with the step's pooled batch: a two-point sample μ ± σ has exactly the
+    pooled mean μ and population std σ (no valid entry → EMA unchanged)."""
+    mu = acc["mean"]
+    sd = jnp.sqrt(jnp.maximum(acc["m2"] / jnp.maximum(acc["n"], 1.0), 0.0))
+    on = (acc["n"] > 0).astype(jnp.float32)
+    return ops.td_ema_update(ema, jnp.stack([mu - sd, mu + sd])[None], jnp.stack([on, on])[None])
+
+
+def advance_extra(extra: dict, adv: jax.Array, mask: jax.Array, ga: int) -> dict:
+    """Add one micro-batch; after the GA-th, fold into the EMA and reset the accumulator."""
+    acc = _merge_moments(extra["acc"], adv, mask)
+    micro = extra["micro"] + 1
+    last = micro >= ga
+    ema = jax.tree.map(lambda a, b: jnp.where(last, a, b), fold_ema(extra["ema"], acc), extra["ema"])
+    zero = jax.tree.map(jnp.zeros_like, acc)
+    acc = jax.tree.map(lambda a, b: jnp.where(last, a, b), zero, acc)
+    return {"ema": ema, "acc": acc, "micro": jnp.where(last, 0, micro)}
+
+
+# ---- weights and losses -----------------------------------------------------------------------
+
+def rows(batch):
+    """(input_ids, attention_mask, labels, rewards [N]) of a pointwise batch, or of a pairwise
+    batch with the correct (reward 1) and incorrect (reward 0) sides stacked (data.use_negatives)."""
+    if "pos_input_ids" in batch:
+        cat = lambda k: jnp.concatenate([batch[f"pos_{k}"], batch[f"neg_{k}"]], axis=0)
+        b = batch["pos_input_ids"].shape[0]
+        rewards = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32)])
+        return cat("input_ids"), cat("attention_mask"), cat("labels"), rewards
+    rewards = batch.get("is_correct", jnp.ones(batch["input_ids"].shape[:1], jnp.float32))
+    return batch["input_ids"], batch["attention_mask"], batch["labels"], rewards.astype(jnp.float32)
+
+
+def loss_mask_of(labels, attention_mask) -> jax.Array:
+    return ((labels != IGNORE_INDEX) & (attention_mask > 0)).astype(jnp.float32)
+
+
+def advantages(values, rewards, loss_mask, wc: WeightingConfig) -> jax.Array:
+    if wc.advantage == "gae":
+        return ops.compute_gae_advantage(values, rewards, loss_mask, wc.gamma, wc.lam,
+                                         wc.initial_value)
+    return ops.compute_td_errors(values, rewards, loss_mask, wc.gamma, wc.initial_value)
+
+
+def token_weights(values, rewards, loss_mask, wc: WeightingConfig, ema=None):
+    """(weights [B,S], advantages [B,S], (μ, σ) used). ema=None or batch whitening → batch stats."""
+    adv = advantages(values, rewards, loss_mask, wc)
+    if ema is not None and wc.whitening == "ema":
+        mu, sd = ops.td_ema_stats(ema)
+        w = ops.build_weights(adv, loss_mask, wc.beta, wc.min_weight, wc.max_weight, mu, sd)
+    else:
+        mu = masked_mean(adv, loss_mask)
+        sd = masked_std(adv, loss_mask, ddof=1)
+        w = ops.build_weights(adv, loss_mask, wc.beta, wc.min_weight, wc.max_weight)
+    return w, adv, (mu, sd)
+
+
+def critic_values(frozen, input_ids, attention_mask) -> jax.Array:
+    """Frozen critic forward, float32 `[B,S]`, never differentiated."""
+    v = frozen(input_ids, attention_mask)
+    return jax.lax.stop_gradient(v[..., 0].astype(jnp.float32))
+
+
+def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, chunk_size: int = 0):
+    ids, am, labels, rewards = rows(batch)
+    m = loss_mask_of(labels, am)
+    values = critic_values(frozen, ids, am)
+    w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"])
+    out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
+    new_extra = advance_extra(extra, adv, m, ga)
+    metrics = {"weighted_ce_loss": out["weighted_ce_loss"],
+               "unweighted_ce_loss": out["unweighted_ce_loss"],
+               "loss_ratio": out["weighted_ce_loss"] / (out["unweighted_ce_loss"] + 1e-8),
+               **ops.compute_td_stats(adv, m),
+               **ops.td_ema_metrics(new_extra["ema"]),
+               **ops.compute_value_function_stats(values, rewards, m),
+               **ops.compute_weight_statistics(w, m),
+               "weight/clipping_ratio": ops.compute_weight_clipping_ratio(
+                   adv, m, mu, sd, wc.beta, wc.min_weight, wc.max_weight)}
+    return out["weighted_ce_loss"], (metrics, new_extra)
+
+
+def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
+    """Batch whitening (as the reference's validation): weighted / unweighted CE, loss = unweighted."""
+    ids, am, labels, rewards = rows(batch)
+    m = loss_mask_of(labels, am)
+    w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
+    out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
+    return {"weighted_ce_loss": out["weighted_ce_loss"],
+            "unweighted_ce_loss": out["unweighted_ce_loss"], "loss": out["unweighted_ce_loss"]}
+
+
+# ---- run ------------------------------------------------------------------------------------
+
+def load_critic(config, mesh):
+    vm = config.models.value_model
+    return common.load_frozen(vm.checkpoint_path, kind="critic", dtype=vm.dtype, config=config,
+                              mesh=mesh)
+
+
+def make_task(config, mesh):
+    from wmtp_jax.pipelines import baseline, viz
+    from wmtp_jax.train.loop import TrainTask
+
+    tok = common.load_tokenizer(config.models.policy)
+    pairwise = bool(config.data.use_negatives)
+    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=pairwise)
+    policy = baseline.build_policy(config, mesh)
+    critic = load_critic(config, mesh)
+    wc = WeightingConfig.from_config(config)
+    cs = int(config.training.loss_chunk_size)
+    ga = int(config.training.gradient_accumulation_steps)
+    t = config.training
+    return TrainTask(
+        model=policy, frozen=critic,
+        loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs), train_iter=train,
+        trainable=common.trainable_filter(config),
+        extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
+        eval_fn=partial(eval_fn, wc=wc, chunk_size=cs), val_iter_fn=val_iter_fn,
+        best_metric="val/loss", best_mode="min", count_tokens=common.count_response_tokens,
+        batches_per_epoch=train.steps_per_epoch, export_fn=baseline.export_policy(config, policy),
+        on_end=partial(viz.log_weight_picture, config=config, tokenizer=tok, wc=wc,
+                       val_iter_fn=val_iter_fn))
+
+
+def run(config):
+    from wmtp_jax.train.loop import fit
+
+    mesh = common.setup(config)
+    return fit(config, make_task(config, mesh), mesh=mesh)
