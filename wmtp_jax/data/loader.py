@@ -51,7 +51,7 @@ class DataLoader:
     def __init__(self, source: Sequence, collate_fn: Callable[[list], dict], global_batch_size: int,
                  *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool | None = None, process_index: int | None = None,
-                 process_count: int | None = None, prefetch: int = 2, num_threads: int = 1):
+                 process_count: int | None = None, prefetch: int = 4, num_threads: int = 2):
         self.source, self.collate_fn = source, collate_fn
         self.global_batch_size, self.seed, self.shuffle = int(global_batch_size), int(seed), shuffle
         self.num_epochs = num_epochs

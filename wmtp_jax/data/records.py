@@ -110,14 +110,12 @@ class JsonlRecords(Sequence):
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such records file")
         self._off = load_index(self.path)
-        self._fd: int | None = None
+        self._fd = os.open(self.path, os.O_RDONLY)  # pread: safe from reader threads
 
     def __len__(self) -> int:
         return int(self._off.size - 1)
 
     def _read(self, i: int) -> bytes:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         start, stop = int(self._off[i]), int(self._off[i + 1])
         return os.pread(self._fd, stop - start, start)
 
@@ -135,7 +133,11 @@ class JsonlRecords(Sequence):
         return [self[int(i)] for i in indices]
 
     def __getstate__(self):  # picklable for grain worker processes
-        return {"path": self.path, "_off": self._off, "_fd": None}
+        return {"path": self.path, "_off": self._off}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._fd = os.open(self.path, os.O_RDONLY)
 
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
