@@ -1,0 +1,342 @@
+"""Transformer building blocks shared by the Meta MTP policy and the HF-layout LLaMA.
+
+Conventions: Linear kernels are `[in, out]`; every Param carries logical axis names
+(`out_sharding`, see DESIGN.md); weights are stored in `args.param_dtype` and computed in
+`args.dtype`; RoPE is rotate-half (HF / GPT-NeoX); Meta checkpoints are permuted on import
+(`conversion.mapping.permute_meta_to_rotate_half`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .args import ModelArgs
+
+Array = jax.Array
+KV = tuple[Array, Array]  # (k, v) cache buffers of one block, each [B, T, KV, hd]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# U(±1/sqrt(fan_in)): PyTorch's nn.Linear default (kaiming_uniform(a=√5)), used for LoRA A too.
+torch_linear_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def to_dtype(name) -> Any:
+    if not isinstance(name, str):
+        return jnp.dtype(name)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def param(value: Array, names: Sequence[Optional[str]], kind=nnx.Param) -> nnx.Param:
+    """A Param annotated with logical axis names (no eager placement; see partitioning.py)."""
+    if len(names) != value.ndim:
+        raise ValueError(f"logical names {tuple(names)} do not match the param shape {value.shape}")
+    return kind(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """y = x W (+ b) + (alpha/r) · dropout(x) A B.
+
+    kernel `[in, out]`; optional LoRA factors `lora_a [in, r]` (U(±1/√in)) and `lora_b [r, out]`
+    (zeros) stored as `nnx.LoRAParam` on this module, so base paths stay `.../<name>/kernel`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, names: tuple[str, str],
+                 rngs: nnx.Rngs, use_bias: bool = False, dtype="float32", param_dtype="float32",
+                 kernel_init=torch_linear_init, lora_rank: int = 0, lora_alpha: float = 1.0,
+                 lora_dropout: float = 0.0):
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype, pdt = to_dtype(dtype), to_dtype(param_dtype)
+        self.kernel = param(kernel_init(rngs.params(), (in_features, out_features), pdt), names)
+        self.bias = param(jnp.zeros((out_features,), pdt), names[1:]) if use_bias else None
+        self.lora_rank = lora_rank
+        self.lora_scale = float(lora_alpha) / lora_rank if lora_rank else 0.0
+        if lora_rank:
+            a = torch_linear_init(rngs.params(), (in_features, lora_rank), pdt)
+            self.lora_a = param(a, (names[0], "lora_rank"), nnx.LoRAParam)
+            self.lora_b = param(jnp.zeros((lora_rank, out_features), pdt), ("lora_rank", names[1]),
+                                nnx.LoRAParam)
+            self.lora_dropout = nnx.Dropout(lora_dropout, rngs=rngs) if lora_dropout > 0 else None
+
+    def __call__(self, x: Array, *, out_dtype=None) -> Array:
+        dt = self.dtype
+        x = x.astype(dt)
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(dt), preferred_element_type=out_dtype)
+        if self.lora_rank:
+            xd = self.lora_dropout(x) if self.lora_dropout is not None else x
+            z = jnp.einsum("...i,ir->...r", xd, self.lora_a[...].astype(dt))
+            y = y + (self.lora_scale * jnp.einsum("...r,ro->...o", z, self.lora_b[...].astype(dt))
+                     ).astype(y.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding `[V, D]`, N(0, 1) init as torch nn.Embedding."""
+
+    def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs, dtype="float32",
+                 param_dtype="float32"):
+        self.dtype = to_dtype(dtype)
+        init = jax.random.normal(rngs.params(), (vocab_size, dim), to_dtype(param_dtype))
+        self.embedding = param(init, ("vocab", "embed"))
+
+    def __call__(self, tokens: Array) -> Array:
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Meta / HF RMSNorm: `(x.f32 · rsqrt(mean(x², -1) + eps)).astype(x.dtype) · scale`."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, dtype="float32", param_dtype="float32"):
+        self.eps, self.dtype = eps, to_dtype(dtype)
+        self.scale = param(jnp.ones((dim,), to_dtype(param_dtype)), ("norm",))
+
+    def __call__(self, x: Array) -> Array:
+        return rms_norm(x, self.scale[...], self.eps).astype(self.dtype)
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    """Functional RMSNorm (also used by the chunked MTP loss on head latents)."""
+    x32 = x.astype(jnp.float32)
+    normed = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+    return normed * scale.astype(x.dtype)
+
+
+# ---- RoPE (rotate-half) ---------------------------------------------------------------------
+
+def rope_cos_sin(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """positions `[B, S]` -> cos, sin `[B, S, hd]` (float32), freqs 1/θ^(2i/hd) duplicated."""
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    ang = positions.astype(jnp.float32)[..., None] * inv
+    ang = jnp.concatenate([ang, ang], axis=-1)
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x `[B, S, N, hd]`: x·cos + rotate_half(x)·sin, rotate_half(x) = [-x2, x1]."""
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rot = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos[:, :, None] + rot * sin[:, :, None]).astype(x.dtype)
+
+
+# ---- masks and cache writes -----------------------------------------------------------------
+
+def padding_causal_mask(attention_mask: Array) -> Array:
+    """`[B, S]` 0/1 key mask -> bool `[B, 1, S, S]`: key k visible to query q iff k ≤ q and valid.
+
+    Fully masked query rows (an all-padding row) are harmless: XLA attention fills masked logits
+    with a large finite negative, so such rows get a uniform softmax, never NaN.
+    """
+    s = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((s, s), bool))
+    return causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+
+
+def cache_mask(positions: Array, cache_len: int) -> Array:
+    """positions `[B, S]` -> bool `[B, 1, S, T]`: cached key slot t visible iff t ≤ query position."""
+    return (jnp.arange(cache_len)[None, None, :] <= positions[:, :, None])[:, None]
+
+
+def write_cache(buf: Array, new: Array, start: Array) -> Array:
+    """buf `[B, T, KV, hd]`, new `[B, S, KV, hd]`, start `[B]`: row b written at slots start_b.."""
+    upd = lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0))
+    return jax.vmap(upd)(buf, new, start)
+
+
+# ---- attention, FFN, block ------------------------------------------------------------------
+
+def _lora_kw(lora, name: str) -> dict:
+    if lora is None or name not in lora.targets:
+        return {}
+    return dict(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
+
+
+class Attention(nnx.Module):
+    """GQA self-attention through `jax.nn.dot_product_attention` (causal, masked or cached)."""
+
+    def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
+        d, h, kv, hd = args.dim, args.n_heads, args.kv_heads, args.head_dim
+        kw = dict(rngs=rngs, dtype=args.dtype, param_dtype=args.param_dtype)
+        self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
+        self.wq = Linear(d, h * hd, names=("embed", "heads"), **kw, **_lora_kw(lora, "wq"))
+        self.wk = Linear(d, kv * hd, names=("embed", "kv_heads"), **kw, **_lora_kw(lora, "wk"))
+        self.wv = Linear(d, kv * hd, names=("embed", "kv_heads"), **kw, **_lora_kw(lora, "wv"))
+        self.wo = Linear(h * hd, d, names=("heads", "embed"), **kw, **_lora_kw(lora, "wo"))
+
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Optional[Array] = None,
+                 kv: Optional[KV] = None, start: Optional[Array] = None):
+        """x `[B, S, D]`; mask None = causal; with `kv` the new keys are written at `start` `[B]`
+        and the query attends to the whole buffer under `mask` (see `cache_mask`)."""
+        b, s, _ = x.shape
+        q = apply_rope(self.wq(x).reshape(b, s, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).reshape(b, s, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).reshape(b, s, self.n_kv_heads, self.head_dim)
+        if kv is not None:
+            k, v = write_cache(kv[0], k, start), write_cache(kv[1], v, start)
+            kv = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        if mask is None:
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        return self.wo(out.reshape(b, s, -1)), kv
+
+
+class FeedForward(nnx.Module):
+    """SwiGLU: `w2(silu(w1 x) · w3 x)`."""
+
+    def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
+        d, f = args.dim, args.hidden_dim
+        kw = dict(rngs=rngs, dtype=args.dtype, param_dtype=args.param_dtype)
+        self.w1 = Linear(d, f, names=("embed", "mlp"), **kw, **_lora_kw(lora, "w1"))
+        self.w2 = Linear(f, d, names=("mlp", "embed"), **kw, **_lora_kw(lora, "w2"))
+        self.w3 = Linear(d, f, names=("embed", "mlp"), **kw, **_lora_kw(lora, "w3"))
+
+    def __call__(self, x: Array) -> Array:
+        return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nnx.Module):
+    """Pre-norm block: `h = x + attn(attention_norm(x))`, `out = h + ffn(ffn_norm(h))`."""
+
+    def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
+        kw = dict(eps=args.norm_eps, dtype=args.dtype, param_dtype=args.param_dtype)
+        self.attention_norm = RMSNorm(args.dim, **kw)
+        self.attention = Attention(args, rngs=rngs, lora=lora)
+        self.ffn_norm = RMSNorm(args.dim, **kw)
+        self.feed_forward = FeedForward(args, rngs=rngs, lora=lora)
+
+    def __call__(self, x, cos, sin, mask=None, kv=None, start=None):
+        a, kv = self.attention(self.attention_norm(x), cos, sin, mask, kv, start)
+        h = x + a
+        return h + self.feed_forward(self.ffn_norm(h)), kv
+
+
+# ---- stacked blocks: nnx.vmap to create, lax.scan / jax.vmap over the stacked state to apply ----
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def maybe_remat(fn, policy: str):
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; valid: {sorted(REMAT_POLICIES)}")
+    if policy == "none":
+        return fn
+    return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)
+
+
+def stack_blocks(n: int, args: ModelArgs, *, rngs: nnx.Rngs, lora=None, axis_name: str) -> Block:
+    """`n` Blocks with params stacked on a leading axis named `axis_name` (`layers` / `mtp_heads`)."""
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axis_name})
+    def create(r):
+        return Block(args, rngs=r, lora=lora)
+
+    return create(rngs)
+
+
+def _block_fn(graphdef):
+    """Pure per-block function over (params, rest-state, kv) used by scan / vmap."""
+
+    def fn(x, params, rest, kv, cos, sin, mask, start):
+        block = nnx.merge(graphdef, params, rest)
+        y, kv = block(x, cos, sin, mask, kv, start)
+        return y, nnx.state(block, nnx.Not(nnx.Param)), kv
+
+    return fn
+
+
+def scan_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None, *,
+                remat: str = "none"):
+    """Sequentially apply stacked blocks (`lax.scan`, compile time flat in depth).
+
+    kv: None or (k, v) each `[L, B, T, KV, hd]`; returns (x, new kv or None).
+    """
+    graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
+    fn = maybe_remat(_block_fn(graphdef), remat)
+
+    def body(h, xs):
+        p, r, c = xs
+        h, r, c = fn(h, p, r, c, cos, sin, mask, start)
+        return h, (r, c)
+
+    x, (rest, kv) = jax.lax.scan(body, x, (params, rest, kv))
+    if jax.tree.leaves(rest):  # dropout RNG counters advanced
+        nnx.update(stack, rest)
+    return x, kv
+
+
+def vmap_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None, *,
+                n: Optional[int] = None, remat: str = "none"):
+    """Apply the first `n` (default all) stacked blocks in parallel to the same input.
+
+    Returns (y `[n, B, S, D]`, kv with the first n entries updated, or None).
+    """
+    graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
+    total = jax.tree.leaves(params)[0].shape[0]
+    n = total if n is None else n
+    head = lambda t: jax.tree.map(lambda a: a[:n], t)
+    fn = maybe_remat(_block_fn(graphdef), remat)
+    y, new_rest, new_kv = jax.vmap(fn, in_axes=(None, 0, 0, 0, None, None, None, None))(
+        x, head(params), head(rest), head(kv), cos, sin, mask, start)
+    put = lambda full, part: full if part is None else full.at[:n].set(part) if n < total else part
+    if jax.tree.leaves(rest):
+        nnx.update(stack, jax.tree.map(put, rest, new_rest))
+    if kv is not None:
+        kv = tuple(put(f, p) for f, p in zip(kv, new_kv))
+    return y, kv
+
+
+def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, attention_mask=None,
+                     cache_len: Optional[int] = None):
+    """Everything a stack of blocks needs besides x: (cos, sin, mask, start).
+
+    positions `[B, S]` default 0..S-1 per row (as HF and Meta). Without a cache the mask is None
+    (causal) or the padding+causal mask; with a cache of length T it is `cache_mask` and
+    `start = positions[:, 0]` is where each row's new keys are written.
+    """
+    b, s = shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    elif positions.shape != (b, s):
+        raise ValueError(f"positions has shape {positions.shape}, expected tokens' shape {(b, s)}")
+    cos, sin = rope_cos_sin(positions, args.head_dim, args.rope_theta)
+    if cache_len is not None:
+        if attention_mask is not None:
+            raise ValueError("attention_mask with a KV cache is not supported: right-pad prompts "
+                             "and pass per-row `positions` instead")
+        return cos, sin, cache_mask(positions, cache_len), positions[:, 0]
+    if attention_mask is not None:
+        if attention_mask.shape != (b, s):
+            raise ValueError(f"attention_mask has shape {attention_mask.shape}, expected {(b, s)}")
+        return cos, sin, padding_causal_mask(attention_mask), None
+    return cos, sin, None, None
+
+
+def empty_cache(n: int, args: ModelArgs, batch_size: int, max_len: int, dtype=None) -> dict:
+    """{"k", "v"} zero buffers `[n, B, T, KV, hd]` in the compute dtype (or `dtype`)."""
+    shape = (n, batch_size, max_len, args.kv_heads, args.head_dim)
+    dt = to_dtype(dtype or args.dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+def cache_len(cache: Optional[dict]) -> Optional[int]:
+    return None if cache is None else jax.tree.leaves(cache)[0].shape[2]
+
+
+def _kv(entry: Optional[dict]):
+    return None if entry is None else (entry["k"], entry["v"])

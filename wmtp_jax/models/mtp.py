@@ -1,0 +1,96 @@
+"""Meta multi-token-prediction transformer (facebook/multi-token-prediction layout).
+
+tokens → tok_embeddings → trunk `layers` (n_layers − n_future_tokens blocks, lax.scan) → h_trunk;
+the K = n_future_tokens `heads` (one Block each, heads[0] = Meta `layers[-1]`,
+heads[j] = Meta `extra_heads[j-1]`) all read h_trunk in parallel (one vmap over the stacked
+head params); their latents go through the shared `norm` and `output`: logits `[B, S, K, V]`.
+Head k (0-based) at position t predicts token t + k + 1.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .args import ModelArgs
+from .layers import (Embed, Linear, RMSNorm, _kv, attention_inputs, cache_len, empty_cache,
+                     scan_blocks, stack_blocks, vmap_blocks)
+
+
+class MTPTransformer(nnx.Module):
+    """Meta MTP policy. Parameter tree: see `conversion/mapping.py` (`layers` absent if trunk empty)."""
+
+    def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
+        self.args, self.lora = args, lora
+        kw = dict(dtype=args.dtype, param_dtype=args.param_dtype)
+        self.tok_embeddings = Embed(args.vocab_size, args.dim, rngs=rngs, **kw)
+        n_trunk = args.n_trunk_layers
+        self.layers = (stack_blocks(n_trunk, args, rngs=rngs, lora=lora, axis_name="layers")
+                       if n_trunk > 0 else None)
+        self.heads = stack_blocks(args.n_future_tokens, args, rngs=rngs, lora=lora,
+                                  axis_name="mtp_heads")
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps, **kw)
+        self.output = Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw)
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
+        """{"layers": {"k","v"} `[L,B,T,KV,hd]` (absent if L = 0), "heads": {"k","v"} `[K,B,T,KV,hd]`}."""
+        a = self.args
+        cache = {"heads": empty_cache(a.n_future_tokens, a, batch_size, max_len, dtype)}
+        if self.layers is not None:
+            cache["layers"] = empty_cache(a.n_trunk_layers, a, batch_size, max_len, dtype)
+        return cache
+
+    def _run(self, tokens, positions, cache, n_heads):
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, S] int, got shape {tokens.shape}")
+        cos, sin, mask, start = attention_inputs(self.args, tokens.shape, positions,
+                                                 cache_len=cache_len(cache))
+        ctx = (cos, sin, mask)
+        h = self.tok_embeddings(tokens)
+        new_cache = None if cache is None else dict(cache)
+        if self.layers is not None:
+            h, kv = scan_blocks(self.layers, h, *ctx, _kv(cache and cache["layers"]), start,
+                                remat=self.args.remat)
+            if kv is not None:
+                new_cache["layers"] = {"k": kv[0], "v": kv[1]}
+        y, kv = vmap_blocks(self.heads, h, *ctx, _kv(cache and cache["heads"]), start,
+                            n=n_heads, remat=self.args.remat)
+        if kv is not None:
+            new_cache["heads"] = {"k": kv[0], "v": kv[1]}
+        return h, jnp.moveaxis(y, 0, 2), new_cache
+
+    def latents(self, tokens: jax.Array, *, positions: Optional[jax.Array] = None):
+        """(h_trunk `[B,S,D]`, head_latents `[B,S,K,D]`) before the shared norm, compute dtype.
+
+        `self.project(head_latents)` equals the logits; the chunked loss uses
+        `self.norm.scale`, `self.args.norm_eps` and `self.output.kernel` `[D, V]` directly.
+        """
+        h, lat, _ = self._run(tokens, positions, None, None)
+        return h, lat
+
+    def project(self, x: jax.Array) -> jax.Array:
+        """Shared final norm + output projection, float32 logits: `output(norm(x))`."""
+        return self.output(self.norm(x), out_dtype=jnp.float32)
+
+    def __call__(self, tokens: jax.Array, *, return_all_heads: bool = True,
+                 return_hidden_states: bool = False, positions: Optional[jax.Array] = None,
+                 cache: Optional[dict] = None):
+        """tokens `[B, S]` int32 → logits `[B, S, K, V]` float32 (K = 1, head 0 only, when
+        `return_all_heads=False`; the other heads are then not run and their caches untouched).
+
+        Returns `logits`, `(logits, norm(h_trunk))` with `return_hidden_states`, and with `cache`
+        the updated cache appended last. With a cache, `positions` `[B, S]` are each row's absolute
+        positions (contiguous per row; rows may differ): K/V are written there and each query
+        attends to cache slots ≤ its position. The cache must be long enough (slots ≥ T are
+        clamped by `dynamic_update_slice`).
+        """
+        h, lat, new_cache = self._run(tokens, positions, cache, None if return_all_heads else 1)
+        logits = self.project(lat)
+        out = (logits, self.norm(h)) if return_hidden_states else (logits,)
+        if cache is not None:
+            out = out + (new_cache,)
+        return out[0] if len(out) == 1 else out
