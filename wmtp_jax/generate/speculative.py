@@ -1,0 +1,85 @@
+"""Self-speculative greedy decoding with the MTP heads (blockwise parallel decoding).
+
+At position p the K heads of one forward predict tokens p+1 .. p+K. A round feeds the confirmed
+next token x_0 (head 1's greedy choice) and K−1 drafts x_1..x_{K−1} (heads 2..K at the previous
+round's last accepted position) at positions p .. p+K−1 with all heads:
+
+    g_j    = argmax head-1 logits at p+j          (greedy token for position p+j+1)
+    a      = #leading j ∈ 1..K−1 with x_j == g_{j−1}   (accepted drafts)
+    emit     x_0 .. x_a                            (a+1 tokens, each the exact greedy choice)
+    next   x_0' = g_a,   drafts' = argmax heads 2..K at p+a,   p' = p+a+1
+
+Shapes are static (always K positions, per-row `a` masks the rest). Cache slots p+a+1 .. p+K−1
+hold rejected keys; no query sees them before the next round overwrites them (slot = absolute
+position, key visible iff slot ≤ query position), which is the "roll back". Every head's cache is
+written at every position, so heads 2..K attend to a complete history too.
+
+The output is token-for-token the plain greedy output (up to float ties between differently
+shaped matmuls). Acceptance rate = accepted / drafted over rows still generating.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .sampler import model_forward
+
+
+def _first_index(mask, default):
+    """mask `[B, K]` -> index of the first True per row, `default` where none."""
+    k = mask.shape[-1]
+    idx = jnp.where(mask, jnp.arange(k)[None], k)
+    first = jnp.min(idx, axis=-1)
+    return jnp.where(first < k, first, default)
+
+
+def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new_tokens: int,
+                     eos_id: int, cache_dtype=None):
+    """prompts `[B, L]` right-padded, prompt_lens `[B]`, live `[B]` -> (tokens `[B, max_new]`
+    with EOS after each row's end, dict(forwards, drafted, accepted))."""
+    b, l = prompts.shape
+    k = n_heads
+    cache = model.init_cache(b, l + max_new_tokens + k, cache_dtype)
+    pos0 = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    _, cache = model_forward(model, prompts, pos0, cache, all_heads=True)
+    last = prompt_lens.astype(jnp.int32) - 1
+    tok = jnp.take_along_axis(prompts, last[:, None], axis=1).astype(jnp.int32)
+    logits, cache = model_forward(model, tok, last[:, None], cache, all_heads=True)
+    greedy = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)       # [B, K]
+    nxt, drafts = greedy[:, 0], greedy[:, 1:]
+    out = jnp.full((b, max_new_tokens + k), eos_id, jnp.int32)
+    n_gen = jnp.zeros((b,), jnp.int32)
+    zero = jnp.int32(0)
+    rows = jnp.arange(b)
+
+    def cond(s):
+        return ~jnp.all(s[-1])
+
+    def body(s):
+        i, cache, nxt, drafts, pos, out, n_gen, drafted, accepted, done = s
+        x = jnp.concatenate([nxt[:, None], drafts], axis=1)                       # [B, K]
+        positions = pos[:, None] + jnp.arange(k, dtype=jnp.int32)[None]
+        logits, cache = model_forward(model, x, positions, cache, all_heads=True)  # [B,K,K,V]
+        g = jnp.argmax(logits, axis=-1).astype(jnp.int32)                          # [B,K(pos),K(head)]
+        match = drafts == g[:, :-1, 0]
+        a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)          # [B]
+        emitted = jnp.arange(k)[None] <= a[:, None]
+        eos_at = _first_index((x == eos_id) & emitted, default=k)
+        n_emit = jnp.minimum(jnp.minimum(eos_at, a + 1), max_new_tokens - n_gen)
+        write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
+        out = jnp.where(done[:, None], out, write(out, x, n_gen))
+        n_gen = jnp.where(done, n_gen, n_gen + n_emit)
+        drafted = drafted + jnp.sum(jnp.where(done, 0, k - 1))
+        accepted = accepted + jnp.sum(jnp.where(done, 0, a))
+        nxt = jnp.where(done, nxt, g[rows, a, 0])
+        drafts = jnp.where(done[:, None], drafts, g[rows, a, 1:])
+        pos = jnp.where(done, pos, pos + a + 1)
+        done = done | (eos_at < k) | (n_gen >= max_new_tokens)
+        return i + 1, cache, nxt, drafts, pos, out, n_gen, drafted, accepted, done
+
+    init = (zero, cache, nxt, drafts, last + 1, out, n_gen, zero, zero, ~live)
+    rounds, _, _, _, _, out, n_gen, drafted, accepted, _ = jax.lax.while_loop(cond, body, init)
+    out = out[:, :max_new_tokens]
+    out = jnp.where(jnp.arange(max_new_tokens)[None] < n_gen[:, None], out, eos_id)
+    return out, dict(forwards=rounds + 2, drafted=drafted, accepted=accepted)
