@@ -91,7 +91,7 @@ class SplitWriter:
                                              for v in self.pim.values()),
                  "filtered_by_length": self.n_filtered, "max_tokens": self.max_tokens}
         doc = {"metadata": self.meta, "problem_index_map": self.pim, "stats": stats,
-               "token_count": self.counter.method, "source_file": str(self.path)}
+               "token_count": self.counter.method, "source_file": self.path.name}
         meta_path = self.path.with_name(self.path.stem + "_metadata.json")
         tmp = meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2))

