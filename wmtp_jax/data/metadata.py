@@ -2,7 +2,8 @@
 
 `SplitWriter.add(records)` counts tokens (one batched call per group, e.g. per problem), applies
 the reference's length filter tok(instruction) + tok(input) + tok(output) <= max_tokens, writes
-kept lines and accumulates the metadata (ints only: memory is O(lines), never O(text)).
+kept lines, streams the per-line metadata entries to a temp file and keeps only the
+problem_index_map's int lists in memory (never any text).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class SplitWriter:
         self.counter, self.max_tokens = counter, max_tokens
         self._f = open(self.path.with_suffix(".jsonl.tmp"), "w", encoding="utf-8")
         self.n_lines, self.n_filtered = 0, 0
-        self.meta: list[dict] = []
+        self._meta_tmp = open(self.path.with_suffix(".meta.tmp"), "w+", encoding="utf-8")
         self.pim: dict[str, dict] = {}
         self.difficulty = Counter()
         self.flags = {"has_is_correct": False, "has_difficulty": False, "has_problem_id": False}
@@ -64,7 +65,7 @@ class SplitWriter:
             self.flags["has_difficulty"] = True
         entry["problem_id"] = pid
         self.flags["has_problem_id"] = True
-        self.meta.append(entry)
+        self._meta_tmp.write(json.dumps(entry) + "\n")  # per-line entries streamed to disk
         info = self.pim.setdefault(pid, {"difficulty": md.get("difficulty"), "correct_indices": [],
                                          "incorrect_indices": [], "correct_token_lengths": [],
                                          "incorrect_token_lengths": []})
@@ -90,11 +91,20 @@ class SplitWriter:
                  "total_possible_pairs": sum(len(v["correct_indices"]) * len(v["incorrect_indices"])
                                              for v in self.pim.values()),
                  "filtered_by_length": self.n_filtered, "max_tokens": self.max_tokens}
-        doc = {"metadata": self.meta, "problem_index_map": self.pim, "stats": stats,
-               "token_count": self.counter.method, "source_file": self.path.name}
         meta_path = self.path.with_name(self.path.stem + "_metadata.json")
         tmp = meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
+        self._meta_tmp.seek(0)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write('{\n"metadata": [')
+            for k, line in enumerate(self._meta_tmp):
+                f.write(("," if k else "") + "\n  " + line.rstrip("\n"))
+            for key, value in (("problem_index_map", self.pim), ("stats", stats),
+                               ("token_count", self.counter.method), ("source_file", self.path.name)):
+                f.write(f"],\n" if key == "problem_index_map" else ",\n")
+                f.write(f"{json.dumps(key)}: {json.dumps(value, indent=2)}")
+            f.write("\n}\n")
+        self._meta_tmp.close()
+        os.unlink(self._meta_tmp.name)
         os.replace(tmp, meta_path)
         return stats
 

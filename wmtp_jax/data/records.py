@@ -71,17 +71,20 @@ def index_path(path: str | os.PathLike) -> Path:
 
 
 def build_index(path: str | os.PathLike) -> np.ndarray:
-    """Byte offsets of every non-empty line, `[n + 1]` int64 (last = end of the last line)."""
-    starts, ends, pos = [], [], 0
+    """Byte offsets of every non-empty line, `[n + 1]` int64 (last = end of the last line).
+
+    Streams the file; the offsets live in a compact `array('q')` (8 bytes per line)."""
+    from array import array
+
+    starts, end, pos = array("q"), 0, 0
     with open(path, "rb") as f:
-        for raw in iter(lambda: f.readline(), b""):
+        for raw in f:
             if raw.strip():
                 starts.append(pos)
-                ends.append(pos + len(raw))
+                end = pos + len(raw)
             pos += len(raw)
-    off = np.asarray(starts + ends[-1:], dtype=np.int64)
-    # Blank lines would make off[i+1] overshoot line i's end; records are re-stripped on read.
-    return off
+    starts.append(end)  # line i spans off[i]:off[i+1], blank lines between are stripped on read
+    return np.frombuffer(starts, dtype=np.int64).copy() if len(starts) > 1 else np.zeros(1, np.int64)
 
 
 def load_index(path: str | os.PathLike) -> np.ndarray:
@@ -93,8 +96,6 @@ def load_index(path: str | os.PathLike) -> np.ndarray:
         if off.ndim == 1 and (off.size == 1 and off[0] == 0 or off.size > 1 and off[-1] <= size):
             return off
     off = build_index(p) if size else np.zeros(1, np.int64)
-    if off.size == 0:
-        off = np.zeros(1, np.int64)
     tmp = ip.with_name(ip.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         np.save(f, off)
