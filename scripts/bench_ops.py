@@ -62,7 +62,7 @@ def temp_bytes(fn, *shapes):
     return mem.temp_size_in_bytes, mem.argument_size_in_bytes, mem.output_size_in_bytes
 
 
-def bench_memory(b=2, s=2048, k=4, v=32000, d=4096, chunk_sizes=(1024, 2048, 4096)):
+def bench_memory(b=2, s=2048, k=4, v=32000, d=4096, chunk_sizes=(512, 1024, 2048)):
     f32 = jnp.float32
     args = (jax.ShapeDtypeStruct((b, s, k, d), f32), jax.ShapeDtypeStruct((d,), f32),
             jax.ShapeDtypeStruct((d, v), f32), jax.ShapeDtypeStruct((b, s), jnp.int32),

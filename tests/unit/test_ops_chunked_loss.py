@@ -73,3 +73,22 @@ def test_errors_name_tensors():
         chunked_mtp_ce_loss(h, scale, kernel.T, labels, am)
     with pytest.raises(ValueError, match="norm_scale"):
         chunked_mtp_ce_loss(h, scale[:-1], kernel, labels, am)
+
+
+def test_batch_sharded_over_mesh_equals_single_device():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    n_dev = min(4, len(jax.devices()))
+    rng = np.random.default_rng(3)
+    h = jnp.asarray(rng.normal(size=(4, S, K, D)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, V, size=(4, S)))
+    am = jnp.ones((4, S), jnp.int32)
+    _, scale, kernel, _, _, _ = inputs()
+    f = jax.jit(jax.value_and_grad(lambda hh, kk: chunked_mtp_ce_loss(
+        hh, scale, kk, labels, am, chunk_size=4)["weighted_ce_loss"], argnums=(0, 1)))
+    ref_loss, ref_g = f(h, kernel)
+    mesh = Mesh(np.array(jax.devices()[:n_dev]), ("data",))
+    hs = jax.device_put(h, NamedSharding(mesh, P("data")))
+    loss, g = f(hs, jax.device_put(kernel, NamedSharding(mesh, P())))
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    for a, b in zip(g, ref_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -1,10 +1,12 @@
 """MTP cross entropy that never materialises `[B,S,K,V]` logits.
 
 All K heads share the final RMSNorm and the output projection, so every (b, t, k) token is the
-same computation `ce(norm(h[b,t,k]) @ W, target[b,t,k])`. The B·S·K head latents are flattened and
-scanned in chunks of `chunk_size` tokens; each chunk's body is rematerialised (`jax.checkpoint`),
-so forward and backward hold only one `[chunk_size, V]` logits block at a time (the per-head
-memory trick of Meta MTP, plus tiling over tokens). Loss and gradients equal the dense path.
+same computation `ce(norm(h[b,t,k]) @ W, target[b,t,k])`. Per row, the S·K (position, head) latents
+are flattened and scanned in chunks of `chunk_size`; the batch axis stays inside every step (so a
+batch sharded over the mesh stays sharded). Each chunk's body is rematerialised
+(`jax.checkpoint`), so forward and backward hold only one `[B, chunk_size, V]` logits block at a
+time (the per-head memory trick of Meta MTP, plus tiling over positions). Loss and gradients equal
+the dense path.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ def head_logits(head_latents: jax.Array, norm_scale: jax.Array, output_kernel: j
 def chunked_mtp_ce_loss(head_latents: jax.Array, norm_scale: jax.Array, output_kernel: jax.Array,
                         labels: jax.Array, attention_mask: jax.Array,
                         weights: Optional[jax.Array] = None, *, norm_eps: float = 1e-5,
-                        chunk_size: int = 1024, compute_dtype=jnp.float32) -> dict:
+                        chunk_size: int = 512, compute_dtype=jnp.float32) -> dict:
     """`compute_mtp_ce_loss(head_logits(head_latents, ...), labels, attention_mask, weights)`
     without the `[B,S,K,V]` logits.
 
     head_latents `[B,S,K,D]` (pre-norm outputs of the K head blocks), norm_scale `[D]`,
     output_kernel `[D,V]`, labels/attention_mask `[B,S]`, weights None | `[B,S]` | `[B,S,K]`.
-    chunk_size: tokens (of the flattened B·S·K) per scan step; peak extra memory is a few
-    `[chunk_size, V]` float32 blocks. B·S·K divisible by chunk_size avoids a padded copy.
+    chunk_size: (position, head) pairs per row per scan step (all B rows go together); peak extra
+    memory is a few `[B, chunk_size, V]` float32 blocks. S·K divisible by chunk_size avoids padding.
     Returns the same dict as compute_mtp_ce_loss.
     """
     if head_latents.ndim != 4:
@@ -59,14 +61,17 @@ def chunked_mtp_ce_loss(head_latents: jax.Array, norm_scale: jax.Array, output_k
         raise ValueError(f"output_kernel: expected [D={d}, V], got {output_kernel.shape}")
     targets, mask, w = align_head_targets(labels, attention_mask, k, weights)
 
-    n = b * s * k
+    # rows stay a (possibly sharded) non-scanned axis; the scan runs over chunks of the S·K axis
+    n = s * k
     c = max(1, min(int(chunk_size), n))
     n_chunks = -(-n // c)
-    x = head_latents.reshape(n, d)
-    t = targets.reshape(n)
+    x = head_latents.reshape(b, n, d)
+    t = targets.reshape(b, n)
     if n_chunks * c != n:  # zero rows normalise to 0 -> finite logits; their mask is 0
-        x = jnp.pad(x, ((0, n_chunks * c - n), (0, 0)))
-        t = jnp.pad(t, (0, n_chunks * c - n))
+        x = jnp.pad(x, ((0, 0), (0, n_chunks * c - n), (0, 0)))
+        t = jnp.pad(t, ((0, 0), (0, n_chunks * c - n)))
+    x = jnp.moveaxis(x.reshape(b, n_chunks, c, d), 1, 0)
+    t = jnp.moveaxis(t.reshape(b, n_chunks, c), 1, 0)
 
     @jax.checkpoint
     def chunk_ce(x_c, t_c, scale, kernel):
@@ -76,6 +81,6 @@ def chunked_mtp_ce_loss(head_latents: jax.Array, norm_scale: jax.Array, output_k
     def body(carry, xs):
         return carry, chunk_ce(xs[0], xs[1], norm_scale, output_kernel)
 
-    _, ce = jax.lax.scan(body, None, (x.reshape(n_chunks, c, d), t.reshape(n_chunks, c)))
-    ce = ce.reshape(-1)[:n].reshape(b, s, k)
+    _, ce = jax.lax.scan(body, None, (x, t))                       # [n_chunks, B, c]
+    ce = jnp.moveaxis(ce, 0, 1).reshape(b, n_chunks * c)[:, :n].reshape(b, s, k)
     return reduce_head_losses(ce, mask, w)
