@@ -20,13 +20,14 @@ from flax import nnx
 class ToyLM(nnx.Module):
     """Embedding → GELU MLP (with dropout) → vocab logits, plus a scalar `value_head`."""
 
-    def __init__(self, vocab=16, dim=8, hidden=16, dropout=0.0, *, rngs: nnx.Rngs):
-        init = jax.nn.initializers.normal(0.5)
+    def __init__(self, vocab=16, dim=8, hidden=16, dropout=0.0, seed=0, *, rngs: nnx.Rngs):
+        g = np.random.default_rng(seed)  # numpy init: no per-op compilation in tests
+        init = lambda shape: jnp.asarray(g.normal(0.0, 0.5, shape), jnp.float32)
         with nnx.use_eager_sharding(False):
-            self.embed = nnx.Param(init(rngs.params(), (vocab, dim)), sharding_names=("vocab", "embed"))
-            self.w1 = nnx.Param(init(rngs.params(), (dim, hidden)), sharding_names=("embed", "mlp"))
-            self.w2 = nnx.Param(init(rngs.params(), (hidden, vocab)), sharding_names=("mlp", "vocab"))
-            self.value_head = nnx.Param(jnp.zeros((dim,)), sharding_names=("embed",))
+            self.embed = nnx.Param(init((vocab, dim)), out_sharding=("vocab", "embed"))
+            self.w1 = nnx.Param(init((dim, hidden)), out_sharding=("embed", "mlp"))
+            self.w2 = nnx.Param(init((hidden, vocab)), out_sharding=("mlp", "vocab"))
+            self.value_head = nnx.Param(jnp.zeros((dim,)), out_sharding=("embed",))
         self.drop = nnx.Dropout(dropout, rngs=rngs)
 
     def __call__(self, tokens):
@@ -102,7 +103,7 @@ def make_task(config, *, dropout=0.1, n_rows=64, sleep=0.0, nan_after=-1, groups
     from wmtp_jax.train import TrainTask
 
     per_proc = config.training.batch_size // jax.process_count()
-    model = ToyLM(dropout=dropout, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    model = ToyLM(dropout=dropout, seed=config.seed, rngs=nnx.Rngs(dropout=config.seed + 1))
     kw = {}
     if groups:
         kw = dict(param_labels=lambda p: "value_head" if p.startswith("value_head") else "lm",
@@ -114,7 +115,7 @@ def make_task(config, *, dropout=0.1, n_rows=64, sleep=0.0, nan_after=-1, groups
         loss_fn=lambda m, f, b, r, e: toy_loss(m, f, b, r, e, nan_after, rng_weights),
         train_iter=ToyData(n_rows=n_rows, batch=per_proc, seed=config.seed, sleep=sleep,
                            sigterm_at=sigterm_at),
-        frozen=ToyLM(rngs=nnx.Rngs(7)) if frozen else None,
+        frozen=ToyLM(seed=7, rngs=nnx.Rngs(7)) if frozen else None,
         extra_state={"ema": jnp.zeros((), jnp.float32), "n": jnp.zeros((), jnp.int32)},
         eval_fn=toy_eval,
         val_iter_fn=lambda: iter([{"input_ids": ToyData(n_rows=8, batch=per_proc, seed=99).rows[:per_proc]}]),
@@ -129,3 +130,18 @@ def run(config):
     task = make_task(config, dropout=config.toy.dropout, sleep=config.toy.sleep,
                      nan_after=config.toy.nan_after)
     return fit(config, task)
+
+
+CACHE_DIR = "/tmp/wmtp_jax_test_jax_cache"
+
+
+def enable_compilation_cache():
+    """Persistent XLA cache: identical step programs across fits/subprocesses compile once."""
+    jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def cache_env() -> dict:
+    return {"JAX_COMPILATION_CACHE_DIR": CACHE_DIR, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

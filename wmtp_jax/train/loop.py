@@ -186,13 +186,12 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
         m = {"data_iter": iter_state(), "best": meta.get("best"), "status": status}
         return ck.save(step, tree, m, cfg, best=best)
 
-    pending: list[tuple[int, dict]] = []
+    pending: list[tuple[int, dict]] = []  # device metrics not yet fetched
     logged: dict = {}
-    window = {"tokens": 0, "samples": 0, "t0": time.perf_counter(), "steps": 0}
+    window = {"rows": [], "tokens": 0, "samples": 0, "t0": time.perf_counter(), "steps": 0}
 
-    def flush(step: int):
-        """Fetch pending step metrics, stop on a non-finite loss, log window means."""
-        nonlocal logged
+    def fetch():
+        """Fetch pending step metrics (one host sync); stop on a non-finite loss."""
         if not pending:
             return
         rows = jax.device_get([m for _, m in pending])
@@ -201,11 +200,21 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
                 last = ck.latest_step()
                 ck.wait()
                 tracker.end("FAILED")
+                progress.close()
                 raise NonFiniteLossError(
                     f"non-finite loss {float(r['loss'])} at step {s}: training stopped; nothing "
                     f"after it was saved; last good checkpoint: "
                     f"{ck.path(last) if last is not None else 'none'}")
         pending.clear()
+        window["rows"].extend(rows)
+
+    def log_window(step: int):
+        """Log the means over the steps since the last log."""
+        nonlocal logged
+        fetch()
+        rows = window["rows"]
+        if not rows:
+            return
         dt = max(time.perf_counter() - window["t0"], 1e-9)
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         lrs = {k[3:]: v for k, v in mean.items() if k.startswith("lr/")}
@@ -219,7 +228,7 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
         tracker.log_metrics(log, step)
         logged.update(log)
         progress.postfix(loss=log["train/loss"], tok_s=log["perf/tokens_per_sec"])
-        window.update(tokens=0, samples=0, t0=time.perf_counter(), steps=0)
+        window.update(rows=[], tokens=0, samples=0, t0=time.perf_counter(), steps=0)
 
     def evaluate(step: int) -> dict:
         if c.eval_step is None or task.val_iter_fn is None:
@@ -266,18 +275,18 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
             window["steps"] += 1
             progress.update(step)
             if step % t.log_interval == 0:
-                flush(step)
+                log_window(step)
             if t.eval_every_steps > 0 and step % t.eval_every_steps == 0 and step < n_steps:
-                flush(step)
+                fetch()
                 evaluate(step)
                 last_eval = step
             if config.checkpoint.every_steps > 0 and step % config.checkpoint.every_steps == 0:
-                flush(step)
+                fetch()  # never checkpoint a state after a non-finite loss
                 save(step, "periodic")
             if stop_at_step is not None and step >= stop_at_step and step < n_steps:
                 status = "stopped"
                 break
-        flush(step)
+        log_window(step)
         if status == "completed" or status == "data_exhausted":
             if last_eval != step:
                 evaluate(step)
