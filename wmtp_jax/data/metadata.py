@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -66,9 +67,12 @@ class SplitWriter:
         entry["problem_id"] = pid
         self.flags["has_problem_id"] = True
         self._meta_tmp.write(json.dumps(entry) + "\n")  # per-line entries streamed to disk
-        info = self.pim.setdefault(pid, {"difficulty": md.get("difficulty"), "correct_indices": [],
-                                         "incorrect_indices": [], "correct_token_lengths": [],
-                                         "incorrect_token_lengths": []})
+        info = self.pim.get(pid)
+        if info is None:  # compact int arrays: ~12 bytes per line in memory
+            info = self.pim[pid] = {"difficulty": md.get("difficulty"),
+                                    "correct_indices": array("q"), "incorrect_indices": array("q"),
+                                    "correct_token_lengths": array("l"),
+                                    "incorrect_token_lengths": array("l")}
         if r.get("is_correct") is True:
             info["correct_indices"].append(line)
             info["correct_token_lengths"].append(n_out)
@@ -98,9 +102,13 @@ class SplitWriter:
             f.write('{\n"metadata": [')
             for k, line in enumerate(self._meta_tmp):
                 f.write(("," if k else "") + "\n  " + line.rstrip("\n"))
-            for key, value in (("problem_index_map", self.pim), ("stats", stats),
-                               ("token_count", self.counter.method), ("source_file", self.path.name)):
-                f.write(f"],\n" if key == "problem_index_map" else ",\n")
+            f.write('],\n"problem_index_map": {')
+            for k, (pid, info) in enumerate(self.pim.items()):
+                entry = {key: (v.tolist() if isinstance(v, array) else v) for key, v in info.items()}
+                f.write(("," if k else "") + f"\n  {json.dumps(pid)}: {json.dumps(entry)}")
+            for key, value in (("stats", stats), ("token_count", self.counter.method),
+                               ("source_file", self.path.name)):
+                f.write(f"}},\n" if key == "stats" else ",\n")
                 f.write(f"{json.dumps(key)}: {json.dumps(value, indent=2)}")
             f.write("\n}\n")
         self._meta_tmp.close()
