@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from wmtp_jax.models.partitioning import DEFAULT_RULES, Rules, shard_model, state_shardings
+from wmtp_jax.models.partitioning import DEFAULT_RULES, Rules, state_shardings
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -110,6 +110,31 @@ def abstract_like(tree, shardings):
     return jax.tree.map(one, shardings, tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
 
 
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def put_global(tree, shardings):
+    """`jax.device_put` that also works multi-process (values identical on every process).
+
+    `shardings` is a prefix tree of `tree` (e.g. from `tree_shardings`). Multi-process, each leaf
+    becomes a global array built from this process's copy of the value; typed PRNG keys go
+    through their raw key data.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def leaf(sharding, x):
+        if _is_key(x):
+            return jax.random.wrap_key_data(leaf(sharding, jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: leaf(s, x), sub), shardings, tree,
+                        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+
+
 def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
     """Sharding of a batch leaf: [B, ...] (or [GA, B, ...] when stacked) split over (data, fsdp)."""
     return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
@@ -141,4 +166,6 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, stacked: bool = False) -> 
 
 def shard_frozen(model: nnx.Module, mesh: Mesh, strategy: str = "FULL_SHARD") -> nnx.Module:
     """Place a frozen (inference-only) model on the mesh with the strategy's parameter rules."""
-    return shard_model(model, mesh, rules_for(strategy).params)
+    state = nnx.state(model)
+    nnx.update(model, put_global(state, tree_shardings(state, mesh, rules_for(strategy).params)))
+    return model

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -88,7 +89,7 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
         raise ValueError("TrainTask.trainable selects no parameter of TrainTask.model")
     if task.frozen is not None:
         frozen_graph, frozen_state = nnx.split(task.frozen)
-        frozen_state = jax.device_put(frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params))
+        frozen_state = mesh_lib.put_global(frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params))
     else:
         frozen_graph, frozen_state = None, None
 
@@ -102,15 +103,16 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
     state_sh = {"step": repl, "params": params_sh, "opt_state": opt_sh, "other": repl,
                 "extra": repl, "rng": repl}
 
-    params = jax.device_put(params, params_sh)
-    fixed = jax.device_put(fixed, fixed_sh)
+    put = mesh_lib.put_global
+    params = put(params, params_sh)
+    fixed = put(fixed, fixed_sh)
     state = {
-        "step": jax.device_put(jnp.zeros((), jnp.int32), repl),
+        "step": put(np.zeros((), np.int32), repl),
         "params": params,
         "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
-        "other": jax.device_put(other, repl),
-        "extra": jax.device_put(task.extra_state if task.extra_state is not None else {}, repl),
-        "rng": jax.device_put(jax.random.PRNGKey(int(config.seed)), repl),
+        "other": put(other, repl),
+        "extra": put(task.extra_state if task.extra_state is not None else {}, repl),
+        "rng": put(np.asarray(jax.random.key_data(jax.random.key(int(config.seed)))), repl),
     }
 
     def merge_frozen(frozen_state_):
