@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -85,8 +85,19 @@ def main(argv):
         print(summary(result), flush=True)
 
 
+def _parse_flags(argv):
+    """absl flag parsing with a one-line error for an unknown `--config.<key>` override."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        name = str(e).strip("\"'")
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")]
+        _fail(f"unknown config key {bad[0][2:] if bad else name!r} (configs are locked; "
+              f"see the pipeline's config file)")
+
+
 def run():
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

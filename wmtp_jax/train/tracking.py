@@ -11,7 +11,6 @@ Every logged metric row is also appended to `<output_dir>/metrics.jsonl` as
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -72,7 +71,7 @@ class Tracker:
         self._start(config, resume)
 
     def _start(self, config, resume: bool):
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         uri = self.tracking_uri
