@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -154,7 +155,7 @@ def n_heads_of(model) -> int:
 
 def decode_loop(model, prompts: Array, prompt_lens: Array, keys: Array, live: Array,
                 temperature, top_p, stop_ids: Array, *, max_new_tokens: int, greedy: bool,
-                top_k: int, use_top_p: bool, eos_id: int, cache_dtype=None):
+                top_k: int, use_top_p: bool, eos_id, cache_dtype=None):
     """prompts `[B, L]` right-padded, prompt_lens `[B]` ≥ 1, keys `[B, 2]`, live `[B]` bool ->
     (tokens `[B, max_new_tokens]` with EOS after each row's end, number of decode steps)."""
     b, l = prompts.shape
@@ -188,6 +189,30 @@ def decode_loop(model, prompts: Array, prompt_lens: Array, keys: Array, live: Ar
     return jnp.where(filled, out, eos_id), steps
 
 
+_TRACES = [0]  # incremented at trace time: one per compiled decode program
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "use_top_p",
+                                   "n_heads", "speculative", "cache_dtype"))
+def _program(state, prompts, prompt_lens, keys, live, temperature, top_p, stop_ids, eos_id, *,
+             graphdef, max_new_tokens, greedy, top_k, use_top_p, n_heads, speculative,
+             cache_dtype):
+    """The whole generation of one batch; compiled once per (model graph, batch, bucket, config)
+    and shared by every Sampler of the same model graph."""
+    _TRACES[0] += 1
+    model = nnx.merge(graphdef, state)
+    if speculative:
+        from .speculative import speculative_loop
+        return speculative_loop(model, prompts, prompt_lens, live, n_heads=n_heads,
+                                max_new_tokens=max_new_tokens, eos_id=eos_id,
+                                cache_dtype=cache_dtype)
+    out, steps = decode_loop(model, prompts, prompt_lens, keys, live, temperature, top_p,
+                             stop_ids, max_new_tokens=max_new_tokens, greedy=greedy,
+                             top_k=top_k, use_top_p=use_top_p, eos_id=eos_id,
+                             cache_dtype=cache_dtype)
+    return out, dict(forwards=steps + 1)
+
+
 # ---- host driver ----------------------------------------------------------------------------
 
 class Sampler:
@@ -210,29 +235,12 @@ class Sampler:
             raise ValueError(f"speculative decoding needs n_future_tokens ≥ 2, model has "
                              f"{self.n_heads}")
         self.speculative = speculative
-        self.trace_count = 0
+        self.trace_count = 0  # decode programs this sampler caused to be traced (compiled)
         self.stats: dict[str, float] = {}
         self.reset_stats()
-        self._jit = jax.jit(self._program, static_argnames=(
-            "max_new_tokens", "greedy", "top_k", "use_top_p"))
 
     def reset_stats(self):
         self.stats = dict(tokens=0, seconds=0.0, forwards=0, drafted=0, accepted=0, calls=0)
-
-    def _program(self, state, prompts, prompt_lens, keys, live, temperature, top_p, stop_ids, *,
-                 max_new_tokens, greedy, top_k, use_top_p):
-        self.trace_count += 1  # runs at trace time only
-        model = nnx.merge(self.graphdef, state)
-        if self.speculative:
-            from .speculative import speculative_loop
-            return speculative_loop(model, prompts, prompt_lens, live, n_heads=self.n_heads,
-                                    max_new_tokens=max_new_tokens, eos_id=self.eos_id,
-                                    cache_dtype=self.cache_dtype)
-        out, steps = decode_loop(model, prompts, prompt_lens, keys, live, temperature, top_p,
-                                 stop_ids, max_new_tokens=max_new_tokens, greedy=greedy,
-                                 top_k=top_k, use_top_p=use_top_p, eos_id=self.eos_id,
-                                 cache_dtype=self.cache_dtype)
-        return out, dict(forwards=steps + 1)
 
     def generate_batch(self, prompts: np.ndarray, prompt_lens: np.ndarray, keys, live,
                        config: SamplingConfig, stop_ids: Optional[np.ndarray] = None):
@@ -240,14 +248,16 @@ class Sampler:
         if self.speculative and not config.greedy:
             raise ValueError("speculative decoding is greedy only (set temperature=0)")
         stop_ids = np.full((1, 1), NO_STOP, np.int32) if stop_ids is None else stop_ids
-        t0 = time.perf_counter()
-        out, aux = self._jit(
+        t0, traces = time.perf_counter(), _TRACES[0]
+        out, aux = _program(
             self.state, jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
             keys, jnp.asarray(live), jnp.float32(config.temperature or 1.0),
-            jnp.float32(config.top_p), jnp.asarray(stop_ids, jnp.int32),
-            max_new_tokens=config.max_new_tokens, greedy=config.greedy, top_k=config.top_k,
-            use_top_p=config.top_p < 1.0)
+            jnp.float32(config.top_p), jnp.asarray(stop_ids, jnp.int32), jnp.int32(self.eos_id),
+            graphdef=self.graphdef, max_new_tokens=config.max_new_tokens, greedy=config.greedy,
+            top_k=config.top_k, use_top_p=config.top_p < 1.0, n_heads=self.n_heads,
+            speculative=self.speculative, cache_dtype=self.cache_dtype)
         out = np.asarray(out)
+        self.trace_count += _TRACES[0] - traces
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["calls"] += 1
         for k, v in aux.items():

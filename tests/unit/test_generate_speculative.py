@@ -1,0 +1,63 @@
+"""Self-speculative MTP decoding: token-for-token equal to plain greedy; acceptance bookkeeping."""
+
+import jax
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from wmtp_jax.generate import Sampler, SamplingConfig  # noqa: E402
+from wmtp_jax.models import ModelArgs, MTPTransformer  # noqa: E402
+
+ARGS = ModelArgs(dim=32, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=40, multiple_of=8,
+                 n_future_tokens=4, max_seq_len=128)
+
+
+def tied_heads(model):
+    """All heads = head 0: drafts are right whenever greedy repeats a token (high acceptance)."""
+    state = nnx.state(model.heads, nnx.Param)
+    nnx.update(model.heads, jax.tree.map(lambda a: jnp.broadcast_to(a[:1], a.shape), state))
+    return model
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_speculative_greedy_equals_greedy(tied):
+    model = MTPTransformer(ARGS, rngs=nnx.Rngs(3))
+    if tied:
+        model = tied_heads(model)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, ARGS.vocab_size, n).tolist() for n in (2, 5, 9, 4, 7)]
+    cfg = SamplingConfig(max_new_tokens=13)                  # not a multiple of K
+    plain = Sampler(model, eos_id=1, batch_size=8, min_bucket=16)
+    spec = Sampler(model, eos_id=1, batch_size=8, min_bucket=16, speculative=True)
+    want = plain.sample(prompts, 1, cfg)
+    got = spec.sample(prompts, 1, cfg)
+    assert got == want
+    st = spec.stats
+    assert st["drafted"] > 0 and 0 <= st["accepted"] <= st["drafted"]
+    assert st["tokens"] == plain.stats["tokens"]
+    # every round emits 1 + accepted tokens per live row; rounds ≤ forwards - 2
+    assert st["forwards"] <= plain.stats["forwards"] + 2
+    if tied:
+        assert st["accepted"] > 0 and st["forwards"] < plain.stats["forwards"]
+
+
+def test_speculative_stops_at_eos_and_needs_heads():
+    model = MTPTransformer(ARGS, rngs=nnx.Rngs(4))
+    prompts = [[5, 6, 7], [9, 3]]
+    cfg = SamplingConfig(max_new_tokens=13)                  # same programs as above
+    plain = Sampler(model, eos_id=1, batch_size=8, min_bucket=16).sample(prompts, 1, cfg)
+    eos = plain[0][0][4]                                     # a token row 0 emits mid-way
+    want = Sampler(model, eos_id=eos, batch_size=8, min_bucket=16).sample(prompts, 1, cfg)
+    spec = Sampler(model, eos_id=eos, batch_size=8, min_bucket=16, speculative=True)
+    got = spec.sample(prompts, 1, cfg)
+    assert got == want and len(got[0][0]) <= 4 and spec.trace_count == 0
+    with pytest.raises(ValueError, match="greedy only"):
+        Sampler(model, eos_id=1, batch_size=2, speculative=True).sample(
+            prompts, 1, SamplingConfig(temperature=0.5))
+    one = MTPTransformer(ARGS.replace(n_future_tokens=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="n_future_tokens"):
+        Sampler(one, eos_id=1, speculative=True)
