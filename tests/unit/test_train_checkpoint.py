@@ -56,3 +56,27 @@ def test_flatten_config_truncates():
     flat = flatten_config({"a": {"b": 1, "c": {"d": "x" * 7000}}, "e": (1, 2)})
     assert flat["a.b"] == "1" and flat["e"] == "(1, 2)"
     assert len(flat["a.c.d"]) == 6000 and flat["a.c.d"].endswith("...")
+
+
+
+def test_export_model_hands_host_params_to_models_io(tmp_path, monkeypatch):
+    """export_model → wmtp_jax.models.io.save_model(dir, pure host params, kind=..., args=...)."""
+    from wmtp_jax.models import io
+    from wmtp_jax.train.checkpoint import export_model
+
+    class Tiny(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.arange(4.0))
+            self.drop = nnx.Dropout(0.1, rngs=nnx.Rngs(0))  # non-param state is not exported
+
+    seen = {}
+
+    def fake_save(directory, params, **kw):
+        seen.update(directory=directory, params=params, **kw)
+        return tmp_path / "out"
+
+    monkeypatch.setattr(io, "save_model", fake_save)
+    assert export_model(tmp_path / "m", Tiny(), kind="mtp", args="ARGS") == tmp_path / "out"
+    assert seen["kind"] == "mtp" and seen["args"] == "ARGS" and seen["force"] is True
+    assert list(seen["params"]) == ["w"] and isinstance(seen["params"]["w"], np.ndarray)
+    np.testing.assert_array_equal(seen["params"]["w"], np.arange(4.0))

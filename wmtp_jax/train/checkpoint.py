@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
