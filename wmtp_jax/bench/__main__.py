@@ -1,0 +1,219 @@
+"""`python -m wmtp_jax.bench`: train-step and decode benchmarks → JSON lines (+ a plot).
+
+    python -m wmtp_jax.bench --what train --pipelines baseline,verifiable --batch 1,2,4 \
+        --seq 128,256 --steps 10 --warmup 2 --out bench_results/results.jsonl --plot tput.png
+    python -m wmtp_jax.bench --preset 1b --dtype bfloat16 --seq 2048       # GPU MFU row
+    python -m wmtp_jax.bench --what decode --max-new-tokens 64             # greedy vs speculative
+
+List flags (--pipelines, --n-layers, --batch, --seq, --dtype, --remat, --loss, --donate) take
+comma-separated values; the train sweep is their product. A preset fills every flag not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+PRESETS = {
+    # the micro pipelines' shapes (pipelines/bootstrap.py): 2 trunk + 4 head blocks, critic 3 blocks
+    "micro": dict(dim=256, n_layers="6", n_heads=4, n_future=4, vocab=1024, multiple_of=64,
+                  batch="4", seq="128", dtype="float32"),
+    # ~1B MTP policy (954M matmul params + embeddings): 12 trunk + 4 head blocks, D=2048
+    "1b": dict(dim=2048, n_layers="16", n_heads=16, n_future=4, vocab=32000, multiple_of=256,
+               batch="4,8", seq="2048", dtype="bfloat16", loss="chunked", pipelines="baseline"),
+    # Meta MTP 7B shape with LoRA r64 on every projection + the Sheared-LLaMA-2.7B critic shape
+    "7b-lora": dict(dim=4096, n_layers="32", n_heads=32, n_future=4, vocab=32000, multiple_of=256,
+                    batch="1,2", seq="2048", dtype="bfloat16", remat="full", loss="chunked",
+                    lora_rank=64, critic_dim=2560, critic_layers=32, critic_heads=20,
+                    critic_ffn_hidden=6912, pipelines="verifiable"),
+}
+DEFAULTS = dict(PRESETS["micro"], pipelines="baseline,critic,verifiable", n_kv_heads=0,
+                ffn_hidden=0, critic_dim=0, critic_layers=0, critic_heads=0, critic_ffn_hidden=0,
+                ga=1, remat="none", sharding="FULL_SHARD", mesh="1,-1,1", lora_rank=0,
+                loss="dense", chunk_size=1024, donate="on")
+
+
+def _csv(v, cast=str) -> list:
+    return [cast(x) for x in str(v).split(",") if x.strip() != ""]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m wmtp_jax.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--what", choices=("train", "decode", "all"), default="train")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    add = lambda name, **kw: ap.add_argument(name, default=None, **kw)
+    add("--pipelines", help="comma list of baseline, critic, verifiable")
+    for name in ("--dim", "--n-heads", "--n-kv-heads", "--n-future", "--vocab", "--ffn-hidden",
+                 "--multiple-of", "--critic-dim", "--critic-layers", "--critic-heads",
+                 "--critic-ffn-hidden", "--ga", "--lora-rank", "--chunk-size"):
+        add(name, type=int)
+    add("--n-layers", help="comma list (Meta layout: includes the n_future head blocks)")
+    add("--batch", help="comma list of global micro-batch sizes (pairs for critic)")
+    add("--seq", help="comma list of sequence lengths")
+    add("--dtype", help="comma list: float32, bfloat16")
+    add("--remat", help="comma list: none, full, dots, dots_no_batch")
+    add("--sharding", choices=("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"))
+    add("--mesh", help="data,fsdp,tensor sizes (-1 = the rest of the devices)")
+    add("--loss", help="comma list: dense, chunked (MTP CE of the policy pipelines)")
+    add("--donate", help="comma list: on, off (donate the train state to the step)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--compile-only", action="store_true",
+                    help="lower + compile + memory_analysis only (large shapes on a small host)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak TFLOP/s per device (default: table by device kind; CPU: none)")
+    ap.add_argument("--compilation-cache", default=None,
+                    help="persistent compilation cache directory (jax_compilation_cache_dir)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each train configuration in a fresh process (exact device peak memory)")
+    ap.add_argument("--policy-dir", default="", help="decode: an `mtp` model dir (default random)")
+    ap.add_argument("--decode-batch", default="1", help="decode: comma list of batch sizes")
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--out", default="bench_results/results.jsonl")
+    ap.add_argument("--plot", default=None, help="PNG of tokens/s vs batch and seq (train rows)")
+    ap.add_argument("--case-json", default=None, help=argparse.SUPPRESS)  # --isolate worker
+    a = ap.parse_args(argv)
+    preset = PRESETS.get(a.preset, {})
+    for k, v in DEFAULTS.items():
+        if getattr(a, k, None) is None:
+            setattr(a, k, preset.get(k, v))
+    if a.steps < 1 or a.warmup < 0:
+        ap.error(f"--steps {a.steps} must be ≥ 1 and --warmup {a.warmup} ≥ 0")
+    return a
+
+
+def train_cases(a) -> list:
+    from wmtp_jax.bench.train_step import PIPELINES, TrainCase
+
+    pipes = _csv(a.pipelines)
+    bad = [p for p in pipes if p not in PIPELINES]
+    if bad:
+        raise SystemExit(f"error: --pipelines {bad} unknown; valid: {', '.join(PIPELINES)}")
+    donate = _csv(a.donate)
+    if any(d not in ("on", "off") for d in donate):
+        raise SystemExit(f"error: --donate {a.donate!r}: values on, off")
+    mesh = tuple(_csv(a.mesh, int))
+    if len(mesh) != 3:
+        raise SystemExit(f"error: --mesh {a.mesh!r}: need three sizes data,fsdp,tensor")
+    fixed = dict(dim=a.dim, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, n_future=a.n_future,
+                 vocab=a.vocab, ffn_hidden=a.ffn_hidden, multiple_of=a.multiple_of,
+                 critic_dim=a.critic_dim, critic_layers=a.critic_layers,
+                 critic_heads=a.critic_heads, critic_ffn_hidden=a.critic_ffn_hidden, ga=a.ga,
+                 sharding=a.sharding, mesh=mesh, lora_rank=a.lora_rank, chunk_size=a.chunk_size)
+    cases, seen = [], set()
+    for p, nl, dt, rm, loss, dn, s, b in itertools.product(
+            pipes, _csv(a.n_layers, int), _csv(a.dtype), _csv(a.remat), _csv(a.loss), donate,
+            _csv(a.seq, int), _csv(a.batch, int)):
+        c = TrainCase(pipeline=p, n_layers=nl, dtype=dt, remat=rm,
+                      loss="dense" if p == "critic" else loss, donate=dn == "on", seq=s, batch=b,
+                      **fixed)
+        if c not in seen:
+            seen.add(c)
+            cases.append(c)
+    return cases
+
+
+def _run_isolated(case, a) -> dict:
+    """The case in a fresh interpreter (`--case-json`); its row comes back on stdout."""
+    cmd = [sys.executable, "-m", "wmtp_jax.bench", "--case-json",
+           json.dumps(dataclasses.asdict(case)), "--steps", str(a.steps), "--warmup",
+           str(a.warmup)]
+    if a.compile_only:
+        cmd.append("--compile-only")
+    if a.peak_tflops:
+        cmd += ["--peak-tflops", str(a.peak_tflops)]
+    if a.compilation_cache:
+        cmd += ["--compilation-cache", a.compilation_cache]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode or not lines:
+        return {"kind": "train", "config": dataclasses.asdict(case),
+                "error": f"exit {p.returncode}: {p.stderr.strip()[-2000:]}"}
+    return json.loads(lines[-1])
+
+
+def _run_train(case, a) -> dict:
+    from wmtp_jax.bench.train_step import run_case
+
+    try:
+        return run_case(case, steps=a.steps, warmup=a.warmup, compile_only=a.compile_only,
+                        peak_tflops=a.peak_tflops)
+    except Exception as e:  # noqa: BLE001 - an OOM / bad shape becomes an error row, sweep goes on
+        return {"kind": "train", "config": dataclasses.asdict(case),
+                "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+
+
+def _summary(row: dict) -> str:
+    c = row.get("config", {})
+    if "error" in row:
+        return f"[error] {c.get('pipeline', row.get('mode'))}: {row['error'][:300]}"
+    if row["kind"] == "decode":
+        acc = row.get("acceptance_rate")
+        return (f"decode {row['mode']:11s} B={c['batch']} new={c['max_new_tokens']}: "
+                f"{row['tokens_per_s']:.1f} tok/s, first call {row['first_call_s']:.1f} s"
+                + (f", acceptance {acc:.3f}, x{row['speedup_vs_greedy']:.2f} vs greedy"
+                   if acc is not None else ""))
+    mem = row.get("memory_analysis", {}).get("estimate")
+    s = (f"train {c['pipeline']:10s} L={c['n_layers']} B={c['batch']} S={c['seq']} {c['dtype']} "
+         f"remat={c['remat']} loss={c['loss']} donate={c['donate']}: compile "
+         f"{row['compile_total_s']:.1f} s, mem {mem / 2**20 if mem else float('nan'):.0f} MiB")
+    if row.get("step_time_s"):
+        mfu = row.get("mfu")
+        s += (f", step {row['step_time_s'] * 1e3:.1f} ms, {row['tokens_per_s']:.0f} tok/s"
+              + (f", MFU {100 * mfu:.1f}%" if mfu is not None else ""))
+    return s
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.compilation_cache:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", a.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    from wmtp_jax.bench import append_jsonl, machine_info
+
+    if a.case_json:  # --isolate worker: one case, row on stdout, nothing written
+        from wmtp_jax.bench.train_step import TrainCase
+        d = json.loads(a.case_json)
+        d["mesh"] = tuple(d["mesh"])
+        row = _run_train(TrainCase(**d), a)
+        print(json.dumps(row))
+        return 0
+    machine = machine_info()
+    extra = {"machine": machine, "compilation_cache": a.compilation_cache}
+    n_err = 0
+    if a.what in ("train", "all"):
+        for case in train_cases(a):
+            row = _run_isolated(case, a) if a.isolate else _run_train(case, a)
+            row = append_jsonl(a.out, {**row, **extra, "isolated": bool(a.isolate)})
+            n_err += "error" in row
+            print(_summary(row), flush=True)
+    if a.what in ("decode", "all"):
+        from wmtp_jax.bench.decode import DecodeCase, run_decode
+        for b in _csv(a.decode_batch, int):
+            case = DecodeCase(policy_dir=a.policy_dir, dim=a.dim, n_layers=_csv(a.n_layers, int)[0],
+                              n_heads=a.n_heads, n_future=a.n_future, vocab=a.vocab,
+                              multiple_of=a.multiple_of, batch=b, prompt_len=a.prompt_len,
+                              max_new_tokens=a.max_new_tokens, dtype=_csv(a.dtype)[0])
+            for row in run_decode(case, repeats=a.decode_repeats):
+                print(_summary(append_jsonl(a.out, {**row, **extra})), flush=True)
+    if a.plot:
+        from wmtp_jax.bench.plot import load_rows, plot_throughput
+        rows = load_rows(a.out)
+        if rows:
+            print(f"plot: {plot_throughput(rows, a.plot)}")
+    print(f"results appended to {os.path.abspath(a.out)}")
+    return 1 if n_err else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Decode throughput: greedy vs self-speculative MTP decoding through `wmtp_jax.generate.Sampler`.
+
+Both modes run the same compiled-once programs the evaluation uses (bucketed prefill +
+on-device `while_loop`). EOS is disabled (eos_id = −1, never a token id), so every row decodes
+exactly `max_new_tokens` tokens and the two modes do the same work. The first call (compile +
+run) is reported separately; tokens/s is the median over `repeats` further calls.
+Self-speculative output must equal the greedy output; `match_greedy` is the fraction of equal
+tokens (float ties between differently shaped matmuls may flip a few).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from wmtp_jax.models.args import ModelArgs
+
+MODES = ("greedy", "speculative")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeCase:
+    policy_dir: str = ""  # a `mtp` model dir; "" = random init of the shape below
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    n_future: int = 4
+    vocab: int = 1024
+    multiple_of: int = 64
+    batch: int = 1
+    prompt_len: int = 16
+    max_new_tokens: int = 64
+    dtype: str = "float32"
+    seed: int = 0
+
+
+def load_policy(case: DecodeCase):
+    """(model, args): the policy of `case.policy_dir`, or a random-init MTPTransformer."""
+    if case.policy_dir:
+        from wmtp_jax.models import io
+        model = io.load_model(case.policy_dir, kind="mtp", dtype=case.dtype)
+        return model, model.args
+    from wmtp_jax.models.mtp import MTPTransformer
+    args = ModelArgs(dim=case.dim, n_layers=case.n_layers, n_heads=case.n_heads,
+                     vocab_size=case.vocab, multiple_of=case.multiple_of,
+                     n_future_tokens=case.n_future,
+                     max_seq_len=case.prompt_len + case.max_new_tokens + case.n_future,
+                     dtype=case.dtype, param_dtype=case.dtype)
+    return MTPTransformer(args, rngs=nnx.Rngs(case.seed)), args
+
+
+def run_decode(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
+    """One result dict per mode (greedy, speculative)."""
+    from wmtp_jax.generate import SamplingConfig
+    from wmtp_jax.generate.sampler import Sampler
+
+    model, args = load_policy(case)
+    rng = np.random.default_rng(case.seed)
+    b, l = case.batch, case.prompt_len
+    prompts = rng.integers(0, args.vocab_size, size=(b, l), dtype=np.int32)
+    lens = np.full((b,), l, np.int32)
+    keys = jax.random.split(jax.random.PRNGKey(case.seed), b)
+    live = np.ones((b,), bool)
+    sc = SamplingConfig(temperature=0.0, max_new_tokens=case.max_new_tokens)
+    outs, rows = {}, []
+    for mode in MODES:
+        if mode == "speculative" and args.n_future_tokens < 2:
+            continue
+        s = Sampler(model, eos_id=-1, batch_size=b, min_bucket=l,
+                    speculative=mode == "speculative")
+        t0 = time.perf_counter()
+        s.generate_batch(prompts, lens, keys, live, sc)
+        first_s = time.perf_counter() - t0
+        s.reset_stats()
+        times, load = [], [os.getloadavg()[0]]
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outs[mode] = s.generate_batch(prompts, lens, keys, live, sc)
+            times.append(time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
+        st = s.stats
+        sec = statistics.median(times)
+        n_tok = b * case.max_new_tokens
+        rows.append({
+            "kind": "decode", "mode": mode, "config": dataclasses.asdict(case),
+            "policy": "dir" if case.policy_dir else "random_init",
+            "first_call_s": first_s, "seconds": sec, "times_s": times,
+            "tokens_per_s": n_tok / sec, "new_tokens": n_tok,
+            "forwards_per_call": st["forwards"] / repeats,
+            "tokens_per_forward": n_tok * repeats / max(st["forwards"], 1),
+            "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
+            "loadavg_during": load})
+    if "speculative" in outs:
+        match = float(np.mean(outs["speculative"] == outs["greedy"]))
+        greedy_tps = rows[0]["tokens_per_s"]
+        for r in rows:
+            r["match_greedy"] = match if r["mode"] == "speculative" else 1.0
+            r["speedup_vs_greedy"] = r["tokens_per_s"] / greedy_tps
+    return rows

@@ -1,0 +1,60 @@
+"""Plot train-step throughput (tokens/s) against batch size and sequence length from a
+results JSONL: left panel one line per (pipeline, seq) over batch, right panel one line per
+(pipeline, batch) over seq. Rows measured by `python -m wmtp_jax.bench --what train`."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def load_rows(path, kind: str = "train") -> list[dict]:
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not a JSON line ({e})") from None
+        if r.get("kind") == kind and r.get("tokens_per_s"):
+            rows.append(r)
+    return rows
+
+
+def series(rows: list[dict], x: str, group: str) -> dict:
+    """{(pipeline, group value): sorted [(x, tokens/s)]} (the last row wins per point)."""
+    pts: dict = defaultdict(dict)
+    for r in rows:
+        c = r["config"]
+        pts[(c["pipeline"], c[group])][c[x]] = r["tokens_per_s"]
+    return {k: sorted(v.items()) for k, v in sorted(pts.items())}
+
+
+def plot_throughput(rows: list[dict], out) -> Path:
+    """Write the two-panel PNG `out`; returns its path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("no train rows with tokens_per_s to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (x, group, label) in zip(axes, (("batch", "seq", "S"), ("seq", "batch", "B"))):
+        for (pipe, g), pts in series(rows, x, group).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{pipe} {label}={g}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(x)
+        ax.set_ylabel("train tokens/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    m = rows[-1].get("machine", {})
+    fig.suptitle(f"train-step throughput — {m.get('device_kind', '?')} ×{m.get('device_count', '?')}"
+                 f" ({m.get('backend', '?')}), dtype {rows[-1]['config']['dtype']}", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

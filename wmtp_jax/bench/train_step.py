@@ -1,0 +1,263 @@
+"""Benchmark the REAL jitted train step of a pipeline (`wmtp_jax.train.step.build`).
+
+The pipelines' `make_task` needs storage (model dirs, datasets), so this module is a thin
+adapter that builds the same `TrainTask` from random-init models of any shape: the pipeline's
+own config (`configs/<pipeline>.py`, micro variant, values overridden), its own `loss_fn`,
+trainable filter, parameter groups and extra state, then `step.build` → the jitted, donated
+train step the loop runs. A synthetic batch of the collators' layout `[GA, B, S]` is fed.
+
+Measured: lower + compile seconds, `memory_analysis()` of the compiled step, the median of
+`steps` timed steps after `warmup` (each `block_until_ready`), device peak memory where the
+backend reports it, tokens/s and MFU (see flops.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import statistics
+import time
+from functools import partial
+from typing import Optional
+
+import jax
+import numpy as np
+from flax import nnx
+
+from wmtp_jax.bench import flops as flops_lib
+from wmtp_jax.models.args import ModelArgs
+
+PIPELINES = ("baseline", "critic", "verifiable")
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCase:
+    """One benchmark configuration (every field is recorded in the JSON line)."""
+    pipeline: str = "baseline"
+    dim: int = 256
+    n_layers: int = 6  # Meta layout: trunk = n_layers − n_future blocks, + n_future head blocks
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0 = n_heads
+    n_future: int = 4
+    vocab: int = 1024
+    ffn_hidden: int = 0  # 0 = Meta formula with multiple_of
+    multiple_of: int = 64
+    critic_dim: int = 0  # 0 = dim
+    critic_layers: int = 0  # 0 = max(1, n_layers // 2) (the micro critic: 3 blocks for 6)
+    critic_heads: int = 0  # 0 = n_heads
+    critic_ffn_hidden: int = 0
+    batch: int = 4  # global micro-batch (pairs for the critic pipeline)
+    seq: int = 128
+    ga: int = 1
+    dtype: str = "float32"
+    remat: str = "none"
+    sharding: str = "FULL_SHARD"
+    mesh: tuple = (1, -1, 1)
+    lora_rank: int = 0
+    loss: str = "dense"  # dense | chunked (policy pipelines)
+    chunk_size: int = 1024
+    donate: bool = True
+    seed: int = 0
+
+    def policy_args(self) -> ModelArgs:
+        return ModelArgs(dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
+                         n_kv_heads=self.n_kv_heads or None, vocab_size=self.vocab,
+                         multiple_of=self.multiple_of, n_future_tokens=self.n_future,
+                         ffn_hidden_dim=self.ffn_hidden or None, max_seq_len=max(self.seq, 16),
+                         dtype=self.dtype, param_dtype="float32", remat=self.remat)
+
+    def critic_args(self, remat: Optional[str] = None) -> ModelArgs:
+        """The critic backbone (llama layout). `remat` overrides (the frozen critic runs without)."""
+        heads = self.critic_heads or self.n_heads
+        return ModelArgs(dim=self.critic_dim or self.dim,
+                         n_layers=self.critic_layers or max(1, self.n_layers // 2),
+                         n_heads=heads, n_kv_heads=None, vocab_size=self.vocab,
+                         multiple_of=self.multiple_of, n_future_tokens=1,
+                         ffn_hidden_dim=self.critic_ffn_hidden or None,
+                         max_seq_len=max(self.seq, 16), dtype=self.dtype, param_dtype="float32",
+                         remat=self.remat if remat is None else remat)
+
+    def tokens_per_step(self) -> int:
+        return self.ga * self.batch * self.seq * (2 if self.pipeline == "critic" else 1)
+
+
+def make_config(case: TrainCase):
+    """The pipeline's own micro config with the case's values written in (locked keys only)."""
+    if case.pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {case.pipeline!r}; valid: {PIPELINES}")
+    c = importlib.import_module(f"configs.{case.pipeline}").get_config("micro")
+    t = c.training
+    t.batch_size, t.gradient_accumulation_steps, t.max_steps = case.batch, case.ga, 1000
+    c.seed = case.seed
+    c.runtime.sharding, c.runtime.dtype, c.runtime.remat = case.sharding, case.dtype, case.remat
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in case.mesh)
+    c.dataset.max_length = case.seq
+    t.use_lora = case.lora_rank > 0
+    if case.lora_rank:
+        t.lora.rank, t.lora.alpha, t.lora.dropout = case.lora_rank, 2.0 * case.lora_rank, 0.0
+    if case.pipeline == "critic":
+        t.backbone_frozen = False  # without LoRA: full fine-tuning (what the FLOPs count)
+        t.value_head.dropout = 0.0
+    else:
+        if case.loss not in ("dense", "chunked"):
+            raise ValueError(f"--loss {case.loss!r}; valid: dense, chunked")
+        t.loss_chunk_size = case.chunk_size if case.loss == "chunked" else 0
+    importlib.import_module(f"configs.{case.pipeline}").validate(c)
+    return c
+
+
+def _lora(config):
+    from wmtp_jax.pipelines import common
+    return common.lora_config(config, hf_names=True)
+
+
+def make_task(case: TrainCase, config, mesh):
+    """The pipeline's TrainTask on random-init models (no storage): same loss_fn, trainable
+    filter, parameter groups and extra state as its `make_task`."""
+    from wmtp_jax.models.mtp import MTPTransformer
+    from wmtp_jax.models.value import ValueModel
+    from wmtp_jax.pipelines import common
+    from wmtp_jax.train.loop import TrainTask
+
+    strategy, seed, t = config.runtime.sharding, int(config.seed), config.training
+    build = partial(common.build_sharded, mesh=mesh, strategy=strategy)
+    if case.pipeline == "critic":
+        from wmtp_jax.pipelines import critic
+        args = case.critic_args()
+        model = build(lambda: ValueModel(args, rngs=nnx.Rngs(seed), head_type=t.value_head.type,
+                                         dropout=0.0, bias_init=float(t.value_loss.bias_init),
+                                         lora=_lora(config)))
+        vl = critic.ValueLossConfig.from_config(config)
+        return TrainTask(
+            model=model, loss_fn=partial(critic.loss_fn, vl=vl, ga=case.ga), train_iter=iter(()),
+            trainable=critic.trainable(config),
+            extra_state={"micro_batches": jax.numpy.zeros((), jax.numpy.int32)},
+            param_labels=lambda path: critic.VALUE_HEAD if critic.VALUE_HEAD in path else "lora",
+            param_groups=critic.param_groups(config))
+
+    from wmtp_jax.pipelines import baseline
+    args = case.policy_args()
+    policy = build(lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=_lora(config)))
+    cs = int(t.loss_chunk_size)
+    if case.pipeline == "baseline":
+        return TrainTask(model=policy, loss_fn=partial(baseline.loss_fn, chunk_size=cs),
+                         train_iter=iter(()), trainable=common.trainable_filter(config))
+    from wmtp_jax.pipelines import verifiable
+    cargs = case.critic_args(remat="none")  # load_frozen: inference, remat off
+    critic_model = build(lambda: ValueModel(cargs, rngs=nnx.Rngs(seed + 1), head_type="mlp"))
+    critic_model.eval()
+    wc = verifiable.WeightingConfig.from_config(config)
+    return TrainTask(
+        model=policy, frozen=critic_model,
+        loss_fn=partial(verifiable.loss_fn, wc=wc, ga=case.ga, chunk_size=cs),
+        train_iter=iter(()), trainable=common.trainable_filter(config),
+        extra_state=verifiable.init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)))
+
+
+def synthetic_batch(case: TrainCase, seed: int = 0) -> dict:
+    """A stacked `[GA, B, S]` batch in the collators' layout: full attention masks, the first
+    quarter of every row a prompt (labels −100), pairs for the critic pipeline."""
+    rng = np.random.default_rng(seed)
+    shape = (case.ga, case.batch, case.seq)
+
+    def rows():
+        ids = rng.integers(0, case.vocab, size=shape, dtype=np.int32)
+        labels = ids.copy()
+        labels[..., : case.seq // 4] = IGNORE_INDEX
+        return {"input_ids": ids, "attention_mask": np.ones(shape, np.int32), "labels": labels}
+
+    if case.pipeline == "critic":
+        return {f"{side}_{k}": v for side in ("pos", "neg") for k, v in rows().items()}
+    b = rows()
+    if case.pipeline == "verifiable":
+        b["is_correct"] = np.ones(shape[:2], np.float32)
+    return b
+
+
+def memory_analysis(compiled) -> dict:
+    """Compiled-program sizes (bytes); `estimate` = arguments + outputs − aliased (donated) + temp."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
+    out["estimate"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
+
+
+def device_peak_bytes() -> Optional[int]:
+    """Max `peak_bytes_in_use` over local devices (process lifetime), None where unsupported."""
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            s = d.memory_stats()
+        except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+            s = None
+        if s and "peak_bytes_in_use" in s:
+            peaks.append(int(s["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def run_case(case: TrainCase, *, steps: int = 5, warmup: int = 2, compile_only: bool = False,
+             peak_tflops: Optional[float] = None) -> dict:
+    """Build, compile and time one configuration → the result dict (no machine info)."""
+    from wmtp_jax.train import mesh as mesh_lib
+    from wmtp_jax.train.step import build
+
+    config = make_config(case)
+    mesh = mesh_lib.mesh_from_config(config)
+    mesh_lib.check_batch_size(case.batch, mesh)
+    t0 = time.perf_counter()
+    task = make_task(case, config, mesh)
+    c = build(task, config, mesh, total_steps=1000)
+    setup_s = time.perf_counter() - t0
+    fn = c.train_step
+    if not case.donate:  # the same step function, jitted without donating the state
+        fn = jax.jit(c.train_step.__wrapped__, out_shardings=(c.state_shardings,
+                                                              mesh_lib.replicated(mesh)))
+    batch = mesh_lib.shard_batch(synthetic_batch(case, case.seed), mesh, stacked=True)
+    t0 = time.perf_counter()
+    lowered = fn.lower(c.state, c.fixed, c.frozen_state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    n_dev = int(np.prod(list(mesh.shape.values())))
+    per_tok = flops_lib.train_flops_per_token(
+        case.pipeline, case.critic_args() if case.pipeline == "critic" else case.policy_args(),
+        case.seq, lora_rank=case.lora_rank,
+        critic_args=case.critic_args() if case.pipeline == "verifiable" else None)
+    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(c.state["params"]))
+    n_fixed = sum(int(np.size(x)) for x in jax.tree.leaves(c.fixed))
+    n_frozen = sum(int(np.size(x)) for x in jax.tree.leaves(c.frozen_state)) if c.frozen_state else 0
+    res = {"kind": "train", "config": dataclasses.asdict(case),
+           "mesh_shape": dict(mesh.shape), "n_devices": n_dev,
+           "params": {"trainable": n_params, "frozen_in_model": n_fixed, "frozen_models": n_frozen},
+           "flops_per_token": per_tok, "tokens_per_step": case.tokens_per_step(),
+           "step_flops": per_tok["total"] * case.tokens_per_step(),
+           "setup_s": setup_s, "lower_s": t1 - t0, "compile_s": t2 - t1,
+           "compile_total_s": t2 - t0, "memory_analysis": memory_analysis(compiled)}
+    if compile_only:
+        res.update(step_time_s=None, tokens_per_s=None, mfu=None, device_peak_bytes=None)
+        return res
+    state, fixed, frozen = c.state, c.fixed, c.frozen_state
+    times, load = [], [os.getloadavg()[0]]
+    metrics = None
+    for i in range(warmup + steps):
+        s0 = time.perf_counter()
+        state, metrics = compiled(state, fixed, frozen, batch)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - s0)
+    load.append(os.getloadavg()[0])
+    step_s = statistics.median(times)
+    dev = jax.local_devices()[0]
+    peak = flops_lib.peak_flops_per_device(dev.device_kind, dev.platform, peak_tflops)
+    res.update(
+        step_time_s=step_s, step_times_s=times, tokens_per_s=case.tokens_per_step() / step_s,
+        achieved_tflops=res["step_flops"] / step_s / 1e12,
+        peak_tflops_per_device=None if peak is None else peak / 1e12,
+        mfu=flops_lib.mfu(res["step_flops"], step_s, peak, n_dev),
+        device_peak_bytes=device_peak_bytes(), loadavg_during=load,
+        final_loss=float(jax.device_get(metrics["loss"])))
+    return res
