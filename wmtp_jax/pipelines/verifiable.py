@@ -49,8 +49,9 @@ class WeightingConfig(NamedTuple):
 def init_extra(momentum: float, warmup_steps: int) -> dict:
     """{"ema": TDStatsEMA, "acc": running (count, mean, M2) of this step's valid advantages,
     "micro": micro-batches seen in this step}."""
-    z = jnp.zeros((), jnp.float32)
-    return {"ema": ops.td_ema_init(momentum, warmup_steps), "acc": {"n": z, "mean": z, "m2": z},
+    z = lambda: jnp.zeros((), jnp.float32)  # distinct buffers (the train state is donated)
+    return {"ema": ops.td_ema_init(momentum, warmup_steps),
+            "acc": {"n": z(), "mean": z(), "m2": z()},
             "micro": jnp.zeros((), jnp.int32)}
 
 
