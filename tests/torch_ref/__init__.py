@@ -68,3 +68,25 @@ def abstract_model(make):
     from flax import nnx
 
     return nnx.eval_shape(make)
+
+
+def fill_random(model, seed: int = 0, scale: float = 0.2) -> None:
+    """Fill every Param of a (possibly abstract) model from numpy: norm scales 1 + N(0, 0.1),
+    `lora_b` zeros (as at init), everything else N(0, scale). No jitted random init to compile."""
+    from flax import nnx
+
+    rng = np.random.default_rng(seed)
+    state = nnx.state(model, nnx.Param)
+    pure = nnx.to_pure_dict(state)
+
+    def one(path, leaf):
+        name = str(path[-1].key)
+        if name == "lora_b":
+            return np.zeros(leaf.shape, np.float32)
+        if name == "scale":
+            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        return (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    values = jax.tree_util.tree_map_with_path(lambda p, x: jax.numpy.asarray(one(p, x)), pure)
+    nnx.replace_by_pure_dict(state, values)
+    nnx.update(model, state)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -103,6 +104,16 @@ def _lora_linears(model: nnx.Module):
             yield m
 
 
+@jax.jit
+def _merged_kernels(ws, as_, bs, scales):
+    """W + scale · A B for lists of (stacked) kernels, in one compiled call."""
+    out = []
+    for w, a, b, s in zip(ws, as_, bs, scales):
+        delta = jnp.einsum("...ir,...ro->...io", a.astype(jnp.float32), b.astype(jnp.float32))
+        out.append((w.astype(jnp.float32) + s * delta).astype(w.dtype))
+    return out
+
+
 def merge_lora(model: nnx.Module) -> nnx.Module:
     """A copy of `model` without LoRA: every targeted kernel W ← W + (alpha/r) · A B.
 
@@ -110,11 +121,12 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     not modified; the result has exactly the base parameter tree (`lora` attribute None).
     """
     model = nnx.clone(model)
-    for lin in _lora_linears(model):
-        w = lin.kernel[...]
-        delta = jnp.einsum("...ir,...ro->...io", lin.lora_a[...].astype(jnp.float32),
-                           lin.lora_b[...].astype(jnp.float32))
-        lin.kernel[...] = (w.astype(jnp.float32) + lin.lora_scale * delta).astype(w.dtype)
+    lins = list(_lora_linears(model))
+    merged = _merged_kernels([m.kernel[...] for m in lins], [m.lora_a[...] for m in lins],
+                             [m.lora_b[...] for m in lins],
+                             [jnp.float32(m.lora_scale) for m in lins])
+    for lin, w in zip(lins, merged):
+        lin.kernel.set_value(w)  # a new array: the input model may share numpy buffers
         del lin.lora_a, lin.lora_b, lin.lora_dropout
         lin.lora_rank, lin.lora_scale = 0, 0.0
     for _, m in nnx.iter_modules(model):
