@@ -131,7 +131,13 @@ def _load_exportable(src: Path, kind: str, command: str) -> tuple[dict, dict]:
         raise ConversionError(str(e)) from None
     if cfg["kind"] != kind:
         raise ConversionError(f"{src}/model_config.json: kind {cfg['kind']!r}; {command} needs kind {kind!r}")
-    if cfg.get("lora"):
-        raise ConversionError(f"{src}/model_config.json: model has LoRA factors; {command} exports base "
-                              f"weights only (merge the LoRA factors first)")
+    if cfg.get("lora"):  # export W + (alpha/r) A B: rebuild the module and merge
+        import jax
+        import numpy as np
+        from flax import nnx
+        from wmtp_jax.models.io import load_model
+        from wmtp_jax.models.lora import merge_lora
+        del params
+        merged = merge_lora(load_model(src, kind=kind))
+        params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(merged, nnx.Param)))
     return cfg, params

@@ -8,3 +8,4 @@ from .value import (VALUE_HEADS, LinearValueHead, MLPValueHead, SigmoidValueHead
                     create_value_head)
 
 # Checkpoint loading/saving (wmtp_jax.models.io) is exported below by its owner.
+from .io import load_critic, load_llama, load_params, load_policy, save_model  # noqa: E402

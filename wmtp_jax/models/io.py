@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -146,25 +147,46 @@ def save_model(directory, model_or_params, *, kind: str, args: ModelArgs, lm_hea
     """Write a model directory atomically; returns its path.
 
     model_or_params: an NNX module (its `nnx.Param` state, LoRA factors included) or the nested
-    pure dict of parameters (numpy or jax arrays, possibly sharded). `args.param_dtype` is
-    recorded as the stored dtype. `tokenizer`: files copied into `<dir>/tokenizer/`.
-    Single-process writer (multi-host training saves through `wmtp_jax.train.checkpoint`).
+    pure dict of parameters (numpy or jax arrays, possibly sharded). numpy leaves of a dict are
+    replaced in place by CPU jax arrays, one at a time: orbax writes jax arrays without a staging
+    copy, so peak memory stays near one model copy. `args.param_dtype` is recorded as the stored
+    dtype. `tokenizer`: files copied into `<dir>/tokenizer/`. Single-process writer (multi-host
+    training saves through `wmtp_jax.train.checkpoint`).
     """
     if isinstance(model_or_params, nnx.Module):
         if lora is None:
             lora = getattr(model_or_params, "lora", None)
-        params = nnx.state(model_or_params, nnx.Param).to_pure_dict()
+        params = nnx.to_pure_dict(nnx.state(model_or_params, nnx.Param))
     else:
         params = model_or_params
+        _numpy_to_jax_inplace(params)
     args = args.replace(param_dtype=_floating_dtype_name(params))
     cfg = make_config(kind, args, lm_head=lm_head, value_head=value_head, lora=lora, source=source)
     with atomic_dir(directory, force=force) as tmp:
-        ckptr = ocp.PyTreeCheckpointer()
+        ckptr = _writer()
         ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params))
         ckptr.close()
         copy_tokenizer(tokenizer, tmp / "tokenizer")
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return Path(os.path.abspath(directory))
+
+
+def _writer() -> ocp.Checkpointer:
+    """Orbax writer that stages at most ~256 MiB (plus one array) of host copies at a time;
+    uncompressed (weights barely compress, and compression buffers cost a model copy)."""
+    handler = ocp.BasePyTreeCheckpointHandler(use_compression=False, save_concurrent_bytes=2**28,
+                                              save_device_host_concurrent_bytes=2**28)
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(handler_impl=handler))
+
+
+def _numpy_to_jax_inplace(tree: dict):
+    cpu = jax.local_devices(backend="cpu")[0]
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            _numpy_to_jax_inplace(v)
+        elif isinstance(v, np.ndarray):
+            tree[k] = jax.device_put(v, cpu)
+            del v
 
 
 # ---- load ------------------------------------------------------------------------------------
@@ -200,7 +222,7 @@ def _check_tree(directory: Path, target: dict, meta: dict):
     if set(want) != set(have):
         raise ValueError(f"{directory}/params: parameter tree does not match {CONFIG_FILE}: missing "
                          f"{fmt(set(want) - set(have))}, unexpected {fmt(set(have) - set(want))}")
-    for p, w in want.items():
+    for p, w in sorted(want.items(), key=lambda kv: '/'.join(map(str, kv[0]))):
         if tuple(w.shape) != tuple(have[p].shape):
             raise ValueError(f"{directory}/params: parameter {'/'.join(map(str, p))} has shape "
                              f"{tuple(have[p].shape)}, expected {tuple(w.shape)} from {CONFIG_FILE}")
@@ -259,18 +281,30 @@ def load_model(directory, *, kind: Optional[str] = None, dtype=None, mesh: Optio
         shardings = jax.tree.map(lambda _: one, params_abs)
         rest_sharding = lambda _: one
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          params_abs.to_pure_dict(), shardings.to_pure_dict())
+                          nnx.to_pure_dict(params_abs), nnx.to_pure_dict(shardings))
     _check_tree(directory, target, _checkpoint_tree(directory))
     restored = ocp.PyTreeCheckpointer().restore(
         (directory / "params").absolute(),
         args=ocp.args.PyTreeRestore(item=target,
                                     restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-    params_abs.replace_by_pure_dict(restored)
-    rest = rest_abs
-    if jax.tree.leaves(rest_abs):  # RNG state etc.: materialise (the param init is dead code)
-        rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
-        rest = jax.device_put(rest, jax.tree.map(rest_sharding, rest))
+    nnx.replace_by_pure_dict(params_abs, restored)
+    rest = _fresh_rest(rest_abs, seed)
+    rest = jax.device_put(rest, jax.tree.map(rest_sharding, rest))
     return nnx.merge(graphdef, params_abs, rest)
+
+
+def _fresh_rest(rest_abs, seed: int):
+    """Concrete non-Param state (dropout RNG keys and counters) for an abstract one:
+    keys split from `seed`, everything else zeros; no model initialisation is traced."""
+    leaves, treedef = jax.tree.flatten(rest_abs)
+    out = []
+    for i, a in enumerate(leaves):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            k = jax.random.fold_in(jax.random.key(seed), i)
+            out.append(jax.random.split(k, a.shape) if a.shape else k)
+        else:
+            out.append(jnp.zeros(a.shape, a.dtype))
+    return jax.tree.unflatten(treedef, out)
 
 
 def load_policy(directory, *, dtype=None, mesh=None, rules=None, **kw):
