@@ -162,7 +162,8 @@ def _summary(row: dict) -> str:
                 + (f", acceptance {acc:.3f}, x{row['speedup_vs_greedy']:.2f} vs greedy"
                    if acc is not None else ""))
     mem = row.get("memory_analysis", {}).get("estimate")
-    s = (f"train {c['pipeline']:10s} L={c['n_layers']} B={c['batch']} S={c['seq']} {c['dtype']} "
+    layers = c['critic_layers'] or max(1, c['n_layers'] // 2) if c['pipeline'] == "critic" else c['n_layers']
+    s = (f"train {c['pipeline']:10s} L={layers} B={c['batch']} S={c['seq']} {c['dtype']} "
          f"remat={c['remat']} loss={c['loss']} donate={c['donate']}: compile "
          f"{row['compile_total_s']:.1f} s, mem {mem / 2**20 if mem else float('nan'):.0f} MiB")
     if row.get("step_time_s"):
@@ -188,11 +189,11 @@ def main(argv=None) -> int:
         row = _run_train(TrainCase(**d), a)
         print(json.dumps(row))
         return 0
-    machine = machine_info()
-    extra = {"machine": machine, "compilation_cache": a.compilation_cache}
+    cases = train_cases(a) if a.what in ("train", "all") else []  # bad flags fail here, fast
+    extra = {"machine": machine_info(), "compilation_cache": a.compilation_cache}
     n_err = 0
     if a.what in ("train", "all"):
-        for case in train_cases(a):
+        for case in cases:
             row = _run_isolated(case, a) if a.isolate else _run_train(case, a)
             row = append_jsonl(a.out, {**row, **extra, "isolated": bool(a.isolate)})
             n_err += "error" in row

@@ -23,12 +23,18 @@ def load_rows(path, kind: str = "train") -> list[dict]:
     return rows
 
 
+VARIANT_KEYS = ("dim", "n_layers", "dtype", "remat", "loss", "lora_rank", "donate", "sharding")
+
+
 def series(rows: list[dict], x: str, group: str) -> dict:
-    """{(pipeline, group value): sorted [(x, tokens/s)]} (the last row wins per point)."""
+    """{label: sorted [(x, tokens/s)]}, one series per pipeline, `group` value and every other
+    setting that varies between the rows (the last row wins per point)."""
+    varying = [k for k in VARIANT_KEYS if len({str(r["config"].get(k)) for r in rows}) > 1]
     pts: dict = defaultdict(dict)
     for r in rows:
         c = r["config"]
-        pts[(c["pipeline"], c[group])][c[x]] = r["tokens_per_s"]
+        label = " ".join([c["pipeline"], f"{group}={c[group]}"] + [f"{k}={c[k]}" for k in varying])
+        pts[label][c[x]] = r["tokens_per_s"]
     return {k: sorted(v.items()) for k, v in sorted(pts.items())}
 
 
@@ -41,9 +47,9 @@ def plot_throughput(rows: list[dict], out) -> Path:
     if not rows:
         raise ValueError("no train rows with tokens_per_s to plot")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (x, group, label) in zip(axes, (("batch", "seq", "S"), ("seq", "batch", "B"))):
-        for (pipe, g), pts in series(rows, x, group).items():
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{pipe} {label}={g}")
+    for ax, (x, group) in zip(axes, (("batch", "seq"), ("seq", "batch"))):
+        for name, pts in series(rows, x, group).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(x)
         ax.set_ylabel("train tokens/s")
