@@ -24,7 +24,10 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
                   else parts.lora_entry(64, 128.0, 0.05, parts.MTP_TARGETS))
         parts.add_loss_chunking(c, variant)
         if micro:
-            t.max_steps = 60
+            t.max_steps = 100
+            t.batch_size = 8
+            t.eval_every_steps = 50
+            c.checkpoint.every_steps = 50
             t.learning_rate = 2e-3
         else:
             t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 48, 2, 1e-4

@@ -31,7 +31,10 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.k_percent = 0.6 if micro else 0.7
         t.rho1_mode = "signed"
         if micro:
-            t.max_steps = 60
+            t.max_steps = 100
+            t.batch_size = 8
+            t.eval_every_steps = 50
+            c.checkpoint.every_steps = 50
             t.learning_rate = 2e-3
         else:
             t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 128, 1, 1e-4

@@ -39,7 +39,10 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.td_ema_momentum = 0.1
         t.td_ema_warmup_steps = 10
         if micro:
-            t.max_steps = 60
+            t.max_steps = 100
+            t.batch_size = 8
+            t.eval_every_steps = 50
+            c.checkpoint.every_steps = 50
             t.learning_rate = 2e-3
             t.td_ema_warmup_steps = 5
         else:
