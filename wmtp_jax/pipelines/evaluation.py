@@ -275,14 +275,13 @@ def run(config) -> dict:
     metrics = {k.replace("@", "_at_"): v for k, v in summary.items()
                if k.startswith("pass@") or k == "accuracy"}
     metrics.update({f"gen/{k}": v for k, v in summary["generation"].items()})
-    metrics.update({f"sweep/pass_at_1/T={t}": v for t, v in sweep.items()})
+    metrics.update({f"sweep/pass_at_1/T_{t}": v for t, v in sweep.items()})
+    summary.update(output_dir=str(out.absolute()), mlflow_run_id=tracker.run_id)
     tracker.log_metrics(metrics, step=0)
     tracker.log_dict(summary, "summary.json")
     for name in ("samples.jsonl", "results.jsonl"):
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")
-    summary["output_dir"] = str(out.absolute())
-    summary["mlflow_run_id"] = tracker.run_id
     logging.info("evaluation %s/%s: %s", config.benchmark, config.split,
                  {k: v for k, v in metrics.items()})
     print(json.dumps({k: summary[k] for k in summary if k not in ("checkpoint",)}, default=str),
