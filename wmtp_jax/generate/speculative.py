@@ -83,3 +83,30 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
     out = out[:, :max_new_tokens]
     out = jnp.where(jnp.arange(max_new_tokens)[None] < n_gen[:, None], out, eos_id)
     return out, dict(forwards=rounds + 2, drafted=drafted, accepted=accepted)
+
+
+def compare_with_greedy(model, prompt_ids, *, eos_id: int, max_new_tokens: int = 64,
+                        batch_size: int = 8, min_bucket: int = 16) -> dict:
+    """Plain vs self-speculative greedy on the same prompts: equality, acceptance, tokens/s.
+
+    Each sampler runs twice; the second (compiled) run is timed.
+    """
+    from .sampler import Sampler, SamplingConfig
+
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens)
+    out, stats = {}, {}
+    for name, spec in (("greedy", False), ("speculative", True)):
+        s = Sampler(model, eos_id=eos_id, batch_size=batch_size, min_bucket=min_bucket,
+                    speculative=spec)
+        s.sample(prompt_ids, 1, cfg)
+        s.reset_stats()
+        out[name] = s.sample(prompt_ids, 1, cfg)
+        stats[name] = dict(s.stats)
+    g, sp = stats["greedy"], stats["speculative"]
+    return {"identical": out["greedy"] == out["speculative"],
+            "tokens": g["tokens"],
+            "acceptance_rate": sp["accepted"] / max(sp["drafted"], 1),
+            "tokens_per_forward": sp["tokens"] / max(sp["forwards"], 1),
+            "greedy_tokens_per_s": g["tokens"] / max(g["seconds"], 1e-9),
+            "speculative_tokens_per_s": sp["tokens"] / max(sp["seconds"], 1e-9),
+            "greedy_forwards": g["forwards"], "speculative_forwards": sp["forwards"]}
