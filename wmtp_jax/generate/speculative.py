@@ -89,9 +89,10 @@ def compare_with_greedy(model, prompt_ids, *, eos_id: int, max_new_tokens: int =
                         batch_size: int = 8, min_bucket: int = 16) -> dict:
     """Plain vs self-speculative greedy on the same prompts: equality, acceptance, tokens/s.
 
-    Each sampler runs twice; the second (compiled) run is timed.
+    Each sampler runs twice; the second (compiled) run is timed. tokens_per_step = tokens a row
+    emits per decoding forward = 1 + (K − 1) · acceptance_rate (plain greedy: 1).
     """
-    from .sampler import Sampler, SamplingConfig
+    from .sampler import Sampler, SamplingConfig, n_heads_of
 
     cfg = SamplingConfig(max_new_tokens=max_new_tokens)
     out, stats = {}, {}
@@ -103,10 +104,11 @@ def compare_with_greedy(model, prompt_ids, *, eos_id: int, max_new_tokens: int =
         out[name] = s.sample(prompt_ids, 1, cfg)
         stats[name] = dict(s.stats)
     g, sp = stats["greedy"], stats["speculative"]
+    acceptance = sp["accepted"] / max(sp["drafted"], 1)
     return {"identical": out["greedy"] == out["speculative"],
             "tokens": g["tokens"],
-            "acceptance_rate": sp["accepted"] / max(sp["drafted"], 1),
-            "tokens_per_forward": sp["tokens"] / max(sp["forwards"], 1),
+            "acceptance_rate": acceptance,
+            "tokens_per_step": 1 + (n_heads_of(model) - 1) * acceptance,
             "greedy_tokens_per_s": g["tokens"] / max(g["seconds"], 1e-9),
             "speculative_tokens_per_s": sp["tokens"] / max(sp["seconds"], 1e-9),
             "greedy_forwards": g["forwards"], "speculative_forwards": sp["forwards"]}

@@ -201,7 +201,7 @@ def _generate_and_score(config, sampler, tokenizer, problems, temperature: float
            "tokens_per_s": st["tokens"] / max(st["seconds"], 1e-9)}
     if config.speculative:
         gen["acceptance_rate"] = st["accepted"] / max(st["drafted"], 1)
-        gen["tokens_per_forward"] = st["tokens"] / max(st["forwards"], 1)
+        gen["tokens_per_step"] = 1 + (sampler.n_heads - 1) * gen["acceptance_rate"]
     ks = [k for k in config.k if k <= n] or [1]
     summary, results = score_samples(
         config.benchmark, samples, split=split, ks=ks, workers=int(config.workers) or None,
