@@ -176,7 +176,7 @@ def load_trainable(directory, *, kind: str, config, lora=None, mesh=None, seed: 
         if cfg.get("lora") and lora is not None:
             raise ValueError(f"{directory}: already carries LoRA factors; merge them before "
                              f"adding new ones (training.use_lora)")
-        cfg["lora"] = io._lora_dict(lora) if lora is not None else cfg.get("lora")
+        cfg["lora"] = lora.to_dict() if lora is not None else cfg.get("lora")
         make = io.model_factory(cfg, args, seed=seed)
     model = build_sharded(make, mesh, config.runtime.sharding)
     return load_into(model, directory)
