@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="peak TFLOP/s per device (default: table by device kind; CPU: none)")
     ap.add_argument("--compilation-cache", default=None,
                     help="persistent compilation cache directory (jax_compilation_cache_dir)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="compile every train configuration first, then time their steps "
+                         "round-robin (fair ratios on a loaded, shared host)")
     ap.add_argument("--isolate", action="store_true",
                     help="each train configuration in a fresh process (exact device peak memory)")
     ap.add_argument("--policy-dir", default="", help="decode: an `mtp` model dir (default random)")
@@ -151,6 +154,23 @@ def _run_train(case, a) -> dict:
                 "error": f"{type(e).__name__}: {str(e)[:2000]}"}
 
 
+def _run_interleaved(cases, a) -> list[dict]:
+    """Compile all cases, then time their steps round-robin (error rows for failed builds)."""
+    from wmtp_jax.bench.train_step import prepare_case, time_interleaved
+
+    out, ready = [], []
+    for case in cases:
+        try:
+            ready.append(prepare_case(case))
+            out.append(None)
+        except Exception as e:  # noqa: BLE001
+            out.append({"kind": "train", "config": dataclasses.asdict(case),
+                        "error": f"{type(e).__name__}: {str(e)[:2000]}"})
+    timed = iter(time_interleaved(ready, steps=a.steps, warmup=a.warmup,
+                                  peak_tflops=a.peak_tflops))
+    return [r if r is not None else next(timed) for r in out]
+
+
 def _summary(row: dict) -> str:
     c = row.get("config", {})
     if "error" in row:
@@ -162,13 +182,15 @@ def _summary(row: dict) -> str:
                 + (f", acceptance {acc:.3f}, x{row['speedup_vs_greedy']:.2f} vs greedy"
                    if acc is not None else ""))
     mem = row.get("memory_analysis", {}).get("estimate")
-    layers = c['critic_layers'] or max(1, c['n_layers'] // 2) if c['pipeline'] == "critic" else c['n_layers']
+    layers = ((c['critic_layers'] or max(1, c['n_layers'] // 2)) if c['pipeline'] == "critic"
+              else c['n_layers'])
     s = (f"train {c['pipeline']:10s} L={layers} B={c['batch']} S={c['seq']} {c['dtype']} "
          f"remat={c['remat']} loss={c['loss']} donate={c['donate']}: compile "
-         f"{row['compile_total_s']:.1f} s, mem {mem / 2**20 if mem else float('nan'):.0f} MiB")
+         f"{row['compile_total_s']:.1f} s (CPU {row['lower_cpu_s'] + row['compile_cpu_s']:.1f} s), mem {mem / 2**20 if mem else float('nan'):.0f} MiB")
     if row.get("step_time_s"):
         mfu = row.get("mfu")
-        s += (f", step {row['step_time_s'] * 1e3:.1f} ms, {row['tokens_per_s']:.0f} tok/s"
+        s += (f", step {row['step_time_s'] * 1e3:.1f} ms (CPU {row['step_cpu_s'] * 1e3:.0f} ms), "
+              f"{row['tokens_per_s']:.0f} tok/s"
               + (f", MFU {100 * mfu:.1f}%" if mfu is not None else ""))
     return s
 
@@ -193,9 +215,14 @@ def main(argv=None) -> int:
     extra = {"machine": machine_info(), "compilation_cache": a.compilation_cache}
     n_err = 0
     if a.what in ("train", "all"):
-        for case in cases:
-            row = _run_isolated(case, a) if a.isolate else _run_train(case, a)
-            row = append_jsonl(a.out, {**row, **extra, "isolated": bool(a.isolate)})
+        rows = _run_interleaved(cases, a) if a.interleave and not a.compile_only else None
+        for i, case in enumerate(cases):
+            if rows is not None:
+                row = rows[i]
+            else:
+                row = _run_isolated(case, a) if a.isolate else _run_train(case, a)
+            row = append_jsonl(a.out, {**row, **extra, "isolated": bool(a.isolate),
+                                       "interleaved": rows is not None})
             n_err += "error" in row
             print(_summary(row), flush=True)
     if a.what in ("decode", "all"):

@@ -93,7 +93,7 @@ def run_decode(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
             "first_call_s": first_s, "seconds": sec, "times_s": times,
             "tokens_per_s": n_tok / sec, "new_tokens": n_tok,
             "forwards_per_call": st["forwards"] / repeats,
-            "tokens_per_forward": n_tok * repeats / max(st["forwards"], 1),
+            "tokens_per_forward": case.max_new_tokens * repeats / max(st["forwards"], 1),  # per row
             "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
             "loadavg_during": load})
     if "speculative" in outs:

@@ -199,9 +199,28 @@ def device_peak_bytes() -> Optional[int]:
     return max(peaks) if peaks else None
 
 
-def run_case(case: TrainCase, *, steps: int = 5, warmup: int = 2, compile_only: bool = False,
-             peak_tflops: Optional[float] = None) -> dict:
-    """Build, compile and time one configuration → the result dict (no machine info)."""
+@dataclasses.dataclass
+class Prepared:
+    """A built and compiled case, ready to time (`step()` advances the donated state)."""
+    case: TrainCase
+    compiled: object
+    state: dict
+    fixed: object
+    frozen: object
+    batch: dict
+    result: dict
+    metrics: object = None
+
+    def step(self) -> tuple[float, float]:
+        """One train step, blocked until done → (wall seconds, process CPU seconds)."""
+        w0, c0 = time.perf_counter(), time.process_time()
+        self.state, self.metrics = self.compiled(self.state, self.fixed, self.frozen, self.batch)
+        jax.block_until_ready((self.state, self.metrics))
+        return time.perf_counter() - w0, time.process_time() - c0
+
+
+def prepare_case(case: TrainCase) -> Prepared:
+    """Build the pipeline's task and train step, lower and compile it (timed)."""
     from wmtp_jax.train import mesh as mesh_lib
     from wmtp_jax.train.step import build
 
@@ -217,47 +236,70 @@ def run_case(case: TrainCase, *, steps: int = 5, warmup: int = 2, compile_only: 
         fn = jax.jit(c.train_step.__wrapped__, out_shardings=(c.state_shardings,
                                                               mesh_lib.replicated(mesh)))
     batch = mesh_lib.shard_batch(synthetic_batch(case, case.seed), mesh, stacked=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lowered = fn.lower(c.state, c.fixed, c.frozen_state, batch)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     n_dev = int(np.prod(list(mesh.shape.values())))
     per_tok = flops_lib.train_flops_per_token(
         case.pipeline, case.critic_args() if case.pipeline == "critic" else case.policy_args(),
         case.seq, lora_rank=case.lora_rank,
         critic_args=case.critic_args() if case.pipeline == "verifiable" else None)
-    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(c.state["params"]))
-    n_fixed = sum(int(np.size(x)) for x in jax.tree.leaves(c.fixed))
-    n_frozen = sum(int(np.size(x)) for x in jax.tree.leaves(c.frozen_state)) if c.frozen_state else 0
+    count = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree)) if tree else 0
     res = {"kind": "train", "config": dataclasses.asdict(case),
            "mesh_shape": dict(mesh.shape), "n_devices": n_dev,
-           "params": {"trainable": n_params, "frozen_in_model": n_fixed, "frozen_models": n_frozen},
+           "params": {"trainable": count(c.state["params"]), "frozen_in_model": count(c.fixed),
+                      "frozen_models": count(c.frozen_state)},
            "flops_per_token": per_tok, "tokens_per_step": case.tokens_per_step(),
            "step_flops": per_tok["total"] * case.tokens_per_step(),
            "setup_s": setup_s, "lower_s": t1 - t0, "compile_s": t2 - t1,
-           "compile_total_s": t2 - t0, "memory_analysis": memory_analysis(compiled)}
-    if compile_only:
-        res.update(step_time_s=None, tokens_per_s=None, mfu=None, device_peak_bytes=None)
-        return res
-    state, fixed, frozen = c.state, c.fixed, c.frozen_state
-    times, load = [], [os.getloadavg()[0]]
-    metrics = None
-    for i in range(warmup + steps):
-        s0 = time.perf_counter()
-        state, metrics = compiled(state, fixed, frozen, batch)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append(time.perf_counter() - s0)
-    load.append(os.getloadavg()[0])
-    step_s = statistics.median(times)
+           "compile_total_s": t2 - t0, "lower_cpu_s": c1 - c0, "compile_cpu_s": c2 - c1,
+           "memory_analysis": memory_analysis(compiled)}
+    return Prepared(case, compiled, c.state, c.fixed, c.frozen_state, batch, res)
+
+
+def finish(p: Prepared, walls: list, cpus: list, load: list,
+           peak_tflops: Optional[float] = None) -> dict:
+    """The result dict of timed steps: medians, tokens/s, MFU, device peak memory."""
+    res, case = dict(p.result), p.case
+    step_s = statistics.median(walls)
     dev = jax.local_devices()[0]
     peak = flops_lib.peak_flops_per_device(dev.device_kind, dev.platform, peak_tflops)
     res.update(
-        step_time_s=step_s, step_times_s=times, tokens_per_s=case.tokens_per_step() / step_s,
+        step_time_s=step_s, step_times_s=walls, step_cpu_s=statistics.median(cpus),
+        tokens_per_s=case.tokens_per_step() / step_s,
         achieved_tflops=res["step_flops"] / step_s / 1e12,
         peak_tflops_per_device=None if peak is None else peak / 1e12,
-        mfu=flops_lib.mfu(res["step_flops"], step_s, peak, n_dev),
+        mfu=flops_lib.mfu(res["step_flops"], step_s, peak, res["n_devices"]),
         device_peak_bytes=device_peak_bytes(), loadavg_during=load,
-        final_loss=float(jax.device_get(metrics["loss"])))
+        final_loss=float(jax.device_get(p.metrics["loss"])))
     return res
+
+
+def run_case(case: TrainCase, *, steps: int = 5, warmup: int = 2, compile_only: bool = False,
+             peak_tflops: Optional[float] = None) -> dict:
+    """Build, compile and time one configuration → the result dict (no machine info)."""
+    p = prepare_case(case)
+    if compile_only:
+        return {**p.result, "step_time_s": None, "tokens_per_s": None, "mfu": None,
+                "device_peak_bytes": None}
+    return time_interleaved([p], steps=steps, warmup=warmup, peak_tflops=peak_tflops)[0]
+
+
+def time_interleaved(prepared: list, *, steps: int, warmup: int,
+                     peak_tflops: Optional[float] = None) -> list[dict]:
+    """Warm up every case, then run the timed steps round-robin (case 1, 2, ..., 1, 2, ...), so
+    a load change on a shared host hits every case alike; one result per case."""
+    for p in prepared:
+        for _ in range(warmup):
+            p.step()
+    walls, cpus = [[] for _ in prepared], [[] for _ in prepared]
+    load = [os.getloadavg()[0]]
+    for _ in range(steps):
+        for i, p in enumerate(prepared):
+            w, c = p.step()
+            walls[i].append(w)
+            cpus[i].append(c)
+    load.append(os.getloadavg()[0])
+    return [finish(p, w, c, load, peak_tflops) for p, w, c in zip(prepared, walls, cpus)]
