@@ -145,7 +145,8 @@ def make_task(case: TrainCase, config, mesh):
         return TrainTask(model=policy, loss_fn=partial(baseline.loss_fn, chunk_size=cs),
                          train_iter=iter(()), trainable=common.trainable_filter(config))
     from wmtp_jax.pipelines import verifiable
-    cargs = case.critic_args(remat="none")  # load_frozen: inference, remat off
+    # as load_frozen: inference in the run dtype (params too, e.g. bf16 for `:7b`), remat off
+    cargs = case.critic_args(remat="none").replace(param_dtype=case.dtype)
     critic_model = build(lambda: ValueModel(cargs, rngs=nnx.Rngs(seed + 1), head_type="mlp"))
     critic_model.eval()
     wc = verifiable.WeightingConfig.from_config(config)
