@@ -148,3 +148,23 @@ def test_sampling_is_reproducible_and_independent_of_batching(model):
     s = Sampler(model, eos_id=EOS, batch_size=4, min_bucket=8)
     assert s.sample(prompts, 2, one, seed=3) == s.sample(prompts, 2, SamplingConfig(
         max_new_tokens=10))
+
+
+def test_llama_cache_greedy_equals_recompute():
+    from wmtp_jax.models.llama import Llama
+
+    llama = Llama(ARGS.replace(n_future_tokens=1, n_layers=2), rngs=nnx.Rngs(2))
+    prompts = [[3, 4, 5], [7, 8, 9, 10, 11, 12]]
+    got = Sampler(llama, eos_id=EOS, batch_size=2, min_bucket=8).sample(
+        prompts, 1, SamplingConfig(max_new_tokens=6))
+    fwd = jax.jit(lambda t: llama(t))
+    for p, g in zip(prompts, got):
+        seq = list(p)
+        for _ in range(6):
+            t = int(np.argmax(np.asarray(fwd(jnp.asarray([seq])))[0, -1]))
+            if t == EOS:
+                break
+            seq.append(t)
+        assert g[0] == seq[len(p):]
+    with pytest.raises(ValueError, match="n_future_tokens"):
+        Sampler(llama, eos_id=EOS, speculative=True)
