@@ -160,6 +160,14 @@ def test_verifiable_use_negatives_stacks_pairs():
 
 # ---- the other pipelines ----------------------------------------------------------------------
 
+def test_baseline_chunked_loss_equals_dense():
+    pol = policy()
+    batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
+    f = nnx.jit(lambda p, cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs)[0],
+                static_argnums=1)
+    np.testing.assert_allclose(f(pol, 16), f(pol, 0), rtol=1e-5)
+
+
 def test_baseline_loss_falls_overfitting():
     task = TrainTask(model=policy(), train_iter=iter(()), loss_fn=baseline.loss_fn)
     losses, _, _ = overfit(task, pointwise_batch())
