@@ -63,6 +63,8 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
     r.sharding = "FULL_SHARD"
     r.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
     r.remat = "none"
+    # Persistent XLA compilation cache: a re-run, resume or evaluation skips recompiling ("" = off).
+    r.compilation_cache = "storage/jax_cache"
 
     f = c.mlflow = ml_collections.ConfigDict()
     f.tracking_uri = "sqlite:///storage/mlflow/mlflow.db"

@@ -55,6 +55,17 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Persist compiled XLA programs under `directory` (skipped when empty or overridden by env)."""
+    import os
+
+    import jax
+
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
@@ -68,6 +79,7 @@ def main(argv):
     except ValueError as e:
         _fail(str(e))
     logging.set_verbosity(str(config.logging.level).lower())
+    enable_compilation_cache(config.runtime.get("compilation_cache", ""))
 
     from wmtp_jax.train.distributed import maybe_initialize
 
