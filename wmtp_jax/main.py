@@ -56,7 +56,7 @@ def summary(result) -> str:
 
 
 def enable_compilation_cache(directory: str) -> None:
-    """Persist compiled XLA programs under `directory` (skipped when empty or overridden by env)."""
+    """Persist compiled XLA programs under `directory` ("" = off; JAX_COMPILATION_CACHE_DIR wins)."""
     import os
 
     import jax
@@ -79,11 +79,11 @@ def main(argv):
     except ValueError as e:
         _fail(str(e))
     logging.set_verbosity(str(config.logging.level).lower())
-    enable_compilation_cache(config.runtime.get("compilation_cache", ""))
 
     from wmtp_jax.train.distributed import maybe_initialize
 
     maybe_initialize(config)
+    enable_compilation_cache(config.runtime.get("compilation_cache", ""))
     pipeline = load_pipeline(config.pipeline)
     from wmtp_jax.train.loop import NonFiniteLossError
 

@@ -79,6 +79,10 @@ class Checkpointer:
         if step in mgr.all_steps():  # e.g. the final step was also a periodic one
             return mgr.directory / str(step)
         meta = dict(meta, step=int(step))
+        # The two managers' async finalisations use the same orbax multi-host barrier names
+        # ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing"): never let
+        # a save on one overlap the other's.
+        self._mgr(not best).wait_until_finished()
         mgr.save(int(step), force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(to_storable(state)),
             meta=ocp.args.JsonSave(_jsonable(meta)),
