@@ -150,7 +150,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
            "need 0 ≤ r < 1")
     _check(0 <= s.min_lr_ratio <= 1, "training.lr_scheduler.min_lr_ratio", s.min_lr_ratio,
            "need 0 ≤ r ≤ 1")
-    _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "need ≥ 1")
+    if isinstance(c.checkpoint, ml_collections.ConfigDict):  # evaluation: checkpoint is a path
+        _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "need ≥ 1")
     for ax in ("data", "fsdp", "tensor"):
         v = c.mesh[ax]
         _check(v == -1 or v >= 1, f"mesh.{ax}", v, "need ≥ 1 or -1 (the rest of the devices)")

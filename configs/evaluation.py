@@ -1,12 +1,12 @@
 """Evaluation: restore a policy, generate for a benchmark, score in the sandbox, report pass@k.
 
     python -m wmtp_jax.main --config=configs/evaluation.py \
-        --config.checkpoint.path=storage/checkpoints/baseline/baseline-micro --config.benchmark=synthetic
+        --config.checkpoint=storage/checkpoints/baseline/baseline-micro --config.benchmark=synthetic
     python -m wmtp_jax.main --config=configs/evaluation.py:7b \
-        --config.checkpoint.path=storage/checkpoints/verifiable/verifiable-7b --config.benchmark=humaneval
+        --config.checkpoint=storage/checkpoints/verifiable/verifiable-7b --config.benchmark=humaneval
 
-`checkpoint.path`: a model directory (`model_config.json`: load_policy), a training run directory
-(its latest checkpoint; `best/` with `checkpoint.use_best=True`), or one step directory
+`checkpoint`: a model directory (`model_config.json`: load_policy), a training run directory
+(its latest checkpoint; `best/` with `use_best=True`), or one step directory
 (`<run>/checkpoints/<step>`). LoRA checkpoints rebuild `base_model` (default: the run's
 `models.policy.path`) with the saved LoRA config and merge the factors before decoding.
 `temperature` may be a list: each value is scored on `validation_split` and the best pass@1 is
@@ -26,9 +26,11 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     with c.unlocked():
         c.output_dir = "auto"  # auto = <run dir or model dir>/eval/<benchmark>-<split>
         c.experiment.description = "benchmark evaluation (pass@k)"
-        # The common `checkpoint` section (validated for every pipeline) gains the restore path.
-        c.checkpoint.path = ""
-        c.checkpoint.use_best = False
+        # Evaluation restores rather than writes checkpoints: `checkpoint` is the path to restore
+        # (the training pipelines' `checkpoint.*` section does not apply).
+        del c["checkpoint"]
+        c.checkpoint = ""
+        c.use_best = False
         c.temperature = ml_collections.FieldReference(0.2, field_type=object)
         c.base_model = ""
         c.tokenizer_path = ""  # "" = <model dir>/tokenizer
@@ -57,7 +59,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
 
 def validate(c):
     """Value checks naming the key; `wmtp_jax.pipelines.evaluation.run` repeats them after the
-    command-line overrides (and requires checkpoint.path)."""
+    command-line overrides (and requires checkpoint)."""
     ch = common._check
     ch(c.benchmark in BENCHMARKS, "benchmark", c.benchmark, f"one of {BENCHMARKS}")
     temps = c.temperature if isinstance(c.temperature, (tuple, list)) else (c.temperature,)

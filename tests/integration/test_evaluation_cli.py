@@ -75,7 +75,7 @@ def eval_config(world, **overrides):
 def test_cli_model_dir_with_temperature_sweep(world):
     out = world["root"] / "out_cli"
     cmd = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/evaluation.py",
-           f"--config.checkpoint.path={world['model_dir']}", f"--config.data_dir={world['data']}",
+           f"--config.checkpoint={world['model_dir']}", f"--config.data_dir={world['data']}",
            "--config.benchmark=synthetic", "--config.n_samples=2", "--config.k=(1,2,10)",
            "--config.temperature=(0.0,0.8)", "--config.max_new_tokens=6",
            "--config.batch_size=4", "--config.min_bucket=64", "--config.workers=2",
@@ -154,9 +154,9 @@ def test_pipeline_speculative_on_a_training_run(world, tmp_path):
     from wmtp_jax.pipelines import evaluation
 
     save_training_checkpoint(world, tmp_path, world["model"], lora=False, save_lora_only=False)
-    greedy = evaluation.run(eval_config(world, **{"checkpoint.path": str(tmp_path),
+    greedy = evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path),
                                                   "temperature": 0.0, "mlflow.experiment": ""}))
-    spec = evaluation.run(eval_config(world, **{"checkpoint.path": str(tmp_path),
+    spec = evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path),
                                                 "temperature": 0.0, "speculative": True,
                                                 "output_dir": str(tmp_path / "spec")}))
     assert greedy["output_dir"] == str(tmp_path / "eval" / "synthetic-test")

@@ -1,6 +1,6 @@
 """Evaluation pipeline: restore a policy, generate for a benchmark, score in the sandbox, report.
 
-    python -m wmtp_jax.main --config=configs/evaluation.py --config.checkpoint.path=DIR \
+    python -m wmtp_jax.main --config=configs/evaluation.py --config.checkpoint=DIR \
         --config.benchmark=synthetic [--config.temperature="(0.2,0.8)"] [--config.speculative=True]
 
 Writes into `output_dir` (`auto`: `<run dir or model dir>/eval/<benchmark>-<split>`):
@@ -131,10 +131,10 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
 
 
 def restore_policy(config, mesh=None):
-    """(model, tokenizer dir, info dict) for `config.checkpoint.path` (model dir or run)."""
-    path = Path(config.checkpoint.path)
-    if not config.checkpoint.path:
-        raise ValueError("config.checkpoint.path is required: a model dir, a training run dir "
+    """(model, tokenizer dir, info dict) for `config.checkpoint` (model dir or run)."""
+    path = Path(config.checkpoint)
+    if not config.checkpoint:
+        raise ValueError("config.checkpoint is required: a model dir, a training run dir "
                          "or <run>/checkpoints/<step>")
     dtype = config.dtype or None
     if (path / io.CONFIG_FILE).exists():
@@ -145,7 +145,7 @@ def restore_policy(config, mesh=None):
             model = merge_lora(model)
         tok = config.tokenizer_path or str(path / "tokenizer")
         return model, tok, {"checkpoint": str(path), "kind": "model_dir", "root": str(path)}
-    step_dir, root, best, step = _step_dir(path, bool(config.checkpoint.use_best))
+    step_dir, root, best, step = _step_dir(path, bool(config.use_best))
     model, run_cfg, base = restore_training_checkpoint(step_dir, base_model=config.base_model,
                                                       dtype=dtype)
     if mesh is not None:
@@ -223,7 +223,7 @@ def _write_jsonl(path: Path, rows):
 
 
 def run(config) -> dict:
-    """Evaluate `config.checkpoint.path` on `config.benchmark`; returns the summary dict."""
+    """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
     from wmtp_jax.data import load_tokenizer
     from wmtp_jax.eval import load_problems
     from wmtp_jax.generate import Sampler
