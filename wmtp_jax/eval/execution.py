@@ -184,12 +184,21 @@ _UIDS = _UidPool()
 
 
 @functools.cache
+def _program_python() -> str:
+    """The base interpreter (not the venv's `bin/python`): programs need only the standard
+    library, and a venv under /tmp (e.g. a checkout there) is hidden by the private /tmp."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+@functools.cache
 def _rebinds() -> tuple[tuple[str, str], ...]:
     """(dir to hide, interpreter tree to keep) for interpreter trees under a dir that others
     cannot enter, e.g. ('/root', '/root/.pyenv/versions/3.11.7')."""
     out = []
-    for path in sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
-                                                      os.path.dirname(sys.executable))}):
+    for path in sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix,
+                                                      os.path.dirname(_program_python()))}):
+        if any(path.startswith(kept + "/") for _, kept in out):
+            continue  # already inside a tree that is bound back
         parts = path.strip("/").split("/")
         for i in range(1, len(parts) + 1):
             anc = "/" + "/".join(parts[:i])
@@ -233,7 +242,7 @@ def _run(source: str, stdin: bytes | None, timeout: float, limits: Limits,
             os.mkdir(workdir, 0o700)
         config = dict(program=prog, workdir=workdir, private_tmp=prot.private_tmp,
                       tmp_dirs=_PRIVATE_TMP_DIRS, tmpfs_size=limits.tmpfs_size, uid=uid,
-                      gid=uid, rlimits=limits.rlimits(timeout), python=sys.executable,
+                      gid=uid, rlimits=limits.rlimits(timeout), python=_program_python(),
                       alarm=int(timeout) + 3,
                       env=SAFE_ENV, rebind=_rebinds() if prot.private_tmp else ())
         stdin_path = os.path.join(host_dir, "stdin")
