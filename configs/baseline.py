@@ -18,20 +18,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             "micro-mtp" if micro else "meta-llama-mtp",
             parts.MICRO_POLICY if micro else parts.PROD_POLICY)})
         parts.add_data(c, variant, use_pairwise=False)
-        t = c.training
-        t.use_lora = not micro
-        t.lora = (parts.lora_entry(16, 32.0, 0.05, parts.MTP_TARGETS) if micro
-                  else parts.lora_entry(64, 128.0, 0.05, parts.MTP_TARGETS))
+        parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
         parts.add_loss_chunking(c, variant)
-        if micro:
-            t.max_steps = 100
-            t.batch_size = 8
-            t.eval_every_steps = 50
-            c.checkpoint.every_steps = 50
-            t.learning_rate = 2e-3
-        else:
-            t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 48, 2, 1e-4
-            c.checkpoint.save_lora_only = True
     return finalize(c)
 
 

@@ -73,6 +73,23 @@ def lora_entry(rank: int, alpha: float, dropout: float, targets) -> ml_collectio
                                       "target_modules": tuple(targets)})
 
 
+def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: int, ga_7b: int):
+    """LoRA and step schedule shared by the MTP-policy pipelines (baseline, verifiable, rho1):
+    micro = full fine-tuning, 100 steps of 8 at LR 2e-3; 7b = LoRA r64/α128 on all seven
+    projections, LR 1e-4, LoRA-only checkpoints, the production global batch."""
+    micro = variant == "micro"
+    t = c.training
+    t.use_lora = not micro
+    t.lora = (lora_entry(16, 32.0, 0.05, MTP_TARGETS) if micro
+              else lora_entry(64, 128.0, 0.05, MTP_TARGETS))
+    if micro:
+        t.max_steps, t.batch_size, t.eval_every_steps, t.learning_rate = 100, 8, 50, 2e-3
+        c.checkpoint.every_steps = 50
+    else:
+        t.batch_size, t.gradient_accumulation_steps, t.learning_rate = batch_7b, ga_7b, 1e-4
+        c.checkpoint.save_lora_only = True
+
+
 def add_loss_chunking(c: ml_collections.ConfigDict, variant: str):
     """training.loss_chunk_size: 0 = dense [B,S,K,V] logits; > 0 = chunked MTP CE ((position, head)
     pairs per row per scan step). 512 is measured at 23.5 % of the dense step's memory at V=32000,

@@ -24,21 +24,10 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
                           "checkpoint_path": parts.reference_output(variant),
                           "dtype": "float32" if micro else "bfloat16"}})
         parts.add_data(c, variant, use_pairwise=False)
+        parts.add_mtp_training(c, variant, batch_7b=128, ga_7b=1)
         t = c.training
-        t.use_lora = not micro
-        t.lora = (parts.lora_entry(16, 32.0, 0.05, parts.MTP_TARGETS) if micro
-                  else parts.lora_entry(64, 128.0, 0.05, parts.MTP_TARGETS))
         t.k_percent = 0.6 if micro else 0.7
         t.rho1_mode = "signed"
-        if micro:
-            t.max_steps = 100
-            t.batch_size = 8
-            t.eval_every_steps = 50
-            c.checkpoint.every_steps = 50
-            t.learning_rate = 2e-3
-        else:
-            t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 128, 1, 1e-4
-            c.checkpoint.save_lora_only = True
     return finalize(c)
 
 

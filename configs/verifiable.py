@@ -25,11 +25,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         parts.add_data(c, variant, use_pairwise=False)
         c.data.use_negatives = False  # true: also train on the incorrect side of each pair
         c.weighting = ml_collections.ConfigDict({"advantage": "gae", "whitening": "ema"})
-        t = c.training
-        t.use_lora = not micro
-        t.lora = (parts.lora_entry(16, 32.0, 0.05, parts.MTP_TARGETS) if micro
-                  else parts.lora_entry(64, 128.0, 0.05, parts.MTP_TARGETS))
+        parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
         parts.add_loss_chunking(c, variant)
+        t = c.training
         t.gamma = 1.0
         t.td_lambda = 0.95
         t.initial_value = 0.5
@@ -39,15 +37,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.td_ema_momentum = 0.1
         t.td_ema_warmup_steps = 10
         if micro:
-            t.max_steps = 100
-            t.batch_size = 8
-            t.eval_every_steps = 50
-            c.checkpoint.every_steps = 50
-            t.learning_rate = 2e-3
             t.td_ema_warmup_steps = 5
-        else:
-            t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 48, 2, 1e-4
-            c.checkpoint.save_lora_only = True
     return finalize(c)
 
 
