@@ -32,16 +32,9 @@ def _score(tmp_path, benchmark, samples, *args, env=None, data_dir=FIXTURES):
 
 def _sandbox_uid_pids() -> list[int]:
     """Processes under any sandbox uid (the scorer draws them from [1e6, 1e6 + 2**30 + 1e4))."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
-        except (OSError, StopIteration):
-            continue
-        if 1_000_000 <= uid < 1_000_000 + (1 << 30) + 10_000:
-            pids.append(int(pid))
-    return pids
+    from wmtp_jax.eval.execution import pids_with_uid
+
+    return pids_with_uid(lambda uid: 1_000_000 <= uid < 1_000_000 + (1 << 30) + 10_000)
 
 
 def test_humaneval_canonical_solutions_all_pass(tmp_path):

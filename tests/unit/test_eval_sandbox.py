@@ -19,16 +19,7 @@ TIMEOUT = 2.0
 def _sandbox_pids() -> list[int]:
     """Live processes running under this process's sandbox uids."""
     lo = execution._UIDS.base
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
-        except (OSError, StopIteration):
-            continue
-        if lo <= uid < lo + 10_000:
-            pids.append(int(pid))
-    return pids
+    return execution.pids_with_uid(lambda uid: lo <= uid < lo + 10_000)
 
 
 def _assert_no_leftovers():

@@ -216,15 +216,26 @@ def _command(prot: Protections, config: dict) -> list[str]:
     return ["unshare", *user, *_UNSHARE, *launcher]
 
 
-def _kill_uid(uid: int) -> None:
-    """Without a PID namespace, kill what a run left behind under its uid (setsid escapees)."""
+def pids_with_uid(match: Callable[[int], bool]) -> list[int]:
+    """Live pids having a real, effective, saved or filesystem uid for which `match` is true."""
+    pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/status") as f:
                 uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
-            if str(uid) in uids:
-                os.kill(int(pid), signal.SIGKILL)
         except (OSError, StopIteration):
+            continue
+        if any(match(int(u)) for u in uids):
+            pids.append(int(pid))
+    return pids
+
+
+def _kill_uid(uid: int) -> None:
+    """Without a PID namespace, kill what a run left behind under its uid (setsid escapees)."""
+    for pid in pids_with_uid(lambda u: u == uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
             continue
 
 
