@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--prompts", default="", help="decode: a benchmark's test prompts (e.g. "
+                    "synthetic) with the policy's tokenizer and real EOS; default random ids")
+    ap.add_argument("--data-dir", default="storage/datasets", help="decode --prompts: datasets root")
+    ap.add_argument("--n-prompts", type=int, default=32, help="decode --prompts: how many")
     ap.add_argument("--out", default="bench_results/results.jsonl")
     ap.add_argument("--plot", default=None, help="PNG of tokens/s vs batch and seq (train rows)")
     ap.add_argument("--case-json", default=None, help=argparse.SUPPRESS)  # --isolate worker
@@ -231,7 +235,8 @@ def main(argv=None) -> int:
             case = DecodeCase(policy_dir=a.policy_dir, dim=a.dim, n_layers=_csv(a.n_layers, int)[0],
                               n_heads=a.n_heads, n_future=a.n_future, vocab=a.vocab,
                               multiple_of=a.multiple_of, batch=b, prompt_len=a.prompt_len,
-                              max_new_tokens=a.max_new_tokens, dtype=_csv(a.dtype)[0])
+                              max_new_tokens=a.max_new_tokens, dtype=_csv(a.dtype)[0],
+                              prompts=a.prompts, data_dir=a.data_dir, n_prompts=a.n_prompts)
             for row in run_decode(case, repeats=a.decode_repeats):
                 print(_summary(append_jsonl(a.out, {**row, **extra})), flush=True)
     if a.plot:
