@@ -54,7 +54,9 @@ def test_speculative_stops_at_eos_and_needs_heads():
     want = Sampler(model, eos_id=eos, batch_size=8, min_bucket=16).sample(prompts, 1, cfg)
     spec = Sampler(model, eos_id=eos, batch_size=8, min_bucket=16, speculative=True)
     got = spec.sample(prompts, 1, cfg)
-    assert got == want and len(got[0][0]) <= 4 and spec.trace_count == 0
+    assert got == want and len(got[0][0]) <= 4
+    traced = spec.trace_count                                # 0 when the test above ran first
+    assert spec.sample(prompts, 1, cfg) == want and spec.trace_count == traced
     with pytest.raises(ValueError, match="greedy only"):
         Sampler(model, eos_id=1, batch_size=2, speculative=True).sample(
             prompts, 1, SamplingConfig(temperature=0.5))

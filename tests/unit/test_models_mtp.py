@@ -116,8 +116,8 @@ def test_kv_cache_prefill_then_decode_matches_full(mtp3):
     lens = np.array([6, 4])
     prompt = np.where(np.arange(6)[None] < lens[:, None], tok[:, :6], 0)
     cache = model.init_cache(2, 16)
-    assert cache["layers"]["k"].shape == (2, 2, 16, 2, 8)
-    assert cache["heads"]["v"].shape == (3, 2, 16, 2, 8)
+    assert cache["layers"]["k"].shape == (2, 2, 2, 16, 8)
+    assert cache["heads"]["v"].shape == (3, 2, 2, 16, 8)
     step = nnx.jit(lambda m, t, p, c, all_heads=True: m(t, return_all_heads=all_heads, positions=p,
                                                         cache=c), static_argnames="all_heads")
     logits, cache = step(model, jnp.asarray(prompt), jnp.broadcast_to(jnp.arange(6), (2, 6)), cache)

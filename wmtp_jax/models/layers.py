@@ -17,7 +17,7 @@ from flax import nnx
 from .args import ModelArgs
 
 Array = jax.Array
-KV = tuple[Array, Array]  # (k, v) cache buffers of one block, each [B, T, KV, hd]
+KV = tuple[Array, Array]  # (k, v) cache buffers, each [B, KV, T, hd] (or [N, B, KV, T, hd] stacked)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -145,10 +145,34 @@ def cache_mask(positions: Array, cache_len: int) -> Array:
     return (jnp.arange(cache_len)[None, None, :] <= positions[:, :, None])[:, None]
 
 
-def write_cache(buf: Array, new: Array, start: Array) -> Array:
-    """buf `[B, T, KV, hd]`, new `[B, S, KV, hd]`, start `[B]`: row b written at slots start_b.."""
-    upd = lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0))
-    return jax.vmap(upd)(buf, new, start)
+def write_cache(buf: Array, new: Array, start: Array, index=None) -> Array:
+    """buf `[B, KV, T, hd]` (or stacked `[N, B, KV, T, hd]`, entry `index` written), new
+    `[B, S, KV, hd]`, start `[B]`: row b's keys go to slots start_b .. start_b + S − 1.
+
+    One scatter of the new slots only, in place on a loop-carried buffer (slots ≥ T are dropped).
+    """
+    b, s = new.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = start[:, None] + jnp.arange(s, dtype=start.dtype)[None]
+    at = buf.at[rows, :, slots] if index is None else buf.at[index, rows, :, slots]
+    return at.set(new.astype(buf.dtype), indices_are_sorted=True, unique_indices=True)
+
+
+def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """q `[B, S, H, hd]`, cache k, v `[B, KV, T, hd]`, mask bool `[B, 1, S, T]` -> `[B, S, H, hd]`.
+
+    softmax(q·kᵀ/√hd) v with float32 logits and softmax; GQA groups the H query heads as
+    `[KV, H/KV]`. The cache layout keeps (B, KV) major and T next to hd, so neither matmul needs
+    the cache transposed (the `[B, T, KV, hd]` layout made XLA copy the whole cache per step).
+    """
+    b, s, h, hd = q.shape
+    kvh = k.shape[1]
+    q = q.reshape(b, s, kvh, h // kvh, hd)
+    logits = jnp.einsum("bskgd,bktd->bkgst", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, :, None], logits * (hd ** -0.5), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,bktd->bskgd", probs, v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype).reshape(b, s, h, hd)
 
 
 # ---- attention, FFN, block ------------------------------------------------------------------
@@ -172,22 +196,29 @@ class Attention(nnx.Module):
         self.wo = Linear(h * hd, d, names=("heads", "embed"), **kw, **_lora_kw(lora, "wo"))
 
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Optional[Array] = None,
-                 kv: Optional[KV] = None, start: Optional[Array] = None):
+                 kv: Optional[KV] = None, start: Optional[Array] = None, kv_index=None):
         """x `[B, S, D]`; mask None = causal; with `kv` the new keys are written at `start` `[B]`
-        and the query attends to the whole buffer under `mask` (see `cache_mask`)."""
+        (into entry `kv_index` of stacked buffers) and the query attends to the whole buffer
+        under `mask` (see `cache_mask`)."""
         b, s, _ = x.shape
         q = apply_rope(self.wq(x).reshape(b, s, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).reshape(b, s, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.wv(x).reshape(b, s, self.n_kv_heads, self.head_dim)
+        k, v = self.kv(x, cos, sin)
         if kv is not None:
-            k, v = write_cache(kv[0], k, start), write_cache(kv[1], v, start)
-            kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            kv = tuple(write_cache(buf, new, start, kv_index) for buf, new in zip(kv, (k, v)))
+            k, v = (buf if kv_index is None else buf[kv_index] for buf in kv)
+            out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            return self.wo(out.reshape(b, s, -1)), kv
         if mask is None:
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         return self.wo(out.reshape(b, s, -1)), kv
+
+    def kv(self, x: Array, cos: Array, sin: Array) -> KV:
+        """x `[B, S, D]` -> the new keys (RoPE applied) and values, each `[B, S, KV, hd]`."""
+        b, s, _ = x.shape
+        k = apply_rope(self.wk(x).reshape(b, s, self.n_kv_heads, self.head_dim), cos, sin)
+        return k, self.wv(x).reshape(b, s, self.n_kv_heads, self.head_dim)
 
 
 class FeedForward(nnx.Module):
@@ -214,8 +245,8 @@ class Block(nnx.Module):
         self.ffn_norm = RMSNorm(args.dim, **kw)
         self.feed_forward = FeedForward(args, rngs=rngs, lora=lora)
 
-    def __call__(self, x, cos, sin, mask=None, kv=None, start=None):
-        a, kv = self.attention(self.attention_norm(x), cos, sin, mask, kv, start)
+    def __call__(self, x, cos, sin, mask=None, kv=None, start=None, kv_index=None):
+        a, kv = self.attention(self.attention_norm(x), cos, sin, mask, kv, start, kv_index)
         h = x + a
         return h + self.feed_forward(self.ffn_norm(h)), kv
 
@@ -252,9 +283,9 @@ def stack_blocks(n: int, args: ModelArgs, *, rngs: nnx.Rngs, lora=None, axis_nam
 def _block_fn(graphdef):
     """Pure per-block function over (params, rest-state, kv) used by scan / vmap."""
 
-    def fn(x, params, rest, kv, cos, sin, mask, start):
+    def fn(x, params, rest, kv, cos, sin, mask, start, kv_index=None):
         block = nnx.merge(graphdef, params, rest)
-        y, kv = block(x, cos, sin, mask, kv, start)
+        y, kv = block(x, cos, sin, mask, kv, start, kv_index)
         return y, nnx.state(block, nnx.Not(nnx.Param)), kv
 
     return fn
@@ -264,17 +295,21 @@ def scan_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None
                 remat: str = "none"):
     """Sequentially apply stacked blocks (`lax.scan`, compile time flat in depth).
 
-    kv: None or (k, v) each `[L, B, T, KV, hd]`; returns (x, new kv or None).
+    kv: None or (k, v) each `[L, B, KV, T, hd]`; returns (x, new kv or None). The cache rides in
+    the scan carry and block i writes its new slots into entry i in place (as scan xs/ys each
+    step would copy the whole cache).
     """
     graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
     fn = maybe_remat(_block_fn(graphdef), remat)
+    n = jax.tree.leaves(params)[0].shape[0]
 
-    def body(h, xs):
-        p, r, c = xs
-        h, r, c = fn(h, p, r, c, cos, sin, mask, start)
-        return h, (r, c)
+    def body(carry, xs):
+        h, c = carry
+        p, r, i = xs
+        h, r, c = fn(h, p, r, c, cos, sin, mask, start, None if c is None else i)
+        return (h, c), r
 
-    x, (rest, kv) = jax.lax.scan(body, x, (params, rest, kv))
+    (x, kv), rest = jax.lax.scan(body, (x, kv), (params, rest, jnp.arange(n)))
     if jax.tree.leaves(rest):  # dropout RNG counters advanced
         nnx.update(stack, rest)
     return x, kv
@@ -284,20 +319,29 @@ def vmap_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None
                 n: Optional[int] = None, remat: str = "none"):
     """Apply the first `n` (default all) stacked blocks in parallel to the same input.
 
+    All blocks: one vmap (cache entries vmapped too). The first n < all (e.g. head 1 alone when
+    decoding): an unrolled loop writing entries 0..n−1 of the stacked cache in place.
     Returns (y `[n, B, S, D]`, kv with the first n entries updated, or None).
     """
     graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
     total = jax.tree.leaves(params)[0].shape[0]
     n = total if n is None else n
-    head = lambda t: jax.tree.map(lambda a: a[:n], t)
     fn = maybe_remat(_block_fn(graphdef), remat)
-    y, new_rest, new_kv = jax.vmap(fn, in_axes=(None, 0, 0, 0, None, None, None, None))(
-        x, head(params), head(rest), head(kv), cos, sin, mask, start)
-    put = lambda full, part: full if part is None else full.at[:n].set(part) if n < total else part
+    if n == total:
+        y, rest, kv = jax.vmap(fn, in_axes=(None, 0, 0, 0, None, None, None, None))(
+            x, params, rest, kv, cos, sin, mask, start)
+    else:
+        ys, rests = [], []
+        for j in range(n):
+            pick = lambda t: jax.tree.map(lambda a: a[j], t)
+            yj, rj, kv = fn(x, pick(params), pick(rest), kv, cos, sin, mask, start,
+                            None if kv is None else j)
+            ys.append(yj)
+            rests.append(rj)
+        y = jnp.stack(ys)
+        rest = jax.tree.map(lambda full, *part: full.at[:n].set(jnp.stack(part)), rest, *rests)
     if jax.tree.leaves(rest):
-        nnx.update(stack, jax.tree.map(put, rest, new_rest))
-    if kv is not None:
-        kv = tuple(put(f, p) for f, p in zip(kv, new_kv))
+        nnx.update(stack, rest)
     return y, kv
 
 
@@ -328,14 +372,14 @@ def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, at
 
 
 def empty_cache(n: int, args: ModelArgs, batch_size: int, max_len: int, dtype=None) -> dict:
-    """{"k", "v"} zero buffers `[n, B, T, KV, hd]` in the compute dtype (or `dtype`)."""
-    shape = (n, batch_size, max_len, args.kv_heads, args.head_dim)
+    """{"k", "v"} zero buffers `[n, B, KV, T, hd]` in the compute dtype (or `dtype`)."""
+    shape = (n, batch_size, args.kv_heads, max_len, args.head_dim)
     dt = to_dtype(dtype or args.dtype)
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
 def cache_len(cache: Optional[dict]) -> Optional[int]:
-    return None if cache is None else jax.tree.leaves(cache)[0].shape[2]
+    return None if cache is None else jax.tree.leaves(cache)[0].shape[3]
 
 
 def _kv(entry: Optional[dict]):

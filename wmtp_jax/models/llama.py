@@ -31,7 +31,7 @@ class Llama(nnx.Module):
                        if lm_head else None)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
-        """{"layers": {"k", "v"}} zero buffers `[L, B, T, KV, hd]`."""
+        """{"layers": {"k", "v"}} zero buffers `[L, B, KV, T, hd]`."""
         return {"layers": empty_cache(self.args.n_layers, self.args, batch_size, max_len, dtype)}
 
     def hidden_states(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None, *,

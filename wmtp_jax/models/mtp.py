@@ -37,7 +37,7 @@ class MTPTransformer(nnx.Module):
 
     # ---- pieces -------------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
-        """{"layers": {"k","v"} `[L,B,T,KV,hd]` (absent if L = 0), "heads": {"k","v"} `[K,B,T,KV,hd]`}."""
+        """{"layers": {"k","v"} `[L,B,KV,T,hd]` (absent if L = 0), "heads": {"k","v"} `[K,B,KV,T,hd]`}."""
         a = self.args
         cache = {"heads": empty_cache(a.n_future_tokens, a, batch_size, max_len, dtype)}
         if self.layers is not None:
