@@ -159,3 +159,19 @@ def test_gradients_through_scan_and_head_vmap_agree_across_remat_policies(mtp3):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert float(jnp.abs(g0["layers"]["attention"]["wq"]["kernel"][...]).max()) > 0
     assert float(jnp.abs(g0["heads"]["feed_forward"]["w2"]["kernel"][...][2]).max()) > 0
+
+
+def test_unrolled_head_loop_equals_vmapped_heads(mtp3):
+    """The benchmark's `--heads loop` (the before of vmapped heads) computes the same logits and
+    the same gradients as the model's one-vmap heads."""
+    from wmtp_jax.bench.train_step import head_blocks
+
+    ref, model, tok, (logits, *_) = mtp3
+    loss = lambda m: jnp.mean(m(jnp.asarray(tok)) ** 2)
+    g_vmap = nnx.grad(loss)(model)
+    with head_blocks("loop"):
+        looped = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tok))
+        g_loop = nnx.grad(loss)(model)
+    np.testing.assert_allclose(looped, logits, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_vmap)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -5,7 +5,7 @@
     python -m wmtp_jax.bench --preset 1b --dtype bfloat16 --seq 2048       # GPU MFU row
     python -m wmtp_jax.bench --what decode --max-new-tokens 64             # greedy vs speculative
 
-List flags (--pipelines, --n-layers, --batch, --seq, --dtype, --remat, --loss, --donate) take
+List flags (--pipelines, --n-layers, --batch, --seq, --dtype, --remat, --loss, --donate, --heads) take
 comma-separated values; the train sweep is their product. A preset fills every flag not given.
 """
 
@@ -35,7 +35,7 @@ PRESETS = {
 DEFAULTS = dict(PRESETS["micro"], pipelines="baseline,critic,verifiable", n_kv_heads=0,
                 ffn_hidden=0, critic_dim=0, critic_layers=0, critic_heads=0, critic_ffn_hidden=0,
                 ga=1, remat="none", sharding="FULL_SHARD", mesh="1,-1,1", lora_rank=0,
-                loss="dense", chunk_size=1024, donate="on")
+                loss="dense", chunk_size=1024, donate="on", heads="vmap")
 
 
 def _csv(v, cast=str) -> list:
@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--mesh", help="data,fsdp,tensor sizes (-1 = the rest of the devices)")
     add("--loss", help="comma list: dense, chunked (MTP CE of the policy pipelines)")
     add("--donate", help="comma list: on, off (donate the train state to the step)")
+    add("--heads", help="comma list: vmap (the model's K head blocks as one vmap), loop (an "
+                        "unrolled loop over the heads: the before of that optimisation)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile-only", action="store_true",
@@ -107,6 +109,9 @@ def train_cases(a) -> list:
     donate = _csv(a.donate)
     if any(d not in ("on", "off") for d in donate):
         raise SystemExit(f"error: --donate {a.donate!r}: values on, off")
+    heads = _csv(a.heads)
+    if any(h not in ("vmap", "loop") for h in heads):
+        raise SystemExit(f"error: --heads {a.heads!r}: values vmap, loop")
     mesh = tuple(_csv(a.mesh, int))
     if len(mesh) != 3:
         raise SystemExit(f"error: --mesh {a.mesh!r}: need three sizes data,fsdp,tensor")
@@ -116,12 +121,12 @@ def train_cases(a) -> list:
                  critic_heads=a.critic_heads, critic_ffn_hidden=a.critic_ffn_hidden, ga=a.ga,
                  sharding=a.sharding, mesh=mesh, lora_rank=a.lora_rank, chunk_size=a.chunk_size)
     cases, seen = [], set()
-    for p, nl, dt, rm, loss, dn, s, b in itertools.product(
+    for p, nl, dt, rm, loss, dn, hd, s, b in itertools.product(
             pipes, _csv(a.n_layers, int), _csv(a.dtype), _csv(a.remat), _csv(a.loss), donate,
-            _csv(a.seq, int), _csv(a.batch, int)):
+            heads, _csv(a.seq, int), _csv(a.batch, int)):
         c = TrainCase(pipeline=p, n_layers=nl, dtype=dt, remat=rm,
                       loss="dense" if p == "critic" else loss, donate=dn == "on", seq=s, batch=b,
-                      **fixed)
+                      heads="vmap" if p == "critic" else hd, **fixed)
         if c not in seen:
             seen.add(c)
             cases.append(c)
@@ -189,7 +194,7 @@ def _summary(row: dict) -> str:
     layers = ((c['critic_layers'] or max(1, c['n_layers'] // 2)) if c['pipeline'] == "critic"
               else c['n_layers'])
     s = (f"train {c['pipeline']:10s} L={layers} B={c['batch']} S={c['seq']} {c['dtype']} "
-         f"remat={c['remat']} loss={c['loss']} donate={c['donate']}: compile "
+         f"remat={c['remat']} loss={c['loss']} donate={c['donate']} heads={c['heads']}: compile "
          f"{row['compile_total_s']:.1f} s (CPU {row['lower_cpu_s'] + row['compile_cpu_s']:.1f} s), mem {mem / 2**20 if mem else float('nan'):.0f} MiB")
     if row.get("step_time_s"):
         mfu = row.get("mfu")

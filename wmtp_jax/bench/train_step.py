@@ -13,6 +13,7 @@ backend reports it, tokens/s and MFU (see flops.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -59,6 +60,7 @@ class TrainCase:
     loss: str = "dense"  # dense | chunked (policy pipelines)
     chunk_size: int = 1024
     donate: bool = True
+    heads: str = "vmap"  # vmap | loop: the MTP head blocks as one vmap, or an unrolled loop
     seed: int = 0
 
     def policy_args(self) -> ModelArgs:
@@ -157,6 +159,20 @@ def make_task(case: TrainCase, config, mesh):
         extra_state=verifiable.init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)))
 
 
+@contextlib.contextmanager
+def head_blocks(mode: str):
+    """While tracing: the MTP heads as one vmap (the model's way) or as an unrolled loop."""
+    from wmtp_jax.models import layers, mtp
+    if mode not in ("vmap", "loop"):
+        raise ValueError(f"heads={mode!r}; valid: vmap, loop")
+    orig = mtp.vmap_blocks
+    mtp.vmap_blocks = partial(layers.vmap_blocks, unroll=mode == "loop")
+    try:
+        yield
+    finally:
+        mtp.vmap_blocks = orig
+
+
 def synthetic_batch(case: TrainCase, seed: int = 0) -> dict:
     """A stacked `[GA, B, S]` batch in the collators' layout: full attention masks, the first
     quarter of every row a prompt (labels −100), pairs for the critic pipeline."""
@@ -238,7 +254,8 @@ def prepare_case(case: TrainCase) -> Prepared:
                                                               mesh_lib.replicated(mesh)))
     batch = mesh_lib.shard_batch(synthetic_batch(case, case.seed), mesh, stacked=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    lowered = fn.lower(c.state, c.fixed, c.frozen_state, batch)
+    with head_blocks(case.heads):
+        lowered = fn.lower(c.state, c.fixed, c.frozen_state, batch)
     t1, c1 = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
     t2, c2 = time.perf_counter(), time.process_time()

@@ -316,18 +316,19 @@ def scan_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None
 
 
 def vmap_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None, *,
-                n: Optional[int] = None, remat: str = "none"):
+                n: Optional[int] = None, remat: str = "none", unroll: bool = False):
     """Apply the first `n` (default all) stacked blocks in parallel to the same input.
 
     All blocks: one vmap (cache entries vmapped too). The first n < all (e.g. head 1 alone when
-    decoding): an unrolled loop writing entries 0..n−1 of the stacked cache in place.
+    decoding), or `unroll` (the benchmark's before/after of vmapped heads): an unrolled loop,
+    writing entries 0..n−1 of the stacked cache in place.
     Returns (y `[n, B, S, D]`, kv with the first n entries updated, or None).
     """
     graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
     total = jax.tree.leaves(params)[0].shape[0]
     n = total if n is None else n
     fn = maybe_remat(_block_fn(graphdef), remat)
-    if n == total:
+    if n == total and not unroll:
         y, rest, kv = jax.vmap(fn, in_axes=(None, 0, 0, 0, None, None, None, None))(
             x, params, rest, kv, cos, sin, mask, start)
     else:
