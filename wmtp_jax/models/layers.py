@@ -171,8 +171,10 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     logits = jnp.einsum("bskgd,bktd->bkgst", q, k, preferred_element_type=jnp.float32)
     logits = jnp.where(mask[:, :, None], logits * (hd ** -0.5), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,bktd->bskgd", probs, v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype).reshape(b, s, h, hd)
+    # `bkgsd` then a transpose of the small output: XLA:CPU ran `->bskgd` as a transposed GEMM 4×
+    # slower at S = 4 (the speculative round)
+    out = jnp.einsum("bkgst,bktd->bkgsd", probs, v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd)
 
 
 # ---- attention, FFN, block ------------------------------------------------------------------
