@@ -189,7 +189,10 @@ def _summary(row: dict) -> str:
         return (f"decode {row['mode']:11s} B={c['batch']} new={c['max_new_tokens']}: "
                 f"{row['tokens_per_s']:.1f} tok/s, first call {row['first_call_s']:.1f} s"
                 + (f", acceptance {acc:.3f}, x{row['speedup_vs_greedy']:.2f} vs greedy"
-                   if acc is not None else ""))
+                   if acc is not None else "")
+                + (f"; after prefill {row['decode_phase_tokens_per_s']:.1f} tok/s"
+                   + (f" (x{row['decode_phase_speedup_vs_greedy']:.2f})" if acc is not None else "")
+                   if "decode_phase_tokens_per_s" in row else ""))
     mem = row.get("memory_analysis", {}).get("estimate")
     layers = ((c['critic_layers'] or max(1, c['n_layers'] // 2)) if c['pipeline'] == "critic"
               else c['n_layers'])
