@@ -63,3 +63,22 @@ def test_speculative_stops_at_eos_and_needs_heads():
     one = MTPTransformer(ARGS.replace(n_future_tokens=1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="n_future_tokens"):
         Sampler(one, eos_id=1, speculative=True)
+
+
+def test_speculative_short_budgets_and_eos_first():
+    """max_new_tokens 1 runs no round (prefill + one forward), 2 runs one; an EOS as the very
+    first token ends that row empty, as in plain greedy."""
+    model = tied_heads(MTPTransformer(ARGS, rngs=nnx.Rngs(5)))
+    prompts = [[5, 6, 7], [9, 3], [4]]
+    for n, forwards in ((1, 2), (2, 3)):
+        cfg = SamplingConfig(max_new_tokens=n)
+        want = Sampler(model, eos_id=1, batch_size=4, min_bucket=16).sample(prompts, 1, cfg)
+        spec = Sampler(model, eos_id=1, batch_size=4, min_bucket=16, speculative=True)
+        assert spec.sample(prompts, 1, cfg) == want and spec.stats["forwards"] == forwards
+        assert [len(r[0]) for r in want] == [n] * 3
+    cfg = SamplingConfig(max_new_tokens=6)
+    eos = Sampler(model, eos_id=1, batch_size=4, min_bucket=16).sample(prompts, 1, cfg)[0][0][0]
+    want = Sampler(model, eos_id=eos, batch_size=4, min_bucket=16).sample(prompts, 1, cfg)
+    got = Sampler(model, eos_id=eos, batch_size=4, min_bucket=16, speculative=True).sample(
+        prompts, 1, cfg)
+    assert got == want and want[0][0] == []

@@ -1,13 +1,16 @@
 """Self-speculative greedy decoding with the MTP heads (blockwise parallel decoding).
 
 At position p the K heads of one forward predict tokens p+1 .. p+K. A round feeds the confirmed
-next token x_0 (head 1's greedy choice) and K−1 drafts x_1..x_{K−1} (heads 2..K at the previous
-round's last accepted position) at positions p .. p+K−1 with all heads:
+(already emitted) token x_0 (head 1's greedy choice) and K−1 drafts x_1..x_{K−1} (heads 2..K at
+the previous round's last accepted position) at positions p .. p+K−1 with all heads:
 
     g_j    = argmax head-1 logits at p+j          (greedy token for position p+j+1)
     a      = #leading j ∈ 1..K−1 with x_j == g_{j−1}   (accepted drafts)
-    emit     x_0 .. x_a                            (a+1 tokens, each the exact greedy choice)
+    emit     x_1 .. x_a, g_a                       (a+1 tokens, each the exact greedy choice)
     next   x_0' = g_a,   drafts' = argmax heads 2..K at p+a,   p' = p+a+1
+
+The first x_0 (from the forward after the prefill) is emitted before any round, so a call with
+max_new_tokens = 1 runs none.
 
 Shapes are static (always K positions, per-row `a` masks the rest). Cache slots p+a+1 .. p+K−1
 hold rejected keys; no query sees them before the next round overwrites them (slot = absolute
@@ -48,8 +51,11 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
     logits, cache = model_forward(model, tok, last[:, None], cache, all_heads=True)
     greedy = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)       # [B, K]
     nxt, drafts = greedy[:, 0], greedy[:, 1:]
-    out = jnp.full((b, max_new_tokens + k), eos_id, jnp.int32)
-    n_gen = jnp.zeros((b,), jnp.int32)
+    # x_0 is emitted at once (a call with max_new_tokens = 1 runs no round)
+    out = jnp.full((b, max_new_tokens + k), eos_id, jnp.int32).at[:, 0].set(nxt)
+    first_eos = nxt == eos_id
+    n_gen = jnp.where(live & ~first_eos, 1, 0).astype(jnp.int32)
+    done = ~live | first_eos | (max_new_tokens <= 1)
     zero = jnp.int32(0)
     rows = jnp.arange(b)
 
@@ -64,11 +70,14 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
         g = jnp.argmax(logits, axis=-1).astype(jnp.int32)                          # [B,K(pos),K(head)]
         match = drafts == g[:, :-1, 0]
         a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)          # [B]
-        emitted = jnp.arange(k)[None] <= a[:, None]
-        eos_at = _first_index((x == eos_id) & emitted, default=k)
+        # emitted: the a accepted drafts x_1..x_a, then head 1's token after them, g_a
+        j = jnp.arange(k)[None]
+        y = jnp.where(j < a[:, None], jnp.concatenate([drafts, drafts[:, :1]], axis=1),
+                      g[rows, a, 0][:, None])
+        eos_at = _first_index((y == eos_id) & (j <= a[:, None]), default=k)
         n_emit = jnp.minimum(jnp.minimum(eos_at, a + 1), max_new_tokens - n_gen)
         write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
-        out = jnp.where(done[:, None], out, write(out, x, n_gen))
+        out = jnp.where(done[:, None], out, write(out, y, n_gen))
         n_gen = jnp.where(done, n_gen, n_gen + n_emit)
         drafted = drafted + jnp.sum(jnp.where(done, 0, k - 1))
         accepted = accepted + jnp.sum(jnp.where(done, 0, a))
@@ -78,7 +87,7 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
         done = done | (eos_at < k) | (n_gen >= max_new_tokens)
         return i + 1, cache, nxt, drafts, pos, out, n_gen, drafted, accepted, done
 
-    init = (zero, cache, nxt, drafts, last + 1, out, n_gen, zero, zero, ~live)
+    init = (zero, cache, nxt, drafts, last + 1, out, n_gen, zero, zero, done)
     rounds, _, _, _, _, out, n_gen, drafted, accepted, _ = jax.lax.while_loop(cond, body, init)
     out = out[:, :max_new_tokens]
     out = jnp.where(jnp.arange(max_new_tokens)[None] < n_gen[:, None], out, eos_id)
