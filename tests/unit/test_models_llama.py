@@ -13,6 +13,7 @@ from scipy.special import erf  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from conversion import mapping  # noqa: E402
+from tests.kv_cache import check_prefill_then_decode  # noqa: E402
 from tests.torch_ref import abstract_model, flat_paths, load_pure, torch_state_to_pure  # noqa: E402
 from wmtp_jax.models import Llama, ModelArgs, ValueModel, create_value_head  # noqa: E402
 
@@ -130,21 +131,8 @@ def test_llama_kv_cache_matches_full(setup):
     ref, tok, _, _, _ = setup
     model = jax_llama(ref)
     full = np.asarray(nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tok)))
-    lens = np.array([4, 2, 6])
-    prompt = np.where(np.arange(6)[None] < lens[:, None], tok[:, :6], 0)
     step = nnx.jit(lambda m, t, p, c: m(t, positions=p, cache=c))
-    cache = model.init_cache(3, 12)
-    logits, cache = step(model, jnp.asarray(prompt), jnp.broadcast_to(jnp.arange(6), (3, 6)), cache)
-    for b in range(3):
-        np.testing.assert_allclose(logits[b, :lens[b]], full[b, :lens[b]], atol=1e-4)
-    pos = lens.copy()
-    while pos.min() < S:
-        p = np.minimum(pos, S - 1)
-        logits, cache = step(model, jnp.asarray(tok[np.arange(3), p][:, None]),
-                             jnp.asarray(p[:, None]), cache)
-        for b in np.flatnonzero(pos < S):
-            np.testing.assert_allclose(logits[b, 0], full[b, pos[b]], atol=1e-4)
-        pos = pos + 1
+    check_prefill_then_decode(step, model, tok, np.array([4, 2, 6]), full, model.init_cache(3, 12))
 
 
 def test_bad_shapes_are_clear_errors(setup):

@@ -12,6 +12,7 @@ from flax import nnx  # noqa: E402
 
 from conversion import mapping  # noqa: E402
 from tests.torch_ref import abstract_model, flat_paths, load_pure, torch_state_to_pure  # noqa: E402
+from tests.kv_cache import check_prefill_then_decode  # noqa: E402
 from tests.torch_ref import meta_mtp  # noqa: E402
 from wmtp_jax.models import ModelArgs, MTPTransformer  # noqa: E402
 
@@ -112,25 +113,12 @@ def test_kv_cache_prefill_then_decode_matches_full(mtp3):
     _, model, tok, (full, *_) = mtp3
     model = nnx.clone(model)
     model.args = model.args.replace(remat="full")  # the cache path under remat too
-    s = tok.shape[1]
-    lens = np.array([6, 4])
-    prompt = np.where(np.arange(6)[None] < lens[:, None], tok[:, :6], 0)
     cache = model.init_cache(2, 16)
     assert cache["layers"]["k"].shape == (2, 2, 2, 16, 8)
     assert cache["heads"]["v"].shape == (3, 2, 2, 16, 8)
     step = nnx.jit(lambda m, t, p, c, all_heads=True: m(t, return_all_heads=all_heads, positions=p,
                                                         cache=c), static_argnames="all_heads")
-    logits, cache = step(model, jnp.asarray(prompt), jnp.broadcast_to(jnp.arange(6), (2, 6)), cache)
-    for b in range(2):
-        np.testing.assert_allclose(logits[b, :lens[b]], full[b, :lens[b]], atol=1e-4)
-    pos = lens.copy()
-    while pos.min() < s:
-        p = np.minimum(pos, s - 1)
-        logits, cache = step(model, jnp.asarray(tok[np.arange(2), p][:, None]),
-                             jnp.asarray(p[:, None]), cache)
-        for b in np.flatnonzero(pos < s):
-            np.testing.assert_allclose(logits[b, 0], full[b, pos[b]], atol=1e-4)
-        pos = pos + 1
+    cache = check_prefill_then_decode(step, model, tok, np.array([6, 4]), full, cache)
     # a head-0-only step leaves the other heads' caches untouched
     one, cache2 = step(model, jnp.asarray((tok[:, :1] + 1) % V), jnp.zeros((2, 1), jnp.int32), cache,
                        all_heads=False)
