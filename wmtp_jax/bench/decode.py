@@ -102,12 +102,17 @@ def run_decode(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
             "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
             "loadavg_during": load})
     if "speculative" in outs:
-        match = float(np.mean(outs["speculative"] == outs["greedy"]))
-        greedy_tps = rows[0]["tokens_per_s"]
-        for r in rows:
-            r["match_greedy"] = match if r["mode"] == "speculative" else 1.0
-            r["speedup_vs_greedy"] = r["tokens_per_s"] / greedy_tps
+        _vs_greedy(rows, float(np.mean(outs["speculative"] == outs["greedy"])),
+                   speedup_vs_greedy="tokens_per_s")
     return rows
+
+
+def _vs_greedy(rows: list[dict], match: float, **ratios: str) -> None:
+    """Add `match_greedy` and, per `out=metric`, row[out] = row[metric] / the greedy row's."""
+    for r in rows:
+        r["match_greedy"] = match if r["mode"] == "speculative" else 1.0
+        for out, metric in ratios.items():
+            r[out] = r[metric] / rows[0][metric]
 
 
 def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
@@ -124,7 +129,7 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     from wmtp_jax.data import load_tokenizer
     from wmtp_jax.eval import load_problems
     from wmtp_jax.generate import SamplingConfig
-    from wmtp_jax.generate.sampler import Sampler
+    from wmtp_jax.generate.sampler import Sampler, bucket_length
 
     if not case.policy_dir:
         raise ValueError("--prompts needs --policy-dir (a trained policy and its tokenizer)")
@@ -134,7 +139,7 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     ids = [tok.encode(p.prompt) for p in problems.values()]
     full = SamplingConfig(temperature=0.0, max_new_tokens=case.max_new_tokens)
     one = SamplingConfig(temperature=0.0, max_new_tokens=1)
-    bucket = max(16, 1 << (max(len(i) for i in ids) - 1).bit_length())  # one program per mode
+    bucket = bucket_length(max(len(i) for i in ids))  # one program per mode
     modes = [m for m in MODES if m == "greedy" or args.n_future_tokens >= 2]
     samplers, first, outs = {}, {}, {}
     for mode in modes:
@@ -178,10 +183,7 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
             "loadavg_during": load})
     if "speculative" in outs:
         g, sp = outs["greedy"], outs["speculative"]
-        match = float(np.mean([a == b for a, b in zip(g, sp)]))  # fraction of identical prompts
-        for r in rows:
-            r["match_greedy"] = match if r["mode"] == "speculative" else 1.0
-            r["speedup_vs_greedy"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
-            r["decode_phase_speedup_vs_greedy"] = (r["decode_phase_tokens_per_s"]
-                                                   / rows[0]["decode_phase_tokens_per_s"])
+        _vs_greedy(rows, float(np.mean([a == b for a, b in zip(g, sp)])),  # identical prompts
+                   speedup_vs_greedy="tokens_per_s",
+                   decode_phase_speedup_vs_greedy="decode_phase_tokens_per_s")
     return rows

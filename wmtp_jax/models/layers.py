@@ -204,7 +204,8 @@ class Attention(nnx.Module):
         under `mask` (see `cache_mask`)."""
         b, s, _ = x.shape
         q = apply_rope(self.wq(x).reshape(b, s, self.n_heads, self.head_dim), cos, sin)
-        k, v = self.kv(x, cos, sin)
+        k = apply_rope(self.wk(x).reshape(b, s, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).reshape(b, s, self.n_kv_heads, self.head_dim)
         if kv is not None:
             kv = tuple(write_cache(buf, new, start, kv_index) for buf, new in zip(kv, (k, v)))
             k, v = (buf if kv_index is None else buf[kv_index] for buf in kv)
@@ -215,12 +216,6 @@ class Attention(nnx.Module):
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         return self.wo(out.reshape(b, s, -1)), kv
-
-    def kv(self, x: Array, cos: Array, sin: Array) -> KV:
-        """x `[B, S, D]` -> the new keys (RoPE applied) and values, each `[B, S, KV, hd]`."""
-        b, s, _ = x.shape
-        k = apply_rope(self.wk(x).reshape(b, s, self.n_kv_heads, self.head_dim), cos, sin)
-        return k, self.wv(x).reshape(b, s, self.n_kv_heads, self.head_dim)
 
 
 class FeedForward(nnx.Module):
