@@ -10,7 +10,7 @@ A pipeline config file does::
             config.weighting = ...
         return common.finalize(config)  # validates and locks
 
-Key names follow the seed's YAML vocabulary (reference/original_data_models.md §3.1). Unknown keys
+Key names follow the original's YAML config vocabulary (docs/semantics.md). Unknown keys
 are errors (locked config); `validate_config` checks values and names the bad key.
 """
 

@@ -1,6 +1,6 @@
 """Config pieces shared by the five training pipelines (on top of configs/common.py).
 
-Key names are the seed's YAML names (reference/original_data_models.md §3). Micro paths point at
+Key names are the original's YAML config names. Micro paths point at
 what `wmtp_jax.pipelines.bootstrap` creates under storage/ on first use; 7b paths at the
 production layout (storage/models/meta-llama-mtp, storage/models/ref-sheared-llama-2.7b).
 """

@@ -1,4 +1,4 @@
-"""Collators vs a faithful transcription of the reference collators (collators.py @ 35f950b)."""
+"""Collators vs a faithful transcription of the original's collators (collators.py)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from tests.fixtures.data.helpers import micro_tokenizer
 from wmtp_jax.data.collate import AlpacaCollator, PairwiseCollator, apply_alpaca_template
 
 
-# ---- the reference, transcribed from original_data_models.md §1.7 ----------------------------
+# ---- the original's collators, transcribed -------------------------------------------------------
 def ref_template(instruction, input_text, output="", include_response_header=True):
     if input_text.strip():
         prompt = (f"Below is an instruction that describes a task, paired with an input that provides "

@@ -1,4 +1,4 @@
-"""Samplers: reference parity (unique pairs), invariants, PYTHONHASHSEED independence, shards."""
+"""Samplers: parity with the original (unique pairs), invariants, PYTHONHASHSEED, shards."""
 
 import json
 import os

@@ -10,7 +10,7 @@ from wmtp_jax.eval import metrics
 
 
 @pytest.mark.parametrize("n,c,k,expected", [
-    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5) = 0.91667 (the reference's unit test)
+    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5) = 0.91667 (the original's unit test)
     (10, 0, 1, 0.0),
     (10, 10, 10, 1.0),
     (5, 1, 1, 0.2),

@@ -1,4 +1,4 @@
-"""Critic losses and diagnostics against the reference's formulas (numpy) and its test values."""
+"""Critic losses and diagnostics against the original's formulas (numpy) and its test values."""
 
 import jax
 import jax.numpy as jnp

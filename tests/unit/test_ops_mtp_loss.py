@@ -18,7 +18,7 @@ def np_ce(z, y):
 
 
 def np_mtp_loss(logits, labels, am, weights=None):
-    """Direct transcription of the reference's per-head loop (float64)."""
+    """Direct transcription of the original's per-head loop (float64)."""
     b, s, k_all, _ = logits.shape
     w_tot, u_tot, heads = 0.0, 0.0, 0
     for k in range(1, k_all + 1):

@@ -1,4 +1,4 @@
-"""Logging statistics: reference metric names and values."""
+"""Logging statistics: the original's metric names and values."""
 
 import jax
 import jax.numpy as jnp

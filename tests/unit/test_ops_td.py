@@ -38,7 +38,7 @@ def np_gae(v, m, gamma, lam, init=0.5):
 
 
 def np_lambda_return(v, r, m, gamma, lam, end=None):
-    """Transcription of the reference's per-row loop."""
+    """Transcription of the original's per-row loop."""
     b, s = v.shape
     out = np.zeros((b, s))
     for i in range(b):

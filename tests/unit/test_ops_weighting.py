@@ -25,7 +25,7 @@ def test_build_weights_external_stats_and_clip():
     a = jnp.array([[0.0, 1.0, -10.0, 10.0]])
     w = bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0, 0.0, 1.0)
     np.testing.assert_allclose(w, [[1.0, np.e, 0.2, 3.0]], rtol=1e-6)
-    # only one of the two externals → batch statistics (as the reference)
+    # only one of the two externals → batch statistics (as the original)
     np.testing.assert_allclose(bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0, 0.0, None), bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0))
 
 

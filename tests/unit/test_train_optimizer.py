@@ -1,4 +1,4 @@
-"""LR schedule vs the reference formulas (§2.2), clipping stats, AdamW groups."""
+"""LR schedule vs the original's formulas, clipping stats, AdamW groups."""
 
 import math
 
@@ -13,7 +13,7 @@ from wmtp_jax.train.optimizer import clip_by_global_norm, lr_schedule, make_opti
 
 
 def ref_lr(s, base, total, kind, warmup_ratio, min_ratio):
-    """The reference's SequentialLR(LinearLR(1e-8), Cosine/Linear) value after s scheduler steps."""
+    """The original's SequentialLR(LinearLR(1e-8), Cosine/Linear) value after s scheduler steps."""
     wraw = int(total * warmup_ratio)
     d, w = total - wraw, max(wraw, 1)
     if kind == "constant" or d <= 0:

@@ -1,11 +1,11 @@
 """Alpaca template and collators: records -> static-shape numpy batches.
 
-Per sequence (reference collators.py, SEMANTICS "Data"):
+Per sequence (the original's collators.py, docs/semantics.md "Data"):
   ids = [BOS] + tok(template(instruction, input) + "### Response:\n" + output) (+ [EOS] if append_eos)
   truncated on the right to L, right-padded with pad_id;
   attention_mask = 1 on real tokens; labels = ids (unshifted) with -100 on the first
   len_prompt = len([BOS] + tok(prompt through "### Response:\n")) positions and on padding.
-With append_eos=False this is token for token the reference's `tokenizer(full, max_length,
+With append_eos=False this is token for token the original's `tokenizer(full, max_length,
 padding="max_length", truncation=True)`; with append_eos=True the EOS is a labelled target.
 L = max_length, or the smallest of `buckets` holding the longest sequence of the batch.
 Arrays are int32 (ids, mask, labels) and float32 (is_correct).
@@ -31,7 +31,7 @@ RESPONSE_HEADER = "### Response:\n"
 
 def apply_alpaca_template(instruction: str, input_text: str = "", output: str = "",
                           include_response_header: bool = True) -> str:
-    """The reference's `apply_alpaca_template`, character for character."""
+    """The original's `apply_alpaca_template`, character for character."""
     input_text = input_text or ""
     if input_text.strip():
         prompt = PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)

@@ -1,7 +1,7 @@
-"""Writing a processed split: JSONL records + `{split}_metadata.json` (reference §1.2), streaming.
+"""Writing a processed split: JSONL records + `{split}_metadata.json` (original format), streaming.
 
 `SplitWriter.add(records)` counts tokens (one batched call per group, e.g. per problem), applies
-the reference's length filter tok(instruction) + tok(input) + tok(output) <= max_tokens, writes
+the original's length filter tok(instruction) + tok(input) + tok(output) <= max_tokens, writes
 kept lines, streams the per-line metadata entries to a temp file and keeps only the
 problem_index_map's int lists in memory (never any text).
 """

@@ -1,6 +1,6 @@
 """`python -m wmtp_jax.data.prepare --dataset NAME --src PATH --out DIR [--tokenizer DIR]`
 
-Raw datasets (real on-disk schemas) -> the reference layout under DIR:
+Raw datasets (real on-disk schemas) -> the prepared layout under DIR:
   processed/{split}.jsonl            Alpaca records {instruction, input, output, task_id,
                                      is_correct?, metadata}
   processed/{split}_metadata.json    {metadata[], problem_index_map, stats, token_count, source_file}
@@ -143,7 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--split", help="split name when --src is a single file")
     ap.add_argument("--max-tokens", type=int, default=2048,
                     help="drop samples with tok(instruction)+tok(input)+tok(output) above this "
-                         "(reference filter); <= 0 disables")
+                         "(the original's filter); <= 0 disables")
     ap.add_argument("--seed", type=int, default=0, help="synthetic: seed")
     ap.add_argument("--n-problems", type=int, default=None, help="synthetic: problems (default 400)")
     return ap.parse_args(argv)

@@ -105,7 +105,7 @@ def mbpp_split_of(task_id: int) -> str | None:
     for name, (lo, hi) in MBPP_RANGES.items():
         if lo <= task_id <= hi:
             return name
-    return None  # 1-10: the few-shot "prompt" split, not processed (as the reference)
+    return None  # 1-10: the few-shot "prompt" split, not processed (as the original)
 
 
 def iter_tfds_gsm8k(src: Path) -> dict[str, Iterator[tuple[str, dict]]]:

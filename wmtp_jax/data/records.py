@@ -149,7 +149,7 @@ class JsonlRecords(Sequence):
 
 
 def write_jsonl(path: str | os.PathLike, records) -> int:
-    """Writes records (one compact JSON object per line, ensure_ascii as the reference); count."""
+    """Writes records (one compact JSON object per line, ensure_ascii as the original); count."""
     n = 0
     with open(path, "w", encoding="utf-8") as f:
         for r in records:

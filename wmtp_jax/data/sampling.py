@@ -1,7 +1,7 @@
-"""Pair / sample selection from a split's `problem_index_map` (reference datasets.py §1.4–1.5).
+"""Pair / sample selection from a split's `problem_index_map` (the original's datasets.py).
 
 Deterministic for a seed on every process and run: a private `random.Random(seed)` consumed in
-exactly the reference's order (map order, bin order, per-problem shuffles, per-bin shuffles, final
+exactly the original's order (map order, bin order, per-problem shuffles, per-bin shuffles, final
 shuffle), so the unique-pair sampler is bit-identical to the original's global `random` calls. The
 length-balanced sampler visits the shared length-bin labels in `length_bins` order instead of
 Python set order (the original's cross-process nondeterminism, bug 1). Every line index is used
@@ -24,7 +24,7 @@ class SamplingShortfall(ValueError):
 
 
 def _pos_int_or_none(x):
-    return None if not x else int(x)  # None and 0 both mean "unlimited" (reference)
+    return None if not x else int(x)  # None and 0 both mean "unlimited" (original)
 
 
 def sample_unique_pairs(problem_index_map: Mapping[str, Mapping], n_samples: int,
@@ -149,7 +149,7 @@ def sample_length_balanced_pairs(problem_index_map: Mapping[str, Mapping], n_sam
 
 
 def sample_pairs(problem_index_map: Mapping[str, Mapping], sampling: Mapping, seed: int) -> list[dict]:
-    """Dispatch on the reference's `data_sampling` keys: use_length_balanced, n_samples,
+    """Dispatch on the original's `data_sampling` keys: use_length_balanced, n_samples,
     difficulty_bins, difficulty_weights, length_bins, max_pairs_per_problem."""
     n = int(sampling.get("n_samples", 100000))
     bins = sampling.get("difficulty_bins")
@@ -166,7 +166,7 @@ def sample_pairs(problem_index_map: Mapping[str, Mapping], sampling: Mapping, se
 
 
 def pointwise_indices(pairs: Sequence[Mapping]) -> list[int]:
-    """Correct-only samples: the correct side of each pair, in pair order (reference pointwise)."""
+    """Correct-only samples: the correct side of each pair, in pair order (original pointwise)."""
     return [p["correct_idx"] for p in pairs]
 
 

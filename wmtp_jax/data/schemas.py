@@ -1,4 +1,4 @@
-"""Raw dataset rows (real on-disk schemas) -> Alpaca records, as the reference's setup_datasets.
+"""Raw dataset rows (real on-disk schemas) -> Alpaca records, as the original's setup_datasets.
 
 Every field is checked: a missing field or a wrong type raises DataError naming file:line and the
 field. `loc` is the "file:N" location given by readers.iter_rows.
@@ -12,7 +12,7 @@ from wmtp_jax.data.records import DataError, require
 
 # deepmind/code_contests ClassLabel enums (HF integer ids); string names are accepted too.
 LANGUAGES = ["UNKNOWN_LANGUAGE", "PYTHON", "CPP", "PYTHON3", "JAVA"]
-PYTHON_LANGS = {1, 3}  # PYTHON (py2) and PYTHON3, as the reference
+PYTHON_LANGS = {1, 3}  # PYTHON (py2) and PYTHON3, as the original
 DIFFICULTIES = (["UNKNOWN_DIFFICULTY", "EASY", "MEDIUM", "HARD", "HARDER", "HARDEST", "EXTERNAL"]
                 + [chr(c) for c in range(ord("A"), ord("V") + 1)])
 
@@ -95,7 +95,7 @@ _FN = re.compile(r"assert\s+(\w+)\s*\(")
 
 
 def mbpp(row: dict, loc: str) -> dict:
-    """MBPP full (`text`) or sanitized (`prompt`) rows; the function name sentence as reference."""
+    """MBPP full (`text`) or sanitized (`prompt`) rows; function name sentence as the original."""
     text_field = "text" if "text" in row else "prompt"
     text = _req(row, text_field, str, loc)
     code = _req(row, "code", str, loc)

@@ -1,9 +1,9 @@
-"""Prepared splits -> sampled, random-access sources for the loader (reference `load_dataset`).
+"""Prepared splits -> sampled, random-access sources for the loader (the original's `load_dataset`).
 
 `load_samples(dataset_dir, split, sampling, seed)` returns a `SampledSource`: `len()` and
 `src[i]` (a record read by byte offset on demand). Pairwise records are
 `{instruction, input, correct_output, incorrect_output, problem_id}`; pointwise records are the
-full JSONL record (correct solutions only, reference semantics).
+full JSONL record (correct solutions only, as the original).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def available_splits(dataset_dir) -> list[str]:
 
 
 def resolve_split(dataset_dir, split: str) -> tuple[Path, Path]:
-    """(records file, metadata file) for a split; validation <-> valid aliases as the reference."""
+    """(records file, metadata file) for a split; validation <-> valid aliases as the original."""
     d = processed_dir(dataset_dir)
     if split not in SPLIT_ALIASES:
         raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_ALIASES)} "

@@ -1,6 +1,6 @@
 """Synthetic verifiable code task: seeded, execution-verified Python function-writing problems.
 
-`generate(seed, n_problems)` -> problems; `write_synthetic(out_dir, ...)` writes the reference
+`generate(seed, n_problems)` -> problems; `write_synthetic(out_dir, ...)` writes the prepared
 layout (processed/{train,valid,test}.jsonl + metadata + schema + {valid,test}_eval.jsonl).
 Records follow CodeContests: `task_id = f"{problem_id}_correct_{i}"` / `_incorrect_{i}`,
 `is_correct`, `metadata = {source: "synthetic", difficulty, family, entry_point, test_list,

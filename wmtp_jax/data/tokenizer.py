@@ -1,6 +1,6 @@
 """Tokenizers: any HF tokenizer dir, and a micro byte-level BPE trained on the synthetic corpus.
 
-`load_tokenizer(dir)` matches the reference's tokenizer_utils: AutoTokenizer (fast), pad = eos when
+`load_tokenizer(dir)` matches the original's tokenizer_utils: AutoTokenizer (fast), pad = eos when
 the tokenizer has none, right padding (the collators' prompt masking assumes it).
 """
 
@@ -108,7 +108,7 @@ FALLBACK_DOC = (r"no tokenizer: length = number of regex pieces \w+|[^\w\s]|\n (
 
 
 class TokenCounter:
-    """`counter(texts) -> [int]` token counts without special tokens (the reference's SPM counts
+    """`counter(texts) -> [int]` token counts without special tokens (the original's SPM counts
     had no BOS/EOS). Without a tokenizer, the documented regex-piece fallback is used."""
 
     def __init__(self, tokenizer_dir: str | os.PathLike | None = None):

@@ -126,7 +126,7 @@ def _pairs(group: dict | None) -> list[tuple[str, str]]:
 
 def select_tests(entry: dict, max_tests: int | None, seed: int = 42) -> list[tuple[str, str]]:
     """public + private + generated (input, output) pairs; over ``max_tests`` a seeded sample
-    (``random.Random(seed).sample``, as the reference), kept in source order."""
+    (``random.Random(seed).sample``, as the original), kept in source order."""
     tests = [t for g in ("public_tests", "private_tests", "generated_tests")
              for t in _pairs(entry.get(g))]
     if max_tests and len(tests) > max_tests:

@@ -1,4 +1,4 @@
-"""Sandboxed execution of untrusted generated programs (DESIGN.md §5).
+"""Sandboxed execution of untrusted generated programs (docs/design.md, untrusted code).
 
 Every program runs in a separate process:
   * its own session / process group, killed as a whole at the end (wall-clock kill on timeout);

@@ -65,7 +65,7 @@ def extract_answer(completion: str) -> float | None:
 
 
 def answers_match(pred: float | None, ref: float) -> bool:
-    """Numeric equality up to 1e-6 (the reference's tolerance)."""
+    """Numeric equality up to 1e-6 (the original's tolerance)."""
     return pred is not None and math.isfinite(pred) and abs(pred - ref) < 1e-6
 
 

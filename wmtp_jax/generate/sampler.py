@@ -10,7 +10,7 @@ logits are discarded (XLA drops the vocab projection); the first decode step re-
 prompt token at position n_b − 1, so row b's first sample comes from exactly its own prompt.
 
 Sampling (per row, float32 logits): greedy = argmax; otherwise logits / T, then top-k, then
-nucleus top-p as the reference (HF) does: keep the sorted tokens whose preceding cumulative
+nucleus top-p as the original (HF) does: keep the sorted tokens whose preceding cumulative
 mass is ≤ top_p (the token crossing the threshold and the top-1 are always kept; ties with the
 last kept logit are kept too).
 

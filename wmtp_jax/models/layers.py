@@ -1,7 +1,7 @@
 """Transformer building blocks shared by the Meta MTP policy and the HF-layout LLaMA.
 
 Conventions: Linear kernels are `[in, out]`; every Param carries logical axis names
-(`out_sharding`, see DESIGN.md); weights are stored in `args.param_dtype` and computed in
+(`out_sharding`, docs/design.md); weights are stored in `args.param_dtype` and computed in
 `args.dtype`; RoPE is rotate-half (HF / GPT-NeoX); Meta checkpoints are permuted on import
 (`conversion.mapping.permute_meta_to_rotate_half`).
 """

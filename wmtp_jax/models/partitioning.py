@@ -1,7 +1,7 @@
 """Logical axis names -> mesh axes, and sharded model initialisation.
 
 Parameters carry logical axis names (`out_sharding` metadata, see conversion/mapping.py and
-DESIGN.md); a rules table maps each name to a mesh axis (or None = replicated). The training
+docs/design.md); a rules table maps each name to a mesh axis (or None = replicated). The training
 mesh (`wmtp_jax.train.mesh`) picks the table per strategy (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD).
 """
 

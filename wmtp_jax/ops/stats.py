@@ -1,7 +1,7 @@
 """Logging statistics (jit-safe, return dicts of float32 scalars; no host sync).
 
-Keys follow the reference's MLflow names (`td/mean`, `weight/entropy`, `value/mse`) or, for the
-critic diagnostics, the reference's dict keys (`pairwise_accuracy`, `mean_abs_td`, ...), which the
+Keys follow the original's MLflow names (`td/mean`, `weight/entropy`, `value/mse`) or, for the
+critic diagnostics, the original's dict keys (`pairwise_accuracy`, `mean_abs_td`, ...), which the
 critic pipeline prefixes (`train/`, `value/`, `val_`).
 """
 
@@ -43,7 +43,7 @@ def compute_td_stats(td_errors, loss_mask=None) -> dict:
 
 def compute_weight_statistics(weights, loss_mask=None) -> dict:
     """weight/{mean,std,min,max,entropy} over valid entries; `[B,S,K]` weights use the `[B,S]` mask
-    on every head. entropy = −mean(w·log(w + 1e-10)) (the reference's training metric)."""
+    on every head. entropy = −mean(w·log(w + 1e-10)) (the original's training metric)."""
     w = jnp.asarray(weights).astype(jnp.float32)
     m = _flat_mask(w, loss_mask)
     out = _moments(w, m, "weight")
@@ -53,7 +53,7 @@ def compute_weight_statistics(weights, loss_mask=None) -> dict:
 
 def compute_weight_stats(weights, loss_mask=None) -> dict:
     """Like compute_weight_statistics but with the normalised entropy H(p)/log N of p = w/Σw
-    (the reference's td_weighting variant; 1 = uniform weights)."""
+    (the original's td_weighting variant; 1 = uniform weights)."""
     w = jnp.asarray(weights).astype(jnp.float32)
     m = _flat_mask(w, loss_mask)
     out = _moments(w, m, "weight")

@@ -55,7 +55,7 @@ def compute_td_targets(value_logits, rewards, loss_mask, gamma=1.0, lam=0.0,
     """GAE targets v_t + A_t with δ_t = γv_t − v_{t−1} (v_{−1} = initial_value) for t = T*..0
     (prompt included, terminal included), A_t = δ_t + γλ·A_{t+1}, A_{T*+1} = 0; × loss_mask.
 
-    λ = γ = 1 is Monte Carlo: targets = R · loss_mask (the reference's shortcut; rewards are
+    λ = γ = 1 is Monte Carlo: targets = R · loss_mask (the original's shortcut; rewards are
     otherwise unused). gamma/lam may be traced scalars.
     """
     v, r, m = _prepare(value_logits, rewards, loss_mask)

@@ -48,7 +48,7 @@ def compute_weight_clipping_ratio(td_errors, loss_mask, mean, std, beta=1.0, min
 
 
 class TDStatsEMA(NamedTuple):
-    """EMA of the TD/advantage mean and std (TDStatsEMA of the reference), all float32/int32 scalars."""
+    """EMA of the TD/advantage mean and std (the original's TDStatsEMA), float32/int32 scalars."""
     mean: jax.Array
     std: jax.Array
     step_count: jax.Array

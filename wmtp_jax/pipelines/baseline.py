@@ -1,4 +1,4 @@
-"""Baseline: uniform MTP cross entropy on correct solutions (reference run_baseline.py).
+"""Baseline: uniform MTP cross entropy on correct solutions (the original's run_baseline.py).
 
 loss = compute_mtp_ce_loss(policy(input_ids), labels, attention_mask)["unweighted_ce_loss"]
 (per head Σ(ce·m)/Σm, mean over heads with ≥ 1 valid token). Best checkpoint = lowest val/loss.

@@ -1,4 +1,4 @@
-"""Critic: an independent value model on pairs (reference run_critic.py).
+"""Critic: an independent value model on pairs (the original's run_critic.py).
 
 One forward of the 2B sequences [pos; neg] → values [2B,S,1] → split. `value_loss.type`:
   pairwise_ranking: coef · mean_b −log σ(v̄_pos − v̄_neg), v̄ the masked mean value;
@@ -82,7 +82,7 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
 
 
 def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
-    """Reference critic diagnostics (keys without prefix; the caller names them)."""
+    """The original's critic diagnostics (keys without prefix; the caller names them)."""
     valid = _row_weights(batch, v_pos.shape[0])
     pos, neg = ops.sequence_mean_value(v_pos, m_pos), ops.sequence_mean_value(v_neg, m_neg)
     n = jnp.maximum(jnp.sum(valid), 1.0)

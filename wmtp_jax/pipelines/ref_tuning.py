@@ -1,8 +1,8 @@
-"""Ref-tuning: NTP supervised fine-tuning of the HF-layout LLaMA (reference run_ref_tuning.py).
+"""Ref-tuning: NTP supervised fine-tuning of the HF-layout LLaMA (the original's run_ref_tuning.py).
 
 loss = compute_ntp_loss(model(ids, attention_mask), labels, attention_mask): logits[:, :-1]
 against labels[:, 1:], mask (labels ≠ −100)·attention_mask, mean over valid tokens. The
-collator pads on the right (the tokenizer is forced to right padding; the reference was not).
+collator pads on the right (the tokenizer is forced to right padding; the original's was not).
 Best = lowest val/loss. Output: `<output_dir>/final_model`, a `llama` dir (load_llama) that
 rho1 uses as its reference (LoRA factors, if any, are stored and merged on load).
 """

@@ -1,4 +1,4 @@
-"""Rho-1: reference-selected MTP (reference run_rho1.py; SEMANTICS "Rho-1").
+"""Rho-1: reference-selected MTP (the original's run_rho1.py; docs/semantics.md).
 
 Per micro-batch: logits = policy(ids) [B,S,K,V] (ONE forward); ref = reference(ids) [B,S,V];
 weights = compute_mtp_selective_weights(stop_gradient(logits), ref, labels, loss_mask,
@@ -47,7 +47,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str):
 
 def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str):
     """val/weighted_ce_loss, val/unweighted_ce_loss, val/head0_ce_loss, val/excess_loss,
-    val/loss (= unweighted). Same normalisation as training (the reference's differed)."""
+    val/loss (= unweighted). Same normalisation as training (the original's differed)."""
     out, _, stats, _ = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
     return {"weighted_ce_loss": out["weighted_ce_loss"],
             "unweighted_ce_loss": out["unweighted_ce_loss"],

@@ -1,5 +1,5 @@
 """Verifiable (WMTP): TD-weighted MTP with a frozen, independently trained critic
-(reference run_verifiable.py; SEMANTICS "Losses and weights").
+(the original's run_verifiable.py; docs/semantics.md "Losses and weights").
 
 Per micro-batch:  V = stop_gradient(critic(ids, attention_mask))            [B,S,1]
                   A = GAE (δ_t = γv_t − v_{t−1}, A_t = δ_t + γλA_{t+1}) | TD errors   [B,S]
@@ -151,7 +151,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, c
 
 
 def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
-    """Batch whitening (as the reference's validation): weighted / unweighted CE, loss = unweighted."""
+    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
     ids, am, labels, rewards = rows(batch)
     m = loss_mask_of(labels, am)
     w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)

@@ -1,15 +1,15 @@
-"""AdamW with parameter groups, the reference LR schedule, and global-norm clipping with stats.
+"""AdamW with parameter groups, the original's LR schedule, and global-norm clipping with stats.
 
-Schedule (reference §2.2), with s = number of optimizer updates already applied (the LR of update
+Schedule (as the original), with s = number of optimizer updates already applied (the LR of update
 s+1), T = total steps, Wraw = int(T·warmup_ratio), D = T − Wraw, W = max(Wraw, 1), base = the
 group's learning rate, η_min = base·min_lr_ratio:
 
-    constant (or D ≤ 0):  lr = base                              (no warm-up, as the reference)
+    constant (or D ≤ 0):  lr = base                              (no warm-up, as the original) 
     s < W:                lr = base·(1e-8 + (1 − 1e-8)·s/W)       (first update ≈ 0)
     cosine:               lr = η_min + (base − η_min)·(1 + cos(π·min(s−W, D)/D))/2
     linear:               lr = base·(1 + (e − 1)·min(s−W, D)/D),   e = min_lr_ratio or 1e-8 if 0
 
-Deliberate difference: η_min is per group (the reference used group 0's LR for every group).
+Deliberate difference: η_min is per group (the original used group 0's LR for every group).
 """
 
 from __future__ import annotations
