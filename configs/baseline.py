@@ -1,4 +1,5 @@
-"""Baseline: uniform MTP cross entropy (seed configs/{local/baseline_local,production/baseline}.yaml).
+"""Baseline: uniform MTP cross entropy (the original's
+configs/{local/baseline_local,production/baseline}.yaml).
 
     python -m wmtp_jax.main --config=configs/baseline.py            # micro (bootstraps storage/)
     python -m wmtp_jax.main --config=configs/baseline.py:7b         # Meta MTP 7B, LoRA r64

@@ -104,7 +104,7 @@ def apply_micro(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def apply_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Production shapes (seed production YAMLs): bf16 compute, remat, FSDP over every device."""
+    """Production shapes (the original's production YAMLs): bf16 compute, remat, FSDP."""
     c.training.max_steps = -1
     c.training.n_epochs = 1.0
     c.training.batch_size = 32

@@ -1,5 +1,5 @@
 """Critic: independent value model (HF-layout LLaMA backbone + value head) trained on pairs
-(seed configs/local/critic_local.yaml, production critic_mlp.yaml (λ-return, MSE) and
+(the original's configs/local/critic_local.yaml, production critic_mlp.yaml (λ-return, MSE) and
 critic_mlp_pairwise.yaml (pairwise ranking, consumed by verifiable)).
 
     python -m wmtp_jax.main --config=configs/critic.py              # micro (bootstraps storage/)

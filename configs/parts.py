@@ -48,7 +48,7 @@ def model_entry(name: str, path: str, tokenizer_path: str = "") -> ml_collection
 
 
 def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, seed: int = 42):
-    """dataset.*, data_sampling.*, data.* (seed names)."""
+    """dataset.*, data_sampling.*, data.* (the original's names)."""
     micro = variant == "micro"
     root = MICRO_DATASET if micro else PROD_DATASET
     c.dataset = ml_collections.ConfigDict({

@@ -1,5 +1,6 @@
 """Ref-tuning: NTP SFT of the HF-layout LLaMA that rho1 uses as its reference
-(seed configs/{local/ref_tuning_local,production/ref_tuning}.yaml; `models.policy` is the HF model).
+(the original's configs/{local/ref_tuning_local,production/ref_tuning}.yaml;
+`models.policy` is the HF model).
 
     python -m wmtp_jax.main --config=configs/ref_tuning.py          # micro llama (bootstraps)
     python -m wmtp_jax.main --config=configs/ref_tuning.py:7b       # Sheared-LLaMA-2.7B, LoRA r32

@@ -1,5 +1,6 @@
 """Rho-1: a frozen reference (HF-layout LLaMA) selects the top `k_percent` tokens per head by
-excess loss; weighted MTP CE on the selection (seed configs/{local/rho1_local,production/rho1}.yaml).
+excess loss; weighted MTP CE on the selection
+(the original's configs/{local/rho1_local,production/rho1}.yaml).
 
     python -m wmtp_jax.main --config=configs/rho1.py                # micro: bootstraps storage/,
                                                                     # ref-tunes a micro reference first

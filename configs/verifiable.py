@@ -1,5 +1,6 @@
 """Verifiable (WMTP): frozen critic → advantages (GAE | TD) → whitening (EMA | batch) → token
-weights → weighted MTP CE (seed configs/{local/verifiable_local,production/verifiable}.yaml).
+weights → weighted MTP CE
+(the original's configs/{local/verifiable_local,production/verifiable}.yaml).
 
     python -m wmtp_jax.main --config=configs/verifiable.py          # micro: bootstraps storage/,
                                                                     # trains a micro critic first
