@@ -7,7 +7,7 @@ One forward of the 2B sequences [pos; neg] → values [2B,S,1] → split. `value
                     (validation always λ = 1, pure Monte Carlo).
 Parameter groups: "lora" (training.lora.learning_rate / weight_decay) and "value_head"
 (training.value_head.*). Without LoRA, `backbone_frozen` trains only the head. Diagnostics as the
-reference (pairwise accuracy, margin, token variance, spikiness, mean |TD|, position corr.).
+original (pairwise accuracy, margin, token variance, spikiness, mean |TD|, position corr.).
 Best = highest val/margin. Output: `<output_dir>/final_model`, a `critic` dir (load_critic).
 """
 
