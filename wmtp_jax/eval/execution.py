@@ -48,26 +48,11 @@ from wmtp_jax.eval import wire
 
 POLICIES = ("required", "best_effort", "none")
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-_SANDBOX_ERROR = 113  # launcher exit status when it could not set the run up
+_SANDBOX_ERROR = wire.SETUP_ERROR
 _NOBODY = 65534
-_WIRE = Path(__file__).with_name("wire.py")
+_WIRE_SOURCE = Path(__file__).with_name("wire.py").read_text()  # copied into each run
 _REPO = Path(__file__).resolve().parents[2]
 
-# Sets rlimits, drops to the run's uid, execs the program (inside bwrap, or directly).
-_LAUNCHER = r"""
-import json, os, resource, sys
-c = json.loads(sys.argv[1])
-try:
-    for name, value in c["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (value, value))
-    if c["uid"] is not None:
-        os.setgroups([]); os.setgid(c["uid"]); os.setuid(c["uid"])
-    os.chdir(c["cwd"])
-    os.execve(c["argv"][0], c["argv"], c["env"])
-except BaseException as e:
-    os.write(2, ("sandbox setup error: %r\n" % (e,)).encode())
-    os._exit(SANDBOX_ERROR)
-""".replace("SANDBOX_ERROR", str(_SANDBOX_ERROR))
 
 
 class SandboxUnavailable(RuntimeError):
@@ -208,25 +193,25 @@ def _root_fs() -> tuple[str, ...]:
     return tuple(args)
 
 
-def _command(sb: Sandbox, host_dir: str, args: Sequence[str], uid: int | None, limits: Limits,
+def _command(sb: Sandbox, host_dir: str, mode: str, uid: int | None, limits: Limits,
              timeout: float) -> list[str]:
-    """Launcher command running ``python -I <args in the run dir>``, under bwrap if isolated."""
+    """``python -I -S wire.py CONFIG <mode> main.py`` from the run dir, under bwrap if isolated
+    (-S: the interpreter's site-packages stay out, and start-up is fast)."""
     inside = "/sandbox" if sb.isolated else host_dir
-    python = _program_python()
-    config = dict(rlimits=limits.rlimits(timeout), uid=uid, env=SAFE_ENV,
-                  cwd="/tmp" if sb.isolated else os.path.join(host_dir, "work"),
-                  argv=[python, "-I", *(os.path.join(inside, a) for a in args)])
-    launcher = [python, "-I", "-S", "-c", _LAUNCHER, json.dumps(config)]
+    config = dict(rlimits=limits.rlimits(timeout), uid=uid,
+                  cwd="/tmp" if sb.isolated else os.path.join(host_dir, "work"))
+    program = [_program_python(), "-I", "-S", os.path.join(inside, "wire.py"),
+               json.dumps(config), mode, os.path.join(inside, "main.py")]
     if not sb.isolated:
-        return launcher
+        return program
     cmd = [sb.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
+           "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     if sb.userns:
         cmd += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY),
                 "--disable-userns"]
     return [*cmd, *_root_fs(), "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size",
             str(limits.tmpfs_size), "--tmpfs", "/tmp", "--ro-bind", host_dir, "/sandbox",
-            "--chdir", "/tmp", "--", *launcher]
+            "--chdir", "/tmp", "--", *program]
 
 
 @contextlib.contextmanager
@@ -314,12 +299,12 @@ def _failure_reason(returncode: int | None, stderr: bytes) -> str:
 
 def _run(source: str, stdin: bytes | None, timeout: float, limits: Limits,
          sb: Sandbox) -> RunResult:
-    with _run_dir(sb, {"main.py": source}) as (host_dir, uid):
+    with _run_dir(sb, {"main.py": source, "wire.py": _WIRE_SOURCE}) as (host_dir, uid):
         stdin_path = os.path.join(host_dir, "stdin")
         with open(stdin_path, "wb") as f:
             f.write(stdin or b"")
         with open(stdin_path, "rb") as stdin_file:
-            cmd = _command(sb, host_dir, ["main.py"], uid, limits, timeout)
+            cmd = _command(sb, host_dir, "run", uid, limits, timeout)
             start = time.monotonic()
             proc = _spawn(cmd, stdin_file)
         out, err = bytearray(), bytearray()
@@ -494,9 +479,8 @@ def serve(program: str, timeout: float = 5.0, limits: Limits = Limits(),
     """``program`` running in the sandbox behind ``wire.serve`` for ``timeout`` seconds in all;
     killed (with everything it started) on leaving the block."""
     sb = sb or sandbox()
-    with _run_dir(sb, {"main.py": program, "wire.py": _WIRE.read_text()}) as (host_dir, uid):
-        proc = _spawn(_command(sb, host_dir, ["wire.py", "main.py"], uid, limits, timeout),
-                      subprocess.PIPE)
+    with _run_dir(sb, {"main.py": program, "wire.py": _WIRE_SOURCE}) as (host_dir, uid):
+        proc = _spawn(_command(sb, host_dir, "serve", uid, limits, timeout), subprocess.PIPE)
         session = Session(proc, time.monotonic() + timeout, limits)
         try:
             yield session

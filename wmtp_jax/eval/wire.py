@@ -2,8 +2,10 @@
 call server.
 
 This file runs on both sides: the grader imports it, and each sandbox gets a copy and runs
-``python -I wire.py main.py`` (standard library only, no package imports). The server executes
-``main.py`` as ``__main__``, then answers calls, one JSON line each way:
+``python -I -S wire.py CONFIG serve main.py`` (standard library only, no package imports):
+``confine`` applies the run's rlimits and drops to its uid, then the server executes ``main.py``
+as ``__main__`` and answers calls, one JSON line each way (``run`` instead of ``serve`` only
+runs a stdin/stdout program):
 
     server -> grader  {"ready": [names of the program's callable globals]}
     grader -> server  {"call": name, "args": <list>, "kwargs": <list of [key, value]>}
@@ -87,6 +89,35 @@ def dumps(msg) -> bytes:
     return json.dumps(msg).encode() + b"\n"
 
 
+SETUP_ERROR = 113  # exit status when ``confine`` fails
+
+
+def confine(config: dict) -> None:
+    """rlimits, then the run's uid (the interpreter may start as root inside bwrap), then cwd."""
+    import resource
+
+    try:
+        for name, value in config["rlimits"]:
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if config["uid"] is not None:
+            os.setgroups([])
+            os.setgid(config["uid"])
+            os.setuid(config["uid"])
+        os.chdir(config["cwd"])
+    except Exception as e:
+        os.write(2, f"sandbox setup error: {e!r}\n".encode())
+        os._exit(SETUP_ERROR)
+
+
+def run(path: str) -> dict:
+    """Execute the program at ``path`` as __main__; returns its globals."""
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), "main.py", "exec")
+    program = {"__name__": "__main__", "__file__": path, "__builtins__": builtins}
+    exec(code, program)
+    return program
+
+
 def serve(path: str) -> None:
     """Run the program at ``path`` as __main__, then answer calls on stdin/stdout until EOF.
 
@@ -96,10 +127,7 @@ def serve(path: str) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(2, 1)
-    with open(path, encoding="utf-8") as f:
-        code = compile(f.read(), "main.py", "exec")
-    program = {"__name__": "__main__", "__file__": path, "__builtins__": builtins}
-    exec(code, program)
+    program = run(path)
 
     def send(msg):
         sys.stdout.flush()
@@ -121,4 +149,8 @@ def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    confine(json.loads(sys.argv[1]))
+    builtins.exit = builtins.quit = sys.exit  # what `site` gives; -S skips its slow start-up
+    mode, main = sys.argv[2:]
+    sys.argv = [main]
+    serve(main) if mode == "serve" else run(main)
