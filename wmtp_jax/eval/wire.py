@@ -99,7 +99,7 @@ def confine(config: dict) -> None:
     try:
         for name, value in config["rlimits"]:
             resource.setrlimit(getattr(resource, name), (value, value))
-        if config["uid"] is not None:
+        if config["uid"] is not None and os.getuid() != config["uid"]:
             os.setgroups([])
             os.setgid(config["uid"])
             os.setuid(config["uid"])
