@@ -205,7 +205,7 @@ def _command(sb: Sandbox, host_dir: str, mode: str, uid: int | None, limits: Lim
     if not sb.isolated:
         return program
     cmd = [sb.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+           "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session"]
     if sb.userns:
         cmd += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY),
                 "--disable-userns"]
