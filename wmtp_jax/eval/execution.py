@@ -394,7 +394,7 @@ class Session:
     def __init__(self, proc: subprocess.Popen, deadline: float, limits: Limits):
         self.proc, self.deadline, self.limits = proc, deadline, limits
         self.ended: str | None = None
-        self._buf, self.stderr = bytearray(), bytearray()
+        self._buf, self.stderr, self._printed = bytearray(), bytearray(), 0
         os.set_blocking(proc.stdin.fileno(), False)
         self._sel = selectors.DefaultSelector()
         self._sel.register(proc.stdout, selectors.EVENT_READ)
@@ -443,13 +443,10 @@ class Session:
                     except BrokenPipeError:
                         pending = pending[:0]  # it stopped reading: its stdout says the rest
                     continue
-                chunk = os.read(key.fd, 65536)
                 if key.fileobj is self.proc.stderr:
-                    if not chunk:
-                        self._sel.unregister(key.fileobj)
-                    self.stderr += chunk
-                    del self.stderr[:-4096]
+                    self._read_stderr()
                     continue
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
                     self.end(self._exit_reason(writing))
                 self._buf += chunk
@@ -463,14 +460,20 @@ class Session:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 return "timed out"
-            for key, _ in self._sel.select(min(left, 0.05)):
-                if key.fileobj is self.proc.stderr:
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        self._sel.unregister(key.fileobj)
-                    self.stderr += chunk
-                    del self.stderr[:-4096]
+            if self._sel.select(min(left, 0.05)):
+                self._read_stderr()
         return _failure_reason(rc, bytes(self.stderr))
+
+    def _read_stderr(self) -> None:
+        """The program's prints and tracebacks: the last 4 KiB kept, max_output bytes in all."""
+        chunk = os.read(self.proc.stderr.fileno(), 65536)
+        if not chunk:
+            self._sel.unregister(self.proc.stderr)
+        self._printed += len(chunk)
+        self.stderr += chunk
+        del self.stderr[:-4096]
+        if self._printed > self.limits.max_output:
+            self.end("failed: output limit exceeded")
 
 
 @contextlib.contextmanager
