@@ -369,8 +369,9 @@ def sandbox(policy: str = "required") -> Sandbox:
             problem = f"{bwrap} cannot isolate here: {problem}"
         if policy == "required":
             raise SandboxUnavailable(
-                f"sandbox isolation unavailable: {problem}; to run generated code anyway opt "
-                "out with --sandbox best_effort or none (evaluation config: sandbox=...)")
+                f"sandbox isolation unavailable: {problem}; to run generated code without it, "
+                "opt out with --sandbox best_effort or none (evaluation: "
+                "--config.sandbox=best_effort or none)")
         logging.warning("sandbox=best_effort: %s", problem)
     sb = Sandbox(policy, None, False, root and policy == "best_effort")
     problem = _probe(sb)
