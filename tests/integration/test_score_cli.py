@@ -77,7 +77,8 @@ def test_adversarial_completions_fail_and_leave_nothing(tmp_path):
         "memory bomb": "xs = bytearray(1 << 40)" + add,
         "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass" + add,
         "write outside": f"open({escape!r}, 'w').write('x')" + add + "assert False",
-        "kill everything": "import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)" + add + "assert False",
+        "kill everything": ("import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)" + add
+                            + "assert False"),
         "sys.exit": add + "import sys\nsys.exit(0)",
         "os._exit": add + "import os\nos._exit(0)",
         "huge output": add + "while True:\n    print('y' * 65536)",
@@ -162,7 +163,7 @@ def test_without_isolation_nothing_runs_unless_opted_out(tmp_path):
     assert summary["sandbox"]["policy"] == "none" and summary["sandbox"]["isolated"] is False
 
 
-# ---- stress: 1,000 mixed samples, 2 workers -------------------------------------------------------
+# ---- stress: 1,000 mixed samples, 2 workers ---------------------------------------------------
 
 ADD_OK = "def add(a, b):\n    return a + b\n"
 
@@ -190,16 +191,16 @@ def _stress_kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool]]:
         "crashes": (11, "def add(a, b):\n    return a + b + None\n", False),
         "memory bomb": (11, "x = bytearray(1 << 40)\n" + ADD_OK, False),
         "huge reply": (11, "def add(a, b):\n    return 'y' * (2 << 20)\n", False),
-        "daemon": (11, "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
-                       + ADD_OK, True),
+        "daemon": (11, "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                       "    time.sleep(1000)\n" + ADD_OK, True),
         "shared memory": (11, f"import ctypes\nctypes.CDLL(None).shmget({shm_key}, 1 << 20, "
                               "0o1000 | 0o666)\n" + ADD_OK, True),
         "writes outside": (11, writes + ADD_OK, True),
         "kills everything": (11, "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
                                  + ADD_OK, True),
         "infinite loop": (11, "def add(a, b):\n    while True:\n        pass\n", False),
-        "fork bomb": (11, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
-                          "        pass\n" + ADD_OK, False),
+        "fork bomb": (11, "import os\nwhile True:\n    try:\n        os.fork()\n"
+                          "    except OSError:\n        pass\n" + ADD_OK, False),
     }, outside
 
 

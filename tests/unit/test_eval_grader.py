@@ -30,7 +30,8 @@ ATTACKS = {
         "os._exit(0)\n"),
     "re-exec with -O": (
         "import os, sys\n"
-        "sys.flags.optimize or os.execv(sys.executable, [sys.executable, '-O', *sys.orig_argv[1:]])\n"),
+        "sys.flags.optimize or os.execv(sys.executable,\n"
+        "                               [sys.executable, '-O', *sys.orig_argv[1:]])\n"),
     "tracer skipping the check": (
         "import sys, linecache, threading\n"
         "_line = lambda fr: linecache.getline(fr.f_code.co_filename, fr.f_lineno)\n"
@@ -132,7 +133,8 @@ def test_exceptions_cross_as_builtin_types():
     program = ("def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
                "class Odd(Exception):\n    pass\n"
                "def g():\n    raise Odd('odd')\n")
-    tests = ("try:\n    f(-1)\n    assert False\nexcept ValueError as e:\n    assert str(e) == 'negative'\n"
+    tests = ("try:\n    f(-1)\n    assert False\n"
+             "except ValueError as e:\n    assert str(e) == 'negative'\n"
              "assert f(2) == 2\n")
     assert grader.run_tests(program, tests) == {"passed": True, "result": "passed"}
     assert grader.run_tests(program, "g()\n") == {
@@ -155,7 +157,8 @@ def test_missing_function_timeouts_and_output_caps():
 
 
 def test_setup_objects_pass_by_reference_and_helpers_stay_trusted():
-    setup = ("class Node:\n    def __init__(self, v, kids=()):\n        self.v, self.kids = v, kids\n"
+    setup = ("class Node:\n    def __init__(self, v, kids=()):\n"
+             "        self.v, self.kids = v, kids\n"
              "root = Node(1, (Node(2), Node(3)))\n"
              "def helper(x):\n    return x + 100\n")
     program = setup + ("def total(n):\n    return n.v + sum(total(k) for k in n.kids)\n"

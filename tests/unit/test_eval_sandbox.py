@@ -54,7 +54,8 @@ def test_isolation_active_here():
     assert SB.isolated and SB.policy == "required" and SB.record()["isolated"]
     uid, cwd, root, run_dir, pids, host = _lines(
         "import os, socket\nprint(os.getuid())\nprint(os.getcwd())\nprint(sorted(os.listdir('/')))"
-        "\nprint(os.path.exists('/sandbox/main.py'))\nprint(sum(p.isdigit() for p in os.listdir('/proc')))"
+        "\nprint(os.path.exists('/sandbox/main.py'))"
+        "\nprint(sum(p.isdigit() for p in os.listdir('/proc')))"
         "\nprint(socket.gethostname())")
     assert int(uid) != 0 and (int(uid) >= 1_000_000) == SB.uid_drop
     assert cwd == "/tmp"
@@ -100,7 +101,8 @@ def test_other_runs_are_out_of_reach():
               "    for d, _, files in os.walk(top):\n"
               "        for f in files:\n"
               "            try:\n"
-              f"                if {secret!r}.encode() in open(os.path.join(d, f), 'rb').read(1 << 20):\n"
+              "                data = open(os.path.join(d, f), 'rb').read(1 << 20)\n"
+              f"                if {secret!r}.encode() in data:\n"
               "                    found.append(os.path.join(d, f))\n"
               "            except OSError:\n                pass\n"
               "print(found)\n")

@@ -186,7 +186,8 @@ def _root_fs() -> tuple[str, ...]:
                 args += ["--perms", "0755", "--dir", anc]
         args += ["--ro-bind", tree, tree]
     bound = ["/usr", *trees]
-    for hide in sorted({os.path.realpath(p) for p in (_REPO, os.getcwd(), os.path.expanduser("~"))}):
+    hidden = {os.path.realpath(p) for p in (_REPO, os.getcwd(), os.path.expanduser("~"))}
+    for hide in sorted(hidden):
         if any(_inside(hide, b) and hide != b for b in bound) and not any(
                 _inside(t, hide) for t in trees):
             args += ["--tmpfs", hide]
