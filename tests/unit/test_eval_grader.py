@@ -204,3 +204,10 @@ def test_session_refuses_oversized_and_garbled_replies():
     with execution.serve(garble) as s:
         with pytest.raises(execution.SessionEnded, match="malformed reply"):
             s.exchange()
+
+
+def test_broken_benchmark_code_is_an_error_not_a_failed_sample():
+    with pytest.raises(ValueError, match="benchmark's setup or test code does not run"):
+        grader.run_tests("def f():\n    return 1\n", "assert f() ==\n")
+    with pytest.raises(ValueError, match="NameError"):
+        grader.run_tests("def f():\n    return 1\n", "assert f() == 1\n", setup="undefined_name\n")

