@@ -63,6 +63,8 @@ def test_isolation_active_here():
     assert run_dir == "True"  # its own files only (read-only)
     assert int(pids) <= 3  # bwrap's init, the program (a new PID namespace)
     assert host == "sandbox"  # a UTS namespace
+    status = _lines("print(open('/proc/self/status').read())")
+    assert "NoNewPrivs:\t1" in status and "CapEff:\t0000000000000000" in status  # no setuid
 
 
 def test_host_files_are_out_of_reach(tmp_path):
