@@ -180,3 +180,13 @@ def test_refuses_without_isolation_before_any_work(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [proc.stderr.strip().splitlines()[-1]] and len(errors) == 1, proc.stderr
     assert "sandbox isolation unavailable" in errors[0] and "sandbox=" in errors[0]
+
+
+def test_sandbox_config_key():
+    from configs import evaluation
+
+    c = evaluation.get_config("micro")
+    assert c.sandbox == "required"
+    c.sandbox = "off"
+    with pytest.raises(ValueError, match=r"sandbox='off' is invalid; one of \('required'"):
+        evaluation.validate(c)
