@@ -67,6 +67,8 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
       with ``passed`` and ``result`` added.
     """
     benchmarks.check_benchmark(benchmark)
+    if sandbox not in execution.POLICIES:
+        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(execution.POLICIES)}")
     if benchmark == "gsm8k":  # nothing is executed
         sb, record = None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
     else:
