@@ -18,6 +18,7 @@ import ml_collections
 from configs import common
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
+SANDBOX_POLICIES = ("required", "best_effort", "none")
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
@@ -51,6 +52,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.speculative = False  # self-speculative MTP decoding (greedy only)
         c.dtype = "float32" if micro else "bfloat16"  # parameter + compute dtype for decoding
         c.workers = 0  # sandbox worker processes (0 = CPU count)
+        # required: refuse to run generated code without full isolation (bubblewrap);
+        # best_effort / none: explicit opt-outs, recorded in summary.json
+        c.sandbox = "required"
         c.timeout = 5.0  # seconds per program (per test for codecontests)
         c.max_tests = 10  # codecontests tests per problem (0 = all)
         c.sample_seed = 0
@@ -74,6 +78,7 @@ def validate(c):
     ch(c.min_bucket >= 1, "min_bucket", c.min_bucket, "need ≥ 1")
     ch(c.limit >= 0 and c.validation_limit >= 0, "limit", c.limit, "need ≥ 0")
     ch(c.timeout > 0, "timeout", c.timeout, "need > 0")
+    ch(c.sandbox in SANDBOX_POLICIES, "sandbox", c.sandbox, f"one of {SANDBOX_POLICIES}")
     ch(c.split != c.validation_split or len(temps) == 1, "validation_split", c.validation_split,
        f"a temperature sweep must not tune on the evaluated split {c.split!r}")
     ch(not c.speculative or all(float(t) == 0 for t in temps), "speculative", c.speculative,

@@ -22,5 +22,13 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[torch,dev]" >&2
   echo "$WANT" > "$STAMP"
 fi
+# Generated code is scored inside bubblewrap (evaluation `sandbox: required`); install it when
+# missing and we may (root, apt): quiet and idempotent, a warning if it cannot be installed.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[env] installing bubblewrap (sandbox for generated code)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
+    >/dev/null 2>&1 || echo "[env] warning: could not install bubblewrap; scoring generated code" \
+    "will refuse to run (or pass --sandbox best_effort / none)" >&2
+fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -96,6 +96,7 @@ def test_cli_model_dir_with_temperature_sweep(world):
     assert "pass@1" in summary and "pass@10" not in summary
     assert summary["pass@1"] == pytest.approx(np.mean([r["passed"] for r in results]))
     assert summary["generation"]["tokens"] > 0
+    assert summary["sandbox"]["policy"] == "required" and summary["sandbox"]["isolated"]
 
     from mlflow.tracking import MlflowClient
 
@@ -166,3 +167,26 @@ def test_pipeline_speculative_on_a_training_run(world, tmp_path):
     assert read(greedy["output_dir"]) == read(spec["output_dir"])  # identical completions
     assert 0.0 <= spec["generation"]["acceptance_rate"] <= 1.0
     assert spec["generation"]["tokens"] == greedy["generation"]["tokens"]
+
+
+def test_refuses_without_isolation_before_any_work(tmp_path):
+    """`sandbox: required` (the default) with no bwrap: one error line, non-zero exit, before
+    the checkpoint is even looked at."""
+    cmd = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/evaluation.py",
+           f"--config.checkpoint={tmp_path / 'nonexistent'}", "--config.benchmark=synthetic"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PATH=str(tmp_path))  # no bwrap on PATH
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [proc.stderr.strip().splitlines()[-1]] and len(errors) == 1, proc.stderr
+    assert "sandbox isolation unavailable" in errors[0] and "sandbox=" in errors[0]
+
+
+def test_sandbox_config_key():
+    from configs import evaluation
+
+    c = evaluation.get_config("micro")
+    assert c.sandbox == "required"
+    c.sandbox = "off"
+    with pytest.raises(ValueError, match=r"sandbox='off' is invalid; one of \('required'"):
+        evaluation.validate(c)

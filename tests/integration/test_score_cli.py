@@ -48,6 +48,7 @@ def test_humaneval_canonical_solutions_all_pass(tmp_path):
     print(f"164 HumanEval canonical solutions scored in {elapsed:.1f} s")
     assert summary["n_problems"] == 164 and summary["n_samples"] == 164
     assert summary["pass@1"] == 1.0 and "pass@10" not in summary
+    assert summary["sandbox"]["policy"] == "required" and summary["sandbox"]["isolated"]
     assert [r["task_id"] for r in results] == list(read_problems())
     assert all(r["passed"] and r["result"] == "passed" for r in results)
 
@@ -76,7 +77,8 @@ def test_adversarial_completions_fail_and_leave_nothing(tmp_path):
         "memory bomb": "xs = bytearray(1 << 40)" + add,
         "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass" + add,
         "write outside": f"open({escape!r}, 'w').write('x')" + add + "assert False",
-        "kill parent": "import os\nos.kill(os.getppid(), 9)" + add,
+        "kill everything": ("import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)" + add
+                            + "assert False"),
         "sys.exit": add + "import sys\nsys.exit(0)",
         "os._exit": add + "import os\nos._exit(0)",
         "huge output": add + "while True:\n    print('y' * 65536)",
@@ -137,3 +139,117 @@ def test_clear_errors(tmp_path):
                            "--samples", str(bad), "--data-dir", FIXTURES],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and f"{bad}:1: missing or non-string 'completion'" in proc.stderr
+
+
+def test_without_isolation_nothing_runs_unless_opted_out(tmp_path):
+    """No bwrap: the default refuses with one line and executes nothing; `--sandbox none` runs
+    (proving the sample would have left a trace) and records the opt-out."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    trace = shared / "ran"
+    sample = {"task_id": 11, "completion": f"open({str(trace)!r}, 'w').write('x')\n"
+                                           "def add(a, b):\n    return a + b\n"}
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}  # isolation unavailable: no bwrap
+    proc, _, _ = _score(tmp_path, "mbpp", [sample], env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: sandbox isolation unavailable: bubblewrap")
+    assert "--sandbox best_effort or none" in lines[0]
+    assert not trace.exists() and not os.path.exists(tmp_path / "mbpp_samples.jsonl_results.jsonl")
+    proc, summary, results = _score(tmp_path, "mbpp", [sample], "--sandbox", "none", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert trace.exists() and results[0]["passed"]
+    assert summary["sandbox"]["policy"] == "none" and summary["sandbox"]["isolated"] is False
+
+
+# ---- stress: 1,000 mixed samples, 2 workers ---------------------------------------------------
+
+ADD_OK = "def add(a, b):\n    return a + b\n"
+
+
+def _stress_kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool]]:
+    """kind -> (task_id, code, passes). Hostile kinds with a right `add` pass: what they try
+    must simply not matter (nor outlive the run)."""
+    outside = [f"/tmp/wmtp_stress_{token}", f"/var/tmp/wmtp_stress_{token}",
+               f"/dev/shm/wmtp_stress_{token}", os.path.join(REPO, f"wmtp_stress_{token}"),
+               os.path.expanduser(f"~/wmtp_stress_{token}")]
+    writes = "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
+                     for p in outside)
+    return {
+        "right": (11, ADD_OK, True),
+        "right (setup)": (12, "def scale(x):\n    return x * FACTOR\n", True),
+        "wrong": (11, "def add(a, b):\n    return a * b\n", False),
+        "wrong (setup)": (12, "def scale(x):\n    return x\n", False),
+        "exits first": (11, "import sys\nsys.exit(0)\n" + ADD_OK, False),
+        "os._exit": (11, ADD_OK + "import os\nos._exit(0)\n", False),
+        "prints markers": (11, "import os\nfor fd in range(10):\n    try:\n        os.write(fd, "
+                               "b'\\npassed\\nWMTP_DONE_0\\n')\n    except OSError:\n"
+                               "        pass\ndef add(a, b):\n    return 0\n", False),
+        "lies about equality": (11, "def add(a, b):\n    class Y:\n        def __eq__(s, o):\n"
+                                    "            return True\n    return Y()\n", False),
+        "crashes": (11, "def add(a, b):\n    return a + b + None\n", False),
+        "memory bomb": (11, "x = bytearray(1 << 40)\n" + ADD_OK, False),
+        "huge reply": (11, "def add(a, b):\n    return 'y' * (2 << 20)\n", False),
+        "daemon": (11, "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                       "    time.sleep(1000)\n" + ADD_OK, True),
+        "shared memory": (11, f"import ctypes\nctypes.CDLL(None).shmget({shm_key}, 1 << 20, "
+                              "0o1000 | 0o666)\n" + ADD_OK, True),
+        "writes outside": (11, writes + ADD_OK, True),
+        "kills everything": (11, "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
+                                 + ADD_OK, True),
+        "infinite loop": (11, "def add(a, b):\n    while True:\n        pass\n", False),
+        "fork bomb": (11, "import os\nwhile True:\n    try:\n        os.fork()\n"
+                          "    except OSError:\n        pass\n" + ADD_OK, False),
+    }, outside
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+def _shm_keys() -> set[int]:
+    with open("/proc/sysvipc/shm") as f:
+        return {int(line.split()[0]) for line in f.readlines()[1:]}
+
+
+@pytest.mark.slow
+def test_stress_1000_mixed_samples_two_workers_leave_nothing(tmp_path):
+    token = secrets.token_hex(6)
+    shm_key = 0x5EED0000 + secrets.randbelow(1 << 16)
+    kinds, outside = _stress_kinds(token, shm_key)
+    slow = {"infinite loop", "fork bomb"}  # each costs the whole timeout: a few only
+    cheap = [k for k in kinds if k not in slow]
+    names = [cheap[i % len(cheap)] for i in range(994)] + ["infinite loop"] * 4 + ["fork bomb"] * 2
+    samples = [{"task_id": kinds[k][0], "completion": f"```python\n{kinds[k][1]}```", "kind": k}
+               for k in names]
+    work_tmp = tmp_path / "tmp"
+    work_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(work_tmp)}  # the scorer's run dirs go here
+    start = time.monotonic()
+    proc, summary, results = _score(tmp_path, "mbpp", samples, "--workers", "2", "--timeout", "2",
+                                    env=env)
+    print(f"1000 mixed samples scored in {time.monotonic() - start:.1f} s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert summary["n_samples"] == 1000 and summary["sandbox"]["isolated"]
+    wrong = [(r["kind"], r["result"]) for r in results if r["passed"] != kinds[r["kind"]][2]]
+    assert wrong == []
+    assert {r["result"] for r in results if r["kind"] == "infinite loop"} == {"timed out"}
+    # nothing outlives the run: no process (a surviving sandbox keeps its bwrap, whose command
+    # line names its run dir under work_tmp), no shared memory, no file outside the work dir
+    deadline = time.monotonic() + 10
+    while _procs_mentioning(str(work_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _procs_mentioning(str(work_tmp)) == []
+    assert _sandbox_uid_pids() == []
+    assert shm_key not in _shm_keys()
+    assert [p for p in outside if os.path.exists(p)] == []
+    assert list(work_tmp.iterdir()) == []

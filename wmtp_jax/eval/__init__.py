@@ -5,8 +5,9 @@
 
 from wmtp_jax.eval.benchmarks import (BENCHMARKS, Problem, check_completion, load_problems,
                                       postprocess, stop_sequences)
-from wmtp_jax.eval.execution import (Limits, probe_protections, run_program, run_python_tests,
-                                     run_stdio_tests)
+from wmtp_jax.eval.execution import (POLICIES, Limits, Sandbox, SandboxUnavailable, run_program,
+                                     run_stdio_tests, sandbox)
+from wmtp_jax.eval.grader import run_tests
 from wmtp_jax.eval.metrics import extract_answer, mean_pass_at_k, pass_at_k
 
 
@@ -18,6 +19,6 @@ def __getattr__(name):  # lazy: keeps `python -m wmtp_jax.eval.score` free of ru
 
 
 __all__ = ["BENCHMARKS", "Problem", "check_completion", "load_problems", "postprocess",
-           "stop_sequences", "Limits", "probe_protections", "run_program", "run_python_tests",
-           "run_stdio_tests", "extract_answer", "mean_pass_at_k", "pass_at_k", "read_samples",
-           "score_samples"]
+           "stop_sequences", "POLICIES", "Limits", "Sandbox", "SandboxUnavailable", "run_program",
+           "run_stdio_tests", "sandbox", "run_tests", "extract_answer", "mean_pass_at_k",
+           "pass_at_k", "read_samples", "score_samples"]

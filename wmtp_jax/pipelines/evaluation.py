@@ -205,7 +205,8 @@ def _generate_and_score(config, sampler, tokenizer, problems, temperature: float
     ks = [k for k in config.k if k <= n] or [1]
     summary, results = score_samples(
         config.benchmark, samples, split=split, ks=ks, workers=int(config.workers) or None,
-        timeout=float(config.timeout), problems=problems, progress=False)
+        timeout=float(config.timeout), problems=problems, progress=False,
+        sandbox=config.sandbox)
     summary.update(temperature=float(temperature), split=split, generation=gen)
     return samples, results, summary
 
@@ -225,7 +226,7 @@ def _write_jsonl(path: Path, rows):
 def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
     from wmtp_jax.data import load_tokenizer
-    from wmtp_jax.eval import load_problems
+    from wmtp_jax.eval import SandboxUnavailable, load_problems, sandbox
     from wmtp_jax.generate import Sampler
     from wmtp_jax.train.mesh import mesh_from_config
     from wmtp_jax.train.tracking import Tracker
@@ -233,6 +234,11 @@ def run(config) -> dict:
     from configs.evaluation import validate
 
     validate(config)
+    if config.benchmark != "gsm8k":  # refuse before the costly part, not after generating
+        try:
+            sandbox(config.sandbox)
+        except SandboxUnavailable as e:
+            raise SystemExit(f"error: {e}") from None
     t0 = time.time()
     mesh = mesh_from_config(config) if jax.device_count() > 1 else None
     model, tok_dir, info = restore_policy(config, mesh)
