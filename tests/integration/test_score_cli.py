@@ -137,3 +137,10 @@ def test_clear_errors(tmp_path):
                            "--samples", str(bad), "--data-dir", FIXTURES],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and f"{bad}:1: missing or non-string 'completion'" in proc.stderr
+
+
+def test_empty_samples_file_is_an_error(tmp_path):
+    proc, _, _ = _score(tmp_path, "mbpp", [])
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'mbpp_samples.jsonl'}: no samples (the file is empty)" in proc.stderr
+    assert not (tmp_path / "mbpp_samples.jsonl_results.jsonl").exists()
