@@ -145,7 +145,8 @@ def test_decode_and_parse_errors_name_file_and_line_and_leave_no_tmp(tmp_path):
     bad = src / "train.jsonl"
     bad.write_bytes(good.encode() * 3 + b'{"question": "caf\xe9", "answer": "#### 2"}\n')
     p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1 and f"error: {bad}:4: not valid UTF-8 (byte 0xe9 at column 18)" in p.stderr
+    assert p.returncode == 1
+    assert f"error: {bad}:4: not valid UTF-8 (byte 0xe9 at column 18)" in p.stderr
     assert "Traceback" not in p.stderr
     assert _tmp_files(tmp_path / "o") == []  # the half-written split was removed
     bad.write_text(good * 2 + '{"question": "q", "answer": \n')

@@ -75,7 +75,8 @@ class _LockingData(train_toy.ToyData):
 
 def test_locked_mlflow_store_mid_run_does_not_stop_training(reference, tmp_path):
     db = tmp_path / "mlflow.db"
-    c = cfg(tmp_path / "run", **{"mlflow.experiment": "toy", "mlflow.tracking_uri": f"sqlite:///{db}"})
+    c = cfg(tmp_path / "run", **{"mlflow.experiment": "toy",
+                                 "mlflow.tracking_uri": f"sqlite:///{db}"})
     task = train_toy.make_task(c)
     task.train_iter.__class__ = _LockingData
     _LockingData.db, _LockingData.locker = db, None
@@ -97,7 +98,7 @@ def test_locked_mlflow_store_mid_run_does_not_stop_training(reference, tmp_path)
 @pytest.mark.slow
 def test_second_run_on_a_busy_output_dir_refuses_at_once(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from wmtp_jax.train.lock import claim_output_dir; "
+        [sys.executable, "-c", "import time; from wmtp_jax.train.lock import claim_output_dir; "
          f"claim_output_dir({str(tmp_path)!r}); print('held', flush=True); time.sleep(300)"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
     try:
@@ -131,7 +132,8 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(reference, tmp_p
     caplog.set_level(logging.WARNING)
     second = fit(c, train_toy.make_task(c))
     warn = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
-    assert len(warn) == 1 and f"checkpoint {tmp_path / 'checkpoints' / '4'} is unreadable" in warn[0]
+    assert len(warn) == 1
+    assert f"checkpoint {tmp_path / 'checkpoints' / '4'} is unreadable" in warn[0]
     assert second.status == "completed" and second.step == 6
     moved = list((tmp_path / "corrupt_checkpoints").iterdir())
     assert len(moved) == 1 and moved[0].name.startswith("checkpoints-4-")
@@ -187,7 +189,8 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
 
     model = tmp_path / "policy"
     model.mkdir()
-    args = ModelArgs(dim=16, n_layers=2, n_heads=2, vocab_size=32, n_future_tokens=2, max_seq_len=64)
+    args = ModelArgs(dim=16, n_layers=2, n_heads=2, vocab_size=32, n_future_tokens=2,
+                     max_seq_len=64)
     (model / io.CONFIG_FILE).write_text(json.dumps(io.make_config("mtp", args)))
     c = ml_collections.ConfigDict({"dataset": {"max_length": 64}, "models": {
         "policy": {"path": str(model)}, "reference": {"path": str(tmp_path / "not-created")}}})

@@ -118,5 +118,6 @@ def test_resume_cuts_metrics_after_the_restored_step(tmp_path):
     t.log_metrics({"train/loss": 0.9}, 4)
     t.end()
     assert _steps(tmp_path / "metrics.jsonl") == [1, 2, 3, 4]
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["train/loss"] == 0.9
+    last = (tmp_path / "metrics.jsonl").read_text().splitlines()[-1]
+    assert json.loads(last)["train/loss"] == 0.9
     assert cut_rows(tmp_path / "absent.jsonl", 0) == 0

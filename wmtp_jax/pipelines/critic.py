@@ -185,7 +185,8 @@ def make_task(config, mesh):
         from wmtp_jax.models.io import tokenizer_dir_files
 
         return export_model(directory, m, kind="critic", args=args, value_head=head, lora=lora,
-                            tokenizer=tokenizer_dir_files(tok_dir), source={"pipeline": "critic", "base": entry.path})
+                            tokenizer=tokenizer_dir_files(tok_dir),
+                            source={"pipeline": "critic", "base": entry.path})
 
     groups = param_groups(config)
     return TrainTask(

@@ -14,8 +14,9 @@ Periodic and final checkpoints share `checkpoints/` (retention `checkpoint.keep`
 Writes are atomic (orbax writes a temporary directory and renames it on commit); uncommitted
 temporaries from a killed run are removed on start. `restore` verifies what it reads and falls
 back to the newest good checkpoint, moving a bad one to `corrupt_checkpoints/` with a warning;
-a checkpoint that does not fit the model (shapes, `meta["model"]`) is an error, not a fallback. Restores go into an abstract target placed
-on the CURRENT mesh (ShapeDtypeStruct + NamedSharding), so a checkpoint restores on any mesh.
+a checkpoint that does not fit the model (shapes, `meta["model"]`) is an error, not a fallback.
+Restores go into an abstract target placed on the CURRENT mesh (ShapeDtypeStruct +
+NamedSharding), so a checkpoint restores on any mesh.
 Typed PRNG keys are stored as their raw key data.
 """
 
@@ -102,7 +103,7 @@ class Checkpointer:
         """(state, meta) of `step`, or of the newest good checkpoint; placed like `template`.
 
         Without `step`, checkpoints are tried newest first. One that cannot be read or fails
-        verification (meta/state step = its directory's step, every float leaf finite) is moved
+        verification (meta step = its directory's step, every float leaf finite) is moved
         to `<output_dir>/corrupt_checkpoints/` with a warning naming it, and the previous one is
         tried. A checkpoint that does not fit (`expect` keys of meta["model"] differ, or a
         template leaf is missing or shaped otherwise) raises IncompatibleCheckpoint: that is a

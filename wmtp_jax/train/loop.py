@@ -164,7 +164,7 @@ def model_signature(model) -> dict:
 
 
 def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
-    """Train `task` under `config`. `stop_at_step`: checkpoint and stop after that step (as SIGTERM).
+    """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
 
     Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run."""
     with hold_output_dir(config.output_dir):

@@ -124,8 +124,9 @@ class Tracker:
         self._down_since: float | None = None
         tags = {str(t): "true" for t in (config.experiment.tags or ())}
         tags["mlflow.note.content"] = str(config.experiment.description or "")
-        self._start_args = dict(name=str(config.mlflow.experiment), run_name=str(config.experiment.name),
-                                tags=tags, params=flatten_config(config_dict(config)), resume=resume)
+        self._start_args = dict(name=str(config.mlflow.experiment),
+                                run_name=str(config.experiment.name), tags=tags,
+                                params=flatten_config(config_dict(config)), resume=resume)
         try:  # first attempt inline, so run_id is known at once when MLflow is up
             self._start()
         except Exception as e:  # noqa: BLE001 -- any tracker failure: retried in the background
