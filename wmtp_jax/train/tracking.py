@@ -127,10 +127,11 @@ class Tracker:
         self._start_args = dict(name=str(config.mlflow.experiment),
                                 run_name=str(config.experiment.name), tags=tags,
                                 params=flatten_config(config_dict(config)), resume=resume)
+        t0 = time.time()
         try:  # first attempt inline, so run_id is known at once when MLflow is up
             self._start()
         except Exception as e:  # noqa: BLE001 -- any tracker failure: retried in the background
-            self._outage(e)
+            self._outage(e, t0)
             self._jobs.append(("start",))
         self._requeue_pending()
         self._thread = threading.Thread(target=self._worker, name="mlflow-sync", daemon=True)
@@ -194,9 +195,11 @@ class Tracker:
         elif kind == "end":
             self.client.set_terminated(self.run_id, job[1])
 
-    def _outage(self, e: BaseException):
+    def _outage(self, e: BaseException, since: float):
+        """Warn once per outage; `since`: when the first failing call started (a locked SQLite
+        store fails only after MLflow's 20 s busy wait)."""
         if self._down_since is None:
-            self._down_since = time.time()
+            self._down_since = since
             logging.warning("MLflow unavailable (%s): training continues; metrics stay in %s and "
                             "are sent to %s when it is back (retrying up to every %.0f s)",
                             _one_line(e), self.output_dir / METRICS_FILE, self.tracking_uri,
@@ -211,10 +214,11 @@ class Tracker:
                 if not self._jobs or self._abandoned:
                     return
                 job = self._jobs[0]
+            t0 = time.time()
             try:
                 self._call(job)
             except Exception as e:  # noqa: BLE001 -- keep the job, retry after a back-off
-                self._outage(e)
+                self._outage(e, t0)
                 with self._cv:
                     self._cv.wait(delay)
                 delay = min(2 * delay, RETRY_MAX_S)
