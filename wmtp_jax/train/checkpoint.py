@@ -198,7 +198,10 @@ def _check_compatible(path: Path, meta: dict, template, expect: dict | None):
         raise IncompatibleCheckpoint(
             f"checkpoint {path} was trained with another model: {'; '.join(diff)}; resume with "
             f"the same model, or train into a new output_dir")
-    tree = ocp.StandardCheckpointer().metadata(path / "state").item_metadata.tree
+    item = ocp.StandardCheckpointer().metadata(path / "state").item_metadata
+    if item is None:  # a corrupt file, not a mismatch: the caller falls back
+        raise ValueError(f"{path / 'state'}: array metadata unreadable")
+    tree = item.tree
     have = {_leaf_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
     bad = []
     for k, v in jax.tree_util.tree_leaves_with_path(abstract_target(template)):
