@@ -58,6 +58,7 @@ def fake_mlflow(monkeypatch):
     monkeypatch.setattr(mlflow.tracking, "MlflowClient", FakeClient)
     monkeypatch.setattr(tracking, "RETRY_MIN_S", 0.02)
     monkeypatch.setattr(tracking, "RETRY_MAX_S", 0.05)
+    monkeypatch.setattr(tracking, "START_WAIT_S", 0.2)
     FakeClient.down, FakeClient.logged, FakeClient.ended = True, [], []
     return FakeClient
 

@@ -8,7 +8,7 @@ Every logged metric row is also appended to `<output_dir>/metrics.jsonl` as
 {"step": s, "<name>": value, ...}; on resume from step s, rows after s are cut first.
 
 MLflow never stops or stalls training: every MLflow call runs in one background thread, in
-order. A failing call (database locked, server down) is logged once as a warning and retried
+order; a run waits at most START_WAIT_S for its MLflow run to be created. A failing call (database locked, server down) is logged once as a warning and retried
 with a back-off (1 s doubling to 30 s) while training goes on; metrics.jsonl always has every
 row. `end()` waits up to `mlflow.sync_timeout` seconds for the queue to drain; metric rows
 still unsent then go to `<output_dir>/mlflow_pending.jsonl` and are sent by the next run
@@ -33,6 +33,7 @@ METRICS_FILE = "metrics.jsonl"
 PENDING_FILE = "mlflow_pending.jsonl"
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 30.0
+START_WAIT_S = 30.0  # a run waits at most this long for MLflow to start its run
 _MAX_PARAM_VAL = 6000
 _MAX_KEY = 250
 _PARAMS_PER_BATCH = 100
@@ -127,17 +128,13 @@ class Tracker:
         self._start_args = dict(name=str(config.mlflow.experiment),
                                 run_name=str(config.experiment.name), tags=tags,
                                 params=flatten_config(config_dict(config)), resume=resume)
-        t0 = time.time()
-        try:  # first attempt inline, so run_id is known at once when MLflow is up
-            self._start()
-        except Exception as e:  # noqa: BLE001 -- any tracker failure: retried in the background
-            self._outage(e, t0)
-            self._jobs.append(("start",))
+        self._jobs.append(("start",))
         self._requeue_pending()
         self._thread = threading.Thread(target=self._worker, name="mlflow-sync", daemon=True)
         self._thread.start()
+        self.flush(timeout=START_WAIT_S)  # run_id known at once when MLflow is up
 
-    # ---- MLflow calls (the worker thread, or the first inline start) -----------------------
+    # ---- MLflow calls (the worker thread only) ----------------------------------------------
 
     def _start(self):
         from mlflow.entities import Param
