@@ -69,6 +69,9 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
     f = c.mlflow = ml_collections.ConfigDict()
     f.tracking_uri = "sqlite:///storage/mlflow/mlflow.db"
     f.experiment = "wmtp"  # "" disables MLflow (metrics.jsonl in output_dir is always written)
+    # MLflow outages never stop training (calls are retried in the background); at the end the
+    # run waits this long for queued calls, then leaves unsent rows to the next resumed run.
+    f.sync_timeout = 120.0
 
     e = c.experiment = ml_collections.ConfigDict()
     e.name = f"{pipeline}-{variant}"
@@ -126,9 +129,13 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key."""
+
+
 def _check(ok: bool, key: str, value, want: str):
     if not ok:
-        raise ValueError(f"config error: {key}={value!r} is invalid; {want}")
+        raise ConfigError(f"config error: {key}={value!r} is invalid; {want}")
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:

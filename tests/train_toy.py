@@ -126,7 +126,9 @@ def make_task(config, *, dropout=0.1, n_rows=64, sleep=0.0, nan_after=-1, groups
 
 def run(config):
     from wmtp_jax.train import fit
+    from wmtp_jax.train.lock import claim_output_dir
 
+    claim_output_dir(config.output_dir)  # as pipelines.common.setup: refuse before building
     task = make_task(config, dropout=config.toy.dropout, sleep=config.toy.sleep,
                      nan_after=config.toy.nan_after)
     return fit(config, task)

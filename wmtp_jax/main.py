@@ -1,13 +1,16 @@
 """Entry point: `python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.k=v ...]`.
 
 Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)` (a dotted module
-path, e.g. "tests.train_toy", is imported as is). Unknown config keys are rejected by the locked
-config; bad values by `configs.common.validate_config`; both exit non-zero naming the key.
+path, e.g. "tests.train_toy", is imported as is). Config errors exit 2 with one line naming
+the problem: a missing config file, an unknown variant, an unknown key (the config is locked), a
+value of the wrong type, a bad value (`configs.common.validate_config`). So do the run's refusals
+(busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -69,7 +72,10 @@ def enable_compilation_cache(directory: str) -> None:
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+    except Exception as e:  # noqa: BLE001 -- ml_collections reports a failed load lazily
+        _fail(f"--config: {_last_line(e)}")
     if config is None:
         _fail("--config=configs/<pipeline>.py[:variant] is required")
     from configs.common import validate_config
@@ -85,11 +91,15 @@ def main(argv):
     maybe_initialize(config)
     enable_compilation_cache(config.runtime.get("compilation_cache", ""))
     pipeline = load_pipeline(config.pipeline)
+    from configs.common import ConfigError
+    from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
+    from wmtp_jax.train.lock import OutputDirBusy
     from wmtp_jax.train.loop import NonFiniteLossError
 
     try:
         result = pipeline.run(config)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, OutputDirBusy, IncompatibleCheckpoint, CorruptCheckpoint,
+            ConfigError) as e:
         _fail(str(e))
     import jax
 
@@ -97,10 +107,29 @@ def main(argv):
         print(summary(result), flush=True)
 
 
+def _last_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _config_path(argv) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a[len("--config="):]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def _parse_flags(argv):
-    """absl flag parsing with a one-line error for an unknown `--config.<key>` override."""
+    """absl flag parsing; config errors (file, variant, key, value type) exit 2 with one line."""
+    path = _config_path(argv)
+    if path and not os.path.isfile(path.split(":", 1)[0]):
+        _fail(f"--config: no config file {path.split(':', 1)[0]!r}")
     try:
         return flags.FLAGS(argv)
+    except flags.IllegalFlagValueError as e:  # bad variant, wrong value type, get_config error
+        _fail(_last_line(e) if "Error whilst parsing config file" in str(e) else str(e))
     except (AttributeError, KeyError) as e:
         name = str(e).strip("\"'")
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")]

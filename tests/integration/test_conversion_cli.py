@@ -72,3 +72,20 @@ def test_hf_cli_round_trip_f32_and_bad_input(tmp_path):
     assert "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has shape (40, 32), expected (48, 32)" \
         in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("bad.tmp-*"))
+
+
+def test_hostile_tokenizer_symlink_is_refused(tmp_path):
+    """A model dir whose tokenizer.model points at a host file (as /etc/shadow) converts nothing."""
+    from tests.torch_ref.meta_mtp import ModelArgs, Transformer
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret:19000:0:99999:7:::\n")
+    src = tmp_path / "meta"
+    src.mkdir()
+    torch.save(Transformer(ModelArgs(**META)).state_dict(), src / "consolidated.pth")
+    (src / "params.json").write_text(json.dumps(META))
+    os.symlink(secret, src / "tokenizer.model")
+    r = run("meta-to-flax", "--src", src, "--dst", tmp_path / "flax")
+    assert r.returncode == 1
+    assert f"{src / 'tokenizer.model'}: a symlink to {secret}, outside the source directory" in r.stderr
+    assert not (tmp_path / "flax").exists()
+    assert not any(p.name.startswith("flax") for p in tmp_path.iterdir())

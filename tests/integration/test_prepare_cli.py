@@ -120,3 +120,42 @@ def test_parquet_is_streamed_by_row_groups(name):
     assert pq.ParquetFile(f).num_row_groups == 2
     locs = [loc for loc, _ in iter_rows(f)]
     assert locs == [f"{f}:1", f"{f}:2", f"{f}:3"]
+
+
+def _tmp_files(root):
+    return sorted(str(p) for p in Path(root).rglob("*") if ".tmp" in p.name)
+
+
+def test_empty_input_is_an_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    empty = tmp_path / "src" / "train.jsonl"
+    empty.write_text("\n\n")  # blank lines only
+    p = prepare("--dataset", "gsm8k", "--src", tmp_path / "src", "--out", tmp_path / "o", ok=False)
+    assert p.returncode == 1 and f"error: {empty}: empty (no records)" in p.stderr
+    empty.write_text("")
+    p = prepare("--dataset", "mbpp", "--src", empty, "--out", tmp_path / "o", ok=False)
+    assert p.returncode == 1 and f"{empty}: empty (no records)" in p.stderr
+    assert _tmp_files(tmp_path / "o") == []
+
+
+def test_decode_and_parse_errors_name_file_and_line_and_leave_no_tmp(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = '{"question": "q", "answer": "x\\n#### 1"}\n'
+    bad = src / "train.jsonl"
+    bad.write_bytes(good.encode() * 3 + b'{"question": "caf\xe9", "answer": "#### 2"}\n')
+    p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
+    assert p.returncode == 1
+    assert f"error: {bad}:4: not valid UTF-8 (byte 0xe9 at column 18)" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert _tmp_files(tmp_path / "o") == []  # the half-written split was removed
+    bad.write_text(good * 2 + '{"question": "q", "answer": \n')
+    p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
+    assert p.returncode == 1 and f"{bad}:3: malformed JSON" in p.stderr
+    assert _tmp_files(tmp_path / "o") == []
+    bad.unlink()
+    fake = src / "train-00000-of-00001.parquet"
+    fake.write_text("not parquet at all")
+    p = prepare("--dataset", "codecontests", "--src", src, "--out", tmp_path / "cc", ok=False)
+    assert p.returncode == 1 and f"error: {fake}: not a readable parquet file (" in p.stderr
+    assert _tmp_files(tmp_path / "cc") == []

@@ -253,3 +253,10 @@ def test_stress_1000_mixed_samples_two_workers_leave_nothing(tmp_path):
     assert shm_key not in _shm_keys()
     assert [p for p in outside if os.path.exists(p)] == []
     assert list(work_tmp.iterdir()) == []
+
+
+def test_empty_samples_file_is_an_error(tmp_path):
+    proc, _, _ = _score(tmp_path, "mbpp", [])
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'mbpp_samples.jsonl'}: no samples (the file is empty)" in proc.stderr
+    assert not (tmp_path / "mbpp_samples.jsonl_results.jsonl").exists()

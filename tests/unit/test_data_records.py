@@ -83,3 +83,12 @@ def test_split_discovery_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no gsm8k split files"):
         find_split_files("gsm8k", tmp_path / "empty")
+
+
+def test_random_access_errors_name_the_file_line(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_bytes(b'{"a": 1}\n\n\n{"a": "\xff"}\n')  # record 1 is on line 4
+    recs = JsonlRecords(f)
+    assert len(recs) == 2 and recs[0] == {"a": 1}
+    with pytest.raises(DataError, match=rf"^{f}:4: not valid UTF-8 \(byte 0xff at column 8\)$"):
+        recs[1]

@@ -80,3 +80,27 @@ def test_export_model_hands_host_params_to_models_io(tmp_path, monkeypatch):
     assert seen["kind"] == "mtp" and seen["args"] == "ARGS" and seen["force"] is True
     assert list(seen["params"]) == ["w"] and isinstance(seen["params"]["w"], np.ndarray)
     np.testing.assert_array_equal(seen["params"]["w"], np.arange(4.0))
+
+
+def test_restore_refuses_a_model_that_does_not_fit_and_reports_all_bad(tmp_path):
+    import pytest
+
+    from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
+
+    m = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ck = Checkpointer(tmp_path, keep=3)
+    for step in (1, 2):
+        ck.save(step, _state(m), {"model": {"n_future_tokens": 4}}, {})
+    ck.wait()
+    other = _state(m)
+    other["params"]["w"] = jnp.zeros((4, 8))
+    with pytest.raises(IncompatibleCheckpoint, match=r"checkpoints/2 does not fit the model being "
+                       r"trained: params/w has shape \(8, 8\) in the checkpoint, \(4, 8\) now"):
+        ck.restore(other)
+    assert ck.periodic.all_steps() == [1, 2]  # a mismatch moves nothing aside
+    for step in (1, 2):
+        (tmp_path / "checkpoints" / str(step) / "meta" / "metadata").write_text("{")
+    with pytest.raises(CorruptCheckpoint, match=r"no readable checkpoint under .*checkpoints/2, "
+                       r".*checkpoints/1; moved to .*corrupt_checkpoints"):
+        ck.restore(_state(m))
+    assert ck.latest_step() is None and len(list((tmp_path / "corrupt_checkpoints").iterdir())) == 2

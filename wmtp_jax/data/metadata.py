@@ -80,6 +80,14 @@ class SplitWriter:
             info["incorrect_indices"].append(line)
             info["incorrect_token_lengths"].append(n_out)
 
+    def abort(self) -> None:
+        """Close and remove the temporary files (a failed prepare leaves no `.tmp`)."""
+        for f in (self._f, self._meta_tmp):
+            f.close()
+        for tmp in (self.path.with_suffix(".jsonl.tmp"), self.path.with_suffix(".meta.tmp"),
+                    self.path.with_name(self.path.stem + "_metadata.json.tmp")):
+            tmp.unlink(missing_ok=True)
+
     def close(self) -> dict:
         """Moves the records into place and writes the metadata; returns its `stats`."""
         self._f.close()
@@ -97,6 +105,17 @@ class SplitWriter:
                  "filtered_by_length": self.n_filtered, "max_tokens": self.max_tokens}
         meta_path = self.path.with_name(self.path.stem + "_metadata.json")
         tmp = meta_path.with_suffix(".json.tmp")
+        try:
+            self._write_metadata(tmp, stats)
+        except BaseException:
+            self.abort()
+            raise
+        self._meta_tmp.close()
+        os.unlink(self._meta_tmp.name)
+        os.replace(tmp, meta_path)
+        return stats
+
+    def _write_metadata(self, tmp: Path, stats: dict) -> None:
         self._meta_tmp.seek(0)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write('{\n"metadata": [')
@@ -111,10 +130,6 @@ class SplitWriter:
                 f.write(f"}},\n" if key == "stats" else ",\n")
                 f.write(f"{json.dumps(key)}: {json.dumps(value, indent=2)}")
             f.write("\n}\n")
-        self._meta_tmp.close()
-        os.unlink(self._meta_tmp.name)
-        os.replace(tmp, meta_path)
-        return stats
 
 
 class JsonDictWriter:
@@ -131,6 +146,10 @@ class JsonDictWriter:
         self._f.write(("," if self._n else "") + "\n" + json.dumps(key) + ": "
                       + json.dumps(value, ensure_ascii=False))
         self._n += 1
+
+    def abort(self) -> None:
+        self._f.close()
+        self.path.with_suffix(".json.tmp").unlink(missing_ok=True)
 
     def close(self) -> int:
         self._f.write("\n}\n")

@@ -53,21 +53,30 @@ def _prepare_codecontests(files, proc: Path, tests_dir: Path, counter, max_token
     for split, paths in files.items():
         writer = SplitWriter(proc / f"{split}.jsonl", counter, max_tokens)
         tests = JsonDictWriter(tests_dir / f"{split}_tests.json")
-        ev = open(proc / f"{split}_eval.jsonl.tmp", "w", encoding="utf-8") if split != "train" else None
+        ev_tmp = proc / f"{split}_eval.jsonl.tmp"
+        ev = open(ev_tmp, "w", encoding="utf-8") if split != "train" else None
         n_eval = 0
-        for path in paths:
-            for loc, row in readers.iter_rows(path):
-                records, eval_rec, test_entry = schemas.codecontests(row, loc)
-                writer.add(records)
-                tests.add(test_entry["task_name"], test_entry)
-                if ev is not None and eval_rec["task_id"] and eval_rec["instruction"]:
-                    ev.write(json.dumps(eval_rec, ensure_ascii=False) + "\n")
-                    n_eval += 1
+        try:
+            for path in paths:
+                for loc, row in readers.iter_rows(path):
+                    records, eval_rec, test_entry = schemas.codecontests(row, loc)
+                    writer.add(records)
+                    tests.add(test_entry["task_name"], test_entry)
+                    if ev is not None and eval_rec["task_id"] and eval_rec["instruction"]:
+                        ev.write(json.dumps(eval_rec, ensure_ascii=False) + "\n")
+                        n_eval += 1
+        except BaseException:
+            writer.abort()
+            tests.abort()
+            if ev is not None:
+                ev.close()
+                ev_tmp.unlink(missing_ok=True)
+            raise
         stats[split] = writer.close()
         stats[split]["tests"] = tests.close()
         if ev is not None:
             ev.close()
-            Path(ev.name).replace(proc / f"{split}_eval.jsonl")
+            ev_tmp.replace(proc / f"{split}_eval.jsonl")
             stats[split]["eval_problems"] = n_eval
     return stats
 
@@ -81,20 +90,25 @@ def _prepare_simple(dataset, files, proc: Path, counter, max_tokens) -> dict:
             writers[split] = SplitWriter(proc / f"{split}.jsonl", counter, max_tokens)
         return writers[split]
 
-    for split, rows in files.items():
-        for loc, row in rows:
-            if dataset == "mbpp":
-                rec = schemas.mbpp(row, loc)
-                target = split if split != "*" else readers.mbpp_split_of(int(rec["task_id"]))
-                if target is None:
-                    continue
-            elif dataset == "humaneval":
-                rec, target = schemas.humaneval(row, loc), split
-            else:
-                idx = counts.get(split, 0)
-                rec, target = schemas.gsm8k(row, loc, idx), split
-                counts[split] = idx + 1
-            writer(target).add([rec])
+    try:
+        for split, rows in files.items():
+            for loc, row in rows:
+                if dataset == "mbpp":
+                    rec = schemas.mbpp(row, loc)
+                    target = split if split != "*" else readers.mbpp_split_of(int(rec["task_id"]))
+                    if target is None:
+                        continue
+                elif dataset == "humaneval":
+                    rec, target = schemas.humaneval(row, loc), split
+                else:
+                    idx = counts.get(split, 0)
+                    rec, target = schemas.gsm8k(row, loc, idx), split
+                    counts[split] = idx + 1
+                writer(target).add([rec])
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
     return {split: w.close() for split, w in writers.items()}
 
 

@@ -26,30 +26,44 @@ DATA_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json")
 
 
 def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """Rows of a parquet file; a file pyarrow cannot read is a DataError naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
     row = 0
-    for rg in range(pf.num_row_groups):
-        table = pf.read_row_group(rg, columns=cols)
-        for start in range(0, table.num_rows, ROW_SLICE):
-            for rec in table.slice(start, ROW_SLICE).to_pylist():
-                row += 1
-                yield f"{path}:{row}", rec
-        del table
+    try:
+        pf = pq.ParquetFile(path)
+        cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+        for rg in range(pf.num_row_groups):
+            table = pf.read_row_group(rg, columns=cols)
+            for start in range(0, table.num_rows, ROW_SLICE):
+                for rec in table.slice(start, ROW_SLICE).to_pylist():
+                    row += 1
+                    yield f"{path}:{row}", rec
+            del table
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: not a readable parquet file ({msg})") from None
 
 
 def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """(location, row) of a data file; a file without any row is a DataError naming it."""
     path = Path(path)
     name = path.name
     if name.endswith(".parquet"):
-        yield from iter_parquet(path, columns)
+        rows = iter_parquet(path, columns)
     elif name.endswith((".jsonl", ".jsonl.gz", ".json")):
-        for n, rec in iter_jsonl(path):
-            yield f"{path}:{n}", rec
+        rows = ((f"{path}:{n}", rec) for n, rec in iter_jsonl(path))
     else:
         raise DataError(f"{path}: unsupported file type (expected one of {DATA_SUFFIXES})")
+    empty = True
+    for item in rows:
+        empty = False
+        yield item
+    if empty:
+        raise DataError(f"{path}: empty (no records)")
 
 
 def _tokens(path: Path) -> set[str]:

@@ -24,8 +24,19 @@ def where(path: str | os.PathLike, line: int | None) -> str:
     return f"{path}:{line}" if line is not None else str(path)
 
 
+def decode_line(raw: bytes, path, line: int) -> str:
+    """UTF-8 text of one line, or DataError naming file:line and the bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                        f"column {e.start + 1})") from None
+
+
 def parse_json_line(raw: str | bytes, path, line: int) -> dict:
     """One JSON object from a JSONL line, or DataError naming file:line."""
+    if isinstance(raw, bytes):
+        raw = decode_line(raw, path, line)
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -56,14 +67,25 @@ def require(rec: Mapping, field: str, types: type | tuple[type, ...], path, line
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Streams (1-based line number, object) from a .jsonl or .jsonl.gz file; blank lines skipped."""
+    """Streams (1-based line number, object) from a .jsonl or .jsonl.gz file; blank lines skipped.
+
+    Every error names file:line (malformed JSON, not UTF-8, not an object); a corrupt gzip
+    stream names the file."""
     import gzip
+    import zlib
 
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if raw.strip():
-                yield n, parse_json_line(raw, path, n)
+    n = 0
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if raw.strip():
+                    yield n, parse_json_line(raw, path, n)
+    except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(f"{where(path, n + 1 if n else None)}: cannot read "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def index_path(path: str | os.PathLike) -> Path:
@@ -97,9 +119,12 @@ def load_index(path: str | os.PathLike) -> np.ndarray:
             return off
     off = build_index(p) if size else np.zeros(1, np.int64)
     tmp = ip.with_name(ip.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, off)
-    os.replace(tmp, ip)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, off)
+        os.replace(tmp, ip)
+    finally:
+        tmp.unlink(missing_ok=True)
     return off
 
 
@@ -128,7 +153,22 @@ class JsonlRecords(Sequence):
             raise IndexError(f"{self.path}: record {i} out of range [0, {n})")
         i %= n
         raw = self._read(i).strip().split(b"\n", 1)[0]
-        return parse_json_line(raw, self.path, i + 1)
+        try:
+            return parse_json_line(raw, self.path, i + 1)
+        except DataError:  # re-raised naming the file line (blank lines are not records)
+            parse_json_line(raw, self.path, self._line_of(int(self._off[i])))
+            raise
+
+    def _line_of(self, offset: int) -> int:
+        """1-based line number of the byte at `offset` (error path only: reads the prefix)."""
+        newlines, pos = 0, 0
+        while pos < offset:
+            chunk = os.pread(self._fd, min(1 << 20, offset - pos), pos)
+            if not chunk:
+                break
+            newlines += chunk.count(b"\n")
+            pos += len(chunk)
+        return newlines + 1
 
     def get_many(self, indices: Sequence[int]) -> list[dict]:
         return [self[int(i)] for i in indices]

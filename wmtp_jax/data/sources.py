@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from wmtp_jax.data import sampling as sampling_lib
-from wmtp_jax.data.records import JsonlRecords
+from wmtp_jax.data.records import DataError, JsonlRecords
 
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "validation"),
                  "validation": ("validation", "valid"), "test": ("test",)}
@@ -46,8 +46,13 @@ def load_problem_index_map(metadata_path: str | os.PathLike) -> dict:
     p = Path(metadata_path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: metadata missing (run `python -m wmtp_jax.data.prepare`)")
-    meta = json.loads(p.read_text())
-    pim = meta.get("problem_index_map")
+    try:
+        meta = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not valid UTF-8 (at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    pim = meta.get("problem_index_map") if isinstance(meta, dict) else None
     if not pim:
         raise FileNotFoundError(f"{p}: empty problem_index_map")
     return pim

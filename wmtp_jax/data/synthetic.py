@@ -152,11 +152,15 @@ def write_synthetic(out_dir: str | os.PathLike, seed: int = 0,
         stop = n_problems if k == len(SPLIT_FRACTIONS) - 1 else start + round(frac * n_problems)
         writer = SplitWriter(proc / f"{split}.jsonl", counter, max_tokens=None)
         eval_recs = []
-        for j in range(start, stop):
-            pid = f"synthetic_{j:05d}"
-            writer.add(records_of(problems[j], pid))
-            eval_recs.append({"task_id": pid, "instruction": problems[j]["instruction"],
-                              "input": "", "metadata": _metadata(problems[j])})
+        try:
+            for j in range(start, stop):
+                pid = f"synthetic_{j:05d}"
+                writer.add(records_of(problems[j], pid))
+                eval_recs.append({"task_id": pid, "instruction": problems[j]["instruction"],
+                                  "input": "", "metadata": _metadata(problems[j])})
+        except BaseException:
+            writer.abort()  # no .tmp left behind
+            raise
         stats[split] = writer.close()
         if split != "train":
             with open(proc / f"{split}_eval.jsonl", "w", encoding="utf-8") as f:

@@ -42,6 +42,8 @@ def read_samples(path: str) -> list[dict]:
                 raise ValueError(f"{where}: missing or non-string 'completion'")
             row["_where"] = where
             samples.append(row)
+    if not samples:
+        raise ValueError(f"{path}: no samples (the file is empty)")
     return samples
 
 

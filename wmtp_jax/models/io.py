@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -69,14 +70,62 @@ def atomic_dir(dst, *, force: bool = False):
         raise
 
 
-def copy_tokenizer(files: Iterable[Path], dst: Path) -> list[str]:
-    """Copy tokenizer files into `dst` (created only if there is something to copy)."""
+class UnsafeFileError(ValueError):
+    """A file to carry into an output directory is not a regular file inside its source dir."""
+
+
+def _source_root(f: Path) -> Path:
+    """The directory a source file must stay in: its own directory; `<model>` for
+    `<model>/tokenizer/<file>`; `<repo>` for a Hugging Face cache `<repo>/snapshots/<rev>/<file>`
+    (whose files are symlinks into `<repo>/blobs/`)."""
+    d = Path(os.path.abspath(f.parent))
+    if d.name == "tokenizer":
+        return d.parent
+    if d.parent.name == "snapshots":
+        return d.parent.parent
+    return d
+
+
+def copy_files(files: Iterable[Path], dst: Path) -> list[str]:
+    """Copy `files` into `dst` (created only if there is something to copy); their names.
+
+    The one way model/tokenizer files are carried into an output directory. Each is written as
+    a new regular file (mode 0644) from its content. A symlink is followed only when it resolves
+    inside the file's source directory (`_source_root`); one that leaves it, or anything but a
+    regular file (FIFO, device, directory), raises UnsafeFileError naming it, so a hostile model
+    directory cannot copy host files (e.g. `tokenizer.json -> /etc/shadow`) into the output.
+    """
     files = [Path(f) for f in files]
+    for f in files:
+        root = os.path.realpath(_source_root(f))
+        real = os.path.realpath(f)
+        if os.path.commonpath([root, real]) != root:
+            raise UnsafeFileError(f"{f}: a symlink to {real}, outside the source directory "
+                                  f"{root}; refusing to copy it (copy the file in instead)")
     if files:
         dst.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy2(f, dst / f.name)
+    for f in files:
+        fd = os.open(os.path.realpath(f), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeFileError(f"{f}: not a regular file; refusing to copy it")
+            with open(fd, "rb", closefd=False) as src, open(dst / f.name, "wb") as out:
+                shutil.copyfileobj(src, out)
+        finally:
+            os.close(fd)
+        os.chmod(dst / f.name, 0o644)
     return [f.name for f in files]
+
+
+def copy_tokenizer(files: Iterable[Path], dst: Path) -> list[str]:
+    """Copy tokenizer files into `dst` with `copy_files` (regular files, no escaping symlink)."""
+    return copy_files(files, dst)
+
+
+def tokenizer_dir_files(directory) -> list[Path]:
+    """Every file directly in a tokenizer directory (sorted; none when it does not exist)."""
+    d = Path(directory)
+    return sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
 
 
 def find_tokenizer_files(*dirs) -> list[Path]:

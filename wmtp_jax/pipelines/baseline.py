@@ -44,9 +44,10 @@ def export_policy(config, policy):
     tok = Path(common.tokenizer_path(config.models.policy))
 
     def export(model, directory):
-        files = sorted(p for p in tok.iterdir() if p.is_file()) if tok.is_dir() else []
+        from wmtp_jax.models.io import tokenizer_dir_files
+
         return export_model(directory, model, kind="mtp", args=model.args, lora=model.lora,
-                            tokenizer=files,
+                            tokenizer=tokenizer_dir_files(tok),
                             source={"pipeline": config.pipeline, "base": config.models.policy.path})
     return export
 

@@ -66,10 +66,6 @@ def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
     return tok
 
 
-def _tokenizer_files(tokenizer_dir: str) -> list[Path]:
-    return sorted(p for p in Path(tokenizer_dir).iterdir() if p.is_file())
-
-
 def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> Path:
     """A random-init micro model dir (`kind` mtp | llama) with the micro tokenizer inside."""
     from flax import nnx
@@ -93,7 +89,7 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
 
         args = micro_llama_args(vocab, max_seq_len)
         model = Llama(args, rngs=nnx.Rngs(MICRO_SEED + 1), lm_head=True)
-    io.save_model(p, model, kind=kind, args=args, tokenizer=_tokenizer_files(tokenizer_dir),
+    io.save_model(p, model, kind=kind, args=args, tokenizer=io.tokenizer_dir_files(tokenizer_dir),
                   source={"bootstrap": f"random init, seed {MICRO_SEED}"})
     n = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
     _created(f"random-init micro {kind} model ({n / 1e6:.2f}M params)", p, t0)

@@ -264,11 +264,34 @@ def validate(config) -> None:
         sys.exit(2)
 
 
+def check_model_lengths(config) -> None:
+    """dataset.max_length must fit every configured model's max_seq_len (read from its
+    model_config.json; models not created yet are skipped): RoPE has no positions beyond it."""
+    from configs.common import ConfigError
+    from wmtp_jax.models import io
+
+    n = int(config.dataset.max_length)
+    for role, entry in config.get("models", {}).items():
+        path = Path(str(entry.get("path", "")))
+        if not (path / io.CONFIG_FILE).is_file():
+            continue
+        limit = int(io.read_config(path)["args"].get("max_seq_len", 2048))
+        if n > limit:
+            raise ConfigError(f"config error: dataset.max_length={n} exceeds models.{role} "
+                             f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
+                             f"dataset.max_length or use a model with a longer context")
+
+
 def setup(config):
-    """Validate, bootstrap micro storage when needed, and build the mesh."""
+    """Validate, lock output_dir (a second run on it refuses before loading anything), bootstrap
+    micro storage when needed, check lengths against the models, and build the mesh."""
     from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
+    from wmtp_jax.train.lock import claim_output_dir
     from wmtp_jax.train.mesh import mesh_from_config
 
     validate(config)
+    claim_output_dir(config.output_dir)
+    check_model_lengths(config)
     ensure_micro_storage(config)
+    check_model_lengths(config)  # again: bootstrap may have just created the micro models
     return mesh_from_config(config)

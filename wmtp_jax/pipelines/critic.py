@@ -182,11 +182,11 @@ def make_task(config, mesh):
     tok_dir = common.tokenizer_path(entry)
 
     def export(m, directory):
-        from pathlib import Path
+        from wmtp_jax.models.io import tokenizer_dir_files
 
-        files = sorted(p for p in Path(tok_dir).iterdir() if p.is_file()) if Path(tok_dir).is_dir() else []
         return export_model(directory, m, kind="critic", args=args, value_head=head, lora=lora,
-                            tokenizer=files, source={"pipeline": "critic", "base": entry.path})
+                            tokenizer=tokenizer_dir_files(tok_dir),
+                            source={"pipeline": "critic", "base": entry.path})
 
     groups = param_groups(config)
     return TrainTask(

@@ -43,9 +43,10 @@ def make_task(config, mesh):
     tok_dir = Path(common.tokenizer_path(entry))
 
     def export(m, directory):
-        files = sorted(p for p in tok_dir.iterdir() if p.is_file()) if tok_dir.is_dir() else []
+        from wmtp_jax.models.io import tokenizer_dir_files
+
         return export_model(directory, m, kind="llama", args=m.args, lora=lora,
-                            lm_head=True, tokenizer=files,
+                            lm_head=True, tokenizer=tokenizer_dir_files(tok_dir),
                             source={"pipeline": "ref_tuning", "base": entry.path})
 
     return TrainTask(

@@ -12,17 +12,23 @@ Layout under `output_dir`::
 
 Periodic and final checkpoints share `checkpoints/` (retention `checkpoint.keep`, newest kept).
 Writes are atomic (orbax writes a temporary directory and renames it on commit); uncommitted
-temporaries from a killed run are removed on start. Restores go into an abstract target placed
-on the CURRENT mesh (ShapeDtypeStruct + NamedSharding), so a checkpoint restores on any mesh.
+temporaries from a killed run are removed on start. `restore` verifies what it reads and falls
+back to the newest good checkpoint, moving a bad one to `corrupt_checkpoints/` with a warning;
+a checkpoint that does not fit the model (shapes, `meta["model"]`) is an error, not a fallback.
+Restores go into an abstract target placed on the CURRENT mesh (ShapeDtypeStruct +
+NamedSharding), so a checkpoint restores on any mesh.
 Typed PRNG keys are stored as their raw key data.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -92,16 +98,63 @@ class Checkpointer:
     def latest_step(self, best: bool = False) -> int | None:
         return self._mgr(best).latest_step()
 
-    def restore(self, template, step: int | None = None, *, best: bool = False):
-        """(state, meta) of `step` (default latest), placed like the live `template`."""
+    def restore(self, template, step: int | None = None, *, best: bool = False,
+                expect: dict | None = None):
+        """(state, meta) of `step`, or of the newest good checkpoint; placed like `template`.
+
+        Without `step`, checkpoints are tried newest first. One that cannot be read or fails
+        verification (meta step = its directory's step, every float leaf finite) is moved
+        to `<output_dir>/corrupt_checkpoints/` with a warning naming it, and the previous one is
+        tried. A checkpoint that does not fit (`expect` keys of meta["model"] differ, or a
+        template leaf is missing or shaped otherwise) raises IncompatibleCheckpoint: that is a
+        config or model change, not a bad file, and falling back would not help.
+        """
         mgr = self._mgr(best)
-        step = mgr.latest_step() if step is None else step
-        if step is None:
+        steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
+        if not steps or steps[0] is None:
             raise FileNotFoundError(f"no checkpoint under {mgr.directory}")
-        out = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_target(template)),
-            meta=ocp.args.JsonRestore()))
-        return from_storable(out.state, template), dict(out.meta)
+        bad = []
+        for s in steps:
+            path = mgr.directory / str(s)
+            try:
+                meta = dict(mgr.restore(s, args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore())).meta)
+                _check_compatible(path, meta, template, expect)
+                out = mgr.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_target(template)),
+                    meta=ocp.args.JsonRestore()))
+                state = from_storable(out.state, template)
+                _verify(path, s, state, meta)
+            except IncompatibleCheckpoint:
+                raise
+            except Exception as e:  # noqa: BLE001 -- any read/verify failure: try the previous one
+                if step is not None:
+                    raise CorruptCheckpoint(f"checkpoint {path} is unreadable: "
+                                            f"{_one_line(e)}") from e
+                moved = self._quarantine(mgr, s)
+                bad.append(str(path))
+                logging.warning("checkpoint %s is unreadable (%s); moved to %s; falling back to "
+                                "the previous checkpoint", path, _one_line(e), moved)
+                continue
+            if bad:
+                logging.warning("restored checkpoint %s after skipping bad checkpoint(s) %s",
+                                path, ", ".join(bad))
+            return state, meta
+        raise CorruptCheckpoint(f"no readable checkpoint under {mgr.directory}: every one failed "
+                                f"({', '.join(bad)}; moved to {self.root / QUARANTINE})")
+
+    def _quarantine(self, mgr: ocp.CheckpointManager, step: int) -> Path:
+        """Move a bad step directory out of the manager's sight (a new save may reuse the step)."""
+        dst = self.root / QUARANTINE / f"{mgr.directory.name}-{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(mgr.directory / str(step), dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"wmtp_quarantine_{step}")
+        mgr.reload()
+        return dst
 
     def read_config(self, step: int | None = None, *, best: bool = False) -> dict:
         mgr = self._mgr(best)
@@ -118,6 +171,77 @@ class Checkpointer:
     def close(self):
         self.periodic.close()
         self.best.close()
+
+
+QUARANTINE = "corrupt_checkpoints"
+
+
+class CorruptCheckpoint(RuntimeError):
+    """No readable checkpoint (or an explicitly requested one is unreadable)."""
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The checkpoint is readable but does not fit the model/config being trained."""
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def _check_compatible(path: Path, meta: dict, template, expect: dict | None):
+    """IncompatibleCheckpoint naming what differs: `expect` vs meta["model"], then leaf shapes."""
+    saved = meta.get("model") or {}
+    diff = [f"{k}={saved[k]!r} in the checkpoint, {v!r} now" for k, v in (expect or {}).items()
+            if k in saved and saved[k] != v]
+    if diff:
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} was trained with another model: {'; '.join(diff)}; resume with "
+            f"the same model, or train into a new output_dir")
+    item = ocp.StandardCheckpointer().metadata(path / "state").item_metadata
+    if item is None:  # a corrupt file, not a mismatch: the caller falls back
+        raise ValueError(f"{path / 'state'}: array metadata unreadable")
+    tree = item.tree
+    have = {_leaf_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    bad = []
+    for k, v in jax.tree_util.tree_leaves_with_path(abstract_target(template)):
+        name = _leaf_name(k)
+        if name not in have:
+            bad.append(f"{name} is missing")
+        elif have[name] != tuple(v.shape):
+            bad.append(f"{name} has shape {have[name]} in the checkpoint, {tuple(v.shape)} now")
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} does not fit the model being trained: {'; '.join(bad[:3])}{more}; "
+            f"resume with the same model and config, or train into a new output_dir")
+
+
+def _leaf_name(path) -> str:
+    """"params/heads/0/kernel": dict keys, indices and attributes; the trailing "value" of an NNX
+    Variable (an attribute live, a dict key once stored) dropped."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        else:
+            parts.append(str(getattr(k, "key", k)))
+    if parts and parts[-1] == "value":
+        parts.pop()
+    return "/".join(parts)
+
+
+def _verify(path: Path, step: int, state, meta: dict):
+    """Meta names the directory's step; no NaN/inf in the state (the NaN guard never saves one)."""
+    if meta.get("step") != step:
+        raise ValueError(f"meta step {meta.get('step')!r} != directory step {step}")
+    floats = [x for x in jax.tree.leaves(state)
+              if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, np.floating)]
+    finite = jax.device_get([jnp.isfinite(x).all() for x in floats])
+    if not all(bool(f) for f in finite):
+        raise ValueError("non-finite values in the restored state")
 
 
 def _jsonable(x):

@@ -5,8 +5,10 @@ and gets back a `TrainResult`. The loop does: mesh + sharding per `runtime.shard
 donated train step with gradient accumulation (see `step.py`), metrics fetched only every
 `training.log_interval` steps, validation every `training.eval_every_steps`, orbax checkpoints
 (periodic / best / final), exact resume (params, optimizer, step, loader position, extra state,
-RNG), a NaN/inf guard that never saves a bad state, SIGTERM → checkpoint at the next step
-boundary, a tqdm bar with tokens/s, MLflow + metrics.jsonl.
+RNG; a bad newest checkpoint falls back to the previous good one), a NaN/inf guard that never
+saves a bad state, SIGTERM → checkpoint at the next step boundary, a tqdm bar with tokens/s,
+MLflow + metrics.jsonl (MLflow outages never stop training, see tracking.py), and an exclusive
+lock on output_dir (a second run on it refuses at once).
 
 Metric names: a loss_fn metric without "/" is logged as "train/<name>", eval metrics as
 "val/<name>"; names with "/" are kept (e.g. "td/mean"). Always logged: train/loss,
@@ -33,6 +35,7 @@ from jax.experimental import multihost_utils
 
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.checkpoint import Checkpointer, decode_bytes
+from wmtp_jax.train.lock import hold_output_dir
 from wmtp_jax.train.progress import Progress
 from wmtp_jax.train.step import build
 from wmtp_jax.train.tracking import Tracker, config_dict
@@ -145,8 +148,30 @@ class _Stop:
             signal.signal(signal.SIGTERM, self._old)
 
 
+# ModelArgs fields that do not change what a checkpoint holds (runtime settings)
+_RUNTIME_ARGS = ("dtype", "param_dtype", "remat", "max_seq_len")
+
+
+def model_signature(model) -> dict:
+    """The model's shape-defining args (`model.args.to_dict()` less runtime keys), or {}.
+
+    Stored in each checkpoint's meta["model"]; a resume with other values (e.g. n_future_tokens)
+    is refused naming them."""
+    args = getattr(model, "args", None)
+    if not hasattr(args, "to_dict"):
+        return {}
+    return {k: v for k, v in args.to_dict().items() if k not in _RUNTIME_ARGS}
+
+
 def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
-    """Train `task` under `config`. `stop_at_step`: checkpoint and stop after that step (as SIGTERM)."""
+    """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
+
+    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run."""
+    with hold_output_dir(config.output_dir):
+        return _fit(config, task, mesh=mesh, stop_at_step=stop_at_step)
+
+
+def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
     t = config.training
     mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config)
     ga = int(t.gradient_accumulation_steps)
@@ -163,14 +188,15 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
     if latest is not None and not config.resume:
         raise ValueError(f"output_dir={str(out)!r} already holds checkpoints (latest step {latest}) "
                          "and resume=False: choose a new output_dir or set --config.resume=True")
+    signature = model_signature(task.model)
     if latest is not None:
-        state, meta = ck.restore(state)
+        state, meta = ck.restore(state, expect=signature)
         if meta.get("data_iter") is not None:
             task.train_iter.set_state(decode_bytes(meta["data_iter"]))
-        logging.info("resumed from %s (step %d)", ck.path(latest), latest)
+        logging.info("resumed from %s (step %d)", ck.path(meta["step"]), meta["step"])
     start = int(jax.device_get(state["step"]))
     cfg = config_dict(config)
-    tracker = Tracker(config, out, resume=latest is not None)
+    tracker = Tracker(config, out, resume=latest is not None, start_step=start)
     count_tokens = task.count_tokens or _default_tokens
     sign = 1.0 if task.best_mode == "max" else -1.0
     if task.best_mode not in ("min", "max"):
@@ -183,7 +209,8 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
     def save(step: int, status: str, best: bool = False):
         tree = dict(state, frozen_params=c.fixed) if not config.checkpoint.save_lora_only and \
             jax.tree.leaves(c.fixed) else state
-        m = {"data_iter": iter_state(), "best": meta.get("best"), "status": status}
+        m = {"data_iter": iter_state(), "best": meta.get("best"), "status": status,
+             "model": signature}
         return ck.save(step, tree, m, cfg, best=best)
 
     pending: list[tuple[int, dict]] = []  # device metrics not yet fetched
