@@ -153,3 +153,18 @@ class Tracker:
         self._metrics_file.close()
         if self.client is not None:
             self.client.set_terminated(self.run_id, status)
+
+
+def log_to_run(tracking_uri: str, run_id: str | None, metrics: Mapping[str, float], step: int = 0,
+               tags: Mapping[str, str] | None = None):
+    """Log metrics (and tags) into an existing MLflow run, e.g. one that has ended (process 0;
+    nothing without a run id)."""
+    if not run_id or jax.process_index() != 0:
+        return
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    ts = int(time.time() * 1000)
+    MlflowClient(tracking_uri).log_batch(
+        run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
