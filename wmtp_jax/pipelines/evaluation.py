@@ -222,6 +222,16 @@ def _write_jsonl(path: Path, rows):
             f.write(json.dumps(r) + "\n")
 
 
+SETTINGS = ("benchmark", "split", "limit", "validation_split", "validation_limit", "temperature",
+            "n_samples", "k", "top_p", "top_k", "max_new_tokens", "speculative", "dtype",
+            "max_tests", "sample_seed")
+
+
+def settings(config) -> dict:
+    """What decides an evaluation's numbers besides the model (JSON-normalised)."""
+    return json.loads(json.dumps({k: config[k] for k in SETTINGS}))
+
+
 def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
     from wmtp_jax.data import load_tokenizer
@@ -260,7 +270,7 @@ def run(config) -> dict:
     problems = load(config.split, int(config.limit))
     samples, results, summary = _generate_and_score(config, sampler, tokenizer, problems, best,
                                                     config.split)
-    summary.update(checkpoint=info, temperature_sweep=sweep or None,
+    summary.update(checkpoint=info, settings=settings(config), temperature_sweep=sweep or None,
                    speculative=bool(config.speculative), n_samples_per_problem=len(samples) // max(
                        1, len(problems)), seconds=time.time() - t0)
 
@@ -309,11 +319,13 @@ def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
 
 def cached_run(config) -> dict:
     """`run(config)`, or the `summary.json` already in its output_dir when that is newer than the
-    evaluated model dir (a finished evaluation of the same model is not repeated)."""
+    evaluated model dir and has the same settings (a finished evaluation is not repeated)."""
     out = Path(config.output_dir) / "summary.json"
     model = Path(config.checkpoint) / io.CONFIG_FILE
     if out.exists() and model.exists() and out.stat().st_mtime >= model.stat().st_mtime:
-        return json.loads(out.read_text())
+        prior = json.loads(out.read_text())
+        if prior.get("settings") == settings(config):
+            return prior
     return run(config)
 
 
