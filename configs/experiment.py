@@ -1,9 +1,9 @@
 """The WMTP study: arms × seeds, trained alike and evaluated on held-out problems.
 
-    python -m wmtp_jax.main --config=configs/experiment.py                 # micro: 3 arms × 3 seeds
-    python -m wmtp_jax.main --config=configs/experiment.py:smoke           # 2 arms, 1 seed, tiny
+    python -m wmtp_jax.main --config=configs/experiment.py               # micro: 3 arms × 3 seeds
+    python -m wmtp_jax.main --config=configs/experiment.py:smoke         # 2 arms, 1 seed, tiny
     python -m wmtp_jax.main --config=configs/experiment.py --config.arms=rho1 --config.seeds=2 \
-        --config.output_dir=storage/experiments/mystudy                    # one cell of a grid
+        --config.output_dir=storage/experiments/mystudy                  # one cell of a grid
 
 Per seed: the prerequisites once (critic; the rho1 reference when rho1 is an arm), the critic
 credit, then every arm from the same initial policy, data order, steps and evaluation settings
@@ -60,7 +60,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
                                              "reference": _train_entry("ref_tuning")})
         e = c.eval = ml_collections.ConfigDict()
         e.limit = 0  # test problems (0 = all)
-        e.validation_limit = 0  # validation problems for the temperature choice (0 = all)
+        # validation problems for the temperature choice (0 = all; the sweep decodes
+        # len(temperatures) × validation_limit × n_samples sequences per cell)
+        e.validation_limit = 20
         e.temperatures = (0.2, 0.6, 1.0)  # sampled decoding: the best on validation is used
         e.n_samples = 10
         e.k = (1, 5)

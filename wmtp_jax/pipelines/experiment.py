@@ -31,9 +31,9 @@ class StudyResult:
         lines = [f"study: {self.output_dir} ({self.n_done}/{self.n_cells} cells, this job "
                  f"{self.seconds:.0f} s)"]
         if self.results is not None:
+            files = (report.RESULTS_JSON, report.RESULTS_MD, report.RESULTS_PNG)
             lines += [report.markdown(self.results).rstrip(),
-                      f"results: {self.output_dir / report.RESULTS_JSON}, "
-                      f"{self.output_dir / report.RESULTS_MD}, {self.output_dir / report.RESULTS_PNG}"]
+                      "results: " + ", ".join(str(self.output_dir / f) for f in files)]
         else:
             lines.append(f"the table is written when every cell exists (or now: python -m "
                          f"wmtp_jax.study.aggregate {self.output_dir})")

@@ -274,6 +274,8 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
         ax.bar(xs, mean, width, label="greedy pass@1" if m == "pass@1" else m.replace("_", " "))
         ax.errorbar(xs, mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean], fmt="none", ecolor="k",
                     capsize=3)
+    top = max([res["arms"][a][m]["ci95"][1] for a in arms for m in metrics], default=0.0)
+    ax.set_ylim(0, min(1.0, max(0.05, 1.15 * top)))
     ax.set_xticks(np.arange(len(arms)), arms)
     ax.set_ylabel("test pass@k (95% CI)")
     ax.set_title("held-out test problems")
