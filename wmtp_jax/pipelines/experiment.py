@@ -65,11 +65,10 @@ def run(config) -> StudyResult:
         cells.run_credit(config, seed, prereq["critic"]["model_dir"])
         for arm in arms:
             cells.run_cell(config, arm, seed, prereq, parent)
-    res = report.aggregate(out, write=False)
+    res = report.aggregate(out, write=None)  # the table once every cell of the grid exists
     n_cells = len(res["grid"]["arms"]) * len(res["grid"]["seeds"])
     n_done = n_cells - len(res["missing"])
     if res["complete"]:
-        res = report.aggregate(out)
         flat = {f"{a}/{m.replace('@', '_at_')}": r[m]["mean"] for a, r in res["arms"].items()
                 for m in r if m.startswith(("pass@", "sampled_pass@"))}
         if res.get("critic_credit"):

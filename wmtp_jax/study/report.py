@@ -132,9 +132,10 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
                       for k, v in per.items()}}
 
 
-def aggregate(out, *, write: bool = True) -> dict:
-    """The results dict of everything finished under `out` (written as results.{json,md,png}
-    when `write`); `complete` says whether every cell of the grid in study.json exists."""
+def aggregate(out, *, write: bool | None = True) -> dict:
+    """The results dict of everything finished under `out`, written as results.{json,md,png}
+    when `write` (None: when complete); `complete` says whether every cell of the grid in
+    study.json exists."""
     out = Path(out)
     study = json.loads((out / cells.STUDY_FILE).read_text())
     cfg = study["config"]
@@ -159,7 +160,7 @@ def aggregate(out, *, write: bool = True) -> dict:
     res["config"] = cfg
     res["timings"] = timings(out, cellmap)
     res = _nan_to_none(res)
-    if write:
+    if write or (write is None and res["complete"]):
         cells.write_json(out / RESULTS_JSON, res)
         (out / RESULTS_MD).write_text(markdown(res))
         plot(res, cellmap, out / RESULTS_PNG)
