@@ -85,8 +85,8 @@ def summarize(score, weight, inside) -> dict:
 # ---- held-out solutions ----------------------------------------------------------------------
 
 def held_out(dataset_dir, split: str = "test", max_solutions: int = 0):
-    """(incorrect, pairs_by_problem): incorrect = [{"record", "span", "problem"}] of `split`;
-    correct records by problem for the pairwise accuracy."""
+    """(incorrect, correct): incorrect = [{"record", "span", "problem"}] of `split` (the first
+    `max_solutions`, 0 = all); correct = {problem: correct records} for the pairwise accuracy."""
     from wmtp_jax.data.records import JsonlRecords
     from wmtp_jax.data.sources import load_problem_index_map, resolve_split
     from wmtp_jax.data.spans import mutated_span
