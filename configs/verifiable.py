@@ -39,6 +39,10 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.td_ema_warmup_steps = 10
         if micro:
             t.td_ema_warmup_steps = 5
+        # closing the loop: greedy pass@1 of the initial and the trained policy at the end
+        c.final_eval = ml_collections.ConfigDict({
+            "enabled": micro, "benchmark": "synthetic", "split": "test", "limit": 0,
+            "max_new_tokens": 96})
     return finalize(c)
 
 

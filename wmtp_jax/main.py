@@ -40,6 +40,8 @@ def load_pipeline(name: str):
 
 def summary(result) -> str:
     """Where the outputs are (printed at the end of a run)."""
+    if callable(getattr(result, "describe", None)):
+        return result.describe()
     if result is None or not hasattr(result, "output_dir"):
         return f"result: {result}"
     lines = [f"status: {result.status} at step {result.step}",
@@ -55,6 +57,11 @@ def summary(result) -> str:
     keys = [k for k in ("train/loss", "val/loss") if k in result.metrics]
     if keys:
         lines.append("final: " + ", ".join(f"{k}={result.metrics[k]:.4f}" for k in keys))
+    ev = getattr(result, "evaluation", None)
+    if ev:
+        lines.append(f"pass@1 (greedy, {ev['benchmark']} {ev['split']}, {ev['n_problems']} "
+                     f"problems): initial policy {ev['initial_pass@1']:.3f} -> trained "
+                     f"{ev['pass@1']:.3f}")
     return "\n".join(lines)
 
 

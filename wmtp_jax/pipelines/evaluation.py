@@ -223,6 +223,16 @@ def _write_jsonl(path: Path, rows):
             f.write(json.dumps(r) + "\n")
 
 
+SETTINGS = ("benchmark", "split", "limit", "validation_split", "validation_limit", "temperature",
+            "n_samples", "k", "top_p", "top_k", "max_new_tokens", "speculative", "dtype",
+            "max_tests", "sample_seed")
+
+
+def settings(config) -> dict:
+    """What decides an evaluation's numbers besides the model (JSON-normalised)."""
+    return json.loads(json.dumps({k: config[k] for k in SETTINGS}))
+
+
 def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
     from wmtp_jax.data import load_tokenizer
@@ -266,7 +276,7 @@ def run(config) -> dict:
     problems = load(config.split, int(config.limit))
     samples, results, summary = _generate_and_score(config, sampler, tokenizer, problems, best,
                                                     config.split)
-    summary.update(checkpoint=info, temperature_sweep=sweep or None,
+    summary.update(checkpoint=info, settings=settings(config), temperature_sweep=sweep or None,
                    speculative=bool(config.speculative), n_samples_per_problem=len(samples) // max(
                        1, len(problems)), seconds=time.time() - t0)
 
@@ -293,3 +303,62 @@ def run(config) -> dict:
     print(json.dumps({k: summary[k] for k in summary if k not in ("checkpoint",)}, default=str),
           flush=True)
     return summary
+
+
+# ---- evaluation as a step of another run ------------------------------------------------------
+
+def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
+    """The micro evaluation config for `checkpoint` → `output_dir`, with `overrides` (config keys,
+    e.g. temperature, limit) and MLflow off: the caller logs the numbers into its own run."""
+    from configs import evaluation as evaluation_config
+
+    c = evaluation_config.get_config("micro")
+    c.checkpoint, c.output_dir, c.data_dir = str(checkpoint), str(output_dir), str(data_dir)
+    c.mlflow.experiment = ""
+    for k, v in overrides.items():
+        if k not in c:
+            raise ValueError(f"eval_config: unknown evaluation key {k!r}")
+        c[k] = tuple(v) if isinstance(v, list) else v
+    evaluation_config.validate(c)
+    return c
+
+
+def cached_run(config) -> dict:
+    """`run(config)`, or the `summary.json` already in its output_dir when that is newer than the
+    evaluated model dir and has the same settings (a finished evaluation is not repeated)."""
+    out = Path(config.output_dir) / "summary.json"
+    model = Path(config.checkpoint) / io.CONFIG_FILE
+    if out.exists() and model.exists() and out.stat().st_mtime >= model.stat().st_mtime:
+        prior = json.loads(out.read_text())
+        if prior.get("settings") == settings(config):
+            return prior
+    return run(config)
+
+
+def closing_eval(config, result):
+    """End of a training run (`final_eval.enabled`): greedy pass@1 of the initial policy
+    (`models.policy.path`) and of the trained one (`<output_dir>/final_model`) on
+    `final_eval.{benchmark,split}`; stored in `result.evaluation` and the run's MLflow metrics."""
+    fe = config.get("final_eval")
+    if not fe or not fe.enabled or result.status not in ("completed", "data_exhausted"):
+        return result
+    from wmtp_jax.train.tracking import log_to_run
+
+    data_dir = str(Path(config.dataset.path).parent)
+    keys = dict(benchmark=fe.benchmark, split=fe.split, limit=int(fe.limit), temperature=0.0,
+                max_new_tokens=int(fe.max_new_tokens))
+    base = result.output_dir / "eval"
+    got = {}
+    for name, model_dir in (("initial", config.models.policy.path),
+                            ("trained", result.output_dir / "final_model")):
+        s = cached_run(eval_config(model_dir, base / f"{name}-{fe.benchmark}-{fe.split}",
+                                   data_dir=data_dir, **keys))
+        got[name] = s
+    result.evaluation = {"benchmark": fe.benchmark, "split": fe.split,
+                         "n_problems": got["trained"]["n_problems"],
+                         "initial_pass@1": got["initial"]["pass@1"],
+                         "pass@1": got["trained"]["pass@1"]}
+    log_to_run(result.mlflow_tracking_uri, result.mlflow_run_id,
+               {"eval/greedy_pass_at_1": result.evaluation["pass@1"],
+                "eval/greedy_pass_at_1_initial": result.evaluation["initial_pass@1"]})
+    return result

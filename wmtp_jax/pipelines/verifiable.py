@@ -194,7 +194,8 @@ def make_task(config, mesh):
 
 
 def run(config):
+    from wmtp_jax.pipelines.evaluation import closing_eval
     from wmtp_jax.train.loop import fit
 
     mesh = common.setup(config)
-    return fit(config, make_task(config, mesh), mesh=mesh)
+    return closing_eval(config, fit(config, make_task(config, mesh), mesh=mesh))

@@ -98,6 +98,7 @@ class TrainResult:
     mlflow_run_id: str | None
     mlflow_tracking_uri: str
     extra: Any = None
+    evaluation: dict | None = None  # set by a pipeline that evaluates its result (closing_eval)
 
 
 def total_steps(config, task: TrainTask) -> int:

@@ -330,3 +330,22 @@ class Tracker:
                         "dropped; every row is in %s", self.sync_timeout, len(rows),
                         self.output_dir / PENDING_FILE, len(left) - len(rows),
                         self.output_dir / METRICS_FILE)
+
+
+def log_to_run(tracking_uri: str, run_id: str | None, metrics: Mapping[str, float], step: int = 0,
+               tags: Mapping[str, str] | None = None):
+    """Log metrics (and tags) into an existing MLflow run, e.g. one that has ended (process 0;
+    nothing without a run id)."""
+    if not run_id or jax.process_index() != 0:
+        return
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    ts = int(time.time() * 1000)
+    try:  # a tracker outage must not fail the run whose results are already on disk
+        MlflowClient(tracking_uri).log_batch(
+            run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    except Exception as e:  # noqa: BLE001 - any MLflow/SQLite failure
+        logging.warning("MLflow: could not log %s to run %s (%s: %s); the values are in the "
+                        "run's output_dir", sorted(metrics), run_id, type(e).__name__, e)

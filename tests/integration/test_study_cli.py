@@ -1,0 +1,136 @@
+"""The study end to end (`configs/experiment.py:smoke` on a tiny storage/): results.json's
+structure, re-scoring every cell's samples.jsonl gives its reported pass@1, MLflow nesting, a
+re-run reuses every finished cell, the aggregate command, bad values; and the main job's closing
+evaluation (verifiable prints initial vs trained greedy pass@1)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.study_storage import make_tiny_storage
+from tests.integration.test_pipelines import ROOT, env, ok, run_cli
+
+OUT = "storage/experiments/experiment-smoke"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    w = make_tiny_storage(tmp_path_factory.mktemp("study"))
+    p = ok(run_cli(w, "experiment.py:smoke", timeout=900))
+    return w, p
+
+
+def test_results_structure_and_progress(study):
+    w, p = study
+    lines = [x for x in p.stdout.splitlines() if x.startswith("[study]")]
+    assert any(x.startswith("[study] baseline seed 0: pass@1") and x.endswith(" s")
+               for x in lines), lines
+    assert any(x.startswith("[study] verifiable seed 0: pass@1") for x in lines), lines
+    out = w / OUT
+    res = json.loads((out / "results.json").read_text())
+    assert res["complete"] and res["grid"] == {"arms": ["baseline", "verifiable"], "seeds": [0]}
+    for arm in ("baseline", "verifiable"):
+        r = res["arms"][arm]
+        for m in ("pass@1", "sampled_pass@1", "sampled_pass@5"):
+            lo, hi = r[m]["ci95"]
+            assert 0 <= lo <= r[m]["mean"] <= hi <= 1, (arm, m, r[m])
+        cell = r["seeds"]["0"]
+        assert set(cell) >= {"pass@1", "samples", "sampled_pass@1", "sampled_pass@5",
+                             "temperature"}
+        assert cell["temperature"] in (0.5, 1.0)  # from the validation sweep
+        assert r["n_problems"] == 3  # eval.limit
+        t = res["timings"]["cells"][arm]["0"]
+        assert t["total_s"] >= t["train_s"] > 0 and t["eval_s"] > 0
+    paired = res["paired"]["verifiable-baseline"]
+    assert set(paired) >= {"delta", "ci95"} and paired["ci95"][0] <= paired["delta"] <= \
+        paired["ci95"][1]
+    cc = res["critic_credit"]
+    assert cc["n_solutions"] == 8  # credit.max_solutions
+    assert 0 <= cc["ci95"][0] <= cc["auroc"] <= cc["ci95"][1] <= 1
+    assert cc["n_pairs"] > 0 and 0 <= cc["pairwise_accuracy"] <= 1
+    assert 0.1 <= cc["mean_weight_inside"] <= 3.0 and 0.1 <= cc["mean_weight_outside"] <= 3.0
+    assert cc["n_tokens_inside"] > 0 and cc["n_tokens_outside"] > 0
+    assert res["config"]["pipeline"] == "experiment" and "initial_policy" in res
+    assert "| baseline | 1 | 3 |" in (out / "results.md").read_text()
+    assert (out / "results.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("arm", ["baseline", "verifiable"])
+def test_rescoring_samples_gives_the_reported_pass_at_1(study, arm):
+    w, _ = study
+    cell = json.loads((w / OUT / "results.json").read_text())["arms"][arm]["seeds"]["0"]
+    for key, metric in (("samples", "pass@1"), ("sampled_samples", "sampled_pass@1")):
+        rows = [json.loads(x) for x in (w / cell[key]).read_text().splitlines()]
+        assert rows and all(set(r) == {"task_id", "completion"} for r in rows)
+        p = ok(subprocess.run([sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark",
+                               "synthetic", "--samples", cell[key], "--k", "1",
+                               "--data-dir", "storage/datasets", "--no-progress",
+                               "--out", str(w / f"rescored_{arm}_{key}.jsonl")],
+                              cwd=w, env=env(), capture_output=True, text=True, timeout=300))
+        assert json.loads(p.stdout)["pass@1"] == pytest.approx(cell[metric], abs=1e-12)
+
+
+def test_mlflow_parent_with_nested_cells(study):
+    from mlflow.tracking import MlflowClient
+
+    w, _ = study
+    parent = json.loads((w / OUT / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(f"sqlite:///{w}/storage/mlflow/mlflow.db")
+    exp = client.get_run(parent).info.experiment_id
+    kids = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    names = {r.info.run_name for r in kids}
+    assert {"experiment-smoke/baseline-seed0", "experiment-smoke/verifiable-seed0",
+            "experiment-smoke/critic-seed0"} <= names, names
+    cell = next(r for r in kids if r.info.run_name.endswith("baseline-seed0"))
+    assert "test/pass_at_1" in cell.data.metrics and "test/sampled_pass_at_5" in cell.data.metrics
+    assert "baseline/pass_at_1" in client.get_run(parent).data.metrics
+
+
+def test_rerun_reuses_finished_cells_and_aggregate(study):
+    w, _ = study
+    out = w / OUT
+    before = json.loads((out / "results.json").read_text())
+    p = ok(run_cli(w, "experiment.py:smoke", timeout=600))
+    assert "baseline seed 0: done before, reused" in p.stdout
+    assert "verifiable seed 0: done before, reused" in p.stdout
+    assert "critic trained" not in p.stdout and "fit:" not in p.stderr  # nothing trained again
+    after = json.loads((out / "results.json").read_text())
+    before.pop("timings"), after.pop("timings")
+    assert before == after
+    p = ok(subprocess.run([sys.executable, "-m", "wmtp_jax.study.aggregate", OUT], cwd=w,
+                          env=env(), capture_output=True, text=True, timeout=300))
+    assert "| verifiable | 1 | 3 |" in p.stdout
+    bad = subprocess.run([sys.executable, "-m", "wmtp_jax.study.aggregate", "storage"], cwd=w,
+                         env=env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "study.json" in bad.stderr
+
+
+def test_bad_arm_exits_2_naming_the_key(tmp_path):
+    p = run_cli(tmp_path, "experiment.py:smoke", "--config.arms=baseline,nope", timeout=120)
+    assert p.returncode == 2 and "arms" in p.stderr and "nope" in p.stderr
+
+
+def test_main_job_ends_with_greedy_pass_at_1(study):
+    """The verifiable pipeline (README command 1) closes the loop: greedy pass@1 of the initial
+    and the trained policy on the test split, in the final summary and in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    w, _ = study
+    critic = w / OUT / "seed_0/critic/final_model"
+    p = ok(run_cli(w, "verifiable.py", "--config.training.max_steps=2",
+                   "--config.training.batch_size=2", "--config.training.eval_every_steps=0",
+                   "--config.data_sampling.n_samples=12", "--config.data_sampling.val_n_samples=2",
+                   f"--config.models.value_model.checkpoint_path={critic}",
+                   "--config.final_eval.limit=3", "--config.final_eval.max_new_tokens=16"))
+    line = next(x for x in p.stdout.splitlines() if x.startswith("pass@1 (greedy"))
+    assert line.startswith("pass@1 (greedy, synthetic test, 3 problems): initial policy "), line
+    out = w / "storage/checkpoints/verifiable/verifiable-micro"
+    for name in ("initial", "trained"):
+        s = json.loads((out / f"eval/{name}-synthetic-test/summary.json").read_text())
+        assert s["temperature"] == 0.0 and s["n_problems"] == 3
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    m = MlflowClient(f"sqlite:///{w}/storage/mlflow/mlflow.db").get_run(run_id).data.metrics
+    assert {"eval/greedy_pass_at_1", "eval/greedy_pass_at_1_initial"} <= set(m)
