@@ -91,11 +91,21 @@ def main(argv):
         validate_config(config)
     except ValueError as e:
         _fail(str(e))
-    logging.set_verbosity(str(config.logging.level).lower())
+    level = str(config.logging.level)
+    logging.set_verbosity(level.lower())
 
+    from wmtp_jax import console
     from wmtp_jax.train.distributed import maybe_initialize
 
     maybe_initialize(config)
+    out = str(config.output_dir)
+    import jax
+
+    name = "run.log" if jax.process_index() == 0 else f"run.{jax.process_index()}.log"
+    log_file = console.route_logs(os.path.join(out, name) if out and out != "auto" else None, level)
+
+    if jax.process_index() == 0:
+        print(console.header(config, log_file), flush=True)
     enable_compilation_cache(config.runtime.get("compilation_cache", ""))
     pipeline = load_pipeline(config.pipeline)
     from configs.common import ConfigError
@@ -108,8 +118,6 @@ def main(argv):
     except (NonFiniteLossError, OutputDirBusy, IncompatibleCheckpoint, CorruptCheckpoint,
             ConfigError) as e:
         _fail(str(e))
-    import jax
-
     if jax.process_index() == 0:
         print(summary(result), flush=True)
 
