@@ -32,7 +32,7 @@ from wmtp_jax.data.tokenizer import TokenCounter
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_N_PROBLEMS = 400
+DEFAULT_N_PROBLEMS = 2500
 SPLIT_FRACTIONS = (("train", 0.8), ("valid", 0.1), ("test", 0.1))
 _WORKER = Path(__file__).with_name("verify_worker.py")
 
