@@ -38,8 +38,10 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             "lambda_schedule": {"type": "linear", "value": 0.995, "start": 1.0, "end": 0.95,
                                 "warmup_steps": 250, "decay_steps": 500}})
         if micro:
-            t.max_steps = 40
+            t.max_steps = 200
             t.batch_size = 8
+            t.eval_every_steps = 100
+            c.checkpoint.every_steps = 100
             t.lora.rank, t.lora.alpha, t.lora.dropout = 16, 32.0, 0.0
             t.lora.learning_rate, t.value_head.learning_rate = 3e-3, 3e-3
             t.value_head.dropout = 0.0

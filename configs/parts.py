@@ -55,8 +55,8 @@ def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, 
         "name": "synthetic" if micro else "codecontests", "path": root,
         "train": "train", "validation": "valid", "max_length": 128 if micro else 2048})
     c.data_sampling = ml_collections.ConfigDict({
-        "seed": seed, "n_samples": 700 if micro else 200000,
-        "val_n_samples": 64 if micro else 500, "use_pairwise": use_pairwise,
+        "seed": seed, "n_samples": 4000 if micro else 200000,
+        "val_n_samples": 128 if micro else 500, "use_pairwise": use_pairwise,
         "max_pairs_per_problem": 8 if micro else 60,
         # {bin: (lo, hi)} inclusive difficulty ranges and {bin: weight}
         "difficulty_bins": {"all": (0, 25)} if micro else {"all": (1, 25)},
@@ -75,16 +75,17 @@ def lora_entry(rank: int, alpha: float, dropout: float, targets) -> ml_collectio
 
 def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: int, ga_7b: int):
     """LoRA and step schedule shared by the MTP-policy pipelines (baseline, verifiable, rho1):
-    micro = full fine-tuning, 100 steps of 8 at LR 2e-3; 7b = LoRA r64/α128 on all seven
-    projections, LR 1e-4, LoRA-only checkpoints, the production global batch."""
+    micro = full fine-tuning, 600 steps of 16 at LR 3e-3 (docs/training.md, the micro setting);
+    7b = LoRA r64/α128 on all seven projections, LR 1e-4, LoRA-only checkpoints, the production
+    global batch."""
     micro = variant == "micro"
     t = c.training
     t.use_lora = not micro
     t.lora = (lora_entry(16, 32.0, 0.05, MTP_TARGETS) if micro
               else lora_entry(64, 128.0, 0.05, MTP_TARGETS))
     if micro:
-        t.max_steps, t.batch_size, t.eval_every_steps, t.learning_rate = 100, 8, 50, 2e-3
-        c.checkpoint.every_steps = 50
+        t.max_steps, t.batch_size, t.eval_every_steps, t.learning_rate = 600, 16, 200, 3e-3
+        c.checkpoint.every_steps = 200
     else:
         t.batch_size, t.gradient_accumulation_steps, t.learning_rate = batch_7b, ga_7b, 1e-4
         c.checkpoint.save_lora_only = True

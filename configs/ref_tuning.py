@@ -27,9 +27,11 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.use_lora = not micro
         t.lora = parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS)
         if micro:
-            t.max_steps = 40
-            t.batch_size = 8
-            t.learning_rate = 2e-3
+            t.max_steps = 300
+            t.batch_size = 16
+            t.learning_rate = 3e-3
+            t.eval_every_steps = 100
+            c.checkpoint.every_steps = 100
         else:
             t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 96, 1, 5e-5
     return finalize(c)

@@ -114,3 +114,75 @@ def test_ensure_is_idempotent_and_micro_tokenizer_loads(tmp_path):
     info = next(iter(meta["problem_index_map"].values()))
     line = info["correct_indices"][0]
     assert info["correct_token_lengths"][0] == len(tok(recs[line]["output"], add_special_tokens=False).input_ids)
+
+
+def _split_records(proc: Path) -> dict[str, list[dict]]:
+    return {s: [r for _, r in iter_jsonl(proc / f"{s}.jsonl")] for s in SPLITS}
+
+
+def test_held_out_on_template_and_parameters(tmp_path):
+    """No test problem's (template, params) is in train or valid, none of valid's is in train,
+    and the recorded params are the ones the instruction was written from."""
+    from wmtp_jax.data.synthetic_families import TEMPLATES
+
+    by_name = {t.name: t for t in TEMPLATES}
+    write_synthetic(tmp_path, seed=3, n_problems=300)
+    recs = _split_records(tmp_path / "processed")
+    keys = {}
+    for split, rs in recs.items():
+        per_problem = {}
+        for r in rs:
+            md = r["metadata"]
+            t = by_name[md["entry_point"]]
+            assert r["instruction"] == (f"Write a Python function `{t.name}({t.args})` that "
+                                        f"{t.doc.format(**md['params'])}.")
+            key = (md["entry_point"], json.dumps(md["params"], sort_keys=True))
+            per_problem.setdefault(r["task_id"].rsplit("_", 2)[0], set()).add(key)
+        assert all(len(k) == 1 for k in per_problem.values())
+        keys[split] = [k for ks in per_problem.values() for k in ks]
+        assert len(set(keys[split])) == len(keys[split]), f"{split}: a (template, params) twice"
+    train, valid, test = (set(keys[s]) for s in SPLITS)
+    assert not test & train and not test & valid and not valid & train
+    assert [len(keys[s]) for s in SPLITS] == [240, 30, 30]
+    # held out on parameters, not on templates: every test template is also trained on
+    assert {k[0] for k in test} <= {k[0] for k in train}
+
+
+def test_incorrect_records_carry_their_mutated_span():
+    from wmtp_jax.data.spans import nearest
+
+    n = 0
+    for split, rs in _split_records(synthetic_dir() / "processed").items():
+        correct = {}
+        for r in rs:
+            if r["is_correct"]:
+                correct.setdefault(r["task_id"].rsplit("_", 2)[0], []).append(r["output"])
+                assert "mutated_span" not in r["metadata"]
+        for r in rs:
+            if r["is_correct"]:
+                continue
+            out, (s, e) = r["output"], r["metadata"]["mutated_span"]
+            assert 0 <= s < e <= len(out), (r["task_id"], s, e)
+            corrects = correct[r["task_id"].rsplit("_", 2)[0]]
+            near = corrects[nearest(out, corrects)]
+            # outside the span the text is the nearest correct solution's prefix and suffix
+            assert near.startswith(out[:s]) and near.endswith(out[e:]), r["task_id"]
+            assert s + len(out) - e <= len(near)
+            n += 1
+    assert n > 100
+
+
+def test_mutated_span_of_hand_made_problem():
+    from wmtp_jax.data.synthetic import records_of
+    from wmtp_jax.data.synthetic_families import TEMPLATES
+
+    t = next(t for t in TEMPLATES if t.name == "add_const")
+    d = {"template": t, "params": {"k": 7}, "instruction": "i", "test_list": [],
+         "test_setup_code": "",
+         "correct": ["def add_const(x):\n    return x + 7", "def add_const(x):\n    return 7 + x"],
+         "incorrect": [("wrong_operator", "def add_const(x):\n    return x - 7"),
+                       ("off_by_one", "def add_const(x):\n    return x + 7 + 1")]}
+    recs = records_of(d, "p")
+    assert [r["metadata"].get("mutated_span") for r in recs] == [None, None, [31, 32], [34, 38]]
+    assert recs[2]["output"][31:32] == "-" and recs[3]["output"][34:38] == " + 1"
+    assert recs[0]["metadata"]["params"] == {"k": 7}

@@ -3,11 +3,15 @@
 `generate(seed, n_problems)` -> problems; `write_synthetic(out_dir, ...)` writes the prepared
 layout (processed/{train,valid,test}.jsonl + metadata + schema + {valid,test}_eval.jsonl).
 Records follow CodeContests: `task_id = f"{problem_id}_correct_{i}"` / `_incorrect_{i}`,
-`is_correct`, `metadata = {source: "synthetic", difficulty, family, entry_point, test_list,
-test_setup_code, has_tests: true}` (+ `mutation` on incorrect records). Every label is checked by
-running the tests in worker subprocesses (one fork per candidate, time limit); mutants that pass
-are dropped, and a problem is kept only with >= 1 correct and >= 1 incorrect solution.
-Same seed and size -> byte-identical files.
+`is_correct`, `metadata = {source: "synthetic", difficulty, family, entry_point (= the template
+name), params (the drawn parameters), test_list, test_setup_code, has_tests: true}`. Incorrect
+records add `mutation` and `mutated_span: [start, end]`: the half-open character range of
+`output` that differs from the nearest correct solution of the same problem
+(`wmtp_jax.data.spans.mutated_span`; ground truth for critic credit).
+Every label is checked by running the tests in worker subprocesses (one fork per candidate, time
+limit); mutants that pass are dropped, and a problem is kept only with >= 1 correct and >= 1
+incorrect solution. Problems are distinct (template, params) draws, so the splits are held out
+on parameters. Same seed and size -> byte-identical files.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from wmtp_jax.data.metadata import SplitWriter, write_schema
+from wmtp_jax.data.spans import mutated_span
 from wmtp_jax.data.synthetic_families import TEMPLATES, Template, function_code
 from wmtp_jax.data.tokenizer import TokenCounter
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_N_PROBLEMS = 400
+DEFAULT_N_PROBLEMS = 2500
 SPLIT_FRACTIONS = (("train", 0.8), ("valid", 0.1), ("test", 0.1))
 _WORKER = Path(__file__).with_name("verify_worker.py")
 
@@ -124,7 +129,8 @@ def generate(seed: int = 0, n_problems: int = DEFAULT_N_PROBLEMS) -> list[dict]:
 def _metadata(d: dict) -> dict:
     t = d["template"]
     return {"source": "synthetic", "difficulty": t.difficulty, "family": t.family,
-            "entry_point": t.name, "test_list": d["test_list"],
+            "entry_point": t.name, "params": dict(sorted(d["params"].items())),
+            "test_list": d["test_list"],
             "test_setup_code": d["test_setup_code"], "has_tests": True}
 
 
@@ -133,7 +139,8 @@ def records_of(d: dict, pid: str) -> list[dict]:
     recs = [{**base, "output": c, "task_id": f"{pid}_correct_{i}", "is_correct": True,
              "metadata": _metadata(d)} for i, c in enumerate(d["correct"])]
     recs += [{**base, "output": c, "task_id": f"{pid}_incorrect_{i}", "is_correct": False,
-              "metadata": {**_metadata(d), "mutation": kind}}
+              "metadata": {**_metadata(d), "mutation": kind,
+                           "mutated_span": list(mutated_span(c, d["correct"]))}}
              for i, (kind, c) in enumerate(d["incorrect"])]
     return recs
 

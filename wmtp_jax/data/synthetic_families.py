@@ -32,6 +32,9 @@ class Template:
 OBO, OP, BR, EDGE = "off_by_one", "wrong_operator", "wrong_branch", "missing_edge_case"
 
 
+_PRIMES = tuple(p for p in range(97, 400) if all(p % q for q in range(2, int(p ** 0.5) + 1)))
+
+
 def _ints(rng, n, lo=-20, hi=40):
     return [rng.randint(lo, hi) for _ in range(n)]
 
@@ -46,7 +49,7 @@ def _lists(rng, n, lo=-9, hi=20):
 
 TEMPLATES: tuple[Template, ...] = (
     # ---------------- arithmetic ----------------
-    Template("arithmetic", "add_const", "x", 1, lambda r: {"k": r.randint(2, 60)},
+    Template("arithmetic", "add_const", "x", 1, lambda r: {"k": r.randint(2, 99)},
              "returns x plus {k}",
              ("return x + {k}", "return {k} + x", "result = x\n    result += {k}\n    return result"),
              ((OP, "return x - {k}"), (OBO, "return x + {k} + 1"), (OP, "return x * {k}")),
@@ -58,19 +61,19 @@ TEMPLATES: tuple[Template, ...] = (
              ((OP, "return {a} * (x + {b})"), (OP, "return {a} * x - {b}"),
               (OBO, "return {a} * x + {b} + 1"), (OP, "return {a} + x + {b}")),
              lambda r, p: [(0,), (1,), (-2,)] + [(v,) for v in _ints(r, 2)]),
-    Template("arithmetic", "remainder", "x", 1, lambda r: {"k": r.randint(2, 40)},
+    Template("arithmetic", "remainder", "x", 1, lambda r: {"k": r.randint(2, 99)},
              "returns the remainder of the non-negative integer x divided by {k}",
              ("return x % {k}", "return x - (x // {k}) * {k}"),
              ((OP, "return x // {k}"), (OBO, "return x % {k1}"), (OBO, "return (x + 1) % {k}")),
              lambda r, p: [(0,), (p["k"],), (p["k"] + 1,), (3 * p["k"] - 1,), (r.randint(50, 500),)]),
-    Template("arithmetic", "sum_squares_plus", "a, b", 2, lambda r: {"k": r.randint(1, 40)},
+    Template("arithmetic", "sum_squares_plus", "a, b", 2, lambda r: {"k": r.randint(1, 99)},
              "returns a squared plus b squared plus {k}",
              ("return a * a + b * b + {k}", "return a ** 2 + b ** 2 + {k}",
               "total = {k}\n    for v in (a, b):\n        total += v * v\n    return total"),
              ((OP, "return a * a + b + {k}"), (OP, "return (a + b) ** 2 + {k}"),
               (OP, "return a * a - b * b + {k}"), (OBO, "return a * a + b * b + {k1}")),
              lambda r, p: [(0, 0), (1, 2), (3, -1)] + [tuple(_ints(r, 2, -9, 9))]),
-    Template("arithmetic", "scaled_difference", "a, b", 1, lambda r: {"k": r.randint(2, 30)},
+    Template("arithmetic", "scaled_difference", "a, b", 1, lambda r: {"k": r.randint(2, 60)},
              "returns {k} times the difference a minus b",
              ("return {k} * (a - b)", "return {k} * a - {k} * b", "d = a - b\n    return d * {k}"),
              ((OP, "return {k} * (b - a)"), (OP, "return {k} * a - b"),
@@ -87,7 +90,7 @@ TEMPLATES: tuple[Template, ...] = (
              lambda r, p: [("",), (p["c"] + "x" + p["c"],), ("zz",)]
              + [(_word(r, "xyz" + p["c"], 2, 8),) for _ in range(2)]),
     Template("strings", "join_repeat", "s", 2,
-             lambda r: {"k": r.randint(2, 6), "sep": r.choice("-_,;:|+.")},
+             lambda r: {"k": r.randint(2, 9), "sep": r.choice("-_,;:|+.")},
              "returns s repeated {k} times, joined with '{sep}'",
              ("return '{sep}'.join([s] * {k})",
               "parts = []\n    for _ in range({k}):\n        parts.append(s)\n    return '{sep}'.join(parts)"),
@@ -96,12 +99,13 @@ TEMPLATES: tuple[Template, ...] = (
              lambda r, p: [("ab",), ("x",), (_word(r, "abcde", 1, 4),)]),
     Template("strings", "wrap", "s", 1,
              lambda r: dict(zip("lr", r.choice(["()", "[]", "<>", "**", "__", "--", "##",
-                                                  "||", "::", "!?", "@@", "~~", "==", "^^"]))),
+                                                  "||", "::", "!?", "@@", "~~", "==", "^^",
+                                                  "$$", "%%", "&&", ";;", "++", "//"]))),
              "returns s with '{l}' added in front and '{r}' added at the end",
              ("return '{l}' + s + '{r}'", "return f'{l}{{s}}{r}'", "return ''.join(['{l}', s, '{r}'])"),
              ((BR, "return '{r}' + s + '{l}'"), (EDGE, "return '{l}' + s"), (EDGE, "return s + '{r}'")),
              lambda r, p: [("",), ("a",), (_word(r, "abcxyz", 2, 6),)]),
-    Template("strings", "last_chars", "s", 2, lambda r: {"k": r.randint(2, 8)},
+    Template("strings", "last_chars", "s", 2, lambda r: {"k": r.randint(2, 12)},
              "returns the last {k} characters of s (all of s when it is shorter)",
              ("return s[-{k}:]", "if len(s) <= {k}:\n        return s\n    return s[len(s) - {k}:]"),
              ((OBO, "return s[-{km1}:]"), (BR, "return s[:{k}]"),
@@ -117,14 +121,14 @@ TEMPLATES: tuple[Template, ...] = (
               (OP, "return s.replace('{a}', '')")),
              lambda r, p: [("",), (p["a"] * 2 + "x" + p["b"],), (_word(r, "xy" + p["a"], 3, 8),)]),
     # ---------------- lists ----------------
-    Template("lists", "sum_above", "xs", 2, lambda r: {"k": r.randint(-5, 10)},
+    Template("lists", "sum_above", "xs", 2, lambda r: {"k": r.randint(-9, 25)},
              "returns the sum of the elements of the list xs that are greater than {k}",
              ("return sum(x for x in xs if x > {k})",
               "total = 0\n    for x in xs:\n        if x > {k}:\n            total += x\n    return total"),
              ((OBO, "return sum(x for x in xs if x >= {k})"), (OP, "return sum(x for x in xs if x < {k})"),
               (EDGE, "return sum(xs)")),
              lambda r, p: [([],), ([p["k"], p["k"] + 1, p["k"] - 1],)] + [(xs,) for xs in _lists(r, 2)]),
-    Template("lists", "count_multiples", "xs", 2, lambda r: {"k": r.randint(2, 9)},
+    Template("lists", "count_multiples", "xs", 2, lambda r: {"k": r.randint(2, 19)},
              "returns how many elements of the list xs are divisible by {k}",
              ("return sum(1 for x in xs if x % {k} == 0)",
               "n = 0\n    for x in xs:\n        if x % {k} == 0:\n            n += 1\n    return n",
@@ -134,7 +138,7 @@ TEMPLATES: tuple[Template, ...] = (
               (EDGE, "return sum(1 for x in xs[1:] if x % {k} == 0)")),
              lambda r, p: [([],), ([p["k"], 1, 2 * p["k"], p["k"] + 1],), ([0, p["k"] + 1],)]
              + [(xs,) for xs in _lists(r, 2)]),
-    Template("lists", "scale_list", "xs", 1, lambda r: {"k": r.randint(2, 12)},
+    Template("lists", "scale_list", "xs", 1, lambda r: {"k": r.randint(2, 40)},
              "returns a new list with every element of the list xs multiplied by {k}",
              ("return [x * {k} for x in xs]",
               "out = []\n    for x in xs:\n        out.append({k} * x)\n    return out",
@@ -142,7 +146,7 @@ TEMPLATES: tuple[Template, ...] = (
              ((OP, "return [x + {k} for x in xs]"), (OBO, "return [x * {k1} for x in xs]"),
               (EDGE, "return [x * {k} for x in xs[1:]]")),
              lambda r, p: [([],), ([1, 2, 3],)] + [(xs,) for xs in _lists(r, 2)]),
-    Template("lists", "max_or_default", "xs", 2, lambda r: {"d": r.randint(-10, 10)},
+    Template("lists", "max_or_default", "xs", 2, lambda r: {"d": r.randint(-30, 30)},
              "returns the largest element of the list xs, or {d} when xs is empty",
              ("return max(xs) if xs else {d}", "return max(xs, default={d})",
               "if not xs:\n        return {d}\n    best = xs[0]\n    for x in xs[1:]:\n"
@@ -150,7 +154,7 @@ TEMPLATES: tuple[Template, ...] = (
              ((OP, "return min(xs) if xs else {d}"), (EDGE, "return max(xs)"),
               (BR, "return xs[-1] if xs else {d}"), (OBO, "return max(xs) if xs else {d1}")),
              lambda r, p: [([],), ([3, 9, 2],), ([-5],)] + [(xs,) for xs in _lists(r, 2)]),
-    Template("lists", "every_kth", "xs", 2, lambda r: {"k": r.randint(2, 5)},
+    Template("lists", "every_kth", "xs", 2, lambda r: {"k": r.randint(2, 9)},
              "returns every {k}-th element of the list xs, starting with the first one",
              ("return xs[::{k}]",
               "return [x for i, x in enumerate(xs) if i % {k} == 0]"),
@@ -190,7 +194,7 @@ TEMPLATES: tuple[Template, ...] = (
               (OBO, "return '{pos}' if x >= 0 else '{neg}'")),
              lambda r, p: [(0,), (5,), (-3,), (r.randint(1, 99),)]),
     Template("conditionals", "divisible_by_both", "x", 2,
-             lambda r: dict(zip("ab", r.sample(range(2, 10), 2))),
+             lambda r: dict(zip("ab", r.sample(range(2, 16), 2))),
              "returns True if x is divisible by both {a} and {b}, and False otherwise",
              ("return x % {a} == 0 and x % {b} == 0",
               "if x % {a} != 0:\n        return False\n    return x % {b} == 0"),
@@ -198,7 +202,7 @@ TEMPLATES: tuple[Template, ...] = (
               (EDGE, "return x % {b} == 0")),
              lambda r, p: [(0,), (p["a"],), (p["b"],), (p["a"] * p["b"],), (p["a"] * p["b"] + 1,)]),
     # ---------------- loops ----------------
-    Template("loops", "sum_range", "n", 3, lambda r: {"s": r.randint(0, 6)},
+    Template("loops", "sum_range", "n", 3, lambda r: {"s": r.randint(0, 30)},
              "returns the sum of the integers from {s} to n inclusive (0 when n < {s})",
              ("return sum(range({s}, n + 1))",
               "total = 0\n    i = {s}\n    while i <= n:\n        total += i\n        i += 1\n    return total",
@@ -207,8 +211,7 @@ TEMPLATES: tuple[Template, ...] = (
               (EDGE, "return sum(range({s}, n + 1)) if n > {s} else {s}")),
              lambda r, p: [(p["s"] - 3,), (p["s"] - 1,), (p["s"],), (p["s"] + 4,), (r.randint(10, 30),)]),
     Template("loops", "factorial_mod", "n", 3,
-             lambda r: {"m": r.choice([97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151,
-                                       157, 163, 167, 173, 179, 181, 191, 193, 197, 199, 211])},
+             lambda r: {"m": r.choice(_PRIMES)},
              "returns n factorial modulo {m} for a non-negative integer n",
              ("result = 1\n    for i in range(2, n + 1):\n        result = result * i % {m}\n    return result % {m}",
               "result = 1\n    while n > 1:\n        result *= n\n        n -= 1\n    return result % {m}"),
@@ -216,7 +219,7 @@ TEMPLATES: tuple[Template, ...] = (
               (OP, "result = 1\n    for i in range(2, n + 1):\n        result = result + i\n    return result % {m}"),
               (EDGE, "result = 0\n    for i in range(1, n + 1):\n        result = (result or 1) * i % {m}\n    return result")),
              lambda r, p: [(0,), (1,), (5,), (r.randint(6, 30),)]),
-    Template("loops", "count_digits", "n", 3, lambda r: {"b": r.randint(2, 10)},
+    Template("loops", "count_digits", "n", 3, lambda r: {"b": r.randint(2, 16)},
              "returns the number of digits of the non-negative integer n written in base {b}",
              ("if n == 0:\n        return 1\n    count = 0\n    while n > 0:\n        n //= {b}\n"
               "        count += 1\n    return count",
@@ -226,7 +229,7 @@ TEMPLATES: tuple[Template, ...] = (
               (OBO, "count = 1\n    while n >= {b1}:\n        n //= {b1}\n        count += 1\n    return count")),
              lambda r, p: [(0,), (p["b"],), (p["b"] ** 3 - 1,), (r.randint(100, 5000),)]),
     Template("loops", "pair_sequence", "n", 3,
-             lambda r: {"a": r.randint(0, 5), "c": r.randint(1, 6)},
+             lambda r: {"a": r.randint(0, 9), "c": r.randint(1, 9)},
              "returns term n (counting from 0) of the sequence that starts {a}, {c} and where every "
              "later term is the sum of the two before it",
              ("x, y = {a}, {c}\n    for _ in range(n):\n        x, y = y, x + y\n    return x",
@@ -236,7 +239,7 @@ TEMPLATES: tuple[Template, ...] = (
               (OBO, "x, y = {a}, {c}\n    for _ in range(n):\n        x, y = y, x + y\n    return y"),
               (OP, "x, y = {a}, {c}\n    for _ in range(n):\n        x, y = y, x * y\n    return x")),
              lambda r, p: [(0,), (1,), (2,), (r.randint(5, 12),)]),
-    Template("loops", "digit_sum_times", "n", 3, lambda r: {"k": r.randint(2, 9)},
+    Template("loops", "digit_sum_times", "n", 3, lambda r: {"k": r.randint(2, 30)},
              "returns {k} times the sum of the decimal digits of the non-negative integer n",
              ("return {k} * sum(int(d) for d in str(n))",
               "total = 0\n    while n > 0:\n        total += n % 10\n        n //= 10\n    return {k} * total"),

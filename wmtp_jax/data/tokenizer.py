@@ -17,6 +17,12 @@ logger = logging.getLogger(__name__)
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 MICRO_VOCAB_SIZE = 512
+# Micro pre-tokenization: every digit, quote and minus sign is its own piece; words (letters and
+# `_`, one leading space) and runs of other punctuation are pieces; so are whitespace runs (newline
+# + indentation). BPE merges only inside a piece, so a number or a quoted string reads the same in
+# the instruction and in the code, which lets a small model copy held-out parameters (GPT-2's
+# regex makes ` 17`, `'d` (a contraction) ... single tokens that differ by context).
+MICRO_PIECES = r"""\d| ?[A-Za-z_]+| ?['"-]| ?[^\sA-Za-z_\d'"-]+|\s+"""
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -38,16 +44,19 @@ def load_tokenizer(path: str | os.PathLike):
 
 def train_micro_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike,
                           vocab_size: int = MICRO_VOCAB_SIZE):
-    """Byte-level BPE with ids <unk>=0, <s>=1, </s>=2, <pad>=3, saved as an HF tokenizer dir.
+    """Byte-level BPE over `MICRO_PIECES` with ids <unk>=0, <s>=1, </s>=2, <pad>=3, saved as an
+    HF tokenizer dir (decode(encode(text)) == text).
 
     The post-processor prepends BOS (like LLaMA's add_bos_token); no EOS is added on encode.
     Returns the tokenizer loaded back through `load_tokenizer`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(MICRO_PIECES), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[UNK, BOS, EOS, PAD], show_progress=False,

@@ -15,24 +15,25 @@ from absl import logging
 
 from configs import parts
 
-MICRO_VOCAB_SIZE = 1024
+MICRO_VOCAB_SIZE = 768
 MICRO_SEED = 0
 
 
 def micro_policy_args(vocab_size: int, max_seq_len: int):
-    """Meta MTP layout: 6 layers with n_future 4 → 2 trunk blocks + 4 head blocks, dim 256."""
+    """Meta MTP layout: 6 layers with n_future 4 → 2 trunk blocks + 4 head blocks, dim 128
+    (~1.4M parameters: small enough for hundreds of steps in minutes on 2 CPU cores)."""
     from wmtp_jax.models import ModelArgs
 
-    return ModelArgs(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
-                     multiple_of=64, n_future_tokens=4, max_seq_len=max_seq_len)
+    return ModelArgs(dim=128, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
+                     multiple_of=32, n_future_tokens=4, max_seq_len=max_seq_len)
 
 
 def micro_llama_args(vocab_size: int, max_seq_len: int):
-    """HF-layout llama backbone of the micro critic and reference: 3 blocks, dim 256."""
+    """HF-layout llama backbone of the micro critic and reference: 3 blocks, dim 128."""
     from wmtp_jax.models import ModelArgs
 
-    return ModelArgs(dim=256, n_layers=3, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
-                     multiple_of=64, n_future_tokens=1, max_seq_len=max_seq_len)
+    return ModelArgs(dim=128, n_layers=3, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
+                     multiple_of=32, n_future_tokens=1, max_seq_len=max_seq_len)
 
 
 def _created(what: str, path, t0: float):
