@@ -26,6 +26,10 @@ def route_logs(log_file: str | os.PathLike | None, level: str = "INFO") -> Path 
     if os.environ.get("WMTP_LOG_TO_CONSOLE") == "1":
         return None
     logging.get_absl_handler().setLevel(pylogging.WARNING)
+    # MLflow prints INFO (database creation, run links) through a stream handler of its own,
+    # configured when it is imported: keep its console at WARNING
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    pylogging.getLogger("mlflow").setLevel(pylogging.WARNING)
     root = pylogging.getLogger()
     if _file_handler is not None:
         root.removeHandler(_file_handler)

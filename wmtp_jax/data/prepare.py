@@ -24,7 +24,7 @@ from pathlib import Path
 from wmtp_jax.data import readers, schemas
 from wmtp_jax.data.metadata import JsonDictWriter, SplitWriter, write_schema
 from wmtp_jax.data.records import DataError
-from wmtp_jax.data.tokenizer import TokenCounter
+from wmtp_jax.data.tokenizer import FALLBACK_DOC, TokenCounter
 
 DATASETS = ("codecontests", "mbpp", "humaneval", "gsm8k", "synthetic")
 logger = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ def prepare(dataset: str, src: str | None, out: str, tokenizer: str | None = Non
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
     out_dir = Path(out)
+    if tokenizer is None:
+        logger.warning("no --tokenizer given: token lengths use the fallback count (%s)",
+                       FALLBACK_DOC)
     if dataset == "synthetic":
         from wmtp_jax.data.synthetic import DEFAULT_N_PROBLEMS, write_synthetic
 

@@ -124,8 +124,7 @@ class TokenCounter:
         self.tokenizer_dir = str(tokenizer_dir) if tokenizer_dir else None
         self._tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
         if self._tok is None:
-            logger.warning("no --tokenizer given: token lengths use the fallback count (%s)",
-                           FALLBACK_DOC)
+            logger.info("token lengths use the fallback count (%s)", FALLBACK_DOC)
 
     @property
     def method(self) -> dict:
