@@ -42,6 +42,14 @@ def summary(result) -> str:
     """Where the outputs are (printed at the end of a run)."""
     if callable(getattr(result, "describe", None)):
         return result.describe()
+    if isinstance(result, dict) and "benchmark" in result:  # an evaluation summary
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                           if k.startswith("pass@") or k == "accuracy")
+        return "\n".join([
+            f"{result['benchmark']} {result['split']}: {scores} ({result['n_problems']} problems, "
+            f"temperature {result['temperature']:g}, "
+            f"sandbox {result.get('sandbox', {}).get('policy', 'n/a')})",
+            f"outputs: {result['output_dir']} (samples.jsonl, results.jsonl, summary.json)"])
     if result is None or not hasattr(result, "output_dir"):
         return f"result: {result}"
     lines = [f"status: {result.status} at step {result.step}",

@@ -300,8 +300,8 @@ def run(config) -> dict:
     tracker.end("FINISHED")
     logging.info("evaluation %s/%s: %s", config.benchmark, config.split,
                  {k: v for k, v in metrics.items()})
-    print(json.dumps({k: summary[k] for k in summary if k not in ("checkpoint",)}, default=str),
-          flush=True)
+    if jax.process_index() == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
