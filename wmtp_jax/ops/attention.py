@@ -29,12 +29,12 @@ Implementations (`IMPLEMENTATIONS`; `runtime.attention` in the configs):
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 Array = jax.Array
 
@@ -66,6 +66,18 @@ def cudnn_unavailable(dtype, head_dim: int, backend: Optional[str] = None) -> Op
     except Exception as e:  # noqa: BLE001 - any failure means "not usable"
         return f"cuDNN check failed: {e}"
     return None
+
+
+def check_backend(implementation: str, backend: Optional[str] = None) -> None:
+    """Early check of a configured implementation (before any model is built): ValueError for
+    an unknown name, or `cudnn` without a GPU (dtype and head_dim are checked when tracing)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; valid: "
+                         f"{IMPLEMENTATIONS}")
+    backend = backend or jax.default_backend()
+    if implementation == "cudnn" and backend != "gpu":
+        raise ValueError(f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
+                         f"is {backend!r}; use auto, xla or blockwise")
 
 
 def resolve(implementation: str, seq_len: int, dtype, head_dim: int, *,
@@ -352,6 +364,6 @@ def _flash_fwd(q, k, v, seg, causal, blk, skip):
 _flash.defvjp(_flash_fwd, _backward)
 
 
-__all__ = ["IMPLEMENTATIONS", "attention", "block_size_for",
+__all__ = ["IMPLEMENTATIONS", "attention", "block_size_for", "check_backend",
            "blockwise_attention", "cudnn_unavailable", "reference_attention", "resolve",
            "segments_of"]
