@@ -40,7 +40,6 @@ Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
 BLOCK_SIZE = 128  # query and key block length of `blockwise`
-MAX_STAGES = 16  # longer sequences get longer blocks (compile time grows with the stage count)
 AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 1, "gpu": 1024, "tpu": 1024}  # below: xla (one block anyway)
 
 _logged: set = set()
@@ -181,13 +180,10 @@ def _visible(s: int, seg: Optional[Array], causal: bool) -> Array:
 # ---- blockwise (flash-style) ----------------------------------------------------------------
 
 def block_size_for(seq_len: int, block_size: Optional[int] = None) -> int:
-    """Block length: `block_size` (default BLOCK_SIZE), at most S, and at least
-    ⌈S / MAX_STAGES⌉ rounded up to a multiple of 128 (so at most MAX_STAGES diagonals)."""
+    """Block length: `block_size` (default BLOCK_SIZE), at most S."""
     blk = BLOCK_SIZE if block_size is None else int(block_size)
     if blk < 1:
         raise ValueError(f"attention block_size must be ≥ 1, got {blk}")
-    if block_size is None and seq_len > blk * MAX_STAGES:
-        blk = -(-seq_len // (MAX_STAGES * 128)) * 128
     return min(blk, seq_len)
 
 
@@ -195,16 +191,14 @@ def blockwise_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
                         segment_ids: Optional[Array] = None, lengths: Optional[Array] = None,
                         block_size: Optional[int] = None) -> Array:
     """Flash-style attention: S is cut into n blocks of `block_size_for(S)` (zero-padded to a
-    multiple; padded keys are id 0) and the (query block, key block) pairs are visited one block
-    diagonal d = qi − ki at a time, each diagonal one batched matmul over its n − |d| pairs.
-
-    Causal attention visits d = 0..n−1 only (the upper triangle is never computed) and masks
-    inside the d = 0 blocks only. With segment ids or lengths, a diagonal whose every block is
-    invisible in every row (e.g. far apart segments, all-padding blocks) is skipped at run time
-    (`lax.cond` on a per-block segment-range test). Running max / sum / output accumulate in
-    float32. The custom VJP saves q, k, v, the output and the float32 log-sum-exp `[B, H, S]` and
-    recomputes each block's probabilities (FlashAttention-2), so neither direction holds more than
-    one diagonal's `[B, H, S, block]` logits.
+    multiple; padded keys get id 0). Each query block runs an online softmax (running max, sum
+    and output in float32) over its key blocks in a loop; causal attention visits key blocks
+    0..qi only, so the masked upper triangle is never computed. With segment ids or lengths, a
+    block pair with no visible (query, key) in any row (far apart segments, all-padding blocks) is
+    skipped at run time (`lax.cond` on a per-block segment-range test). The custom VJP saves q,
+    k, v, the output and the float32 log-sum-exp and recomputes each block's probabilities
+    (FlashAttention-2), so neither direction holds more than one block pair's logits
+    `[B, H, block, block]` at a time.
     """
     b, s, h, hd = q.shape
     blk = block_size_for(s, block_size)
@@ -219,103 +213,101 @@ def blockwise_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
     return out[:, :s] if pad else out
 
 
-def _diagonals(n: int, causal: bool):
-    """(d, query-block slice, key-block slice) of every block diagonal d = qi − ki visited."""
-    ds = range(n) if causal else range(-(n - 1), n)
-    return [(d, slice(max(d, 0), n + min(d, 0)), slice(max(-d, 0), n - max(d, 0))) for d in ds]
-
-
-def _live(seg: Optional[Array], n: int, blk: int, causal: bool, skip: bool):
-    """Per diagonal: None (always visited) or a bool scalar, False when no block on it has a
-    visible (query, key) pair in any row. Conservative test per row and block pair: the ranges
-    [min nonzero id, max id] of the query and key blocks overlap."""
-    if seg is None or not skip:
-        return {d: None for d, _, _ in _diagonals(n, causal)}
+def _live(seg: Optional[Array], n: int, blk: int) -> Array:
+    """bool `[n, n]` (query block, key block): False when the pair has no visible (query, key)
+    in any row. Conservative test per row: the blocks' ranges [min nonzero id, max id] overlap."""
     sb = seg.reshape(seg.shape[0], n, blk)
     hi = sb.max(-1)
     lo = jnp.where(sb != 0, sb, jnp.iinfo(jnp.int32).max).min(-1)
-    pair = (lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])  # [B, qi, ki]
-    pair = pair.any(0)
-    return {d: jnp.diagonal(pair, offset=-d).any() for d, _, _ in _diagonals(n, causal)}
+    return ((lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])).any(0)
 
 
 def _blocks(q, k, v, n, blk):
-    """q → `[B, KV, n, G, blk, hd]`, k, v → `[B, KV, n, blk, hd]`."""
+    """q → `[n, B, KV, G, blk, hd]`, k, v → `[n, B, KV, blk, hd]` (block index leading)."""
     b, _, h, hd = q.shape
     kvh = k.shape[2]
-    qb = q.reshape(b, n, blk, kvh, h // kvh, hd).transpose(0, 3, 1, 4, 2, 5)
-    kb, vb = (t.reshape(b, n, blk, kvh, hd).transpose(0, 3, 1, 2, 4) for t in (k, v))
+    qb = q.reshape(b, n, blk, kvh, h // kvh, hd).transpose(1, 0, 3, 4, 2, 5)
+    kb, vb = (t.reshape(b, n, blk, kvh, hd).transpose(1, 0, 3, 2, 4) for t in (k, v))
     return qb, kb, vb
 
 
-def _unblock_q(x, s):
-    """`[B, KV, n, G, blk, hd]` → `[B, S, H, hd]`."""
-    b, kvh, n, g, blk, hd = x.shape
-    return x.transpose(0, 2, 4, 1, 3, 5).reshape(b, s, kvh * g, hd)
+def _unblock_q(x):
+    """`[n, B, KV, G, blk, hd]` → `[B, S, H, hd]`."""
+    n, b, kvh, g, blk, hd = x.shape
+    return x.transpose(1, 0, 4, 2, 3, 5).reshape(b, n * blk, kvh * g, hd)
 
 
-def _unblock_kv(x, s):
-    """`[B, KV, n, blk, hd]` → `[B, S, KV, hd]`."""
-    b, kvh, n, blk, hd = x.shape
-    return x.transpose(0, 2, 3, 1, 4).reshape(b, s, kvh, hd)
+def _unblock_kv(x):
+    """`[n, B, KV, blk, hd]` → `[B, S, KV, hd]`."""
+    n, b, kvh, blk, hd = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * blk, kvh, hd)
 
 
-def _logits(qb, kb, seg, d, qs, ks, blk, causal, scale):
-    """float32 logits of diagonal d `[B, KV, c, G, blk, blk]`, invisible entries −inf."""
-    x = jnp.einsum("bhngqd,bhnkd->bhngqk", qb[:, :, qs], kb[:, :, ks],
-                   preferred_element_type=jnp.float32) * scale
+def _logits(qblk, kblk, sn, qi, ki, blk, causal, scale):
+    """float32 logits `[B, KV, G, blk, blk]` of query block qi `[B, KV, G, blk, hd]` against key
+    block ki `[B, KV, blk, hd]`; invisible entries −inf (causal by absolute position, segment
+    ids `sn` `[n, B, blk]` or None)."""
+    x = jnp.einsum("bhgqd,bhkd->bhgqk", qblk, kblk, preferred_element_type=jnp.float32) * scale
     vis = None
-    if causal and d == 0:
-        vis = jnp.tril(jnp.ones((blk, blk), bool))
-    if seg is not None:
-        n = seg.shape[1] // blk
-        sb = seg.reshape(seg.shape[0], n, blk)
-        sq, sk = sb[:, qs], sb[:, ks]  # [B, c, blk]
-        sv = (sq[:, :, :, None] == sk[:, :, None, :]) & (sk[:, :, None, :] != 0)
+    if causal:
+        pos = jnp.arange(blk)
+        vis = (ki * blk + pos[None, :] <= qi * blk + pos[:, None])[None]  # [1, blk, blk]
+    if sn is not None:
+        sq, sk = sn[qi], sn[ki]
+        sv = (sq[:, :, None] == sk[:, None, :]) & (sk[:, None, :] != 0)
         vis = sv if vis is None else sv & vis
-        vis = vis[:, None, :, None]  # [B, 1, c, 1, blk, blk]
-    return x if vis is None else jnp.where(vis, x, -jnp.inf)
+    return x if vis is None else jnp.where(vis[:, None, None], x, -jnp.inf)
 
 
-def _maybe(pred, fn, operands):
-    """fn(operands) when pred (None = always), else operands unchanged (lax.cond)."""
-    if pred is None:
-        return fn(operands)
-    return jax.lax.cond(pred, fn, lambda o: o, operands)
+def _when(live, qi, ki, fn, carry):
+    """fn(carry) for a live block pair (always when live is None), else carry (`lax.cond`)."""
+    if live is None:
+        return fn(carry)
+    return jax.lax.cond(live[qi, ki], fn, lambda c: c, carry)
 
 
 def _forward(q, k, v, seg, causal, blk, skip):
-    """(out `[B, S, H, hd]` in q's dtype, residuals) of the blockwise attention."""
+    """(out `[B, S, H, hd]` in q's dtype, residuals): for each query block (`lax.map`), a loop
+    over its key blocks (0..qi when causal: the masked upper triangle is never visited)."""
     b, s, h, hd = q.shape
     n = s // blk
     scale = hd ** -0.5
     qb, kb, vb = _blocks(q, k, v, n, blk)
-    stat = qb.shape[:-1]  # [B, KV, n, G, blk]
-    m = jnp.full(stat, -jnp.inf, jnp.float32)
-    l = jnp.zeros(stat, jnp.float32)
-    acc = jnp.zeros(qb.shape, jnp.float32)
-    live = _live(seg, n, blk, causal, skip)
-    for d, qs, ks in _diagonals(n, causal):
-        def step(carry, d=d, qs=qs, ks=ks):
-            m_o, l_o, a_o = carry
-            x = _logits(qb, kb, seg, d, qs, ks, blk, causal, scale)
-            m_n = jnp.maximum(m_o, x.max(-1))
-            m_safe = jnp.where(jnp.isfinite(m_n), m_n, 0.0)
-            p = jnp.exp(x - m_safe[..., None])
-            alpha = jnp.exp(m_o - m_safe)
-            pv = jnp.einsum("bhngqk,bhnkd->bhngqd", p.astype(vb.dtype), vb[:, :, ks],
-                            preferred_element_type=jnp.float32)
-            return m_n, alpha * l_o + p.sum(-1), alpha[..., None] * a_o + pv
+    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
+    live = _live(seg, n, blk) if skip else None
 
-        new = _maybe(live[d], step, (m[:, :, qs], l[:, :, qs], acc[:, :, qs]))
-        m, l, acc = (t.at[:, :, qs].set(u) for t, u in zip((m, l, acc), new))
-    empty = l == 0
-    out = (acc / jnp.where(empty, 1.0, l)[..., None]).astype(q.dtype)
-    lse = jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
-    return _unblock_q(out, s), (q, k, v, seg, out, lse)
+    def q_block(qi):
+        qblk = qb[qi]
+
+        def k_step(ki, carry):
+            def update(carry):
+                m_o, l_o, a_o = carry
+                x = _logits(qblk, kb[ki], sn, qi, ki, blk, causal, scale)
+                m_n = jnp.maximum(m_o, x.max(-1))
+                m_safe = jnp.where(jnp.isfinite(m_n), m_n, 0.0)
+                p = jnp.exp(x - m_safe[..., None])
+                alpha = jnp.exp(m_o - m_safe)
+                pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(vb.dtype), vb[ki],
+                                preferred_element_type=jnp.float32)
+                return m_n, alpha * l_o + p.sum(-1), alpha[..., None] * a_o + pv
+
+            return _when(live, qi, ki, update, carry)
+
+        stat = qblk.shape[:-1]
+        init = (jnp.full(stat, -jnp.inf, jnp.float32), jnp.zeros(stat, jnp.float32),
+                jnp.zeros(qblk.shape, jnp.float32))
+        m, l, acc = jax.lax.fori_loop(0, qi + 1 if causal else n, k_step, init)
+        empty = l == 0
+        out = (acc / jnp.where(empty, 1.0, l)[..., None]).astype(q.dtype)
+        return out, jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
+
+    out, lse = jax.lax.map(q_block, jnp.arange(n))
+    return _unblock_q(out), (q, k, v, seg, out, lse)
 
 
 def _backward(causal, blk, skip, res, dout):
+    """FlashAttention-2 backward: for each key block (`lax.scan`, dQ carried), a loop over the
+    query blocks that see it, recomputing P = exp(logits − lse)."""
     q, k, v, seg, ob, lse = res
     b, s, h, hd = q.shape
     n = s // blk
@@ -323,33 +315,37 @@ def _backward(causal, blk, skip, res, dout):
     qb, kb, vb = _blocks(q, k, v, n, blk)
     dob = _blocks(dout, k, v, n, blk)[0]
     delta = jnp.sum(dob.astype(jnp.float32) * ob.astype(jnp.float32), -1)  # rowsum(dO ∘ O)
-    dq = jnp.zeros(qb.shape, jnp.float32)
-    dk = jnp.zeros(kb.shape, jnp.float32)
-    dv = jnp.zeros(vb.shape, jnp.float32)
-    live = _live(seg, n, blk, causal, skip)
-    for d, qs, ks in _diagonals(n, causal):
-        def step(carry, d=d, qs=qs, ks=ks):
-            dq_o, dk_o, dv_o = carry
-            x = _logits(qb, kb, seg, d, qs, ks, blk, causal, scale)
-            p = jnp.exp(x - lse[:, :, qs][..., None])  # invisible → 0; empty rows: lse = inf
-            do = dob[:, :, qs]
-            dv_n = dv_o + jnp.einsum("bhngqk,bhngqd->bhnkd", p.astype(do.dtype), do,
-                                     preferred_element_type=jnp.float32)
-            dp = jnp.einsum("bhngqd,bhnkd->bhngqk", do, vb[:, :, ks],
-                            preferred_element_type=jnp.float32)
-            ds = (p * (dp - delta[:, :, qs][..., None]) * scale).astype(qb.dtype)
-            dq_n = dq_o + jnp.einsum("bhngqk,bhnkd->bhngqd", ds, kb[:, :, ks],
-                                     preferred_element_type=jnp.float32)
-            dk_n = dk_o + jnp.einsum("bhngqk,bhngqd->bhnkd", ds, qb[:, :, qs],
-                                     preferred_element_type=jnp.float32)
-            return dq_n, dk_n, dv_n
+    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
+    live = _live(seg, n, blk) if skip else None
 
-        new = _maybe(live[d], step, (dq[:, :, qs], dk[:, :, ks], dv[:, :, ks]))
-        dq = dq.at[:, :, qs].set(new[0])
-        dk = dk.at[:, :, ks].set(new[1])
-        dv = dv.at[:, :, ks].set(new[2])
-    return (_unblock_q(dq, s).astype(q.dtype), _unblock_kv(dk, s).astype(k.dtype),
-            _unblock_kv(dv, s).astype(v.dtype), None)
+    def k_block(dq, ki):
+        kblk, vblk = kb[ki], vb[ki]
+
+        def q_step(qi, carry):
+            def update(carry):
+                dq, dk, dv = carry
+                qblk, do = qb[qi], dob[qi]
+                x = _logits(qblk, kblk, sn, qi, ki, blk, causal, scale)
+                p = jnp.exp(x - lse[qi][..., None])  # invisible → 0; empty rows: lse = inf
+                dv = dv + jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(do.dtype), do,
+                                     preferred_element_type=jnp.float32)
+                dp = jnp.einsum("bhgqd,bhkd->bhgqk", do, vblk, preferred_element_type=jnp.float32)
+                ds = (p * (dp - delta[qi][..., None]) * scale).astype(qblk.dtype)
+                dq = dq.at[qi].add(jnp.einsum("bhgqk,bhkd->bhgqd", ds, kblk,
+                                              preferred_element_type=jnp.float32))
+                dk = dk + jnp.einsum("bhgqk,bhgqd->bhkd", ds, qblk,
+                                     preferred_element_type=jnp.float32)
+                return dq, dk, dv
+
+            return _when(live, qi, ki, update, carry)
+
+        zeros = jnp.zeros(kblk.shape, jnp.float32)
+        dq, dk, dv = jax.lax.fori_loop(ki if causal else 0, n, q_step, (dq, zeros, zeros))
+        return dq, (dk, dv)
+
+    dq, (dk, dv) = jax.lax.scan(k_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(n))
+    return (_unblock_q(dq).astype(q.dtype), _unblock_kv(dk).astype(k.dtype),
+            _unblock_kv(dv).astype(v.dtype), None)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
