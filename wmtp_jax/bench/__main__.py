@@ -242,7 +242,7 @@ def _summary(row: dict) -> str:
         c, mem = row["config"], (row.get("memory_analysis") or {}).get("estimate")
         return (f"attention {row['implementation']:10s} B={c['batch']} S={c['seq']} "
                 f"H={c['n_heads']}/{c['n_kv_heads']} hd={c['head_dim']} {c['dtype']}: fwd+bwd "
-                f"{row['fwd_bwd_ms']:.2f} ms"
+                + (f"{row['fwd_bwd_ms']:.2f} ms" if "fwd_bwd_ms" in row else "compiled")
                 + (f" (x{row['ratio_vs_torch_sdpa']:.2f} torch SDPA)"
                    if "ratio_vs_torch_sdpa" in row else "")
                 + (f", mem {mem / 2**20:.1f} MiB" if mem else "")
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     if attn is not None:
         from wmtp_jax.bench.attention import run_attention_sweep
         for row in run_attention_sweep(*attn, repeats=a.steps, warmup=a.warmup,
-                                       threads=a.threads):
+                                       threads=a.threads, compile_only=a.compile_only):
             row = append_jsonl(a.out, {**row, **extra})
             n_err += "error" in row
             print(_summary(row), flush=True)

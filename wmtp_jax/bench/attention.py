@@ -103,10 +103,14 @@ def _torch_runner(c: AttentionCase, threads: Optional[int], seed: int = 0):
 
 
 def run_attention_sweep(cases: list, impls: list, *, repeats: int = 5, warmup: int = 1,
-                        torch_ref: bool = True, threads: Optional[int] = None) -> list[dict]:
+                        torch_ref: bool = True, threads: Optional[int] = None,
+                        compile_only: bool = False) -> list[dict]:
     """One row per (case, implementation): `fwd_bwd_ms` median, `fwd_bwd_ms_all`, memory,
-    `ratio_vs_torch_sdpa`, `ratio_vs_xla_memory`, and the load average around the timing."""
+    `ratio_vs_torch_sdpa`, `memory_vs_xla`, and the load average around the timing
+    (`compile_only`: memory only, no torch, nothing run)."""
     rows = []
+    torch_ref = torch_ref and not compile_only
+    repeats, warmup = (0, 0) if compile_only else (repeats, warmup)
     for c in cases:
         runners, errors = {}, {}
         for impl in impls:
@@ -131,7 +135,7 @@ def run_attention_sweep(cases: list, impls: list, *, repeats: int = 5, warmup: i
             for name, (run, _) in runners.items():
                 times[name].append(run())
         load.append(os.getloadavg()[0])
-        ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+        ms = {name: 1e3 * statistics.median(t) for name, t in times.items() if t}
         xla_mem = (runners.get("xla", (None, {}))[1].get("memory_analysis") or {}).get("estimate")
         for name in list(impls) + (["torch_sdpa"] if torch_ref else []):
             row = {"kind": "attention", "config": dataclasses.asdict(c), "implementation": name,
@@ -140,8 +144,9 @@ def run_attention_sweep(cases: list, impls: list, *, repeats: int = 5, warmup: i
                 rows.append({**row, "error": errors[name]})
                 continue
             row.update(runners[name][1])
-            row.update(fwd_bwd_ms=ms[name], fwd_bwd_ms_all=[1e3 * t for t in times[name]],
-                       achieved_tflops=flops(c) / (ms[name] / 1e3) / 1e12)
+            if not compile_only:
+                row.update(fwd_bwd_ms=ms[name], fwd_bwd_ms_all=[1e3 * t for t in times[name]],
+                           achieved_tflops=flops(c) / (ms[name] / 1e3) / 1e12)
             if "torch_sdpa" in ms:
                 row["ratio_vs_torch_sdpa"] = ms[name] / ms["torch_sdpa"]
             est = (row.get("memory_analysis") or {}).get("estimate")
