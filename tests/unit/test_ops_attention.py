@@ -233,8 +233,8 @@ def test_models_give_the_same_logits_and_grads_with_xla_and_blockwise():
         loss = lambda m: jnp.sum(jnp.where(mask[:, :, None] > 0, m(tok, mask), 0.0) ** 2)
         outs[impl] = (model(tok, mask), nnx.grad(loss)(model))
     m = mask[:, :, None] > 0
-    np.testing.assert_allclose(jnp.where(m, outs["xla"][0], 0), jnp.where(m, outs["blockwise"][0], 0),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(jnp.where(m, outs["xla"][0], 0),
+                               jnp.where(m, outs["blockwise"][0], 0), atol=1e-5, rtol=0)
     for a, b in zip(jax.tree.leaves(outs["xla"][1]), jax.tree.leaves(outs["blockwise"][1])):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="unknown attention implementation 'fast'"):

@@ -1,4 +1,5 @@
-"""Self-attention for training and prefill: one interface, several implementations.
+"""Self-attention of every forward without a KV cache (training, scoring): one interface,
+several implementations.
 
     attention(q, k, v, causal=True, segment_ids=None, lengths=None, implementation="auto")
 
