@@ -239,3 +239,6 @@ def test_models_give_the_same_logits_and_grads_with_xla_and_blockwise():
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="unknown attention implementation 'fast'"):
         args.replace(attention="fast")
+    # not saved with a model: a dir written with cudnn on a GPU loads as auto anywhere
+    saved = args.replace(attention="cudnn").to_dict()
+    assert "attention" not in saved and ModelArgs.from_dict(saved).attention == "auto"

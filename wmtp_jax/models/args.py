@@ -86,7 +86,11 @@ class ModelArgs:
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field except `attention`: a choice of the machine that runs the model (a model
+        dir written on a GPU with `cudnn` loads as `auto` on a CPU), not of the model."""
+        d = dataclasses.asdict(self)
+        d.pop("attention")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "ModelArgs":
