@@ -23,6 +23,7 @@ import ml_collections
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION = ("auto", "xla", "blockwise", "cudnn")  # = wmtp_jax.ops.attention.IMPLEMENTATIONS
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 VARIANTS = ("micro", "7b")
@@ -63,6 +64,8 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
     r.sharding = "FULL_SHARD"
     r.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
     r.remat = "none"
+    # training / prefill attention (wmtp_jax.ops.attention): auto picks by backend and shape
+    r.attention = "auto"
     # Persistent XLA compilation cache: a re-run, resume or evaluation skips recompiling ("" = off).
     r.compilation_cache = "storage/jax_cache"
 
@@ -169,6 +172,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _check(c.runtime.dtype in DTYPES, "runtime.dtype", c.runtime.dtype, f"one of {DTYPES}")
     _check(c.runtime.remat in REMAT_POLICIES, "runtime.remat", c.runtime.remat,
            f"one of {REMAT_POLICIES}")
+    _check(c.runtime.attention in ATTENTION, "runtime.attention", c.runtime.attention,
+           f"one of {ATTENTION}")
     _check(str(c.logging.level).upper() in LOG_LEVELS, "logging.level", c.logging.level,
            f"one of {LOG_LEVELS}")
     _check(isinstance(c.output_dir, str) and c.output_dir != "", "output_dir", c.output_dir,

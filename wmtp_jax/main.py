@@ -84,6 +84,20 @@ def enable_compilation_cache(directory: str) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
 
 
+def check_attention(implementation: str) -> None:
+    """Log the configured attention; exit 2 when it cannot run on this backend (cudnn on CPU)."""
+    import jax
+
+    from wmtp_jax.ops.attention import check_backend
+
+    try:
+        check_backend(implementation)
+    except ValueError as e:
+        _fail(str(e))
+    logging.info("attention: runtime.attention=%s on backend %s (the choice per shape is logged "
+                 "when the step is traced)", implementation, jax.default_backend())
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
@@ -115,6 +129,7 @@ def main(argv):
     if jax.process_index() == 0:
         print(console.header(config, log_file), flush=True)
     enable_compilation_cache(config.runtime.get("compilation_cache", ""))
+    check_attention(config.runtime.get("attention", "auto"))
     pipeline = load_pipeline(config.pipeline)
     from configs.common import ConfigError
     from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint

@@ -64,3 +64,36 @@ def test_bad_input_exits_nonzero_naming_the_flag(tmp_path):
     p = _run(["--mesh", "1,2", "--out", str(tmp_path / "r.jsonl")])
     assert p.returncode != 0 and "--mesh" in p.stderr
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_attention_sweep_and_torch_comparison_smoke(tmp_path):
+    out = tmp_path / "r.jsonl"
+    p = _run(["--attention", "--attention-seq", "40", "--attention-shape", "2,4,2,8",
+              "--compare-torch", "--pipelines", "baseline", *TINY, "--batch", "2", "--seq", "16",
+              "--attention-impl", "xla,blockwise", "--steps", "2", "--warmup", "1",
+              "--out", str(out)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    attn = [r for r in rows if r["kind"] == "attention"]
+    assert [r["implementation"] for r in attn] == ["xla", "blockwise", "torch_sdpa"]
+    xla, blockwise, sdpa = attn
+    for r in attn:
+        assert r["config"]["seq"] == 40 and len(r["fwd_bwd_ms_all"]) == 2 and r["fwd_bwd_ms"] > 0
+        assert r["ratio_vs_torch_sdpa"] == pytest.approx(r["fwd_bwd_ms"] / sdpa["fwd_bwd_ms"])
+        assert len(r["loadavg_during"]) == 2
+    assert blockwise["resolved"] == "blockwise" and xla["memory_analysis"]["estimate"] > 0
+    assert blockwise["memory_vs_xla"] == pytest.approx(
+        blockwise["memory_analysis"]["estimate"] / xla["memory_analysis"]["estimate"])
+    assert sdpa["torch_peak_bytes"] is None  # no CPU allocator statistics in torch
+    cmp = [r for r in rows if r["kind"] == "compare_torch"]
+    assert [(r["config"]["attention"], r["attention_resolved"]) for r in cmp] == [
+        ("xla", "xla"), ("blockwise", "blockwise")]
+    for r in cmp:
+        # the same model, weights, batch and loss on both sides: the same first loss
+        assert r["first_loss_jax"] == pytest.approx(r["first_loss_torch"], abs=1e-4)
+        assert r["ratio_jax_over_torch"] == pytest.approx(r["jax_step_ms"] / r["torch_step_ms"])
+        assert len(r["jax_step_ms_all"]) == len(r["torch_step_ms_all"]) == 2
+        assert r["torch_threads"] >= 1 and len(r["loadavg_during"]) == 2
+    p = _run(["--attention", "--attention-impl", "flash", "--out", str(tmp_path / "x.jsonl")])
+    assert p.returncode != 0 and "--attention-impl" in p.stderr and "flash" in p.stderr

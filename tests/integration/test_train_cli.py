@@ -30,6 +30,12 @@ def test_invalid_value_exits_nonzero_naming_the_key():
     assert "runtime.sharding='FOO'" in p.stderr and "FULL_SHARD" in p.stderr
 
 
+def test_cudnn_attention_on_cpu_is_refused_before_training():
+    p = _run("--config.runtime.attention=cudnn")
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "runtime.attention='cudnn' needs an NVIDIA GPU" in p.stderr and "'cpu'" in p.stderr
+
+
 def test_missing_pipeline_module_is_a_clear_error():
     p = _run("--config.pipeline=nope")
     assert p.returncode != 0

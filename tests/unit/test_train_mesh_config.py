@@ -69,7 +69,8 @@ def test_common_config_keys_and_variants():
                 "training.lr_scheduler.min_lr_ratio", "training.n_epochs", "checkpoint.every_steps",
                 "checkpoint.keep", "checkpoint.save_final", "checkpoint.save_best",
                 "checkpoint.save_lora_only", "mesh.data", "mesh.fsdp", "mesh.tensor",
-                "runtime.sharding", "runtime.dtype", "runtime.remat", "mlflow.tracking_uri",
+                "runtime.sharding", "runtime.dtype", "runtime.remat", "runtime.attention",
+                "mlflow.tracking_uri",
                 "mlflow.experiment", "experiment.name", "experiment.description", "experiment.tags",
                 "logging.level", "distributed.coordinator_address", "distributed.num_processes",
                 "distributed.process_id"]:
@@ -83,6 +84,13 @@ def test_common_config_keys_and_variants():
     assert (big.runtime.dtype, big.runtime.remat, big.training.lr_scheduler.type) == ("bfloat16", "full", "cosine")
     with pytest.raises(ValueError, match="variant"):
         common.get_config("baseline", "huge")
+    assert c.runtime.attention == "auto"
+
+
+def test_config_attention_names_are_the_ops_implementations():
+    from wmtp_jax.ops.attention import IMPLEMENTATIONS
+
+    assert common.ATTENTION == IMPLEMENTATIONS
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -93,6 +101,7 @@ def test_common_config_keys_and_variants():
     ("training.lr_scheduler.type", "step", "lr_scheduler.type='step'"),
     ("runtime.dtype", "int8", "runtime.dtype='int8'"),
     ("runtime.remat", "some", "runtime.remat='some'"),
+    ("runtime.attention", "flash", "runtime.attention='flash'"),
     ("mesh.fsdp", 0, "mesh.fsdp=0"),
 ])
 def test_validation_names_the_key(key, value, match):

@@ -4,8 +4,11 @@
         --seq 128,256 --steps 10 --warmup 2 --out bench_results/results.jsonl --plot tput.png
     python -m wmtp_jax.bench --preset 1b --dtype bfloat16 --seq 2048       # GPU MFU row
     python -m wmtp_jax.bench --what decode --max-new-tokens 64             # greedy vs speculative
+    python -m wmtp_jax.bench --attention --attention-seq 256,512,1024,2048,4096  # vs torch SDPA
+    python -m wmtp_jax.bench --compare-torch --preset torch-bar --steps 10  # vs the torch step
 
-List flags (--pipelines, --n-layers, --batch, --seq, --dtype, --remat, --loss, --donate, --heads) take
+List flags (--pipelines, --n-layers, --batch, --seq, --dtype, --remat, --loss, --donate, --heads,
+--attention-impl) take
 comma-separated values; the train sweep is their product. A preset fills every flag not given.
 """
 
@@ -31,11 +34,15 @@ PRESETS = {
                     batch="1,2", seq="2048", dtype="bfloat16", remat="full", loss="chunked",
                     lora_rank=64, critic_dim=2560, critic_layers=32, critic_heads=20,
                     critic_ffn_hidden=6912, pipelines="verifiable"),
+    # the issue-16 bar against the PyTorch original: D=256, 8 heads of 32, 2 trunk + 4 heads,
+    # V=4096, B=8, S=256, float32
+    "torch-bar": dict(dim=256, n_layers="6", n_heads=8, n_future=4, vocab=4096, multiple_of=256,
+                      batch="8", seq="256", dtype="float32", pipelines="baseline"),
 }
 DEFAULTS = dict(PRESETS["micro"], pipelines="baseline,critic,verifiable", n_kv_heads=0,
                 ffn_hidden=0, critic_dim=0, critic_layers=0, critic_heads=0, critic_ffn_hidden=0,
                 ga=1, remat="none", sharding="FULL_SHARD", mesh="1,-1,1", lora_rank=0,
-                loss="dense", chunk_size=1024, donate="on", heads="vmap")
+                loss="dense", chunk_size=1024, donate="on", heads="vmap", attention_impl="auto")
 
 
 def _csv(v, cast=str) -> list:
@@ -45,7 +52,8 @@ def _csv(v, cast=str) -> list:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m wmtp_jax.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", choices=("train", "decode", "all"), default="train")
+    ap.add_argument("--what", choices=("train", "decode", "all"), default=None,
+                    help="default train (nothing else with --attention / --compare-torch)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
     add = lambda name, **kw: ap.add_argument(name, default=None, **kw)
     add("--pipelines", help="comma list of baseline, critic, verifiable")
@@ -64,6 +72,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--donate", help="comma list: on, off (donate the train state to the step)")
     add("--heads", help="comma list: vmap (the model's K head blocks as one vmap), loop (an "
                         "unrolled loop over the heads: the before of that optimisation)")
+    add("--attention-impl", help="comma list: auto, xla, blockwise, cudnn (runtime.attention "
+                                 "of the train step; --attention default: every one usable here)")
+    ap.add_argument("--attention", action="store_true",
+                    help="sweep one causal attention call, forward + backward, per "
+                         "implementation and --attention-seq, next to torch SDPA")
+    ap.add_argument("--attention-seq", default="256,512,1024,2048,4096")
+    ap.add_argument("--attention-shape", default="8,8,8,32", help="B,H,KV,head_dim")
+    ap.add_argument("--compare-torch", action="store_true",
+                    help="the baseline train step next to the same step in torch (SDPA, AdamW), "
+                         "alternating, medians and their ratio")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: all cores, as XLA:CPU)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile-only", action="store_true",
@@ -91,9 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--case-json", default=None, help=argparse.SUPPRESS)  # --isolate worker
     a = ap.parse_args(argv)
     preset = PRESETS.get(a.preset, {})
+    a.attention_impl_given = a.attention_impl is not None
     for k, v in DEFAULTS.items():
         if getattr(a, k, None) is None:
             setattr(a, k, preset.get(k, v))
+    if a.what is None:
+        a.what = "none" if (a.attention or a.compare_torch) else "train"
     if a.steps < 1 or a.warmup < 0:
         ap.error(f"--steps {a.steps} must be ≥ 1 and --warmup {a.warmup} ≥ 0")
     return a
@@ -120,17 +143,48 @@ def train_cases(a) -> list:
                  critic_dim=a.critic_dim, critic_layers=a.critic_layers,
                  critic_heads=a.critic_heads, critic_ffn_hidden=a.critic_ffn_hidden, ga=a.ga,
                  sharding=a.sharding, mesh=mesh, lora_rank=a.lora_rank, chunk_size=a.chunk_size)
+    impls = _attention_impls(a.attention_impl)
     cases, seen = [], set()
-    for p, nl, dt, rm, loss, dn, hd, s, b in itertools.product(
+    for p, nl, dt, rm, loss, dn, hd, at, s, b in itertools.product(
             pipes, _csv(a.n_layers, int), _csv(a.dtype), _csv(a.remat), _csv(a.loss), donate,
-            heads, _csv(a.seq, int), _csv(a.batch, int)):
+            heads, impls, _csv(a.seq, int), _csv(a.batch, int)):
         c = TrainCase(pipeline=p, n_layers=nl, dtype=dt, remat=rm,
                       loss="dense" if p == "critic" else loss, donate=dn == "on", seq=s, batch=b,
-                      heads="vmap" if p == "critic" else hd, **fixed)
+                      heads="vmap" if p == "critic" else hd, attention=at, **fixed)
         if c not in seen:
             seen.add(c)
             cases.append(c)
     return cases
+
+
+def _attention_impls(value) -> list:
+    from wmtp_jax.ops.attention import IMPLEMENTATIONS
+
+    impls = _csv(value)
+    bad = [i for i in impls if i not in IMPLEMENTATIONS]
+    if bad or not impls:
+        raise SystemExit(f"error: --attention-impl {value!r}: values {', '.join(IMPLEMENTATIONS)}")
+    return impls
+
+
+def attention_cases(a) -> tuple[list, list]:
+    """(AttentionCase per --attention-seq, implementations) of the --attention sweep."""
+    import jax
+
+    from wmtp_jax.bench.attention import AttentionCase
+
+    shape = _csv(a.attention_shape, int)
+    if len(shape) != 4 or min(shape) < 1 or shape[1] % shape[2]:
+        raise SystemExit(f"error: --attention-shape {a.attention_shape!r}: need B,H,KV,head_dim "
+                         f"(H a multiple of KV)")
+    b, h, kv, hd = shape
+    if a.attention_impl_given:
+        impls = _attention_impls(a.attention_impl)
+    else:
+        impls = ["xla", "blockwise"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+    cases = [AttentionCase(batch=b, seq=s, n_heads=h, n_kv_heads=kv, head_dim=hd,
+                           dtype=_csv(a.dtype)[0]) for s in _csv(a.attention_seq, int)]
+    return cases, impls
 
 
 def _run_isolated(case, a) -> dict:
@@ -184,6 +238,24 @@ def _summary(row: dict) -> str:
     c = row.get("config", {})
     if "error" in row:
         return f"[error] {c.get('pipeline', row.get('mode'))}: {row['error'][:300]}"
+    if row["kind"] == "attention":
+        c, mem = row["config"], (row.get("memory_analysis") or {}).get("estimate")
+        return (f"attention {row['implementation']:10s} B={c['batch']} S={c['seq']} "
+                f"H={c['n_heads']}/{c['n_kv_heads']} hd={c['head_dim']} {c['dtype']}: fwd+bwd "
+                + (f"{row['fwd_bwd_ms']:.2f} ms" if "fwd_bwd_ms" in row else "compiled")
+                + (f" (x{row['ratio_vs_torch_sdpa']:.2f} torch SDPA)"
+                   if "ratio_vs_torch_sdpa" in row else "")
+                + (f", mem {mem / 2**20:.1f} MiB" if mem else "")
+                + (f" ({100 * row['memory_vs_xla']:.1f}% of xla)" if "memory_vs_xla" in row
+                   else "") + f", load {row['loadavg_during']}")
+    if row["kind"] == "compare_torch":
+        c = row["config"]
+        return (f"compare-torch D={c['dim']} L={c['n_layers']} K={c['n_future']} V={c['vocab']} "
+                f"B={c['batch']} S={c['seq']} attention={c['attention']}"
+                f"->{row['attention_resolved']}: wmtp_jax {row['jax_step_ms']:.1f} ms, torch "
+                f"{row['torch_step_ms']:.1f} ms, ratio {row['ratio_jax_over_torch']:.3f} "
+                f"(first losses {row['first_loss_jax']:.5f} / {row['first_loss_torch']:.5f}), "
+                f"load {row['loadavg_during']}")
     if row["kind"] == "decode":
         acc = row.get("acceptance_rate")
         return (f"decode {row['mode']:11s} B={c['batch']} new={c['max_new_tokens']}: "
@@ -197,7 +269,8 @@ def _summary(row: dict) -> str:
     layers = ((c['critic_layers'] or max(1, c['n_layers'] // 2)) if c['pipeline'] == "critic"
               else c['n_layers'])
     s = (f"train {c['pipeline']:10s} L={layers} B={c['batch']} S={c['seq']} {c['dtype']} "
-         f"remat={c['remat']} loss={c['loss']} donate={c['donate']} heads={c['heads']}: compile "
+         f"remat={c['remat']} loss={c['loss']} donate={c['donate']} heads={c['heads']} "
+         f"attention={c.get('attention', 'auto')}->{row.get('attention_resolved')}: compile "
          f"{row['compile_total_s']:.1f} s (CPU {row['lower_cpu_s'] + row['compile_cpu_s']:.1f} s), mem {mem / 2**20 if mem else float('nan'):.0f} MiB")
     if row.get("step_time_s"):
         mfu = row.get("mfu")
@@ -224,6 +297,10 @@ def main(argv=None) -> int:
         print(json.dumps(row))
         return 0
     cases = train_cases(a) if a.what in ("train", "all") else []  # bad flags fail here, fast
+    attn = attention_cases(a) if a.attention else None
+    compare = [c for c in train_cases(a) if c.pipeline == "baseline"] if a.compare_torch else []
+    if a.compare_torch and not compare:
+        raise SystemExit("error: --compare-torch runs the baseline pipeline; add it to --pipelines")
     extra = {"machine": machine_info(), "compilation_cache": a.compilation_cache}
     n_err = 0
     if a.what in ("train", "all"):
@@ -247,6 +324,23 @@ def main(argv=None) -> int:
                               prompts=a.prompts, data_dir=a.data_dir, n_prompts=a.n_prompts)
             for row in run_decode(case, repeats=a.decode_repeats):
                 print(_summary(append_jsonl(a.out, {**row, **extra})), flush=True)
+    if attn is not None:
+        from wmtp_jax.bench.attention import run_attention_sweep
+        for row in run_attention_sweep(*attn, repeats=a.steps, warmup=a.warmup,
+                                       threads=a.threads, compile_only=a.compile_only):
+            row = append_jsonl(a.out, {**row, **extra})
+            n_err += "error" in row
+            print(_summary(row), flush=True)
+    for case in compare:
+        from wmtp_jax.bench.torch_step import compare_torch
+        try:
+            row = compare_torch(case, steps=a.steps, warmup=a.warmup, threads=a.threads)
+        except Exception as e:  # noqa: BLE001 - an error row, the sweep goes on
+            row = {"kind": "compare_torch", "config": dataclasses.asdict(case),
+                   "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+        row = append_jsonl(a.out, {**row, **extra})
+        n_err += "error" in row
+        print(_summary(row), flush=True)
     if a.plot:
         from wmtp_jax.bench.plot import load_rows, plot_throughput
         rows = load_rows(a.out)

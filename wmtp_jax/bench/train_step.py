@@ -28,6 +28,7 @@ from flax import nnx
 
 from wmtp_jax.bench import flops as flops_lib
 from wmtp_jax.models.args import ModelArgs
+from wmtp_jax.ops.attention import resolve
 
 PIPELINES = ("baseline", "critic", "verifiable")
 IGNORE_INDEX = -100
@@ -61,6 +62,7 @@ class TrainCase:
     chunk_size: int = 1024
     donate: bool = True
     heads: str = "vmap"  # vmap | loop: the MTP head blocks as one vmap, or an unrolled loop
+    attention: str = "auto"  # runtime.attention: auto | xla | blockwise | cudnn
     seed: int = 0
 
     def policy_args(self) -> ModelArgs:
@@ -68,7 +70,8 @@ class TrainCase:
                          n_kv_heads=self.n_kv_heads or None, vocab_size=self.vocab,
                          multiple_of=self.multiple_of, n_future_tokens=self.n_future,
                          ffn_hidden_dim=self.ffn_hidden or None, max_seq_len=max(self.seq, 16),
-                         dtype=self.dtype, param_dtype="float32", remat=self.remat)
+                         dtype=self.dtype, param_dtype="float32", remat=self.remat,
+                         attention=self.attention)
 
     def critic_args(self, remat: Optional[str] = None) -> ModelArgs:
         """The critic backbone (llama layout). `remat` overrides (the frozen critic runs without)."""
@@ -79,7 +82,7 @@ class TrainCase:
                          multiple_of=self.multiple_of, n_future_tokens=1,
                          ffn_hidden_dim=self.critic_ffn_hidden or None,
                          max_seq_len=max(self.seq, 16), dtype=self.dtype, param_dtype="float32",
-                         remat=self.remat if remat is None else remat)
+                         remat=self.remat if remat is None else remat, attention=self.attention)
 
     def tokens_per_step(self) -> int:
         return self.ga * self.batch * self.seq * (2 if self.pipeline == "critic" else 1)
@@ -94,6 +97,7 @@ def make_config(case: TrainCase):
     t.batch_size, t.gradient_accumulation_steps, t.max_steps = case.batch, case.ga, 1000
     c.seed = case.seed
     c.runtime.sharding, c.runtime.dtype, c.runtime.remat = case.sharding, case.dtype, case.remat
+    c.runtime.attention = case.attention
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in case.mesh)
     c.dataset.max_length = case.seq
     t.use_lora = case.lora_rank > 0
@@ -265,7 +269,9 @@ def prepare_case(case: TrainCase) -> Prepared:
         case.seq, lora_rank=case.lora_rank,
         critic_args=case.critic_args() if case.pipeline == "verifiable" else None)
     count = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree)) if tree else 0
+    args = case.critic_args() if case.pipeline == "critic" else case.policy_args()
     res = {"kind": "train", "config": dataclasses.asdict(case),
+           "attention_resolved": resolve(case.attention, case.seq, case.dtype, args.head_dim),
            "mesh_shape": dict(mesh.shape), "n_devices": n_dev,
            "params": {"trainable": count(c.state["params"]), "frozen_in_model": count(c.fixed),
                       "frozen_models": count(c.frozen_state)},

@@ -7,6 +7,8 @@ import json
 import math
 from typing import Any, Optional
 
+from wmtp_jax.ops.attention import IMPLEMENTATIONS
+
 # Fields of Meta's ModelArgs (params.json). `max_batch_size` is accepted and ignored.
 META_FIELDS = (
     "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
@@ -21,6 +23,8 @@ class ModelArgs:
     `ffn_hidden_dim` overrides the Meta formula (HF checkpoints carry `intermediate_size`).
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
     `remat` is a policy name: none | full | dots | dots_no_batch (see wmtp_jax.models.layers).
+    `attention` is the training / prefill attention: auto | xla | blockwise | cudnn
+    (see wmtp_jax.ops.attention).
     """
 
     dim: int = 4096
@@ -38,8 +42,12 @@ class ModelArgs:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    attention: str = "auto"
 
     def __post_init__(self):
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown attention implementation {self.attention!r}; valid: "
+                             f"{IMPLEMENTATIONS}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -78,7 +86,11 @@ class ModelArgs:
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field except `attention`: a choice of the machine that runs the model (a model
+        dir written on a GPU with `cudnn` loads as `auto` on a CPU), not of the model."""
+        d = dataclasses.asdict(self)
+        d.pop("attention")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "ModelArgs":

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wmtp_jax.ops.attention import attention
+
 from .args import ModelArgs
 
 Array = jax.Array
@@ -129,17 +131,6 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 # ---- masks and cache writes -----------------------------------------------------------------
 
-def padding_causal_mask(attention_mask: Array) -> Array:
-    """`[B, S]` 0/1 key mask -> bool `[B, 1, S, S]`: key k visible to query q iff k ≤ q and valid.
-
-    Fully masked query rows (an all-padding row) are harmless: XLA attention fills masked logits
-    with a large finite negative, so such rows get a uniform softmax, never NaN.
-    """
-    s = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((s, s), bool))
-    return causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
-
-
 def cache_mask(positions: Array, cache_len: int) -> Array:
     """positions `[B, S]` -> bool `[B, 1, S, T]`: cached key slot t visible iff t ≤ query position."""
     return (jnp.arange(cache_len)[None, None, :] <= positions[:, :, None])[:, None]
@@ -186,12 +177,14 @@ def _lora_kw(lora, name: str) -> dict:
 
 
 class Attention(nnx.Module):
-    """GQA self-attention through `jax.nn.dot_product_attention` (causal, masked or cached)."""
+    """GQA self-attention: `wmtp_jax.ops.attention` (causal, optional segment ids; the
+    implementation is `args.attention`) or, with a KV cache, `cached_attention`."""
 
     def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
         d, h, kv, hd = args.dim, args.n_heads, args.kv_heads, args.head_dim
         kw = dict(rngs=rngs, dtype=args.dtype, param_dtype=args.param_dtype)
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
+        self.implementation = args.attention
         self.wq = Linear(d, h * hd, names=("embed", "heads"), **kw, **_lora_kw(lora, "wq"))
         self.wk = Linear(d, kv * hd, names=("embed", "kv_heads"), **kw, **_lora_kw(lora, "wk"))
         self.wv = Linear(d, kv * hd, names=("embed", "kv_heads"), **kw, **_lora_kw(lora, "wv"))
@@ -199,8 +192,9 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Optional[Array] = None,
                  kv: Optional[KV] = None, start: Optional[Array] = None, kv_index=None):
-        """x `[B, S, D]`; mask None = causal; with `kv` the new keys are written at `start` `[B]`
-        (into entry `kv_index` of stacked buffers) and the query attends to the whole buffer
+        """x `[B, S, D]`; without `kv`, mask is None (causal) or segment ids `[B, S]` int (0 =
+        padding; see `wmtp_jax.ops.attention`); with `kv` the new keys are written at `start`
+        `[B]` (into entry `kv_index` of stacked buffers) and the query attends to the whole buffer
         under `mask` (see `cache_mask`)."""
         b, s, _ = x.shape
         q = apply_rope(self.wq(x).reshape(b, s, self.n_heads, self.head_dim), cos, sin)
@@ -211,10 +205,7 @@ class Attention(nnx.Module):
             k, v = (buf if kv_index is None else buf[kv_index] for buf in kv)
             out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
             return self.wo(out.reshape(b, s, -1)), kv
-        if mask is None:
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = attention(q, k, v, segment_ids=mask, implementation=self.implementation)
         return self.wo(out.reshape(b, s, -1)), kv
 
 
@@ -348,7 +339,7 @@ def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, at
     """Everything a stack of blocks needs besides x: (cos, sin, mask, start).
 
     positions `[B, S]` default 0..S-1 per row (as HF and Meta). Without a cache the mask is None
-    (causal) or the padding+causal mask; with a cache of length T it is `cache_mask` and
+    (causal) or the 0/1 attention mask as int32 segment ids (0 = padding, never attended); with a cache of length T it is `cache_mask` and
     `start = positions[:, 0]` is where each row's new keys are written.
     """
     b, s = shape
@@ -365,7 +356,7 @@ def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, at
     if attention_mask is not None:
         if attention_mask.shape != (b, s):
             raise ValueError(f"attention_mask has shape {attention_mask.shape}, expected {(b, s)}")
-        return cos, sin, padding_causal_mask(attention_mask), None
+        return cos, sin, (attention_mask != 0).astype(jnp.int32), None
     return cos, sin, None, None
 
 

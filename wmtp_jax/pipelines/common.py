@@ -100,8 +100,10 @@ def lora_config(config, *, hf_names: bool = False):
 
 
 def runtime_overrides(config) -> dict:
-    """ModelArgs overrides of the trained model: float32 master params, runtime compute dtype."""
-    return {"dtype": config.runtime.dtype, "param_dtype": "float32", "remat": config.runtime.remat}
+    """ModelArgs overrides of the trained model: float32 master params, runtime compute dtype,
+    remat policy and attention implementation."""
+    return {"dtype": config.runtime.dtype, "param_dtype": "float32", "remat": config.runtime.remat,
+            "attention": config.runtime.attention}
 
 
 def _overlay(target: dict, base: dict, path: str, directory) -> dict:
@@ -197,7 +199,8 @@ def load_frozen(directory, *, kind: str, dtype: str, config, mesh=None):
     if not (d / io.CONFIG_FILE).exists():
         raise FileNotFoundError(f"{d}: no model directory ({io.CONFIG_FILE} missing)")
     model = io.load_model(d, kind=kind, dtype=dtype, mesh=mesh, rules=_rules(config),
-                          args_overrides={"remat": "none"})
+                          args_overrides={"remat": "none",
+                                          "attention": config.runtime.attention})
     if io.read_config(d).get("lora"):
         from wmtp_jax.models import lora as lora_lib
 

@@ -179,7 +179,8 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
     n_steps = total_steps(config, task)
     mesh_lib.check_batch_size(int(t.batch_size), mesh)
     out = Path(config.output_dir).absolute()
-    logging.info("fit: %d steps, GA=%d, mesh %s, %s", n_steps, ga, dict(mesh.shape), config.runtime.sharding)
+    logging.info("fit: %d steps, GA=%d, mesh %s, %s, attention %s", n_steps, ga, dict(mesh.shape),
+                 config.runtime.sharding, config.runtime.get("attention", "auto"))
 
     c = build(task, config, mesh, n_steps)
     state = c.state

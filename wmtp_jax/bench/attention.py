@@ -1,0 +1,156 @@
+"""`--attention`: one causal attention call, forward + backward, per implementation and S.
+
+For each S, every implementation (`wmtp_jax.ops.attention`, and torch's fused
+`scaled_dot_product_attention` when torch is installed) is compiled first; then their steps run
+round-robin `repeats` times (a load change hits all alike) and the median counts. Peak memory of
+a JAX implementation = the compiled forward + backward program's `memory_analysis()` (temp +
+arguments + outputs); torch's = `torch.cuda.max_memory_allocated` on GPU, None on CPU (torch
+has no CPU allocator statistics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmtp_jax.ops import attention as attn
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCase:
+    batch: int = 8
+    seq: int = 256
+    n_heads: int = 8
+    n_kv_heads: int = 8
+    head_dim: int = 32
+    dtype: str = "float32"
+
+
+def flops(c: AttentionCase) -> float:
+    """Causal forward + backward matmul FLOPs: forward QKᵀ and PV 2·(2·B·H·S²·hd)/2, backward
+    2.5× the forward (recomputed QKᵀ, dV, dP, dQ, dK) = 3.5 · 2·B·H·S²·hd."""
+    return 3.5 * 2.0 * c.batch * c.n_heads * c.seq ** 2 * c.head_dim
+
+
+def _jax_runner(c: AttentionCase, impl: str, seed: int = 0):
+    """(run() → seconds, memory dict) of a compiled forward + backward of `impl`."""
+    dt = jnp.dtype(c.dtype)
+    r = np.random.default_rng(seed)
+    q = jnp.asarray(r.standard_normal((c.batch, c.seq, c.n_heads, c.head_dim)), dt)
+    k, v = (jnp.asarray(r.standard_normal((c.batch, c.seq, c.n_kv_heads, c.head_dim)), dt)
+            for _ in range(2))
+    do = jnp.asarray(r.standard_normal(q.shape), dt)
+
+    def fwd_bwd(q, k, v, do):
+        out, vjp = jax.vjp(lambda q, k, v: attn.attention(q, k, v, implementation=impl), q, k, v)
+        return out, vjp(do)
+
+    compiled = jax.jit(fwd_bwd).lower(q, k, v, do).compile()
+    m = compiled.memory_analysis()
+    mem = None
+    if m is not None:
+        mem = {key: int(getattr(m, f"{key}_size_in_bytes"))
+               for key in ("argument", "output", "alias", "temp")}
+        mem["estimate"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(q, k, v, do))
+        return time.perf_counter() - t0
+
+    return run, mem
+
+
+def _torch_runner(c: AttentionCase, threads: Optional[int], seed: int = 0):
+    """(run() → seconds, peak bytes or None) of torch SDPA forward + backward (causal, GQA)."""
+    import torch  # optional dependency, only for this comparison
+    import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c.dtype]
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda h: torch.randn(c.batch, h, c.seq, c.head_dim, generator=g).to(dev, dt)
+    q, k, v = mk(c.n_heads), mk(c.n_kv_heads), mk(c.n_kv_heads)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    do = mk(c.n_heads)
+    gqa = c.n_kv_heads != c.n_heads
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        torch.autograd.grad(out, (q, k, v), do)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    run()
+    peak = None
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        peak = int(torch.cuda.max_memory_allocated())
+    return run, peak
+
+
+def run_attention_sweep(cases: list, impls: list, *, repeats: int = 5, warmup: int = 1,
+                        torch_ref: bool = True, threads: Optional[int] = None,
+                        compile_only: bool = False) -> list[dict]:
+    """One row per (case, implementation): `fwd_bwd_ms` median, `fwd_bwd_ms_all`, memory,
+    `ratio_vs_torch_sdpa`, `memory_vs_xla`, and the load average around the timing
+    (`compile_only`: memory only, no torch, nothing run)."""
+    rows = []
+    torch_ref = torch_ref and not compile_only
+    repeats, warmup = (0, 0) if compile_only else (repeats, warmup)
+    for c in cases:
+        runners, errors = {}, {}
+        for impl in impls:
+            try:
+                resolved = attn.resolve(impl, c.seq, jnp.dtype(c.dtype), c.head_dim)
+                run, mem = _jax_runner(c, impl)
+                runners[impl] = (run, {"memory_analysis": mem, "resolved": resolved})
+            except Exception as e:  # noqa: BLE001 - e.g. OOM, cudnn on CPU: an error row
+                errors[impl] = f"{type(e).__name__}: {str(e)[:500]}"
+        if torch_ref:
+            try:
+                run, peak = _torch_runner(c, threads)
+                runners["torch_sdpa"] = (run, {"torch_peak_bytes": peak})
+            except Exception as e:  # noqa: BLE001 - torch missing or failing: recorded
+                errors["torch_sdpa"] = f"{type(e).__name__}: {str(e)[:500]}"
+        for run, _ in runners.values():
+            for _ in range(warmup):
+                run()
+        times = {name: [] for name in runners}
+        load = [os.getloadavg()[0]]
+        for _ in range(repeats):
+            for name, (run, _) in runners.items():
+                times[name].append(run())
+        load.append(os.getloadavg()[0])
+        ms = {name: 1e3 * statistics.median(t) for name, t in times.items() if t}
+        xla_mem = (runners.get("xla", (None, {}))[1].get("memory_analysis") or {}).get("estimate")
+        for name in list(impls) + (["torch_sdpa"] if torch_ref else []):
+            row = {"kind": "attention", "config": dataclasses.asdict(c), "implementation": name,
+                   "loadavg_during": load}
+            if name in errors:
+                rows.append({**row, "error": errors[name]})
+                continue
+            row.update(runners[name][1])
+            if not compile_only:
+                row.update(fwd_bwd_ms=ms[name], fwd_bwd_ms_all=[1e3 * t for t in times[name]],
+                           achieved_tflops=flops(c) / (ms[name] / 1e3) / 1e12)
+            if "torch_sdpa" in ms:
+                row["ratio_vs_torch_sdpa"] = ms[name] / ms["torch_sdpa"]
+            est = (row.get("memory_analysis") or {}).get("estimate")
+            if est and xla_mem:
+                row["memory_vs_xla"] = est / xla_mem
+            rows.append(row)
+    return rows

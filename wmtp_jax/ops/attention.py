@@ -1,0 +1,366 @@
+"""Self-attention of every forward without a KV cache (training, scoring): one interface,
+several implementations.
+
+    attention(q, k, v, causal=True, segment_ids=None, lengths=None, implementation="auto")
+
+q `[B, S, H, hd]`, k, v `[B, S, KV, hd]` (GQA: H a multiple of KV; query head h reads KV head
+h // (H/KV)) -> `[B, S, H, hd]` = softmax(q·kᵀ/√hd + mask) v, with float32 logits and softmax.
+
+Visibility of key j to query i in row b (never a dense mask built by the caller):
+
+* causal: j ≤ i;
+* segment_ids `[B, S]` int: seg[i] == seg[j] and seg[j] ≠ 0. Id 0 is padding (never attended);
+  packed sequences use ids 1, 2, ...: attention never crosses segments;
+* lengths `[B]` int (right padding): j < lengths[b], i.e. positions ≥ lengths[b] get id 0.
+
+A query with no visible key (a padding position) gets an unspecified finite output (0 in
+`blockwise`, a uniform average in `xla`): callers must ignore it, as the losses do.
+
+Implementations (`IMPLEMENTATIONS`; `runtime.attention` in the configs):
+
+* `xla`: `jax.nn.dot_product_attention(implementation="xla")`: materialises `[B, H, S, S]`
+  logits and probabilities (segment ids become an internal `[B, 1, S, S]` mask).
+* `blockwise`: flash-style online softmax in plain JAX (`blockwise_attention`), with a
+  recomputing custom VJP; never materialises `[S, S]` in either direction.
+* `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (fused flash attention on an
+  NVIDIA GPU, bfloat16 / float16; lengths use cuDNN's padding mask, segment ids an internal
+  mask). Refused with a clear error elsewhere.
+* `auto`: `resolve` picks by backend, dtype and shape, never a path that fails on the backend.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+Array = jax.Array
+
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
+BLOCK_SIZE = 128  # query and key block length of `blockwise`
+AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 1, "gpu": 1024, "tpu": 1024}  # below: xla (one block anyway)
+
+_logged: set = set()
+
+
+# ---- dispatch -------------------------------------------------------------------------------
+
+def cudnn_unavailable(dtype, head_dim: int, backend: Optional[str] = None) -> Optional[str]:
+    """Why `cudnn` cannot run here (a one-line reason), or None when it can."""
+    backend = backend or jax.default_backend()
+    if backend != "gpu":
+        return f"needs an NVIDIA GPU with cuDNN, the backend is {backend!r}"
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return f"supports bfloat16/float16 only, got {jnp.dtype(dtype).name}"
+    if head_dim % 8 or head_dim > 128:
+        return f"needs head_dim a multiple of 8 and ≤ 128, got {head_dim}"
+    try:  # version / compute capability, as jax checks them (an unsupported GPU raises)
+        from jax._src.cudnn.fused_attention_stablehlo import (check_compute_capability,
+                                                              check_cudnn_version)
+        check_cudnn_version()
+        if not check_compute_capability("8.0"):
+            return "needs compute capability ≥ 8.0 (Ampere or newer)"
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable"
+        return f"cuDNN check failed: {e}"
+    return None
+
+
+def check_backend(implementation: str, backend: Optional[str] = None) -> None:
+    """Early check of a configured implementation (before any model is built): ValueError for
+    an unknown name, or `cudnn` without a GPU (dtype and head_dim are checked when tracing)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; valid: "
+                         f"{IMPLEMENTATIONS}")
+    backend = backend or jax.default_backend()
+    if implementation == "cudnn" and backend != "gpu":
+        raise ValueError(f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
+                         f"is {backend!r}; use auto, xla or blockwise")
+
+
+def resolve(implementation: str, seq_len: int, dtype, head_dim: int, *,
+            segments: bool = False, backend: Optional[str] = None) -> str:
+    """The implementation that runs: `implementation` itself, or `auto`'s choice.
+
+    auto: GPU → cudnn when usable and there are no segment ids (its padding mask takes lengths
+    only), else blockwise from S ≥ 1024, else xla; TPU the same without cudnn; CPU → blockwise
+    (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; valid: "
+                         f"{IMPLEMENTATIONS}")
+    backend = backend or jax.default_backend()
+    if implementation == "cudnn":
+        why = cudnn_unavailable(dtype, head_dim, backend)
+        if why:
+            raise ValueError(f"attention implementation 'cudnn' {why}; use auto, xla or "
+                             f"blockwise (runtime.attention)")
+        return "cudnn"
+    if implementation != "auto":
+        return implementation
+    if backend == "gpu" and not segments and cudnn_unavailable(dtype, head_dim, backend) is None:
+        return "cudnn"
+    return "blockwise" if seq_len >= AUTO_BLOCKWISE_MIN_SEQ.get(backend, 1024) else "xla"
+
+
+def attention(q: Array, k: Array, v: Array, *, causal: bool = True,
+              segment_ids: Optional[Array] = None, lengths: Optional[Array] = None,
+              implementation: str = "auto", block_size: Optional[int] = None) -> Array:
+    """q `[B, S, H, hd]`, k, v `[B, S, KV, hd]` -> `[B, S, H, hd]` (see the module docstring)."""
+    b, s, h, hd = q.shape
+    if k.shape != v.shape or k.ndim != 4 or k.shape[:2] != (b, s) or k.shape[3] != hd:
+        raise ValueError(f"attention: k {k.shape} and v {v.shape} must be [B, S, KV, hd] with "
+                         f"q {q.shape}'s B, S and hd")
+    if h % k.shape[2]:
+        raise ValueError(f"attention: {h} query heads are not a multiple of {k.shape[2]} kv heads")
+    if segment_ids is not None and segment_ids.shape != (b, s):
+        raise ValueError(f"attention: segment_ids shape {segment_ids.shape}, expected {(b, s)}")
+    if lengths is not None and lengths.shape != (b,):
+        raise ValueError(f"attention: lengths shape {lengths.shape}, expected {(b,)}")
+    impl = resolve(implementation, s, q.dtype, hd, segments=segment_ids is not None)
+    key = (implementation, impl, s, jnp.dtype(q.dtype).name)
+    if key not in _logged:  # once per distinct choice, at trace time
+        _logged.add(key)
+        logging.info("attention: %s -> %s (backend %s, S=%d, %s)", implementation, impl,
+                     jax.default_backend(), s, key[3])
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids,
+                                   lengths=lengths, block_size=block_size)
+    if impl == "cudnn" and segment_ids is None:
+        lens = None if lengths is None else lengths.astype(jnp.int32)
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lens,
+                                            key_value_seq_lengths=lens, implementation="cudnn")
+    seg = segments_of(segment_ids, lengths, b, s)
+    mask = None
+    if seg is not None:
+        mask = (seg[:, None, :, None] == seg[:, None, None, :]) & (seg[:, None, None, :] != 0)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=impl)
+
+
+def segments_of(segment_ids: Optional[Array], lengths: Optional[Array], b: int, s: int
+                ) -> Optional[Array]:
+    """Canonical int32 `[B, S]` segment ids (0 = padding) from segment ids and/or lengths."""
+    if segment_ids is None and lengths is None:
+        return None
+    seg = (jnp.ones((b, s), jnp.int32) if segment_ids is None
+           else jnp.asarray(segment_ids).astype(jnp.int32))
+    if lengths is not None:
+        seg = jnp.where(jnp.arange(s)[None] < jnp.asarray(lengths)[:, None], seg, 0)
+    return seg
+
+
+def reference_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
+                        segment_ids: Optional[Array] = None, lengths: Optional[Array] = None
+                        ) -> Array:
+    """The dense definition (float32 `[B, H, S, S]` softmax; rows with no visible key → 0).
+
+    For tests and documentation: what every implementation computes on visible rows."""
+    b, s, h, hd = q.shape
+    g = h // k.shape[2]
+    kk, vv = (jnp.repeat(t.astype(jnp.float32), g, axis=2) for t in (k, v))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), kk) * hd ** -0.5
+    vis = _visible(s, segments_of(segment_ids, lengths, b, s), causal)
+    logits = jnp.where(vis[:, None], logits, -jnp.inf)
+    m = jnp.max(logits, -1, keepdims=True)
+    p = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
+    p = p / jnp.maximum(p.sum(-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+    return jnp.einsum("bhqk,bkhd->bqhd", p, vv).astype(q.dtype)
+
+
+def _visible(s: int, seg: Optional[Array], causal: bool) -> Array:
+    """bool `[B or 1, S, S]`: key j visible to query i (canonical segment ids `seg`)."""
+    pos = jnp.arange(s)
+    vis = ((pos[None, :] <= pos[:, None]) if causal else jnp.ones((s, s), bool))[None]
+    if seg is not None:
+        vis = vis & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+    return vis
+
+
+# ---- blockwise (flash-style) ----------------------------------------------------------------
+
+def block_size_for(seq_len: int, block_size: Optional[int] = None) -> int:
+    """Block length: `block_size` (default BLOCK_SIZE), at most S."""
+    blk = BLOCK_SIZE if block_size is None else int(block_size)
+    if blk < 1:
+        raise ValueError(f"attention block_size must be ≥ 1, got {blk}")
+    return min(blk, seq_len)
+
+
+def blockwise_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
+                        segment_ids: Optional[Array] = None, lengths: Optional[Array] = None,
+                        block_size: Optional[int] = None) -> Array:
+    """Flash-style attention: S is cut into n blocks of `block_size_for(S)` (zero-padded to a
+    multiple; padded keys get id 0). Each query block runs an online softmax (running max, sum
+    and output in float32) over its key blocks in a loop; causal attention visits key blocks
+    0..qi only, so the masked upper triangle is never computed. With segment ids or lengths, a
+    block pair with no visible (query, key) in any row (far apart segments, all-padding blocks) is
+    skipped at run time (`lax.cond` on a per-block segment-range test). The custom VJP saves q,
+    k, v, the output and the float32 log-sum-exp and recomputes each block's probabilities
+    (FlashAttention-2), so neither direction holds more than one block pair's logits
+    `[B, H, block, block]` at a time.
+    """
+    b, s, h, hd = q.shape
+    blk = block_size_for(s, block_size)
+    n = -(-s // blk)
+    pad = n * blk - s
+    seg = segments_of(segment_ids, lengths, b, s)
+    if pad:
+        seg = jnp.ones((b, s), jnp.int32) if seg is None else seg
+        seg = jnp.pad(seg, ((0, 0), (0, pad)))
+        q, k, v = (jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (q, k, v))
+    out = _flash(q, k, v, seg, causal, blk, segment_ids is not None or lengths is not None)
+    return out[:, :s] if pad else out
+
+
+def _live(seg: Optional[Array], n: int, blk: int) -> Array:
+    """bool `[n, n]` (query block, key block): False when the pair has no visible (query, key)
+    in any row. Conservative test per row: the blocks' ranges [min nonzero id, max id] overlap."""
+    sb = seg.reshape(seg.shape[0], n, blk)
+    hi = sb.max(-1)
+    lo = jnp.where(sb != 0, sb, jnp.iinfo(jnp.int32).max).min(-1)
+    return ((lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])).any(0)
+
+
+def _blocks(q, k, v, n, blk):
+    """q → `[n, B, KV, G, blk, hd]`, k, v → `[n, B, KV, blk, hd]` (block index leading)."""
+    b, _, h, hd = q.shape
+    kvh = k.shape[2]
+    qb = q.reshape(b, n, blk, kvh, h // kvh, hd).transpose(1, 0, 3, 4, 2, 5)
+    kb, vb = (t.reshape(b, n, blk, kvh, hd).transpose(1, 0, 3, 2, 4) for t in (k, v))
+    return qb, kb, vb
+
+
+def _unblock_q(x):
+    """`[n, B, KV, G, blk, hd]` → `[B, S, H, hd]`."""
+    n, b, kvh, g, blk, hd = x.shape
+    return x.transpose(1, 0, 4, 2, 3, 5).reshape(b, n * blk, kvh * g, hd)
+
+
+def _unblock_kv(x):
+    """`[n, B, KV, blk, hd]` → `[B, S, KV, hd]`."""
+    n, b, kvh, blk, hd = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * blk, kvh, hd)
+
+
+def _logits(qblk, kblk, sn, qi, ki, blk, causal, scale):
+    """float32 logits `[B, KV, G, blk, blk]` of query block qi `[B, KV, G, blk, hd]` against key
+    block ki `[B, KV, blk, hd]`; invisible entries −inf (causal by absolute position, segment
+    ids `sn` `[n, B, blk]` or None)."""
+    x = jnp.einsum("bhgqd,bhkd->bhgqk", qblk, kblk, preferred_element_type=jnp.float32) * scale
+    vis = None
+    if causal:
+        pos = jnp.arange(blk)
+        vis = (ki * blk + pos[None, :] <= qi * blk + pos[:, None])[None]  # [1, blk, blk]
+    if sn is not None:
+        sq, sk = sn[qi], sn[ki]
+        sv = (sq[:, :, None] == sk[:, None, :]) & (sk[:, None, :] != 0)
+        vis = sv if vis is None else sv & vis
+    return x if vis is None else jnp.where(vis[:, None, None], x, -jnp.inf)
+
+
+def _when(live, qi, ki, fn, carry):
+    """fn(carry) for a live block pair (always when live is None), else carry (`lax.cond`)."""
+    if live is None:
+        return fn(carry)
+    return jax.lax.cond(live[qi, ki], fn, lambda c: c, carry)
+
+
+def _forward(q, k, v, seg, causal, blk, skip):
+    """(out `[B, S, H, hd]` in q's dtype, residuals): for each query block (`lax.map`), a loop
+    over its key blocks (0..qi when causal: the masked upper triangle is never visited)."""
+    b, s, h, hd = q.shape
+    n = s // blk
+    scale = hd ** -0.5
+    qb, kb, vb = _blocks(q, k, v, n, blk)
+    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
+    live = _live(seg, n, blk) if skip else None
+
+    def q_block(qi):
+        qblk = qb[qi]
+
+        def k_step(ki, carry):
+            def update(carry):
+                m_o, l_o, a_o = carry
+                x = _logits(qblk, kb[ki], sn, qi, ki, blk, causal, scale)
+                m_n = jnp.maximum(m_o, x.max(-1))
+                m_safe = jnp.where(jnp.isfinite(m_n), m_n, 0.0)
+                p = jnp.exp(x - m_safe[..., None])
+                alpha = jnp.exp(m_o - m_safe)
+                pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(vb.dtype), vb[ki],
+                                preferred_element_type=jnp.float32)
+                return m_n, alpha * l_o + p.sum(-1), alpha[..., None] * a_o + pv
+
+            return _when(live, qi, ki, update, carry)
+
+        stat = qblk.shape[:-1]
+        init = (jnp.full(stat, -jnp.inf, jnp.float32), jnp.zeros(stat, jnp.float32),
+                jnp.zeros(qblk.shape, jnp.float32))
+        m, l, acc = jax.lax.fori_loop(0, qi + 1 if causal else n, k_step, init)
+        empty = l == 0
+        out = (acc / jnp.where(empty, 1.0, l)[..., None]).astype(q.dtype)
+        return out, jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
+
+    out, lse = jax.lax.map(q_block, jnp.arange(n))
+    return _unblock_q(out), (q, k, v, seg, out, lse)
+
+
+def _backward(causal, blk, skip, res, dout):
+    """FlashAttention-2 backward: for each key block (`lax.scan`, dQ carried), a loop over the
+    query blocks that see it, recomputing P = exp(logits − lse)."""
+    q, k, v, seg, ob, lse = res
+    b, s, h, hd = q.shape
+    n = s // blk
+    scale = hd ** -0.5
+    qb, kb, vb = _blocks(q, k, v, n, blk)
+    dob = _blocks(dout, k, v, n, blk)[0]
+    delta = jnp.sum(dob.astype(jnp.float32) * ob.astype(jnp.float32), -1)  # rowsum(dO ∘ O)
+    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
+    live = _live(seg, n, blk) if skip else None
+
+    def k_block(dq, ki):
+        kblk, vblk = kb[ki], vb[ki]
+
+        def q_step(qi, carry):
+            def update(carry):
+                dq, dk, dv = carry
+                qblk, do = qb[qi], dob[qi]
+                x = _logits(qblk, kblk, sn, qi, ki, blk, causal, scale)
+                p = jnp.exp(x - lse[qi][..., None])  # invisible → 0; empty rows: lse = inf
+                dv = dv + jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(do.dtype), do,
+                                     preferred_element_type=jnp.float32)
+                dp = jnp.einsum("bhgqd,bhkd->bhgqk", do, vblk, preferred_element_type=jnp.float32)
+                ds = (p * (dp - delta[qi][..., None]) * scale).astype(qblk.dtype)
+                dq = dq.at[qi].add(jnp.einsum("bhgqk,bhkd->bhgqd", ds, kblk,
+                                              preferred_element_type=jnp.float32))
+                dk = dk + jnp.einsum("bhgqk,bhgqd->bhkd", ds, qblk,
+                                     preferred_element_type=jnp.float32)
+                return dq, dk, dv
+
+            return _when(live, qi, ki, update, carry)
+
+        zeros = jnp.zeros(kblk.shape, jnp.float32)
+        dq, dk, dv = jax.lax.fori_loop(ki if causal else 0, n, q_step, (dq, zeros, zeros))
+        return dq, (dk, dv)
+
+    dq, (dk, dv) = jax.lax.scan(k_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(n))
+    return (_unblock_q(dq).astype(q.dtype), _unblock_kv(dk).astype(k.dtype),
+            _unblock_kv(dv).astype(v.dtype), None)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _flash(q, k, v, seg, causal, blk, skip):
+    return _forward(q, k, v, seg, causal, blk, skip)[0]
+
+
+def _flash_fwd(q, k, v, seg, causal, blk, skip):
+    return _forward(q, k, v, seg, causal, blk, skip)
+
+
+_flash.defvjp(_flash_fwd, _backward)
+
+
+__all__ = ["IMPLEMENTATIONS", "attention", "block_size_for", "check_backend",
+           "blockwise_attention", "cudnn_unavailable", "reference_attention", "resolve",
+           "segments_of"]
