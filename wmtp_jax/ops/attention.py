@@ -41,7 +41,7 @@ Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
 BLOCK_SIZE = 128  # query and key block length of `blockwise`
-AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 1, "gpu": 1024, "tpu": 1024}  # below: xla (one block anyway)
+AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 256, "gpu": 1024, "tpu": 1024}  # below: xla (a block or two)
 
 _logged: set = set()
 
@@ -86,7 +86,7 @@ def resolve(implementation: str, seq_len: int, dtype, head_dim: int, *,
 
     auto: GPU → cudnn when usable and there are no segment ids (its padding mask takes lengths
     only), else blockwise from S ≥ 1024, else xla; TPU the same without cudnn; CPU → blockwise
-    (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn.
+    from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}; valid: "
