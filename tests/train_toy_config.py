@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import common
+from wmtp_jax.configs import common
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:

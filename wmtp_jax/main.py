@@ -12,9 +12,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from wmtp_jax import configs as _configs_package
+
+PACKAGED_CONFIGS = Path(_configs_package.__file__).parent
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pipeline config file: configs/<pipeline>.py[:micro|:7b]", lock_config=True)
@@ -107,7 +112,7 @@ def main(argv):
         _fail(f"--config: {_last_line(e)}")
     if config is None:
         _fail("--config=configs/<pipeline>.py[:variant] is required")
-    from configs.common import validate_config
+    from wmtp_jax.configs.common import validate_config
 
     try:
         validate_config(config)
@@ -131,7 +136,7 @@ def main(argv):
     enable_compilation_cache(config.runtime.get("compilation_cache", ""))
     check_attention(config.runtime.get("attention", "auto"))
     pipeline = load_pipeline(config.pipeline)
-    from configs.common import ConfigError
+    from wmtp_jax.configs.common import ConfigError
     from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
     from wmtp_jax.train.lock import OutputDirBusy
     from wmtp_jax.train.loop import NonFiniteLossError
@@ -150,20 +155,38 @@ def _last_line(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _config_path(argv) -> str | None:
+def _config_arg(argv) -> int | None:
+    """Index in argv of the `--config` value (`--config=V` or `--config V`)."""
     for i, a in enumerate(argv):
         if a.startswith("--config="):
-            return a[len("--config="):]
+            return i
         if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+            return i + 1
     return None
+
+
+def resolve_config_file(path: str) -> str:
+    """`path`, or, when no such file exists, the packaged config of that name: so
+    `--config=configs/baseline.py` works from any directory once wmtp_jax is installed."""
+    if os.path.isfile(path):
+        return path
+    packaged = PACKAGED_CONFIGS / os.path.basename(path)
+    if os.path.dirname(path) in ("configs", "wmtp_jax/configs") and packaged.is_file():
+        return str(packaged)
+    return path
 
 
 def _parse_flags(argv):
     """absl flag parsing; config errors (file, variant, key, value type) exit 2 with one line."""
-    path = _config_path(argv)
-    if path and not os.path.isfile(path.split(":", 1)[0]):
-        _fail(f"--config: no config file {path.split(':', 1)[0]!r}")
+    i = _config_arg(argv)
+    if i is not None:
+        prefix, value = ("--config=", argv[i][len("--config="):]) if argv[i].startswith(
+            "--config=") else ("", argv[i])
+        file, _, variant = value.partition(":")
+        file = resolve_config_file(file)
+        if not os.path.isfile(file):
+            _fail(f"--config: no config file {file!r}")
+        argv = [*argv[:i], prefix + file + (":" + variant if variant else ""), *argv[i + 1:]]
     try:
         return flags.FLAGS(argv)
     except flags.IllegalFlagValueError as e:  # bad variant, wrong value type, get_config error

@@ -7,7 +7,7 @@ from pathlib import Path
 def make_tiny_storage(w: Path) -> Path:
     from flax import nnx
 
-    from configs import parts
+    from wmtp_jax.configs import parts
     from wmtp_jax.data import ensure_micro_tokenizer, ensure_synthetic
     from wmtp_jax.models import ModelArgs, io
     from wmtp_jax.models.llama import Llama

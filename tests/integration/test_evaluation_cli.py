@@ -56,7 +56,7 @@ def world(tmp_path_factory):
 
 
 def eval_config(world, **overrides):
-    from configs import evaluation
+    from wmtp_jax.configs import evaluation
 
     c = evaluation.get_config("micro")
     c.data_dir = str(world["data"])
@@ -183,7 +183,7 @@ def test_refuses_without_isolation_before_any_work(tmp_path):
 
 
 def test_sandbox_config_key():
-    from configs import evaluation
+    from wmtp_jax.configs import evaluation
 
     c = evaluation.get_config("micro")
     assert c.sandbox == "required"

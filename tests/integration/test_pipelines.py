@@ -45,7 +45,7 @@ def work(tmp_path_factory):
     micro default paths (so the bootstrap finds them and only trains prerequisites)."""
     from flax import nnx
 
-    from configs import parts
+    from wmtp_jax.configs import parts
     from wmtp_jax.data import ensure_micro_tokenizer, ensure_synthetic
     from wmtp_jax.models import ModelArgs, io
     from wmtp_jax.models.llama import Llama

@@ -184,7 +184,7 @@ def test_config_errors_exit_2_with_one_line(args, want):
 def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
     import ml_collections
 
-    from configs.common import ConfigError
+    from wmtp_jax.configs.common import ConfigError
     from wmtp_jax.models import io
     from wmtp_jax.models.args import ModelArgs
     from wmtp_jax.pipelines.common import check_model_lengths

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common as common_cfg
+from wmtp_jax.configs import common as common_cfg
 from wmtp_jax import ops
 from wmtp_jax.models import ModelArgs
 from wmtp_jax.models.mtp import MTPTransformer

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import common
+from wmtp_jax.configs import common
 from wmtp_jax.models.partitioning import logical_to_mesh_spec
 from wmtp_jax.train import mesh as mesh_lib
 

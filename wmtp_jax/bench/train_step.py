@@ -92,7 +92,7 @@ def make_config(case: TrainCase):
     """The pipeline's own micro config with the case's values written in (locked keys only)."""
     if case.pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {case.pipeline!r}; valid: {PIPELINES}")
-    c = importlib.import_module(f"configs.{case.pipeline}").get_config("micro")
+    c = importlib.import_module(f"wmtp_jax.configs.{case.pipeline}").get_config("micro")
     t = c.training
     t.batch_size, t.gradient_accumulation_steps, t.max_steps = case.batch, case.ga, 1000
     c.seed = case.seed
@@ -110,7 +110,7 @@ def make_config(case: TrainCase):
         if case.loss not in ("dense", "chunked"):
             raise ValueError(f"--loss {case.loss!r}; valid: dense, chunked")
         t.loss_chunk_size = case.chunk_size if case.loss == "chunked" else 0
-    importlib.import_module(f"configs.{case.pipeline}").validate(c)
+    importlib.import_module(f"wmtp_jax.configs.{case.pipeline}").validate(c)
     return c
 
 

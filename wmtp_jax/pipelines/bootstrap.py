@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import logging
 
-from configs import parts
+from wmtp_jax.configs import parts
 
 MICRO_VOCAB_SIZE = 768
 MICRO_SEED = 0
@@ -139,7 +139,7 @@ def ensure_micro_storage(config) -> None:
     if config.pipeline == "critic":
         ensure_model(m.value_model.path, "llama", parts.MICRO_TOKENIZER, L)
     if config.pipeline == "verifiable" and not Path(m.value_model.checkpoint_path).exists():
-        from configs import critic
+        from wmtp_jax.configs import critic
 
         got = _run_prerequisite("critic", critic, config)
         if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
@@ -147,7 +147,7 @@ def ensure_micro_storage(config) -> None:
                                     f"models.value_model.checkpoint_path is "
                                     f"{m.value_model.checkpoint_path}")
     if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
-        from configs import ref_tuning
+        from wmtp_jax.configs import ref_tuning
 
         got = _run_prerequisite("reference", ref_tuning, config)
         if got.resolve() != Path(m.reference.checkpoint_path).resolve():

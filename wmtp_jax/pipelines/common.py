@@ -261,7 +261,7 @@ def validate(config) -> None:
     import sys
 
     try:
-        importlib.import_module(f"configs.{config.pipeline}").validate(config)
+        importlib.import_module(f"wmtp_jax.configs.{config.pipeline}").validate(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -270,7 +270,7 @@ def validate(config) -> None:
 def check_model_lengths(config) -> None:
     """dataset.max_length must fit every configured model's max_seq_len (read from its
     model_config.json; models not created yet are skipped): RoPE has no positions beyond it."""
-    from configs.common import ConfigError
+    from wmtp_jax.configs.common import ConfigError
     from wmtp_jax.models import io
 
     n = int(config.dataset.max_length)

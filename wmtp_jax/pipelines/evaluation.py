@@ -241,7 +241,7 @@ def run(config) -> dict:
     from wmtp_jax.train.mesh import mesh_from_config
     from wmtp_jax.train.tracking import Tracker
 
-    from configs.evaluation import validate
+    from wmtp_jax.configs.evaluation import validate
 
     validate(config)
     if config.benchmark != "gsm8k":  # refuse before the costly part, not after generating
@@ -310,7 +310,7 @@ def run(config) -> dict:
 def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
     """The micro evaluation config for `checkpoint` → `output_dir`, with `overrides` (config keys,
     e.g. temperature, limit) and MLflow off: the caller logs the numbers into its own run."""
-    from configs import evaluation as evaluation_config
+    from wmtp_jax.configs import evaluation as evaluation_config
 
     c = evaluation_config.get_config("micro")
     c.checkpoint, c.output_dir, c.data_dir = str(checkpoint), str(output_dir), str(data_dir)

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from configs.experiment import parse_list
+from wmtp_jax.configs.experiment import parse_list
 
 
 @dataclasses.dataclass

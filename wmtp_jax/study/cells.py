@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from configs.experiment import parse_list
+from wmtp_jax.configs.experiment import parse_list
 from wmtp_jax.eval.metrics import pass_at_k
 from wmtp_jax.train.tracking import log_to_run
 
@@ -86,7 +86,7 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
     """`pipeline`'s micro config for one run of the study: the study's dataset, `train.<role>`
     sizes, seed (loader order, model init, pair sampling), MLflow store; `models` sets
     models.<role>.checkpoint_path (the critic / reference of this seed)."""
-    c = importlib.import_module(f"configs.{pipeline}").get_config("micro")
+    c = importlib.import_module(f"wmtp_jax.configs.{pipeline}").get_config("micro")
     t = study.train[role]
     c.output_dir = str(output_dir)
     c.seed = seed
@@ -106,7 +106,7 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
         c.models[key].checkpoint_path = str(path)
     if "final_eval" in c:
         c.final_eval.enabled = False  # the study evaluates every arm itself
-    importlib.import_module(f"configs.{pipeline}").validate(c)
+    importlib.import_module(f"wmtp_jax.configs.{pipeline}").validate(c)
     return c
 
 
@@ -283,7 +283,7 @@ def initial_policy(study) -> dict:
     """Greedy pass@1 of the shared initial policy (models.policy.path), once per output_dir."""
     from wmtp_jax.pipelines.evaluation import cached_run, eval_config
 
-    path = importlib.import_module("configs.baseline").get_config("micro").models.policy.path
+    path = importlib.import_module("wmtp_jax.configs.baseline").get_config("micro").models.policy.path
     out = Path(study.output_dir) / "initial" / "eval" / "greedy"
     e = study.eval
     with locked(Path(study.output_dir) / ".initial.lock"):

@@ -2,7 +2,7 @@
 
 A pipeline config file does::
 
-    from configs import common
+    from wmtp_jax.configs import common
 
     def get_config(variant="micro"):
         config = common.get_config("verifiable", variant)

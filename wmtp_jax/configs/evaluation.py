@@ -15,7 +15,7 @@ used on `split` (never tuned on the test problems).
 
 import ml_collections
 
-from configs import common
+from wmtp_jax.configs import common
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 SANDBOX_POLICIES = ("required", "best_effort", "none")

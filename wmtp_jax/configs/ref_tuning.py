@@ -9,7 +9,7 @@ The tuned model is exported to `<output_dir>/final_model` (load_llama), rho1's d
 
 import ml_collections
 
-from configs import common, parts
+from wmtp_jax.configs import common, parts
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ weights → weighted MTP CE
 
 import ml_collections
 
-from configs import common, parts
+from wmtp_jax.configs import common, parts
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:

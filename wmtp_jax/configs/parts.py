@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from wmtp_jax.configs import common
 
 # ---- storage layout --------------------------------------------------------------------------
 MICRO_DATASET = "storage/datasets/synthetic"

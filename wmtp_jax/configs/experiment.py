@@ -14,7 +14,7 @@ are the pipelines' own micro configs. See docs/study.md.
 
 import ml_collections
 
-from configs import common
+from wmtp_jax.configs import common
 
 ARMS = ("baseline", "verifiable", "rho1", "verifiable_negatives")
 VARIANTS = ("micro", "smoke")
@@ -24,7 +24,7 @@ def _train_entry(pipeline: str) -> ml_collections.ConfigDict:
     """The steps / batch / data sizes of `pipeline`'s micro config (overridable here)."""
     import importlib
 
-    c = importlib.import_module(f"configs.{pipeline}").get_config("micro")
+    c = importlib.import_module(f"wmtp_jax.configs.{pipeline}").get_config("micro")
     t, s = c.training, c.data_sampling
     return ml_collections.ConfigDict({
         "max_steps": t.max_steps, "batch_size": t.batch_size,
@@ -49,7 +49,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.seeds = "0" if smoke else "0,1,2"
         c.study_arms = c.arms
         c.study_seeds = c.seeds
-        from configs import baseline
+        from wmtp_jax.configs import baseline
 
         b = baseline.get_config("micro")
         c.dataset = ml_collections.ConfigDict({"path": b.dataset.path,

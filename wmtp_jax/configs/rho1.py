@@ -9,7 +9,7 @@ excess loss; weighted MTP CE on the selection
 
 import ml_collections
 
-from configs import common, parts
+from wmtp_jax.configs import common, parts
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:

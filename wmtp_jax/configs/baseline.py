@@ -7,7 +7,7 @@ configs/{local/baseline_local,production/baseline}.yaml).
 
 import ml_collections
 
-from configs import common, parts
+from wmtp_jax.configs import common, parts
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:

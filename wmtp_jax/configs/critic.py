@@ -10,7 +10,7 @@ The trained critic is exported to `<output_dir>/final_model` (load_critic), veri
 
 import ml_collections
 
-from configs import common, parts
+from wmtp_jax.configs import common, parts
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
