@@ -25,7 +25,7 @@ dims, so wq/wk of *every* Meta block (trunk, head 0 and extra heads) are permute
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -45,8 +45,13 @@ BLOCK_KEYS = (
 
 # LoRA target names: Meta vocabulary is canonical, HF names are aliases.
 HF_TO_META_TARGET = {
-    "q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
-    "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3",
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "down_proj": "w2",
+    "up_proj": "w3",
 }
 META_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
@@ -58,7 +63,8 @@ def canonical_lora_targets(targets) -> tuple[str, ...]:
         c = HF_TO_META_TARGET.get(t, t)
         if c not in META_TARGETS:
             raise ValueError(
-                f"unknown LoRA target {t!r}; valid: {list(META_TARGETS)} or {list(HF_TO_META_TARGET)}")
+                f"unknown LoRA target {t!r}; valid: {list(META_TARGETS)} or {list(HF_TO_META_TARGET)}"
+            )
         if c not in out:
             out.append(c)
     return tuple(out)
@@ -82,16 +88,18 @@ def _is_linear(jax_sub: tuple[str, ...]) -> bool:
     return jax_sub[-1] == "kernel"
 
 
-def torch_to_jax_tensor(w: np.ndarray, jax_sub: tuple[str, ...], *, meta_rope: bool,
-                        n_heads: int, n_kv_heads: int) -> np.ndarray:
+def torch_to_jax_tensor(
+    w: np.ndarray, jax_sub: tuple[str, ...], *, meta_rope: bool, n_heads: int, n_kv_heads: int
+) -> np.ndarray:
     """One torch block tensor -> its wmtp_jax layout (transpose linears, permute Meta q/k)."""
     if meta_rope and jax_sub[1] in ("wq", "wk"):
         w = permute_meta_to_rotate_half(w, n_heads if jax_sub[1] == "wq" else n_kv_heads)
     return np.ascontiguousarray(w.T) if _is_linear(jax_sub) else w
 
 
-def jax_to_torch_tensor(w: np.ndarray, jax_sub: tuple[str, ...], *, meta_rope: bool,
-                        n_heads: int, n_kv_heads: int) -> np.ndarray:
+def jax_to_torch_tensor(
+    w: np.ndarray, jax_sub: tuple[str, ...], *, meta_rope: bool, n_heads: int, n_kv_heads: int
+) -> np.ndarray:
     """Inverse of `torch_to_jax_tensor`."""
     if _is_linear(jax_sub):
         w = np.ascontiguousarray(w.T)
@@ -101,6 +109,7 @@ def jax_to_torch_tensor(w: np.ndarray, jax_sub: tuple[str, ...], *, meta_rope: b
 
 
 # ---- key layout ---------------------------------------------------------------------------------
+
 
 def meta_key_table(n_trunk: int, n_future: int) -> Iterator[tuple[str, tuple, int | None]]:
     """Yield (meta key, jax path, index into the stacked axis or None) for every Meta MTP tensor."""
@@ -116,8 +125,9 @@ def meta_key_table(n_trunk: int, n_future: int) -> Iterator[tuple[str, tuple, in
             yield f"extra_heads.{j}.{mk}", ("heads", *sub), j + 1
 
 
-def hf_key_table(n_layers: int, *, lm_head: bool = True,
-                 prefix: str = "model.") -> Iterator[tuple[str, tuple, int | None]]:
+def hf_key_table(
+    n_layers: int, *, lm_head: bool = True, prefix: str = "model."
+) -> Iterator[tuple[str, tuple, int | None]]:
     """Yield (HF key, jax path, layer index or None) for every LlamaForCausalLM tensor."""
     yield f"{prefix}embed_tokens.weight", ("tok_embeddings", "embedding"), None
     yield f"{prefix}norm.weight", ("norm", "scale"), None
@@ -140,9 +150,11 @@ def top_to_torch(w: np.ndarray, path: tuple) -> np.ndarray:
     return np.ascontiguousarray(w.T) if path in _LINEAR_TOP else w
 
 
-_META_KEY_RE = re.compile(r"^(tok_embeddings\.weight|norm\.weight|output\.weight|"
-                          r"(layers|extra_heads)\.\d+\.[a-z_]+\.[a-z0-9_]+\.weight|"
-                          r"(layers|extra_heads)\.\d+\.(attention_norm|ffn_norm)\.weight)$")
+_META_KEY_RE = re.compile(
+    r"^(tok_embeddings\.weight|norm\.weight|output\.weight|"
+    r"(layers|extra_heads)\.\d+\.[a-z_]+\.[a-z0-9_]+\.weight|"
+    r"(layers|extra_heads)\.\d+\.(attention_norm|ffn_norm)\.weight)$"
+)
 
 
 def looks_like_meta_key(k: str) -> bool:

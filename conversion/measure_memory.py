@@ -15,14 +15,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-_STEP = ("import resource, sys; from conversion.__main__ import main; rc = main(sys.argv[1:]); "
-         "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
-_BASE = ("import resource; import conversion.__main__, conversion.meta, conversion.hf, torch; "
-         "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+_STEP = (
+    "import resource, sys; from conversion.__main__ import main; rc = main(sys.argv[1:]); "
+    "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+)
+_BASE = (
+    "import resource; import conversion.__main__, conversion.meta, conversion.hf, torch; "
+    "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+)
 
 
 def _rss_mib(code: str, *argv) -> float:
-    r = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True
+    )
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
     kib = int(next(line for line in r.stdout.splitlines() if line.startswith("MAXRSS")).split()[1])
@@ -40,6 +46,7 @@ def main():
     a = p.parse_args()
 
     import torch
+
     from conversion.mapping import meta_key_table
     from conversion.trees import torch_shape
     from wmtp_jax.models.args import ModelArgs
@@ -47,31 +54,57 @@ def main():
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)
     (work / "meta").mkdir(parents=True)
-    params = dict(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_heads // 4,
-                  vocab_size=a.vocab_size, multiple_of=256, n_future_tokens=a.n_future_tokens)
+    params = dict(
+        dim=a.dim,
+        n_layers=a.n_layers,
+        n_heads=a.n_heads,
+        n_kv_heads=a.n_heads // 4,
+        vocab_size=a.vocab_size,
+        multiple_of=256,
+        n_future_tokens=a.n_future_tokens,
+    )
     args = ModelArgs.from_meta_params(params)
-    sd = {k: torch.randn(torch_shape(args, path)) for k, path, _ in
-          meta_key_table(args.n_trunk_layers, args.n_future_tokens)}
+    sd = {
+        k: torch.randn(torch_shape(args, path))
+        for k, path, _ in meta_key_table(args.n_trunk_layers, args.n_future_tokens)
+    }
     n = sum(v.numel() for v in sd.values())
     torch.save(sd, work / "meta" / "consolidated.pth")
     (work / "meta" / "params.json").write_text(json.dumps(params))
     del sd
-    out = {"params_m": round(n / 1e6, 1), "float32_mib": round(4 * n / 2**20),
-           "baseline_import_mib": round(_rss_mib(_BASE))}
-    steps = [("meta-to-flax", "meta", "flax_mtp"), ("flax-to-meta", "flax_mtp", "meta_back"),
-             ("hf-to-flax", "hf", "flax_llama"), ("flax-to-hf", "flax_llama", "hf_back")]
+    out = {
+        "params_m": round(n / 1e6, 1),
+        "float32_mib": round(4 * n / 2**20),
+        "baseline_import_mib": round(_rss_mib(_BASE)),
+    }
+    steps = [
+        ("meta-to-flax", "meta", "flax_mtp"),
+        ("flax-to-meta", "flax_mtp", "meta_back"),
+        ("hf-to-flax", "hf", "flax_llama"),
+        ("flax-to-hf", "flax_llama", "hf_back"),
+    ]
     # an HF checkpoint of the same size: trunk + heads as plain layers
     hf_args = args.replace(n_future_tokens=1)
     from transformers import LlamaConfig  # noqa: F401  (only to validate the config below loads)
+
     (work / "hf").mkdir()
     hf_cfg = hf_args.to_hf_config()
     (work / "hf" / "config.json").write_text(json.dumps(hf_cfg))
-    from conversion.mapping import hf_key_table
     from safetensors.torch import save_file
-    save_file({k: torch.randn(torch_shape(hf_args, path)) for k, path, _ in hf_key_table(hf_args.n_layers)},
-              str(work / "hf" / "model.safetensors"))
+
+    from conversion.mapping import hf_key_table
+
+    save_file(
+        {
+            k: torch.randn(torch_shape(hf_args, path))
+            for k, path, _ in hf_key_table(hf_args.n_layers)
+        },
+        str(work / "hf" / "model.safetensors"),
+    )
     for cmd, src, dst in steps:
-        out[f"{cmd}_peak_mib"] = round(_rss_mib(_STEP, cmd, "--src", work / src, "--dst", work / dst))
+        out[f"{cmd}_peak_mib"] = round(
+            _rss_mib(_STEP, cmd, "--src", work / src, "--dst", work / dst)
+        )
     print(json.dumps(out, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

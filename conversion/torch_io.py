@@ -8,8 +8,8 @@ asks for it. bfloat16 crosses the torch/numpy border bit-exactly through `ml_dty
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -23,7 +23,9 @@ def _torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - torch is an optional dependency
-        raise ConversionError("torch is required for conversion: pip install 'wmtp_jax[torch]'") from e
+        raise ConversionError(
+            "torch is required for conversion: pip install 'wmtp_jax[torch]'"
+        ) from e
     return torch
 
 
@@ -77,7 +79,7 @@ class TensorSource:
 
     # --- constructors ----------------------------------------------------------------------
     @classmethod
-    def from_files(cls, files: Iterable[Path]) -> "TensorSource":
+    def from_files(cls, files: Iterable[Path]) -> TensorSource:
         """Union of the tensors in `.safetensors` / `.pth` / `.bin` files (duplicate names -> error)."""
         src = cls()
         for f in files:
@@ -89,12 +91,15 @@ class TensorSource:
 
     def _add_safetensors(self, f: Path):
         from safetensors import safe_open
+
         try:
             h = safe_open(str(f), framework="pt")
         except Exception as e:
             raise ConversionError(f"{f}: cannot read safetensors file ({e})") from None
         for k in h.keys():
-            self._add(k, str(f), h.get_slice(k).get_shape(), lambda h=h, k=k: to_numpy(h.get_tensor(k)))
+            self._add(
+                k, str(f), h.get_slice(k).get_shape(), lambda h=h, k=k: to_numpy(h.get_tensor(k))
+            )
 
     def _add_torch(self, f: Path):
         sd = load_torch_state_dict(f)
@@ -102,7 +107,9 @@ class TensorSource:
             self._add(k, str(f), t.shape, lambda t=t: to_numpy(t))
 
     @classmethod
-    def from_meta_shards(cls, files: list[Path], split_dim: Callable[[str], int | None]) -> "TensorSource":
+    def from_meta_shards(
+        cls, files: list[Path], split_dim: Callable[[str], int | None]
+    ) -> TensorSource:
         """Meta model-parallel shards `consolidated.NN.pth`: concatenate each tensor along
         `split_dim(key)` (None = replicated, taken from shard 0)."""
         shards = [load_torch_state_dict(f) for f in files]
@@ -118,10 +125,11 @@ class TensorSource:
             if d is not None:
                 for i, sd in enumerate(shards[1:], 1):
                     other = list(sd[k].shape)
-                    if other[:d] + other[d + 1:] != shape[:d] + shape[d + 1:]:
+                    if other[:d] + other[d + 1 :] != shape[:d] + shape[d + 1 :]:
                         raise ConversionError(
                             f"{files[i]}: tensor {k!r} shard shape {tuple(other)} does not match "
-                            f"{files[0].name} shape {tuple(t0.shape)} outside dim {d}")
+                            f"{files[0].name} shape {tuple(t0.shape)} outside dim {d}"
+                        )
                 shape[d] = sum(sd[k].shape[d] for sd in shards)
 
             def get(k=k, d=d):
@@ -139,11 +147,15 @@ def load_torch_state_dict(f: Path) -> dict:
     try:
         sd = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:
-        raise ConversionError(f"{f}: cannot load torch checkpoint ({type(e).__name__}: {e})") from None
+        raise ConversionError(
+            f"{f}: cannot load torch checkpoint ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise ConversionError(f"{f}: expected a state dict (name -> tensor), got {type(sd).__name__}")
+        raise ConversionError(
+            f"{f}: expected a state dict (name -> tensor), got {type(sd).__name__}"
+        )
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"{f}: entries that are not tensors: {bad[:5]}")
@@ -164,10 +176,16 @@ def save_torch(state: dict[str, np.ndarray], path: Path):
     _torch().save({k: to_torch(v) for k, v in state.items()}, str(path))
 
 
-def save_safetensors_sharded(state: dict[str, np.ndarray], directory: Path, *,
-                             max_shard_bytes: int, metadata: dict | None = None) -> list[str]:
+def save_safetensors_sharded(
+    state: dict[str, np.ndarray],
+    directory: Path,
+    *,
+    max_shard_bytes: int,
+    metadata: dict | None = None,
+) -> list[str]:
     """HF layout: `model.safetensors`, or `model-0000i-of-0000n.safetensors` + index above a size."""
     from safetensors.torch import save_file
+
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for k, v in state.items():
@@ -178,7 +196,11 @@ def save_safetensors_sharded(state: dict[str, np.ndarray], directory: Path, *,
         size += v.nbytes
     meta = {"format": "pt", **(metadata or {})}
     if len(shards) == 1:
-        save_file({k: to_torch(v) for k, v in shards[0].items()}, str(directory / "model.safetensors"), meta)
+        save_file(
+            {k: to_torch(v) for k, v in shards[0].items()},
+            str(directory / "model.safetensors"),
+            meta,
+        )
         return ["model.safetensors"]
     names, weight_map = [], {}
     for i, shard in enumerate(shards, 1):
@@ -188,5 +210,6 @@ def save_safetensors_sharded(state: dict[str, np.ndarray], directory: Path, *,
         weight_map.update({k: name for k in shard})
     total = sum(v.nbytes for v in state.values())
     (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     return names

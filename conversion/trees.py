@@ -8,7 +8,7 @@ array as soon as its last slice is out.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -23,15 +23,23 @@ def torch_shape(args: ModelArgs, path: tuple) -> tuple[int, ...]:
     """Expected PyTorch (`[out, in]`) shape of the tensor at jax `path` (block paths unstacked)."""
     d, v, f = args.dim, args.vocab_size, args.hidden_dim
     q, kv = args.n_heads * args.head_dim, args.kv_heads * args.head_dim
-    top = {("tok_embeddings", "embedding"): (v, d), ("norm", "scale"): (d,), ("output", "kernel"): (v, d)}
+    top = {
+        ("tok_embeddings", "embedding"): (v, d),
+        ("norm", "scale"): (d,),
+        ("output", "kernel"): (v, d),
+    }
     if path in top:
         return top[path]
     block = {
-        ("attention", "wq", "kernel"): (q, d), ("attention", "wk", "kernel"): (kv, d),
-        ("attention", "wv", "kernel"): (kv, d), ("attention", "wo", "kernel"): (d, q),
-        ("feed_forward", "w1", "kernel"): (f, d), ("feed_forward", "w3", "kernel"): (f, d),
+        ("attention", "wq", "kernel"): (q, d),
+        ("attention", "wk", "kernel"): (kv, d),
+        ("attention", "wv", "kernel"): (kv, d),
+        ("attention", "wo", "kernel"): (d, q),
+        ("feed_forward", "w1", "kernel"): (f, d),
+        ("feed_forward", "w3", "kernel"): (f, d),
         ("feed_forward", "w2", "kernel"): (d, f),
-        ("attention_norm", "scale"): (d,), ("ffn_norm", "scale"): (d,),
+        ("attention_norm", "scale"): (d,),
+        ("ffn_norm", "scale"): (d,),
     }
     return block[path[1:]]
 
@@ -50,39 +58,63 @@ def stacked_sizes(table: Table) -> dict[tuple, int | None]:
 
 
 def expected_tree_shapes(args: ModelArgs, table: Table) -> dict[tuple, tuple[int, ...]]:
-    return {p: ((n,) if n is not None else ()) + jax_shape(args, p) for p, n in stacked_sizes(table).items()}
+    return {
+        p: ((n,) if n is not None else ()) + jax_shape(args, p)
+        for p, n in stacked_sizes(table).items()
+    }
 
 
 def _to_jax(w: np.ndarray, path: tuple, idx, args: ModelArgs, meta_rope: bool) -> np.ndarray:
     if idx is None:
         return top_to_jax(w, path)
-    return torch_to_jax_tensor(w, path[1:], meta_rope=meta_rope, n_heads=args.n_heads, n_kv_heads=args.kv_heads)
+    return torch_to_jax_tensor(
+        w, path[1:], meta_rope=meta_rope, n_heads=args.n_heads, n_kv_heads=args.kv_heads
+    )
 
 
 def _to_torch(w: np.ndarray, path: tuple, idx, args: ModelArgs, meta_rope: bool) -> np.ndarray:
     if idx is None:
         return np.array(top_to_torch(w, path))
-    return np.array(jax_to_torch_tensor(w, path[1:], meta_rope=meta_rope, n_heads=args.n_heads,
-                                        n_kv_heads=args.kv_heads))
+    return np.array(
+        jax_to_torch_tensor(
+            w, path[1:], meta_rope=meta_rope, n_heads=args.n_heads, n_kv_heads=args.kv_heads
+        )
+    )
 
 
-def check_keys(source: TensorSource, table: Table, *, what: str,
-               ignore: Callable[[str], bool] = lambda k: False):
+def check_keys(
+    source: TensorSource,
+    table: Table,
+    *,
+    what: str,
+    ignore: Callable[[str], bool] = lambda k: False,
+):
     wanted = {k for k, _, _ in table}
     missing = [k for k, _, _ in table if k not in source]
     if missing:
-        raise ConversionError(f"{source.files}: missing tensor(s) {missing[:5]}"
-                              f"{' (+%d more)' % (len(missing) - 5) if len(missing) > 5 else ''} for {what}")
+        raise ConversionError(
+            f"{source.files}: missing tensor(s) {missing[:5]}"
+            f"{f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''} for {what}"
+        )
     unknown = [k for k in source.keys() if k not in wanted and not ignore(k)]
     if unknown:
-        raise ConversionError(f"{source.file(unknown[0])}: unexpected tensor(s) {unknown[:5]}"
-                              f"{' (+%d more)' % (len(unknown) - 5) if len(unknown) > 5 else ''} "
-                              f"(not part of {what})")
+        raise ConversionError(
+            f"{source.file(unknown[0])}: unexpected tensor(s) {unknown[:5]}"
+            f"{f' (+{len(unknown) - 5} more)' if len(unknown) > 5 else ''} "
+            f"(not part of {what})"
+        )
 
 
-def torch_to_tree(source: TensorSource, table: Table, args: ModelArgs, *, meta_rope: bool,
-                  dtype=None, what: str = "the model",
-                  ignore: Callable[[str], bool] = lambda k: False) -> dict:
+def torch_to_tree(
+    source: TensorSource,
+    table: Table,
+    args: ModelArgs,
+    *,
+    meta_rope: bool,
+    dtype=None,
+    what: str = "the model",
+    ignore: Callable[[str], bool] = lambda k: False,
+) -> dict:
     """Fill a nested wmtp_jax parameter dict from `source`.
 
     dtype: numpy dtype of the result; None keeps each path's source dtype (bit-exact).
@@ -94,8 +126,10 @@ def torch_to_tree(source: TensorSource, table: Table, args: ModelArgs, *, meta_r
         want = torch_shape(args, path)
         got = source.shape(key)
         if got != want:
-            raise ConversionError(f"{source.file(key)}: tensor {key!r} has shape {got}, expected {want} "
-                                  f"from the model config ({what})")
+            raise ConversionError(
+                f"{source.file(key)}: tensor {key!r} has shape {got}, expected {want} "
+                f"from the model config ({what})"
+            )
         w = _to_jax(source.get(key), path, idx, args, meta_rope)
         if path not in flat:
             shape = ((sizes[path],) if idx is not None else ()) + w.shape
@@ -107,8 +141,15 @@ def torch_to_tree(source: TensorSource, table: Table, args: ModelArgs, *, meta_r
     return unflatten(flat)
 
 
-def tree_to_torch(params: dict, table: Table, args: ModelArgs, *, meta_rope: bool, dtype=None,
-                  what: str = "the model") -> dict[str, np.ndarray]:
+def tree_to_torch(
+    params: dict,
+    table: Table,
+    args: ModelArgs,
+    *,
+    meta_rope: bool,
+    dtype=None,
+    what: str = "the model",
+) -> dict[str, np.ndarray]:
     """Nested wmtp_jax parameter dict -> ordered torch-layout numpy state dict.
 
     Consumes `params` (its arrays are dropped path by path to bound peak memory).
@@ -119,12 +160,15 @@ def tree_to_torch(params: dict, table: Table, args: ModelArgs, *, meta_rope: boo
     extra = sorted("/".join(map(str, p)) for p in set(flat) - set(shapes))
     missing = sorted("/".join(p) for p in set(shapes) - set(flat))
     if extra or missing:
-        raise ConversionError(f"parameter tree does not match {what}: missing {missing[:5]}, "
-                              f"unexpected {extra[:5]}")
+        raise ConversionError(
+            f"parameter tree does not match {what}: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for p, want in shapes.items():
         if tuple(flat[p].shape) != want:
-            raise ConversionError(f"parameter {'/'.join(p)} has shape {tuple(flat[p].shape)}, expected {want} "
-                                  f"from the model config ({what})")
+            raise ConversionError(
+                f"parameter {'/'.join(p)} has shape {tuple(flat[p].shape)}, expected {want} "
+                f"from the model config ({what})"
+            )
     out: dict[str, np.ndarray | None] = {k: None for k, _, _ in table}
     by_path: dict[tuple, list] = {}
     for key, path, idx in table:
@@ -163,6 +207,7 @@ def dtype_from_name(name: str | None):
     if name in (None, "keep"):
         return None
     import ml_dtypes
+
     table = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
     if name not in table:
         raise ConversionError(f"unknown dtype {name!r}; choose one of {sorted(table)} or 'keep'")

@@ -14,12 +14,13 @@ def check_prefill_then_decode(step, model, tok, lens, full, cache, prefill: int 
     positions = jnp.broadcast_to(jnp.arange(prefill), (b, prefill))
     logits, cache = step(model, jnp.asarray(prompt), positions, cache)
     for r in range(b):
-        np.testing.assert_allclose(logits[r, :lens[r]], full[r, :lens[r]], atol=1e-4)
+        np.testing.assert_allclose(logits[r, : lens[r]], full[r, : lens[r]], atol=1e-4)
     pos = lens.copy()
     while pos.min() < s:
         p = np.minimum(pos, s - 1)
-        logits, cache = step(model, jnp.asarray(tok[np.arange(b), p][:, None]),
-                             jnp.asarray(p[:, None]), cache)
+        logits, cache = step(
+            model, jnp.asarray(tok[np.arange(b), p][:, None]), jnp.asarray(p[:, None]), cache
+        )
         for r in np.flatnonzero(pos < s):
             np.testing.assert_allclose(logits[r, 0], full[r, pos[r]], atol=1e-4)
         pos = pos + 1

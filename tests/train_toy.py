@@ -16,7 +16,6 @@ import numpy as np
 from flax import nnx
 
 
-
 class ToyLM(nnx.Module):
     """Embedding → GELU MLP (with dropout) → vocab logits, plus a scalar `value_head`."""
 
@@ -40,9 +39,15 @@ def toy_loss(model, frozen, batch, rng, extra, nan_after=-1, rng_weights=True):
     """Next-token CE with random token weights (so RNG matters) + an EMA extra state."""
     tok = batch["input_ids"]
     logits, value = model(tok[:, :-1])
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), tok[:, 1:, None], -1)[..., 0]
-    w = jax.random.bernoulli(rng, 0.8, ce.shape).astype(jnp.float32) if rng_weights else jnp.ones_like(ce)
-    loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0) + 0.01 * jnp.mean(value ** 2)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), tok[:, 1:, None], -1)[
+        ..., 0
+    ]
+    w = (
+        jax.random.bernoulli(rng, 0.8, ce.shape).astype(jnp.float32)
+        if rng_weights
+        else jnp.ones_like(ce)
+    )
+    loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0) + 0.01 * jnp.mean(value**2)
     if frozen is not None:
         loss = loss + 0.0 * jnp.sum(frozen(tok)[1])
     n = extra["n"] + 1
@@ -62,8 +67,18 @@ def toy_eval(model, frozen, batch, extra):
 class ToyData:
     """Deterministic per-process batches over `n_rows` random sequences; reshuffled per epoch."""
 
-    def __init__(self, n_rows=64, seq=9, vocab=16, batch=4, seed=0, sleep=0.0,
-                 process_index=None, process_count=None, sigterm_at=-1):
+    def __init__(
+        self,
+        n_rows=64,
+        seq=9,
+        vocab=16,
+        batch=4,
+        seed=0,
+        sleep=0.0,
+        process_index=None,
+        process_count=None,
+        sigterm_at=-1,
+    ):
         self.rows = np.random.default_rng(seed).integers(0, vocab, (n_rows, seq), dtype=np.int32)
         self.batch, self.seed, self.sleep = batch, seed, sleep
         self.pi = jax.process_index() if process_index is None else process_index
@@ -72,7 +87,9 @@ class ToyData:
         self.calls, self.sigterm_at = 0, sigterm_at
 
     def _order(self):
-        return np.random.default_rng(self.seed + 1000 * self.epoch).permutation(len(self.rows))[self.pi::self.pc]
+        return np.random.default_rng(self.seed + 1000 * self.epoch).permutation(len(self.rows))[
+            self.pi :: self.pc
+        ]
 
     def __iter__(self):
         return self
@@ -82,7 +99,7 @@ class ToyData:
         if self.index + self.batch > len(order):
             self.epoch, self.index = self.epoch + 1, 0
             order = self._order()
-        rows = self.rows[order[self.index:self.index + self.batch]]
+        rows = self.rows[order[self.index : self.index + self.batch]]
         self.index += self.batch
         if self.sleep:
             time.sleep(self.sleep)
@@ -98,39 +115,61 @@ class ToyData:
         self.epoch, self.index = int(s["epoch"]), int(s["index"])
 
 
-def make_task(config, *, dropout=0.1, n_rows=64, sleep=0.0, nan_after=-1, groups=False, frozen=False,
-              rng_weights=True, sigterm_at=-1):
+def make_task(
+    config,
+    *,
+    dropout=0.1,
+    n_rows=64,
+    sleep=0.0,
+    nan_after=-1,
+    groups=False,
+    frozen=False,
+    rng_weights=True,
+    sigterm_at=-1,
+):
     from wmtp_jax.train import TrainTask
 
     per_proc = config.training.batch_size // jax.process_count()
     model = ToyLM(dropout=dropout, seed=config.seed, rngs=nnx.Rngs(dropout=config.seed + 1))
     kw = {}
     if groups:
-        kw = dict(param_labels=lambda p: "value_head" if p.startswith("value_head") else "lm",
-                  param_groups={"lm": {"learning_rate": config.training.learning_rate},
-                                "value_head": {"learning_rate": 10 * config.training.learning_rate,
-                                               "weight_decay": 0.0}})
+        kw = dict(
+            param_labels=lambda p: "value_head" if p.startswith("value_head") else "lm",
+            param_groups={
+                "lm": {"learning_rate": config.training.learning_rate},
+                "value_head": {
+                    "learning_rate": 10 * config.training.learning_rate,
+                    "weight_decay": 0.0,
+                },
+            },
+        )
     return TrainTask(
         model=model,
         loss_fn=lambda m, f, b, r, e: toy_loss(m, f, b, r, e, nan_after, rng_weights),
-        train_iter=ToyData(n_rows=n_rows, batch=per_proc, seed=config.seed, sleep=sleep,
-                           sigterm_at=sigterm_at),
+        train_iter=ToyData(
+            n_rows=n_rows, batch=per_proc, seed=config.seed, sleep=sleep, sigterm_at=sigterm_at
+        ),
         frozen=ToyLM(seed=7, rngs=nnx.Rngs(7)) if frozen else None,
         extra_state={"ema": jnp.zeros((), jnp.float32), "n": jnp.zeros((), jnp.int32)},
         eval_fn=toy_eval,
-        val_iter_fn=lambda: iter([{"input_ids": ToyData(n_rows=8, batch=per_proc, seed=99).rows[:per_proc]}]),
-        **kw)
+        val_iter_fn=lambda: iter(
+            [{"input_ids": ToyData(n_rows=8, batch=per_proc, seed=99).rows[:per_proc]}]
+        ),
+        **kw,
+    )
 
 
 # ---- as a pipeline module for wmtp_jax.main (config file: tests/train_toy_config.py) ----------
+
 
 def run(config):
     from wmtp_jax.train import fit
     from wmtp_jax.train.lock import claim_output_dir
 
     claim_output_dir(config.output_dir)  # as pipelines.common.setup: refuse before building
-    task = make_task(config, dropout=config.toy.dropout, sleep=config.toy.sleep,
-                     nan_after=config.toy.nan_after)
+    task = make_task(
+        config, dropout=config.toy.dropout, sleep=config.toy.sleep, nan_after=config.toy.nan_after
+    )
     return fit(config, task)
 
 
@@ -145,5 +184,8 @@ def enable_compilation_cache():
 
 
 def cache_env() -> dict:
-    return {"JAX_COMPILATION_CACHE_DIR": CACHE_DIR, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }

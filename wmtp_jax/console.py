@@ -50,9 +50,12 @@ def header(config, log_file: Path | None) -> str:
     """`wmtp_jax <pipeline> | <devices> | output <dir> | log <file>` (one line)."""
     devices = jax.devices()
     kinds = sorted({d.platform for d in devices})
-    parts = [f"wmtp_jax {config.pipeline}", f"{len(devices)} {'/'.join(kinds)} device(s)"
-             + (f" x {jax.process_count()} processes" if jax.process_count() > 1 else ""),
-             f"output {config.output_dir}"]
+    parts = [
+        f"wmtp_jax {config.pipeline}",
+        f"{len(devices)} {'/'.join(kinds)} device(s)"
+        + (f" x {jax.process_count()} processes" if jax.process_count() > 1 else ""),
+        f"output {config.output_dir}",
+    ]
     if log_file is not None:
         parts.append(f"log {log_file}")
     return " | ".join(parts)

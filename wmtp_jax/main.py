@@ -22,7 +22,8 @@ from wmtp_jax import configs as _configs_package
 PACKAGED_CONFIGS = Path(_configs_package.__file__).parent
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Pipeline config file: configs/<pipeline>.py[:micro|:7b]", lock_config=True)
+    "config", None, "Pipeline config file: configs/<pipeline>.py[:micro|:7b]", lock_config=True
+)
 
 
 def _fail(msg: str) -> None:
@@ -48,33 +49,43 @@ def summary(result) -> str:
     if callable(getattr(result, "describe", None)):
         return result.describe()
     if isinstance(result, dict) and "benchmark" in result:  # an evaluation summary
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items()
-                           if k.startswith("pass@") or k == "accuracy")
-        return "\n".join([
-            f"{result['benchmark']} {result['split']}: {scores} ({result['n_problems']} problems, "
-            f"temperature {result['temperature']:g}, "
-            f"sandbox {result.get('sandbox', {}).get('policy', 'n/a')})",
-            f"outputs: {result['output_dir']} (samples.jsonl, results.jsonl, summary.json)"])
+        scores = ", ".join(
+            f"{k} {v:.4f}" for k, v in result.items() if k.startswith("pass@") or k == "accuracy"
+        )
+        return "\n".join(
+            [
+                f"{result['benchmark']} {result['split']}: {scores} ({result['n_problems']} problems, "
+                f"temperature {result['temperature']:g}, "
+                f"sandbox {result.get('sandbox', {}).get('policy', 'n/a')})",
+                f"outputs: {result['output_dir']} (samples.jsonl, results.jsonl, summary.json)",
+            ]
+        )
     if result is None or not hasattr(result, "output_dir"):
         return f"result: {result}"
-    lines = [f"status: {result.status} at step {result.step}",
-             f"checkpoint: {result.checkpoint_dir}"]
+    lines = [
+        f"status: {result.status} at step {result.step}",
+        f"checkpoint: {result.checkpoint_dir}",
+    ]
     if result.best_dir:
         lines.append(f"best checkpoint: {result.best_dir}")
     if (result.output_dir / "final_model").exists():
         lines.append(f"final model: {result.output_dir / 'final_model'}")
     lines.append(f"metrics: {result.metrics_file}")
     if result.mlflow_run_id:
-        lines.append(f"mlflow: run {result.mlflow_run_id} in {result.mlflow_tracking_uri} "
-                     f"(mlflow ui --backend-store-uri {result.mlflow_tracking_uri})")
+        lines.append(
+            f"mlflow: run {result.mlflow_run_id} in {result.mlflow_tracking_uri} "
+            f"(mlflow ui --backend-store-uri {result.mlflow_tracking_uri})"
+        )
     keys = [k for k in ("train/loss", "val/loss") if k in result.metrics]
     if keys:
         lines.append("final: " + ", ".join(f"{k}={result.metrics[k]:.4f}" for k in keys))
     ev = getattr(result, "evaluation", None)
     if ev:
-        lines.append(f"pass@1 (greedy, {ev['benchmark']} {ev['split']}, {ev['n_problems']} "
-                     f"problems): initial policy {ev['initial_pass@1']:.3f} -> trained "
-                     f"{ev['pass@1']:.3f}")
+        lines.append(
+            f"pass@1 (greedy, {ev['benchmark']} {ev['split']}, {ev['n_problems']} "
+            f"problems): initial policy {ev['initial_pass@1']:.3f} -> trained "
+            f"{ev['pass@1']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -99,8 +110,12 @@ def check_attention(implementation: str) -> None:
         check_backend(implementation)
     except ValueError as e:
         _fail(str(e))
-    logging.info("attention: runtime.attention=%s on backend %s (the choice per shape is logged "
-                 "when the step is traced)", implementation, jax.default_backend())
+    logging.info(
+        "attention: runtime.attention=%s on backend %s (the choice per shape is logged "
+        "when the step is traced)",
+        implementation,
+        jax.default_backend(),
+    )
 
 
 def main(argv):
@@ -143,8 +158,13 @@ def main(argv):
 
     try:
         result = pipeline.run(config)
-    except (NonFiniteLossError, OutputDirBusy, IncompatibleCheckpoint, CorruptCheckpoint,
-            ConfigError) as e:
+    except (
+        NonFiniteLossError,
+        OutputDirBusy,
+        IncompatibleCheckpoint,
+        CorruptCheckpoint,
+        ConfigError,
+    ) as e:
         _fail(str(e))
     if jax.process_index() == 0:
         print(summary(result), flush=True)
@@ -180,22 +200,31 @@ def _parse_flags(argv):
     """absl flag parsing; config errors (file, variant, key, value type) exit 2 with one line."""
     i = _config_arg(argv)
     if i is not None:
-        prefix, value = ("--config=", argv[i][len("--config="):]) if argv[i].startswith(
-            "--config=") else ("", argv[i])
+        prefix, value = (
+            ("--config=", argv[i][len("--config=") :])
+            if argv[i].startswith("--config=")
+            else ("", argv[i])
+        )
         file, _, variant = value.partition(":")
         file = resolve_config_file(file)
         if not os.path.isfile(file):
             _fail(f"--config: no config file {file!r}")
-        argv = [*argv[:i], prefix + file + (":" + variant if variant else ""), *argv[i + 1:]]
+        argv = [*argv[:i], prefix + file + (":" + variant if variant else ""), *argv[i + 1 :]]
     try:
         return flags.FLAGS(argv)
     except flags.IllegalFlagValueError as e:  # bad variant, wrong value type, get_config error
         _fail(_last_line(e) if "Error whilst parsing config file" in str(e) else str(e))
     except (AttributeError, KeyError) as e:
         name = str(e).strip("\"'")
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")]
-        _fail(f"unknown config key {bad[0][2:] if bad else name!r} (configs are locked; "
-              f"see the pipeline's config file)")
+        bad = [
+            a.split("=")[0]
+            for a in argv
+            if a.startswith("--config.") and name in a.split("=")[0].split(".")
+        ]
+        _fail(
+            f"unknown config key {bad[0][2:] if bad else name!r} (configs are locked; "
+            f"see the pipeline's config file)"
+        )
 
 
 def run():

@@ -14,16 +14,34 @@ def make_tiny_storage(w: Path) -> Path:
     from wmtp_jax.models.mtp import MTPTransformer
 
     ensure_synthetic(w / parts.MICRO_DATASET, seed=0, n_problems=40)
-    tok = ensure_micro_tokenizer(w / parts.MICRO_TOKENIZER, w / parts.MICRO_DATASET,
-                                 vocab_size=1024)
+    tok = ensure_micro_tokenizer(
+        w / parts.MICRO_TOKENIZER, w / parts.MICRO_DATASET, vocab_size=1024
+    )
     files = sorted((w / parts.MICRO_TOKENIZER).iterdir())
-    args = ModelArgs(dim=32, n_layers=3, n_heads=2, vocab_size=len(tok), multiple_of=16,
-                     n_future_tokens=2, max_seq_len=128)
-    io.save_model(w / parts.MICRO_POLICY, MTPTransformer(args, rngs=nnx.Rngs(0)), kind="mtp",
-                  args=args, tokenizer=files)
+    args = ModelArgs(
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        vocab_size=len(tok),
+        multiple_of=16,
+        n_future_tokens=2,
+        max_seq_len=128,
+    )
+    io.save_model(
+        w / parts.MICRO_POLICY,
+        MTPTransformer(args, rngs=nnx.Rngs(0)),
+        kind="mtp",
+        args=args,
+        tokenizer=files,
+    )
     largs = args.replace(n_layers=2, n_future_tokens=1)
-    io.save_model(w / parts.MICRO_LLAMA, Llama(largs, rngs=nnx.Rngs(1)), kind="llama",
-                  args=largs, tokenizer=files)
+    io.save_model(
+        w / parts.MICRO_LLAMA,
+        Llama(largs, rngs=nnx.Rngs(1)),
+        kind="llama",
+        args=largs,
+        tokenizer=files,
+    )
     return w
 
 

@@ -13,23 +13,70 @@ from wmtp_jax.bench import flops
 from wmtp_jax.bench.train_step import TrainCase
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--dim", "32", "--n-layers", "3", "--n-heads", "2", "--n-future", "2", "--vocab", "64",
-        "--multiple-of", "16"]
+TINY = [
+    "--dim",
+    "32",
+    "--n-layers",
+    "3",
+    "--n-heads",
+    "2",
+    "--n-future",
+    "2",
+    "--vocab",
+    "64",
+    "--multiple-of",
+    "16",
+]
 
 
 def _run(args, devices=1, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.run([sys.executable, "-m", "wmtp_jax.bench", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "wmtp_jax.bench", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_train_and_decode_write_json_lines(tmp_path):
     out, png = tmp_path / "r.jsonl", tmp_path / "tput.png"
-    p = _run(["--what", "all", "--pipelines", "verifiable", *TINY, "--batch", "2", "--seq", "16",
-              "--steps", "2", "--warmup", "1", "--peak-tflops", "1", "--prompt-len", "4",
-              "--max-new-tokens", "4", "--decode-repeats", "1", "--out", str(out),
-              "--plot", str(png)], devices=2)
+    p = _run(
+        [
+            "--what",
+            "all",
+            "--pipelines",
+            "verifiable",
+            *TINY,
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--peak-tflops",
+            "1",
+            "--prompt-len",
+            "4",
+            "--max-new-tokens",
+            "4",
+            "--decode-repeats",
+            "1",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+        devices=2,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["kind"] for r in rows] == ["train", "decode", "decode"]
@@ -39,12 +86,28 @@ def test_train_and_decode_write_json_lines(tmp_path):
         assert m["backend"] == "cpu" and m["jax"] and m["flax"] and m["host_cores"] >= 1
         assert len(r["loadavg"]) == 3 and "commit" in m
     c = train["config"]
-    assert (c["pipeline"], c["batch"], c["seq"], c["dim"], c["n_layers"]) == ("verifiable", 2, 16, 32, 3)
+    assert (c["pipeline"], c["batch"], c["seq"], c["dim"], c["n_layers"]) == (
+        "verifiable",
+        2,
+        16,
+        32,
+        3,
+    )
     assert train["n_devices"] == 2 and train["mesh_shape"]["fsdp"] == 2
-    case = TrainCase(pipeline="verifiable", dim=32, n_layers=3, n_heads=2, n_future=2, vocab=64,
-                     multiple_of=16, batch=2, seq=16)
-    want = flops.train_flops_per_token("verifiable", case.policy_args(), 16,
-                                       critic_args=case.critic_args())
+    case = TrainCase(
+        pipeline="verifiable",
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        n_future=2,
+        vocab=64,
+        multiple_of=16,
+        batch=2,
+        seq=16,
+    )
+    want = flops.train_flops_per_token(
+        "verifiable", case.policy_args(), 16, critic_args=case.critic_args()
+    )
     assert train["flops_per_token"] == want
     assert train["tokens_per_step"] == 32 and train["step_flops"] == want["total"] * 32
     assert train["compile_s"] > 0 and len(train["step_times_s"]) == 2
@@ -69,10 +132,31 @@ def test_bad_input_exits_nonzero_naming_the_flag(tmp_path):
 @pytest.mark.slow
 def test_attention_sweep_and_torch_comparison_smoke(tmp_path):
     out = tmp_path / "r.jsonl"
-    p = _run(["--attention", "--attention-seq", "40", "--attention-shape", "2,4,2,8",
-              "--compare-torch", "--pipelines", "baseline", *TINY, "--batch", "2", "--seq", "16",
-              "--attention-impl", "xla,blockwise", "--steps", "2", "--warmup", "1",
-              "--out", str(out)])
+    p = _run(
+        [
+            "--attention",
+            "--attention-seq",
+            "40",
+            "--attention-shape",
+            "2,4,2,8",
+            "--compare-torch",
+            "--pipelines",
+            "baseline",
+            *TINY,
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--attention-impl",
+            "xla,blockwise",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     attn = [r for r in rows if r["kind"] == "attention"]
@@ -84,11 +168,14 @@ def test_attention_sweep_and_torch_comparison_smoke(tmp_path):
         assert len(r["loadavg_during"]) == 2
     assert blockwise["resolved"] == "blockwise" and xla["memory_analysis"]["estimate"] > 0
     assert blockwise["memory_vs_xla"] == pytest.approx(
-        blockwise["memory_analysis"]["estimate"] / xla["memory_analysis"]["estimate"])
+        blockwise["memory_analysis"]["estimate"] / xla["memory_analysis"]["estimate"]
+    )
     assert sdpa["torch_peak_bytes"] is None  # no CPU allocator statistics in torch
     cmp = [r for r in rows if r["kind"] == "compare_torch"]
     assert [(r["config"]["attention"], r["attention_resolved"]) for r in cmp] == [
-        ("xla", "xla"), ("blockwise", "blockwise")]
+        ("xla", "xla"),
+        ("blockwise", "blockwise"),
+    ]
     for r in cmp:
         # the same model, weights, batch and loss on both sides: the same first loss
         assert r["first_loss_jax"] == pytest.approx(r["first_loss_torch"], abs=1e-4)

@@ -15,10 +15,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = [sys.executable, "-m", "wmtp_jax.main"]
-FAST = ["--config.training.max_steps=3", "--config.training.batch_size=2",
-        "--config.training.eval_every_steps=0", "--config.training.log_interval=1",
-        "--config.checkpoint.every_steps=2", "--config.dataset.max_length=128",
-        "--config.data_sampling.n_samples=12", "--config.data_sampling.val_n_samples=2"]
+FAST = [
+    "--config.training.max_steps=3",
+    "--config.training.batch_size=2",
+    "--config.training.eval_every_steps=0",
+    "--config.training.log_interval=1",
+    "--config.checkpoint.every_steps=2",
+    "--config.dataset.max_length=128",
+    "--config.data_sampling.n_samples=12",
+    "--config.data_sampling.val_n_samples=2",
+]
 
 
 def env():
@@ -29,8 +35,11 @@ def env():
 
 def run_cli(cwd, config, *overrides, timeout=600):
     uri = f"sqlite:///{cwd}/storage/mlflow/mlflow.db"
-    cmd = MAIN + [f"--config={ROOT}/configs/{config}", f"--config.mlflow.tracking_uri={uri}",
-                  *overrides]
+    cmd = MAIN + [
+        f"--config={ROOT}/configs/{config}",
+        f"--config.mlflow.tracking_uri={uri}",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -53,15 +62,34 @@ def work(tmp_path_factory):
 
     w = tmp_path_factory.mktemp("pipelines")
     ensure_synthetic(w / parts.MICRO_DATASET, seed=0, n_problems=40)
-    tok = ensure_micro_tokenizer(w / parts.MICRO_TOKENIZER, w / parts.MICRO_DATASET, vocab_size=1024)
+    tok = ensure_micro_tokenizer(
+        w / parts.MICRO_TOKENIZER, w / parts.MICRO_DATASET, vocab_size=1024
+    )
     files = sorted((w / parts.MICRO_TOKENIZER).iterdir())
-    args = ModelArgs(dim=32, n_layers=3, n_heads=2, vocab_size=len(tok), multiple_of=16,
-                     n_future_tokens=2, max_seq_len=128)
-    io.save_model(w / parts.MICRO_POLICY, MTPTransformer(args, rngs=nnx.Rngs(0)), kind="mtp",
-                  args=args, tokenizer=files)
+    args = ModelArgs(
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        vocab_size=len(tok),
+        multiple_of=16,
+        n_future_tokens=2,
+        max_seq_len=128,
+    )
+    io.save_model(
+        w / parts.MICRO_POLICY,
+        MTPTransformer(args, rngs=nnx.Rngs(0)),
+        kind="mtp",
+        args=args,
+        tokenizer=files,
+    )
     largs = args.replace(n_layers=2, n_future_tokens=1)
-    io.save_model(w / parts.MICRO_LLAMA, Llama(largs, rngs=nnx.Rngs(1)), kind="llama",
-                  args=largs, tokenizer=files)
+    io.save_model(
+        w / parts.MICRO_LLAMA,
+        Llama(largs, rngs=nnx.Rngs(1)),
+        kind="llama",
+        args=largs,
+        tokenizer=files,
+    )
     return w
 
 
@@ -95,10 +123,24 @@ def test_critic_then_verifiable_with_ema_resume(work):
 
     out = "storage/checkpoints/verifiable/verifiable-micro"
     fast = [a for a in FAST if "max_steps" not in a]
-    ok(run_cli(work, "verifiable.py", *fast, "--config.training.max_steps=2",
-               "--config.training.gradient_accumulation_steps=2"))
-    p = ok(run_cli(work, "verifiable.py", *fast, "--config.training.max_steps=4",
-                   "--config.training.gradient_accumulation_steps=2"))  # resumes at step 2
+    ok(
+        run_cli(
+            work,
+            "verifiable.py",
+            *fast,
+            "--config.training.max_steps=2",
+            "--config.training.gradient_accumulation_steps=2",
+        )
+    )
+    ok(
+        run_cli(
+            work,
+            "verifiable.py",
+            *fast,
+            "--config.training.max_steps=4",
+            "--config.training.gradient_accumulation_steps=2",
+        )
+    )  # resumes at step 2
     assert "resumed from" in (work / out / "run.log").read_text()  # INFO goes to run.log
     client, run_id = check_run(work, out)
     rows = [r for r in metrics_rows(work / out) if "td/ema_step_count" in r]
@@ -135,10 +177,14 @@ def test_baseline_lora(work):
     assert cfg["lora"]["rank"] == 16 and "w1" in cfg["lora"]["targets"]
 
 
-@pytest.mark.parametrize("override,key", [
-    ("--config.weighting.advantage=foo", "weighting.advantage"),
-    ("--config.training.weight_clip_min=9.0", "training.weight_clip_min"),
-    ("--config.training.no_such_key=1", "no_such_key")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("--config.weighting.advantage=foo", "weighting.advantage"),
+        ("--config.training.weight_clip_min=9.0", "training.weight_clip_min"),
+        ("--config.training.no_such_key=1", "no_such_key"),
+    ],
+)
 def test_bad_config_exits_nonzero_naming_the_key(tmp_path, override, key):
     p = run_cli(tmp_path, "verifiable.py", override, timeout=120)
     assert p.returncode != 0
@@ -149,10 +195,17 @@ def test_bad_config_exits_nonzero_naming_the_key(tmp_path, override, key):
 def test_embedded_default_bootstraps_empty_storage(tmp_path):
     """baseline :micro from an empty directory: creates dataset, tokenizer and the micro
     policy at their default sizes (logged), then trains."""
-    p = ok(run_cli(tmp_path, "baseline.py", "--config.training.max_steps=2",
-                   "--config.training.batch_size=2",
-                   "--config.training.eval_every_steps=0", "--config.data_sampling.val_n_samples=2",
-                   timeout=900))
+    p = ok(
+        run_cli(
+            tmp_path,
+            "baseline.py",
+            "--config.training.max_steps=2",
+            "--config.training.batch_size=2",
+            "--config.training.eval_every_steps=0",
+            "--config.data_sampling.val_n_samples=2",
+            timeout=900,
+        )
+    )
     out = tmp_path / "storage/checkpoints/baseline/baseline-micro"
     log = (out / "run.log").read_text()
     for what in ("synthetic dataset", "micro tokenizer", "random-init micro mtp model"):

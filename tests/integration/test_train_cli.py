@@ -14,8 +14,14 @@ MAIN = [sys.executable, "-m", "wmtp_jax.main", "--config=tests/train_toy_config.
 
 
 def _run(*args, timeout=120):
-    return subprocess.run(MAIN + list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return subprocess.run(
+        MAIN + list(args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def test_unknown_key_exits_nonzero_naming_it():
@@ -50,21 +56,34 @@ def _free_port() -> int:
 
 def test_two_process_distributed_run_trains_and_checkpoints(tmp_path):
     port = _free_port()
-    env = {**os.environ, **train_toy.cache_env(), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {
+        **os.environ,
+        **train_toy.cache_env(),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
     procs = []
     for pid in range(2):
-        args = MAIN + [f"--config.output_dir={tmp_path}", "--config.training.max_steps=4",
-                       "--config.training.eval_every_steps=2",
-                       f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                       "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
-        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        args = MAIN + [
+            f"--config.output_dir={tmp_path}",
+            "--config.training.max_steps=4",
+            "--config.training.eval_every_steps=2",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={pid}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "checkpoint:" in outs[0][0] and "/checkpoints/4" in outs[0][0]
-    assert sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit()) == [2, 4]
+    assert sorted(
+        int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit()
+    ) == [2, 4]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "train/loss" in r]
     assert steps == [1, 2, 3, 4]  # process 0 logs; 8 global rows = 4 per process over 4 devices

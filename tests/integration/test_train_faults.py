@@ -56,6 +56,7 @@ def _env():
 class _LockingData(train_toy.ToyData):
     """ToyData that, when batch `at` is drawn, holds `BEGIN EXCLUSIVE` on `db` from another
     process for `seconds` (returns once the lock is held, so training runs under it)."""
+
     at, db, seconds, locker = 3, None, 3.0, None
 
     def __next__(self):
@@ -75,8 +76,9 @@ class _LockingData(train_toy.ToyData):
 
 def test_locked_mlflow_store_mid_run_does_not_stop_training(reference, tmp_path):
     db = tmp_path / "mlflow.db"
-    c = cfg(tmp_path / "run", **{"mlflow.experiment": "toy",
-                                 "mlflow.tracking_uri": f"sqlite:///{db}"})
+    c = cfg(
+        tmp_path / "run", **{"mlflow.experiment": "toy", "mlflow.tracking_uri": f"sqlite:///{db}"}
+    )
     task = train_toy.make_task(c)
     task.train_iter.__class__ = _LockingData
     _LockingData.db, _LockingData.locker = db, None
@@ -98,13 +100,27 @@ def test_locked_mlflow_store_mid_run_does_not_stop_training(reference, tmp_path)
 @pytest.mark.slow
 def test_second_run_on_a_busy_output_dir_refuses_at_once(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from wmtp_jax.train.lock import claim_output_dir; "
-         f"claim_output_dir({str(tmp_path)!r}); print('held', flush=True); time.sleep(300)"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import time; from wmtp_jax.train.lock import claim_output_dir; "
+            f"claim_output_dir({str(tmp_path)!r}); print('held', flush=True); time.sleep(300)",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        p = subprocess.run(MAIN + [f"--config.output_dir={tmp_path}"], cwd=ROOT, env=_env(),
-                           capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            MAIN + [f"--config.output_dir={tmp_path}"],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode == 2, p.stderr[-2000:]
         err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
         assert len(err) == 1 and f"is in use by pid {holder.pid} on host" in err[0], p.stderr
@@ -126,8 +142,11 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(reference, tmp_p
     c = cfg(tmp_path)
     first = fit(c, train_toy.make_task(c), stop_at_step=4)
     assert first.status == "stopped" and first.checkpoint_dir.name == "4"
-    data = [p for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*")
-            if p.is_file() and p.parent.name == "d"]  # the array data files (OCDBT)
+    data = [
+        p
+        for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*")
+        if p.is_file() and p.parent.name == "d"
+    ]  # the array data files (OCDBT)
     assert data
     for f in data:  # as a write cut short by a full disk or a kill
         os.truncate(f, f.stat().st_size // 2)
@@ -154,8 +173,11 @@ def test_resume_with_another_n_future_is_refused_naming_it(tmp_path):
     before = (tmp_path / "metrics.jsonl").read_text()
     task = train_toy.make_task(c)
     task.model.args = SimpleArgs(n_future_tokens=2)
-    with pytest.raises(IncompatibleCheckpoint, match=r"checkpoints/2 was trained with another "
-                       r"model: n_future_tokens=4 in the checkpoint, 2 now"):
+    with pytest.raises(
+        IncompatibleCheckpoint,
+        match=r"checkpoints/2 was trained with another "
+        r"model: n_future_tokens=4 in the checkpoint, 2 now",
+    ):
         fit(c, task)
     assert (tmp_path / "metrics.jsonl").read_text() == before  # nothing trained or logged
 
@@ -168,12 +190,15 @@ class SimpleArgs:
         return dict(self.kw)
 
 
-@pytest.mark.parametrize("args, want", [
-    (["--config=tests/nope.py"], "error: --config: no config file 'tests/nope.py'"),
-    (["--config=tests/train_toy_config.py:9b"], "unknown config variant '9b'"),
-    (["--config.training.max_steps=abc"], "--config.training.max_steps=abc: invalid literal"),
-    (["--config.training.nope=1"], "unknown config key 'config.training.nope'"),
-])
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        (["--config=tests/nope.py"], "error: --config: no config file 'tests/nope.py'"),
+        (["--config=tests/train_toy_config.py:9b"], "unknown config variant '9b'"),
+        (["--config.training.max_steps=abc"], "--config.training.max_steps=abc: invalid literal"),
+        (["--config.training.nope=1"], "unknown config key 'config.training.nope'"),
+    ],
+)
 def test_config_errors_exit_2_with_one_line(args, want):
     cmd = MAIN[:3] + args if args[0].startswith("--config=") else MAIN + args
     p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
@@ -191,13 +216,24 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
 
     model = tmp_path / "policy"
     model.mkdir()
-    args = ModelArgs(dim=16, n_layers=2, n_heads=2, vocab_size=32, n_future_tokens=2,
-                     max_seq_len=64)
+    args = ModelArgs(
+        dim=16, n_layers=2, n_heads=2, vocab_size=32, n_future_tokens=2, max_seq_len=64
+    )
     (model / io.CONFIG_FILE).write_text(json.dumps(io.make_config("mtp", args)))
-    c = ml_collections.ConfigDict({"dataset": {"max_length": 64}, "models": {
-        "policy": {"path": str(model)}, "reference": {"path": str(tmp_path / "not-created")}}})
+    c = ml_collections.ConfigDict(
+        {
+            "dataset": {"max_length": 64},
+            "models": {
+                "policy": {"path": str(model)},
+                "reference": {"path": str(tmp_path / "not-created")},
+            },
+        }
+    )
     check_model_lengths(c)  # equal is fine; a model dir not created yet is skipped
     c.dataset.max_length = 65
-    with pytest.raises(ConfigError, match=r"dataset.max_length=65 exceeds models.policy "
-                       r"max_seq_len=64 \(.*policy/model_config.json\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset.max_length=65 exceeds models.policy "
+        r"max_seq_len=64 \(.*policy/model_config.json\)",
+    ):
         check_model_lengths(c)

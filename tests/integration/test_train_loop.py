@@ -58,20 +58,32 @@ def test_overfit_checkpoint_and_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    c = cfg(tmp_path / "run", **{"training.max_steps": 15, "training.log_interval": 5,
-                                 "training.learning_rate": 0.1, "training.lr_scheduler.type": "constant",
-                                 "mlflow.experiment": "toy", "mlflow.tracking_uri": uri,
-                                 "training.eval_every_steps": 0})
+    c = cfg(
+        tmp_path / "run",
+        **{
+            "training.max_steps": 15,
+            "training.log_interval": 5,
+            "training.learning_rate": 0.1,
+            "training.lr_scheduler.type": "constant",
+            "mlflow.experiment": "toy",
+            "mlflow.tracking_uri": uri,
+            "training.eval_every_steps": 0,
+        },
+    )
     r = fit(c, train_toy.make_task(c, dropout=0.0, n_rows=8))  # one fixed batch of 8 rows
     assert r.status == "completed" and r.checkpoint_dir.name == "15"
-    assert (r.checkpoint_dir / "state").is_dir() and json.loads((r.checkpoint_dir / "config" / "metadata").read_text())
+    assert (r.checkpoint_dir / "state").is_dir() and json.loads(
+        (r.checkpoint_dir / "config" / "metadata").read_text()
+    )
     hist = MlflowClient(uri).get_metric_history(r.mlflow_run_id, "train/loss")
     assert [m.step for m in hist] == [5, 10, 15]
     vals = [m.value for m in hist]
     assert vals[0] > vals[1] > vals[2] and vals[2] < 0.75 * vals[0], vals
     run = MlflowClient(uri).get_run(r.mlflow_run_id)
     assert run.data.params["training.learning_rate"] == "0.1" and run.info.status == "FINISHED"
-    assert {"train/grad_norm", "train/learning_rate", "perf/tokens_per_sec", "val/loss"} <= set(run.data.metrics)
+    assert {"train/grad_norm", "train/learning_rate", "perf/tokens_per_sec", "val/loss"} <= set(
+        run.data.metrics
+    )
     arts = {a.path for a in MlflowClient(uri).list_artifacts(r.mlflow_run_id)}
     assert {"config.json", "final_metrics.json"} <= arts
 
@@ -81,7 +93,9 @@ def test_resume_after_clean_stop_is_exact(reference, tmp_path):
     c = cfg(tmp_path)
     first = fit(c, train_toy.make_task(c), stop_at_step=3)
     assert first.status == "stopped" and first.checkpoint_dir.name == "3"
-    second = fit(c, train_toy.make_task(c))  # fresh model/iterator: everything comes from the checkpoint
+    second = fit(
+        c, train_toy.make_task(c)
+    )  # fresh model/iterator: everything comes from the checkpoint
     assert second.status == "completed" and second.step == 6
     got = losses(second.metrics_file)
     for s in range(1, 7):
@@ -94,11 +108,21 @@ def test_resume_after_clean_stop_is_exact(reference, tmp_path):
 def test_resume_after_sigkill_is_exact(reference, tmp_path):
     _, _, ref_losses = reference
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "wmtp_jax.main", "--config=tests/train_toy_config.py",
-           f"--config.output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wmtp_jax.main",
+        "--config=tests/train_toy_config.py",
+        f"--config.output_dir={out}",
+    ]
     env = {**os.environ, **train_toy.cache_env()}
-    p = subprocess.Popen(cmd + ["--config.toy.sleep=0.5"], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        cmd + ["--config.toy.sleep=0.5"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not (out / "checkpoints" / "2").is_dir():
@@ -127,7 +151,9 @@ def _steps(config, mesh, n, **task_kw):
     for _ in range(n):
         micro = [next(task.train_iter) for _ in range(ga)]
         batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
-        state, m = c.train_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(batch, mesh, stacked=True))
+        state, m = c.train_step(
+            state, c.fixed, c.frozen_state, mesh_lib.shard_batch(batch, mesh, stacked=True)
+        )
         out.append(m["loss"])
     return c, shardings, state, np.asarray(jax.device_get(out))
 
@@ -144,10 +170,15 @@ def test_sharding_strategies_match_one_device(tmp_path):
             t = t[:-1]
         return t
 
-    want = {"FULL_SHARD": (fsdp_spec, fsdp_spec), "SHARD_GRAD_OP": (repl, fsdp_spec), "NO_SHARD": (repl, repl)}
+    want = {
+        "FULL_SHARD": (fsdp_spec, fsdp_spec),
+        "SHARD_GRAD_OP": (repl, fsdp_spec),
+        "NO_SHARD": (repl, repl),
+    }
     for strategy, (p_spec, o_spec) in want.items():
-        c, sh, state, got = _steps(cfg(tmp_path, **{"runtime.sharding": strategy}), four, 3,
-                                   groups=True, frozen=True)
+        c, sh, state, got = _steps(
+            cfg(tmp_path, **{"runtime.sharding": strategy}), four, 3, groups=True, frozen=True
+        )
         np.testing.assert_allclose(got, base, atol=1e-5, err_msg=strategy)
         assert spec(sh["params"]["w1"].get_value()) == p_spec, strategy
         mu = sh["opt_state"].inner_states["lm"].inner_state[0].mu["w1"].get_value()
@@ -161,8 +192,12 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
     m = mesh_lib.make_mesh(1, 4, 1, devices=jax.devices()[:4])
     kw = dict(dropout=0.0, rng_weights=False)
     _, _, s1, l1 = _steps(cfg(tmp_path, **{"training.batch_size": 8}), m, 2, **kw)
-    _, _, s2, l2 = _steps(cfg(tmp_path, **{"training.batch_size": 4,
-                                          "training.gradient_accumulation_steps": 2}), m, 2, **kw)
+    _, _, s2, l2 = _steps(
+        cfg(tmp_path, **{"training.batch_size": 4, "training.gradient_accumulation_steps": 2}),
+        m,
+        2,
+        **kw,
+    )
     np.testing.assert_allclose(l2, l1, atol=1e-6)
     for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -8,7 +8,9 @@ import numpy as np
 from conversion import mapping
 
 
-def torch_state_to_pure(state_dict, table, *, meta_rope: bool, n_heads: int, n_kv_heads: int) -> dict:
+def torch_state_to_pure(
+    state_dict, table, *, meta_rope: bool, n_heads: int, n_kv_heads: int
+) -> dict:
     """A torch state dict → nested pure dict in the wmtp_jax layout (stacked per-layer tensors).
 
     `table` yields (torch key, jax path, index or None) (`mapping.meta_key_table` / `hf_key_table`).
@@ -23,7 +25,8 @@ def torch_state_to_pure(state_dict, table, *, meta_rope: bool, n_heads: int, n_k
             flat[path] = mapping.top_to_jax(w, path)
         else:
             stacks.setdefault(path, {})[idx] = mapping.torch_to_jax_tensor(
-                w, path[1:], meta_rope=meta_rope, n_heads=n_heads, n_kv_heads=n_kv_heads)
+                w, path[1:], meta_rope=meta_rope, n_heads=n_heads, n_kv_heads=n_kv_heads
+            )
     for path, items in stacks.items():
         flat[path] = np.stack([items[i] for i in range(len(items))])
     nested: dict = {}
@@ -54,8 +57,10 @@ def load_pure(model, pure: dict) -> None:
     have = {tuple(str(p) for p in k): v for k, v in flat_paths(nnx.to_pure_dict(state)).items()}
     want = flat_paths(pure)
     if set(have) != set(want):
-        raise KeyError(f"param paths differ: model-only {sorted(set(have) - set(want))}, "
-                       f"given-only {sorted(set(want) - set(have))}")
+        raise KeyError(
+            f"param paths differ: model-only {sorted(set(have) - set(want))}, "
+            f"given-only {sorted(set(want) - set(have))}"
+        )
     for k, v in want.items():
         if tuple(have[k].shape) != tuple(v.shape):
             raise ValueError(f"{'/'.join(k)}: model shape {have[k].shape} vs given {v.shape}")

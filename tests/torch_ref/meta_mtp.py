@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +21,10 @@ class ModelArgs:
     dim: int = 4096
     n_layers: int = 32
     n_heads: int = 32
-    n_kv_heads: Optional[int] = None
+    n_kv_heads: int | None = None
     vocab_size: int = -1
     multiple_of: int = 256
-    ffn_dim_multiplier: Optional[float] = None
+    ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     n_future_tokens: int = 1
@@ -71,8 +70,11 @@ def repeat_kv(x, n_rep: int):
     bs, slen, n_kv_heads, head_dim = x.shape
     if n_rep == 1:
         return x
-    return (x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim)
-            .reshape(bs, slen, n_kv_heads * n_rep, head_dim))
+    return (
+        x[:, :, :, None, :]
+        .expand(bs, slen, n_kv_heads, n_rep, head_dim)
+        .reshape(bs, slen, n_kv_heads * n_rep, head_dim)
+    )
 
 
 class Attention(nn.Module):
@@ -122,8 +124,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
         self.attention = Attention(args)
-        self.feed_forward = FeedForward(args.dim, 4 * args.dim, args.multiple_of,
-                                        args.ffn_dim_multiplier)
+        self.feed_forward = FeedForward(
+            args.dim, 4 * args.dim, args.multiple_of, args.ffn_dim_multiplier
+        )
         self.layer_id = layer_id
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
@@ -140,21 +143,29 @@ class Transformer(nn.Module):
         self.n_future_tokens = params.n_future_tokens
         self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
         self.layers = nn.ModuleList(
-            TransformerBlock(i, params) for i in range(params.n_layers - self.n_future_tokens + 1))
+            TransformerBlock(i, params) for i in range(params.n_layers - self.n_future_tokens + 1)
+        )
         self.extra_heads = nn.ModuleList(
-            TransformerBlock(i, params) for i in range(self.n_future_tokens - 1))
+            TransformerBlock(i, params) for i in range(self.n_future_tokens - 1)
+        )
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
         self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
-        self.freqs_cis = precompute_freqs_cis(params.dim // params.n_heads,
-                                              params.max_seq_len * 2, params.rope_theta)
+        self.freqs_cis = precompute_freqs_cis(
+            params.dim // params.n_heads, params.max_seq_len * 2, params.rope_theta
+        )
 
-    def forward(self, tokens, start_pos: int = 0, return_all_heads: bool = False,
-                return_hidden_states: bool = False):
+    def forward(
+        self,
+        tokens,
+        start_pos: int = 0,
+        return_all_heads: bool = False,
+        return_hidden_states: bool = False,
+    ):
         """logits `[B, S, K, V]` float32 (K = n_future_tokens if return_all_heads else 1);
         with return_hidden_states also norm(h_trunk) `[B, S, D]`."""
         _bsz, seqlen = tokens.shape
         h = self.tok_embeddings(tokens)
-        freqs_cis = self.freqs_cis[start_pos: start_pos + seqlen]
+        freqs_cis = self.freqs_cis[start_pos : start_pos + seqlen]
         mask = None
         if seqlen > 1:
             mask = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)

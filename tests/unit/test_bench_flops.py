@@ -24,7 +24,9 @@ def test_block_and_lora_params_by_hand():
 
 def test_micro_policy_and_verifiable_by_hand():
     # micro policy: D=256, F=704 (multiple_of 64), 2 trunk + 4 heads, V=1024
-    a = ModelArgs(dim=256, n_layers=6, n_heads=4, vocab_size=1024, multiple_of=64, n_future_tokens=4)
+    a = ModelArgs(
+        dim=256, n_layers=6, n_heads=4, vocab_size=1024, multiple_of=64, n_future_tokens=4
+    )
     c = ModelArgs(dim=256, n_layers=3, n_heads=4, vocab_size=1024, multiple_of=64)
     assert a.hidden_dim == 704 and flops.block_params(a) == 802816
     assert flops.policy_params(a) == 6 * 802816 + 4 * 256 * 1024
@@ -64,11 +66,14 @@ def test_param_formulas_match_the_real_models():
     from wmtp_jax.models.mtp import MTPTransformer
     from wmtp_jax.models.value import ValueModel
 
-    a = ModelArgs(dim=16, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=40, multiple_of=8,
-                  n_future_tokens=2)
+    a = ModelArgs(
+        dim=16, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=40, multiple_of=8, n_future_tokens=2
+    )
     m = nnx.eval_shape(lambda: MTPTransformer(a, rngs=nnx.Rngs(0)))
     # the model holds the output projection once; the FLOPs count it once per head
-    assert _kernel_sizes(m) == flops.policy_params(a) - (a.n_future_tokens - 1) * a.dim * a.vocab_size
+    assert (
+        _kernel_sizes(m) == flops.policy_params(a) - (a.n_future_tokens - 1) * a.dim * a.vocab_size
+    )
     c = nnx.eval_shape(lambda: ValueModel(a, rngs=nnx.Rngs(0), head_type="mlp"))
     assert _kernel_sizes(c) == flops.critic_params(a, "mlp")  # backbone + fc1, fc2, fc3 kernels
     ml = nnx.eval_shape(lambda: MTPTransformer(a, rngs=nnx.Rngs(0), lora=_lora(3)))
@@ -78,6 +83,7 @@ def test_param_formulas_match_the_real_models():
 
 def _lora(rank):
     from wmtp_jax.models.lora import LoRAConfig
+
     return LoRAConfig(rank=rank, targets=flops.ALL_TARGETS)
 
 

@@ -10,12 +10,16 @@ from wmtp_jax.data.collate import AlpacaCollator, PairwiseCollator, apply_alpaca
 # ---- the original's collators, transcribed -------------------------------------------------------
 def ref_template(instruction, input_text, output="", include_response_header=True):
     if input_text.strip():
-        prompt = (f"Below is an instruction that describes a task, paired with an input that provides "
-                  f"further context. Write a response that appropriately completes the request.\n\n"
-                  f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n")
+        prompt = (
+            f"Below is an instruction that describes a task, paired with an input that provides "
+            f"further context. Write a response that appropriately completes the request.\n\n"
+            f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n"
+        )
     else:
-        prompt = (f"Below is an instruction that describes a task. Write a response that appropriately "
-                  f"completes the request.\n\n### Instruction:\n{instruction}\n\n")
+        prompt = (
+            f"Below is an instruction that describes a task. Write a response that appropriately "
+            f"completes the request.\n\n### Instruction:\n{instruction}\n\n"
+        )
     if include_response_header:
         return prompt + "### Response:\n" + output
     return prompt.rstrip()
@@ -35,22 +39,39 @@ def ref_encode(tok, instruction, input_text, output, max_length):
 
 
 def ref_alpaca(tok, samples, max_length):
-    rows = [ref_encode(tok, s["instruction"], s.get("input", "") or "", s["output"], max_length)
-            for s in samples]
-    return {"input_ids": np.stack([r[0] for r in rows]), "attention_mask": np.stack([r[1] for r in rows]),
-            "labels": np.stack([r[2] for r in rows]),
-            "is_correct": np.asarray([1.0 if s.get("is_correct", True) else 0.0 for s in samples],
-                                     np.float32)}
+    rows = [
+        ref_encode(tok, s["instruction"], s.get("input", "") or "", s["output"], max_length)
+        for s in samples
+    ]
+    return {
+        "input_ids": np.stack([r[0] for r in rows]),
+        "attention_mask": np.stack([r[1] for r in rows]),
+        "labels": np.stack([r[2] for r in rows]),
+        "is_correct": np.asarray(
+            [1.0 if s.get("is_correct", True) else 0.0 for s in samples], np.float32
+        ),
+    }
 
 
 SAMPLES = [
-    {"instruction": "Write a Python function `add_const(x)` that returns x plus 7.", "input": "",
-     "output": "def add_const(x):\n    return x + 7", "is_correct": True},
-    {"instruction": "Sum the list.", "input": "xs = [1, 2, 3]",
-     "output": "def f(xs):\n    return sum(xs)", "is_correct": False},
+    {
+        "instruction": "Write a Python function `add_const(x)` that returns x plus 7.",
+        "input": "",
+        "output": "def add_const(x):\n    return x + 7",
+        "is_correct": True,
+    },
+    {
+        "instruction": "Sum the list.",
+        "input": "xs = [1, 2, 3]",
+        "output": "def f(xs):\n    return sum(xs)",
+        "is_correct": False,
+    },
     {"instruction": "No is_correct field here.", "output": "print(1)"},
-    {"instruction": "Long output gets truncated.", "input": " ",
-     "output": "def g(x):\n" + "    x = x + 1\n" * 40 + "    return x"},
+    {
+        "instruction": "Long output gets truncated.",
+        "input": " ",
+        "output": "def g(x):\n" + "    x = x + 1\n" * 40 + "    return x",
+    },
     {"instruction": "A prompt longer than max_length " * 20, "input": "", "output": "pass"},
 ]
 L = 128
@@ -67,7 +88,8 @@ def test_template_text_exact():
     assert apply_alpaca_template("do X", "  ", "", False) == ref_template("do X", "  ", "", False)
     assert apply_alpaca_template("I", "") == (
         "Below is an instruction that describes a task. Write a response that appropriately "
-        "completes the request.\n\n### Instruction:\nI\n\n### Response:\n")
+        "completes the request.\n\n### Instruction:\nI\n\n### Response:\n"
+    )
 
 
 def test_alpaca_no_eos_matches_reference(tok):
@@ -92,8 +114,11 @@ def test_alpaca_eos_only_adds_eos(tok):
     n = plain["attention_mask"].sum(1)
     for r in range(len(SAMPLES)):
         if n[r] < L:  # fits: one extra labelled EOS right after the output
-            exp_ids, exp_mask, exp_lab = (plain["input_ids"][r].copy(), plain["attention_mask"][r].copy(),
-                                          plain["labels"][r].copy())
+            exp_ids, exp_mask, exp_lab = (
+                plain["input_ids"][r].copy(),
+                plain["attention_mask"][r].copy(),
+                plain["labels"][r].copy(),
+            )
             exp_ids[n[r]], exp_mask[n[r]], exp_lab[n[r]] = tok.eos_token_id, 1, tok.eos_token_id
             np.testing.assert_array_equal(eos["input_ids"][r], exp_ids)
             np.testing.assert_array_equal(eos["attention_mask"][r], exp_mask)
@@ -105,11 +130,19 @@ def test_alpaca_eos_only_adds_eos(tok):
 
 
 def test_pairwise_matches_reference(tok):
-    pairs = [{"instruction": s["instruction"], "input": s.get("input", ""),
-              "correct_output": s["output"], "incorrect_output": s["output"][::-1]} for s in SAMPLES]
+    pairs = [
+        {
+            "instruction": s["instruction"],
+            "input": s.get("input", ""),
+            "correct_output": s["output"],
+            "incorrect_output": s["output"][::-1],
+        }
+        for s in SAMPLES
+    ]
     got = PairwiseCollator(tok, L, append_eos=False)(pairs)
-    assert sorted(got) == sorted(f"{s}_{k}" for s in ("pos", "neg")
-                                 for k in ("input_ids", "attention_mask", "labels"))
+    assert sorted(got) == sorted(
+        f"{s}_{k}" for s in ("pos", "neg") for k in ("input_ids", "attention_mask", "labels")
+    )
     pos = ref_alpaca(tok, [dict(p, output=p["correct_output"]) for p in pairs], L)
     neg = ref_alpaca(tok, [dict(p, output=p["incorrect_output"]) for p in pairs], L)
     for k in ("input_ids", "attention_mask", "labels"):

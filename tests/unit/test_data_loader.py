@@ -33,8 +33,9 @@ def test_epochs_are_permutations_with_fresh_shuffles():
 
 @pytest.mark.parametrize("stop", [1, 3, 4])  # mid-epoch, mid-epoch 2, epoch boundary
 def test_resume_equals_uninterrupted_run(stop):
-    make = lambda: DataLoader(list(range(7)), ids_collate, 3, seed=11, process_index=0,
-                              process_count=1)
+    make = lambda: DataLoader(
+        list(range(7)), ids_collate, 3, seed=11, process_index=0, process_count=1
+    )
     full = [b["x"].tolist() for b in take(make(), 8)]
     first = make()
     head = [b["x"].tolist() for b in take(first, stop)]
@@ -49,9 +50,13 @@ def test_resume_equals_uninterrupted_run(stop):
 
 
 def test_process_slices_concatenate_to_global_batch():
-    single = DataLoader(list(range(N * 2)), ids_collate, 8, seed=2, process_index=0, process_count=1)
-    parts = [DataLoader(list(range(N * 2)), ids_collate, 8, seed=2, process_index=p, process_count=2)
-             for p in range(2)]
+    single = DataLoader(
+        list(range(N * 2)), ids_collate, 8, seed=2, process_index=0, process_count=1
+    )
+    parts = [
+        DataLoader(list(range(N * 2)), ids_collate, 8, seed=2, process_index=p, process_count=2)
+        for p in range(2)
+    ]
     for _ in range(5):
         g = next(single)["x"]
         local = [next(p)["x"] for p in parts]
@@ -64,8 +69,15 @@ def test_process_slices_concatenate_to_global_batch():
 def test_finite_pass_pads_and_masks_last_batch():
     seen, valid = [], []
     for p in range(2):
-        ld = DataLoader(list(range(N)), ids_collate, 4, shuffle=False, num_epochs=1,
-                        process_index=p, process_count=2)
+        ld = DataLoader(
+            list(range(N)),
+            ids_collate,
+            4,
+            shuffle=False,
+            num_epochs=1,
+            process_index=p,
+            process_count=2,
+        )
         assert len(ld) == 3
         for b in ld:
             seen += b["x"][b["valid"] == 1].tolist()
@@ -76,17 +88,30 @@ def test_finite_pass_pads_and_masks_last_batch():
 
 def test_real_batches_from_synthetic_split():
     tok = micro_tokenizer()
-    src = load_samples(synthetic_dir(), "train", {"n_samples": 24, "difficulty_bins": {"all": [1, 3]},
-                                                  "difficulty_weights": {"all": 1.0}}, seed=0)
+    src = load_samples(
+        synthetic_dir(),
+        "train",
+        {"n_samples": 24, "difficulty_bins": {"all": [1, 3]}, "difficulty_weights": {"all": 1.0}},
+        seed=0,
+    )
     ld = DataLoader(src, AlpacaCollator(tok, 256), 8, seed=0, process_index=0, process_count=1)
     b = next(ld)
-    assert b["input_ids"].shape == b["labels"].shape == (8, 256) and b["input_ids"].dtype == np.int32
+    assert (
+        b["input_ids"].shape == b["labels"].shape == (8, 256) and b["input_ids"].dtype == np.int32
+    )
     assert (b["input_ids"][:, 0] == tok.bos_token_id).all() and (b["is_correct"] == 1).all()
     # every row ends its labels with EOS (outputs are short, nothing truncated)
     last = b["attention_mask"].sum(1) - 1
     assert (b["labels"][np.arange(8), last] == tok.eos_token_id).all()
-    val = DataLoader(src, AlpacaCollator(tok, 256), 16, shuffle=False, num_epochs=1,
-                     process_index=0, process_count=1)
+    val = DataLoader(
+        src,
+        AlpacaCollator(tok, 256),
+        16,
+        shuffle=False,
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
+    )
     batches = list(val)
     assert len(batches) == 2 and batches[1]["valid"].sum() == 8
     assert (batches[1]["labels"][8:] == -100).all()

@@ -6,15 +6,17 @@ import os
 import pytest
 
 from wmtp_jax.data import schemas
-from wmtp_jax.data.records import DataError, JsonlRecords, index_path, iter_jsonl
 from wmtp_jax.data.readers import find_split_files
+from wmtp_jax.data.records import DataError, JsonlRecords, index_path, iter_jsonl
 
 
 def test_random_access_by_offset_index(tmp_path):
     p = tmp_path / "s.jsonl"
     rows = [{"i": i, "text": "é" * i + "\n"} for i in range(50)]
-    p.write_text("".join(json.dumps(r, ensure_ascii=i % 2 == 0) + "\n" for i, r in enumerate(rows)),
-                 encoding="utf-8")
+    p.write_text(
+        "".join(json.dumps(r, ensure_ascii=i % 2 == 0) + "\n" for i, r in enumerate(rows)),
+        encoding="utf-8",
+    )
     recs = JsonlRecords(p)
     assert len(recs) == 50 and index_path(p).exists()
     assert [recs[i] for i in (49, 0, 17, -1)] == [rows[49], rows[0], rows[17], rows[49]]
@@ -36,7 +38,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
         list(iter_jsonl(p))
     with pytest.raises(DataError, match=rf"{p}:2: malformed JSON"):
         JsonlRecords(p)[1]
-    p.write_text('[1, 2]\n')
+    p.write_text("[1, 2]\n")
     with pytest.raises(DataError, match=r":1: expected a JSON object"):
         list(iter_jsonl(p))
 
@@ -48,7 +50,9 @@ def test_missing_and_wrong_type_fields():
     with pytest.raises(DataError, match=r"x.jsonl:3: field 'task_id' must be integer, got str"):
         schemas.mbpp(dict(row, code="c", task_id="5"), "x.jsonl:3")
     cc = {"name": "p", "description": "d", "solutions": {"language": [3], "solution": [7]}}
-    with pytest.raises(DataError, match=r"cc.parquet:2: field 'solutions.solution\[0\]' must be string"):
+    with pytest.raises(
+        DataError, match=r"cc.parquet:2: field 'solutions.solution\[0\]' must be string"
+    ):
         schemas.codecontests(cc, "cc.parquet:2")
     cc["solutions"] = {"language": [3, 1], "solution": ["x"]}
     with pytest.raises(DataError, match=r"'solutions' has 2 languages but 1 solutions"):
@@ -60,13 +64,20 @@ def test_missing_and_wrong_type_fields():
 
 
 def test_codecontests_enum_names_and_python_filter():
-    row = {"name": "1_A. X", "description": "d", "difficulty": "B",
-           "solutions": {"language": ["PYTHON3", "CPP", 1], "solution": ["a", "b", "c"]},
-           "incorrect_solutions": {"language": [3], "solution": ["z"]},
-           "public_tests": {"input": ["1"], "output": ["2"]}}
+    row = {
+        "name": "1_A. X",
+        "description": "d",
+        "difficulty": "B",
+        "solutions": {"language": ["PYTHON3", "CPP", 1], "solution": ["a", "b", "c"]},
+        "incorrect_solutions": {"language": [3], "solution": ["z"]},
+        "public_tests": {"input": ["1"], "output": ["2"]},
+    }
     recs, ev, tests = schemas.codecontests(row, "f:1")
     assert [(r["task_id"], r["is_correct"]) for r in recs] == [
-        ("1_A. X_correct_0", True), ("1_A. X_correct_2", True), ("1_A. X_incorrect_0", False)]
+        ("1_A. X_correct_0", True),
+        ("1_A. X_correct_2", True),
+        ("1_A. X_incorrect_0", False),
+    ]
     assert recs[0]["metadata"] == {"source": "code_contests", "difficulty": 8, "has_tests": True}
     assert ev["metadata"]["private_tests"] == {"input": [], "output": []} and "output" not in ev
     assert tests["task_name"] == "1_A. X"
@@ -76,7 +87,9 @@ def test_split_discovery_errors(tmp_path):
     (tmp_path / "train-00000-of-00002.parquet").write_bytes(b"")
     (tmp_path / "validation.jsonl").write_text("")
     assert set(find_split_files("codecontests", tmp_path)) == {"train", "valid"}
-    with pytest.raises(ValueError, match=r"unknown split 'dev' for mbpp; valid: \['test', 'train', 'validation'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown split 'dev' for mbpp; valid: \['test', 'train', 'validation'\]"
+    ):
         find_split_files("mbpp", tmp_path, "dev")
     with pytest.raises(ValueError, match="pass --split"):
         find_split_files("gsm8k", tmp_path / "validation.jsonl")

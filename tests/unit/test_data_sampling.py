@@ -23,9 +23,12 @@ def make_map(n_problems=200, seed=0):
         c, i = list(range(line, line + nc)), list(range(line + nc, line + nc + ni))
         line += nc + ni
         pim[f"prob {p}_A. name"] = {
-            "difficulty": rng.choice([None, 0, 1, 2, 3, 7, 8, 9]), "correct_indices": c,
-            "incorrect_indices": i, "correct_token_lengths": [rng.randint(10, 400) for _ in c],
-            "incorrect_token_lengths": [rng.randint(10, 400) for _ in i]}
+            "difficulty": rng.choice([None, 0, 1, 2, 3, 7, 8, 9]),
+            "correct_indices": c,
+            "incorrect_indices": i,
+            "correct_token_lengths": [rng.randint(10, 400) for _ in c],
+            "incorrect_token_lengths": [rng.randint(10, 400) for _ in i],
+        }
     return pim
 
 
@@ -50,8 +53,10 @@ def reference_unique_pairs(pim, n_samples, weights, bins, seed, cap):
             n = min(len(pr["c"]), len(pr["i"]))
             if cap:
                 n = min(n, cap)
-            pairs += [{"correct_idx": pr["c"][j], "incorrect_idx": pr["i"][j], "problem_id": pr["pid"]}
-                      for j in range(n)]
+            pairs += [
+                {"correct_idx": pr["c"][j], "incorrect_idx": pr["i"][j], "problem_id": pr["pid"]}
+                for j in range(n)
+            ]
         bin_pairs[b] = pairs
     w = {b: x for b, x in weights.items() if x > 0 and bin_pairs.get(b)}
     tot = sum(w.values())
@@ -91,7 +96,9 @@ def test_unique_pairs_invariants():
         info = pim[p["problem_id"]]
         assert p["correct_idx"] in info["correct_indices"]
         assert p["incorrect_idx"] in info["incorrect_indices"]
-    per_bin = Counter("diff_7" if pim[p["problem_id"]]["difficulty"] == 7 else "else" for p in pairs)
+    per_bin = Counter(
+        "diff_7" if pim[p["problem_id"]]["difficulty"] == 7 else "else" for p in pairs
+    )
     # targets: int(30*.35)=10, int(30*.65)=19, remainder 1 -> the bin with more pairs ("else")
     assert per_bin == {"diff_7": 10, "else": 20}
 
@@ -105,8 +112,14 @@ def test_shortfall_names_bins_and_counts():
 
 def test_length_balanced_invariants():
     pim = make_map(80)
-    pairs = S.sample_length_balanced_pairs(pim, 25, seed=3, length_bins=[0, 100, 200, 300],
-                                           difficulty_bins={"all": [1, 9]}, max_pairs_per_problem=2)
+    pairs = S.sample_length_balanced_pairs(
+        pim,
+        25,
+        seed=3,
+        length_bins=[0, 100, 200, 300],
+        difficulty_bins={"all": [1, 9]},
+        max_pairs_per_problem=2,
+    )
     assert len(pairs) == 25
     used = [p["correct_idx"] for p in pairs] + [p["incorrect_idx"] for p in pairs]
     assert len(used) == len(set(used))
@@ -116,7 +129,11 @@ def test_length_balanced_invariants():
         assert info["difficulty"] is not None and 1 <= info["difficulty"] <= 9
         lc = info["correct_token_lengths"][info["correct_indices"].index(p["correct_idx"])]
         li = info["incorrect_token_lengths"][info["incorrect_indices"].index(p["incorrect_idx"])]
-        assert S.length_bin(lc, [0, 100, 200, 300]) == S.length_bin(li, [0, 100, 200, 300]) == p["length_bin"]
+        assert (
+            S.length_bin(lc, [0, 100, 200, 300])
+            == S.length_bin(li, [0, 100, 200, 300])
+            == p["length_bin"]
+        )
     assert S.length_bin(99, [0, 100]) == "0-100" and S.length_bin(100, [0, 100]) == "100+"
 
 
@@ -140,8 +157,15 @@ def test_same_output_under_different_pythonhashseeds():
     outs = []
     for h in ("0", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=h)
-        outs.append(subprocess.run([sys.executable, "-c", _HASH_SCRIPT.format(root=root)], env=env,
-                                   check=True, capture_output=True, text=True).stdout)
+        outs.append(
+            subprocess.run(
+                [sys.executable, "-c", _HASH_SCRIPT.format(root=root)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
     assert outs[0] == outs[1] and len(json.loads(outs[0])[0]) == 30
 
 
@@ -157,18 +181,30 @@ def test_shards_disjoint_and_covering():
 
 def test_load_samples_pointwise_and_pairwise():
     d = synthetic_dir()
-    cfg = {"n_samples": 40, "difficulty_bins": {"all": [1, 3]}, "difficulty_weights": {"all": 1.0},
-           "max_pairs_per_problem": 2}
+    cfg = {
+        "n_samples": 40,
+        "difficulty_bins": {"all": [1, 3]},
+        "difficulty_weights": {"all": 1.0},
+        "max_pairs_per_problem": 2,
+    }
     point = load_samples(d, "train", cfg, seed=3)
     pair = load_samples(d, "train", dict(cfg, use_pairwise=True), seed=3)
     assert len(point) == len(pair) == 40
     for j in range(40):
         assert point[j]["is_correct"] is True  # pointwise = correct side of the same pairs
         assert point[j]["output"] == pair[j]["correct_output"]
-        assert set(pair[j]) == {"instruction", "input", "correct_output", "incorrect_output", "problem_id"}
+        assert set(pair[j]) == {
+            "instruction",
+            "input",
+            "correct_output",
+            "incorrect_output",
+            "problem_id",
+        }
     halves = [load_samples(d, "train", cfg, seed=3, rank=r, world_size=2) for r in range(2)]
     ids = [point[k]["task_id"] for k in range(40)]
     assert [h[k]["task_id"] for k in range(20) for h in halves] == ids  # [rank::2] interleave
     assert resolve_split(d, "validation")[0].name == "valid.jsonl"
-    with pytest.raises(ValueError, match=r"valid splits: \['test', 'train', 'valid', 'validation'\]"):
+    with pytest.raises(
+        ValueError, match=r"valid splits: \['test', 'train', 'valid', 'validation'\]"
+    ):
         resolve_split(d, "dev")

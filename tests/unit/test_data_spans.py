@@ -12,8 +12,8 @@ def test_replacement_span():
 
 def test_insertion_and_deletion():
     correct = "return a[i]"
-    assert diff_span("return a[i + 1]", correct) == (10, 14)   # " + 1" inserted
-    assert diff_span("return a[]", correct) == (8, 10)         # "i" deleted: chars around the gap
+    assert diff_span("return a[i + 1]", correct) == (10, 14)  # " + 1" inserted
+    assert diff_span("return a[]", correct) == (8, 10)  # "i" deleted: chars around the gap
 
 
 def test_nearest_correct_is_used():

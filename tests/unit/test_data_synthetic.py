@@ -42,9 +42,14 @@ def test_layout_records_and_disjoint_splits():
         for pid, info in meta["problem_index_map"].items():
             assert info["correct_indices"] and info["incorrect_indices"]
             assert info["difficulty"] in (1, 2, 3)
-            assert all(n > 0 for n in info["correct_token_lengths"] + info["incorrect_token_lengths"])
+            assert all(
+                n > 0 for n in info["correct_token_lengths"] + info["incorrect_token_lengths"]
+            )
             for k, line in enumerate(info["correct_indices"]):
-                assert recs[line]["task_id"] == f"{pid}_correct_{k}" and recs[line]["is_correct"] is True
+                assert (
+                    recs[line]["task_id"] == f"{pid}_correct_{k}"
+                    and recs[line]["is_correct"] is True
+                )
         md = recs[0]["metadata"]
         assert md["source"] == "synthetic" and md["has_tests"] is True
         assert set(md) >= {"difficulty", "family", "entry_point", "test_list", "test_setup_code"}
@@ -53,8 +58,11 @@ def test_layout_records_and_disjoint_splits():
             ev = [r for _, r in iter_jsonl(proc / f"{split}_eval.jsonl")]
             assert {r["task_id"] for r in ev} == pids and all("output" not in r for r in ev)
             assert ev[0]["metadata"]["test_list"] and ev[0]["metadata"]["entry_point"]
-    assert not (problems["train"] & problems["valid"] or problems["train"] & problems["test"]
-                or problems["valid"] & problems["test"])
+    assert not (
+        problems["train"] & problems["valid"]
+        or problems["train"] & problems["test"]
+        or problems["valid"] & problems["test"]
+    )
     assert [len(problems[s]) for s in SPLITS] == [48, 6, 6]
     families = {r["metadata"]["family"] for _, r in iter_jsonl(proc / "train.jsonl")}
     assert families == {"arithmetic", "strings", "lists", "conditionals", "loops"}
@@ -78,10 +86,18 @@ def test_labels_reverified_by_execution():
     sample = random.Random(0).sample(recs, 24)
     assert {r["is_correct"] for r in sample} == {True, False}
     for r in sample:
-        job = {"setup": r["metadata"]["test_setup_code"], "code": r["output"],
-               "tests": r["metadata"]["test_list"]}
-        p = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(job), text=True,
-                           capture_output=True, timeout=20)
+        job = {
+            "setup": r["metadata"]["test_setup_code"],
+            "code": r["output"],
+            "tests": r["metadata"]["test_list"],
+        }
+        p = subprocess.run(
+            [sys.executable, "-c", _RUNNER],
+            input=json.dumps(job),
+            text=True,
+            capture_output=True,
+            timeout=20,
+        )
         passed = p.returncode == 0 and p.stdout.strip() == "PASSED"
         assert passed == r["is_correct"], (r["task_id"], r["output"], p.stderr[-300:])
 
@@ -95,7 +111,8 @@ def test_ensure_is_idempotent_and_micro_tokenizer_loads(tmp_path):
     assert (d / "processed" / "train.jsonl").stat().st_mtime_ns == before
     tdir = micro_tokenizer_dir()
     assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= {
-        p.name for p in tdir.iterdir()}
+        p.name for p in tdir.iterdir()
+    }
     tok = AutoTokenizer.from_pretrained(str(tdir))
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
     ids = tok("def f(x):\n    return x").input_ids
@@ -108,12 +125,17 @@ def test_ensure_is_idempotent_and_micro_tokenizer_loads(tmp_path):
     shutil.copytree(d, copy)
     ensure_synthetic(copy, tokenizer_dir=tdir)
     meta = json.loads((copy / "processed" / "valid_metadata.json").read_text())
-    assert meta["token_count"] == {"method": "tokenizer", "tokenizer": str(tdir),
-                                   "description": meta["token_count"]["description"]}
+    assert meta["token_count"] == {
+        "method": "tokenizer",
+        "tokenizer": str(tdir),
+        "description": meta["token_count"]["description"],
+    }
     recs = [r for _, r in iter_jsonl(copy / "processed" / "valid.jsonl")]
     info = next(iter(meta["problem_index_map"].values()))
     line = info["correct_indices"][0]
-    assert info["correct_token_lengths"][0] == len(tok(recs[line]["output"], add_special_tokens=False).input_ids)
+    assert info["correct_token_lengths"][0] == len(
+        tok(recs[line]["output"], add_special_tokens=False).input_ids
+    )
 
 
 def _split_records(proc: Path) -> dict[str, list[dict]]:
@@ -134,8 +156,9 @@ def test_held_out_on_template_and_parameters(tmp_path):
         for r in rs:
             md = r["metadata"]
             t = by_name[md["entry_point"]]
-            assert r["instruction"] == (f"Write a Python function `{t.name}({t.args})` that "
-                                        f"{t.doc.format(**md['params'])}.")
+            assert r["instruction"] == (
+                f"Write a Python function `{t.name}({t.args})` that {t.doc.format(**md['params'])}."
+            )
             key = (md["entry_point"], json.dumps(md["params"], sort_keys=True))
             per_problem.setdefault(r["task_id"].rsplit("_", 2)[0], set()).add(key)
         assert all(len(k) == 1 for k in per_problem.values())
@@ -177,11 +200,18 @@ def test_mutated_span_of_hand_made_problem():
     from wmtp_jax.data.synthetic_families import TEMPLATES
 
     t = next(t for t in TEMPLATES if t.name == "add_const")
-    d = {"template": t, "params": {"k": 7}, "instruction": "i", "test_list": [],
-         "test_setup_code": "",
-         "correct": ["def add_const(x):\n    return x + 7", "def add_const(x):\n    return 7 + x"],
-         "incorrect": [("wrong_operator", "def add_const(x):\n    return x - 7"),
-                       ("off_by_one", "def add_const(x):\n    return x + 7 + 1")]}
+    d = {
+        "template": t,
+        "params": {"k": 7},
+        "instruction": "i",
+        "test_list": [],
+        "test_setup_code": "",
+        "correct": ["def add_const(x):\n    return x + 7", "def add_const(x):\n    return 7 + x"],
+        "incorrect": [
+            ("wrong_operator", "def add_const(x):\n    return x - 7"),
+            ("off_by_one", "def add_const(x):\n    return x + 7 + 1"),
+        ],
+    }
     recs = records_of(d, "p")
     assert [r["metadata"].get("mutated_span") for r in recs] == [None, None, [31, 32], [34, 38]]
     assert recs[2]["output"][31:32] == "-" and recs[3]["output"][34:38] == " + 1"

@@ -27,11 +27,13 @@ ATTACKS = {
         "            os.write(_fd, ('\\n' + _m + '\\n').encode())\n"
         "        except OSError:\n"
         "            pass\n"
-        "os._exit(0)\n"),
+        "os._exit(0)\n"
+    ),
     "re-exec with -O": (
         "import os, sys\n"
         "sys.flags.optimize or os.execv(sys.executable,\n"
-        "                               [sys.executable, '-O', *sys.orig_argv[1:]])\n"),
+        "                               [sys.executable, '-O', *sys.orig_argv[1:]])\n"
+    ),
     "tracer skipping the check": (
         "import sys, linecache, threading\n"
         "_line = lambda fr: linecache.getline(fr.f_code.co_filename, fr.f_lineno)\n"
@@ -43,23 +45,28 @@ ATTACKS = {
         "_f = sys._getframe()\n"
         "while _f is not None:\n"
         "    _f.f_trace = _t\n"
-        "    _f = _f.f_back\n"),
+        "    _f = _f.f_back\n"
+    ),
     "tamper with the server's replies": (
         "import sys\n"
         "_server = sys.modules['__main__'].__dict__\n"
-        "_server['encode'] = lambda value, refs=None: {'tuple': []} if value is None else True\n"),
+        "_server['encode'] = lambda value, refs=None: {'tuple': []} if value is None else True\n"
+    ),
 }
 # Wrong results dressed up to compare equal to anything.
 LIARS = {
     "object whose __eq__ is always true": (
         "class Yes:\n    def __eq__(self, other):\n        return True\n"
-        "    __hash__ = object.__hash__\nreturn Yes()"),
+        "    __hash__ = object.__hash__\nreturn Yes()"
+    ),
     "int subclass whose __eq__ is always true": (
         "class Yes(int):\n    def __eq__(self, other):\n        return True\n"
-        "    __hash__ = int.__hash__\nreturn Yes(0)"),
+        "    __hash__ = int.__hash__\nreturn Yes(0)"
+    ),
     "str subclass whose __eq__ is always true": (
         "class Yes(str):\n    def __eq__(self, other):\n        return True\n"
-        "    __hash__ = str.__hash__\nreturn Yes('')"),
+        "    __hash__ = str.__hash__\nreturn Yes('')"
+    ),
 }
 
 
@@ -68,9 +75,11 @@ def _indent(body: str) -> str:
 
 
 def _problems():
-    return {"humaneval": benchmarks.load_problems("humaneval", "/nonexistent")["HumanEval/53"],
-            "mbpp": benchmarks.load_problems("mbpp", FIXTURES)["11"],
-            "synthetic": benchmarks.load_problems("synthetic", FIXTURES)["synthetic/0"]}
+    return {
+        "humaneval": benchmarks.load_problems("humaneval", "/nonexistent")["HumanEval/53"],
+        "mbpp": benchmarks.load_problems("mbpp", FIXTURES)["11"],
+        "synthetic": benchmarks.load_problems("synthetic", FIXTURES)["synthetic/0"],
+    }
 
 
 def _completion(benchmark: str, body: str, top: str = "") -> str:
@@ -88,9 +97,13 @@ WRONG = {"humaneval": "return x - y", "mbpp": "return x - y", "synthetic": "retu
 def test_right_passes_wrong_fails(benchmark):
     p = PROBLEMS[benchmark]
     assert benchmarks.check_completion(benchmark, p, _completion(benchmark, RIGHT[benchmark])) == {
-        "passed": True, "result": "passed"}
+        "passed": True,
+        "result": "passed",
+    }
     assert benchmarks.check_completion(benchmark, p, _completion(benchmark, WRONG[benchmark])) == {
-        "passed": False, "result": "failed: AssertionError"}
+        "passed": False,
+        "result": "failed: AssertionError",
+    }
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
@@ -106,16 +119,19 @@ def test_attacks_with_a_wrong_solution_fail(benchmark, attack):
 @pytest.mark.parametrize("liar", list(LIARS))
 @pytest.mark.parametrize("benchmark", list(PROBLEMS))
 def test_values_that_lie_about_equality_fail(benchmark, liar):
-    res = benchmarks.check_completion(benchmark, PROBLEMS[benchmark],
-                                      _completion(benchmark, LIARS[liar]))
+    res = benchmarks.check_completion(
+        benchmark, PROBLEMS[benchmark], _completion(benchmark, LIARS[liar])
+    )
     assert not res["passed"], res
 
 
 def test_a_tracer_does_not_reach_the_verdict():
     """With a right solution the tracer changes nothing: only the returned values count."""
     res = benchmarks.check_completion(
-        "humaneval", PROBLEMS["humaneval"],
-        _completion("humaneval", RIGHT["humaneval"], ATTACKS["tracer skipping the check"]))
+        "humaneval",
+        PROBLEMS["humaneval"],
+        _completion("humaneval", RIGHT["humaneval"], ATTACKS["tracer skipping the check"]),
+    )
     assert res == {"passed": True, "result": "passed"}
 
 
@@ -126,43 +142,67 @@ def test_failures_the_test_code_swallows_still_fail():
     for catch in ("Exception", "BaseException"):
         tests = f"try:\n    f(1)\nexcept {catch}:\n    pass\n"
         assert grader.run_tests(program, tests) == {
-            "passed": False, "result": "failed: exited before all tests ran"}
+            "passed": False,
+            "result": "failed: exited before all tests ran",
+        }
 
 
 def test_exceptions_cross_as_builtin_types():
-    program = ("def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
-               "class Odd(Exception):\n    pass\n"
-               "def g():\n    raise Odd('odd')\n")
-    tests = ("try:\n    f(-1)\n    assert False\n"
-             "except ValueError as e:\n    assert str(e) == 'negative'\n"
-             "assert f(2) == 2\n")
+    program = (
+        "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
+        "class Odd(Exception):\n    pass\n"
+        "def g():\n    raise Odd('odd')\n"
+    )
+    tests = (
+        "try:\n    f(-1)\n    assert False\n"
+        "except ValueError as e:\n    assert str(e) == 'negative'\n"
+        "assert f(2) == 2\n"
+    )
     assert grader.run_tests(program, tests) == {"passed": True, "result": "passed"}
     assert grader.run_tests(program, "g()\n") == {
-        "passed": False, "result": "failed: CandidateError: Odd: odd"}
+        "passed": False,
+        "result": "failed: CandidateError: Odd: odd",
+    }
 
 
 def test_missing_function_timeouts_and_output_caps():
     assert grader.run_tests("x = 1\n", "assert f(1) == 1\n") == {
-        "passed": False, "result": "failed: NameError: name 'f' is not defined"}
+        "passed": False,
+        "result": "failed: NameError: name 'f' is not defined",
+    }
     assert grader.run_tests("x = 1\n", "assert f(1) == 1\n", entry_point="f") == {
-        "passed": False, "result": "failed: the program defines no function 'f'"}
+        "passed": False,
+        "result": "failed: the program defines no function 'f'",
+    }
     assert grader.run_tests("def f():\n    while True:\n        pass\n", "f()\n", timeout=1.0) == {
-        "passed": False, "result": "timed out"}
+        "passed": False,
+        "result": "timed out",
+    }
     assert grader.run_tests("def f():\n    return 'x' * (2 << 20)\n", "f()\n") == {
-        "passed": False, "result": "failed: output limit exceeded"}
+        "passed": False,
+        "result": "failed: output limit exceeded",
+    }
     assert grader.run_tests("import sys\nsys.exit(0)\ndef f():\n    return 1\n", "f()\n") == {
-        "passed": False, "result": "failed: exited before all tests ran"}
+        "passed": False,
+        "result": "failed: exited before all tests ran",
+    }
     assert grader.run_tests("1/0\n", "f()\n") == {
-        "passed": False, "result": "failed: ZeroDivisionError: division by zero"}
+        "passed": False,
+        "result": "failed: ZeroDivisionError: division by zero",
+    }
 
 
 def test_setup_objects_pass_by_reference_and_helpers_stay_trusted():
-    setup = ("class Node:\n    def __init__(self, v, kids=()):\n"
-             "        self.v, self.kids = v, kids\n"
-             "root = Node(1, (Node(2), Node(3)))\n"
-             "def helper(x):\n    return x + 100\n")
-    program = setup + ("def total(n):\n    return n.v + sum(total(k) for k in n.kids)\n"
-                       "def helper(x):\n    return 0\n")
+    setup = (
+        "class Node:\n    def __init__(self, v, kids=()):\n"
+        "        self.v, self.kids = v, kids\n"
+        "root = Node(1, (Node(2), Node(3)))\n"
+        "def helper(x):\n    return x + 100\n"
+    )
+    program = setup + (
+        "def total(n):\n    return n.v + sum(total(k) for k in n.kids)\n"
+        "def helper(x):\n    return 0\n"
+    )
     tests = "assert total(root) == 6\nassert helper(1) == 101\n"
     assert grader.run_tests(program, tests, setup=setup) == {"passed": True, "result": "passed"}
 
@@ -170,14 +210,32 @@ def test_setup_objects_pass_by_reference_and_helpers_stay_trusted():
 def test_mbpp_tests_may_use_stdlib_modules_they_do_not_import():
     program = "import math\ndef area(r):\n    return math.pi * r * r\n"
     assert grader.run_tests(program, "assert math.isclose(area(1), 3.14159, rel_tol=1e-3)\n")[
-        "passed"]
+        "passed"
+    ]
 
 
-@pytest.mark.parametrize("value", [
-    None, True, 0, -7, 2 ** 80, 1.5, float("inf"), "text\nwith\x00newline", [1, [2, "3"]],
-    (1, (2,)), {1, 2}, frozenset({"a"}), {1: "a", (2, 3): [4]}, b"\x00\xff", 3 + 4j, [],
-    ((), {}, set()),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        0,
+        -7,
+        2**80,
+        1.5,
+        float("inf"),
+        "text\nwith\x00newline",
+        [1, [2, "3"]],
+        (1, (2,)),
+        {1, 2},
+        frozenset({"a"}),
+        {1: "a", (2, 3): [4]},
+        b"\x00\xff",
+        3 + 4j,
+        [],
+        ((), {}, set()),
+    ],
+)
 def test_wire_round_trip_keeps_types(value):
     back = wire.decode(__import__("json").loads(wire.dumps(wire.encode(value))))
     assert back == value and type(back) is type(value)
@@ -185,8 +243,15 @@ def test_wire_round_trip_keeps_types(value):
 
 def test_wire_nan_and_rejects():
     assert math.isnan(wire.decode(wire.encode(float("nan"))))
-    for bad in ({"eval": "1"}, {"tuple": 1}, {"set": [[1]]}, {"dict": [[[1], 2]]},
-                {"ref": "x"}, {"tuple": [], "set": []}, {"complex": ["1", 2]}):
+    for bad in (
+        {"eval": "1"},
+        {"tuple": 1},
+        {"set": [[1]]},
+        {"dict": [[[1], 2]]},
+        {"ref": "x"},
+        {"tuple": [], "set": []},
+        {"complex": ["1", 2]},
+    ):
         with pytest.raises(ValueError):
             wire.decode(bad)
     with pytest.raises(TypeError, match="not plain data"):
@@ -198,9 +263,12 @@ def test_session_refuses_oversized_and_garbled_replies():
     with execution.serve("import sys\nsys.stdout.flush()\n") as s:
         assert s.exchange() == {"ready": []}
         assert s.exchange({"call": "nope", "args": [], "kwargs": []}) == {
-            "raised": ["KeyError", "'nope'"]}
-    garble = ("import os\nfor fd in range(3, 8):\n    try:\n        os.write(fd, b'{oops\\n')\n"
-              "    except OSError:\n        pass\n")
+            "raised": ["KeyError", "'nope'"]
+        }
+    garble = (
+        "import os\nfor fd in range(3, 8):\n    try:\n        os.write(fd, b'{oops\\n')\n"
+        "    except OSError:\n        pass\n"
+    )
     with execution.serve(garble) as s:
         with pytest.raises(execution.SessionEnded, match="malformed reply"):
             s.exchange()

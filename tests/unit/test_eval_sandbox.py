@@ -17,8 +17,23 @@ from wmtp_jax.eval import execution, grader
 REPO = Path(__file__).resolve().parents[2]
 SB = execution.sandbox()  # required: fails here, loudly, where isolation is missing
 TIMEOUT = 2.0
-ROOT_ENTRIES = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "proc", "dev",
-                "tmp", "sandbox", "root", "home", "opt"}  # the last three: interpreter trees
+ROOT_ENTRIES = {
+    "bin",
+    "sbin",
+    "lib",
+    "lib32",
+    "lib64",
+    "libx32",
+    "usr",
+    "etc",
+    "proc",
+    "dev",
+    "tmp",
+    "sandbox",
+    "root",
+    "home",
+    "opt",
+}  # the last three: interpreter trees
 
 
 def _sandbox_pids() -> list[int]:
@@ -56,7 +71,8 @@ def test_isolation_active_here():
         "import os, socket\nprint(os.getuid())\nprint(os.getcwd())\nprint(sorted(os.listdir('/')))"
         "\nprint(os.path.exists('/sandbox/main.py'))"
         "\nprint(sum(p.isdigit() for p in os.listdir('/proc')))"
-        "\nprint(socket.gethostname())")
+        "\nprint(socket.gethostname())"
+    )
     assert int(uid) != 0 and (int(uid) >= 1_000_000) == SB.uid_drop
     assert cwd == "/tmp"
     assert set(eval(root)) <= ROOT_ENTRIES and "work" not in eval(root)
@@ -71,8 +87,12 @@ def test_host_files_are_out_of_reach(tmp_path):
     """World-readable files in the checkout, storage/, home and the host /tmp cannot be read."""
     token = secrets.token_hex(8)
     home = Path(os.path.expanduser("~"))
-    places = [REPO / f".sandbox_probe_{token}", REPO / "storage" / f".sandbox_probe_{token}",
-              home / f".sandbox_probe_{token}", tmp_path / f"probe_{token}"]
+    places = [
+        REPO / f".sandbox_probe_{token}",
+        REPO / "storage" / f".sandbox_probe_{token}",
+        home / f".sandbox_probe_{token}",
+        tmp_path / f"probe_{token}",
+    ]
     os.chmod(tmp_path, 0o755)
     made = []
     try:
@@ -82,11 +102,13 @@ def test_host_files_are_out_of_reach(tmp_path):
                 os.chmod(p, 0o644)
                 made.append(p)
         assert REPO / f".sandbox_probe_{token}" in made
-        prog = (f"import os\npaths = {[str(p) for p in made]!r} + ['/etc/passwd', '/etc/hostname',"
-                f" {str(REPO / 'pyproject.toml')!r}, {sys.executable!r}]\n"
-                "for p in paths:\n    try:\n        open(p).read()\n        print('READ', p)\n"
-                "    except OSError:\n        pass\n"
-                f"print(os.path.exists({str(REPO)!r}))\n")
+        prog = (
+            f"import os\npaths = {[str(p) for p in made]!r} + ['/etc/passwd', '/etc/hostname',"
+            f" {str(REPO / 'pyproject.toml')!r}, {sys.executable!r}]\n"
+            "for p in paths:\n    try:\n        open(p).read()\n        print('READ', p)\n"
+            "    except OSError:\n        pass\n"
+            f"print(os.path.exists({str(REPO)!r}))\n"
+        )
         assert _lines(prog) == ["False"]
     finally:
         for p in made:
@@ -96,27 +118,33 @@ def test_host_files_are_out_of_reach(tmp_path):
 def test_other_runs_are_out_of_reach():
     """While one run holds a secret (its source and a file in its /tmp), another cannot find it."""
     secret = "s3cr3t-" + secrets.token_hex(8)
-    holder = (f"open('/tmp/held', 'w').write({secret!r})\n"
-              "def wait():\n    import time\n    time.sleep(30)\n")
-    seeker = ("import os\nfound = []\n"
-              "for top in ('/tmp', '/sandbox', '/proc', '/dev/shm'):\n"
-              "    for d, _, files in os.walk(top):\n"
-              "        for f in files:\n"
-              "            try:\n"
-              "                data = open(os.path.join(d, f), 'rb').read(1 << 20)\n"
-              f"                if {secret!r}.encode() in data:\n"
-              "                    found.append(os.path.join(d, f))\n"
-              "            except OSError:\n                pass\n"
-              "print(found)\n")
+    holder = (
+        f"open('/tmp/held', 'w').write({secret!r})\n"
+        "def wait():\n    import time\n    time.sleep(30)\n"
+    )
+    seeker = (
+        "import os\nfound = []\n"
+        "for top in ('/tmp', '/sandbox', '/proc', '/dev/shm'):\n"
+        "    for d, _, files in os.walk(top):\n"
+        "        for f in files:\n"
+        "            try:\n"
+        "                data = open(os.path.join(d, f), 'rb').read(1 << 20)\n"
+        f"                if {secret!r}.encode() in data:\n"
+        "                    found.append(os.path.join(d, f))\n"
+        "            except OSError:\n                pass\n"
+        "print(found)\n"
+    )
     with execution.serve(holder, timeout=20) as s:
         assert s.exchange() == {"ready": ["wait"]}
         assert _lines(seeker, timeout=20) == ["[]"]
 
 
 def test_sysv_shared_memory_dies_with_the_run():
-    prog = ("import ctypes\nlibc = ctypes.CDLL(None)\n"
-            "ids = [libc.shmget(0, 1 << 20, 0o1000 | 0o666) for _ in range(3)]\n"
-            "print(all(i >= 0 for i in ids))\n")
+    prog = (
+        "import ctypes\nlibc = ctypes.CDLL(None)\n"
+        "ids = [libc.shmget(0, 1 << 20, 0o1000 | 0o666) for _ in range(3)]\n"
+        "print(all(i >= 0 for i in ids))\n"
+    )
     assert _lines(prog) == ["True"]
     assert _sandbox_shm() == []
 
@@ -128,34 +156,47 @@ def test_infinite_loop_times_out():
     assert time.monotonic() - t < 4
 
 
-@pytest.mark.parametrize("bomb", ["x = bytearray(1 << 36)",
-                                  "xs = []\nwhile True:\n    xs.append(bytearray(32 << 20))"])
+@pytest.mark.parametrize(
+    "bomb", ["x = bytearray(1 << 36)", "xs = []\nwhile True:\n    xs.append(bytearray(32 << 20))"]
+)
 def test_memory_bomb_fails(bomb):
     # a small address-space cap so the gradual bomb hits it fast (page zeroing is slow here)
-    res = execution.run_program(bomb, timeout=10.0, limits=execution.Limits(address_space=256 << 20))
+    res = execution.run_program(
+        bomb, timeout=10.0, limits=execution.Limits(address_space=256 << 20)
+    )
     assert res.returncode == 1 and b"MemoryError" in res.stderr
 
 
 def test_fork_bomb_is_contained():
-    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    bomb = (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     assert execution.run_program(bomb, timeout=TIMEOUT).timed_out
     assert execution.run_program("print(1)").stdout == b"1\n"  # the next run is unaffected
 
 
 def test_daemonised_child_is_reaped():
-    prog = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-            "        time.sleep(1000)\n    os._exit(0)\nos._exit(0)\n")
+    prog = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(1000)\n    os._exit(0)\nos._exit(0)\n"
+    )
     assert execution.run_program(prog, timeout=TIMEOUT).returncode == 0
     # (the autouse fixture checks that the sleeping grandchild is gone)
 
 
 def test_writes_outside_the_sandbox_do_not_land(tmp_path):
     token = secrets.token_hex(8)
-    targets = [f"/tmp/wmtp_escape_{token}", f"/var/tmp/wmtp_escape_{token}",
-               f"/dev/shm/wmtp_escape_{token}", str(tmp_path / f"escape_{token}"),
-               str(REPO / f"wmtp_escape_{token}")]
+    targets = [
+        f"/tmp/wmtp_escape_{token}",
+        f"/var/tmp/wmtp_escape_{token}",
+        f"/dev/shm/wmtp_escape_{token}",
+        str(tmp_path / f"escape_{token}"),
+        str(REPO / f"wmtp_escape_{token}"),
+    ]
     os.chmod(tmp_path, 0o777)  # even a world-writable host dir must stay out of reach
-    prog = "".join(f"try:\n    open({t!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for t in targets)
+    prog = "".join(
+        f"try:\n    open({t!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for t in targets
+    )
     assert execution.run_program(prog).returncode == 0
     landed = [t for t in targets if os.path.exists(t)]
     for t in landed:
@@ -164,8 +205,9 @@ def test_writes_outside_the_sandbox_do_not_land(tmp_path):
 
 
 def test_file_size_limit():
-    res = execution.run_program("open('big', 'wb').write(b'x' * (64 << 20))",
-                                limits=execution.Limits(file_size=1 << 20))
+    res = execution.run_program(
+        "open('big', 'wb').write(b'x' * (64 << 20))", limits=execution.Limits(file_size=1 << 20)
+    )
     assert res.returncode != 0 and b"File too large" in res.stderr
 
 
@@ -175,7 +217,9 @@ def test_huge_output_is_capped():
 
 
 def test_killing_everything_it_sees_harms_nobody():
-    prog = "import os\nos.kill(os.getppid(), 9)\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
+    prog = (
+        "import os\nos.kill(os.getppid(), 9)\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
+    )
     execution.run_program(prog)
     assert execution.run_program("print(1 + 1)").stdout == b"2\n"  # the harness still works
 
@@ -186,7 +230,8 @@ def test_environment_secrets_invisible(monkeypatch):
     res = execution.run_program(
         "import os\nprint(dict(os.environ))\n"
         "for p in ('/proc/self/environ', '/proc/1/environ', '/proc/%d/environ' % os.getppid()):\n"
-        "    try:\n        print(open(p, 'rb').read())\n    except OSError as e:\n        print(e)\n")
+        "    try:\n        print(open(p, 'rb').read())\n    except OSError as e:\n        print(e)\n"
+    )
     assert res.returncode == 0
     assert secret.encode() not in res.stdout and b"WMTP_TEST_SECRET" not in res.stdout
     assert b"'PATH'" in res.stdout
@@ -198,26 +243,34 @@ def test_no_network():
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        out = _lines(f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 1)\n"
-                     "    print('connected')\nexcept OSError:\n    print('blocked')\n")
+        out = _lines(
+            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 1)\n"
+            "    print('connected')\nexcept OSError:\n    print('blocked')\n"
+        )
     finally:
         server.close()
     assert out == ["blocked"]
 
 
 def test_parallel_map_keeps_order():
-    progs = [(f"def f():\n    return {i}\n", f"assert f() % 2 == 0\n") for i in range(6)]
+    progs = [(f"def f():\n    return {i}\n", "assert f() % 2 == 0\n") for i in range(6)]
     out = execution.parallel_map(lambda pt: grader.run_tests(*pt), progs, workers=3, progress=False)
     assert [r["passed"] for r in out] == [True, False, True, False, True, False]
 
 
 def test_sandbox_dies_with_a_killed_harness(tmp_path):
     """SIGKILL the harness mid-run: bwrap --die-with-parent takes the sleeping program down."""
-    script = ("from wmtp_jax.eval import execution\nexecution.sandbox()\n"
-              "print('probed', flush=True)\n"
-              "execution.run_program('import time\\ntime.sleep(1000)', timeout=100.0)\n")
-    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(tmp_path)})  # its run dirs land here
+    script = (
+        "from wmtp_jax.eval import execution\nexecution.sandbox()\n"
+        "print('probed', flush=True)\n"
+        "execution.run_program('import time\\ntime.sleep(1000)', timeout=100.0)\n"
+    )
+    harness = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # its run dirs land here
     assert harness.stdout.readline() == "probed\n"
     sandbox_uids = lambda: set(execution.pids_with_uid(lambda u: u >= 1_000_000))  # noqa: E731
     before = sandbox_uids()
@@ -237,6 +290,7 @@ def test_sandbox_dies_with_a_killed_harness(tmp_path):
 
 # ---- policy ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def fresh_probe():
     execution.sandbox.cache_clear()
@@ -247,7 +301,8 @@ def fresh_probe():
 def _fake_bwrap(tmp_path) -> str:
     (tmp_path / "bwrap").write_text(
         "#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\n"
-        "exit 1\n")
+        "exit 1\n"
+    )
     os.chmod(tmp_path / "bwrap", 0o755)
     return str(tmp_path)
 
@@ -271,8 +326,10 @@ def test_best_effort_and_none_are_recorded_opt_ins(monkeypatch, tmp_path, fresh_
     monkeypatch.setenv("PATH", _fake_bwrap(tmp_path))
     sb = execution.sandbox("best_effort")
     assert not sb.isolated and sb.uid_drop == (os.geteuid() == 0)
-    assert sb.record() == {"policy": "best_effort", "isolated": False,
-                           "isolation": sb.describe()} and "NOT isolated" in sb.describe()
+    assert (
+        sb.record() == {"policy": "best_effort", "isolated": False, "isolation": sb.describe()}
+        and "NOT isolated" in sb.describe()
+    )
     assert execution.run_program("print(6 * 7)", sb=sb).stdout == b"42\n"
     assert grader.run_tests("def f():\n    return 1\n", "assert f() == 1\n", sb=sb)["passed"]
     none = execution.sandbox("none")

@@ -29,10 +29,18 @@ def test_symlink_leaving_the_model_dir_is_refused_and_nothing_written(model_dir,
     os.symlink(tmp_path / "secret", tok / "tokenizer.json")
     files = tokenizer_dir_files(tok)
     assert [f.name for f in files] == ["tokenizer.json", "tokenizer_config.json"]
-    with pytest.raises(UnsafeFileError, match=rf"{tok / 'tokenizer.json'}: a symlink to "
-                       rf"{tmp_path / 'secret'}, outside the source directory {model_dir}"):
-        save_model(tmp_path / "out", _tiny_params(), kind="mtp", args=ModelArgs(dim=8, n_layers=1,
-                   n_heads=2, vocab_size=8), tokenizer=files)
+    with pytest.raises(
+        UnsafeFileError,
+        match=rf"{tok / 'tokenizer.json'}: a symlink to "
+        rf"{tmp_path / 'secret'}, outside the source directory {model_dir}",
+    ):
+        save_model(
+            tmp_path / "out",
+            _tiny_params(),
+            kind="mtp",
+            args=ModelArgs(dim=8, n_layers=1, n_heads=2, vocab_size=8),
+            tokenizer=files,
+        )
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == []  # no temp dir
 

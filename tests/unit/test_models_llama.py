@@ -17,9 +17,17 @@ from tests.kv_cache import check_prefill_then_decode  # noqa: E402
 from tests.torch_ref import abstract_model, flat_paths, load_pure, torch_state_to_pure  # noqa: E402
 from wmtp_jax.models import Llama, ModelArgs, ValueModel, create_value_head  # noqa: E402
 
-HF = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
-          num_key_value_heads=2, vocab_size=61, rms_norm_eps=1e-5, rope_theta=500.0,
-          max_position_embeddings=64)
+HF = dict(
+    hidden_size=32,
+    intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=61,
+    rms_norm_eps=1e-5,
+    rope_theta=500.0,
+    max_position_embeddings=64,
+)
 LENS = np.array([9, 5, 1])  # right padding; row 2 has a single valid token
 S = 9
 
@@ -29,8 +37,11 @@ def hf_model(seed=0):
     ref = LlamaForCausalLM(LlamaConfig(**HF)).eval()
     with torch.no_grad():
         for name, p in ref.named_parameters():
-            p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("norm.weight")
-                    else 0.2 * torch.randn_like(p))
+            p.copy_(
+                1.0 + 0.3 * torch.randn_like(p)
+                if name.endswith("norm.weight")
+                else 0.2 * torch.randn_like(p)
+            )
     return ref
 
 
@@ -41,8 +52,16 @@ def args(**kw):
 def jax_llama(ref, **kw):
     model = abstract_model(lambda: Llama(args(), rngs=nnx.Rngs(0), **kw))
     sd = ref.state_dict()
-    load_pure(model, torch_state_to_pure(sd, mapping.hf_key_table(2, lm_head=kw.get("lm_head", True)),
-                                         meta_rope=False, n_heads=4, n_kv_heads=2))
+    load_pure(
+        model,
+        torch_state_to_pure(
+            sd,
+            mapping.hf_key_table(2, lm_head=kw.get("lm_head", True)),
+            meta_rope=False,
+            n_heads=4,
+            n_kv_heads=2,
+        ),
+    )
     return model
 
 
@@ -57,8 +76,11 @@ def setup():
     ref = hf_model()
     tok, mask = batch()
     with torch.no_grad():
-        out = ref(input_ids=torch.from_numpy(tok).long(), attention_mask=torch.from_numpy(mask),
-                  output_hidden_states=True)
+        out = ref(
+            input_ids=torch.from_numpy(tok).long(),
+            attention_mask=torch.from_numpy(mask),
+            output_hidden_states=True,
+        )
     return ref, tok, mask, out.logits.numpy(), out.hidden_states[-1].numpy()
 
 
@@ -71,19 +93,28 @@ def test_llama_logits_match_transformers(setup):
     model = jax_llama(ref)
     logits = nnx.jit(lambda m, t, a: m(t, a))(model, jnp.asarray(tok), jnp.asarray(mask))
     assert logits.shape == (3, S, 61) and logits.dtype == jnp.float32
-    np.testing.assert_allclose(valid(np.asarray(logits), mask), valid(want, mask), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        valid(np.asarray(logits), mask), valid(want, mask), atol=1e-4, rtol=0
+    )
     assert np.isfinite(np.asarray(logits)).all()
     # without a mask = causal only; equal on the fully valid row
-    np.testing.assert_allclose(nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tok))[0], want[0],
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tok))[0], want[0], atol=1e-4, rtol=0
+    )
 
 
 def test_value_model_backbone_matches_llama_model(setup):
     ref, tok, mask, _, want_hidden = setup
-    vm = abstract_model(lambda: ValueModel(args(), rngs=nnx.Rngs(0), head_type="linear",
-                                           bias_init=0.5))
-    pure = torch_state_to_pure(ref.model.state_dict(), mapping.hf_key_table(2, lm_head=False, prefix=""),
-                               meta_rope=False, n_heads=4, n_kv_heads=2)
+    vm = abstract_model(
+        lambda: ValueModel(args(), rngs=nnx.Rngs(0), head_type="linear", bias_init=0.5)
+    )
+    pure = torch_state_to_pure(
+        ref.model.state_dict(),
+        mapping.hf_key_table(2, lm_head=False, prefix=""),
+        meta_rope=False,
+        n_heads=4,
+        n_kv_heads=2,
+    )
     head = nnx.to_pure_dict(nnx.state(vm.value_head, nnx.Param))
     load_pure(vm, {"backbone": pure, "value_head": jax.tree.map(lambda s: np.zeros(s.shape), head)})
     vm.value_head.proj.bias[...] = jnp.array([0.5])
@@ -117,12 +148,15 @@ def test_value_heads_init_and_formula(head_type):
     if head_type != "mlp":
         return
     assert tuple(getattr(head, k).kernel.shape for k in ("fc1", "fc2", "fc3")) == (
-        (32, 8), (8, 4), (4, 1))
+        (32, 8),
+        (8, 4),
+        (4, 1),
+    )
     head.fc3.kernel[...] = jnp.linspace(-1, 1, 4)[:, None]
     gelu = lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))  # exact (erf) GELU
     w = {k: np.asarray(getattr(head, k).kernel[...]) for k in ("fc1", "fc2", "fc3")}
     b = {k: np.asarray(getattr(head, k).bias[...]) for k in ("fc1", "fc2", "fc3")}
-    assert np.abs(b["fc1"]).max() <= 32 ** -0.5 and np.abs(b["fc1"]).max() > 0
+    assert np.abs(b["fc1"]).max() <= 32**-0.5 and np.abs(b["fc1"]).max() > 0
     x = gelu(gelu(hidden @ w["fc1"] + b["fc1"]) @ w["fc2"] + b["fc2"])
     np.testing.assert_allclose(apply(head, hidden), x @ w["fc3"] + b["fc3"], atol=1e-5)
 

@@ -11,13 +11,28 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from conversion import mapping  # noqa: E402
-from tests.torch_ref import abstract_model, flat_paths, load_pure, torch_state_to_pure  # noqa: E402
 from tests.kv_cache import check_prefill_then_decode  # noqa: E402
-from tests.torch_ref import meta_mtp  # noqa: E402
+from tests.torch_ref import (  # noqa: E402
+    abstract_model,
+    flat_paths,
+    load_pure,
+    meta_mtp,  # noqa: E402
+    torch_state_to_pure,
+)
 from wmtp_jax.models import ModelArgs, MTPTransformer  # noqa: E402
 
-TINY = dict(dim=32, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=61, multiple_of=8,
-            ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500.0, max_seq_len=32)
+TINY = dict(
+    dim=32,
+    n_layers=5,
+    n_heads=4,
+    n_kv_heads=2,
+    vocab_size=61,
+    multiple_of=8,
+    ffn_dim_multiplier=1.3,
+    norm_eps=1e-5,
+    rope_theta=500.0,
+    max_seq_len=32,
+)
 V = TINY["vocab_size"]
 
 
@@ -33,8 +48,12 @@ def torch_and_jax(n_future: int, seed: int = 0, n_layers: int = 5, **runtime):
     args = ModelArgs(**tiny, n_future_tokens=n_future, **runtime)
     model = abstract_model(lambda: MTPTransformer(args, rngs=nnx.Rngs(1)))
     table = mapping.meta_key_table(args.n_trunk_layers, n_future)
-    load_pure(model, torch_state_to_pure(ref.state_dict(), table, meta_rope=True,
-                                         n_heads=args.n_heads, n_kv_heads=args.kv_heads))
+    load_pure(
+        model,
+        torch_state_to_pure(
+            ref.state_dict(), table, meta_rope=True, n_heads=args.n_heads, n_kv_heads=args.kv_heads
+        ),
+    )
     return ref, model
 
 
@@ -58,8 +77,9 @@ def mtp3():
 
 def check_against_reference(ref, tok, logits, hidden, k):
     with torch.no_grad():
-        want, want_h = ref(torch.from_numpy(tok).long(), return_all_heads=True,
-                           return_hidden_states=True)
+        want, want_h = ref(
+            torch.from_numpy(tok).long(), return_all_heads=True, return_hidden_states=True
+        )
     assert logits.shape == (*tok.shape, k, V) and logits.dtype == jnp.float32
     for j in range(k):  # every head
         np.testing.assert_allclose(logits[:, :, j], want[:, :, j].numpy(), atol=1e-4, rtol=0)
@@ -116,12 +136,19 @@ def test_kv_cache_prefill_then_decode_matches_full(mtp3):
     cache = model.init_cache(2, 16)
     assert cache["layers"]["k"].shape == (2, 2, 2, 16, 8)
     assert cache["heads"]["v"].shape == (3, 2, 2, 16, 8)
-    step = nnx.jit(lambda m, t, p, c, all_heads=True: m(t, return_all_heads=all_heads, positions=p,
-                                                        cache=c), static_argnames="all_heads")
+    step = nnx.jit(
+        lambda m, t, p, c, all_heads=True: m(t, return_all_heads=all_heads, positions=p, cache=c),
+        static_argnames="all_heads",
+    )
     cache = check_prefill_then_decode(step, model, tok, np.array([6, 4]), full, cache)
     # a head-0-only step leaves the other heads' caches untouched
-    one, cache2 = step(model, jnp.asarray((tok[:, :1] + 1) % V), jnp.zeros((2, 1), jnp.int32), cache,
-                       all_heads=False)
+    one, cache2 = step(
+        model,
+        jnp.asarray((tok[:, :1] + 1) % V),
+        jnp.zeros((2, 1), jnp.int32),
+        cache,
+        all_heads=False,
+    )
     assert one.shape == (2, 1, 1, V)
     np.testing.assert_array_equal(cache2["heads"]["k"][1:], cache["heads"]["k"][1:])
     assert not np.array_equal(cache2["heads"]["k"][0], cache["heads"]["k"][0])

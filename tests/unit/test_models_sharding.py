@@ -11,17 +11,30 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from tests.torch_ref import fill_deterministic  # noqa: E402
 from wmtp_jax.models import Llama, LoRAConfig, ModelArgs, MTPTransformer, ValueModel  # noqa: E402
 from wmtp_jax.models.partitioning import DEFAULT_RULES, init_sharded, state_shardings  # noqa: E402
 
-ARGS = ModelArgs(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=8,
-                 n_future_tokens=2)
+ARGS = ModelArgs(
+    dim=32, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=8, n_future_tokens=2
+)
 LORA = LoRAConfig(rank=4, alpha=8.0, targets=("wq", "wv", "w2"))
-LOGICAL = {"vocab", "embed", "heads", "kv_heads", "mlp", "norm", "layers", "mtp_heads",
-           "lora_rank", "value_hidden", None}
+LOGICAL = {
+    "vocab",
+    "embed",
+    "heads",
+    "kv_heads",
+    "mlp",
+    "norm",
+    "layers",
+    "mtp_heads",
+    "lora_rank",
+    "value_hidden",
+    None,
+}
 MAKERS = {
     "mtp": lambda lora: MTPTransformer(ARGS, rngs=nnx.Rngs(0), lora=lora),
     "llama": lambda lora: Llama(ARGS, rngs=nnx.Rngs(0), lora=lora),

@@ -13,7 +13,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from wmtp_jax.ops import attention as A  # noqa: E402
 
@@ -22,8 +23,10 @@ TOL = 1e-5
 
 def qkv(b, s, h, kv, hd, seed=0, dtype=jnp.float32):
     r = np.random.default_rng(seed)
-    return tuple(jnp.asarray(r.standard_normal(shape), dtype)
-                 for shape in ((b, s, h, hd), (b, s, kv, hd), (b, s, kv, hd)))
+    return tuple(
+        jnp.asarray(r.standard_normal(shape), dtype)
+        for shape in ((b, s, h, hd), (b, s, kv, hd), (b, s, kv, hd))
+    )
 
 
 def packed_ids(b, s, seed=0):
@@ -33,7 +36,7 @@ def packed_ids(b, s, seed=0):
     for i in range(b):
         cuts = np.sort(r.choice(np.arange(1, s), size=2, replace=False))
         end = s if i == 0 else int(r.integers(cuts[1], s + 1))
-        ids[i, :cuts[0]], ids[i, cuts[0]:cuts[1]], ids[i, cuts[1]:end] = 1, 2, 3
+        ids[i, : cuts[0]], ids[i, cuts[0] : cuts[1]], ids[i, cuts[1] : end] = 1, 2, 3
     return jnp.asarray(ids)
 
 
@@ -52,10 +55,13 @@ def assert_parity(q, k, v, *, block, causal=True, segment_ids=None, lengths=None
     kw = dict(causal=causal, segment_ids=segment_ids, lengths=lengths)
     out = jax.jit(partial_block(block), static_argnames="causal")(q, k, v, **kw)
     ref = A.reference_attention(q, k, v, **kw)
-    np.testing.assert_allclose(out * visible[:, :, None, None], ref * visible[:, :, None, None],
-                               atol=tol, rtol=0)
-    (l1, g1), (l2, g2) = (loss_and_grads(lambda q, k, v, f=f: f(q, k, v, **kw), q, k, v, visible)
-                          for f in (partial_block(block), A.reference_attention))
+    np.testing.assert_allclose(
+        out * visible[:, :, None, None], ref * visible[:, :, None, None], atol=tol, rtol=0
+    )
+    (l1, g1), (l2, g2) = (
+        loss_and_grads(lambda q, k, v, f=f: f(q, k, v, **kw), q, k, v, visible)
+        for f in (partial_block(block), A.reference_attention)
+    )
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for name, a, r in zip("qkv", g1, g2):
         np.testing.assert_allclose(a, r, atol=tol, rtol=0, err_msg=f"d{name}")
@@ -66,8 +72,9 @@ def partial_block(block):
     return lambda q, k, v, **kw: A.blockwise_attention(q, k, v, block_size=block, **kw)
 
 
-@pytest.mark.parametrize("s,block,h,kv", [(32, 8, 4, 4), (37, 8, 4, 2), (8, 16, 4, 1),
-                                          (37, 8, 4, 1)])
+@pytest.mark.parametrize(
+    "s,block,h,kv", [(32, 8, 4, 4), (37, 8, 4, 2), (8, 16, 4, 1), (37, 8, 4, 1)]
+)
 def test_causal_blockwise_equals_reference_incl_gqa_and_ragged_s(s, block, h, kv):
     assert_parity(*qkv(2, s, h, kv, 16), block=block)
 
@@ -92,9 +99,10 @@ def test_packed_segments_never_cross(causal):
     # segment 2 of row 0 alone gives the same rows: nothing leaks across segments
     lo, hi = (int(x) for x in np.flatnonzero(np.asarray(ids[0]) == 2)[[0, -1]])
     out = A.blockwise_attention(q, k, v, causal=causal, segment_ids=ids, block_size=8)
-    alone = A.reference_attention(q[:1, lo:hi + 1], k[:1, lo:hi + 1], v[:1, lo:hi + 1],
-                                  causal=causal)
-    np.testing.assert_allclose(out[:1, lo:hi + 1], alone, atol=TOL, rtol=0)
+    alone = A.reference_attention(
+        q[:1, lo : hi + 1], k[:1, lo : hi + 1], v[:1, lo : hi + 1], causal=causal
+    )
+    np.testing.assert_allclose(out[:1, lo : hi + 1], alone, atol=TOL, rtol=0)
 
 
 def test_rows_without_visible_keys_are_finite_zero_and_get_no_gradient():
@@ -103,9 +111,10 @@ def test_rows_without_visible_keys_are_finite_zero_and_get_no_gradient():
     out = A.blockwise_attention(q, k, v, lengths=lengths, block_size=4)
     np.testing.assert_array_equal(out[0], 0.0)
     np.testing.assert_array_equal(out[1, 5:], 0.0)
-    g = jax.grad(lambda q, k, v: jnp.sum(A.blockwise_attention(q, k, v, lengths=lengths,
-                                                               block_size=4)),
-                 argnums=(0, 1, 2))(q, k, v)
+    g = jax.grad(
+        lambda q, k, v: jnp.sum(A.blockwise_attention(q, k, v, lengths=lengths, block_size=4)),
+        argnums=(0, 1, 2),
+    )(q, k, v)
     for x in g:
         assert np.isfinite(np.asarray(x)).all()
         np.testing.assert_array_equal(x[0], 0.0)
@@ -122,11 +131,17 @@ def test_invisible_block_pairs_are_skipped_with_a_cond():
     want = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
     np.testing.assert_array_equal(live, want)
     q, k, v = qkv(2, 32, 2, 2, 8)
-    jaxpr = str(jax.make_jaxpr(lambda q, k, v: jax.grad(lambda q: jnp.sum(
-        A.blockwise_attention(q, k, v, segment_ids=ids, block_size=8)))(q))(q, k, v))
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda q, k, v: jax.grad(
+                lambda q: jnp.sum(A.blockwise_attention(q, k, v, segment_ids=ids, block_size=8))
+            )(q)
+        )(q, k, v)
+    )
     assert jaxpr.count("cond[") == 2  # one in the forward loop body, one in the backward's
-    plain = str(jax.make_jaxpr(lambda q, k, v: A.blockwise_attention(q, k, v, block_size=8))(
-        q, k, v))
+    plain = str(
+        jax.make_jaxpr(lambda q, k, v: A.blockwise_attention(q, k, v, block_size=8))(q, k, v)
+    )
     assert "cond[" not in plain  # causal without segments: every visited block pair is live
     assert_parity(q, k, v, block=8, segment_ids=ids)
     assert_parity(q, k, v, block=8, segment_ids=jnp.asarray(shifted[None].repeat(2, 0)))
@@ -177,8 +192,11 @@ def test_each_implementation_forced_on_cpu():
     for impl in ("auto", "xla", "blockwise"):
         out = A.attention(q, k, v, segment_ids=ids, implementation=impl)
         np.testing.assert_allclose(out * m, ref * m, atol=TOL, rtol=0, err_msg=impl)
-    with pytest.raises(ValueError, match=r"'cudnn' needs an NVIDIA GPU with cuDNN, the backend "
-                                         r"is 'cpu'; use auto, xla or blockwise"):
+    with pytest.raises(
+        ValueError,
+        match=r"'cudnn' needs an NVIDIA GPU with cuDNN, the backend "
+        r"is 'cpu'; use auto, xla or blockwise",
+    ):
         A.attention(q, k, v, implementation="cudnn")
     with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
         A.check_backend("cudnn")
@@ -233,8 +251,9 @@ def test_models_give_the_same_logits_and_grads_with_xla_and_blockwise():
         loss = lambda m: jnp.sum(jnp.where(mask[:, :, None] > 0, m(tok, mask), 0.0) ** 2)
         outs[impl] = (model(tok, mask), nnx.grad(loss)(model))
     m = mask[:, :, None] > 0
-    np.testing.assert_allclose(jnp.where(m, outs["xla"][0], 0),
-                               jnp.where(m, outs["blockwise"][0], 0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        jnp.where(m, outs["xla"][0], 0), jnp.where(m, outs["blockwise"][0], 0), atol=1e-5, rtol=0
+    )
     for a, b in zip(jax.tree.leaves(outs["xla"][1]), jax.tree.leaves(outs["blockwise"][1])):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="unknown attention implementation 'fast'"):

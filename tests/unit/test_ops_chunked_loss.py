@@ -35,35 +35,62 @@ def chunked(h, scale, kernel, labels, am, w, key, chunk_size):
 @pytest.mark.parametrize("wkind,chunk_size", [("2d", 5), ("3d", 36)])
 def test_loss_and_grads_match_dense(wkind, chunk_size):
     h, scale, kernel, labels, am, rng = inputs()
-    w = {None: None, "2d": jnp.asarray(rng.uniform(0.1, 3, (B, S)), jnp.float32),
-         "3d": jnp.asarray(rng.uniform(0.1, 3, (B, S, K)), jnp.float32)}[wkind]
+    w = {
+        None: None,
+        "2d": jnp.asarray(rng.uniform(0.1, 3, (B, S)), jnp.float32),
+        "3d": jnp.asarray(rng.uniform(0.1, 3, (B, S, K)), jnp.float32),
+    }[wkind]
     key = "weighted_ce_loss"
-    vg = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(h, scale, kernel, labels, am, w)
-    (ld, gd), (lc, gc) = vg(functools.partial(dense, key=key)), vg(
-        functools.partial(chunked, key=key, chunk_size=chunk_size))
+    vg = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(
+        h, scale, kernel, labels, am, w
+    )
+    (ld, gd), (lc, gc) = (
+        vg(functools.partial(dense, key=key)),
+        vg(functools.partial(chunked, key=key, chunk_size=chunk_size)),
+    )
     np.testing.assert_allclose(float(lc), float(ld), rtol=1e-5)
     for a, b in zip(gc, gd):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                   atol=1e-5 * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b)))
+        )
 
 
 def test_full_dict_and_unweighted_match():
     h, scale, kernel, labels, am, _ = inputs(1)
-    d = jax.jit(lambda *a: compute_mtp_ce_loss(head_logits(*a[:3]), *a[3:]))(h, scale, kernel, labels, am)
+    d = jax.jit(lambda *a: compute_mtp_ce_loss(head_logits(*a[:3]), *a[3:]))(
+        h, scale, kernel, labels, am
+    )
     c = jax.jit(functools.partial(chunked_mtp_ce_loss, chunk_size=7))(h, scale, kernel, labels, am)
-    for key in ("weighted_ce_loss", "unweighted_ce_loss", "head_unweighted_ce_loss", "head_valid_tokens"):
+    for key in (
+        "weighted_ce_loss",
+        "unweighted_ce_loss",
+        "head_unweighted_ce_loss",
+        "head_valid_tokens",
+    ):
         np.testing.assert_allclose(np.asarray(c[key]), np.asarray(d[key]), rtol=1e-5)
 
 
 def test_bf16_latents_and_compute_dtype_give_finite_float32():
     h, scale, kernel, labels, am, _ = inputs(2)
-    f = jax.jit(jax.value_and_grad(lambda hh: chunked_mtp_ce_loss(
-        hh, scale, kernel, labels, am, compute_dtype=jnp.bfloat16, chunk_size=8)["weighted_ce_loss"]))
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda hh: chunked_mtp_ce_loss(
+                hh, scale, kernel, labels, am, compute_dtype=jnp.bfloat16, chunk_size=8
+            )["weighted_ce_loss"]
+        )
+    )
     loss, g = f(h.astype(jnp.bfloat16))
     assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
     assert g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
-    ref = jax.jit(dense, static_argnames="key")(h.astype(jnp.bfloat16).astype(jnp.float32), scale, kernel,
-                                                labels, am, None, key="weighted_ce_loss")
+    ref = jax.jit(dense, static_argnames="key")(
+        h.astype(jnp.bfloat16).astype(jnp.float32),
+        scale,
+        kernel,
+        labels,
+        am,
+        None,
+        key="weighted_ce_loss",
+    )
     np.testing.assert_allclose(float(loss), float(ref), rtol=3e-2)
 
 
@@ -76,15 +103,23 @@ def test_errors_name_tensors():
 
 
 def test_batch_sharded_over_mesh_equals_single_device():
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     n_dev = min(4, len(jax.devices()))
     rng = np.random.default_rng(3)
     h = jnp.asarray(rng.normal(size=(4, S, K, D)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, V, size=(4, S)))
     am = jnp.ones((4, S), jnp.int32)
     _, scale, kernel, _, _, _ = inputs()
-    f = jax.jit(jax.value_and_grad(lambda hh, kk: chunked_mtp_ce_loss(
-        hh, scale, kk, labels, am, chunk_size=4)["weighted_ce_loss"], argnums=(0, 1)))
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda hh, kk: chunked_mtp_ce_loss(hh, scale, kk, labels, am, chunk_size=4)[
+                "weighted_ce_loss"
+            ],
+            argnums=(0, 1),
+        )
+    )
     ref_loss, ref_g = f(h, kernel)
     mesh = Mesh(np.array(jax.devices()[:n_dev]), ("data",))
     hs = jax.device_put(h, NamedSharding(mesh, P("data")))

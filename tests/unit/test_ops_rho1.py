@@ -22,11 +22,11 @@ def np_select(pol, ref, labels, m, k_pct, mode):
         n = s - k
         if n <= 0:
             continue
-        y = labels[:, k:k + n]
+        y = labels[:, k : k + n]
         cp = np_ce(pol[:, :n, k - 1].astype(np.float64), y)
-        cr = np_ce(ref[:, k - 1:k - 1 + n].astype(np.float64), y)
+        cr = np_ce(ref[:, k - 1 : k - 1 + n].astype(np.float64), y)
         score = {"signed": cp - cr, "absolute": np.abs(cp - cr), "difficult": cr}[mode]
-        valid = m[:, k:k + n] > 0
+        valid = m[:, k : k + n] > 0
         if valid.sum() == 0:
             continue
         thr = np.quantile(score[valid], 1 - k_pct)
@@ -51,13 +51,14 @@ def test_matches_reference_selection(mode):
     expected = np_select(pol, ref, labels, m, 0.6, mode)
     np.testing.assert_array_equal(np.asarray(w), expected)
     assert w.dtype == jnp.float32 and w.shape == (3, 10, 3)
-    np.testing.assert_allclose(stats["selection_ratio"], expected.sum() / sum(
-        m[:, k:].sum() for k in (1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        stats["selection_ratio"], expected.sum() / sum(m[:, k:].sum() for k in (1, 2, 3)), rtol=1e-6
+    )
     np.testing.assert_allclose(stats["avg_heads_per_position"], expected.sum() / m.sum(), rtol=1e-6)
 
 
 def test_ties_kept_padding_and_tail_zero_and_empty_head():
-    pol = np.zeros((1, 4, 3, 5), np.float32)          # all scores tie → all valid tokens kept
+    pol = np.zeros((1, 4, 3, 5), np.float32)  # all scores tie → all valid tokens kept
     ref = np.zeros((1, 4, 5), np.float32)
     labels = np.array([[-100, 1, 2, -100]])
     w, st = select(pol, ref, labels, labels != -100, 0.3)
@@ -72,7 +73,13 @@ def test_quantile_matches_numpy_and_no_gradient():
         got = jax.jit(masked_quantile)(x, valid, q)
         np.testing.assert_allclose(got, [np.quantile(x[0], q), np.quantile(x[1, :4], q)], rtol=1e-6)
     pol, ref, labels, m = data(2)
-    g = jax.jit(jax.grad(lambda p: jnp.sum(compute_mtp_selective_weights(p, ref, labels, m)[1]["head_0_excess_mean"])))(pol)
+    g = jax.jit(
+        jax.grad(
+            lambda p: jnp.sum(
+                compute_mtp_selective_weights(p, ref, labels, m)[1]["head_0_excess_mean"]
+            )
+        )
+    )(pol)
     assert np.all(np.asarray(g) == 0)
 
 
@@ -83,6 +90,8 @@ def test_bf16_inputs_and_rho1_stats():
     assert 0.3 < float(st["selection_ratio"]) < 0.7
     stats = jax.jit(compute_rho1_stats)
     ones = stats(jnp.ones((2, 4, 4)), jnp.ones((2, 4)))
-    assert float(ones["selection_ratio"]) == pytest.approx(1.0) and float(ones["avg_heads_per_position"]) == pytest.approx(4.0)
+    assert float(ones["selection_ratio"]) == pytest.approx(1.0) and float(
+        ones["avg_heads_per_position"]
+    ) == pytest.approx(4.0)
     head0 = stats(jnp.ones((2, 4, 4)).at[:, :, 1:].set(0), jnp.ones((2, 4)))
     assert float(head0["selection_ratio"]) == pytest.approx(0.25)

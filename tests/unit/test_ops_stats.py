@@ -4,8 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.ops import (compute_td_stats, compute_value_function_stats, compute_weight_statistics,
-                          compute_weight_stats)
+from wmtp_jax.ops import (
+    compute_td_stats,
+    compute_value_function_stats,
+    compute_weight_statistics,
+    compute_weight_stats,
+)
 
 
 def test_td_and_weight_statistics():
@@ -13,8 +17,11 @@ def test_td_and_weight_statistics():
     m = np.array([[1, 1, 1, 0], [1, 1, 1, 0]], np.float32)
     st = jax.jit(compute_td_stats)(x, m)
     v = x[m > 0]
-    np.testing.assert_allclose([st["td/mean"], st["td/std"], st["td/min"], st["td/max"]],
-                               [v.mean(), v.std(ddof=1), v.min(), v.max()], rtol=1e-5)
+    np.testing.assert_allclose(
+        [st["td/mean"], st["td/std"], st["td/min"], st["td/max"]],
+        [v.mean(), v.std(ddof=1), v.min(), v.max()],
+        rtol=1e-5,
+    )
     w = np.abs(x) + 0.1
     ws = jax.jit(compute_weight_statistics)(w, m)
     wv = w[m > 0]
@@ -22,9 +29,11 @@ def test_td_and_weight_statistics():
     assert set(ws) == {"weight/mean", "weight/std", "weight/min", "weight/max", "weight/entropy"}
     # 3-D weights: the [B,S] mask applies to every head
     w3 = np.repeat(w[..., None], 4, -1)
-    np.testing.assert_allclose(jax.jit(compute_weight_statistics)(w3, m)["weight/mean"], wv.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(compute_weight_statistics)(w3, m)["weight/mean"], wv.mean(), rtol=1e-5
+    )
     uni = jax.jit(compute_weight_stats)(jnp.ones((2, 4)), m)
-    np.testing.assert_allclose(uni["weight/entropy"], 1.0, rtol=1e-5)       # normalised entropy
+    np.testing.assert_allclose(uni["weight/entropy"], 1.0, rtol=1e-5)  # normalised entropy
     empty = jax.jit(compute_td_stats)(x, np.zeros_like(m))
     assert all(float(val) == 0.0 for val in empty.values())
 

@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmtp_jax.ops import (build_weights, compute_gae_advantage, compute_lambda_return,
-                          compute_mtp_ce_loss, compute_td_errors, compute_td_targets)
+from wmtp_jax.ops import (
+    build_weights,
+    compute_gae_advantage,
+    compute_lambda_return,
+    compute_mtp_ce_loss,
+    compute_td_errors,
+    compute_td_targets,
+)
 
 td_errors = jax.jit(compute_td_errors)
 targets_fn = jax.jit(compute_td_targets)
@@ -18,9 +24,9 @@ def random_batch(seed, b=4, s=9):
     rng = np.random.default_rng(seed)
     v = rng.uniform(0, 1, size=(b, s)).astype(np.float32)
     m = np.zeros((b, s), np.float32)
-    m[0, 2:7] = 1          # prompt + padding
+    m[0, 2:7] = 1  # prompt + padding
     m[1, :] = 1
-    m[2, 4] = 1            # single valid token
+    m[2, 4] = 1  # single valid token
     # row 3: no valid token
     return v, m, rng
 
@@ -32,8 +38,10 @@ def np_gae(v, m, gamma, lam, init=0.5):
     for i in range(b):
         term = max([t for t in range(s) if m[i, t]] or [0])
         for t in range(term + 1):
-            out[i, t] = sum((gamma * lam) ** l * (gamma * v[i, t + l] - (v[i, t + l - 1] if t + l else init))
-                            for l in range(term - t + 1))
+            out[i, t] = sum(
+                (gamma * lam) ** l * (gamma * v[i, t + l] - (v[i, t + l - 1] if t + l else init))
+                for l in range(term - t + 1)
+            )
     return out * m
 
 
@@ -61,7 +69,9 @@ def np_lambda_return(v, r, m, gamma, lam, end=None):
 
 def test_td_errors_hand_computed():
     v = jnp.array([[[0.5], [0.7], [0.9]]])
-    np.testing.assert_allclose(td_errors(v, jnp.array([1.0]), jnp.ones((1, 3))), [[0.0, 0.2, 0.1]], atol=1e-6)
+    np.testing.assert_allclose(
+        td_errors(v, jnp.array([1.0]), jnp.ones((1, 3))), [[0.0, 0.2, 0.1]], atol=1e-6
+    )
     # prompt + padding, rewards [B,1], γ and initial value
     v = jnp.array([[0.3, 0.5, 0.7, 0.9]])
     m = jnp.array([[0, 1, 1, 0]])
@@ -72,7 +82,9 @@ def test_td_errors_hand_computed():
 
 def test_gae_lambda0_is_td0_and_targets_match_reference():
     v = jnp.array([[0.5, 0.7, 0.9]])
-    np.testing.assert_allclose(gae(v, 1.0, jnp.ones((1, 3)), 1.0, 0.0), [[0.0, 0.2, 0.2]], atol=1e-6)
+    np.testing.assert_allclose(
+        gae(v, 1.0, jnp.ones((1, 3)), 1.0, 0.0), [[0.0, 0.2, 0.2]], atol=1e-6
+    )
     np.testing.assert_allclose(targets_fn(v, 1.0, jnp.ones((1, 3))), [[0.5, 0.9, 1.1]], atol=1e-6)
 
 
@@ -88,7 +100,7 @@ def test_gae_matches_closed_form_double_loop(gamma, lam):
     v, m, _ = random_batch(1)
     got = gae(jnp.asarray(v)[..., None], jnp.ones(4), m, gamma, lam)
     np.testing.assert_allclose(got, np_gae(v, m, gamma, lam), atol=1e-5)
-    assert np.all(np.asarray(got)[3] == 0)                        # row without valid tokens
+    assert np.all(np.asarray(got)[3] == 0)  # row without valid tokens
 
 
 def test_bf16_values_float32_finite_and_no_gradient():
@@ -96,8 +108,12 @@ def test_bf16_values_float32_finite_and_no_gradient():
     vb = jnp.asarray(v, jnp.bfloat16)
     out = gae(vb, jnp.ones(4), m)
     assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
-    np.testing.assert_allclose(out, np_gae(np.asarray(vb.astype(jnp.float32)), m, 1.0, 0.95), atol=1e-5)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(compute_gae_advantage(x, jnp.ones(4), m) ** 2)))(jnp.asarray(v))
+    np.testing.assert_allclose(
+        out, np_gae(np.asarray(vb.astype(jnp.float32)), m, 1.0, 0.95), atol=1e-5
+    )
+    g = jax.jit(jax.grad(lambda x: jnp.sum(compute_gae_advantage(x, jnp.ones(4), m) ** 2)))(
+        jnp.asarray(v)
+    )
     assert np.all(np.asarray(g) == 0)
 
 
@@ -119,7 +135,9 @@ def test_critic_gets_no_gradient_from_verifiable_loss():
 def test_jit_equals_eager():
     v, m, _ = random_batch(4)
     eager = compute_gae_advantage(jnp.asarray(v), jnp.ones(4), jnp.asarray(m), 0.9, 0.7)
-    np.testing.assert_allclose(eager, gae(jnp.asarray(v), jnp.ones(4), jnp.asarray(m), 0.9, 0.7), atol=1e-7)
+    np.testing.assert_allclose(
+        eager, gae(jnp.asarray(v), jnp.ones(4), jnp.asarray(m), 0.9, 0.7), atol=1e-7
+    )
 
 
 def test_lambda_return_reference_values():
@@ -131,20 +149,24 @@ def test_lambda_return_reference_values():
     np.testing.assert_allclose(g[0, 1], 0.95125, atol=1e-6)
     np.testing.assert_allclose(lam_ret(v, jnp.array([1.0]), m, 1.0, 1.0), [[1, 1, 1, 1]])
     vv = jnp.array([[0.1, 0.2, 0.3, 0.4]])
-    np.testing.assert_allclose(lam_ret(vv, jnp.array([0.0]), m, 1.0, 0.0), [[0.2, 0.3, 0.4, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(
+        lam_ret(vv, jnp.array([0.0]), m, 1.0, 0.0), [[0.2, 0.3, 0.4, 0.0]], atol=1e-6
+    )
     assert np.all(np.asarray(lam_ret(v, jnp.array([1.0]), jnp.zeros((1, 4)))) == 0)
 
 
 @pytest.mark.parametrize("with_end", [False, True])
 def test_lambda_return_matches_reference_loop(with_end):
     v, m, rng = random_batch(5, s=12)
-    m[0, 8] = 0                                     # a hole inside the loss window
+    m[0, 8] = 0  # a hole inside the loss window
     r = rng.integers(0, 2, size=4).astype(np.float32)
     end = None
     if with_end:
         end = np.zeros_like(m)
-        end[0, 10] = end[1, 11] = end[2, 6] = 1      # terminal after the loss window (row 0, 2)
-    got = lam_ret(v, jnp.asarray(r)[:, None], m, 0.9, 0.8, None if end is None else jnp.asarray(end))
+        end[0, 10] = end[1, 11] = end[2, 6] = 1  # terminal after the loss window (row 0, 2)
+    got = lam_ret(
+        v, jnp.asarray(r)[:, None], m, 0.9, 0.8, None if end is None else jnp.asarray(end)
+    )
     np.testing.assert_allclose(got, np_lambda_return(v, r, m, 0.9, 0.8, end), atol=1e-5)
 
 

@@ -4,8 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmtp_jax.ops import (build_weights, compute_weight_clipping_ratio, td_ema_init, td_ema_stats,
-                          td_ema_update)
+from wmtp_jax.ops import (
+    build_weights,
+    compute_weight_clipping_ratio,
+    td_ema_init,
+    td_ema_stats,
+    td_ema_update,
+)
 
 bw = jax.jit(build_weights)
 update = jax.jit(td_ema_update)
@@ -26,14 +31,16 @@ def test_build_weights_external_stats_and_clip():
     w = bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0, 0.0, 1.0)
     np.testing.assert_allclose(w, [[1.0, np.e, 0.2, 3.0]], rtol=1e-6)
     # only one of the two externals → batch statistics (as the original)
-    np.testing.assert_allclose(bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0, 0.0, None), bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0))
+    np.testing.assert_allclose(
+        bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0, 0.0, None), bw(a, jnp.ones((1, 4)), 1.0, 0.2, 3.0)
+    )
 
 
 def test_build_weights_degenerate_batches_give_mask():
     a = jnp.array([[3.0, -2.0, 5.0]])
     np.testing.assert_allclose(bw(a, jnp.array([[0, 1, 0]])), [[0, 1, 0]])
     np.testing.assert_allclose(bw(a, jnp.zeros((1, 3))), [[0, 0, 0]])
-    assert np.all(np.isfinite(bw(a[..., None], jnp.ones((1, 3)))))     # [B,S,1] accepted
+    assert np.all(np.isfinite(bw(a[..., None], jnp.ones((1, 3)))))  # [B,S,1] accepted
 
 
 def test_clipping_ratio():
@@ -48,16 +55,19 @@ def test_ema_defaults_first_update_and_warmup_blend():
     m = jnp.ones((1, 4))
     s = update(s, jnp.full((1, 4), 1.0), m)
     assert float(s.mean) == 1.0 and int(s.step_count) == 1
-    np.testing.assert_allclose(float(s.std), 1e-4, rtol=1e-6)            # √1e-8 for a constant batch
+    np.testing.assert_allclose(float(s.std), 1e-4, rtol=1e-6)  # √1e-8 for a constant batch
     s4 = td_ema_init(warmup_steps=4)._replace(mean=jnp.float32(1.0), step_count=jnp.int32(1))
-    np.testing.assert_allclose(float(update(s4, jnp.full((1, 2), 2.0), m[:, :2]).mean), 0.25 * 1 + 0.75 * 2)
+    np.testing.assert_allclose(
+        float(update(s4, jnp.full((1, 2), 2.0), m[:, :2]).mean), 0.25 * 1 + 0.75 * 2
+    )
 
 
 def test_ema_after_warmup_momentum_and_population_std():
-    s = td_ema_init(momentum=0.1, warmup_steps=1)._replace(mean=jnp.float32(1.0), std=jnp.float32(1.0),
-                                                             step_count=jnp.int32(1))
+    s = td_ema_init(momentum=0.1, warmup_steps=1)._replace(
+        mean=jnp.float32(1.0), std=jnp.float32(1.0), step_count=jnp.int32(1)
+    )
     x = jnp.array([[1.0, 3.0, 100.0]])
-    s = update(s, x, jnp.array([[1, 1, 0]]))                                 # batch mean 2, pop std 1
+    s = update(s, x, jnp.array([[1, 1, 0]]))  # batch mean 2, pop std 1
     np.testing.assert_allclose([float(s.mean), float(s.std)], [0.9 + 0.2, 0.9 + 0.1], rtol=1e-6)
     for mom, exp in ((0.0, 1.0), (1.0, 2.0)):
         s0 = td_ema_init(momentum=mom, warmup_steps=0)._replace(mean=jnp.float32(1.0))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wmtp_jax.configs import common as common_cfg
 from wmtp_jax import ops
+from wmtp_jax.configs import common as common_cfg
 from wmtp_jax.models import ModelArgs
 from wmtp_jax.models.mtp import MTPTransformer
 from wmtp_jax.pipelines import baseline, critic, ref_tuning, rho1, verifiable
@@ -17,8 +17,9 @@ from wmtp_jax.train.loop import TrainTask
 from wmtp_jax.train.step import build
 
 V, S, B = 48, 12, 4
-ARGS = ModelArgs(dim=32, n_layers=3, n_heads=2, vocab_size=V, multiple_of=16, n_future_tokens=2,
-                 max_seq_len=S)  # 1 trunk block + 2 head blocks
+ARGS = ModelArgs(
+    dim=32, n_layers=3, n_heads=2, vocab_size=V, multiple_of=16, n_future_tokens=2, max_seq_len=S
+)  # 1 trunk block + 2 head blocks
 
 
 class ToyCritic(nnx.Module):
@@ -50,8 +51,13 @@ def pointwise_batch(seed=0):
     am[1, 9:] = 0
     labels = np.where(am == 1, ids, -100).astype(np.int32)
     labels[:, :3] = -100  # prompt
-    return {"input_ids": ids, "attention_mask": am, "labels": labels,
-            "is_correct": np.ones((B,), np.float32), "valid": np.ones((B,), np.float32)}
+    return {
+        "input_ids": ids,
+        "attention_mask": am,
+        "labels": labels,
+        "is_correct": np.ones((B,), np.float32),
+        "valid": np.ones((B,), np.float32),
+    }
 
 
 def pairwise_batch():
@@ -93,6 +99,7 @@ WC = verifiable.WeightingConfig(beta=1.0, min_weight=0.1, max_weight=3.0)
 
 # ---- verifiable ------------------------------------------------------------------------------
 
+
 def test_ema_fold_over_micro_batches_equals_update_on_whole_effective_batch():
     r = np.random.RandomState(0)
     a1, a2 = r.randn(2, 7).astype(np.float32), 3 + r.randn(2, 7).astype(np.float32)
@@ -101,8 +108,9 @@ def test_ema_fold_over_micro_batches_equals_update_on_whole_effective_batch():
     e1 = verifiable.advance_extra(extra, a1, m1, ga=2)
     np.testing.assert_array_equal(e1["ema"].mean, 0.0)  # no update mid-step
     e2 = verifiable.advance_extra(e1, a2, m2, ga=2)
-    want = ops.td_ema_update(ops.td_ema_init(0.1, 2), np.concatenate([a1, a2]),
-                             np.concatenate([m1, m2]))
+    want = ops.td_ema_update(
+        ops.td_ema_init(0.1, 2), np.concatenate([a1, a2]), np.concatenate([m1, m2])
+    )
     np.testing.assert_allclose(e2["ema"].mean, want.mean, rtol=1e-5)
     np.testing.assert_allclose(e2["ema"].std, want.std, rtol=1e-5)
     assert int(e2["ema"].step_count) == 1 and int(e2["micro"]) == 0
@@ -144,27 +152,35 @@ def test_verifiable_critic_gets_no_gradient_and_weights_vary():
 
 def test_verifiable_loss_falls_overfitting_with_ema_over_accumulation():
     wc = WC._replace(advantage="gae", whitening="ema")
-    task = TrainTask(model=policy(), frozen=ToyCritic(nnx.Rngs(1)), train_iter=iter(()),
-                     loss_fn=lambda *a: verifiable.loss_fn(*a, wc=wc, ga=2),
-                     extra_state=verifiable.init_extra(0.1, 2))
+    task = TrainTask(
+        model=policy(),
+        frozen=ToyCritic(nnx.Rngs(1)),
+        train_iter=iter(()),
+        loss_fn=lambda *a: verifiable.loss_fn(*a, wc=wc, ga=2),
+        extra_state=verifiable.init_extra(0.1, 2),
+    )
     losses, state, _ = overfit(task, pointwise_batch(), ga=2)
     assert losses[-1] < 0.6 * losses[0], losses
     assert int(state["extra"]["ema"].step_count) == len(losses)
 
 
 def test_verifiable_use_negatives_stacks_pairs():
-    ids, am, labels, rewards = verifiable.rows({k: jnp.asarray(v) for k, v in pairwise_batch().items()})
+    ids, am, labels, rewards = verifiable.rows(
+        {k: jnp.asarray(v) for k, v in pairwise_batch().items()}
+    )
     assert ids.shape == (2 * B, S)
     np.testing.assert_array_equal(rewards, [1] * B + [0] * B)
 
 
 # ---- the other pipelines ----------------------------------------------------------------------
 
+
 def test_baseline_chunked_loss_equals_dense():
     pol = policy()
     batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
-    f = nnx.jit(lambda p, cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs)[0],
-                static_argnums=1)
+    f = nnx.jit(
+        lambda p, cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs)[0], static_argnums=1
+    )
     np.testing.assert_allclose(f(pol, 16), f(pol, 0), rtol=1e-5)
 
 
@@ -177,14 +193,19 @@ def test_baseline_loss_falls_overfitting():
 def test_rho1_selection_from_one_forward_and_loss_falls():
     pol, ref = policy(), ToyLM(nnx.Rngs(2))
     batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
-    out, w, stats, m = nnx.jit(lambda p, r: rho1.selective_loss(p, r, batch, k_percent=0.5,
-                                                                mode="signed"))(pol, ref)
+    out, w, stats, m = nnx.jit(
+        lambda p, r: rho1.selective_loss(p, r, batch, k_percent=0.5, mode="signed")
+    )(pol, ref)
     assert w.shape == (B, S, ARGS.n_future_tokens)
     assert 0.45 <= float(stats["selection_ratio"]) <= 0.7
     # the weighted CE is Σ(ce·sel)/#valid per head: at most the unweighted CE
     assert float(out["weighted_ce_loss"]) < float(out["unweighted_ce_loss"])
-    task = TrainTask(model=policy(), frozen=ref, train_iter=iter(()),
-                     loss_fn=lambda *a: rho1.loss_fn(*a, k_percent=0.6, mode="signed"))
+    task = TrainTask(
+        model=policy(),
+        frozen=ref,
+        train_iter=iter(()),
+        loss_fn=lambda *a: rho1.loss_fn(*a, k_percent=0.6, mode="signed"),
+    )
     losses, _, _ = overfit(task, pointwise_batch())
     assert losses[-1] < 0.6 * losses[0], losses
 
@@ -206,11 +227,16 @@ def test_critic_pairwise_loss_values_and_training():
     want = -np.log(1 / (1 + np.exp(-1.0)))
     assert float(critic.value_loss(v_pos, v, m, m, batch, vl, 1.0)) == pytest.approx(want, 1e-5)
     for loss_type in ("pairwise_ranking", "lambda_return"):
-        vl = critic.ValueLossConfig(type=loss_type, loss_fn="mse", schedule=("linear", 1.0, 0.95, 2, 4))
-        task = TrainTask(model=ToyCritic(nnx.Rngs(4)), train_iter=iter(()),
-                         loss_fn=lambda *a, vl=vl: critic.loss_fn(*a, vl=vl, ga=1),
-                         extra_state={"micro_batches": jnp.zeros((), jnp.int32)},
-                         trainable=nnx.Param)
+        vl = critic.ValueLossConfig(
+            type=loss_type, loss_fn="mse", schedule=("linear", 1.0, 0.95, 2, 4)
+        )
+        task = TrainTask(
+            model=ToyCritic(nnx.Rngs(4)),
+            train_iter=iter(()),
+            loss_fn=lambda *a, vl=vl: critic.loss_fn(*a, vl=vl, ga=1),
+            extra_state={"micro_batches": jnp.zeros((), jnp.int32)},
+            trainable=nnx.Param,
+        )
         losses, state, _ = overfit(task, pairwise_batch(), lr=1e-1)
         assert losses[-1] < 0.85 * losses[0], (loss_type, losses)
         assert int(state["extra"]["micro_batches"]) == len(losses)
@@ -220,6 +246,12 @@ def test_critic_lambda_schedule_follows_step():
     vl = critic.ValueLossConfig(type="lambda_return", schedule=("linear", 1.0, 0.9, 2, 4))
     crit = ToyCritic(nnx.Rngs(5))
     batch = {k: jnp.asarray(x) for k, x in pairwise_batch().items()}
-    lams = [float(critic.loss_fn(crit, None, batch, None, {"micro_batches": jnp.int32(s * 2)},
-                                 vl=vl, ga=2)[1][0]["lambda"]) for s in (0, 2, 4, 6, 9)]
+    lams = [
+        float(
+            critic.loss_fn(
+                crit, None, batch, None, {"micro_batches": jnp.int32(s * 2)}, vl=vl, ga=2
+            )[1][0]["lambda"]
+        )
+        for s in (0, 2, 4, 6, 9)
+    ]
     np.testing.assert_allclose(lams, [1.0, 1.0, 0.95, 0.9, 0.9], atol=1e-6)

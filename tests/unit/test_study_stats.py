@@ -96,8 +96,12 @@ def test_encode_offsets_match_the_collator():
     from tests.fixtures.data.helpers import micro_tokenizer
 
     tok = micro_tokenizer()
-    rec = {"instruction": "Write f.", "input": "", "output": "def f(x):\n    return x + 1\n",
-           "is_correct": False}
+    rec = {
+        "instruction": "Write f.",
+        "input": "",
+        "output": "def f(x):\n    return x + 1\n",
+        "is_correct": False,
+    }
     batch, off = credit.encode(tok, [rec], max_length=64, append_eos=True)
     labels, ids = batch["labels"][0], batch["input_ids"][0]
     resp = labels != -100
@@ -111,8 +115,17 @@ def test_encode_offsets_match_the_collator():
 
 
 def test_problem_scores_per_problem_pass_at_k(tmp_path):
-    rows = [("a", True), ("a", False), ("a", False), ("b", False), ("b", False), ("b", False),
-            ("c", True), ("c", True), ("c", True)]
+    rows = [
+        ("a", True),
+        ("a", False),
+        ("a", False),
+        ("b", False),
+        ("b", False),
+        ("b", False),
+        ("c", True),
+        ("c", True),
+        ("c", True),
+    ]
     f = tmp_path / "results.jsonl"
     f.write_text("".join(json.dumps({"task_id": t, "passed": p}) + "\n" for t, p in rows))
     got = cells.problem_scores(f, (1, 2))

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.checkpoint import Checkpointer, decode_bytes
@@ -16,8 +17,12 @@ def _state(mesh, scale=1.0):
     sh = {"w": NamedSharding(mesh, P("fsdp")), "b": NamedSharding(mesh, P())}
     rngs = nnx.Rngs(dropout=3)
     _, other = nnx.split(rngs)  # typed PRNG key + counter, as a model's RNG streams
-    return {"step": jnp.int32(5), "params": jax.device_put(params, sh), "other": other,
-            "rng": jax.random.PRNGKey(1)}
+    return {
+        "step": jnp.int32(5),
+        "params": jax.device_put(params, sh),
+        "other": other,
+        "rng": jax.random.PRNGKey(1),
+    }
 
 
 def test_save_restore_on_other_mesh_and_retention(tmp_path):
@@ -33,9 +38,13 @@ def test_save_restore_on_other_mesh_and_retention(tmp_path):
     m2 = mesh_lib.make_mesh(1, 2, 1, devices=jax.devices()[:2])
     template = _state(m2, 0.0)
     state, meta = Checkpointer(tmp_path, keep=2).restore(template)
-    np.testing.assert_array_equal(np.asarray(state["params"]["w"]), np.arange(64.0).reshape(8, 8) * 6)
+    np.testing.assert_array_equal(
+        np.asarray(state["params"]["w"]), np.arange(64.0).reshape(8, 8) * 6
+    )
     assert state["params"]["w"].sharding == template["params"]["w"].sharding
-    assert jax.dtypes.issubdtype(state["other"]["dropout"]["key"].get_value().dtype, jax.dtypes.prng_key)
+    assert jax.dtypes.issubdtype(
+        state["other"]["dropout"]["key"].get_value().dtype, jax.dtypes.prng_key
+    )
     assert decode_bytes(meta["data_iter"]) == b"\x00pos" and meta["step"] == 6
     best, bmeta = ck.restore(template, best=True)
     assert float(best["params"]["b"][0]) == 40.0 and bmeta["best"] == {"value": 1.0}
@@ -56,7 +65,6 @@ def test_flatten_config_truncates():
     flat = flatten_config({"a": {"b": 1, "c": {"d": "x" * 7000}}, "e": (1, 2)})
     assert flat["a.b"] == "1" and flat["e"] == "(1, 2)"
     assert len(flat["a.c.d"]) == 6000 and flat["a.c.d"].endswith("...")
-
 
 
 def test_export_model_hands_host_params_to_models_io(tmp_path, monkeypatch):
@@ -94,13 +102,19 @@ def test_restore_refuses_a_model_that_does_not_fit_and_reports_all_bad(tmp_path)
     ck.wait()
     other = _state(m)
     other["params"]["w"] = jnp.zeros((4, 8))
-    with pytest.raises(IncompatibleCheckpoint, match=r"checkpoints/2 does not fit the model being "
-                       r"trained: params/w has shape \(8, 8\) in the checkpoint, \(4, 8\) now"):
+    with pytest.raises(
+        IncompatibleCheckpoint,
+        match=r"checkpoints/2 does not fit the model being "
+        r"trained: params/w has shape \(8, 8\) in the checkpoint, \(4, 8\) now",
+    ):
         ck.restore(other)
     assert ck.periodic.all_steps() == [1, 2]  # a mismatch moves nothing aside
     for step in (1, 2):
         (tmp_path / "checkpoints" / str(step) / "meta" / "metadata").write_text("{")
-    with pytest.raises(CorruptCheckpoint, match=r"no readable checkpoint under .*checkpoints/2, "
-                       r".*checkpoints/1; moved to .*corrupt_checkpoints"):
+    with pytest.raises(
+        CorruptCheckpoint,
+        match=r"no readable checkpoint under .*checkpoints/2, "
+        r".*checkpoints/1; moved to .*corrupt_checkpoints",
+    ):
         ck.restore(_state(m))
     assert ck.latest_step() is None and len(list((tmp_path / "corrupt_checkpoints").iterdir())) == 2

@@ -24,7 +24,11 @@ def test_resolve_mesh_shape():
 
 def test_make_mesh_axes():
     m = mesh_lib.make_mesh(2, -1, 1)
-    assert m.axis_names == ("data", "fsdp", "tensor") and dict(m.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert m.axis_names == ("data", "fsdp", "tensor") and dict(m.shape) == {
+        "data": 2,
+        "fsdp": 4,
+        "tensor": 1,
+    }
     m1 = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     assert m1.size == 1
 
@@ -62,18 +66,44 @@ def test_shard_batch_and_check():
 
 def test_common_config_keys_and_variants():
     c = common.finalize(common.get_config("baseline", "micro"))
-    for key in ["pipeline", "output_dir", "seed", "resume", "training.max_steps", "training.batch_size",
-                "training.gradient_accumulation_steps", "training.learning_rate",
-                "training.eval_every_steps", "training.log_interval", "training.max_grad_norm",
-                "training.lr_scheduler.type", "training.lr_scheduler.warmup_ratio",
-                "training.lr_scheduler.min_lr_ratio", "training.n_epochs", "checkpoint.every_steps",
-                "checkpoint.keep", "checkpoint.save_final", "checkpoint.save_best",
-                "checkpoint.save_lora_only", "mesh.data", "mesh.fsdp", "mesh.tensor",
-                "runtime.sharding", "runtime.dtype", "runtime.remat", "runtime.attention",
-                "mlflow.tracking_uri",
-                "mlflow.experiment", "experiment.name", "experiment.description", "experiment.tags",
-                "logging.level", "distributed.coordinator_address", "distributed.num_processes",
-                "distributed.process_id"]:
+    for key in [
+        "pipeline",
+        "output_dir",
+        "seed",
+        "resume",
+        "training.max_steps",
+        "training.batch_size",
+        "training.gradient_accumulation_steps",
+        "training.learning_rate",
+        "training.eval_every_steps",
+        "training.log_interval",
+        "training.max_grad_norm",
+        "training.lr_scheduler.type",
+        "training.lr_scheduler.warmup_ratio",
+        "training.lr_scheduler.min_lr_ratio",
+        "training.n_epochs",
+        "checkpoint.every_steps",
+        "checkpoint.keep",
+        "checkpoint.save_final",
+        "checkpoint.save_best",
+        "checkpoint.save_lora_only",
+        "mesh.data",
+        "mesh.fsdp",
+        "mesh.tensor",
+        "runtime.sharding",
+        "runtime.dtype",
+        "runtime.remat",
+        "runtime.attention",
+        "mlflow.tracking_uri",
+        "mlflow.experiment",
+        "experiment.name",
+        "experiment.description",
+        "experiment.tags",
+        "logging.level",
+        "distributed.coordinator_address",
+        "distributed.num_processes",
+        "distributed.process_id",
+    ]:
         node = c
         for part in key.split("."):
             node = node[part]
@@ -81,7 +111,11 @@ def test_common_config_keys_and_variants():
     with pytest.raises(AttributeError):
         c.training.nonexistent = 1  # locked
     big = common.get_config("baseline", "7b")
-    assert (big.runtime.dtype, big.runtime.remat, big.training.lr_scheduler.type) == ("bfloat16", "full", "cosine")
+    assert (big.runtime.dtype, big.runtime.remat, big.training.lr_scheduler.type) == (
+        "bfloat16",
+        "full",
+        "cosine",
+    )
     with pytest.raises(ValueError, match="variant"):
         common.get_config("baseline", "huge")
     assert c.runtime.attention == "auto"
@@ -93,17 +127,20 @@ def test_config_attention_names_are_the_ops_implementations():
     assert common.ATTENTION == IMPLEMENTATIONS
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("runtime.sharding", "FOO", "runtime.sharding='FOO'"),
-    ("training.max_steps", 0, "training.max_steps=0"),
-    ("training.batch_size", -2, "training.batch_size=-2"),
-    ("training.gradient_accumulation_steps", 0, "gradient_accumulation_steps=0"),
-    ("training.lr_scheduler.type", "step", "lr_scheduler.type='step'"),
-    ("runtime.dtype", "int8", "runtime.dtype='int8'"),
-    ("runtime.remat", "some", "runtime.remat='some'"),
-    ("runtime.attention", "flash", "runtime.attention='flash'"),
-    ("mesh.fsdp", 0, "mesh.fsdp=0"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("runtime.sharding", "FOO", "runtime.sharding='FOO'"),
+        ("training.max_steps", 0, "training.max_steps=0"),
+        ("training.batch_size", -2, "training.batch_size=-2"),
+        ("training.gradient_accumulation_steps", 0, "gradient_accumulation_steps=0"),
+        ("training.lr_scheduler.type", "step", "lr_scheduler.type='step'"),
+        ("runtime.dtype", "int8", "runtime.dtype='int8'"),
+        ("runtime.remat", "some", "runtime.remat='some'"),
+        ("runtime.attention", "flash", "runtime.attention='flash'"),
+        ("mesh.fsdp", 0, "mesh.fsdp=0"),
+    ],
+)
 def test_validation_names_the_key(key, value, match):
     c = common.get_config("baseline", "micro")
     node = c

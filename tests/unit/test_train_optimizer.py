@@ -27,14 +27,29 @@ def ref_lr(s, base, total, kind, warmup_ratio, min_ratio):
     return base * (1 + (e - 1) * min(s - w, d) / d)
 
 
-@pytest.mark.parametrize("kind,total,warm,minr", [
-    ("cosine", 100, 0.05, 0.1), ("cosine", 1000, 0.03, 0.005), ("linear", 50, 0.1, 0.0),
-    ("linear", 40, 0.0, 0.5), ("constant", 100, 0.05, 0.1), ("cosine", 10, 0.01, 0.0)])
+@pytest.mark.parametrize(
+    "kind,total,warm,minr",
+    [
+        ("cosine", 100, 0.05, 0.1),
+        ("cosine", 1000, 0.03, 0.005),
+        ("linear", 50, 0.1, 0.0),
+        ("linear", 40, 0.0, 0.5),
+        ("constant", 100, 0.05, 0.1),
+        ("cosine", 10, 0.01, 0.0),
+    ],
+)
 def test_schedule_matches_reference_formulas(kind, total, warm, minr):
     sched = lr_schedule(3e-4, total, kind, warm, minr)
-    for s in sorted({0, 1, 2, int(total * warm), int(total * warm) + 1, total // 2, total - 1, total}):
-        np.testing.assert_allclose(float(sched(s)), ref_lr(s, 3e-4, total, kind, warm, minr),
-                                   rtol=2e-6, atol=1e-12, err_msg=f"step {s}")
+    for s in sorted(
+        {0, 1, 2, int(total * warm), int(total * warm) + 1, total // 2, total - 1, total}
+    ):
+        np.testing.assert_allclose(
+            float(sched(s)),
+            ref_lr(s, 3e-4, total, kind, warm, minr),
+            rtol=2e-6,
+            atol=1e-12,
+            err_msg=f"step {s}",
+        )
 
 
 def test_schedule_hand_values():
@@ -67,8 +82,12 @@ def test_clip_stats():
 
 
 def _training(lr=0.1, kind="constant"):
-    return ml_collections.ConfigDict({"learning_rate": lr, "lr_scheduler": {
-        "type": kind, "warmup_ratio": 0.0, "min_lr_ratio": 0.0}})
+    return ml_collections.ConfigDict(
+        {
+            "learning_rate": lr,
+            "lr_scheduler": {"type": kind, "warmup_ratio": 0.0, "min_lr_ratio": 0.0},
+        }
+    )
 
 
 def test_adamw_matches_torch_formula():
@@ -78,15 +97,23 @@ def test_adamw_matches_torch_formula():
     g = {"w": jnp.array([0.5, -0.25])}
     up, _ = tx.update(g, tx.init(p), p)
     new = optax.apply_updates(p, up)
-    want = np.array([1.0, -2.0]) - 0.1 * (np.sign([0.5, -0.25]) * (1 - 1e-8 / np.array([0.5, 0.25]))
-                                          + 0.01 * np.array([1.0, -2.0]))
+    want = np.array([1.0, -2.0]) - 0.1 * (
+        np.sign([0.5, -0.25]) * (1 - 1e-8 / np.array([0.5, 0.25])) + 0.01 * np.array([1.0, -2.0])
+    )
     np.testing.assert_allclose(new["w"], want, rtol=1e-6)
 
 
 def test_param_groups_have_their_own_lr_and_decay():
     labels = {"lora": "lora", "head": "value_head"}
-    tx, scheds = make_optimizer(_training(0.1), 10, labels,
-                                {"lora": {"learning_rate": 0.1}, "value_head": {"learning_rate": 0.01, "weight_decay": 0.0}})
+    tx, scheds = make_optimizer(
+        _training(0.1),
+        10,
+        labels,
+        {
+            "lora": {"learning_rate": 0.1},
+            "value_head": {"learning_rate": 0.01, "weight_decay": 0.0},
+        },
+    )
     assert set(scheds) == {"lora", "value_head"}
     p = {"lora": jnp.ones(2), "head": jnp.ones(2)}
     g = jax.tree.map(jnp.ones_like, p)

@@ -9,8 +9,17 @@ from wmtp_jax.bench.train_step import TrainCase, make_config, make_task, synthet
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.step import build
 
-TINY = dict(dim=32, n_layers=3, n_heads=2, n_future=2, vocab=64, multiple_of=16, batch=8, seq=16,
-            mesh=(1, -1, 1))  # FSDP over every (fake) device
+TINY = dict(
+    dim=32,
+    n_layers=3,
+    n_heads=2,
+    n_future=2,
+    vocab=64,
+    multiple_of=16,
+    batch=8,
+    seq=16,
+    mesh=(1, -1, 1),
+)  # FSDP over every (fake) device
 
 
 def _primitives(jaxpr, out: set) -> set:
@@ -24,8 +33,9 @@ def _primitives(jaxpr, out: set) -> set:
     return out
 
 
-@pytest.mark.parametrize("pipeline,loss", [("baseline", "chunked"), ("critic", "dense"),
-                                           ("verifiable", "dense")])
+@pytest.mark.parametrize(
+    "pipeline,loss", [("baseline", "chunked"), ("critic", "dense"), ("verifiable", "dense")]
+)
 def test_train_step_has_no_host_sync(pipeline, loss):
     case = TrainCase(pipeline=pipeline, loss=loss, chunk_size=8, **TINY)
     config = make_config(case)

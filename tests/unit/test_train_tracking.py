@@ -14,6 +14,7 @@ from wmtp_jax.train.tracking import PENDING_FILE, Tracker, cut_rows
 
 class FakeClient:
     """An MlflowClient whose every call fails while `FakeClient.down` (as a locked database)."""
+
     down = True
     logged: list = []
     ended: list = []
@@ -83,12 +84,17 @@ def test_outage_is_retried_rows_kept_and_sent_by_the_resumed_run(tmp_path, fake_
     t.log_metrics({"train/loss": 2.0}, 1)  # never raises, never blocks
     t.log_metrics({"train/loss": 1.5}, 2)
     assert _steps(tmp_path / "metrics.jsonl") == [1, 2]
-    assert any("MLflow unavailable (RuntimeError: (sqlite3.OperationalError) database is locked)"
-               in r.getMessage() for r in caplog.records)
+    assert any(
+        "MLflow unavailable (RuntimeError: (sqlite3.OperationalError) database is locked)"
+        in r.getMessage()
+        for r in caplog.records
+    )
     fake_mlflow.down = False  # the store comes back: start, then the queued rows, in order
     assert t.flush(timeout=10)
-    assert t.run_id == "run1" and fake_mlflow.logged == [("train/loss", 1, 2.0),
-                                                          ("train/loss", 2, 1.5)]
+    assert t.run_id == "run1" and fake_mlflow.logged == [
+        ("train/loss", 1, 2.0),
+        ("train/loss", 2, 1.5),
+    ]
     assert any("MLflow is back" in r.getMessage() for r in caplog.records)
 
     fake_mlflow.down = True  # down again through the end: row 3 is kept for later
@@ -114,7 +120,8 @@ def test_resume_cuts_metrics_after_the_restored_step(tmp_path):
         c.mlflow.experiment = ""
     rows = [{"step": s, "train/loss": 1.0 / s} for s in (1, 2, 3, 4, 5)]
     (tmp_path / "metrics.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "train/lo')  # torn by a kill
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "train/lo'
+    )  # torn by a kill
     t = Tracker(c, tmp_path, resume=True, start_step=3)
     t.log_metrics({"train/loss": 0.9}, 4)
     t.end()

@@ -29,10 +29,19 @@ def _cpu_model() -> str:
 def _commit() -> dict:
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": sha or None, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -45,11 +54,20 @@ def machine_info() -> dict:
     import jaxlib
 
     devs = jax.devices()
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-            "backend": jax.default_backend(), "device_kind": devs[0].device_kind,
-            "device_count": len(devs), "process_count": jax.process_count(),
-            "cpu_model": _cpu_model(), "host_cores": os.cpu_count(),
-            "python": platform.python_version(), "hostname": platform.node(), **_commit()}
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": devs[0].device_kind,
+        "device_count": len(devs),
+        "process_count": jax.process_count(),
+        "cpu_model": _cpu_model(),
+        "host_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+        **_commit(),
+    }
 
 
 def append_jsonl(path, row: dict) -> dict:

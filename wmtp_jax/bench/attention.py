@@ -14,7 +14,6 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,7 @@ class AttentionCase:
 def flops(c: AttentionCase) -> float:
     """Causal forward + backward matmul FLOPs: forward QKᵀ and PV 2·(2·B·H·S²·hd)/2, backward
     2.5× the forward (recomputed QKᵀ, dV, dP, dQ, dK) = 3.5 · 2·B·H·S²·hd."""
-    return 3.5 * 2.0 * c.batch * c.n_heads * c.seq ** 2 * c.head_dim
+    return 3.5 * 2.0 * c.batch * c.n_heads * c.seq**2 * c.head_dim
 
 
 def _jax_runner(c: AttentionCase, impl: str, seed: int = 0):
@@ -44,8 +43,10 @@ def _jax_runner(c: AttentionCase, impl: str, seed: int = 0):
     dt = jnp.dtype(c.dtype)
     r = np.random.default_rng(seed)
     q = jnp.asarray(r.standard_normal((c.batch, c.seq, c.n_heads, c.head_dim)), dt)
-    k, v = (jnp.asarray(r.standard_normal((c.batch, c.seq, c.n_kv_heads, c.head_dim)), dt)
-            for _ in range(2))
+    k, v = (
+        jnp.asarray(r.standard_normal((c.batch, c.seq, c.n_kv_heads, c.head_dim)), dt)
+        for _ in range(2)
+    )
     do = jnp.asarray(r.standard_normal(q.shape), dt)
 
     def fwd_bwd(q, k, v, do):
@@ -56,8 +57,10 @@ def _jax_runner(c: AttentionCase, impl: str, seed: int = 0):
     m = compiled.memory_analysis()
     mem = None
     if m is not None:
-        mem = {key: int(getattr(m, f"{key}_size_in_bytes"))
-               for key in ("argument", "output", "alias", "temp")}
+        mem = {
+            key: int(getattr(m, f"{key}_size_in_bytes"))
+            for key in ("argument", "output", "alias", "temp")
+        }
         mem["estimate"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
 
     def run() -> float:
@@ -68,7 +71,7 @@ def _jax_runner(c: AttentionCase, impl: str, seed: int = 0):
     return run, mem
 
 
-def _torch_runner(c: AttentionCase, threads: Optional[int], seed: int = 0):
+def _torch_runner(c: AttentionCase, threads: int | None, seed: int = 0):
     """(run() → seconds, peak bytes or None) of torch SDPA forward + backward (causal, GQA)."""
     import torch  # optional dependency, only for this comparison
     import torch.nn.functional as F
@@ -102,9 +105,16 @@ def _torch_runner(c: AttentionCase, threads: Optional[int], seed: int = 0):
     return run, peak
 
 
-def run_attention_sweep(cases: list, impls: list, *, repeats: int = 5, warmup: int = 1,
-                        torch_ref: bool = True, threads: Optional[int] = None,
-                        compile_only: bool = False) -> list[dict]:
+def run_attention_sweep(
+    cases: list,
+    impls: list,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    torch_ref: bool = True,
+    threads: int | None = None,
+    compile_only: bool = False,
+) -> list[dict]:
     """One row per (case, implementation): `fwd_bwd_ms` median, `fwd_bwd_ms_all`, memory,
     `ratio_vs_torch_sdpa`, `memory_vs_xla`, and the load average around the timing
     (`compile_only`: memory only, no torch, nothing run)."""
@@ -138,15 +148,22 @@ def run_attention_sweep(cases: list, impls: list, *, repeats: int = 5, warmup: i
         ms = {name: 1e3 * statistics.median(t) for name, t in times.items() if t}
         xla_mem = (runners.get("xla", (None, {}))[1].get("memory_analysis") or {}).get("estimate")
         for name in list(impls) + (["torch_sdpa"] if torch_ref else []):
-            row = {"kind": "attention", "config": dataclasses.asdict(c), "implementation": name,
-                   "loadavg_during": load}
+            row = {
+                "kind": "attention",
+                "config": dataclasses.asdict(c),
+                "implementation": name,
+                "loadavg_during": load,
+            }
             if name in errors:
                 rows.append({**row, "error": errors[name]})
                 continue
             row.update(runners[name][1])
             if not compile_only:
-                row.update(fwd_bwd_ms=ms[name], fwd_bwd_ms_all=[1e3 * t for t in times[name]],
-                           achieved_tflops=flops(c) / (ms[name] / 1e3) / 1e12)
+                row.update(
+                    fwd_bwd_ms=ms[name],
+                    fwd_bwd_ms_all=[1e3 * t for t in times[name]],
+                    achieved_tflops=flops(c) / (ms[name] / 1e3) / 1e12,
+                )
             if "torch_sdpa" in ms:
                 row["ratio_vs_torch_sdpa"] = ms[name] / ms["torch_sdpa"]
             est = (row.get("memory_analysis") or {}).get("estimate")

@@ -47,14 +47,22 @@ def load_policy(case: DecodeCase):
     """(model, args): the policy of `case.policy_dir`, or a random-init MTPTransformer."""
     if case.policy_dir:
         from wmtp_jax.models import io
+
         model = io.load_model(case.policy_dir, kind="mtp", dtype=case.dtype)
         return model, model.args
     from wmtp_jax.models.mtp import MTPTransformer
-    args = ModelArgs(dim=case.dim, n_layers=case.n_layers, n_heads=case.n_heads,
-                     vocab_size=case.vocab, multiple_of=case.multiple_of,
-                     n_future_tokens=case.n_future,
-                     max_seq_len=case.prompt_len + case.max_new_tokens + case.n_future,
-                     dtype=case.dtype, param_dtype=case.dtype)
+
+    args = ModelArgs(
+        dim=case.dim,
+        n_layers=case.n_layers,
+        n_heads=case.n_heads,
+        vocab_size=case.vocab,
+        multiple_of=case.multiple_of,
+        n_future_tokens=case.n_future,
+        max_seq_len=case.prompt_len + case.max_new_tokens + case.n_future,
+        dtype=case.dtype,
+        param_dtype=case.dtype,
+    )
     return MTPTransformer(args, rngs=nnx.Rngs(case.seed)), args
 
 
@@ -77,8 +85,7 @@ def run_decode(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     for mode in MODES:
         if mode == "speculative" and args.n_future_tokens < 2:
             continue
-        s = Sampler(model, eos_id=-1, batch_size=b, min_bucket=l,
-                    speculative=mode == "speculative")
+        s = Sampler(model, eos_id=-1, batch_size=b, min_bucket=l, speculative=mode == "speculative")
         t0 = time.perf_counter()
         s.generate_batch(prompts, lens, keys, live, sc)
         first_s = time.perf_counter() - t0
@@ -92,18 +99,31 @@ def run_decode(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
         st = s.stats
         sec = statistics.median(times)
         n_tok = b * case.max_new_tokens
-        rows.append({
-            "kind": "decode", "mode": mode, "config": dataclasses.asdict(case),
-            "policy": "dir" if case.policy_dir else "random_init",
-            "first_call_s": first_s, "seconds": sec, "times_s": times,
-            "tokens_per_s": n_tok / sec, "new_tokens": n_tok,
-            "forwards_per_call": st["forwards"] / repeats,
-            "tokens_per_forward": case.max_new_tokens * repeats / max(st["forwards"], 1),  # per row
-            "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
-            "loadavg_during": load})
+        rows.append(
+            {
+                "kind": "decode",
+                "mode": mode,
+                "config": dataclasses.asdict(case),
+                "policy": "dir" if case.policy_dir else "random_init",
+                "first_call_s": first_s,
+                "seconds": sec,
+                "times_s": times,
+                "tokens_per_s": n_tok / sec,
+                "new_tokens": n_tok,
+                "forwards_per_call": st["forwards"] / repeats,
+                "tokens_per_forward": case.max_new_tokens
+                * repeats
+                / max(st["forwards"], 1),  # per row
+                "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
+                "loadavg_during": load,
+            }
+        )
     if "speculative" in outs:
-        _vs_greedy(rows, float(np.mean(outs["speculative"] == outs["greedy"])),
-                   speedup_vs_greedy="tokens_per_s")
+        _vs_greedy(
+            rows,
+            float(np.mean(outs["speculative"] == outs["greedy"])),
+            speedup_vs_greedy="tokens_per_s",
+        )
     return rows
 
 
@@ -143,9 +163,14 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     modes = [m for m in MODES if m == "greedy" or args.n_future_tokens >= 2]
     samplers, first, outs = {}, {}, {}
     for mode in modes:
-        samplers[mode] = Sampler(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id or 0,
-                                 batch_size=case.batch, min_bucket=bucket,
-                                 speculative=mode == "speculative")
+        samplers[mode] = Sampler(
+            model,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id or 0,
+            batch_size=case.batch,
+            min_bucket=bucket,
+            speculative=mode == "speculative",
+        )
         t0 = time.perf_counter()
         samplers[mode].sample(ids, 1, full)
         first[mode] = time.perf_counter() - t0
@@ -171,19 +196,33 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
         st = stats[mode]
         n_tok = st["tokens"] // repeats
         sec, prefill = min(times[mode]), min(pre[mode])
-        rows.append({
-            "kind": "decode", "mode": mode, "config": dataclasses.asdict(case), "policy": "dir",
-            "prompt_bucket": bucket, "first_call_s": first[mode], "seconds": sec,
-            "times_s": times[mode], "tokens_per_s": n_tok / sec, "new_tokens": n_tok,
-            "prefill_s": prefill, "prefill_times_s": pre[mode],
-            "decode_phase_tokens_per_s": (n_tok - len(ids)) / max(sec - prefill, 1e-9),
-            "forwards_per_call": st["forwards"] / repeats,
-            "tokens_per_forward": n_tok / max(st["forwards"] / repeats, 1) / case.batch,
-            "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
-            "loadavg_during": load})
+        rows.append(
+            {
+                "kind": "decode",
+                "mode": mode,
+                "config": dataclasses.asdict(case),
+                "policy": "dir",
+                "prompt_bucket": bucket,
+                "first_call_s": first[mode],
+                "seconds": sec,
+                "times_s": times[mode],
+                "tokens_per_s": n_tok / sec,
+                "new_tokens": n_tok,
+                "prefill_s": prefill,
+                "prefill_times_s": pre[mode],
+                "decode_phase_tokens_per_s": (n_tok - len(ids)) / max(sec - prefill, 1e-9),
+                "forwards_per_call": st["forwards"] / repeats,
+                "tokens_per_forward": n_tok / max(st["forwards"] / repeats, 1) / case.batch,
+                "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
+                "loadavg_during": load,
+            }
+        )
     if "speculative" in outs:
         g, sp = outs["greedy"], outs["speculative"]
-        _vs_greedy(rows, float(np.mean([a == b for a, b in zip(g, sp)])),  # identical prompts
-                   speedup_vs_greedy="tokens_per_s",
-                   decode_phase_speedup_vs_greedy="decode_phase_tokens_per_s")
+        _vs_greedy(
+            rows,
+            float(np.mean([a == b for a, b in zip(g, sp)])),  # identical prompts
+            speedup_vs_greedy="tokens_per_s",
+            decode_phase_speedup_vs_greedy="decode_phase_tokens_per_s",
+        )
     return rows

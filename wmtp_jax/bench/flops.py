@@ -30,7 +30,7 @@ critic's pairs). MFU = step FLOPs / step seconds / (peak FLOP/s per device × de
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from wmtp_jax.models.args import ModelArgs
 
@@ -40,7 +40,7 @@ ALL_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 # `device.device_kind` (lower-cased substring).
 PEAK_TFLOPS = (
     ("h100 pcie", 756.0),
-    ("h100", 989.0),   # SXM
+    ("h100", 989.0),  # SXM
     ("h200", 989.0),
     ("gh200", 989.0),
     ("a100", 312.0),
@@ -56,8 +56,15 @@ PEAK_TFLOPS = (
 def _linear_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
     d, f = args.dim, args.hidden_dim
     q, kv = args.n_heads * args.head_dim, args.kv_heads * args.head_dim
-    return {"wq": (d, q), "wk": (d, kv), "wv": (d, kv), "wo": (q, d),
-            "w1": (d, f), "w2": (f, d), "w3": (d, f)}
+    return {
+        "wq": (d, q),
+        "wk": (d, kv),
+        "wv": (d, kv),
+        "wo": (q, d),
+        "w1": (d, f),
+        "w2": (f, d),
+        "w3": (d, f),
+    }
 
 
 def block_params(args: ModelArgs) -> int:
@@ -106,10 +113,16 @@ def _train_flops(n_base: int, n_lora: int, n_head_trainable: int, attn: int, lor
     return 4 * n_base + 6 * (n_lora + n_head_trainable) + attn
 
 
-def train_flops_per_token(pipeline: str, args: ModelArgs, seq: int, *, lora_rank: int = 0,
-                          lora_targets: Sequence[str] = ALL_TARGETS,
-                          critic_args: Optional[ModelArgs] = None,
-                          value_head: str = "mlp") -> dict:
+def train_flops_per_token(
+    pipeline: str,
+    args: ModelArgs,
+    seq: int,
+    *,
+    lora_rank: int = 0,
+    lora_targets: Sequence[str] = ALL_TARGETS,
+    critic_args: ModelArgs | None = None,
+    value_head: str = "mlp",
+) -> dict:
     """Model FLOPs per token of one train step, with its parts (see the module docstring).
 
     pipeline: baseline | verifiable (policy `args` + frozen critic `critic_args`) | critic
@@ -123,8 +136,14 @@ def train_flops_per_token(pipeline: str, args: ModelArgs, seq: int, *, lora_rank
         n_lora = args.n_layers * lora_block_params(args, lora_rank, lora_targets)
         attn = args.n_layers * attention_train_flops(args, seq)
         total = _train_flops(n_base, n_lora, n_head, attn, lora)
-        return {"total": total, "matmul": total - attn, "attention": attn, "critic_forward": 0,
-                "n_params_matmul": n_base + (n_head if lora else 0), "n_params_lora": n_lora}
+        return {
+            "total": total,
+            "matmul": total - attn,
+            "attention": attn,
+            "critic_forward": 0,
+            "n_params_matmul": n_base + (n_head if lora else 0),
+            "n_params_lora": n_lora,
+        }
     if pipeline not in ("baseline", "verifiable"):
         raise ValueError(f"unknown pipeline {pipeline!r}; valid: baseline, critic, verifiable")
     n_blocks = args.n_trunk_layers + args.n_future_tokens
@@ -136,14 +155,22 @@ def train_flops_per_token(pipeline: str, args: ModelArgs, seq: int, *, lora_rank
     if pipeline == "verifiable":
         if critic_args is None:
             raise ValueError("pipeline 'verifiable' needs critic_args (the frozen critic's shape)")
-        crit = (2 * critic_params(critic_args, value_head)
-                + critic_args.n_layers * attention_forward_flops(critic_args, seq))
-    return {"total": total + crit, "matmul": total - attn, "attention": attn,
-            "critic_forward": crit, "n_params_matmul": n_base, "n_params_lora": n_lora}
+        crit = 2 * critic_params(
+            critic_args, value_head
+        ) + critic_args.n_layers * attention_forward_flops(critic_args, seq)
+    return {
+        "total": total + crit,
+        "matmul": total - attn,
+        "attention": attn,
+        "critic_forward": crit,
+        "n_params_matmul": n_base,
+        "n_params_lora": n_lora,
+    }
 
 
-def peak_flops_per_device(device_kind: str, platform: str, override_tflops: Optional[float] = None
-                          ) -> Optional[float]:
+def peak_flops_per_device(
+    device_kind: str, platform: str, override_tflops: float | None = None
+) -> float | None:
     """Peak FLOP/s of one device: `override_tflops`·1e12 if given, else the dense-bf16 table entry
     for `device_kind`; None on CPU or an unknown device (MFU is then reported as null)."""
     if override_tflops:
@@ -157,8 +184,9 @@ def peak_flops_per_device(device_kind: str, platform: str, override_tflops: Opti
     return None
 
 
-def mfu(step_flops: float, step_seconds: float, peak_per_device: Optional[float],
-        n_devices: int) -> Optional[float]:
+def mfu(
+    step_flops: float, step_seconds: float, peak_per_device: float | None, n_devices: int
+) -> float | None:
     if not peak_per_device or step_seconds <= 0:
         return None
     return step_flops / step_seconds / (peak_per_device * n_devices)

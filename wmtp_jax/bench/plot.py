@@ -41,6 +41,7 @@ def series(rows: list[dict], x: str, group: str) -> dict:
 def plot_throughput(rows: list[dict], out) -> Path:
     """Write the two-panel PNG `out`; returns its path."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -56,8 +57,11 @@ def plot_throughput(rows: list[dict], out) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     m = rows[-1].get("machine", {})
-    fig.suptitle(f"train-step throughput — {m.get('device_kind', '?')} ×{m.get('device_count', '?')}"
-                 f" ({m.get('backend', '?')}), dtype {rows[-1]['config']['dtype']}", fontsize=10)
+    fig.suptitle(
+        f"train-step throughput — {m.get('device_kind', '?')} ×{m.get('device_count', '?')}"
+        f" ({m.get('backend', '?')}), dtype {rows[-1]['config']['dtype']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -40,8 +39,9 @@ def torch_mtp(args, params: dict):
 
         def forward(self, x):
             x32 = x.float()
-            return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + args.norm_eps)
-                    ).type_as(x) * self.weight
+            return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + args.norm_eps)).type_as(
+                x
+            ) * self.weight
 
     def linear(w):
         lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
@@ -58,8 +58,9 @@ def torch_mtp(args, params: dict):
             a, f = p["attention"], p["feed_forward"]
             self.attention_norm = RMSNorm(p["attention_norm"]["scale"][i])
             self.ffn_norm = RMSNorm(p["ffn_norm"]["scale"][i])
-            self.wq, self.wk, self.wv, self.wo = (linear(a[n]["kernel"][i])
-                                                  for n in ("wq", "wk", "wv", "wo"))
+            self.wq, self.wk, self.wv, self.wo = (
+                linear(a[n]["kernel"][i]) for n in ("wq", "wk", "wv", "wo")
+            )
             self.w1, self.w2, self.w3 = (linear(f[n]["kernel"][i]) for n in ("w1", "w2", "w3"))
 
         def forward(self, x, cos, sin):
@@ -81,8 +82,9 @@ def torch_mtp(args, params: dict):
             trunk = params.get("layers")
             n_trunk = 0 if trunk is None else len(trunk["attention_norm"]["scale"])
             self.layers = nn.ModuleList(Block(trunk, i) for i in range(n_trunk))
-            self.heads = nn.ModuleList(Block(params["heads"], i)
-                                       for i in range(args.n_future_tokens))
+            self.heads = nn.ModuleList(
+                Block(params["heads"], i) for i in range(args.n_future_tokens)
+            )
             self.norm = RMSNorm(params["norm"]["scale"])
             self.output = linear(params["output"]["kernel"])
             inv = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2).float() / hd))
@@ -112,8 +114,9 @@ def torch_mtp_ce(logits, labels, attention_mask):
     heads, counted = [], []
     for k in range(1, k_all + 1):
         tgt, m = labels[:, k:], valid[:, k:]
-        ce = F.cross_entropy(logits[:, : s - k, k - 1].reshape(-1, v),
-                             tgt.clamp_min(0).reshape(-1), reduction="none")
+        ce = F.cross_entropy(
+            logits[:, : s - k, k - 1].reshape(-1, v), tgt.clamp_min(0).reshape(-1), reduction="none"
+        )
         n = m.sum()
         heads.append((ce * m.reshape(-1)).sum() / n.clamp_min(1.0))
         counted.append((n > 0).float())
@@ -121,8 +124,9 @@ def torch_mtp_ce(logits, labels, attention_mask):
     return (heads * counted).sum() / counted.sum().clamp_min(1.0)
 
 
-def compare_torch(case: TrainCase, *, steps: int, warmup: int,
-                  threads: Optional[int] = None) -> dict:
+def compare_torch(
+    case: TrainCase, *, steps: int, warmup: int, threads: int | None = None
+) -> dict:
     """Alternate `warmup + steps` wmtp_jax and torch train steps → one `compare_torch` row."""
     import torch
 
@@ -132,10 +136,13 @@ def compare_torch(case: TrainCase, *, steps: int, warmup: int,
     p = prepare_case(case)
     params = jax.device_get(p.state["params"].to_pure_dict())
     model = torch_mtp(case.policy_args(), params)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
-                            weight_decay=0.01)
-    batch = {k: torch.from_numpy(np.asarray(v)[0]).long() for k, v in
-             synthetic_batch(case, case.seed).items()}
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01
+    )
+    batch = {
+        k: torch.from_numpy(np.asarray(v)[0]).long()
+        for k, v in synthetic_batch(case, case.seed).items()
+    }
 
     def torch_step():
         w0, c0 = time.perf_counter(), time.process_time()
@@ -160,15 +167,24 @@ def compare_torch(case: TrainCase, *, steps: int, warmup: int,
             jw.append(w), jc.append(c), tw.append(w2), tc.append(c2)
     load.append(os.getloadavg()[0])
     jax_ms, torch_ms = 1e3 * statistics.median(jw), 1e3 * statistics.median(tw)
-    return {"kind": "compare_torch", "config": dataclasses.asdict(case),
-            "attention_resolved": resolve(case.attention, case.seq, case.dtype,
-                                          case.policy_args().head_dim),
-            "jax_step_ms": jax_ms, "torch_step_ms": torch_ms,
-            "ratio_jax_over_torch": jax_ms / torch_ms,
-            "jax_step_cpu_ms": 1e3 * statistics.median(jc),
-            "torch_step_cpu_ms": 1e3 * statistics.median(tc),
-            "jax_step_ms_all": [1e3 * x for x in jw], "torch_step_ms_all": [1e3 * x for x in tw],
-            "first_loss_jax": first["jax"], "first_loss_torch": first["torch"],
-            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "loadavg_during": load, "compile_total_s": p.result["compile_total_s"],
-            "memory_analysis": p.result["memory_analysis"]}
+    return {
+        "kind": "compare_torch",
+        "config": dataclasses.asdict(case),
+        "attention_resolved": resolve(
+            case.attention, case.seq, case.dtype, case.policy_args().head_dim
+        ),
+        "jax_step_ms": jax_ms,
+        "torch_step_ms": torch_ms,
+        "ratio_jax_over_torch": jax_ms / torch_ms,
+        "jax_step_cpu_ms": 1e3 * statistics.median(jc),
+        "torch_step_cpu_ms": 1e3 * statistics.median(tc),
+        "jax_step_ms_all": [1e3 * x for x in jw],
+        "torch_step_ms_all": [1e3 * x for x in tw],
+        "first_loss_jax": first["jax"],
+        "first_loss_torch": first["torch"],
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_during": load,
+        "compile_total_s": p.result["compile_total_s"],
+        "memory_analysis": p.result["memory_analysis"],
+    }

@@ -20,7 +20,6 @@ import os
 import statistics
 import time
 from functools import partial
-from typing import Optional
 
 import jax
 import numpy as np
@@ -37,6 +36,7 @@ IGNORE_INDEX = -100
 @dataclasses.dataclass(frozen=True)
 class TrainCase:
     """One benchmark configuration (every field is recorded in the JSON line)."""
+
     pipeline: str = "baseline"
     dim: int = 256
     n_layers: int = 6  # Meta layout: trunk = n_layers − n_future blocks, + n_future head blocks
@@ -66,23 +66,40 @@ class TrainCase:
     seed: int = 0
 
     def policy_args(self) -> ModelArgs:
-        return ModelArgs(dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
-                         n_kv_heads=self.n_kv_heads or None, vocab_size=self.vocab,
-                         multiple_of=self.multiple_of, n_future_tokens=self.n_future,
-                         ffn_hidden_dim=self.ffn_hidden or None, max_seq_len=max(self.seq, 16),
-                         dtype=self.dtype, param_dtype="float32", remat=self.remat,
-                         attention=self.attention)
+        return ModelArgs(
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads or None,
+            vocab_size=self.vocab,
+            multiple_of=self.multiple_of,
+            n_future_tokens=self.n_future,
+            ffn_hidden_dim=self.ffn_hidden or None,
+            max_seq_len=max(self.seq, 16),
+            dtype=self.dtype,
+            param_dtype="float32",
+            remat=self.remat,
+            attention=self.attention,
+        )
 
-    def critic_args(self, remat: Optional[str] = None) -> ModelArgs:
+    def critic_args(self, remat: str | None = None) -> ModelArgs:
         """The critic backbone (llama layout). `remat` overrides (the frozen critic runs without)."""
         heads = self.critic_heads or self.n_heads
-        return ModelArgs(dim=self.critic_dim or self.dim,
-                         n_layers=self.critic_layers or max(1, self.n_layers // 2),
-                         n_heads=heads, n_kv_heads=None, vocab_size=self.vocab,
-                         multiple_of=self.multiple_of, n_future_tokens=1,
-                         ffn_hidden_dim=self.critic_ffn_hidden or None,
-                         max_seq_len=max(self.seq, 16), dtype=self.dtype, param_dtype="float32",
-                         remat=self.remat if remat is None else remat, attention=self.attention)
+        return ModelArgs(
+            dim=self.critic_dim or self.dim,
+            n_layers=self.critic_layers or max(1, self.n_layers // 2),
+            n_heads=heads,
+            n_kv_heads=None,
+            vocab_size=self.vocab,
+            multiple_of=self.multiple_of,
+            n_future_tokens=1,
+            ffn_hidden_dim=self.critic_ffn_hidden or None,
+            max_seq_len=max(self.seq, 16),
+            dtype=self.dtype,
+            param_dtype="float32",
+            remat=self.remat if remat is None else remat,
+            attention=self.attention,
+        )
 
     def tokens_per_step(self) -> int:
         return self.ga * self.batch * self.seq * (2 if self.pipeline == "critic" else 1)
@@ -116,6 +133,7 @@ def make_config(case: TrainCase):
 
 def _lora(config):
     from wmtp_jax.pipelines import common
+
     return common.lora_config(config, hf_names=True)
 
 
@@ -131,42 +149,63 @@ def make_task(case: TrainCase, config, mesh):
     build = partial(common.build_sharded, mesh=mesh, strategy=strategy)
     if case.pipeline == "critic":
         from wmtp_jax.pipelines import critic
+
         args = case.critic_args()
-        model = build(lambda: ValueModel(args, rngs=nnx.Rngs(seed), head_type=t.value_head.type,
-                                         dropout=0.0, bias_init=float(t.value_loss.bias_init),
-                                         lora=_lora(config)))
+        model = build(
+            lambda: ValueModel(
+                args,
+                rngs=nnx.Rngs(seed),
+                head_type=t.value_head.type,
+                dropout=0.0,
+                bias_init=float(t.value_loss.bias_init),
+                lora=_lora(config),
+            )
+        )
         vl = critic.ValueLossConfig.from_config(config)
         return TrainTask(
-            model=model, loss_fn=partial(critic.loss_fn, vl=vl, ga=case.ga), train_iter=iter(()),
+            model=model,
+            loss_fn=partial(critic.loss_fn, vl=vl, ga=case.ga),
+            train_iter=iter(()),
             trainable=critic.trainable(config),
             extra_state={"micro_batches": jax.numpy.zeros((), jax.numpy.int32)},
             param_labels=lambda path: critic.VALUE_HEAD if critic.VALUE_HEAD in path else "lora",
-            param_groups=critic.param_groups(config))
+            param_groups=critic.param_groups(config),
+        )
 
     from wmtp_jax.pipelines import baseline
+
     args = case.policy_args()
     policy = build(lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=_lora(config)))
     cs = int(t.loss_chunk_size)
     if case.pipeline == "baseline":
-        return TrainTask(model=policy, loss_fn=partial(baseline.loss_fn, chunk_size=cs),
-                         train_iter=iter(()), trainable=common.trainable_filter(config))
+        return TrainTask(
+            model=policy,
+            loss_fn=partial(baseline.loss_fn, chunk_size=cs),
+            train_iter=iter(()),
+            trainable=common.trainable_filter(config),
+        )
     from wmtp_jax.pipelines import verifiable
+
     # as load_frozen: inference in the run dtype (params too, e.g. bf16 for `:7b`), remat off
     cargs = case.critic_args(remat="none").replace(param_dtype=case.dtype)
     critic_model = build(lambda: ValueModel(cargs, rngs=nnx.Rngs(seed + 1), head_type="mlp"))
     critic_model.eval()
     wc = verifiable.WeightingConfig.from_config(config)
     return TrainTask(
-        model=policy, frozen=critic_model,
+        model=policy,
+        frozen=critic_model,
         loss_fn=partial(verifiable.loss_fn, wc=wc, ga=case.ga, chunk_size=cs),
-        train_iter=iter(()), trainable=common.trainable_filter(config),
-        extra_state=verifiable.init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)))
+        train_iter=iter(()),
+        trainable=common.trainable_filter(config),
+        extra_state=verifiable.init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
+    )
 
 
 @contextlib.contextmanager
 def head_blocks(mode: str):
     """While tracing: the MTP heads as one vmap (the model's way) or as an unrolled loop."""
     from wmtp_jax.models import layers, mtp
+
     if mode not in ("vmap", "loop"):
         raise ValueError(f"heads={mode!r}; valid: vmap, loop")
     orig = mtp.vmap_blocks
@@ -202,12 +241,14 @@ def memory_analysis(compiled) -> dict:
     m = compiled.memory_analysis()
     if m is None:
         return {}
-    out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
+    out = {
+        k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")
+    }
     out["estimate"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
     return out
 
 
-def device_peak_bytes() -> Optional[int]:
+def device_peak_bytes() -> int | None:
     """Max `peak_bytes_in_use` over local devices (process lifetime), None where unsupported."""
     peaks = []
     for d in jax.local_devices():
@@ -223,6 +264,7 @@ def device_peak_bytes() -> Optional[int]:
 @dataclasses.dataclass
 class Prepared:
     """A built and compiled case, ready to time (`step()` advances the donated state)."""
+
     case: TrainCase
     compiled: object
     state: dict
@@ -254,8 +296,9 @@ def prepare_case(case: TrainCase) -> Prepared:
     setup_s = time.perf_counter() - t0
     fn = c.train_step
     if not case.donate:  # the same step function, jitted without donating the state
-        fn = jax.jit(c.train_step.__wrapped__, out_shardings=(c.state_shardings,
-                                                              mesh_lib.replicated(mesh)))
+        fn = jax.jit(
+            c.train_step.__wrapped__, out_shardings=(c.state_shardings, mesh_lib.replicated(mesh))
+        )
     batch = mesh_lib.shard_batch(synthetic_batch(case, case.seed), mesh, stacked=True)
     t0, c0 = time.perf_counter(), time.process_time()
     with head_blocks(case.heads):
@@ -265,54 +308,86 @@ def prepare_case(case: TrainCase) -> Prepared:
     t2, c2 = time.perf_counter(), time.process_time()
     n_dev = int(np.prod(list(mesh.shape.values())))
     per_tok = flops_lib.train_flops_per_token(
-        case.pipeline, case.critic_args() if case.pipeline == "critic" else case.policy_args(),
-        case.seq, lora_rank=case.lora_rank,
-        critic_args=case.critic_args() if case.pipeline == "verifiable" else None)
+        case.pipeline,
+        case.critic_args() if case.pipeline == "critic" else case.policy_args(),
+        case.seq,
+        lora_rank=case.lora_rank,
+        critic_args=case.critic_args() if case.pipeline == "verifiable" else None,
+    )
     count = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree)) if tree else 0
     args = case.critic_args() if case.pipeline == "critic" else case.policy_args()
-    res = {"kind": "train", "config": dataclasses.asdict(case),
-           "attention_resolved": resolve(case.attention, case.seq, case.dtype, args.head_dim),
-           "mesh_shape": dict(mesh.shape), "n_devices": n_dev,
-           "params": {"trainable": count(c.state["params"]), "frozen_in_model": count(c.fixed),
-                      "frozen_models": count(c.frozen_state)},
-           "flops_per_token": per_tok, "tokens_per_step": case.tokens_per_step(),
-           "step_flops": per_tok["total"] * case.tokens_per_step(),
-           "setup_s": setup_s, "lower_s": t1 - t0, "compile_s": t2 - t1,
-           "compile_total_s": t2 - t0, "lower_cpu_s": c1 - c0, "compile_cpu_s": c2 - c1,
-           "memory_analysis": memory_analysis(compiled)}
+    res = {
+        "kind": "train",
+        "config": dataclasses.asdict(case),
+        "attention_resolved": resolve(case.attention, case.seq, case.dtype, args.head_dim),
+        "mesh_shape": dict(mesh.shape),
+        "n_devices": n_dev,
+        "params": {
+            "trainable": count(c.state["params"]),
+            "frozen_in_model": count(c.fixed),
+            "frozen_models": count(c.frozen_state),
+        },
+        "flops_per_token": per_tok,
+        "tokens_per_step": case.tokens_per_step(),
+        "step_flops": per_tok["total"] * case.tokens_per_step(),
+        "setup_s": setup_s,
+        "lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+        "compile_total_s": t2 - t0,
+        "lower_cpu_s": c1 - c0,
+        "compile_cpu_s": c2 - c1,
+        "memory_analysis": memory_analysis(compiled),
+    }
     return Prepared(case, compiled, c.state, c.fixed, c.frozen_state, batch, res)
 
 
-def finish(p: Prepared, walls: list, cpus: list, load: list,
-           peak_tflops: Optional[float] = None) -> dict:
+def finish(
+    p: Prepared, walls: list, cpus: list, load: list, peak_tflops: float | None = None
+) -> dict:
     """The result dict of timed steps: medians, tokens/s, MFU, device peak memory."""
     res, case = dict(p.result), p.case
     step_s = statistics.median(walls)
     dev = jax.local_devices()[0]
     peak = flops_lib.peak_flops_per_device(dev.device_kind, dev.platform, peak_tflops)
     res.update(
-        step_time_s=step_s, step_times_s=walls, step_cpu_s=statistics.median(cpus),
+        step_time_s=step_s,
+        step_times_s=walls,
+        step_cpu_s=statistics.median(cpus),
         tokens_per_s=case.tokens_per_step() / step_s,
         achieved_tflops=res["step_flops"] / step_s / 1e12,
         peak_tflops_per_device=None if peak is None else peak / 1e12,
         mfu=flops_lib.mfu(res["step_flops"], step_s, peak, res["n_devices"]),
-        device_peak_bytes=device_peak_bytes(), loadavg_during=load,
-        final_loss=float(jax.device_get(p.metrics["loss"])))
+        device_peak_bytes=device_peak_bytes(),
+        loadavg_during=load,
+        final_loss=float(jax.device_get(p.metrics["loss"])),
+    )
     return res
 
 
-def run_case(case: TrainCase, *, steps: int = 5, warmup: int = 2, compile_only: bool = False,
-             peak_tflops: Optional[float] = None) -> dict:
+def run_case(
+    case: TrainCase,
+    *,
+    steps: int = 5,
+    warmup: int = 2,
+    compile_only: bool = False,
+    peak_tflops: float | None = None,
+) -> dict:
     """Build, compile and time one configuration → the result dict (no machine info)."""
     p = prepare_case(case)
     if compile_only:
-        return {**p.result, "step_time_s": None, "tokens_per_s": None, "mfu": None,
-                "device_peak_bytes": None}
+        return {
+            **p.result,
+            "step_time_s": None,
+            "tokens_per_s": None,
+            "mfu": None,
+            "device_peak_bytes": None,
+        }
     return time_interleaved([p], steps=steps, warmup=warmup, peak_tflops=peak_tflops)[0]
 
 
-def time_interleaved(prepared: list, *, steps: int, warmup: int,
-                     peak_tflops: Optional[float] = None) -> list[dict]:
+def time_interleaved(
+    prepared: list, *, steps: int, warmup: int, peak_tflops: float | None = None
+) -> list[dict]:
     """Warm up every case, then run the timed steps round-robin (case 1, 2, ..., 1, 2, ...), so
     a load change on a shared host hits every case alike; one result per case."""
     for p in prepared:

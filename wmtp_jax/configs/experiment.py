@@ -26,10 +26,15 @@ def _train_entry(pipeline: str) -> ml_collections.ConfigDict:
 
     c = importlib.import_module(f"wmtp_jax.configs.{pipeline}").get_config("micro")
     t, s = c.training, c.data_sampling
-    return ml_collections.ConfigDict({
-        "max_steps": t.max_steps, "batch_size": t.batch_size,
-        "eval_every_steps": t.eval_every_steps, "n_samples": s.n_samples,
-        "val_n_samples": s.val_n_samples})
+    return ml_collections.ConfigDict(
+        {
+            "max_steps": t.max_steps,
+            "batch_size": t.batch_size,
+            "eval_every_steps": t.eval_every_steps,
+            "n_samples": s.n_samples,
+            "val_n_samples": s.val_n_samples,
+        }
+    )
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
@@ -52,12 +57,17 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         from wmtp_jax.configs import baseline
 
         b = baseline.get_config("micro")
-        c.dataset = ml_collections.ConfigDict({"path": b.dataset.path,
-                                               "max_length": b.dataset.max_length})
+        c.dataset = ml_collections.ConfigDict(
+            {"path": b.dataset.path, "max_length": b.dataset.max_length}
+        )
         # per role: the pipeline's micro defaults (policy = every arm, so they match)
-        c.train = ml_collections.ConfigDict({"policy": _train_entry("baseline"),
-                                             "critic": _train_entry("critic"),
-                                             "reference": _train_entry("ref_tuning")})
+        c.train = ml_collections.ConfigDict(
+            {
+                "policy": _train_entry("baseline"),
+                "critic": _train_entry("critic"),
+                "reference": _train_entry("ref_tuning"),
+            }
+        )
         e = c.eval = ml_collections.ConfigDict()
         e.limit = 0  # test problems (0 = all)
         # validation problems for the temperature choice (0 = all; the sweep decodes
@@ -72,15 +82,32 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         e.workers = 0  # sandbox processes (0 = CPU count)
         e.timeout = 5.0
         e.sample_seed = 0
-        c.credit = ml_collections.ConfigDict({"split": "test", "max_solutions": 0,
-                                              "batch_size": 16})
+        c.credit = ml_collections.ConfigDict(
+            {"split": "test", "max_solutions": 0, "batch_size": 16}
+        )
         c.bootstrap = ml_collections.ConfigDict({"n_resamples": 2000, "seed": 0})
         if smoke:
             for role in ("policy", "critic", "reference"):
-                c.train[role].update({"max_steps": 3, "batch_size": 2, "eval_every_steps": 2,
-                                      "n_samples": 12, "val_n_samples": 2})
-            e.update({"limit": 3, "validation_limit": 2, "temperatures": (0.5, 1.0),
-                      "n_samples": 5, "max_new_tokens": 24, "batch_size": 8, "workers": 2})
+                c.train[role].update(
+                    {
+                        "max_steps": 3,
+                        "batch_size": 2,
+                        "eval_every_steps": 2,
+                        "n_samples": 12,
+                        "val_n_samples": 2,
+                    }
+                )
+            e.update(
+                {
+                    "limit": 3,
+                    "validation_limit": 2,
+                    "temperatures": (0.5, 1.0),
+                    "n_samples": 5,
+                    "max_new_tokens": 24,
+                    "batch_size": 8,
+                    "workers": 2,
+                }
+            )
             c.credit.max_solutions = 8
             c.credit.batch_size = 8
             c.bootstrap.n_resamples = 1000
@@ -105,18 +132,28 @@ def validate(c):
         bad = [a for a in parse_list(c[key], key) if a not in ARMS]
         common._check(not bad, key, c[key], f"arms from {ARMS}")
     for key in ("seeds", "study_seeds"):
-        common._check(all(s >= 0 for s in parse_list(c[key], key, int)), key, c[key],
-                      "need integers ≥ 0")
+        common._check(
+            all(s >= 0 for s in parse_list(c[key], key, int)), key, c[key], "need integers ≥ 0"
+        )
     for role, t in c.train.items():
         common._check(t.max_steps > 0, f"train.{role}.max_steps", t.max_steps, "need > 0")
         common._check(t.batch_size > 0, f"train.{role}.batch_size", t.batch_size, "need > 0")
     e = c.eval
-    common._check(len(e.temperatures) > 0 and all(float(t) > 0 for t in e.temperatures),
-                  "eval.temperatures", e.temperatures, "need a non-empty list of values > 0")
-    common._check(e.n_samples >= max(e.k), "eval.n_samples", e.n_samples,
-                  f"need ≥ max(eval.k) = {max(e.k)}")
-    common._check(c.bootstrap.n_resamples >= 1000, "bootstrap.n_resamples",
-                  c.bootstrap.n_resamples, "need ≥ 1000")
+    common._check(
+        len(e.temperatures) > 0 and all(float(t) > 0 for t in e.temperatures),
+        "eval.temperatures",
+        e.temperatures,
+        "need a non-empty list of values > 0",
+    )
+    common._check(
+        e.n_samples >= max(e.k), "eval.n_samples", e.n_samples, f"need ≥ max(eval.k) = {max(e.k)}"
+    )
+    common._check(
+        c.bootstrap.n_resamples >= 1000,
+        "bootstrap.n_resamples",
+        c.bootstrap.n_resamples,
+        "need ≥ 1000",
+    )
 
 
 def finalize(c):

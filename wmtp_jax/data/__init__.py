@@ -11,14 +11,28 @@ Public API (imported lazily, so `python -m wmtp_jax.data.prepare` does not load 
 import importlib
 
 _EXPORTS = {
-    "wmtp_jax.data.collate": ("AlpacaCollator", "PairwiseCollator", "apply_alpaca_template",
-                              "IGNORE_INDEX"),
+    "wmtp_jax.data.collate": (
+        "AlpacaCollator",
+        "PairwiseCollator",
+        "apply_alpaca_template",
+        "IGNORE_INDEX",
+    ),
     "wmtp_jax.data.loader": ("DataLoader",),
     "wmtp_jax.data.records": ("DataError", "JsonlRecords"),
-    "wmtp_jax.data.sampling": ("SamplingShortfall", "pointwise_indices", "sample_pairs",
-                               "sample_unique_pairs", "sample_length_balanced_pairs", "shard"),
+    "wmtp_jax.data.sampling": (
+        "SamplingShortfall",
+        "pointwise_indices",
+        "sample_pairs",
+        "sample_unique_pairs",
+        "sample_length_balanced_pairs",
+        "shard",
+    ),
     "wmtp_jax.data.sources": ("SampledSource", "load_samples", "resolve_split"),
-    "wmtp_jax.data.tokenizer": ("ensure_micro_tokenizer", "load_tokenizer", "train_micro_tokenizer"),
+    "wmtp_jax.data.tokenizer": (
+        "ensure_micro_tokenizer",
+        "load_tokenizer",
+        "train_micro_tokenizer",
+    ),
     "wmtp_jax.data.synthetic": ("ensure_synthetic",),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

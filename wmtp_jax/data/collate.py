@@ -22,15 +22,18 @@ IGNORE_INDEX = -100
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
     "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n")
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+)
 PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n")
+    "the request.\n\n### Instruction:\n{instruction}\n\n"
+)
 RESPONSE_HEADER = "### Response:\n"
 
 
-def apply_alpaca_template(instruction: str, input_text: str = "", output: str = "",
-                          include_response_header: bool = True) -> str:
+def apply_alpaca_template(
+    instruction: str, input_text: str = "", output: str = "", include_response_header: bool = True
+) -> str:
     """The original's `apply_alpaca_template`, character for character."""
     input_text = input_text or ""
     if input_text.strip():
@@ -43,18 +46,22 @@ def apply_alpaca_template(instruction: str, input_text: str = "", output: str = 
 
 
 class _SequenceEncoder:
-    def __init__(self, tokenizer, max_length: int, append_eos: bool,
-                 buckets: Sequence[int] | None):
+    def __init__(self, tokenizer, max_length: int, append_eos: bool, buckets: Sequence[int] | None):
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer needs pad and eos tokens (use data.tokenizer.load_tokenizer)")
+            raise ValueError(
+                "tokenizer needs pad and eos tokens (use data.tokenizer.load_tokenizer)"
+            )
         if tokenizer.padding_side != "right":
-            raise ValueError(f"tokenizer.padding_side must be 'right', got "
-                             f"{tokenizer.padding_side!r} (prompt masking assumes right padding)")
+            raise ValueError(
+                f"tokenizer.padding_side must be 'right', got "
+                f"{tokenizer.padding_side!r} (prompt masking assumes right padding)"
+            )
         self.tok, self.max_length, self.append_eos = tokenizer, int(max_length), append_eos
         self.buckets = sorted(int(b) for b in buckets) if buckets else [self.max_length]
         if self.buckets[-1] != self.max_length or self.buckets[0] <= 0:
-            raise ValueError(f"buckets {self.buckets} must be positive and end at max_length "
-                             f"{self.max_length}")
+            raise ValueError(
+                f"buckets {self.buckets} must be positive and end at max_length {self.max_length}"
+            )
 
     def encode(self, prompts: list[str], outputs: list[str]) -> dict[str, np.ndarray]:
         """[B, L] input_ids / attention_mask / labels for prompt+output pairs."""
@@ -81,21 +88,28 @@ class _SequenceEncoder:
 def _prompt(rec: Mapping) -> str:
     """Template up to (not including) the response header; `template(...)[:-len(header)]`."""
     return apply_alpaca_template(rec["instruction"], rec.get("input") or "", "")[
-        : -len(RESPONSE_HEADER)]
+        : -len(RESPONSE_HEADER)
+    ]
 
 
 class AlpacaCollator:
     """records `{instruction, input, output, is_correct?}` -> {input_ids, attention_mask, labels
     [B, L] int32, is_correct [B] float32 (1.0 when the field is absent)}."""
 
-    def __init__(self, tokenizer, max_length: int = 2048, append_eos: bool = True,
-                 buckets: Sequence[int] | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 2048,
+        append_eos: bool = True,
+        buckets: Sequence[int] | None = None,
+    ):
         self.enc = _SequenceEncoder(tokenizer, max_length, append_eos, buckets)
 
     def __call__(self, records: Sequence[Mapping]) -> dict[str, np.ndarray]:
         out = self.enc.encode([_prompt(r) for r in records], [r["output"] for r in records])
         out["is_correct"] = np.asarray(
-            [1.0 if r.get("is_correct", True) else 0.0 for r in records], np.float32)
+            [1.0 if r.get("is_correct", True) else 0.0 for r in records], np.float32
+        )
         return out
 
 
@@ -104,14 +118,21 @@ class PairwiseCollator:
     pos_attention_mask, pos_labels, neg_input_ids, neg_attention_mask, neg_labels, each [B, L].
     With buckets, pos and neg share one L (the bucket of the longer side)."""
 
-    def __init__(self, tokenizer, max_length: int = 2048, append_eos: bool = True,
-                 buckets: Sequence[int] | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 2048,
+        append_eos: bool = True,
+        buckets: Sequence[int] | None = None,
+    ):
         self.enc = _SequenceEncoder(tokenizer, max_length, append_eos, buckets)
 
     def __call__(self, records: Sequence[Mapping]) -> dict[str, np.ndarray]:
         prompts = [_prompt(r) for r in records]
-        both = self.enc.encode(prompts * 2, [r["correct_output"] for r in records]
-                               + [r["incorrect_output"] for r in records])
+        both = self.enc.encode(
+            prompts * 2,
+            [r["correct_output"] for r in records] + [r["incorrect_output"] for r in records],
+        )
         b = len(records)
         out = {}
         for side, sl in (("pos", slice(0, b)), ("neg", slice(b, 2 * b))):

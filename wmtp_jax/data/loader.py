@@ -48,27 +48,42 @@ class DataLoader:
       prefetch: batches prepared ahead by `num_threads` reader threads.
     """
 
-    def __init__(self, source: Sequence, collate_fn: Callable[[list], dict], global_batch_size: int,
-                 *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
-                 drop_remainder: bool | None = None, process_index: int | None = None,
-                 process_count: int | None = None, prefetch: int = 4, num_threads: int = 2):
+    def __init__(
+        self,
+        source: Sequence,
+        collate_fn: Callable[[list], dict],
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_epochs: int | None = None,
+        drop_remainder: bool | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        prefetch: int = 4,
+        num_threads: int = 2,
+    ):
         self.source, self.collate_fn = source, collate_fn
         self.global_batch_size, self.seed, self.shuffle = int(global_batch_size), int(seed), shuffle
         self.num_epochs = num_epochs
         self.drop_remainder = (num_epochs is None) if drop_remainder is None else drop_remainder
         self.process_index, self.process_count = _process_info(process_index, process_count)
         if self.global_batch_size % self.process_count:
-            raise ValueError(f"global_batch_size {self.global_batch_size} is not divisible by "
-                             f"process_count {self.process_count}")
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not divisible by "
+                f"process_count {self.process_count}"
+            )
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
         self.local_batch_size = self.global_batch_size // self.process_count
         n = len(source)
         if n == 0 or (self.drop_remainder and n < self.global_batch_size):
-            raise ValueError(f"source has {n} records, fewer than one global batch of "
-                             f"{self.global_batch_size}")
-        self.steps_per_epoch = (n // self.global_batch_size if self.drop_remainder
-                                else -(-n // self.global_batch_size))
+            raise ValueError(
+                f"source has {n} records, fewer than one global batch of {self.global_batch_size}"
+            )
+        self.steps_per_epoch = (
+            n // self.global_batch_size if self.drop_remainder else -(-n // self.global_batch_size)
+        )
         self._prefetch, self._threads = int(prefetch), int(num_threads)
         self._iter = iter(self._build())
 
@@ -86,7 +101,7 @@ class DataLoader:
         idx = np.full(self.global_batch_size, -1, np.int64)
         idx[: len(global_indices)] = global_indices
         lo = self.process_index * self.local_batch_size
-        local = idx[lo: lo + self.local_batch_size]
+        local = idx[lo : lo + self.local_batch_size]
         valid = local >= 0
         fill = int(global_indices[0])  # padded rows repeat a real record, then get masked
         records = [self.source[int(i) if i >= 0 else fill] for i in local]
@@ -108,15 +123,23 @@ class DataLoader:
         return sys.maxsize if self.num_epochs is None else self.steps_per_epoch * self.num_epochs
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {"num_records": len(self.source), "global_batch_size": self.global_batch_size,
-                "seed": self.seed, "shuffle": self.shuffle,
-                "drop_remainder": self.drop_remainder}
+        return {
+            "num_records": len(self.source),
+            "global_batch_size": self.global_batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_remainder": self.drop_remainder,
+        }
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable position: {"next_batch", "epoch", "step_in_epoch", **fingerprint}."""
         nxt = int(self._iter.get_state()["next_index"])
-        return {"next_batch": nxt, "epoch": nxt // self.steps_per_epoch,
-                "step_in_epoch": nxt % self.steps_per_epoch, **self._fingerprint()}
+        return {
+            "next_batch": nxt,
+            "epoch": nxt // self.steps_per_epoch,
+            "step_in_epoch": nxt % self.steps_per_epoch,
+            **self._fingerprint(),
+        }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Resumes at `state["next_batch"]`; the data configuration must match the saved one."""

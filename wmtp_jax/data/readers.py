@@ -17,7 +17,11 @@ ROW_SLICE = 64  # rows converted to Python objects at a time within a row group
 
 # dataset -> (output split name, accepted file-name tokens)
 SPLITS = {
-    "codecontests": (("train", ("train",)), ("valid", ("valid", "validation")), ("test", ("test",))),
+    "codecontests": (
+        ("train", ("train",)),
+        ("valid", ("valid", "validation")),
+        ("test", ("test",)),
+    ),
     "mbpp": (("train", ("train",)), ("validation", ("validation", "valid")), ("test", ("test",))),
     "humaneval": (("test", ("test", "humaneval")),),
     "gsm8k": (("train", ("train",)), ("test", ("test",))),
@@ -74,7 +78,9 @@ def _tokens(path: Path) -> set[str]:
     return set(re.split(r"[-_.]", stem.lower()))
 
 
-def find_split_files(dataset: str, src: str | Path, split: str | None = None) -> dict[str, list[Path]]:
+def find_split_files(
+    dataset: str, src: str | Path, split: str | None = None
+) -> dict[str, list[Path]]:
     """{output split: [files]} under `src` (a file, or a directory searched recursively).
 
     A file belongs to a split when one of its name's `-`/`_`/`.`-separated tokens names it
@@ -95,8 +101,11 @@ def find_split_files(dataset: str, src: str | Path, split: str | None = None) ->
         if dataset == "mbpp":
             return {"*": [src]}  # the release file mbpp.jsonl: split by task_id ranges
         raise ValueError(f"--src {src} is a single file: pass --split (one of {sorted(known)})")
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES)
-                   and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in src.rglob("*")
+        if p.is_file() and p.name.endswith(DATA_SUFFIXES) and not p.name.startswith(".")
+    )
     out: dict[str, list[Path]] = {}
     for name, toks in SPLITS[dataset]:
         if split and name != split:
@@ -107,7 +116,8 @@ def find_split_files(dataset: str, src: str | Path, split: str | None = None) ->
     if not out:
         raise FileNotFoundError(
             f"no {dataset} split files under {src} (looked for names containing "
-            f"{[t for _, ts in SPLITS[dataset] for t in ts]} with suffix {DATA_SUFFIXES})")
+            f"{[t for _, ts in SPLITS[dataset] for t in ts]} with suffix {DATA_SUFFIXES})"
+        )
     return out
 
 
@@ -127,13 +137,17 @@ def iter_tfds_gsm8k(src: Path) -> dict[str, Iterator[tuple[str, dict]]]:
     try:
         import tensorflow_datasets as tfds  # optional; not a dependency of wmtp_jax
     except ImportError:
-        raise SystemExit(f"{src} is a TFDS directory but tensorflow-datasets is not installed; "
-                         "install it or pass the GSM8K JSONL/parquet files") from None
+        raise SystemExit(
+            f"{src} is a TFDS directory but tensorflow-datasets is not installed; "
+            "install it or pass the GSM8K JSONL/parquet files"
+        ) from None
     builder = tfds.builder_from_directory(str(src))
 
     def rows(split):
         for n, ex in enumerate(builder.as_data_source(split=split), 1):
-            yield f"{src}[{split}]:{n}", {k: (v.decode() if isinstance(v, bytes) else v)
-                                          for k, v in ex.items()}
+            yield (
+                f"{src}[{split}]:{n}",
+                {k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()},
+            )
 
     return {s: rows(s) for s in builder.info.splits if s in ("train", "test")}

@@ -29,8 +29,10 @@ def decode_line(raw: bytes, path, line: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                        f"column {e.start + 1})") from None
+        raise DataError(
+            f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+            f"column {e.start + 1})"
+        ) from None
 
 
 def parse_json_line(raw: str | bytes, path, line: int) -> dict:
@@ -40,18 +42,32 @@ def parse_json_line(raw: str | bytes, path, line: int) -> dict:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where(path, line)}: malformed JSON ({e.msg} at column {e.colno})") from None
+        raise DataError(
+            f"{where(path, line)}: malformed JSON ({e.msg} at column {e.colno})"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{where(path, line)}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
-_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "list", dict: "object",
-               float: "number"}
+_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    bool: "boolean",
+    list: "list",
+    dict: "object",
+    float: "number",
+}
 
 
-def require(rec: Mapping, field: str, types: type | tuple[type, ...], path, line: int | None,
-            default: Any = ...) -> Any:
+def require(
+    rec: Mapping,
+    field: str,
+    types: type | tuple[type, ...],
+    path,
+    line: int | None,
+    default: Any = ...,
+) -> Any:
     """`rec[field]`, checked against `types`; DataError naming file:line and the field otherwise."""
     if field not in rec or rec[field] is None:
         if default is not ...:
@@ -61,8 +77,10 @@ def require(rec: Mapping, field: str, types: type | tuple[type, ...], path, line
     types_t = types if isinstance(types, tuple) else (types,)
     if (isinstance(value, bool) and bool not in types_t) or not isinstance(value, types_t):
         names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types_t)
-        raise DataError(f"{where(path, line)}: field '{field}' must be {names}, "
-                        f"got {type(value).__name__} {str(value)[:40]!r}")
+        raise DataError(
+            f"{where(path, line)}: field '{field}' must be {names}, "
+            f"got {type(value).__name__} {str(value)[:40]!r}"
+        )
     return value
 
 
@@ -84,8 +102,9 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     except (OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise DataError(f"{where(path, n + 1 if n else None)}: cannot read "
-                        f"({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{where(path, n + 1 if n else None)}: cannot read ({type(e).__name__}: {e})"
+        ) from None
 
 
 def index_path(path: str | os.PathLike) -> Path:
@@ -106,7 +125,9 @@ def build_index(path: str | os.PathLike) -> np.ndarray:
                 end = pos + len(raw)
             pos += len(raw)
     starts.append(end)  # line i spans off[i]:off[i+1], blank lines between are stripped on read
-    return np.frombuffer(starts, dtype=np.int64).copy() if len(starts) > 1 else np.zeros(1, np.int64)
+    return (
+        np.frombuffer(starts, dtype=np.int64).copy() if len(starts) > 1 else np.zeros(1, np.int64)
+    )
 
 
 def load_index(path: str | os.PathLike) -> np.ndarray:

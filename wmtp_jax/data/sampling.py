@@ -27,17 +27,24 @@ def _pos_int_or_none(x):
     return None if not x else int(x)  # None and 0 both mean "unlimited" (original)
 
 
-def sample_unique_pairs(problem_index_map: Mapping[str, Mapping], n_samples: int,
-                        difficulty_weights: Mapping[str, float],
-                        difficulty_bins: Mapping[str, Sequence[int]], seed: int,
-                        max_pairs_per_problem: int | None = None) -> list[dict]:
+def sample_unique_pairs(
+    problem_index_map: Mapping[str, Mapping],
+    n_samples: int,
+    difficulty_weights: Mapping[str, float],
+    difficulty_bins: Mapping[str, Sequence[int]],
+    seed: int,
+    max_pairs_per_problem: int | None = None,
+) -> list[dict]:
     """Difficulty-binned unique pairs `{correct_idx, incorrect_idx, problem_id}` (§1.4)."""
     rng = random.Random(seed)
     cap = _pos_int_or_none(max_pairs_per_problem)
     binned: dict[str, list] = {name: [] for name in difficulty_bins}
     for pid, info in problem_index_map.items():
-        c, i, d = info.get("correct_indices") or [], info.get("incorrect_indices") or [], \
-            info.get("difficulty")
+        c, i, d = (
+            info.get("correct_indices") or [],
+            info.get("incorrect_indices") or [],
+            info.get("difficulty"),
+        )
         if not c or not i or d is None:
             continue
         for name, (lo, hi) in difficulty_bins.items():
@@ -53,8 +60,9 @@ def sample_unique_pairs(problem_index_map: Mapping[str, Mapping], n_samples: int
             n = min(len(c), len(i))
             if cap is not None:
                 n = min(n, cap)
-            pairs += [{"correct_idx": c[j], "incorrect_idx": i[j], "problem_id": pid}
-                      for j in range(n)]
+            pairs += [
+                {"correct_idx": c[j], "incorrect_idx": i[j], "problem_id": pid} for j in range(n)
+            ]
         bin_pairs[name] = pairs
     weights = {}
     for name, w in difficulty_weights.items():
@@ -63,8 +71,10 @@ def sample_unique_pairs(problem_index_map: Mapping[str, Mapping], n_samples: int
         elif w > 0:
             logger.warning("difficulty bin %r has no pairs (weight %s dropped)", name, w)
     if not weights:
-        raise SamplingShortfall(f"no difficulty bin with weight > 0 has pairs; pairs per bin: "
-                                f"{ {k: len(v) for k, v in bin_pairs.items()} }")
+        raise SamplingShortfall(
+            f"no difficulty bin with weight > 0 has pairs; pairs per bin: "
+            f"{ {k: len(v) for k, v in bin_pairs.items()} }"
+        )
     total = sum(weights.values())
     norm = {k: w / total for k, w in weights.items()}
     targets = {k: int(n_samples * w) for k, w in norm.items()}
@@ -80,8 +90,9 @@ def sample_unique_pairs(problem_index_map: Mapping[str, Mapping], n_samples: int
     rng.shuffle(selected)
     if len(selected) < n_samples:
         detail = ", ".join(f"{k}: target {targets[k]}, available {len(bin_pairs[k])}" for k in norm)
-        raise SamplingShortfall(f"unique-pair sampling got {len(selected)} < n_samples "
-                                f"{n_samples} ({detail})")
+        raise SamplingShortfall(
+            f"unique-pair sampling got {len(selected)} < n_samples {n_samples} ({detail})"
+        )
     return selected[:n_samples]
 
 
@@ -99,10 +110,14 @@ def length_bin(length: int, length_bins: Sequence[int]) -> str:
     return f"{edges[-1]}+"
 
 
-def sample_length_balanced_pairs(problem_index_map: Mapping[str, Mapping], n_samples: int,
-                                 seed: int, length_bins: Sequence[int] = DEFAULT_LENGTH_BINS,
-                                 difficulty_bins: Mapping[str, Sequence[int]] | None = None,
-                                 max_pairs_per_problem: int | None = None) -> list[dict]:
+def sample_length_balanced_pairs(
+    problem_index_map: Mapping[str, Mapping],
+    n_samples: int,
+    seed: int,
+    length_bins: Sequence[int] = DEFAULT_LENGTH_BINS,
+    difficulty_bins: Mapping[str, Sequence[int]] | None = None,
+    max_pairs_per_problem: int | None = None,
+) -> list[dict]:
     """Pairs of same output-length bin `{correct_idx, incorrect_idx, problem_id, length_bin}` (§1.5);
     difficulty only filters. Bin labels visited in length order (deterministic)."""
     rng = random.Random(seed)
@@ -119,8 +134,10 @@ def sample_length_balanced_pairs(problem_index_map: Mapping[str, Mapping], n_sam
                 continue
         cl, il = info.get("correct_token_lengths") or [], info.get("incorrect_token_lengths") or []
         if len(cl) != len(c) or len(il) != len(i):
-            raise ValueError(f"problem {pid!r}: token-length lists ({len(cl)}, {len(il)}) do not "
-                             f"match the index lists ({len(c)}, {len(i)}); rebuild the metadata")
+            raise ValueError(
+                f"problem {pid!r}: token-length lists ({len(cl)}, {len(il)}) do not "
+                f"match the index lists ({len(c)}, {len(i)}); rebuild the metadata"
+            )
         cb: dict[str, list] = {}
         ib: dict[str, list] = {}
         for idx, n in zip(c, cl):
@@ -132,8 +149,15 @@ def sample_length_balanced_pairs(problem_index_map: Mapping[str, Mapping], n_sam
             cs, is_ = cb[lab], ib[lab]
             rng.shuffle(cs)
             rng.shuffle(is_)
-            problem_pairs += [{"correct_idx": cs[j], "incorrect_idx": is_[j], "problem_id": pid,
-                               "length_bin": lab} for j in range(min(len(cs), len(is_)))]
+            problem_pairs += [
+                {
+                    "correct_idx": cs[j],
+                    "incorrect_idx": is_[j],
+                    "problem_id": pid,
+                    "length_bin": lab,
+                }
+                for j in range(min(len(cs), len(is_)))
+            ]
         if cap is not None and len(problem_pairs) > cap:
             rng.shuffle(problem_pairs)
             problem_pairs = problem_pairs[:cap]
@@ -143,25 +167,36 @@ def sample_length_balanced_pairs(problem_index_map: Mapping[str, Mapping], n_sam
     rng.shuffle(all_pairs)
     if len(all_pairs) < n_samples:
         detail = ", ".join(f"{k}: {v}" for k, v in per_bin.items() if v)
-        raise SamplingShortfall(f"length-balanced sampling got {len(all_pairs)} < n_samples "
-                                f"{n_samples} (pairs per length bin: {detail or 'none'})")
+        raise SamplingShortfall(
+            f"length-balanced sampling got {len(all_pairs)} < n_samples "
+            f"{n_samples} (pairs per length bin: {detail or 'none'})"
+        )
     return all_pairs[:n_samples]
 
 
-def sample_pairs(problem_index_map: Mapping[str, Mapping], sampling: Mapping, seed: int) -> list[dict]:
+def sample_pairs(
+    problem_index_map: Mapping[str, Mapping], sampling: Mapping, seed: int
+) -> list[dict]:
     """Dispatch on the original's `data_sampling` keys: use_length_balanced, n_samples,
     difficulty_bins, difficulty_weights, length_bins, max_pairs_per_problem."""
     n = int(sampling.get("n_samples", 100000))
     bins = sampling.get("difficulty_bins")
     cap = sampling.get("max_pairs_per_problem")
     if sampling.get("use_length_balanced", False):
-        return sample_length_balanced_pairs(problem_index_map, n, seed,
-                                            sampling.get("length_bins") or DEFAULT_LENGTH_BINS,
-                                            bins, cap)
+        return sample_length_balanced_pairs(
+            problem_index_map,
+            n,
+            seed,
+            sampling.get("length_bins") or DEFAULT_LENGTH_BINS,
+            bins,
+            cap,
+        )
     weights = sampling.get("difficulty_weights")
     if not bins or not weights:
-        raise ValueError("data_sampling needs difficulty_bins and difficulty_weights unless "
-                         "use_length_balanced is true")
+        raise ValueError(
+            "data_sampling needs difficulty_bins and difficulty_weights unless "
+            "use_length_balanced is true"
+        )
     return sample_unique_pairs(problem_index_map, n, weights, bins, seed, cap)
 
 

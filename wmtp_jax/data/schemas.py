@@ -13,8 +13,9 @@ from wmtp_jax.data.records import DataError, require
 # deepmind/code_contests ClassLabel enums (HF integer ids); string names are accepted too.
 LANGUAGES = ["UNKNOWN_LANGUAGE", "PYTHON", "CPP", "PYTHON3", "JAVA"]
 PYTHON_LANGS = {1, 3}  # PYTHON (py2) and PYTHON3, as the original
-DIFFICULTIES = (["UNKNOWN_DIFFICULTY", "EASY", "MEDIUM", "HARD", "HARDER", "HARDEST", "EXTERNAL"]
-                + [chr(c) for c in range(ord("A"), ord("V") + 1)])
+DIFFICULTIES = ["UNKNOWN_DIFFICULTY", "EASY", "MEDIUM", "HARD", "HARDER", "HARDEST", "EXTERNAL"] + [
+    chr(c) for c in range(ord("A"), ord("V") + 1)
+]
 
 
 def _split_loc(loc: str):
@@ -43,22 +44,31 @@ def _tests(row, field, loc) -> dict:
     inputs = _req({f"{field}.input": t.get("input")}, f"{field}.input", list, loc, default=[])
     outputs = _req({f"{field}.output": t.get("output")}, f"{field}.output", list, loc, default=[])
     if len(inputs) != len(outputs):
-        raise DataError(f"{loc}: field '{field}' has {len(inputs)} inputs but {len(outputs)} outputs")
+        raise DataError(
+            f"{loc}: field '{field}' has {len(inputs)} inputs but {len(outputs)} outputs"
+        )
     return {"input": list(inputs), "output": list(outputs)}
 
 
 def _solutions(row, field, loc) -> list[tuple[int, int, str]]:
     """[(index in the unfiltered list, language id, code)] of a {language[], solution[]} field."""
     s = _req(row, field, dict, loc, default={"language": [], "solution": []})
-    langs = _req({f"{field}.language": s.get("language")}, f"{field}.language", list, loc, default=[])
-    codes = _req({f"{field}.solution": s.get("solution")}, f"{field}.solution", list, loc, default=[])
+    langs = _req(
+        {f"{field}.language": s.get("language")}, f"{field}.language", list, loc, default=[]
+    )
+    codes = _req(
+        {f"{field}.solution": s.get("solution")}, f"{field}.solution", list, loc, default=[]
+    )
     if len(langs) != len(codes):
-        raise DataError(f"{loc}: field '{field}' has {len(langs)} languages but {len(codes)} solutions")
+        raise DataError(
+            f"{loc}: field '{field}' has {len(langs)} languages but {len(codes)} solutions"
+        )
     out = []
     for i, (lang, code) in enumerate(zip(langs, codes)):
         if not isinstance(code, str):
-            raise DataError(f"{loc}: field '{field}.solution[{i}]' must be string, got "
-                            f"{type(code).__name__}")
+            raise DataError(
+                f"{loc}: field '{field}.solution[{i}]' must be string, got {type(code).__name__}"
+            )
         out.append((i, _enum(lang, LANGUAGES, f"{field}.language[{i}]", loc), code))
     return out
 
@@ -73,21 +83,45 @@ def codecontests(row: dict, loc: str) -> tuple[list[dict], dict, dict]:
     public = _tests(row, "public_tests", loc)
     meta = {"source": "code_contests", "difficulty": diff, "has_tests": len(public["input"]) > 0}
     records = []
-    for field, label, ok in (("solutions", "correct", True), ("incorrect_solutions", "incorrect", False)):
+    for field, label, ok in (
+        ("solutions", "correct", True),
+        ("incorrect_solutions", "incorrect", False),
+    ):
         for i, lang, code in _solutions(row, field, loc):
             if lang in PYTHON_LANGS:
-                records.append({"instruction": desc, "input": "", "output": code,
-                                "task_id": f"{name}_{label}_{i}", "is_correct": ok, "metadata": meta})
+                records.append(
+                    {
+                        "instruction": desc,
+                        "input": "",
+                        "output": code,
+                        "task_id": f"{name}_{label}_{i}",
+                        "is_correct": ok,
+                        "metadata": meta,
+                    }
+                )
     private, generated = _tests(row, "private_tests", loc), _tests(row, "generated_tests", loc)
     source = _req(row, "source", (int, str), loc, default=0)
-    eval_rec = {"task_id": name, "instruction": desc, "input": "", "metadata": {
-        "source": source, "difficulty": diff,
-        "cf_rating": _req(row, "cf_rating", int, loc, default=None),
-        "time_limit": _req(row, "time_limit", dict, loc, default=None),
-        "memory_limit_bytes": _req(row, "memory_limit_bytes", int, loc, default=None),
-        "public_tests": public, "private_tests": private, "generated_tests": generated}}
-    tests = {"task_name": name, "public_tests": public, "private_tests": private,
-             "generated_tests": generated}
+    eval_rec = {
+        "task_id": name,
+        "instruction": desc,
+        "input": "",
+        "metadata": {
+            "source": source,
+            "difficulty": diff,
+            "cf_rating": _req(row, "cf_rating", int, loc, default=None),
+            "time_limit": _req(row, "time_limit", dict, loc, default=None),
+            "memory_limit_bytes": _req(row, "memory_limit_bytes", int, loc, default=None),
+            "public_tests": public,
+            "private_tests": private,
+            "generated_tests": generated,
+        },
+    }
+    tests = {
+        "task_name": name,
+        "public_tests": public,
+        "private_tests": private,
+        "generated_tests": generated,
+    }
     return records, eval_rec, tests
 
 
@@ -109,19 +143,34 @@ def mbpp(row: dict, loc: str) -> dict:
     m = _FN.search(tests[0]) if tests else None
     if m:
         instruction += f"\n\nThe function should be named '{m.group(1)}'."
-    return {"instruction": instruction, "input": "", "output": code, "task_id": str(task_id),
-            "metadata": {"source": "mbpp", "test_list": list(tests), "test_setup_code": setup,
-                         "has_tests": len(tests) > 0}}
+    return {
+        "instruction": instruction,
+        "input": "",
+        "output": code,
+        "task_id": str(task_id),
+        "metadata": {
+            "source": "mbpp",
+            "test_list": list(tests),
+            "test_setup_code": setup,
+            "has_tests": len(tests) > 0,
+        },
+    }
 
 
 def humaneval(row: dict, loc: str) -> dict:
     test = _req(row, "test", str, loc)
-    return {"instruction": _req(row, "prompt", str, loc), "input": "",
-            "output": _req(row, "canonical_solution", str, loc),
-            "task_id": _req(row, "task_id", str, loc),
-            "metadata": {"source": "humaneval", "test": test,
-                         "entry_point": _req(row, "entry_point", str, loc),
-                         "has_tests": bool(test.strip())}}
+    return {
+        "instruction": _req(row, "prompt", str, loc),
+        "input": "",
+        "output": _req(row, "canonical_solution", str, loc),
+        "task_id": _req(row, "task_id", str, loc),
+        "metadata": {
+            "source": "humaneval",
+            "test": test,
+            "entry_point": _req(row, "entry_point", str, loc),
+            "has_tests": bool(test.strip()),
+        },
+    }
 
 
 def gsm8k_final_answer(answer: str, loc: str) -> str:
@@ -133,6 +182,10 @@ def gsm8k_final_answer(answer: str, loc: str) -> str:
 
 def gsm8k(row: dict, loc: str, idx: int) -> dict:
     answer = _req(row, "answer", str, loc)
-    return {"instruction": _req(row, "question", str, loc), "input": "", "output": answer,
-            "task_id": f"gsm8k_{idx}",
-            "metadata": {"source": "gsm8k", "final_answer": gsm8k_final_answer(answer, loc)}}
+    return {
+        "instruction": _req(row, "question", str, loc),
+        "input": "",
+        "output": answer,
+        "task_id": f"gsm8k_{idx}",
+        "metadata": {"source": "gsm8k", "final_answer": gsm8k_final_answer(answer, loc)},
+    }

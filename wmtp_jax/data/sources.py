@@ -16,8 +16,12 @@ from pathlib import Path
 from wmtp_jax.data import sampling as sampling_lib
 from wmtp_jax.data.records import DataError, JsonlRecords
 
-SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "validation"),
-                 "validation": ("validation", "valid"), "test": ("test",)}
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "valid": ("valid", "validation"),
+    "validation": ("validation", "valid"),
+    "test": ("test",),
+}
 
 
 def processed_dir(dataset_dir: str | os.PathLike) -> Path:
@@ -34,8 +38,10 @@ def resolve_split(dataset_dir, split: str) -> tuple[Path, Path]:
     """(records file, metadata file) for a split; validation <-> valid aliases as the original."""
     d = processed_dir(dataset_dir)
     if split not in SPLIT_ALIASES:
-        raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_ALIASES)} "
-                         f"(present in {d}: {available_splits(d)})")
+        raise ValueError(
+            f"unknown split {split!r}; valid splits: {sorted(SPLIT_ALIASES)} "
+            f"(present in {d}: {available_splits(d)})"
+        )
     for name in SPLIT_ALIASES[split]:
         if (d / f"{name}.jsonl").exists():
             return d / f"{name}.jsonl", d / f"{name}_metadata.json"
@@ -72,13 +78,23 @@ class SampledSource(Sequence):
         if not self.pairwise:
             return self.records[item]
         c, n = self.records[item["correct_idx"]], self.records[item["incorrect_idx"]]
-        return {"instruction": c["instruction"], "input": c.get("input") or "",
-                "correct_output": c["output"], "incorrect_output": n["output"],
-                "problem_id": item["problem_id"]}
+        return {
+            "instruction": c["instruction"],
+            "input": c.get("input") or "",
+            "correct_output": c["output"],
+            "incorrect_output": n["output"],
+            "problem_id": item["problem_id"],
+        }
 
 
-def load_samples(dataset_dir: str | os.PathLike, split: str, sampling: Mapping, seed: int = 42,
-                 rank: int = 0, world_size: int = 1) -> SampledSource:
+def load_samples(
+    dataset_dir: str | os.PathLike,
+    split: str,
+    sampling: Mapping,
+    seed: int = 42,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SampledSource:
     """Samples pairs (or correct-only pointwise records when `use_pairwise` is false) and, for
     world_size > 1, keeps this rank's `[rank::world_size]` shard (prefer world_size=1 with the
     loader's global-batch sharding, which is independent of the process count)."""

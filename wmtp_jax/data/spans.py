@@ -22,8 +22,11 @@ def nearest(text: str, candidates: Sequence[str]) -> int:
 
 def diff_span(incorrect: str, correct: str) -> tuple[int, int]:
     """Half-open character range of `incorrect` that differs from `correct`."""
-    ops = [op for op in difflib.SequenceMatcher(None, incorrect, correct, autojunk=False)
-           .get_opcodes() if op[0] != "equal"]
+    ops = [
+        op
+        for op in difflib.SequenceMatcher(None, incorrect, correct, autojunk=False).get_opcodes()
+        if op[0] != "equal"
+    ]
     if not ops:
         raise ValueError("diff_span: the two texts are identical")
     start, end = min(op[1] for op in ops), max(op[2] for op in ops)

@@ -47,20 +47,25 @@ def _draw_problem(t: Template, rng: random.Random) -> dict:
     p = t.params(rng)
     inputs = t.inputs(rng, p)
     expected = _expected(t, p, inputs)
-    tests = [f"assert {t.name}({', '.join(map(repr, args))}) == {out!r}"
-             for args, out in zip(inputs, expected)]
+    tests = [
+        f"assert {t.name}({', '.join(map(repr, args))}) == {out!r}"
+        for args, out in zip(inputs, expected)
+    ]
     return {
-        "key": (t.name, tuple(sorted(p.items()))), "template": t, "params": p,
-        "instruction": f"Write a Python function `{t.name}({t.args})` that "
-                       f"{t.doc.format(**p)}.",
+        "key": (t.name, tuple(sorted(p.items()))),
+        "template": t,
+        "params": p,
+        "instruction": f"Write a Python function `{t.name}({t.args})` that {t.doc.format(**p)}.",
         "correct": [function_code(t, b, p) for b in t.correct],
         "incorrect": [(kind, function_code(t, b, p)) for kind, b in t.incorrect],
-        "test_list": tests, "test_setup_code": "",
+        "test_list": tests,
+        "test_setup_code": "",
     }
 
 
-def verify(jobs: list[dict], timeout: float = 2.0, workers: int | None = None,
-           isolate: bool = False) -> list[bool]:
+def verify(
+    jobs: list[dict], timeout: float = 2.0, workers: int | None = None, isolate: bool = False
+) -> list[bool]:
     """Runs `{code, setup, tests}` jobs in `workers` subprocesses -> pass flags.
 
     isolate=False (generated, trusted code): exec per job in a fresh namespace with a timer; a
@@ -72,9 +77,13 @@ def verify(jobs: list[dict], timeout: float = 2.0, workers: int | None = None,
 
     def run(chunk, mode="fork" if isolate else "exec"):
         req = {"timeout": timeout, "jobs": chunk, "mode": mode}
-        proc = subprocess.run([sys.executable, "-S", str(_WORKER)], capture_output=True,
-                              input=json.dumps(req).encode(), timeout=60 + timeout * len(chunk),
-                              env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
+        proc = subprocess.run(
+            [sys.executable, "-S", str(_WORKER)],
+            capture_output=True,
+            input=json.dumps(req).encode(),
+            timeout=60 + timeout * len(chunk),
+            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
+        )
         try:
             res = json.loads(proc.stdout) if proc.returncode == 0 else None
         except json.JSONDecodeError:
@@ -83,8 +92,11 @@ def verify(jobs: list[dict], timeout: float = 2.0, workers: int | None = None,
             return res
         if mode == "fork":
             raise RuntimeError(f"verification worker failed: {proc.stderr.decode()[-2000:]}")
-        logger.warning("verification worker died (rc %d); re-running %d jobs isolated",
-                       proc.returncode, len(chunk))
+        logger.warning(
+            "verification worker died (rc %d); re-running %d jobs isolated",
+            proc.returncode,
+            len(chunk),
+        )
         return run(chunk, "fork")
 
     with ThreadPoolExecutor(workers) as ex:
@@ -104,22 +116,29 @@ def generate(seed: int = 0, n_problems: int = DEFAULT_N_PROBLEMS) -> list[dict]:
         while len(drafts) < (n_problems - len(problems)) * 5 // 4 + 4:
             attempts += 1
             if attempts > 200 * n_problems:
-                raise ValueError(f"cannot draw {n_problems} distinct synthetic problems "
-                                 f"(got {len(problems)}); lower --n-problems")
+                raise ValueError(
+                    f"cannot draw {n_problems} distinct synthetic problems "
+                    f"(got {len(problems)}); lower --n-problems"
+                )
             d = _draw_problem(TEMPLATES[attempts % len(TEMPLATES)], rng)
             if d["key"] not in seen:
                 seen.add(d["key"])
                 drafts.append(d)
-        jobs = [{"code": c, "setup": d["test_setup_code"], "tests": d["test_list"]}
-                for d in drafts for c in d["correct"] + [c for _, c in d["incorrect"]]]
+        jobs = [
+            {"code": c, "setup": d["test_setup_code"], "tests": d["test_list"]}
+            for d in drafts
+            for c in d["correct"] + [c for _, c in d["incorrect"]]
+        ]
         ok = iter(verify(jobs))
         for d in drafts:
             c_ok = [next(ok) for _ in d["correct"]]
             i_ok = [next(ok) for _ in d["incorrect"]]
             if not all(c_ok):
                 bad = d["correct"][c_ok.index(False)]
-                raise AssertionError(f"synthetic template {d['template'].name}: a correct "
-                                     f"solution fails its tests:\n{bad}\n{d['test_list']}")
+                raise AssertionError(
+                    f"synthetic template {d['template'].name}: a correct "
+                    f"solution fails its tests:\n{bad}\n{d['test_list']}"
+                )
             d["incorrect"] = [m for m, passed in zip(d["incorrect"], i_ok) if not passed]
             if d["incorrect"] and len(problems) < n_problems:
                 problems.append(d)
@@ -128,25 +147,53 @@ def generate(seed: int = 0, n_problems: int = DEFAULT_N_PROBLEMS) -> list[dict]:
 
 def _metadata(d: dict) -> dict:
     t = d["template"]
-    return {"source": "synthetic", "difficulty": t.difficulty, "family": t.family,
-            "entry_point": t.name, "params": dict(sorted(d["params"].items())),
-            "test_list": d["test_list"],
-            "test_setup_code": d["test_setup_code"], "has_tests": True}
+    return {
+        "source": "synthetic",
+        "difficulty": t.difficulty,
+        "family": t.family,
+        "entry_point": t.name,
+        "params": dict(sorted(d["params"].items())),
+        "test_list": d["test_list"],
+        "test_setup_code": d["test_setup_code"],
+        "has_tests": True,
+    }
 
 
 def records_of(d: dict, pid: str) -> list[dict]:
     base = {"instruction": d["instruction"], "input": ""}
-    recs = [{**base, "output": c, "task_id": f"{pid}_correct_{i}", "is_correct": True,
-             "metadata": _metadata(d)} for i, c in enumerate(d["correct"])]
-    recs += [{**base, "output": c, "task_id": f"{pid}_incorrect_{i}", "is_correct": False,
-              "metadata": {**_metadata(d), "mutation": kind,
-                           "mutated_span": list(mutated_span(c, d["correct"]))}}
-             for i, (kind, c) in enumerate(d["incorrect"])]
+    recs = [
+        {
+            **base,
+            "output": c,
+            "task_id": f"{pid}_correct_{i}",
+            "is_correct": True,
+            "metadata": _metadata(d),
+        }
+        for i, c in enumerate(d["correct"])
+    ]
+    recs += [
+        {
+            **base,
+            "output": c,
+            "task_id": f"{pid}_incorrect_{i}",
+            "is_correct": False,
+            "metadata": {
+                **_metadata(d),
+                "mutation": kind,
+                "mutated_span": list(mutated_span(c, d["correct"])),
+            },
+        }
+        for i, (kind, c) in enumerate(d["incorrect"])
+    ]
     return recs
 
 
-def write_synthetic(out_dir: str | os.PathLike, seed: int = 0,
-                    n_problems: int = DEFAULT_N_PROBLEMS, tokenizer_dir=None) -> dict:
+def write_synthetic(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_problems: int = DEFAULT_N_PROBLEMS,
+    tokenizer_dir=None,
+) -> dict:
     """Generates and writes the dataset under `out_dir/processed`; returns per-split stats."""
     if n_problems < 10:
         raise ValueError(f"--n-problems must be >= 10 (train/valid/test), got {n_problems}")
@@ -163,8 +210,14 @@ def write_synthetic(out_dir: str | os.PathLike, seed: int = 0,
             for j in range(start, stop):
                 pid = f"synthetic_{j:05d}"
                 writer.add(records_of(problems[j], pid))
-                eval_recs.append({"task_id": pid, "instruction": problems[j]["instruction"],
-                                  "input": "", "metadata": _metadata(problems[j])})
+                eval_recs.append(
+                    {
+                        "task_id": pid,
+                        "instruction": problems[j]["instruction"],
+                        "input": "",
+                        "metadata": _metadata(problems[j]),
+                    }
+                )
         except BaseException:
             writer.abort()  # no .tmp left behind
             raise
@@ -173,14 +226,20 @@ def write_synthetic(out_dir: str | os.PathLike, seed: int = 0,
             with open(proc / f"{split}_eval.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in eval_recs)
         start = stop
-    write_schema(proc, "synthetic", f"wmtp_jax.data.synthetic(seed={seed}, n_problems={n_problems})",
-                 True, "Execution-verified synthetic Python function-writing problems",
-                 "families: " + ", ".join(sorted({t.family for t in TEMPLATES})))
+    write_schema(
+        proc,
+        "synthetic",
+        f"wmtp_jax.data.synthetic(seed={seed}, n_problems={n_problems})",
+        True,
+        "Execution-verified synthetic Python function-writing problems",
+        "families: " + ", ".join(sorted({t.family for t in TEMPLATES})),
+    )
     return stats
 
 
-def ensure_synthetic(out_dir: str | os.PathLike, seed: int = 0, tokenizer_dir=None,
-                     n_problems: int | None = None) -> Path:
+def ensure_synthetic(
+    out_dir: str | os.PathLike, seed: int = 0, tokenizer_dir=None, n_problems: int | None = None
+) -> Path:
     """Writes the synthetic dataset unless `out_dir/processed/schema.json` already exists.
 
     When `tokenizer_dir` is given and the existing metadata used another token count, the

@@ -37,13 +37,16 @@ def load_tokenizer(path: str | os.PathLike):
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     if tok.bos_token_id is None or tok.eos_token_id is None:
-        raise ValueError(f"tokenizer {path} lacks a BOS or EOS token (bos={tok.bos_token!r}, "
-                         f"eos={tok.eos_token!r}); the collators need both")
+        raise ValueError(
+            f"tokenizer {path} lacks a BOS or EOS token (bos={tok.bos_token!r}, "
+            f"eos={tok.eos_token!r}); the collators need both"
+        )
     return tok
 
 
-def train_micro_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike,
-                          vocab_size: int = MICRO_VOCAB_SIZE):
+def train_micro_tokenizer(
+    texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = MICRO_VOCAB_SIZE
+):
     """Byte-level BPE over `MICRO_PIECES` with ids <unk>=0, <s>=1, </s>=2, <pad>=3, saved as an
     HF tokenizer dir (decode(encode(text)) == text).
 
@@ -54,24 +57,40 @@ def train_micro_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike,
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(MICRO_PIECES), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(MICRO_PIECES), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[UNK, BOS, EOS, PAD], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        vocab_size=vocab_size,
+        special_tokens=[UNK, BOS, EOS, PAD],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
-                                 pad_token=PAD, unk_token=UNK, padding_side="right",
-                                 model_max_length=1 << 20)
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="right",
+        model_max_length=1 << 20,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}, indent=2))
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}, indent=2
+        )
+    )
     return load_tokenizer(out)
 
 
@@ -85,13 +104,17 @@ def corpus_texts(processed_dir: str | os.PathLike) -> list[str]:
         if split.name.endswith("_eval.jsonl"):
             continue
         for _, r in iter_jsonl(split):
-            texts.append(apply_alpaca_template(r["instruction"], r.get("input", ""),
-                                               r.get("output", "")))
+            texts.append(
+                apply_alpaca_template(r["instruction"], r.get("input", ""), r.get("output", ""))
+            )
     return texts
 
 
-def ensure_micro_tokenizer(tokenizer_dir: str | os.PathLike, corpus_dir: str | os.PathLike,
-                           vocab_size: int = MICRO_VOCAB_SIZE):
+def ensure_micro_tokenizer(
+    tokenizer_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    vocab_size: int = MICRO_VOCAB_SIZE,
+):
     """Loads `tokenizer_dir`, training it first on `corpus_dir` (a dataset dir with processed/,
     or the processed/ dir itself) when it does not exist yet."""
     tokenizer_dir = Path(tokenizer_dir)
@@ -103,8 +126,12 @@ def ensure_micro_tokenizer(tokenizer_dir: str | os.PathLike, corpus_dir: str | o
     texts = corpus_texts(corpus)
     if not texts:
         raise FileNotFoundError(f"no *.jsonl records under {corpus} to train the micro tokenizer")
-    logger.info("training micro BPE tokenizer (vocab %d) on %d texts -> %s",
-                vocab_size, len(texts), tokenizer_dir)
+    logger.info(
+        "training micro BPE tokenizer (vocab %d) on %d texts -> %s",
+        vocab_size,
+        len(texts),
+        tokenizer_dir,
+    )
     return train_micro_tokenizer(texts, tokenizer_dir, vocab_size)
 
 
@@ -112,8 +139,10 @@ def ensure_micro_tokenizer(tokenizer_dir: str | os.PathLike, corpus_dir: str | o
 
 _PIECES = re.compile(r"\w+|[^\w\s]|\n", re.UNICODE)
 FALLBACK_METHOD = "regex_pieces"
-FALLBACK_DOC = (r"no tokenizer: length = number of regex pieces \w+|[^\w\s]|\n (words, single "
-                r"punctuation marks, newlines); roughly a BPE token count, never 0 for non-empty text")
+FALLBACK_DOC = (
+    r"no tokenizer: length = number of regex pieces \w+|[^\w\s]|\n (words, single "
+    r"punctuation marks, newlines); roughly a BPE token count, never 0 for non-empty text"
+)
 
 
 class TokenCounter:
@@ -130,8 +159,11 @@ class TokenCounter:
     def method(self) -> dict:
         if self._tok is None:
             return {"method": FALLBACK_METHOD, "description": FALLBACK_DOC}
-        return {"method": "tokenizer", "tokenizer": self.tokenizer_dir,
-                "description": "len(tokenizer(text, add_special_tokens=False).input_ids)"}
+        return {
+            "method": "tokenizer",
+            "tokenizer": self.tokenizer_dir,
+            "description": "len(tokenizer(text, add_special_tokens=False).input_ids)",
+        }
 
     def __call__(self, texts: Sequence[str]) -> list[int]:
         if not texts:

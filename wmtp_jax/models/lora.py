@@ -13,7 +13,7 @@ Build a LoRA model from base weights:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,12 @@ from conversion.mapping import canonical_lora_targets
 from .layers import Linear
 
 # HF PEFT spellings accepted by LoRAConfig.from_dict.
-_ALIASES = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
-            "target_modules": "targets"}
+_ALIASES = {
+    "r": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "targets",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +47,9 @@ class LoRAConfig:
 
     def __post_init__(self):
         if isinstance(self.targets, str):
-            raise ValueError(f"LoRA targets must be a list of names, got the string {self.targets!r}")
+            raise ValueError(
+                f"LoRA targets must be a list of names, got the string {self.targets!r}"
+            )
         object.__setattr__(self, "targets", canonical_lora_targets(self.targets))
         object.__setattr__(self, "rank", int(self.rank))
         object.__setattr__(self, "alpha", float(self.alpha))
@@ -60,24 +66,30 @@ class LoRAConfig:
         return self.alpha / self.rank
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
-                "targets": list(self.targets)}
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "targets": list(self.targets),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "lora config") -> "LoRAConfig":
+    def from_dict(cls, d: dict[str, Any], *, source: str = "lora config") -> LoRAConfig:
         """From {rank, alpha, dropout, targets} (or PEFT's r, lora_alpha, lora_dropout,
         target_modules); unknown keys are an error naming `source`."""
         out = {}
         for k, v in dict(d).items():
             name = _ALIASES.get(k, k)
             if name not in {f.name for f in dataclasses.fields(cls)}:
-                raise ValueError(f"{source}: unknown LoRA key {k!r}; valid: rank, alpha, dropout, "
-                                 f"targets (or r, lora_alpha, lora_dropout, target_modules)")
+                raise ValueError(
+                    f"{source}: unknown LoRA key {k!r}; valid: rank, alpha, dropout, "
+                    f"targets (or r, lora_alpha, lora_dropout, target_modules)"
+                )
             out[name] = tuple(v) if name == "targets" else v
         return cls(**out)
 
 
-def trainable_filter(model_kind: Optional[str] = None, *, include_heads: Optional[bool] = None):
+def trainable_filter(model_kind: str | None = None, *, include_heads: bool | None = None):
     """nnx filter of the trainable params of a LoRA model: every `nnx.LoRAParam`, plus the critic's
     `value_head` params when `include_heads` (default: True iff model_kind == "critic").
 
@@ -122,9 +134,12 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     """
     model = nnx.clone(model)
     lins = list(_lora_linears(model))
-    merged = _merged_kernels([m.kernel[...] for m in lins], [m.lora_a[...] for m in lins],
-                             [m.lora_b[...] for m in lins],
-                             [jnp.float32(m.lora_scale) for m in lins])
+    merged = _merged_kernels(
+        [m.kernel[...] for m in lins],
+        [m.lora_a[...] for m in lins],
+        [m.lora_b[...] for m in lins],
+        [jnp.float32(m.lora_scale) for m in lins],
+    )
     for lin, w in zip(lins, merged):
         lin.kernel.set_value(w)  # a new array: the input model may share numpy buffers
         del lin.lora_a, lin.lora_b, lin.lora_dropout

@@ -7,11 +7,13 @@ mesh (`wmtp_jax.train.mesh`) picks the table per strategy (FULL_SHARD / SHARD_GR
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -51,7 +53,9 @@ def logical_to_mesh_spec(spec: P | None, rules: Rules, mesh: Mesh | None = None)
             out.append(None)
             continue
         axes = (axes,) if isinstance(axes, str) else tuple(axes)
-        keep = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1))
+        keep = tuple(
+            a for a in axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1)
+        )
         used.update(keep)
         out.append(None if not keep else keep[0] if len(keep) == 1 else keep)
     return P(*out)

@@ -10,8 +10,6 @@ exactly `bias_init` (σ(bias_init) for sigmoid) everywhere.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,14 +21,14 @@ from .llama import Llama
 _zeros = nnx.initializers.zeros
 
 
-def _final(d_in: int, in_name: str, bias_init: Optional[float], rngs) -> Linear:
+def _final(d_in: int, in_name: str, bias_init: float | None, rngs) -> Linear:
     lin = Linear(d_in, 1, names=(in_name, None), use_bias=True, kernel_init=_zeros, rngs=rngs)
     lin.bias[...] = jnp.full((1,), 0.0 if bias_init is None else bias_init, jnp.float32)
     return lin
 
 
 class LinearValueHead(nnx.Module):
-    def __init__(self, dim: int, *, rngs: nnx.Rngs, bias_init: Optional[float] = None):
+    def __init__(self, dim: int, *, rngs: nnx.Rngs, bias_init: float | None = None):
         self.proj = _final(dim, "embed", bias_init, rngs)
 
     def __call__(self, h):
@@ -43,8 +41,9 @@ class SigmoidValueHead(LinearValueHead):
 
 
 class MLPValueHead(nnx.Module):
-    def __init__(self, dim: int, *, rngs: nnx.Rngs, dropout: float = 0.0,
-                 bias_init: Optional[float] = None):
+    def __init__(
+        self, dim: int, *, rngs: nnx.Rngs, dropout: float = 0.0, bias_init: float | None = None
+    ):
         h1, h2 = dim // 4, dim // 8
         self.fc1 = Linear(dim, h1, names=("embed", "value_hidden"), use_bias=True, rngs=rngs)
         self.fc2 = Linear(h1, h2, names=("value_hidden", "value_hidden"), use_bias=True, rngs=rngs)
@@ -52,8 +51,9 @@ class MLPValueHead(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
         # PyTorch default bias init U(±1/√fan_in) on the hidden layers.
         for lin, fan_in in ((self.fc1, dim), (self.fc2, h1)):
-            lin.bias[...] = jax.random.uniform(rngs.params(), lin.bias.shape, jnp.float32,
-                                               -fan_in ** -0.5, fan_in ** -0.5)
+            lin.bias[...] = jax.random.uniform(
+                rngs.params(), lin.bias.shape, jnp.float32, -(fan_in**-0.5), fan_in**-0.5
+            )
 
     def _drop(self, x):
         return self.dropout(x) if self.dropout is not None else x
@@ -67,8 +67,14 @@ class MLPValueHead(nnx.Module):
 VALUE_HEADS = {"linear": LinearValueHead, "sigmoid": SigmoidValueHead, "mlp": MLPValueHead}
 
 
-def create_value_head(dim: int, head_type: str = "mlp", *, rngs: nnx.Rngs, dropout: float = 0.0,
-                      bias_init: Optional[float] = None) -> nnx.Module:
+def create_value_head(
+    dim: int,
+    head_type: str = "mlp",
+    *,
+    rngs: nnx.Rngs,
+    dropout: float = 0.0,
+    bias_init: float | None = None,
+) -> nnx.Module:
     if head_type not in VALUE_HEADS:
         raise ValueError(f"unknown value head type {head_type!r}; valid: {sorted(VALUE_HEADS)}")
     if head_type == "mlp":
@@ -79,12 +85,21 @@ def create_value_head(dim: int, head_type: str = "mlp", *, rngs: nnx.Rngs, dropo
 class ValueModel(nnx.Module):
     """Critic: values `[B, S, 1]` float32 = value_head(backbone.hidden_states(tokens, mask))."""
 
-    def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, head_type: str = "mlp",
-                 dropout: float = 0.0, bias_init: Optional[float] = None, lora=None):
+    def __init__(
+        self,
+        args: ModelArgs,
+        *,
+        rngs: nnx.Rngs,
+        head_type: str = "mlp",
+        dropout: float = 0.0,
+        bias_init: float | None = None,
+        lora=None,
+    ):
         self.args, self.lora, self.head_type = args, lora, head_type
         self.backbone = Llama(args, rngs=rngs, lm_head=False, lora=lora)
-        self.value_head = create_value_head(args.dim, head_type, rngs=rngs, dropout=dropout,
-                                            bias_init=bias_init)
+        self.value_head = create_value_head(
+            args.dim, head_type, rngs=rngs, dropout=dropout, bias_init=bias_init
+        )
 
-    def __call__(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         return self.value_head(self.backbone.hidden_states(tokens, attention_mask))

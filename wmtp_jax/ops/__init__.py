@@ -3,30 +3,78 @@ TD / GAE / λ-return scans, whitening weights and the TD-stats EMA, critic losse
 selection, and logging statistics. Names and argument names follow the PyTorch original."""
 
 from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss, head_logits, rms_norm
-from wmtp_jax.ops.critic_loss import (compute_lambda_value_loss, compute_mc_value_loss,
-                                      create_eos_only_mask, create_output_end_mask,
-                                      get_scheduled_lambda, huber_over_delta,
-                                      pairwise_ranking_loss, sequence_mean_value)
+from wmtp_jax.ops.critic_loss import (
+    compute_lambda_value_loss,
+    compute_mc_value_loss,
+    create_eos_only_mask,
+    create_output_end_mask,
+    get_scheduled_lambda,
+    huber_over_delta,
+    pairwise_ranking_loss,
+    sequence_mean_value,
+)
 from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, compute_ntp_loss
 from wmtp_jax.ops.rho1 import compute_mtp_selective_weights, compute_rho1_stats, masked_quantile
-from wmtp_jax.ops.stats import (compute_pairwise_accuracy, compute_position_correlation,
-                                compute_td_error_stats, compute_td_stats, compute_token_variance,
-                                compute_value_function_stats, compute_weight_statistics,
-                                compute_weight_stats)
-from wmtp_jax.ops.td import (compute_gae_advantage, compute_lambda_return, compute_td_errors,
-                             compute_td_targets)
-from wmtp_jax.ops.weighting import (TDStatsEMA, build_weights, compute_weight_clipping_ratio,
-                                    td_ema_init, td_ema_metrics, td_ema_stats, td_ema_update)
+from wmtp_jax.ops.stats import (
+    compute_pairwise_accuracy,
+    compute_position_correlation,
+    compute_td_error_stats,
+    compute_td_stats,
+    compute_token_variance,
+    compute_value_function_stats,
+    compute_weight_statistics,
+    compute_weight_stats,
+)
+from wmtp_jax.ops.td import (
+    compute_gae_advantage,
+    compute_lambda_return,
+    compute_td_errors,
+    compute_td_targets,
+)
+from wmtp_jax.ops.weighting import (
+    TDStatsEMA,
+    build_weights,
+    compute_weight_clipping_ratio,
+    td_ema_init,
+    td_ema_metrics,
+    td_ema_stats,
+    td_ema_update,
+)
 
 __all__ = [
-    "TDStatsEMA", "build_weights", "chunked_mtp_ce_loss", "compute_gae_advantage",
-    "compute_lambda_return", "compute_lambda_value_loss", "compute_mc_value_loss",
-    "compute_mtp_ce_loss", "compute_mtp_selective_weights", "compute_ntp_loss",
-    "compute_pairwise_accuracy", "compute_position_correlation", "compute_rho1_stats",
-    "compute_td_error_stats", "compute_td_errors", "compute_td_stats", "compute_td_targets",
-    "compute_token_variance", "compute_value_function_stats", "compute_weight_clipping_ratio",
-    "compute_weight_statistics", "compute_weight_stats", "create_eos_only_mask",
-    "create_output_end_mask", "get_scheduled_lambda", "head_logits", "huber_over_delta",
-    "masked_quantile", "pairwise_ranking_loss", "rms_norm", "sequence_mean_value",
-    "td_ema_init", "td_ema_metrics", "td_ema_stats", "td_ema_update",
+    "TDStatsEMA",
+    "build_weights",
+    "chunked_mtp_ce_loss",
+    "compute_gae_advantage",
+    "compute_lambda_return",
+    "compute_lambda_value_loss",
+    "compute_mc_value_loss",
+    "compute_mtp_ce_loss",
+    "compute_mtp_selective_weights",
+    "compute_ntp_loss",
+    "compute_pairwise_accuracy",
+    "compute_position_correlation",
+    "compute_rho1_stats",
+    "compute_td_error_stats",
+    "compute_td_errors",
+    "compute_td_stats",
+    "compute_td_targets",
+    "compute_token_variance",
+    "compute_value_function_stats",
+    "compute_weight_clipping_ratio",
+    "compute_weight_statistics",
+    "compute_weight_stats",
+    "create_eos_only_mask",
+    "create_output_end_mask",
+    "get_scheduled_lambda",
+    "head_logits",
+    "huber_over_delta",
+    "masked_quantile",
+    "pairwise_ranking_loss",
+    "rms_norm",
+    "sequence_mean_value",
+    "td_ema_init",
+    "td_ema_metrics",
+    "td_ema_stats",
+    "td_ema_update",
 ]

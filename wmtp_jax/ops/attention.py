@@ -31,7 +31,6 @@ Implementations (`IMPLEMENTATIONS`; `runtime.attention` in the configs):
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +47,8 @@ _logged: set = set()
 
 # ---- dispatch -------------------------------------------------------------------------------
 
-def cudnn_unavailable(dtype, head_dim: int, backend: Optional[str] = None) -> Optional[str]:
+
+def cudnn_unavailable(dtype, head_dim: int, backend: str | None = None) -> str | None:
     """Why `cudnn` cannot run here (a one-line reason), or None when it can."""
     backend = backend or jax.default_backend()
     if backend != "gpu":
@@ -58,8 +58,11 @@ def cudnn_unavailable(dtype, head_dim: int, backend: Optional[str] = None) -> Op
     if head_dim % 8 or head_dim > 128:
         return f"needs head_dim a multiple of 8 and ≤ 128, got {head_dim}"
     try:  # version / compute capability, as jax checks them (an unsupported GPU raises)
-        from jax._src.cudnn.fused_attention_stablehlo import (check_compute_capability,
-                                                              check_cudnn_version)
+        from jax._src.cudnn.fused_attention_stablehlo import (
+            check_compute_capability,
+            check_cudnn_version,
+        )
+
         check_cudnn_version()
         if not check_compute_capability("8.0"):
             return "needs compute capability ≥ 8.0 (Ampere or newer)"
@@ -68,20 +71,30 @@ def cudnn_unavailable(dtype, head_dim: int, backend: Optional[str] = None) -> Op
     return None
 
 
-def check_backend(implementation: str, backend: Optional[str] = None) -> None:
+def check_backend(implementation: str, backend: str | None = None) -> None:
     """Early check of a configured implementation (before any model is built): ValueError for
     an unknown name, or `cudnn` without a GPU (dtype and head_dim are checked when tracing)."""
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation {implementation!r}; valid: "
-                         f"{IMPLEMENTATIONS}")
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}"
+        )
     backend = backend or jax.default_backend()
     if implementation == "cudnn" and backend != "gpu":
-        raise ValueError(f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
-                         f"is {backend!r}; use auto, xla or blockwise")
+        raise ValueError(
+            f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
+            f"is {backend!r}; use auto, xla or blockwise"
+        )
 
 
-def resolve(implementation: str, seq_len: int, dtype, head_dim: int, *,
-            segments: bool = False, backend: Optional[str] = None) -> str:
+def resolve(
+    implementation: str,
+    seq_len: int,
+    dtype,
+    head_dim: int,
+    *,
+    segments: bool = False,
+    backend: str | None = None,
+) -> str:
     """The implementation that runs: `implementation` itself, or `auto`'s choice.
 
     auto: GPU → cudnn when usable and there are no segment ids (its padding mask takes lengths
@@ -89,14 +102,17 @@ def resolve(implementation: str, seq_len: int, dtype, head_dim: int, *,
     from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn.
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation {implementation!r}; valid: "
-                         f"{IMPLEMENTATIONS}")
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}"
+        )
     backend = backend or jax.default_backend()
     if implementation == "cudnn":
         why = cudnn_unavailable(dtype, head_dim, backend)
         if why:
-            raise ValueError(f"attention implementation 'cudnn' {why}; use auto, xla or "
-                             f"blockwise (runtime.attention)")
+            raise ValueError(
+                f"attention implementation 'cudnn' {why}; use auto, xla or "
+                f"blockwise (runtime.attention)"
+            )
         return "cudnn"
     if implementation != "auto":
         return implementation
@@ -105,14 +121,24 @@ def resolve(implementation: str, seq_len: int, dtype, head_dim: int, *,
     return "blockwise" if seq_len >= AUTO_BLOCKWISE_MIN_SEQ.get(backend, 1024) else "xla"
 
 
-def attention(q: Array, k: Array, v: Array, *, causal: bool = True,
-              segment_ids: Optional[Array] = None, lengths: Optional[Array] = None,
-              implementation: str = "auto", block_size: Optional[int] = None) -> Array:
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    segment_ids: Array | None = None,
+    lengths: Array | None = None,
+    implementation: str = "auto",
+    block_size: int | None = None,
+) -> Array:
     """q `[B, S, H, hd]`, k, v `[B, S, KV, hd]` -> `[B, S, H, hd]` (see the module docstring)."""
     b, s, h, hd = q.shape
     if k.shape != v.shape or k.ndim != 4 or k.shape[:2] != (b, s) or k.shape[3] != hd:
-        raise ValueError(f"attention: k {k.shape} and v {v.shape} must be [B, S, KV, hd] with "
-                         f"q {q.shape}'s B, S and hd")
+        raise ValueError(
+            f"attention: k {k.shape} and v {v.shape} must be [B, S, KV, hd] with "
+            f"q {q.shape}'s B, S and hd"
+        )
     if h % k.shape[2]:
         raise ValueError(f"attention: {h} query heads are not a multiple of {k.shape[2]} kv heads")
     if segment_ids is not None and segment_ids.shape != (b, s):
@@ -123,15 +149,29 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = True,
     key = (implementation, impl, s, jnp.dtype(q.dtype).name)
     if key not in _logged:  # once per distinct choice, at trace time
         _logged.add(key)
-        logging.info("attention: %s -> %s (backend %s, S=%d, %s)", implementation, impl,
-                     jax.default_backend(), s, key[3])
+        logging.info(
+            "attention: %s -> %s (backend %s, S=%d, %s)",
+            implementation,
+            impl,
+            jax.default_backend(),
+            s,
+            key[3],
+        )
     if impl == "blockwise":
-        return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids,
-                                   lengths=lengths, block_size=block_size)
+        return blockwise_attention(
+            q, k, v, causal=causal, segment_ids=segment_ids, lengths=lengths, block_size=block_size
+        )
     if impl == "cudnn" and segment_ids is None:
         lens = None if lengths is None else lengths.astype(jnp.int32)
-        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lens,
-                                            key_value_seq_lengths=lens, implementation="cudnn")
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=causal,
+            query_seq_lengths=lens,
+            key_value_seq_lengths=lens,
+            implementation="cudnn",
+        )
     seg = segments_of(segment_ids, lengths, b, s)
     mask = None
     if seg is not None:
@@ -139,28 +179,38 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = True,
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=impl)
 
 
-def segments_of(segment_ids: Optional[Array], lengths: Optional[Array], b: int, s: int
-                ) -> Optional[Array]:
+def segments_of(
+    segment_ids: Array | None, lengths: Array | None, b: int, s: int
+) -> Array | None:
     """Canonical int32 `[B, S]` segment ids (0 = padding) from segment ids and/or lengths."""
     if segment_ids is None and lengths is None:
         return None
-    seg = (jnp.ones((b, s), jnp.int32) if segment_ids is None
-           else jnp.asarray(segment_ids).astype(jnp.int32))
+    seg = (
+        jnp.ones((b, s), jnp.int32)
+        if segment_ids is None
+        else jnp.asarray(segment_ids).astype(jnp.int32)
+    )
     if lengths is not None:
         seg = jnp.where(jnp.arange(s)[None] < jnp.asarray(lengths)[:, None], seg, 0)
     return seg
 
 
-def reference_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
-                        segment_ids: Optional[Array] = None, lengths: Optional[Array] = None
-                        ) -> Array:
+def reference_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    segment_ids: Array | None = None,
+    lengths: Array | None = None,
+) -> Array:
     """The dense definition (float32 `[B, H, S, S]` softmax; rows with no visible key → 0).
 
     For tests and documentation: what every implementation computes on visible rows."""
     b, s, h, hd = q.shape
     g = h // k.shape[2]
     kk, vv = (jnp.repeat(t.astype(jnp.float32), g, axis=2) for t in (k, v))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), kk) * hd ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), kk) * hd**-0.5
     vis = _visible(s, segments_of(segment_ids, lengths, b, s), causal)
     logits = jnp.where(vis[:, None], logits, -jnp.inf)
     m = jnp.max(logits, -1, keepdims=True)
@@ -169,7 +219,7 @@ def reference_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
     return jnp.einsum("bhqk,bkhd->bqhd", p, vv).astype(q.dtype)
 
 
-def _visible(s: int, seg: Optional[Array], causal: bool) -> Array:
+def _visible(s: int, seg: Array | None, causal: bool) -> Array:
     """bool `[B or 1, S, S]`: key j visible to query i (canonical segment ids `seg`)."""
     pos = jnp.arange(s)
     vis = ((pos[None, :] <= pos[:, None]) if causal else jnp.ones((s, s), bool))[None]
@@ -180,7 +230,8 @@ def _visible(s: int, seg: Optional[Array], causal: bool) -> Array:
 
 # ---- blockwise (flash-style) ----------------------------------------------------------------
 
-def block_size_for(seq_len: int, block_size: Optional[int] = None) -> int:
+
+def block_size_for(seq_len: int, block_size: int | None = None) -> int:
     """Block length: `block_size` (default BLOCK_SIZE), at most S."""
     blk = BLOCK_SIZE if block_size is None else int(block_size)
     if blk < 1:
@@ -188,9 +239,16 @@ def block_size_for(seq_len: int, block_size: Optional[int] = None) -> int:
     return min(blk, seq_len)
 
 
-def blockwise_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
-                        segment_ids: Optional[Array] = None, lengths: Optional[Array] = None,
-                        block_size: Optional[int] = None) -> Array:
+def blockwise_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    segment_ids: Array | None = None,
+    lengths: Array | None = None,
+    block_size: int | None = None,
+) -> Array:
     """Flash-style attention: S is cut into n blocks of `block_size_for(S)` (zero-padded to a
     multiple; padded keys get id 0). Each query block runs an online softmax (running max, sum
     and output in float32) over its key blocks in a loop; causal attention visits key blocks
@@ -214,7 +272,7 @@ def blockwise_attention(q: Array, k: Array, v: Array, *, causal: bool = True,
     return out[:, :s] if pad else out
 
 
-def _live(seg: Optional[Array], n: int, blk: int) -> Array:
+def _live(seg: Array | None, n: int, blk: int) -> Array:
     """bool `[n, n]` (query block, key block): False when the pair has no visible (query, key)
     in any row. Conservative test per row: the blocks' ranges [min nonzero id, max id] overlap."""
     sb = seg.reshape(seg.shape[0], n, blk)
@@ -272,7 +330,7 @@ def _forward(q, k, v, seg, causal, blk, skip):
     over its key blocks (0..qi when causal: the masked upper triangle is never visited)."""
     b, s, h, hd = q.shape
     n = s // blk
-    scale = hd ** -0.5
+    scale = hd**-0.5
     qb, kb, vb = _blocks(q, k, v, n, blk)
     sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
     live = _live(seg, n, blk) if skip else None
@@ -288,15 +346,22 @@ def _forward(q, k, v, seg, causal, blk, skip):
                 m_safe = jnp.where(jnp.isfinite(m_n), m_n, 0.0)
                 p = jnp.exp(x - m_safe[..., None])
                 alpha = jnp.exp(m_o - m_safe)
-                pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(vb.dtype), vb[ki],
-                                preferred_element_type=jnp.float32)
+                pv = jnp.einsum(
+                    "bhgqk,bhkd->bhgqd",
+                    p.astype(vb.dtype),
+                    vb[ki],
+                    preferred_element_type=jnp.float32,
+                )
                 return m_n, alpha * l_o + p.sum(-1), alpha[..., None] * a_o + pv
 
             return _when(live, qi, ki, update, carry)
 
         stat = qblk.shape[:-1]
-        init = (jnp.full(stat, -jnp.inf, jnp.float32), jnp.zeros(stat, jnp.float32),
-                jnp.zeros(qblk.shape, jnp.float32))
+        init = (
+            jnp.full(stat, -jnp.inf, jnp.float32),
+            jnp.zeros(stat, jnp.float32),
+            jnp.zeros(qblk.shape, jnp.float32),
+        )
         m, l, acc = jax.lax.fori_loop(0, qi + 1 if causal else n, k_step, init)
         empty = l == 0
         out = (acc / jnp.where(empty, 1.0, l)[..., None]).astype(q.dtype)
@@ -312,7 +377,7 @@ def _backward(causal, blk, skip, res, dout):
     q, k, v, seg, ob, lse = res
     b, s, h, hd = q.shape
     n = s // blk
-    scale = hd ** -0.5
+    scale = hd**-0.5
     qb, kb, vb = _blocks(q, k, v, n, blk)
     dob = _blocks(dout, k, v, n, blk)[0]
     delta = jnp.sum(dob.astype(jnp.float32) * ob.astype(jnp.float32), -1)  # rowsum(dO ∘ O)
@@ -328,14 +393,17 @@ def _backward(causal, blk, skip, res, dout):
                 qblk, do = qb[qi], dob[qi]
                 x = _logits(qblk, kblk, sn, qi, ki, blk, causal, scale)
                 p = jnp.exp(x - lse[qi][..., None])  # invisible → 0; empty rows: lse = inf
-                dv = dv + jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(do.dtype), do,
-                                     preferred_element_type=jnp.float32)
+                dv = dv + jnp.einsum(
+                    "bhgqk,bhgqd->bhkd", p.astype(do.dtype), do, preferred_element_type=jnp.float32
+                )
                 dp = jnp.einsum("bhgqd,bhkd->bhgqk", do, vblk, preferred_element_type=jnp.float32)
                 ds = (p * (dp - delta[qi][..., None]) * scale).astype(qblk.dtype)
-                dq = dq.at[qi].add(jnp.einsum("bhgqk,bhkd->bhgqd", ds, kblk,
-                                              preferred_element_type=jnp.float32))
-                dk = dk + jnp.einsum("bhgqk,bhgqd->bhkd", ds, qblk,
-                                     preferred_element_type=jnp.float32)
+                dq = dq.at[qi].add(
+                    jnp.einsum("bhgqk,bhkd->bhgqd", ds, kblk, preferred_element_type=jnp.float32)
+                )
+                dk = dk + jnp.einsum(
+                    "bhgqk,bhgqd->bhkd", ds, qblk, preferred_element_type=jnp.float32
+                )
                 return dq, dk, dv
 
             return _when(live, qi, ki, update, carry)
@@ -345,8 +413,12 @@ def _backward(causal, blk, skip, res, dout):
         return dq, (dk, dv)
 
     dq, (dk, dv) = jax.lax.scan(k_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(n))
-    return (_unblock_q(dq).astype(q.dtype), _unblock_kv(dk).astype(k.dtype),
-            _unblock_kv(dv).astype(v.dtype), None)
+    return (
+        _unblock_q(dq).astype(q.dtype),
+        _unblock_kv(dk).astype(k.dtype),
+        _unblock_kv(dv).astype(v.dtype),
+        None,
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -361,6 +433,14 @@ def _flash_fwd(q, k, v, seg, causal, blk, skip):
 _flash.defvjp(_flash_fwd, _backward)
 
 
-__all__ = ["IMPLEMENTATIONS", "attention", "block_size_for", "check_backend",
-           "blockwise_attention", "cudnn_unavailable", "reference_attention", "resolve",
-           "segments_of"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "attention",
+    "block_size_for",
+    "check_backend",
+    "blockwise_attention",
+    "cudnn_unavailable",
+    "reference_attention",
+    "resolve",
+    "segments_of",
+]

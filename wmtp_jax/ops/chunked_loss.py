@@ -11,8 +11,6 @@ the dense path.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -20,26 +18,42 @@ from wmtp_jax.ops._utils import token_ce
 from wmtp_jax.ops.mtp_loss import align_head_targets, reduce_head_losses
 
 
-def rms_norm(x: jax.Array, norm_scale: jax.Array, eps: float = 1e-5,
-             compute_dtype=jnp.float32) -> jax.Array:
+def rms_norm(
+    x: jax.Array, norm_scale: jax.Array, eps: float = 1e-5, compute_dtype=jnp.float32
+) -> jax.Array:
     """Meta RMSNorm: (x·rsqrt(mean(x², -1) + eps)) in float32, cast to compute_dtype, × scale."""
     xf = x.astype(jnp.float32)
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return normed.astype(compute_dtype) * norm_scale.astype(compute_dtype)
 
 
-def head_logits(head_latents: jax.Array, norm_scale: jax.Array, output_kernel: jax.Array, *,
-                norm_eps: float = 1e-5, compute_dtype=jnp.float32) -> jax.Array:
+def head_logits(
+    head_latents: jax.Array,
+    norm_scale: jax.Array,
+    output_kernel: jax.Array,
+    *,
+    norm_eps: float = 1e-5,
+    compute_dtype=jnp.float32,
+) -> jax.Array:
     """Dense reference: float32 logits `[..., V]` = output(norm(head_latents)); `output_kernel [D,V]`."""
     y = rms_norm(head_latents, norm_scale, norm_eps, compute_dtype)
-    return jnp.dot(y, output_kernel.astype(compute_dtype),
-                   preferred_element_type=jnp.float32).astype(jnp.float32)
+    return jnp.dot(
+        y, output_kernel.astype(compute_dtype), preferred_element_type=jnp.float32
+    ).astype(jnp.float32)
 
 
-def chunked_mtp_ce_loss(head_latents: jax.Array, norm_scale: jax.Array, output_kernel: jax.Array,
-                        labels: jax.Array, attention_mask: jax.Array,
-                        weights: Optional[jax.Array] = None, *, norm_eps: float = 1e-5,
-                        chunk_size: int = 512, compute_dtype=jnp.float32) -> dict:
+def chunked_mtp_ce_loss(
+    head_latents: jax.Array,
+    norm_scale: jax.Array,
+    output_kernel: jax.Array,
+    labels: jax.Array,
+    attention_mask: jax.Array,
+    weights: jax.Array | None = None,
+    *,
+    norm_eps: float = 1e-5,
+    chunk_size: int = 512,
+    compute_dtype=jnp.float32,
+) -> dict:
     """`compute_mtp_ce_loss(head_logits(head_latents, ...), labels, attention_mask, weights)`
     without the `[B,S,K,V]` logits.
 
@@ -53,8 +67,10 @@ def chunked_mtp_ce_loss(head_latents: jax.Array, norm_scale: jax.Array, output_k
         raise ValueError(f"head_latents: expected [B,S,K,D], got {head_latents.shape}")
     b, s, k, d = head_latents.shape
     if tuple(labels.shape) != (b, s):
-        raise ValueError(f"labels: expected shape {(b, s)} from head_latents {head_latents.shape}, "
-                         f"got {labels.shape}")
+        raise ValueError(
+            f"labels: expected shape {(b, s)} from head_latents {head_latents.shape}, "
+            f"got {labels.shape}"
+        )
     if tuple(norm_scale.shape) != (d,):
         raise ValueError(f"norm_scale: expected shape {(d,)}, got {norm_scale.shape}")
     if output_kernel.ndim != 2 or output_kernel.shape[0] != d:
@@ -81,6 +97,6 @@ def chunked_mtp_ce_loss(head_latents: jax.Array, norm_scale: jax.Array, output_k
     def body(carry, xs):
         return carry, chunk_ce(xs[0], xs[1], norm_scale, output_kernel)
 
-    _, ce = jax.lax.scan(body, None, (x, t))                       # [n_chunks, B, c]
+    _, ce = jax.lax.scan(body, None, (x, t))  # [n_chunks, B, c]
     ce = jnp.moveaxis(ce, 0, 1).reshape(b, n_chunks * c)[:, :n].reshape(b, s, k)
     return reduce_head_losses(ce, mask, w)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +42,17 @@ def huber_over_delta(x: jax.Array, delta: float) -> jax.Array:
     return jnp.where(ax < delta, 0.5 * x * x / delta, ax - 0.5 * delta)
 
 
-def compute_lambda_value_loss(value_logits, rewards, attention_mask, loss_mask, gamma=1.0,
-                              lam=0.95, loss_type: str = "huber", huber_delta: float = 0.5,
-                              output_end_mask: Optional[jax.Array] = None) -> jax.Array:
+def compute_lambda_value_loss(
+    value_logits,
+    rewards,
+    attention_mask,
+    loss_mask,
+    gamma=1.0,
+    lam=0.95,
+    loss_type: str = "huber",
+    huber_delta: float = 0.5,
+    output_end_mask: jax.Array | None = None,
+) -> jax.Array:
     """Regress V onto stop_gradient(λ-returns) on attention_mask·loss_mask tokens.
 
     loss_type: "huber" (smooth-L1 with β = huber_delta) or "mse"; per-sequence masked mean,
@@ -53,7 +60,8 @@ def compute_lambda_value_loss(value_logits, rewards, attention_mask, loss_mask, 
     """
     v = as_values(value_logits, "value_logits")
     targets = jax.lax.stop_gradient(
-        compute_lambda_return(v, rewards, loss_mask, gamma, lam, output_end_mask))
+        compute_lambda_return(v, rewards, loss_mask, gamma, lam, output_end_mask)
+    )
     mask = as_mask(attention_mask, v.shape, "attention_mask") * as_mask(loss_mask, v.shape)
     if loss_type == "huber":
         loss = huber_over_delta(v - targets, huber_delta)
@@ -73,13 +81,20 @@ def compute_mc_value_loss(value_logits, rewards, attention_mask, loss_mask) -> j
     return _per_sequence_mean((v - r[:, None]) ** 2, mask)
 
 
-def get_scheduled_lambda(current_step, warmup_steps: int = 250, decay_steps: int = 500,
-                         lam_start: float = 1.0, lam_end: float = 0.95,
-                         schedule_type: str = "linear"):
+def get_scheduled_lambda(
+    current_step,
+    warmup_steps: int = 250,
+    decay_steps: int = 500,
+    lam_start: float = 1.0,
+    lam_end: float = 0.95,
+    schedule_type: str = "linear",
+):
     """Hold λ = start for warmup_steps, decay to end over decay_steps (linear | cosine), then end;
     `constant` always gives start. Python numbers in → float out; a traced step → float32 array."""
     if schedule_type not in ("linear", "cosine", "constant"):
-        raise ValueError(f"lambda_schedule.type: expected linear|cosine|constant, got {schedule_type!r}")
+        raise ValueError(
+            f"lambda_schedule.type: expected linear|cosine|constant, got {schedule_type!r}"
+        )
     if schedule_type == "constant":
         return lam_start
     if isinstance(current_step, numbers.Number):
@@ -97,8 +112,9 @@ def get_scheduled_lambda(current_step, warmup_steps: int = 250, decay_steps: int
         mid = lam_end + (lam_start - lam_end) * 0.5 * (1.0 + jnp.cos(jnp.pi * p))
     else:
         mid = lam_start - p * (lam_start - lam_end)
-    return jnp.where(step < warmup_steps, lam_start,
-                     jnp.where(step < warmup_steps + decay_steps, mid, lam_end)).astype(jnp.float32)
+    return jnp.where(
+        step < warmup_steps, lam_start, jnp.where(step < warmup_steps + decay_steps, mid, lam_end)
+    ).astype(jnp.float32)
 
 
 def create_output_end_mask(attention_mask) -> jax.Array:

@@ -8,8 +8,6 @@ heads with ≥ 1 valid token (0 if none). Everything is float32 whatever the log
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -19,13 +17,14 @@ from wmtp_jax.ops._utils import IGNORE_INDEX, token_ce
 def _shift_pad(x: jax.Array, k: int, fill) -> jax.Array:
     """x[:, k:] right-padded with `fill` back to length S (all `fill` when k >= S)."""
     s = x.shape[1]
-    tail = x[:, min(k, s):]
+    tail = x[:, min(k, s) :]
     pad = jnp.full((x.shape[0], s - tail.shape[1]) + x.shape[2:], fill, x.dtype)
     return jnp.concatenate([tail, pad], axis=1)
 
 
-def align_head_targets(labels: jax.Array, attention_mask: jax.Array, n_future: int,
-                       weights: Optional[jax.Array] = None):
+def align_head_targets(
+    labels: jax.Array, attention_mask: jax.Array, n_future: int, weights: jax.Array | None = None
+):
     """Targets, masks and weights of every head aligned at the *source* position t.
 
     Returns `targets [B,S,K]` int32 (IGNORE_INDEX where invalid), `mask [B,S,K]` f32 and
@@ -35,7 +34,9 @@ def align_head_targets(labels: jax.Array, attention_mask: jax.Array, n_future: i
     labels = jnp.asarray(labels)
     b, s = labels.shape
     if tuple(attention_mask.shape) != (b, s):
-        raise ValueError(f"attention_mask: expected shape {(b, s)} like labels, got {attention_mask.shape}")
+        raise ValueError(
+            f"attention_mask: expected shape {(b, s)} like labels, got {attention_mask.shape}"
+        )
     am = jnp.asarray(attention_mask).astype(jnp.float32)
     valid = (labels != IGNORE_INDEX).astype(jnp.float32) * am
     if weights is not None:
@@ -43,7 +44,9 @@ def align_head_targets(labels: jax.Array, attention_mask: jax.Array, n_future: i
         if weights.ndim == 2 and weights.shape != (b, s):
             raise ValueError(f"weights: 2-D weights must be [B,S]={(b, s)}, got {weights.shape}")
         if weights.ndim == 3 and (weights.shape[:2] != (b, s) or weights.shape[2] < n_future):
-            raise ValueError(f"weights: 3-D weights must be [B,S,K>={n_future}]=({b},{s},..), got {weights.shape}")
+            raise ValueError(
+                f"weights: 3-D weights must be [B,S,K>={n_future}]=({b},{s},..), got {weights.shape}"
+            )
         if weights.ndim not in (2, 3):
             raise ValueError(f"weights: expected [B,S] or [B,S,K], got {weights.shape}")
     tgts, masks, ws = [], [], []
@@ -84,8 +87,13 @@ def reduce_head_losses(ce: jax.Array, mask: jax.Array, weights: jax.Array) -> di
     }
 
 
-def compute_mtp_ce_loss(logits: jax.Array, labels: jax.Array, attention_mask: jax.Array,
-                        weights: Optional[jax.Array] = None, n_future: Optional[int] = None) -> dict:
+def compute_mtp_ce_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    attention_mask: jax.Array,
+    weights: jax.Array | None = None,
+    n_future: int | None = None,
+) -> dict:
     """Weighted / unweighted MTP cross entropy from dense logits `[B,S,K,V]`.
 
     labels, attention_mask `[B,S]`; weights None, `[B,S]` (predicted-token index t+k) or `[B,S,K]`
@@ -96,7 +104,9 @@ def compute_mtp_ce_loss(logits: jax.Array, labels: jax.Array, attention_mask: ja
         raise ValueError(f"logits: expected [B,S,K,V], got {logits.shape}")
     b, s, k_all, _ = logits.shape
     if tuple(labels.shape) != (b, s):
-        raise ValueError(f"labels: expected shape {(b, s)} from logits {logits.shape}, got {labels.shape}")
+        raise ValueError(
+            f"labels: expected shape {(b, s)} from logits {logits.shape}, got {labels.shape}"
+        )
     n_future = k_all if n_future is None else int(n_future)
     if not 1 <= n_future <= k_all:
         raise ValueError(f"n_future={n_future} must be in [1, {k_all}] (logits {logits.shape})")

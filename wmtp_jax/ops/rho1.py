@@ -30,8 +30,9 @@ def masked_quantile(x: jax.Array, valid: jax.Array, q) -> jax.Array:
     return jnp.where(n > 0, out, 0.0)
 
 
-def compute_mtp_selective_weights(policy_logits, ref_logits, labels, loss_mask, k_percent=0.6,
-                                  mode: str = "signed"):
+def compute_mtp_selective_weights(
+    policy_logits, ref_logits, labels, loss_mask, k_percent=0.6, mode: str = "signed"
+):
     """policy_logits `[B,S,K,V]`, ref_logits `[B,S,V]`, labels/loss_mask `[B,S]` →
     (weights `[B,S,K]` float32 in {0,1} indexed by source position, stats dict of scalars).
 
@@ -42,12 +43,16 @@ def compute_mtp_selective_weights(policy_logits, ref_logits, labels, loss_mask, 
     if mode not in MODES:
         raise ValueError(f"rho1_mode: expected one of {MODES}, got {mode!r}")
     if policy_logits.ndim != 4 or ref_logits.ndim != 3:
-        raise ValueError(f"policy_logits [B,S,K,V] / ref_logits [B,S,V] expected, got "
-                         f"{policy_logits.shape} / {ref_logits.shape}")
+        raise ValueError(
+            f"policy_logits [B,S,K,V] / ref_logits [B,S,V] expected, got "
+            f"{policy_logits.shape} / {ref_logits.shape}"
+        )
     b, s, k_heads, v = policy_logits.shape
     if ref_logits.shape != (b, s, v) or tuple(labels.shape) != (b, s):
-        raise ValueError(f"ref_logits {ref_logits.shape} / labels {labels.shape} do not match "
-                         f"policy_logits {policy_logits.shape}")
+        raise ValueError(
+            f"ref_logits {ref_logits.shape} / labels {labels.shape} do not match "
+            f"policy_logits {policy_logits.shape}"
+        )
     policy_logits = jax.lax.stop_gradient(policy_logits)
     ref_logits = jax.lax.stop_gradient(ref_logits)
     labels = jnp.asarray(labels).astype(jnp.int32)
@@ -72,9 +77,16 @@ def compute_mtp_selective_weights(policy_logits, ref_logits, labels, loss_mask, 
         n = jnp.sum(vf)
         mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(n, 1.0)
         i = k - 1
-        stats.update({f"head_{i}_count": jnp.sum(sel), f"head_{i}_valid": n,
-                      f"head_{i}_ce_mean": mean(ce_pol), f"head_{i}_ref_ce_mean": mean(ce_ref),
-                      f"head_{i}_excess_mean": mean(excess), f"head_{i}_threshold": thr})
+        stats.update(
+            {
+                f"head_{i}_count": jnp.sum(sel),
+                f"head_{i}_valid": n,
+                f"head_{i}_ce_mean": mean(ce_pol),
+                f"head_{i}_ref_ce_mean": mean(ce_ref),
+                f"head_{i}_excess_mean": mean(excess),
+                f"head_{i}_threshold": thr,
+            }
+        )
         total_sel += jnp.sum(sel)
         total_valid += n
     stats["selection_ratio"] = total_sel / jnp.maximum(total_valid, 1.0)

@@ -7,8 +7,6 @@ critic pipeline prefixes (`train/`, `value/`, `val_`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -16,7 +14,7 @@ from wmtp_jax.ops._utils import as_mask, as_values, masked_mean, masked_min_max,
 from wmtp_jax.ops.critic_loss import MEAN_EPS, sequence_mean_value
 
 
-def _flat_mask(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+def _flat_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     """A float32 mask of x's shape; a `[B,S]` mask broadcasts over the heads of `[B,S,K]` x."""
     if mask is None:
         return jnp.ones(x.shape, jnp.float32)
@@ -32,8 +30,12 @@ def _moments(x, mask, prefix: str) -> dict:
     x = jnp.asarray(x).astype(jnp.float32)
     m = _flat_mask(x, mask)
     lo, hi = masked_min_max(x, m)
-    return {f"{prefix}/mean": masked_mean(x, m), f"{prefix}/std": masked_std(x, m, ddof=1),
-            f"{prefix}/min": lo, f"{prefix}/max": hi}
+    return {
+        f"{prefix}/mean": masked_mean(x, m),
+        f"{prefix}/std": masked_std(x, m, ddof=1),
+        f"{prefix}/min": lo,
+        f"{prefix}/max": hi,
+    }
 
 
 def compute_td_stats(td_errors, loss_mask=None) -> dict:
@@ -71,8 +73,12 @@ def compute_value_function_stats(values, returns, loss_mask=None) -> dict:
     g = g[..., 0] if g.ndim == 3 else (g[:, None] if g.ndim == 1 else g)
     g = jnp.broadcast_to(g, v.shape)
     m = _flat_mask(v, loss_mask)
-    return {"value/mse": masked_mean((v - g) ** 2, m), "value/mean": masked_mean(v, m),
-            "value/std": masked_std(v, m, ddof=1), "value/return_mean": masked_mean(g, m)}
+    return {
+        "value/mse": masked_mean((v - g) ** 2, m),
+        "value/mean": masked_mean(v, m),
+        "value/std": masked_std(v, m, ddof=1),
+        "value/return_mean": masked_mean(g, m),
+    }
 
 
 def compute_pairwise_accuracy(v_pos, v_neg, mask_pos, mask_neg) -> dict:
@@ -82,9 +88,14 @@ def compute_pairwise_accuracy(v_pos, v_neg, mask_pos, mask_neg) -> dict:
     neg = sequence_mean_value(v_neg, mask_neg)
     correct = jnp.sum((pos > neg).astype(jnp.float32))
     mean_pos, mean_neg = jnp.mean(pos), jnp.mean(neg)
-    return {"pairwise_accuracy": correct / pos.shape[0], "mean_pos": mean_pos,
-            "mean_neg": mean_neg, "margin": mean_pos - mean_neg, "correct_pairs": correct,
-            "total_pairs": jnp.asarray(pos.shape[0], jnp.float32)}
+    return {
+        "pairwise_accuracy": correct / pos.shape[0],
+        "mean_pos": mean_pos,
+        "mean_neg": mean_neg,
+        "margin": mean_pos - mean_neg,
+        "correct_pairs": correct,
+        "total_pairs": jnp.asarray(pos.shape[0], jnp.float32),
+    }
 
 
 def compute_token_variance(values, mask) -> jax.Array:
@@ -106,8 +117,11 @@ def compute_td_error_stats(values, mask) -> dict:
     mean_abs = jnp.sum(td * tm, axis=1) / jnp.maximum(jnp.sum(tm, axis=1), 1.0)
     max_td = jnp.max(jnp.where(tm > 0, td, 0.0), axis=1, initial=0.0)
     spik = max_td / (mean_abs + MEAN_EPS)
-    return {"mean_abs_td": jnp.mean(mean_abs), "max_td": jnp.mean(max_td),
-            "spikiness": jnp.mean(spik)}
+    return {
+        "mean_abs_td": jnp.mean(mean_abs),
+        "max_td": jnp.mean(max_td),
+        "spikiness": jnp.mean(spik),
+    }
 
 
 def compute_position_correlation(values, mask) -> jax.Array:
@@ -120,6 +134,7 @@ def compute_position_correlation(values, mask) -> jax.Array:
     vc = (v - jnp.sum(v * m, axis=1, keepdims=True) / n) * m
     pc = (pos - jnp.sum(pos * m, axis=1, keepdims=True) / n) * m
     corr = jnp.sum(vc * pc, axis=1) / (
-        jnp.sqrt(jnp.sum(vc * vc, axis=1)) * jnp.sqrt(jnp.sum(pc * pc, axis=1)) + 1e-8)
+        jnp.sqrt(jnp.sum(vc * vc, axis=1)) * jnp.sqrt(jnp.sum(pc * pc, axis=1)) + 1e-8
+    )
     ok = (jnp.sum(m, axis=1) >= 3).astype(jnp.float32)
     return jnp.sum(corr * ok) / jnp.maximum(jnp.sum(ok), 1.0)

@@ -7,8 +7,6 @@ valid (loss_mask = 1) position of a row (0 for an empty row, whose outputs are a
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -29,12 +27,15 @@ def _token_deltas(v: jax.Array, gamma, initial_value) -> jax.Array:
 
 def _discounted_reverse_sum(delta: jax.Array, active: jax.Array, decay) -> jax.Array:
     """A_t = δ_t + decay·A_{t+1} on active positions (A = 0 elsewhere), scanned backwards over S."""
+
     def step(a_next, xs):
         d, act = xs
         a = jnp.where(act, d + decay * a_next, 0.0)
         return a, a
-    _, a = jax.lax.scan(step, jnp.zeros(delta.shape[0], delta.dtype), (delta.T, active.T),
-                        reverse=True)
+
+    _, a = jax.lax.scan(
+        step, jnp.zeros(delta.shape[0], delta.dtype), (delta.T, active.T), reverse=True
+    )
     return a.T
 
 
@@ -50,8 +51,9 @@ def compute_td_errors(value_logits, rewards, loss_mask, gamma=1.0, initial_value
     return jnp.where(is_term, r[:, None] - v, delta) * m
 
 
-def compute_td_targets(value_logits, rewards, loss_mask, gamma=1.0, lam=0.0,
-                       initial_value=0.5) -> jax.Array:
+def compute_td_targets(
+    value_logits, rewards, loss_mask, gamma=1.0, lam=0.0, initial_value=0.5
+) -> jax.Array:
     """GAE targets v_t + A_t with δ_t = γv_t − v_{t−1} (v_{−1} = initial_value) for t = T*..0
     (prompt included, terminal included), A_t = δ_t + γλ·A_{t+1}, A_{T*+1} = 0; × loss_mask.
 
@@ -65,8 +67,9 @@ def compute_td_targets(value_logits, rewards, loss_mask, gamma=1.0, lam=0.0,
     return jnp.where(monte_carlo, r[:, None], v + adv) * m
 
 
-def compute_gae_advantage(value_logits, rewards, loss_mask, gamma=1.0, lam=0.95,
-                          initial_value=0.5) -> jax.Array:
+def compute_gae_advantage(
+    value_logits, rewards, loss_mask, gamma=1.0, lam=0.95, initial_value=0.5
+) -> jax.Array:
     """A_t = (target_t − v_t) · loss_mask = Σ_{l=0}^{T*−t} (γλ)^l δ_{t+l} on valid tokens
     (R − v_t when λ = γ = 1). The verifiable pipeline's advantage."""
     v, _, m = _prepare(value_logits, rewards, loss_mask)
@@ -74,8 +77,9 @@ def compute_gae_advantage(value_logits, rewards, loss_mask, gamma=1.0, lam=0.95,
     return (targets - v) * m
 
 
-def compute_lambda_return(values, rewards, loss_mask, gamma=1.0, lam=0.95,
-                          output_end_mask: Optional[jax.Array] = None) -> jax.Array:
+def compute_lambda_return(
+    values, rewards, loss_mask, gamma=1.0, lam=0.95, output_end_mask: jax.Array | None = None
+) -> jax.Array:
     """λ-return targets G with G_{T*} = R and G_t = (1−λ)γV_{t'} + λγG_{t'} (t' the next chain
     position), zeros off the chain; rows without loss-mask tokens are all 0.
 
@@ -90,7 +94,9 @@ def compute_lambda_return(values, rewards, loss_mask, gamma=1.0, lam=0.95,
     else:
         e = as_mask(output_end_mask, v.shape, "output_end_mask") > 0
         end = jnp.argmax(e, axis=1)
-        chain = (jnp.arange(v.shape[1])[None, :] <= end[:, None]) & jnp.any(e, axis=1, keepdims=True)
+        chain = (jnp.arange(v.shape[1])[None, :] <= end[:, None]) & jnp.any(
+            e, axis=1, keepdims=True
+        )
     chain = chain & has_tokens
 
     def step(carry, xs):
@@ -102,5 +108,7 @@ def compute_lambda_return(values, rewards, loss_mask, gamma=1.0, lam=0.95,
         return carry, out
 
     zeros = jnp.zeros_like(r)
-    _, g = jax.lax.scan(step, (zeros, zeros, jnp.zeros(r.shape, bool)), (v.T, chain.T), reverse=True)
+    _, g = jax.lax.scan(
+        step, (zeros, zeros, jnp.zeros(r.shape, bool)), (v.T, chain.T), reverse=True
+    )
     return g.T

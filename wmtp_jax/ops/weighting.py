@@ -17,8 +17,15 @@ from wmtp_jax.ops._utils import as_mask, as_values, masked_mean, masked_std
 WHITEN_EPS = 1e-8
 
 
-def build_weights(td_errors, loss_mask, beta=1.0, min_weight=0.1, max_weight=5.0,
-                  external_mean=None, external_std=None) -> jax.Array:
+def build_weights(
+    td_errors,
+    loss_mask,
+    beta=1.0,
+    min_weight=0.1,
+    max_weight=5.0,
+    external_mean=None,
+    external_std=None,
+) -> jax.Array:
     """w = clip(exp(((A − μ)/(σ + 1e-8))/β), min_weight, max_weight) · mask, float32 `[B,S]`.
 
     μ, σ: `external_mean`/`external_std` when both are given (EMA), else the masked mean and
@@ -37,8 +44,9 @@ def build_weights(td_errors, loss_mask, beta=1.0, min_weight=0.1, max_weight=5.0
     return jnp.where(degenerate, 1.0, w) * m
 
 
-def compute_weight_clipping_ratio(td_errors, loss_mask, mean, std, beta=1.0, min_weight=0.1,
-                                  max_weight=5.0) -> jax.Array:
+def compute_weight_clipping_ratio(
+    td_errors, loss_mask, mean, std, beta=1.0, min_weight=0.1, max_weight=5.0
+) -> jax.Array:
     """Fraction of valid tokens whose unclipped exp(((A − μ)/(σ + 1e-8))/β) lies outside
     [min_weight, max_weight] (`weight/clipping_ratio`)."""
     a = as_values(td_errors, "td_errors")
@@ -49,6 +57,7 @@ def compute_weight_clipping_ratio(td_errors, loss_mask, mean, std, beta=1.0, min
 
 class TDStatsEMA(NamedTuple):
     """EMA of the TD/advantage mean and std (the original's TDStatsEMA), float32/int32 scalars."""
+
     mean: jax.Array
     std: jax.Array
     step_count: jax.Array
@@ -58,10 +67,13 @@ class TDStatsEMA(NamedTuple):
 
 def td_ema_init(momentum: float = 0.1, warmup_steps: int = 10) -> TDStatsEMA:
     """Fresh state: mean 0, std 1, step_count 0."""
-    return TDStatsEMA(mean=jnp.zeros((), jnp.float32), std=jnp.ones((), jnp.float32),
-                      step_count=jnp.zeros((), jnp.int32),
-                      momentum=jnp.asarray(momentum, jnp.float32),
-                      warmup_steps=jnp.asarray(warmup_steps, jnp.int32))
+    return TDStatsEMA(
+        mean=jnp.zeros((), jnp.float32),
+        std=jnp.ones((), jnp.float32),
+        step_count=jnp.zeros((), jnp.int32),
+        momentum=jnp.asarray(momentum, jnp.float32),
+        warmup_steps=jnp.asarray(warmup_steps, jnp.int32),
+    )
 
 
 def td_ema_update(state: TDStatsEMA, td_errors, loss_mask) -> TDStatsEMA:
@@ -80,11 +92,16 @@ def td_ema_update(state: TDStatsEMA, td_errors, loss_mask) -> TDStatsEMA:
     sd = jnp.sqrt(jnp.maximum(var, 1e-8))
     step = state.step_count + 1
     warm = step <= state.warmup_steps
-    alpha = jnp.where(warm, (step - 1).astype(jnp.float32)
-                      / jnp.maximum(state.warmup_steps, 1).astype(jnp.float32),
-                      1.0 - state.momentum)
-    new = state._replace(mean=alpha * state.mean + (1.0 - alpha) * mu,
-                         std=alpha * state.std + (1.0 - alpha) * sd, step_count=step)
+    alpha = jnp.where(
+        warm,
+        (step - 1).astype(jnp.float32) / jnp.maximum(state.warmup_steps, 1).astype(jnp.float32),
+        1.0 - state.momentum,
+    )
+    new = state._replace(
+        mean=alpha * state.mean + (1.0 - alpha) * mu,
+        std=alpha * state.std + (1.0 - alpha) * sd,
+        step_count=step,
+    )
     return jax.tree.map(lambda x, y: jnp.where(n > 0, x, y), new, state)
 
 
@@ -95,7 +112,9 @@ def td_ema_stats(state: TDStatsEMA) -> tuple[jax.Array, jax.Array]:
 
 def td_ema_metrics(state: TDStatsEMA) -> dict:
     """`td/ema_mean`, `td/ema_std` (+ step count, warm-up flag) for logging."""
-    return {"td/ema_mean": state.mean, "td/ema_std": state.std,
-            "td/ema_step_count": state.step_count,
-            "td/ema_is_warmup": (state.step_count <= state.warmup_steps).astype(jnp.float32)}
-
+    return {
+        "td/ema_mean": state.mean,
+        "td/ema_std": state.std,
+        "td/ema_step_count": state.step_count,
+        "td/ema_is_warmup": (state.step_count <= state.warmup_steps).astype(jnp.float32),
+    }

@@ -40,8 +40,14 @@ class ValueLossConfig(NamedTuple):
         v = c.training.value_loss
         s = v.lambda_schedule
         start = float(s.value) if s.type == "constant" else float(s.start)
-        return cls(v.type, float(v.coef), float(v.gamma), v.loss_fn, float(v.huber_delta),
-                   (s.type, start, float(s.end), int(s.warmup_steps), int(s.decay_steps)))
+        return cls(
+            v.type,
+            float(v.coef),
+            float(v.gamma),
+            v.loss_fn,
+            float(v.huber_delta),
+            (s.type, start, float(s.end), int(s.warmup_steps), int(s.decay_steps)),
+        )
 
     def lam(self, step):
         kind, start, end, warm, decay = self.schedule
@@ -74,11 +80,25 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
 
     def side(v, am, m, reward):
         return ops.compute_lambda_value_loss(
-            v, jnp.full((b,), reward, jnp.float32), am, m, vl.gamma, lam, vl.loss_fn,
-            vl.huber_delta, ops.create_output_end_mask(am))
+            v,
+            jnp.full((b,), reward, jnp.float32),
+            am,
+            m,
+            vl.gamma,
+            lam,
+            vl.loss_fn,
+            vl.huber_delta,
+            ops.create_output_end_mask(am),
+        )
 
-    return vl.coef * (side(v_pos, batch["pos_attention_mask"], m_pos, 1.0)
-                      + side(v_neg, batch["neg_attention_mask"], m_neg, 0.0)) / 2
+    return (
+        vl.coef
+        * (
+            side(v_pos, batch["pos_attention_mask"], m_pos, 1.0)
+            + side(v_neg, batch["neg_attention_mask"], m_neg, 0.0)
+        )
+        / 2
+    )
 
 
 def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
@@ -87,13 +107,22 @@ def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
     pos, neg = ops.sequence_mean_value(v_pos, m_pos), ops.sequence_mean_value(v_neg, m_neg)
     n = jnp.maximum(jnp.sum(valid), 1.0)
     mean_pos, mean_neg = jnp.sum(pos * valid) / n, jnp.sum(neg * valid) / n
-    out = {"pairwise_accuracy": jnp.sum((pos > neg).astype(jnp.float32) * valid) / n,
-           "mean_pos": mean_pos, "mean_neg": mean_neg, "margin": mean_pos - mean_neg}
+    out = {
+        "pairwise_accuracy": jnp.sum((pos > neg).astype(jnp.float32) * valid) / n,
+        "mean_pos": mean_pos,
+        "mean_neg": mean_neg,
+        "margin": mean_pos - mean_neg,
+    }
     for side, v, m in (("pos", v_pos, m_pos), ("neg", v_neg, m_neg)):
         td = ops.compute_td_error_stats(v, m)
-        out.update({f"{side}_token_variance": ops.compute_token_variance(v, m),
-                    f"{side}_spikiness": td["spikiness"], f"{side}_mean_abs_td": td["mean_abs_td"],
-                    f"{side}_position_corr": ops.compute_position_correlation(v, m)})
+        out.update(
+            {
+                f"{side}_token_variance": ops.compute_token_variance(v, m),
+                f"{side}_spikiness": td["spikiness"],
+                f"{side}_mean_abs_td": td["mean_abs_td"],
+                f"{side}_position_corr": ops.compute_position_correlation(v, m),
+            }
+        )
     return out
 
 
@@ -113,11 +142,14 @@ def loss_fn(model, frozen, batch, rng, extra, *, vl: ValueLossConfig, ga: int):
 def eval_fn(model, frozen, batch, extra, *, vl: ValueLossConfig):
     """val/loss (λ = 1), val/pairwise_accuracy, val/margin, ... (best = max val/margin)."""
     v_pos, v_neg, m_pos, m_neg = split_values(model, batch)
-    return {"loss": value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl, 1.0),
-            **diagnostics(v_pos, v_neg, m_pos, m_neg, batch)}
+    return {
+        "loss": value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl, 1.0),
+        **diagnostics(v_pos, v_neg, m_pos, m_neg, batch),
+    }
 
 
 # ---- model ----------------------------------------------------------------------------------
+
 
 def _backbone_key(model_tree: dict, saved: dict) -> tuple:
     """Where the saved llama tree sits in the critic's tree (the subtree holding its keys)."""
@@ -127,8 +159,10 @@ def _backbone_key(model_tree: dict, saved: dict) -> tuple:
     for k, sub in model_tree.items():
         if isinstance(sub, dict) and want <= set(sub):
             return (k,)
-    raise ValueError(f"cannot place llama keys {sorted(want)} in the critic's parameter tree "
-                     f"(top-level keys {sorted(model_tree)})")
+    raise ValueError(
+        f"cannot place llama keys {sorted(want)} in the critic's parameter tree "
+        f"(top-level keys {sorted(model_tree)})"
+    )
 
 
 def build_critic(config, mesh):
@@ -139,11 +173,17 @@ def build_critic(config, mesh):
     t = config.training
     path = config.models.value_model.path
     args = io.ModelArgs.from_dict(io.read_config(path)["args"]).replace(
-        **common.runtime_overrides(config))
+        **common.runtime_overrides(config)
+    )
     lora = common.lora_config(config, hf_names=True)
-    make = lambda: ValueModel(args, rngs=nnx.Rngs(int(config.seed)), head_type=t.value_head.type,
-                              dropout=float(t.value_head.dropout),
-                              bias_init=float(t.value_loss.bias_init), lora=lora)
+    make = lambda: ValueModel(
+        args,
+        rngs=nnx.Rngs(int(config.seed)),
+        head_type=t.value_head.type,
+        dropout=float(t.value_head.dropout),
+        bias_init=float(t.value_loss.bias_init),
+        lora=lora,
+    )
     model = common.build_sharded(make, mesh, config.runtime.sharding)
     _, saved = io.load_params(path)
     sub = _backbone_key(nnx.state(model, nnx.Param).to_pure_dict(), saved)
@@ -159,11 +199,17 @@ def trainable(config):
 
 def param_groups(config):
     t = config.training
-    groups = {VALUE_HEAD: {"learning_rate": float(t.value_head.learning_rate),
-                           "weight_decay": float(t.value_head.weight_decay)}}
+    groups = {
+        VALUE_HEAD: {
+            "learning_rate": float(t.value_head.learning_rate),
+            "weight_decay": float(t.value_head.weight_decay),
+        }
+    }
     if t.use_lora or not t.backbone_frozen:
-        groups["lora"] = {"learning_rate": float(t.lora.learning_rate),
-                          "weight_decay": float(t.lora.weight_decay)}
+        groups["lora"] = {
+            "learning_rate": float(t.lora.learning_rate),
+            "weight_decay": float(t.lora.weight_decay),
+        }
     return dict(sorted(groups.items()))  # "lora" first: train/learning_rate = the LoRA LR
 
 
@@ -177,26 +223,44 @@ def make_task(config, mesh):
     model, args, lora = build_critic(config, mesh)
     vl = ValueLossConfig.from_config(config)
     t = config.training
-    head = {"type": t.value_head.type, "dropout": float(t.value_head.dropout),
-            "bias_init": float(t.value_loss.bias_init)}
+    head = {
+        "type": t.value_head.type,
+        "dropout": float(t.value_head.dropout),
+        "bias_init": float(t.value_loss.bias_init),
+    }
     tok_dir = common.tokenizer_path(entry)
 
     def export(m, directory):
         from wmtp_jax.models.io import tokenizer_dir_files
 
-        return export_model(directory, m, kind="critic", args=args, value_head=head, lora=lora,
-                            tokenizer=tokenizer_dir_files(tok_dir),
-                            source={"pipeline": "critic", "base": entry.path})
+        return export_model(
+            directory,
+            m,
+            kind="critic",
+            args=args,
+            value_head=head,
+            lora=lora,
+            tokenizer=tokenizer_dir_files(tok_dir),
+            source={"pipeline": "critic", "base": entry.path},
+        )
 
     groups = param_groups(config)
     return TrainTask(
-        model=model, loss_fn=partial(loss_fn, vl=vl, ga=int(t.gradient_accumulation_steps)),
-        train_iter=train, trainable=trainable(config),
+        model=model,
+        loss_fn=partial(loss_fn, vl=vl, ga=int(t.gradient_accumulation_steps)),
+        train_iter=train,
+        trainable=trainable(config),
         extra_state={"micro_batches": jnp.zeros((), jnp.int32)},
         param_labels=lambda path: VALUE_HEAD if VALUE_HEAD in path else "lora",
-        param_groups=groups, eval_fn=partial(eval_fn, vl=vl), val_iter_fn=val_iter_fn,
-        best_metric="val/margin", best_mode="max", count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch, export_fn=export)
+        param_groups=groups,
+        eval_fn=partial(eval_fn, vl=vl),
+        val_iter_fn=val_iter_fn,
+        best_metric="val/margin",
+        best_mode="max",
+        count_tokens=common.count_response_tokens,
+        batches_per_epoch=train.steps_per_epoch,
+        export_fn=export,
+    )
 
 
 def run(config):

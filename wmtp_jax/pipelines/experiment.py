@@ -28,15 +28,21 @@ class StudyResult:
     def describe(self) -> str:
         from wmtp_jax.study import report
 
-        lines = [f"study: {self.output_dir} ({self.n_done}/{self.n_cells} cells, this job "
-                 f"{self.seconds:.0f} s)"]
+        lines = [
+            f"study: {self.output_dir} ({self.n_done}/{self.n_cells} cells, this job "
+            f"{self.seconds:.0f} s)"
+        ]
         if self.results is not None:
             files = (report.RESULTS_JSON, report.RESULTS_MD, report.RESULTS_PNG)
-            lines += [report.markdown(self.results).rstrip(),
-                      "results: " + ", ".join(str(self.output_dir / f) for f in files)]
+            lines += [
+                report.markdown(self.results).rstrip(),
+                "results: " + ", ".join(str(self.output_dir / f) for f in files),
+            ]
         else:
-            lines.append(f"the table is written when every cell exists (or now: python -m "
-                         f"wmtp_jax.study.aggregate {self.output_dir})")
+            lines.append(
+                f"the table is written when every cell exists (or now: python -m "
+                f"wmtp_jax.study.aggregate {self.output_dir})"
+            )
         if self.mlflow_run_id:
             lines.append(f"mlflow: parent run {self.mlflow_run_id}")
         return "\n".join(lines)
@@ -69,8 +75,12 @@ def run(config) -> StudyResult:
     n_cells = len(res["grid"]["arms"]) * len(res["grid"]["seeds"])
     n_done = n_cells - len(res["missing"])
     if res["complete"]:
-        flat = {f"{a}/{m.replace('@', '_at_')}": r[m]["mean"] for a, r in res["arms"].items()
-                for m in r if m.startswith(("pass@", "sampled_pass@"))}
+        flat = {
+            f"{a}/{m.replace('@', '_at_')}": r[m]["mean"]
+            for a, r in res["arms"].items()
+            for m in r
+            if m.startswith(("pass@", "sampled_pass@"))
+        }
         if res.get("critic_credit"):
             flat["critic_credit/auroc"] = res["critic_credit"]["auroc"]
         tracker.log_metrics(flat, step=0)
@@ -78,5 +88,6 @@ def run(config) -> StudyResult:
         tracker.log_artifact(out / report.RESULTS_MD)
         tracker.log_artifact(out / report.RESULTS_PNG)
     tracker.end("FINISHED")
-    return StudyResult(out, res if res["complete"] else None, n_done, n_cells, parent,
-                       time.time() - t0)
+    return StudyResult(
+        out, res if res["complete"] else None, n_done, n_cells, parent, time.time() - t0
+    )

@@ -38,22 +38,38 @@ def make_task(config, mesh):
         raise ValueError(f"{common.tokenizer_path(entry)}: padding_side must be right")
     train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=False)
     lora = common.lora_config(config, hf_names=True)
-    model = common.load_trainable(entry.path, kind="llama", config=config, lora=lora, mesh=mesh,
-                                  seed=int(config.seed))
+    model = common.load_trainable(
+        entry.path, kind="llama", config=config, lora=lora, mesh=mesh, seed=int(config.seed)
+    )
     tok_dir = Path(common.tokenizer_path(entry))
 
     def export(m, directory):
         from wmtp_jax.models.io import tokenizer_dir_files
 
-        return export_model(directory, m, kind="llama", args=m.args, lora=lora,
-                            lm_head=True, tokenizer=tokenizer_dir_files(tok_dir),
-                            source={"pipeline": "ref_tuning", "base": entry.path})
+        return export_model(
+            directory,
+            m,
+            kind="llama",
+            args=m.args,
+            lora=lora,
+            lm_head=True,
+            tokenizer=tokenizer_dir_files(tok_dir),
+            source={"pipeline": "ref_tuning", "base": entry.path},
+        )
 
     return TrainTask(
-        model=model, loss_fn=loss_fn, train_iter=train, trainable=common.trainable_filter(config),
-        eval_fn=eval_fn, val_iter_fn=val_iter_fn, best_metric="val/loss", best_mode="min",
-        count_tokens=common.count_response_tokens, batches_per_epoch=train.steps_per_epoch,
-        export_fn=export)
+        model=model,
+        loss_fn=loss_fn,
+        train_iter=train,
+        trainable=common.trainable_filter(config),
+        eval_fn=eval_fn,
+        val_iter_fn=val_iter_fn,
+        best_metric="val/loss",
+        best_mode="min",
+        count_tokens=common.count_response_tokens,
+        batches_per_epoch=train.steps_per_epoch,
+        export_fn=export,
+    )
 
 
 def run(config):

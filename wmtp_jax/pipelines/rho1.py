@@ -27,21 +27,27 @@ def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
     logits = policy(ids, return_all_heads=True)
     ref_logits = jax.lax.stop_gradient(reference(ids).astype(jnp.float32))
     m = loss_mask_of(labels, am)
-    w, stats = ops.compute_mtp_selective_weights(jax.lax.stop_gradient(logits), ref_logits,
-                                                 labels, m, k_percent, mode)
+    w, stats = ops.compute_mtp_selective_weights(
+        jax.lax.stop_gradient(logits), ref_logits, labels, m, k_percent, mode
+    )
     return ops.compute_mtp_ce_loss(logits, labels, am, w), w, stats, m
 
 
 def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str):
     out, w, stats, m = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
-    metrics = {"weighted_ce_loss": out["weighted_ce_loss"],
-               "unweighted_ce_loss": out["unweighted_ce_loss"],
-               "selection_ratio": stats["selection_ratio"],
-               "avg_heads_per_pos": stats["avg_heads_per_position"],
-               "excess_loss": stats["head_0_excess_mean"],
-               **{f"rho1/{k}": v for k, v in stats.items()
-                  if k.startswith("head_") and not k.endswith("_valid")},
-               **ops.compute_weight_statistics(w, m)}
+    metrics = {
+        "weighted_ce_loss": out["weighted_ce_loss"],
+        "unweighted_ce_loss": out["unweighted_ce_loss"],
+        "selection_ratio": stats["selection_ratio"],
+        "avg_heads_per_pos": stats["avg_heads_per_position"],
+        "excess_loss": stats["head_0_excess_mean"],
+        **{
+            f"rho1/{k}": v
+            for k, v in stats.items()
+            if k.startswith("head_") and not k.endswith("_valid")
+        },
+        **ops.compute_weight_statistics(w, m),
+    }
     return out["weighted_ce_loss"], (metrics, extra)
 
 
@@ -49,16 +55,20 @@ def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str):
     """val/weighted_ce_loss, val/unweighted_ce_loss, val/head0_ce_loss, val/excess_loss,
     val/loss (= unweighted). Same normalisation as training (the original's differed)."""
     out, _, stats, _ = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
-    return {"weighted_ce_loss": out["weighted_ce_loss"],
-            "unweighted_ce_loss": out["unweighted_ce_loss"],
-            "head0_ce_loss": out["head_unweighted_ce_loss"][0],
-            "excess_loss": stats["head_0_excess_mean"], "loss": out["unweighted_ce_loss"]}
+    return {
+        "weighted_ce_loss": out["weighted_ce_loss"],
+        "unweighted_ce_loss": out["unweighted_ce_loss"],
+        "head0_ce_loss": out["head_unweighted_ce_loss"][0],
+        "excess_loss": stats["head_0_excess_mean"],
+        "loss": out["unweighted_ce_loss"],
+    }
 
 
 def load_reference(config, mesh):
     r = config.models.reference
-    return common.load_frozen(r.checkpoint_path, kind="llama", dtype=r.dtype, config=config,
-                              mesh=mesh)
+    return common.load_frozen(
+        r.checkpoint_path, kind="llama", dtype=r.dtype, config=config, mesh=mesh
+    )
 
 
 def make_task(config, mesh):
@@ -70,15 +80,25 @@ def make_task(config, mesh):
     policy = baseline.build_policy(config, mesh)
     reference = load_reference(config, mesh)
     if reference.args.vocab_size != policy.args.vocab_size:
-        raise ValueError(f"models.reference vocab_size {reference.args.vocab_size} != policy "
-                         f"vocab_size {policy.args.vocab_size}: they must share the tokenizer")
+        raise ValueError(
+            f"models.reference vocab_size {reference.args.vocab_size} != policy "
+            f"vocab_size {policy.args.vocab_size}: they must share the tokenizer"
+        )
     kw = dict(k_percent=float(config.training.k_percent), mode=config.training.rho1_mode)
     return TrainTask(
-        model=policy, frozen=reference, loss_fn=partial(loss_fn, **kw), train_iter=train,
-        trainable=common.trainable_filter(config), eval_fn=partial(eval_fn, **kw),
-        val_iter_fn=val_iter_fn, best_metric="val/loss", best_mode="min",
-        count_tokens=common.count_response_tokens, batches_per_epoch=train.steps_per_epoch,
-        export_fn=baseline.export_policy(config, policy))
+        model=policy,
+        frozen=reference,
+        loss_fn=partial(loss_fn, **kw),
+        train_iter=train,
+        trainable=common.trainable_filter(config),
+        eval_fn=partial(eval_fn, **kw),
+        val_iter_fn=val_iter_fn,
+        best_metric="val/loss",
+        best_mode="min",
+        count_tokens=common.count_response_tokens,
+        batches_per_epoch=train.steps_per_epoch,
+        export_fn=baseline.export_policy(config, policy),
+    )
 
 
 def run(config):

@@ -27,6 +27,7 @@ from wmtp_jax.pipelines import common
 
 class WeightingConfig(NamedTuple):
     """Static hyper-parameters of the weights (training.* and weighting.*)."""
+
     advantage: str = "gae"
     whitening: str = "ema"
     gamma: float = 1.0
@@ -39,20 +40,30 @@ class WeightingConfig(NamedTuple):
     @classmethod
     def from_config(cls, c):
         t = c.training
-        return cls(c.weighting.advantage, c.weighting.whitening, float(t.gamma),
-                   float(t.td_lambda), float(t.initial_value), float(t.beta),
-                   float(t.weight_clip_min), float(t.weight_clip_max))
+        return cls(
+            c.weighting.advantage,
+            c.weighting.whitening,
+            float(t.gamma),
+            float(t.td_lambda),
+            float(t.initial_value),
+            float(t.beta),
+            float(t.weight_clip_min),
+            float(t.weight_clip_max),
+        )
 
 
 # ---- EMA state folded over the GA micro-batches of a step -------------------------------------
+
 
 def init_extra(momentum: float, warmup_steps: int) -> dict:
     """{"ema": TDStatsEMA, "acc": running (count, mean, M2) of this step's valid advantages,
     "micro": micro-batches seen in this step}."""
     z = lambda: jnp.zeros((), jnp.float32)  # distinct buffers (the train state is donated)
-    return {"ema": ops.td_ema_init(momentum, warmup_steps),
-            "acc": {"n": z(), "mean": z(), "m2": z()},
-            "micro": jnp.zeros((), jnp.int32)}
+    return {
+        "ema": ops.td_ema_init(momentum, warmup_steps),
+        "acc": {"n": z(), "mean": z(), "m2": z()},
+        "micro": jnp.zeros((), jnp.int32),
+    }
 
 
 def _merge_moments(acc: dict, x: jax.Array, mask: jax.Array) -> dict:
@@ -63,8 +74,7 @@ def _merge_moments(acc: dict, x: jax.Array, mask: jax.Array) -> dict:
     n = acc["n"] + nb
     d = mb - acc["mean"]
     frac = nb / jnp.maximum(n, 1.0)
-    return {"n": n, "mean": acc["mean"] + d * frac,
-            "m2": acc["m2"] + m2b + d * d * acc["n"] * frac}
+    return {"n": n, "mean": acc["mean"] + d * frac, "m2": acc["m2"] + m2b + d * d * acc["n"] * frac}
 
 
 def fold_ema(ema, acc: dict):
@@ -81,13 +91,16 @@ def advance_extra(extra: dict, adv: jax.Array, mask: jax.Array, ga: int) -> dict
     acc = _merge_moments(extra["acc"], adv, mask)
     micro = extra["micro"] + 1
     last = micro >= ga
-    ema = jax.tree.map(lambda a, b: jnp.where(last, a, b), fold_ema(extra["ema"], acc), extra["ema"])
+    ema = jax.tree.map(
+        lambda a, b: jnp.where(last, a, b), fold_ema(extra["ema"], acc), extra["ema"]
+    )
     zero = jax.tree.map(jnp.zeros_like, acc)
     acc = jax.tree.map(lambda a, b: jnp.where(last, a, b), zero, acc)
     return {"ema": ema, "acc": acc, "micro": jnp.where(last, 0, micro)}
 
 
 # ---- weights and losses -----------------------------------------------------------------------
+
 
 def rows(batch):
     """(input_ids, attention_mask, labels, rewards [N]) of a pointwise batch, or of a pairwise
@@ -107,8 +120,9 @@ def loss_mask_of(labels, attention_mask) -> jax.Array:
 
 def advantages(values, rewards, loss_mask, wc: WeightingConfig) -> jax.Array:
     if wc.advantage == "gae":
-        return ops.compute_gae_advantage(values, rewards, loss_mask, wc.gamma, wc.lam,
-                                         wc.initial_value)
+        return ops.compute_gae_advantage(
+            values, rewards, loss_mask, wc.gamma, wc.lam, wc.initial_value
+        )
     return ops.compute_td_errors(values, rewards, loss_mask, wc.gamma, wc.initial_value)
 
 
@@ -138,15 +152,18 @@ def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, c
     w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"])
     out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
     new_extra = advance_extra(extra, adv, m, ga)
-    metrics = {"weighted_ce_loss": out["weighted_ce_loss"],
-               "unweighted_ce_loss": out["unweighted_ce_loss"],
-               "loss_ratio": out["weighted_ce_loss"] / (out["unweighted_ce_loss"] + 1e-8),
-               **ops.compute_td_stats(adv, m),
-               **ops.td_ema_metrics(new_extra["ema"]),
-               **ops.compute_value_function_stats(values, rewards, m),
-               **ops.compute_weight_statistics(w, m),
-               "weight/clipping_ratio": ops.compute_weight_clipping_ratio(
-                   adv, m, mu, sd, wc.beta, wc.min_weight, wc.max_weight)}
+    metrics = {
+        "weighted_ce_loss": out["weighted_ce_loss"],
+        "unweighted_ce_loss": out["unweighted_ce_loss"],
+        "loss_ratio": out["weighted_ce_loss"] / (out["unweighted_ce_loss"] + 1e-8),
+        **ops.compute_td_stats(adv, m),
+        **ops.td_ema_metrics(new_extra["ema"]),
+        **ops.compute_value_function_stats(values, rewards, m),
+        **ops.compute_weight_statistics(w, m),
+        "weight/clipping_ratio": ops.compute_weight_clipping_ratio(
+            adv, m, mu, sd, wc.beta, wc.min_weight, wc.max_weight
+        ),
+    }
     return out["weighted_ce_loss"], (metrics, new_extra)
 
 
@@ -156,16 +173,21 @@ def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int
     m = loss_mask_of(labels, am)
     w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
     out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
-    return {"weighted_ce_loss": out["weighted_ce_loss"],
-            "unweighted_ce_loss": out["unweighted_ce_loss"], "loss": out["unweighted_ce_loss"]}
+    return {
+        "weighted_ce_loss": out["weighted_ce_loss"],
+        "unweighted_ce_loss": out["unweighted_ce_loss"],
+        "loss": out["unweighted_ce_loss"],
+    }
 
 
 # ---- run ------------------------------------------------------------------------------------
 
+
 def load_critic(config, mesh):
     vm = config.models.value_model
-    return common.load_frozen(vm.checkpoint_path, kind="critic", dtype=vm.dtype, config=config,
-                              mesh=mesh)
+    return common.load_frozen(
+        vm.checkpoint_path, kind="critic", dtype=vm.dtype, config=config, mesh=mesh
+    )
 
 
 def make_task(config, mesh):
@@ -182,15 +204,23 @@ def make_task(config, mesh):
     ga = int(config.training.gradient_accumulation_steps)
     t = config.training
     return TrainTask(
-        model=policy, frozen=critic,
-        loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs), train_iter=train,
+        model=policy,
+        frozen=critic,
+        loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs),
+        train_iter=train,
         trainable=common.trainable_filter(config),
         extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
-        eval_fn=partial(eval_fn, wc=wc, chunk_size=cs), val_iter_fn=val_iter_fn,
-        best_metric="val/loss", best_mode="min", count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch, export_fn=baseline.export_policy(config, policy),
-        on_end=partial(viz.log_weight_picture, config=config, tokenizer=tok, wc=wc,
-                       val_iter_fn=val_iter_fn))
+        eval_fn=partial(eval_fn, wc=wc, chunk_size=cs),
+        val_iter_fn=val_iter_fn,
+        best_metric="val/loss",
+        best_mode="min",
+        count_tokens=common.count_response_tokens,
+        batches_per_epoch=train.steps_per_epoch,
+        export_fn=baseline.export_policy(config, policy),
+        on_end=partial(
+            viz.log_weight_picture, config=config, tokenizer=tok, wc=wc, val_iter_fn=val_iter_fn
+        ),
+    )
 
 
 def run(config):

@@ -56,8 +56,15 @@ def draw(samples, *, vmin: float, vmax: float, title: str = ""):
         rgba = cmap(norm(w))
         ax.add_patch(plt.Rectangle((col, ln - 0.45), len(text), 0.9, color=rgba, lw=0))
         lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-        ax.text(col, ln, text, fontsize=7, family="monospace", va="center",
-                color="black" if lum > 0.5 else "white")
+        ax.text(
+            col,
+            ln,
+            text,
+            fontsize=7,
+            family="monospace",
+            va="center",
+            color="black" if lum > 0.5 else "white",
+        )
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01, label="token weight")
     if title:
@@ -87,8 +94,12 @@ def log_weight_picture(model, frozen, tracker, *, config, tokenizer, wc, val_ite
             samples.append((_token_texts(tokenizer, ids[r][on]), w[r][on]))
     if not samples:
         return None
-    fig = draw(samples, vmin=wc.min_weight, vmax=wc.max_weight,
-               title=f"verifiable token weights ({wc.advantage}, batch whitening, β={wc.beta})")
+    fig = draw(
+        samples,
+        vmin=wc.min_weight,
+        vmax=wc.max_weight,
+        title=f"verifiable token weights ({wc.advantage}, batch whitening, β={wc.beta})",
+    )
     fig.set_dpi(110)
     tracker.log_figure(fig, "token_weights.png")  # writes <output_dir>/token_weights.png
     path = Path(config.output_dir).absolute() / "token_weights.png"

@@ -24,9 +24,11 @@ def main(argv=None) -> int:
         return 2
     res = report.aggregate(out)
     print(report.markdown(res), end="")
-    print(f"wrote {out / report.RESULTS_JSON}, {out / report.RESULTS_MD}, "
-          f"{out / report.RESULTS_PNG}" + ("" if res["complete"] else
-                                           f" (incomplete: missing {', '.join(res['missing'])})"))
+    print(
+        f"wrote {out / report.RESULTS_JSON}, {out / report.RESULTS_MD}, "
+        f"{out / report.RESULTS_PNG}"
+        + ("" if res["complete"] else f" (incomplete: missing {', '.join(res['missing'])})")
+    )
     return 0
 
 

@@ -37,7 +37,7 @@ def bootstrap_means(scores, n_resamples: int = 2000, seed: int = 0) -> np.ndarra
         b = min(CHUNK, n_resamples - lo)
         si = rng.integers(0, s, (b, s))
         pi = rng.integers(0, p, (b, p))
-        out[lo:lo + b] = x[si[:, :, None], pi[:, None, :]].mean(axis=(1, 2))
+        out[lo : lo + b] = x[si[:, :, None], pi[:, None, :]].mean(axis=(1, 2))
     return out
 
 
@@ -50,16 +50,18 @@ def percentile_interval(samples, confidence: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def bootstrap_ci(scores, n_resamples: int = 2000, seed: int = 0,
-                 confidence: float = 0.95) -> dict:
+def bootstrap_ci(scores, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
     """{"mean": mean of scores, "ci95": [lo, hi]} (percentile bootstrap, seeds × problems)."""
     x = _matrix(scores)
-    return {"mean": float(x.mean()),
-            "ci95": percentile_interval(bootstrap_means(x, n_resamples, seed), confidence)}
+    return {
+        "mean": float(x.mean()),
+        "ci95": percentile_interval(bootstrap_means(x, n_resamples, seed), confidence),
+    }
 
 
-def paired_bootstrap_ci(a, b, n_resamples: int = 2000, seed: int = 0,
-                        confidence: float = 0.95) -> dict:
+def paired_bootstrap_ci(
+    a, b, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict:
     """{"delta": mean(a) − mean(b), "ci95"}: both arms on the same resampled seeds and problems
     (a and b are `[S, P]` with matching rows = seeds and columns = problems)."""
     xa, xb = _matrix(a), _matrix(b)

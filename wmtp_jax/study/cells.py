@@ -31,8 +31,12 @@ from wmtp_jax.configs.experiment import parse_list
 from wmtp_jax.eval.metrics import pass_at_k
 from wmtp_jax.train.tracking import log_to_run
 
-ARM_PIPELINES = {"baseline": "baseline", "verifiable": "verifiable", "rho1": "rho1",
-                 "verifiable_negatives": "verifiable"}
+ARM_PIPELINES = {
+    "baseline": "baseline",
+    "verifiable": "verifiable",
+    "rho1": "rho1",
+    "verifiable_negatives": "verifiable",
+}
 STUDY_FILE = "study.json"
 CELL_FILE = "cell.json"
 TRAIN_DONE = "train_done.json"
@@ -82,6 +86,7 @@ def grid(study) -> tuple[list[str], list[int]]:
 
 # ---- sub-configs -----------------------------------------------------------------------------
 
+
 def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, name: str, **models):
     """`pipeline`'s micro config for one run of the study: the study's dataset, `train.<role>`
     sizes, seed (loader order, model init, pair sampling), MLflow store; `models` sets
@@ -116,14 +121,22 @@ def arm_config(study, arm: str, seed: int, critic=None, reference=None):
         models["value_model"] = critic
     if arm == "rho1":
         models["reference"] = reference
-    c = sub_config(study, ARM_PIPELINES[arm], "policy", seed, cell_dir(study.output_dir, arm, seed),
-                   arm, **models)
+    c = sub_config(
+        study,
+        ARM_PIPELINES[arm],
+        "policy",
+        seed,
+        cell_dir(study.output_dir, arm, seed),
+        arm,
+        **models,
+    )
     if arm == "verifiable_negatives":
         c.data.use_negatives = True
     return c
 
 
 # ---- steps -----------------------------------------------------------------------------------
+
 
 def train(config, parent_run: str | None) -> dict:
     """Run `config.pipeline` unless `<output_dir>/train_done.json` exists; its MLflow run is
@@ -135,15 +148,27 @@ def train(config, parent_run: str | None) -> dict:
     t0 = time.time()
     result = importlib.import_module(f"wmtp_jax.pipelines.{config.pipeline}").run(config)
     if result.status not in ("completed", "data_exhausted"):
-        raise RuntimeError(f"{config.pipeline} run in {out} ended with status {result.status!r}; "
-                           f"re-run the study to resume it")
+        raise RuntimeError(
+            f"{config.pipeline} run in {out} ended with status {result.status!r}; "
+            f"re-run the study to resume it"
+        )
     if parent_run:
-        log_to_run(result.mlflow_tracking_uri, result.mlflow_run_id, {},
-                   tags={"mlflow.parentRunId": parent_run})
-    info = {"pipeline": config.pipeline, "status": result.status, "step": result.step,
-            "seconds": time.time() - t0, "model_dir": str(out / "final_model"),
-            "metrics_file": str(out / "metrics.jsonl"), "mlflow_run_id": result.mlflow_run_id,
-            "final_metrics": {k: v for k, v in result.metrics.items() if k.startswith("val/")}}
+        log_to_run(
+            result.mlflow_tracking_uri,
+            result.mlflow_run_id,
+            {},
+            tags={"mlflow.parentRunId": parent_run},
+        )
+    info = {
+        "pipeline": config.pipeline,
+        "status": result.status,
+        "step": result.step,
+        "seconds": time.time() - t0,
+        "model_dir": str(out / "final_model"),
+        "metrics_file": str(out / "metrics.jsonl"),
+        "mlflow_run_id": result.mlflow_run_id,
+        "final_metrics": {k: v for k, v in result.metrics.items() if k.startswith("val/")},
+    }
     write_json(done, info)
     return info
 
@@ -172,8 +197,7 @@ def problem_scores(results_file: Path, ks) -> dict:
                 nc[0] += 1
                 nc[1] += int(bool(r["passed"]))
     ids = list(counts)
-    return {"task_ids": ids,
-            **{f"pass@{k}": [pass_at_k(*counts[t], k) for t in ids] for k in ks}}
+    return {"task_ids": ids, **{f"pass@{k}": [pass_at_k(*counts[t], k) for t in ids] for k in ks}}
 
 
 def evaluate(study, model_dir, out: Path) -> dict:
@@ -185,26 +209,48 @@ def evaluate(study, model_dir, out: Path) -> dict:
     e = study.eval
     data_dir = str(Path(study.dataset.path).parent)
     if Path(study.dataset.path).name != BENCHMARK:
-        raise ValueError(f"dataset.path={study.dataset.path!r}: the synthetic benchmark reads "
-                         f"<data_dir>/{BENCHMARK}/processed, so the directory must be named "
-                         f"{BENCHMARK!r}")
-    common = dict(benchmark=BENCHMARK, split="test", validation_split="valid",
-                  limit=int(e.limit), max_new_tokens=int(e.max_new_tokens),
-                  batch_size=int(e.batch_size), workers=int(e.workers),
-                  timeout=float(e.timeout), sample_seed=int(e.sample_seed), top_p=float(e.top_p))
+        raise ValueError(
+            f"dataset.path={study.dataset.path!r}: the synthetic benchmark reads "
+            f"<data_dir>/{BENCHMARK}/processed, so the directory must be named "
+            f"{BENCHMARK!r}"
+        )
+    common = dict(
+        benchmark=BENCHMARK,
+        split="test",
+        validation_split="valid",
+        limit=int(e.limit),
+        max_new_tokens=int(e.max_new_tokens),
+        batch_size=int(e.batch_size),
+        workers=int(e.workers),
+        timeout=float(e.timeout),
+        sample_seed=int(e.sample_seed),
+        top_p=float(e.top_p),
+    )
     got = {}
-    for mode, keys in (("greedy", dict(temperature=0.0, n_samples=1, k=(1,))),
-                       ("sampled", dict(temperature=tuple(float(t) for t in e.temperatures),
-                                        validation_limit=int(e.validation_limit),
-                                        n_samples=int(e.n_samples), k=tuple(e.k)))):
+    for mode, keys in (
+        ("greedy", dict(temperature=0.0, n_samples=1, k=(1,))),
+        (
+            "sampled",
+            dict(
+                temperature=tuple(float(t) for t in e.temperatures),
+                validation_limit=int(e.validation_limit),
+                n_samples=int(e.n_samples),
+                k=tuple(e.k),
+            ),
+        ),
+    ):
         t0 = time.time()
         s = cached_run(eval_config(model_dir, out / mode, data_dir=data_dir, **common, **keys))
         ks = (1,) if mode == "greedy" else tuple(e.k)
-        got[mode] = {**{f"pass@{k}": s[f"pass@{k}"] for k in ks},
-                     "n_problems": s["n_problems"], "temperature": s["temperature"],
-                     "temperature_sweep": s.get("temperature_sweep"),
-                     "samples": str(out / mode / "samples.jsonl"), "seconds": time.time() - t0,
-                     "per_problem": problem_scores(out / mode / "results.jsonl", ks)}
+        got[mode] = {
+            **{f"pass@{k}": s[f"pass@{k}"] for k in ks},
+            "n_problems": s["n_problems"],
+            "temperature": s["temperature"],
+            "temperature_sweep": s.get("temperature_sweep"),
+            "samples": str(out / mode / "samples.jsonl"),
+            "seconds": time.time() - t0,
+            "per_problem": problem_scores(out / mode / "results.jsonl", ks),
+        }
     return got
 
 
@@ -224,34 +270,58 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
             say(f"{arm} seed {seed}: done before, reused (pass@1 {cell['metrics']['pass@1']:.3f})")
             return cell
         t0 = time.time()
-        cfg = arm_config(study, arm, seed, critic=prereq.get("critic", {}).get("model_dir"),
-                         reference=prereq.get("reference", {}).get("model_dir"))
+        cfg = arm_config(
+            study,
+            arm,
+            seed,
+            critic=prereq.get("critic", {}).get("model_dir"),
+            reference=prereq.get("reference", {}).get("model_dir"),
+        )
         tr = train(cfg, parent_run)
         t1 = time.time()
         ev = evaluate(study, tr["model_dir"], d / "eval")
         metrics = _cell_metrics(ev)
-        cell = {"arm": arm, "seed": seed, "pipeline": cfg.pipeline, "metrics": metrics,
-                "temperature": ev["sampled"]["temperature"],
-                "temperature_sweep": ev["sampled"]["temperature_sweep"],
-                "samples": ev["greedy"]["samples"], "sampled_samples": ev["sampled"]["samples"],
-                "n_problems": ev["greedy"]["n_problems"],
-                "per_problem": {"task_ids": ev["greedy"]["per_problem"]["task_ids"],
-                                "pass@1": ev["greedy"]["per_problem"]["pass@1"],
-                                **{f"sampled_{k}": v for k, v in
-                                   ev["sampled"]["per_problem"].items() if k != "task_ids"}},
-                "sampled_task_ids": ev["sampled"]["per_problem"]["task_ids"],
-                "train": tr, "metrics_file": tr["metrics_file"],
-                "timings": {"train_s": t1 - t0, "eval_s": time.time() - t1,
-                            "total_s": time.time() - t0}}
-        log_to_run(study.mlflow.tracking_uri, tr["mlflow_run_id"],
-                   {f"test/{k.replace('@', '_at_')}": v for k, v in metrics.items()},
-                   tags={"study.arm": arm, "study.seed": seed,
-                         "study.temperature": cell["temperature"]})
+        cell = {
+            "arm": arm,
+            "seed": seed,
+            "pipeline": cfg.pipeline,
+            "metrics": metrics,
+            "temperature": ev["sampled"]["temperature"],
+            "temperature_sweep": ev["sampled"]["temperature_sweep"],
+            "samples": ev["greedy"]["samples"],
+            "sampled_samples": ev["sampled"]["samples"],
+            "n_problems": ev["greedy"]["n_problems"],
+            "per_problem": {
+                "task_ids": ev["greedy"]["per_problem"]["task_ids"],
+                "pass@1": ev["greedy"]["per_problem"]["pass@1"],
+                **{
+                    f"sampled_{k}": v
+                    for k, v in ev["sampled"]["per_problem"].items()
+                    if k != "task_ids"
+                },
+            },
+            "sampled_task_ids": ev["sampled"]["per_problem"]["task_ids"],
+            "train": tr,
+            "metrics_file": tr["metrics_file"],
+            "timings": {
+                "train_s": t1 - t0,
+                "eval_s": time.time() - t1,
+                "total_s": time.time() - t0,
+            },
+        }
+        log_to_run(
+            study.mlflow.tracking_uri,
+            tr["mlflow_run_id"],
+            {f"test/{k.replace('@', '_at_')}": v for k, v in metrics.items()},
+            tags={"study.arm": arm, "study.seed": seed, "study.temperature": cell["temperature"]},
+        )
         write_json(d / CELL_FILE, cell)
     m = metrics
-    say(f"{arm} seed {seed}: pass@1 {m['pass@1']:.3f} | sampled (T={cell['temperature']:g}) "
+    say(
+        f"{arm} seed {seed}: pass@1 {m['pass@1']:.3f} | sampled (T={cell['temperature']:g}) "
         + " ".join(f"{k[8:]} {v:.3f}" for k, v in m.items() if k.startswith("sampled_"))
-        + f" | train {cell['timings']['train_s']:.0f} s, eval {cell['timings']['eval_s']:.0f} s")
+        + f" | train {cell['timings']['train_s']:.0f} s, eval {cell['timings']['eval_s']:.0f} s"
+    )
     return cell
 
 
@@ -265,17 +335,26 @@ def run_credit(study, seed: int, critic_dir: str) -> dict:
             return json.loads((d / "credit.json").read_text())
         t0 = time.time()
         vcfg = arm_config(study, "verifiable", seed, critic=critic_dir)
-        got = credit.measure(vcfg, split=study.credit.split,
-                             batch_size=int(study.credit.batch_size),
-                             max_solutions=int(study.credit.max_solutions))
+        got = credit.measure(
+            vcfg,
+            split=study.credit.split,
+            batch_size=int(study.credit.batch_size),
+            max_solutions=int(study.credit.max_solutions),
+        )
         d.mkdir(parents=True, exist_ok=True)
         np.savez(d / "credit.npz", **got["arrays"])
-        summary = {**got["summary"], "seed": seed, "critic": critic_dir,
-                   "seconds": time.time() - t0}
+        summary = {
+            **got["summary"],
+            "seed": seed,
+            "critic": critic_dir,
+            "seconds": time.time() - t0,
+        }
         write_json(d / "credit.json", summary)
-    say(f"seed {seed}: critic credit AUROC {summary['auroc']:.3f} on {summary['n_solutions']} "
+    say(
+        f"seed {seed}: critic credit AUROC {summary['auroc']:.3f} on {summary['n_solutions']} "
         f"held-out incorrect solutions, pairwise accuracy {summary['pairwise_accuracy']:.3f} "
-        f"({summary['n_pairs']} pairs) in {summary['seconds']:.0f} s")
+        f"({summary['n_pairs']} pairs) in {summary['seconds']:.0f} s"
+    )
     return summary
 
 
@@ -283,18 +362,35 @@ def initial_policy(study) -> dict:
     """Greedy pass@1 of the shared initial policy (models.policy.path), once per output_dir."""
     from wmtp_jax.pipelines.evaluation import cached_run, eval_config
 
-    path = importlib.import_module("wmtp_jax.configs.baseline").get_config("micro").models.policy.path
+    path = (
+        importlib.import_module("wmtp_jax.configs.baseline").get_config("micro").models.policy.path
+    )
     out = Path(study.output_dir) / "initial" / "eval" / "greedy"
     e = study.eval
     with locked(Path(study.output_dir) / ".initial.lock"):
-        s = cached_run(eval_config(path, out, data_dir=str(Path(study.dataset.path).parent),
-                                   benchmark=BENCHMARK, split="test", limit=int(e.limit),
-                                   temperature=0.0, n_samples=1, k=(1,),
-                                   max_new_tokens=int(e.max_new_tokens),
-                                   batch_size=int(e.batch_size), workers=int(e.workers),
-                                   timeout=float(e.timeout)))
-    return {"path": path, "pass@1": s["pass@1"], "n_problems": s["n_problems"],
-            "samples": str(out / "samples.jsonl")}
+        s = cached_run(
+            eval_config(
+                path,
+                out,
+                data_dir=str(Path(study.dataset.path).parent),
+                benchmark=BENCHMARK,
+                split="test",
+                limit=int(e.limit),
+                temperature=0.0,
+                n_samples=1,
+                k=(1,),
+                max_new_tokens=int(e.max_new_tokens),
+                batch_size=int(e.batch_size),
+                workers=int(e.workers),
+                timeout=float(e.timeout),
+            )
+        )
+    return {
+        "path": path,
+        "pass@1": s["pass@1"],
+        "n_problems": s["n_problems"],
+        "samples": str(out / "samples.jsonl"),
+    }
 
 
 def ensure_storage(study) -> None:
@@ -303,8 +399,9 @@ def ensure_storage(study) -> None:
 
     with locked(Path(study.output_dir) / ".bootstrap.lock"):
         for pipeline, role in (("baseline", "policy"), ("critic", "critic")):
-            ensure_micro_storage(sub_config(study, pipeline, role, 0, Path(study.output_dir),
-                                            "bootstrap"))
+            ensure_micro_storage(
+                sub_config(study, pipeline, role, 0, Path(study.output_dir), "bootstrap")
+            )
 
 
 def record_study(study) -> None:

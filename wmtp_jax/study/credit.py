@@ -21,8 +21,8 @@ import numpy as np
 
 from wmtp_jax.study.bootstrap import percentile_interval
 
-
 # ---- pure math -------------------------------------------------------------------------------
+
 
 def token_inside(offsets, span) -> np.ndarray:
     """bool `[T]`: token t's characters [a_t, b_t) overlap the half-open span [s, e) (empty
@@ -50,8 +50,14 @@ def auroc(scores, labels, weights=None) -> float:
     return float(np.sum(pos * (below + 0.5 * neg)) / den)
 
 
-def auroc_interval(scores_by_seed, labels, solution, n_resamples: int = 1000, seed: int = 0,
-                   confidence: float = 0.95) -> list[float]:
+def auroc_interval(
+    scores_by_seed,
+    labels,
+    solution,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> list[float]:
     """Percentile interval of mean_seeds AUROC when seeds and solutions are resampled with
     replacement (a drawn solution brings all its tokens). scores_by_seed: `[S][T]`; labels,
     solution (solution index of each token): `[T]`."""
@@ -75,14 +81,17 @@ def summarize(score, weight, inside) -> dict:
     """Per-seed numbers of one critic: auroc, mean weight inside / outside, token counts."""
     inside = np.asarray(inside, bool)
     weight = np.asarray(weight, np.float64)
-    return {"auroc": auroc(score, inside),
-            "mean_weight_inside": float(weight[inside].mean()) if inside.any() else float("nan"),
-            "mean_weight_outside": float(weight[~inside].mean()) if (~inside).any()
-            else float("nan"),
-            "n_tokens_inside": int(inside.sum()), "n_tokens_outside": int((~inside).sum())}
+    return {
+        "auroc": auroc(score, inside),
+        "mean_weight_inside": float(weight[inside].mean()) if inside.any() else float("nan"),
+        "mean_weight_outside": float(weight[~inside].mean()) if (~inside).any() else float("nan"),
+        "n_tokens_inside": int(inside.sum()),
+        "n_tokens_outside": int((~inside).sum()),
+    }
 
 
 # ---- held-out solutions ----------------------------------------------------------------------
+
 
 def held_out(dataset_dir, split: str = "test", max_solutions: int = 0):
     """(incorrect, correct): incorrect = [{"record", "span", "problem"}] of `split` (the first
@@ -120,14 +129,13 @@ def encode(tokenizer, records, max_length: int, append_eos: bool):
     offsets = np.zeros((len(records), length, 2), np.int64)
     for r, rec in enumerate(records):
         head = _prompt(rec) + RESPONSE_HEADER
-        enc = tokenizer(head + rec["output"], add_special_tokens=True,
-                        return_offsets_mapping=True)
+        enc = tokenizer(head + rec["output"], add_special_tokens=True, return_offsets_mapping=True)
         ids = list(enc["input_ids"])[:length]
-        if ids != list(batch["input_ids"][r, :len(ids)]):
+        if ids != list(batch["input_ids"][r, : len(ids)]):
             raise ValueError("credit: offset tokenisation differs from the collator's")
         off = np.asarray(enc["offset_mapping"], np.int64)[:length] - len(head)
         off = np.where(off < 0, 0, off)  # prompt tokens (masked anyway)
-        offsets[r, :len(ids)] = off
+        offsets[r, : len(ids)] = off
     return batch, offsets
 
 
@@ -152,18 +160,24 @@ def run_critic(critic, batch, wc, batch_size: int):
     n = batch["input_ids"].shape[0]
     outs = []
     for lo in range(0, n, batch_size):
-        sl = {k: v[lo:lo + batch_size] for k, v in batch.items()}
+        sl = {k: v[lo : lo + batch_size] for k, v in batch.items()}
         pad = batch_size - sl["input_ids"].shape[0]
         if pad:
             sl = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in sl.items()}
-        o = fwd(critic, jnp.asarray(sl["input_ids"]), jnp.asarray(sl["attention_mask"]),
-                jnp.asarray(sl["labels"]), jnp.asarray(sl["is_correct"]))
-        outs.append([np.asarray(x)[:batch_size - pad] for x in o])
+        o = fwd(
+            critic,
+            jnp.asarray(sl["input_ids"]),
+            jnp.asarray(sl["attention_mask"]),
+            jnp.asarray(sl["labels"]),
+            jnp.asarray(sl["is_correct"]),
+        )
+        outs.append([np.asarray(x)[: batch_size - pad] for x in o])
     return [np.concatenate([o[i] for o in outs]) for i in range(4)]
 
 
-def measure(verifiable_config, *, split: str = "test", batch_size: int = 16,
-            max_solutions: int = 0) -> dict:
+def measure(
+    verifiable_config, *, split: str = "test", batch_size: int = 16, max_solutions: int = 0
+) -> dict:
     """Critic credit of `models.value_model.checkpoint_path` (a verifiable config: its critic,
     data, weighting). Returns per-token arrays (score, weight, inside, solution) + summary."""
     from wmtp_jax import ops
@@ -194,13 +208,23 @@ def measure(verifiable_config, *, split: str = "test", batch_size: int = 16,
     cor = [(p, rec) for p in pids for rec in correct[p]]
     cbatch, _ = encode(tok, [rec for _, rec in cor], L, eos)
     vbar_pos = run_critic(critic, cbatch, wc, batch_size)[2]
-    wins = [float(vp > vn) for (p, _), vp in zip(cor, vbar_pos)
-            for s, vn in zip(incorrect, vbar_neg) if s["problem"] == p]
-    arrays = {"score": np.concatenate(score).astype(np.float32),
-              "weight": np.concatenate(weight).astype(np.float32),
-              "inside": np.concatenate(inside), "solution": np.concatenate(solution)}
+    wins = [
+        float(vp > vn)
+        for (p, _), vp in zip(cor, vbar_pos)
+        for s, vn in zip(incorrect, vbar_neg)
+        if s["problem"] == p
+    ]
+    arrays = {
+        "score": np.concatenate(score).astype(np.float32),
+        "weight": np.concatenate(weight).astype(np.float32),
+        "inside": np.concatenate(inside),
+        "solution": np.concatenate(solution),
+    }
     summary = summarize(arrays["score"], arrays["weight"], arrays["inside"])
-    summary.update(n_solutions=len(incorrect), n_pairs=len(wins),
-                   pairwise_accuracy=float(np.mean(wins)) if wins else float("nan"),
-                   split=split)
+    summary.update(
+        n_solutions=len(incorrect),
+        n_pairs=len(wins),
+        pairwise_accuracy=float(np.mean(wins)) if wins else float("nan"),
+        split=split,
+    )
     return {"arrays": arrays, "summary": summary}

@@ -63,8 +63,10 @@ def _matrix(cs: list[dict], metric: str) -> np.ndarray:
     for c in cs:
         their = c[key] if key else c["per_problem"]["task_ids"]
         if sorted(their) != sorted(ids):
-            raise ValueError(f"cell {c['arm']} seed {c['seed']}: evaluated on other problems "
-                             f"than {cs[0]['arm']} seed {cs[0]['seed']}")
+            raise ValueError(
+                f"cell {c['arm']} seed {c['seed']}: evaluated on other problems "
+                f"than {cs[0]['arm']} seed {cs[0]['seed']}"
+            )
         pos = {t: i for i, t in enumerate(their)}
         vals = c["per_problem"][metric]
         rows.append([vals[pos[t]] for t in ids])
@@ -80,10 +82,17 @@ def arm_results(cellmap: dict, arm: str, seeds: list[int], n: int, seed: int) ->
     out = {m: bootstrap.bootstrap_ci(_matrix(cs, m), n, seed) for m in _metrics_of(cs)}
     out["n_seeds"] = len(cs)
     out["n_problems"] = cs[0]["n_problems"]
-    out["seeds"] = {str(c["seed"]): {
-        **c["metrics"], "samples": c["samples"], "sampled_samples": c["sampled_samples"],
-        "temperature": c["temperature"], "temperature_sweep": c["temperature_sweep"],
-        "metrics_file": c["metrics_file"]} for c in cs}
+    out["seeds"] = {
+        str(c["seed"]): {
+            **c["metrics"],
+            "samples": c["samples"],
+            "sampled_samples": c["sampled_samples"],
+            "temperature": c["temperature"],
+            "temperature_sweep": c["temperature_sweep"],
+            "metrics_file": c["metrics_file"],
+        }
+        for c in cs
+    }
     return out
 
 
@@ -112,24 +121,33 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
     arrays = [creds[s][1] for s in seeds]
     ref = arrays[0]
     for a in arrays[1:]:
-        if not (np.array_equal(a["inside"], ref["inside"])
-                and np.array_equal(a["solution"], ref["solution"])):
+        if not (
+            np.array_equal(a["inside"], ref["inside"])
+            and np.array_equal(a["solution"], ref["solution"])
+        ):
             raise ValueError("critic credit: seeds were measured on different tokens")
     per = {str(s): creds[s][0] for s in seeds}
     mean = lambda k: float(np.mean([creds[s][0][k] for s in seeds]))
-    return {"auroc": mean("auroc"),
-            "ci95": credit.auroc_interval([a["score"] for a in arrays], ref["inside"],
-                                          ref["solution"], n, seed),
-            "n_solutions": creds[seeds[0]][0]["n_solutions"],
-            "n_pairs": creds[seeds[0]][0]["n_pairs"],
-            "n_tokens_inside": creds[seeds[0]][0]["n_tokens_inside"],
-            "n_tokens_outside": creds[seeds[0]][0]["n_tokens_outside"],
-            "mean_weight_inside": mean("mean_weight_inside"),
-            "mean_weight_outside": mean("mean_weight_outside"),
-            "pairwise_accuracy": mean("pairwise_accuracy"),
-            "seeds": {k: {x: v[x] for x in ("auroc", "mean_weight_inside",
-                                             "mean_weight_outside", "pairwise_accuracy")}
-                      for k, v in per.items()}}
+    return {
+        "auroc": mean("auroc"),
+        "ci95": credit.auroc_interval(
+            [a["score"] for a in arrays], ref["inside"], ref["solution"], n, seed
+        ),
+        "n_solutions": creds[seeds[0]][0]["n_solutions"],
+        "n_pairs": creds[seeds[0]][0]["n_pairs"],
+        "n_tokens_inside": creds[seeds[0]][0]["n_tokens_inside"],
+        "n_tokens_outside": creds[seeds[0]][0]["n_tokens_outside"],
+        "mean_weight_inside": mean("mean_weight_inside"),
+        "mean_weight_outside": mean("mean_weight_outside"),
+        "pairwise_accuracy": mean("pairwise_accuracy"),
+        "seeds": {
+            k: {
+                x: v[x]
+                for x in ("auroc", "mean_weight_inside", "mean_weight_outside", "pairwise_accuracy")
+            }
+            for k, v in per.items()
+        },
+    }
 
 
 def aggregate(out, *, write: bool | None = True) -> dict:
@@ -144,19 +162,37 @@ def aggregate(out, *, write: bool | None = True) -> dict:
     arms = list(study["arms"]) + sorted({a for a, _ in cellmap} - set(study["arms"]))
     seeds = sorted(set(study["seeds"]) | {s for _, s in cellmap})
     missing = [f"{a}/seed_{s}" for a in arms for s in seeds if (a, s) not in cellmap]
-    res = {"complete": not missing, "missing": missing, "grid": {"arms": arms, "seeds": seeds},
-           "arms": {a: arm_results(cellmap, a, seeds, n, bseed)
-                    for a in arms if any((a, s) in cellmap for s in seeds)}}
-    res["paired"] = {f"{a}-baseline": p for a in res["arms"] if a != "baseline"
-                     if (p := paired_results(cellmap, a, seeds, n, bseed)) is not None}
+    res = {
+        "complete": not missing,
+        "missing": missing,
+        "grid": {"arms": arms, "seeds": seeds},
+        "arms": {
+            a: arm_results(cellmap, a, seeds, n, bseed)
+            for a in arms
+            if any((a, s) in cellmap for s in seeds)
+        },
+    }
+    res["paired"] = {
+        f"{a}-baseline": p
+        for a in res["arms"]
+        if a != "baseline"
+        if (p := paired_results(cellmap, a, seeds, n, bseed)) is not None
+    }
     res["critic_credit"] = credit_results(load_credit(out), n, bseed)
     init = out / "initial" / "eval" / "greedy" / "summary.json"
     if init.exists():
         s = json.loads(init.read_text())
-        res["initial_policy"] = {"pass@1": s["pass@1"], "n_problems": s["n_problems"],
-                                 "checkpoint": s["checkpoint"]["checkpoint"]}
-    res["bootstrap"] = {"n_resamples": n, "seed": bseed, "confidence": 0.95,
-                        "over": "problems x seeds (percentile)"}
+        res["initial_policy"] = {
+            "pass@1": s["pass@1"],
+            "n_problems": s["n_problems"],
+            "checkpoint": s["checkpoint"]["checkpoint"],
+        }
+    res["bootstrap"] = {
+        "n_resamples": n,
+        "seed": bseed,
+        "confidence": 0.95,
+        "over": "problems x seeds (percentile)",
+    }
     res["config"] = cfg
     res["timings"] = timings(out, cellmap)
     res = _nan_to_none(res)
@@ -197,50 +233,82 @@ def markdown(res: dict) -> str:
     arms = res["arms"]
     metrics = list(next(iter(arms.values())).keys()) if arms else []
     metrics = [m for m in metrics if m.startswith(("pass@", "sampled_pass@"))]
-    title = {m: ("greedy pass@1" if m == "pass@1" else m.replace("sampled_", "sampled "))
-             for m in metrics}
-    lines = ["# WMTP study results", "",
-             f"Grid: arms {', '.join(res['grid']['arms'])} × seeds "
-             f"{', '.join(map(str, res['grid']['seeds']))}"
-             + ("" if res["complete"] else f" — INCOMPLETE, missing {', '.join(res['missing'])}"),
-             "", "Mean over problems × seeds, 95% percentile-bootstrap interval "
-             f"({res['bootstrap']['n_resamples']} resamples of problems and seeds).", "",
-             "| arm | seeds | problems | " + " | ".join(title[m] for m in metrics)
-             + " | Δ greedy pass@1 vs baseline |",
-             "|---|---|---|" + "---|" * len(metrics) + "---|"]
+    title = {
+        m: ("greedy pass@1" if m == "pass@1" else m.replace("sampled_", "sampled "))
+        for m in metrics
+    }
+    lines = [
+        "# WMTP study results",
+        "",
+        f"Grid: arms {', '.join(res['grid']['arms'])} × seeds "
+        f"{', '.join(map(str, res['grid']['seeds']))}"
+        + ("" if res["complete"] else f" — INCOMPLETE, missing {', '.join(res['missing'])}"),
+        "",
+        "Mean over problems × seeds, 95% percentile-bootstrap interval "
+        f"({res['bootstrap']['n_resamples']} resamples of problems and seeds).",
+        "",
+        "| arm | seeds | problems | "
+        + " | ".join(title[m] for m in metrics)
+        + " | Δ greedy pass@1 vs baseline |",
+        "|---|---|---|" + "---|" * len(metrics) + "---|",
+    ]
     for a, r in arms.items():
         p = res["paired"].get(f"{a}-baseline")
-        lines.append(f"| {a} | {r['n_seeds']} | {r['n_problems']} | "
-                     + " | ".join(_fmt(r.get(m)) for m in metrics)
-                     + f" | {_fmt(p, 'delta') if p else '–'} |")
+        lines.append(
+            f"| {a} | {r['n_seeds']} | {r['n_problems']} | "
+            + " | ".join(_fmt(r.get(m)) for m in metrics)
+            + f" | {_fmt(p, 'delta') if p else '–'} |"
+        )
     if res.get("initial_policy"):
-        lines += ["", f"Initial policy (shared by every arm): greedy pass@1 "
-                      f"{res['initial_policy']['pass@1']:.3f}."]
+        lines += [
+            "",
+            f"Initial policy (shared by every arm): greedy pass@1 "
+            f"{res['initial_policy']['pass@1']:.3f}.",
+        ]
     if res["paired"]:
-        lines += ["", "Paired differences (arm − baseline; same resampled seeds and problems):",
-                  "", "| comparison | " + " | ".join(title[m] for m in metrics) + " |",
-                  "|---|" + "---|" * len(metrics)]
+        lines += [
+            "",
+            "Paired differences (arm − baseline; same resampled seeds and problems):",
+            "",
+            "| comparison | " + " | ".join(title[m] for m in metrics) + " |",
+            "|---|" + "---|" * len(metrics),
+        ]
         for k, p in res["paired"].items():
             lines.append(f"| {k} | " + " | ".join(_fmt(p.get(m), "delta") for m in metrics) + " |")
     cc = res.get("critic_credit")
     if cc:
-        lines += ["", "## Critic credit (held-out incorrect solutions)", "",
-                  f"AUROC of −δ_t for tokens inside vs outside the mutated span: "
-                  f"{_fmt(cc, 'auroc')} ({cc['n_solutions']} solutions, "
-                  f"{cc['n_tokens_inside']} inside / {cc['n_tokens_outside']} outside tokens; "
-                  f"interval over solutions × seeds).",
-                  f"Mean verifiable token weight inside {cc['mean_weight_inside']:.3f}, outside "
-                  f"{cc['mean_weight_outside']:.3f}. Critic pairwise accuracy on "
-                  f"{cc['n_pairs']} held-out pairs: {cc['pairwise_accuracy']:.3f}."]
+        lines += [
+            "",
+            "## Critic credit (held-out incorrect solutions)",
+            "",
+            f"AUROC of −δ_t for tokens inside vs outside the mutated span: "
+            f"{_fmt(cc, 'auroc')} ({cc['n_solutions']} solutions, "
+            f"{cc['n_tokens_inside']} inside / {cc['n_tokens_outside']} outside tokens; "
+            f"interval over solutions × seeds).",
+            f"Mean verifiable token weight inside {cc['mean_weight_inside']:.3f}, outside "
+            f"{cc['mean_weight_outside']:.3f}. Critic pairwise accuracy on "
+            f"{cc['n_pairs']} held-out pairs: {cc['pairwise_accuracy']:.3f}.",
+        ]
     t = res["timings"]["cells"]
     if t:
-        lines += ["", "## Wall time per cell (s: train + eval)", "", "| arm | " + " | ".join(
-            f"seed {s}" for s in res["grid"]["seeds"]) + " |",
-            "|---|" + "---|" * len(res["grid"]["seeds"])]
+        lines += [
+            "",
+            "## Wall time per cell (s: train + eval)",
+            "",
+            "| arm | " + " | ".join(f"seed {s}" for s in res["grid"]["seeds"]) + " |",
+            "|---|" + "---|" * len(res["grid"]["seeds"]),
+        ]
         for a, row in t.items():
-            lines.append(f"| {a} | " + " | ".join(
-                f"{row[str(s)]['train_s']:.0f} + {row[str(s)]['eval_s']:.0f}"
-                if str(s) in row else "–" for s in res["grid"]["seeds"]) + " |")
+            lines.append(
+                f"| {a} | "
+                + " | ".join(
+                    f"{row[str(s)]['train_s']:.0f} + {row[str(s)]['eval_s']:.0f}"
+                    if str(s) in row
+                    else "–"
+                    for s in res["grid"]["seeds"]
+                )
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -264,8 +332,11 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = list(res["arms"])
-    metrics = [m for m in (next(iter(res["arms"].values())) if arms else {})
-               if m.startswith(("pass@", "sampled_pass@"))]
+    metrics = [
+        m
+        for m in (next(iter(res["arms"].values())) if arms else {})
+        if m.startswith(("pass@", "sampled_pass@"))
+    ]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(len(metrics), 1)
     for j, m in enumerate(metrics):
@@ -273,8 +344,9 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
         mean = np.array([res["arms"][a][m]["mean"] for a in arms])
         ci = np.array([res["arms"][a][m]["ci95"] for a in arms])
         ax.bar(xs, mean, width, label="greedy pass@1" if m == "pass@1" else m.replace("_", " "))
-        ax.errorbar(xs, mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean], fmt="none", ecolor="k",
-                    capsize=3)
+        ax.errorbar(
+            xs, mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean], fmt="none", ecolor="k", capsize=3
+        )
     top = max([res["arms"][a][m]["ci95"][1] for a in arms for m in metrics], default=0.0)
     ax.set_ylim(0, min(1.0, max(0.05, 1.15 * top)))
     ax.set_xticks(np.arange(len(arms)), arms)
@@ -285,8 +357,14 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
     for (a, s), c in sorted(cellmap.items()):
         steps, vals = _val_curve(c["metrics_file"])
         if steps:
-            bx.plot(steps, vals, color=colors.get(a, "k"), marker="o", ms=3,
-                    label=a if s == min(x for y, x in cellmap if y == a) else None)
+            bx.plot(
+                steps,
+                vals,
+                color=colors.get(a, "k"),
+                marker="o",
+                ms=3,
+                label=a if s == min(x for y, x in cellmap if y == a) else None,
+            )
     bx.set_xlabel("step")
     bx.set_ylabel("val/loss (unweighted MTP CE)")
     bx.set_title("validation loss per cell")

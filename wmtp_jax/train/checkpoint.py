@@ -47,14 +47,18 @@ def from_storable(tree, template):
     """Inverse of `to_storable`, key impls taken from the live `template`."""
     return jax.tree.map(
         lambda t, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
-        template, tree)
+        template,
+        tree,
+    )
 
 
 def abstract_target(template):
     """ShapeDtypeStruct tree with each live leaf's current sharding (storable dtypes)."""
+
     def one(x):
         x = jax.random.key_data(x) if _is_key(x) else x
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
     return jax.tree.map(one, template)
 
 
@@ -65,8 +69,7 @@ def _manager(directory: Path, keep: int, async_: bool) -> ocp.CheckpointManager:
         enable_async_checkpointing=async_,
         create=True,
     )
-    return ocp.CheckpointManager(directory, options=options,
-                                 item_names=("state", "meta", "config"))
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta", "config"))
 
 
 class Checkpointer:
@@ -89,17 +92,23 @@ class Checkpointer:
         # ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing"): never let
         # a save on one overlap the other's.
         self._mgr(not best).wait_until_finished()
-        mgr.save(int(step), force=True, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(to_storable(state)),
-            meta=ocp.args.JsonSave(_jsonable(meta)),
-            config=ocp.args.JsonSave(_jsonable(config))))
+        mgr.save(
+            int(step),
+            force=True,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(to_storable(state)),
+                meta=ocp.args.JsonSave(_jsonable(meta)),
+                config=ocp.args.JsonSave(_jsonable(config)),
+            ),
+        )
         return mgr.directory / str(step)
 
     def latest_step(self, best: bool = False) -> int | None:
         return self._mgr(best).latest_step()
 
-    def restore(self, template, step: int | None = None, *, best: bool = False,
-                expect: dict | None = None):
+    def restore(
+        self, template, step: int | None = None, *, best: bool = False, expect: dict | None = None
+    ):
         """(state, meta) of `step`, or of the newest good checkpoint; placed like `template`.
 
         Without `step`, checkpoints are tried newest first. One that cannot be read or fails
@@ -117,31 +126,47 @@ class Checkpointer:
         for s in steps:
             path = mgr.directory / str(s)
             try:
-                meta = dict(mgr.restore(s, args=ocp.args.Composite(
-                    meta=ocp.args.JsonRestore())).meta)
+                meta = dict(
+                    mgr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+                )
                 _check_compatible(path, meta, template, expect)
-                out = mgr.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_target(template)),
-                    meta=ocp.args.JsonRestore()))
+                out = mgr.restore(
+                    s,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_target(template)),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
                 state = from_storable(out.state, template)
                 _verify(path, s, state, meta)
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # noqa: BLE001 -- any read/verify failure: try the previous one
                 if step is not None:
-                    raise CorruptCheckpoint(f"checkpoint {path} is unreadable: "
-                                            f"{_one_line(e)}") from e
+                    raise CorruptCheckpoint(
+                        f"checkpoint {path} is unreadable: {_one_line(e)}"
+                    ) from e
                 moved = self._quarantine(mgr, s)
                 bad.append(str(path))
-                logging.warning("checkpoint %s is unreadable (%s); moved to %s; falling back to "
-                                "the previous checkpoint", path, _one_line(e), moved)
+                logging.warning(
+                    "checkpoint %s is unreadable (%s); moved to %s; falling back to "
+                    "the previous checkpoint",
+                    path,
+                    _one_line(e),
+                    moved,
+                )
                 continue
             if bad:
-                logging.warning("restored checkpoint %s after skipping bad checkpoint(s) %s",
-                                path, ", ".join(bad))
+                logging.warning(
+                    "restored checkpoint %s after skipping bad checkpoint(s) %s",
+                    path,
+                    ", ".join(bad),
+                )
             return state, meta
-        raise CorruptCheckpoint(f"no readable checkpoint under {mgr.directory}: every one failed "
-                                f"({', '.join(bad)}; moved to {self.root / QUARANTINE})")
+        raise CorruptCheckpoint(
+            f"no readable checkpoint under {mgr.directory}: every one failed "
+            f"({', '.join(bad)}; moved to {self.root / QUARANTINE})"
+        )
 
     def _quarantine(self, mgr: ocp.CheckpointManager, step: int) -> Path:
         """Move a bad step directory out of the manager's sight (a new save may reuse the step)."""
@@ -159,7 +184,9 @@ class Checkpointer:
     def read_config(self, step: int | None = None, *, best: bool = False) -> dict:
         mgr = self._mgr(best)
         step = mgr.latest_step() if step is None else step
-        return dict(mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+        return dict(
+            mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        )
 
     def path(self, step: int, *, best: bool = False) -> Path:
         return self._mgr(best).directory / str(step)
@@ -192,12 +219,16 @@ def _one_line(e: BaseException) -> str:
 def _check_compatible(path: Path, meta: dict, template, expect: dict | None):
     """IncompatibleCheckpoint naming what differs: `expect` vs meta["model"], then leaf shapes."""
     saved = meta.get("model") or {}
-    diff = [f"{k}={saved[k]!r} in the checkpoint, {v!r} now" for k, v in (expect or {}).items()
-            if k in saved and saved[k] != v]
+    diff = [
+        f"{k}={saved[k]!r} in the checkpoint, {v!r} now"
+        for k, v in (expect or {}).items()
+        if k in saved and saved[k] != v
+    ]
     if diff:
         raise IncompatibleCheckpoint(
             f"checkpoint {path} was trained with another model: {'; '.join(diff)}; resume with "
-            f"the same model, or train into a new output_dir")
+            f"the same model, or train into a new output_dir"
+        )
     item = ocp.StandardCheckpointer().metadata(path / "state").item_metadata
     if item is None:  # a corrupt file, not a mismatch: the caller falls back
         raise ValueError(f"{path / 'state'}: array metadata unreadable")
@@ -214,11 +245,12 @@ def _check_compatible(path: Path, meta: dict, template, expect: dict | None):
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
         raise IncompatibleCheckpoint(
             f"checkpoint {path} does not fit the model being trained: {'; '.join(bad[:3])}{more}; "
-            f"resume with the same model and config, or train into a new output_dir")
+            f"resume with the same model and config, or train into a new output_dir"
+        )
 
 
 def _leaf_name(path) -> str:
-    """"params/heads/0/kernel": dict keys, indices and attributes; the trailing "value" of an NNX
+    """ "params/heads/0/kernel": dict keys, indices and attributes; the trailing "value" of an NNX
     Variable (an attribute live, a dict key once stored) dropped."""
     parts = []
     for k in path:
@@ -237,8 +269,11 @@ def _verify(path: Path, step: int, state, meta: dict):
     """Meta names the directory's step; no NaN/inf in the state (the NaN guard never saves one)."""
     if meta.get("step") != step:
         raise ValueError(f"meta step {meta.get('step')!r} != directory step {step}")
-    floats = [x for x in jax.tree.leaves(state)
-              if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, np.floating)]
+    floats = [
+        x
+        for x in jax.tree.leaves(state)
+        if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, np.floating)
+    ]
     finite = jax.device_get([jnp.isfinite(x).all() for x in floats])
     if not all(bool(f) for f in finite):
         raise ValueError("non-finite values in the restored state")
@@ -246,6 +281,7 @@ def _verify(path: Path, step: int, state, meta: dict):
 
 def _jsonable(x):
     """Round-trip through JSON (numpy scalars → Python, bytes → str)."""
+
     def default(o):
         if isinstance(o, (np.generic,)):
             return o.item()
@@ -254,6 +290,7 @@ def _jsonable(x):
         if isinstance(o, np.ndarray):
             return o.tolist()
         raise TypeError(f"checkpoint metadata: {type(o).__name__} is not JSON-serialisable")
+
     return json.loads(json.dumps(x, default=default))
 
 

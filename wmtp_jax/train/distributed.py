@@ -13,7 +13,12 @@ import os
 import jax
 from absl import logging
 
-_CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+_CLUSTER_ENV = (
+    "SLURM_JOB_ID",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 def _env_int(name: str) -> int | None:
@@ -24,19 +29,24 @@ def _env_int(name: str) -> int | None:
 def resolve(config=None) -> dict | None:
     """The initialize() arguments ({} = auto-detect), or None for a plain single process."""
     d = getattr(config, "distributed", None) if config is not None else None
-    coord = (d.coordinator_address if d is not None else "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    coord = (d.coordinator_address if d is not None else "") or os.environ.get(
+        "JAX_COORDINATOR_ADDRESS", ""
+    )
     n = d.num_processes if d is not None and d.num_processes > 0 else _env_int("JAX_NUM_PROCESSES")
     pid = d.process_id if d is not None and d.process_id >= 0 else _env_int("JAX_PROCESS_ID")
     if coord:
         if n is None or pid is None:
-            raise ValueError(f"distributed.coordinator_address={coord!r} needs num_processes and "
-                             "process_id (flags or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+            raise ValueError(
+                f"distributed.coordinator_address={coord!r} needs num_processes and "
+                "process_id (flags or JAX_NUM_PROCESSES / JAX_PROCESS_ID)"
+            )
         if not 0 <= pid < n:
             raise ValueError(f"distributed.process_id={pid} must be in [0, num_processes={n})")
         return {"coordinator_address": coord, "num_processes": n, "process_id": pid}
     if n is not None and n > 1:
-        raise ValueError(f"num_processes={n} needs distributed.coordinator_address "
-                         "(or JAX_COORDINATOR_ADDRESS)")
+        raise ValueError(
+            f"num_processes={n} needs distributed.coordinator_address (or JAX_COORDINATOR_ADDRESS)"
+        )
     if any(k in os.environ for k in _CLUSTER_ENV):
         return {}
     return None
@@ -54,8 +64,13 @@ def maybe_initialize(config=None) -> bool:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     logging.info("jax.distributed.initialize(%s)", kwargs or "auto-detect")
     jax.distributed.initialize(**kwargs)
-    logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    logging.info(
+        "process %d/%d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 

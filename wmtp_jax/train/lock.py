@@ -31,7 +31,7 @@ class OutputDirBusy(RuntimeError):
 
 
 def _holder_line() -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"pid {os.getpid()} on host {socket.gethostname()} since {now}"
 
 
@@ -46,8 +46,10 @@ def _acquire(directory: Path) -> int:
         os.close(fd)
         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             raise
-        raise OutputDirBusy(f"output_dir {directory} is in use by {holder} (lock {path}); wait "
-                            f"for that run to end or choose another output_dir") from None
+        raise OutputDirBusy(
+            f"output_dir {directory} is in use by {holder} (lock {path}); wait "
+            f"for that run to end or choose another output_dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, (_holder_line() + "\n").encode(), 0)
     return fd
@@ -71,8 +73,11 @@ def claim_output_dir(output_dir) -> Path:
         from jax.experimental import multihost_utils
 
         busy = multihost_utils.process_allgather(np.int32(bool(err))).max()
-        err = err or (f"output_dir {directory} is in use by another run (process 0 could not "
-                      f"lock it)" if busy else "")
+        err = err or (
+            f"output_dir {directory} is in use by another run (process 0 could not lock it)"
+            if busy
+            else ""
+        )
     if err:
         raise OutputDirBusy(err)
     _held[key] = [fd, 1]

@@ -24,8 +24,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -67,6 +68,7 @@ class TrainTask:
     export_fn(model, directory): writes the final model directory (e.g. checkpoint.export_model).
     on_end(model, frozen, tracker): extra artifacts at the end (e.g. plots).
     """
+
     model: nnx.Module
     loss_fn: Callable
     train_iter: Iterator[Mapping[str, np.ndarray]]
@@ -109,8 +111,10 @@ def total_steps(config, task: TrainTask) -> int:
         raise ValueError("training.max_steps=-1 needs the pipeline's batches_per_epoch")
     steps = int(task.batches_per_epoch * t.n_epochs) // t.gradient_accumulation_steps
     if steps < 1:
-        raise ValueError(f"training.n_epochs={t.n_epochs} × {task.batches_per_epoch} batches / "
-                         f"gradient_accumulation_steps={t.gradient_accumulation_steps} < 1 step")
+        raise ValueError(
+            f"training.n_epochs={t.n_epochs} × {task.batches_per_epoch} batches / "
+            f"gradient_accumulation_steps={t.gradient_accumulation_steps} < 1 step"
+        )
     return steps
 
 
@@ -179,8 +183,14 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
     n_steps = total_steps(config, task)
     mesh_lib.check_batch_size(int(t.batch_size), mesh)
     out = Path(config.output_dir).absolute()
-    logging.info("fit: %d steps, GA=%d, mesh %s, %s, attention %s", n_steps, ga, dict(mesh.shape),
-                 config.runtime.sharding, config.runtime.get("attention", "auto"))
+    logging.info(
+        "fit: %d steps, GA=%d, mesh %s, %s, attention %s",
+        n_steps,
+        ga,
+        dict(mesh.shape),
+        config.runtime.sharding,
+        config.runtime.get("attention", "auto"),
+    )
 
     c = build(task, config, mesh, n_steps)
     state = c.state
@@ -188,8 +198,10 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
     meta = {"best": None}
     latest = ck.latest_step()
     if latest is not None and not config.resume:
-        raise ValueError(f"output_dir={str(out)!r} already holds checkpoints (latest step {latest}) "
-                         "and resume=False: choose a new output_dir or set --config.resume=True")
+        raise ValueError(
+            f"output_dir={str(out)!r} already holds checkpoints (latest step {latest}) "
+            "and resume=False: choose a new output_dir or set --config.resume=True"
+        )
     signature = model_signature(task.model)
     if latest is not None:
         state, meta = ck.restore(state, expect=signature)
@@ -209,10 +221,17 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
         return get() if get else None
 
     def save(step: int, status: str, best: bool = False):
-        tree = dict(state, frozen_params=c.fixed) if not config.checkpoint.save_lora_only and \
-            jax.tree.leaves(c.fixed) else state
-        m = {"data_iter": iter_state(), "best": meta.get("best"), "status": status,
-             "model": signature}
+        tree = (
+            dict(state, frozen_params=c.fixed)
+            if not config.checkpoint.save_lora_only and jax.tree.leaves(c.fixed)
+            else state
+        )
+        m = {
+            "data_iter": iter_state(),
+            "best": meta.get("best"),
+            "status": status,
+            "model": signature,
+        }
         return ck.save(step, tree, m, cfg, best=best)
 
     pending: list[tuple[int, dict]] = []  # device metrics not yet fetched
@@ -233,7 +252,8 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
                 raise NonFiniteLossError(
                     f"non-finite loss {float(r['loss'])} at step {s}: training stopped; nothing "
                     f"after it was saved; last good checkpoint: "
-                    f"{ck.path(last) if last is not None else 'none'}")
+                    f"{ck.path(last) if last is not None else 'none'}"
+                )
         pending.clear()
         window["rows"].extend(rows)
 
@@ -251,9 +271,13 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
         log["train/learning_rate"] = next(iter(lrs.values()))
         if len(lrs) > 1:
             log.update({f"train/{g}_lr": v for g, v in lrs.items()})
-        log.update({"perf/tokens_per_sec": window["tokens"] / dt,
-                    "perf/samples_per_sec": window["samples"] / dt,
-                    "perf/step_time_sec": dt / max(window["steps"], 1)})
+        log.update(
+            {
+                "perf/tokens_per_sec": window["tokens"] / dt,
+                "perf/samples_per_sec": window["samples"] / dt,
+                "perf/step_time_sec": dt / max(window["steps"], 1),
+            }
+        )
         tracker.log_metrics(log, step)
         logged.update(log)
         progress.postfix(loss=log["train/loss"], tok_s=log["perf/tokens_per_sec"])
@@ -262,8 +286,10 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
     def evaluate(step: int) -> dict:
         if c.eval_step is None or task.val_iter_fn is None:
             return {}
-        outs = [c.eval_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(b, mesh))
-                for b in task.val_iter_fn()]
+        outs = [
+            c.eval_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(b, mesh))
+            for b in task.val_iter_fn()
+        ]
         if not outs:
             return {}
         rows = jax.device_get(outs)
@@ -294,13 +320,16 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
                 status = "data_exhausted"
                 break
             batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
-            state, metrics = c.train_step(state, c.fixed, c.frozen_state,
-                                          mesh_lib.shard_batch(batch, mesh, stacked=True))
+            state, metrics = c.train_step(
+                state, c.fixed, c.frozen_state, mesh_lib.shard_batch(batch, mesh, stacked=True)
+            )
             step += 1
             pending.append((step, metrics))
             ntok = sum(count_tokens(m) for m in micro) * jax.process_count()
             window["tokens"] += ntok
-            window["samples"] += sum(len(next(iter(m.values()))) for m in micro) * jax.process_count()
+            window["samples"] += (
+                sum(len(next(iter(m.values()))) for m in micro) * jax.process_count()
+            )
             window["steps"] += 1
             progress.update(step)
             if step % t.log_interval == 0:
@@ -330,7 +359,9 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
         if task.export_fn is not None:
             task.export_fn(model, out / "final_model")
         if task.on_end is not None:
-            frozen = nnx.merge(c.frozen_graph, c.frozen_state) if c.frozen_graph is not None else None
+            frozen = (
+                nnx.merge(c.frozen_graph, c.frozen_state) if c.frozen_graph is not None else None
+            )
             task.on_end(model, frozen, tracker)
     tracker.log_dict(cfg, "config.json")
     tracker.log_dict({"status": status, "step": step, **logged}, "final_metrics.json")
@@ -338,11 +369,18 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
     latest = ck.latest_step()
     best_step = ck.latest_step(best=True)
     result = TrainResult(
-        status=status, step=step, model=model, metrics=logged,
+        status=status,
+        step=step,
+        model=model,
+        metrics=logged,
         checkpoint_dir=ck.path(latest) if latest is not None else None,
         best_dir=ck.path(best_step, best=True) if best_step is not None else None,
-        output_dir=out, metrics_file=out / "metrics.jsonl", mlflow_run_id=tracker.run_id,
-        mlflow_tracking_uri=tracker.tracking_uri, extra=jax.device_get(state["extra"]))
+        output_dir=out,
+        metrics_file=out / "metrics.jsonl",
+        mlflow_run_id=tracker.run_id,
+        mlflow_tracking_uri=tracker.tracking_uri,
+        extra=jax.device_get(state["extra"]),
+    )
     ck.close()
     logging.info("fit %s at step %d; checkpoint %s", status, step, result.checkpoint_dir)
     return result

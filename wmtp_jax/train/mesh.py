@@ -14,12 +14,14 @@ mesh.tensor = 1 they are no-ops. Batches are split over (data, fsdp) on their ba
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from wmtp_jax.models.partitioning import DEFAULT_RULES, Rules, state_shardings
 
@@ -38,16 +40,22 @@ def resolve_mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tup
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if n_devices % known:
-            raise ValueError(f"mesh {dict(zip(AXES, shape))}: {n_devices} devices are not "
-                             f"divisible by the fixed axes' product {known}")
+            raise ValueError(
+                f"mesh {dict(zip(AXES, shape))}: {n_devices} devices are not "
+                f"divisible by the fixed axes' product {known}"
+            )
         shape[shape.index(-1)] = n_devices // known
     if int(np.prod(shape)) != n_devices:
-        raise ValueError(f"mesh {dict(zip(AXES, shape))} has {int(np.prod(shape))} devices but "
-                         f"{n_devices} are available (set mesh.data/fsdp/tensor, -1 = the rest)")
+        raise ValueError(
+            f"mesh {dict(zip(AXES, shape))} has {int(np.prod(shape))} devices but "
+            f"{n_devices} are available (set mesh.data/fsdp/tensor, -1 = the rest)"
+        )
     return tuple(shape)
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
+def make_mesh(
+    data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None
+) -> Mesh:
     """A ("data", "fsdp", "tensor") mesh over `devices` (default: all global devices)."""
     devices = jax.devices() if devices is None else list(devices)
     shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
@@ -105,9 +113,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def abstract_like(tree, shardings):
     """ShapeDtypeStruct tree (same structure as `tree`, Variables kept) placed on `shardings`."""
+
     def one(sharding, sub):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), sub)
-    return jax.tree.map(one, shardings, tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), sub
+        )
+
+    return jax.tree.map(
+        one, shardings, tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+    )
 
 
 def _is_key(x) -> bool:
@@ -126,13 +140,18 @@ def put_global(tree, shardings):
 
     def leaf(sharding, x):
         if _is_key(x):
-            return jax.random.wrap_key_data(leaf(sharding, jax.random.key_data(x)),
-                                            impl=jax.random.key_impl(x))
+            return jax.random.wrap_key_data(
+                leaf(sharding, jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
-    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: leaf(s, x), sub), shardings, tree,
-                        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+    return jax.tree.map(
+        lambda s, sub: jax.tree.map(lambda x: leaf(s, x), sub),
+        shardings,
+        tree,
+        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding),
+    )
 
 
 def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
@@ -148,8 +167,10 @@ def check_batch_size(global_batch: int, mesh: Mesh, key: str = "training.batch_s
     """Validate a global batch against the mesh and process count; returns the per-process batch."""
     dp, n_proc = data_parallel_size(mesh), jax.process_count()
     if global_batch % dp or global_batch % n_proc:
-        raise ValueError(f"{key}={global_batch} must be divisible by the data-parallel size "
-                         f"data×fsdp={dp} and by the process count {n_proc}")
+        raise ValueError(
+            f"{key}={global_batch} must be divisible by the data-parallel size "
+            f"data×fsdp={dp} and by the process count {n_proc}"
+        )
     return global_batch // n_proc
 
 
@@ -160,8 +181,9 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, stacked: bool = False) -> 
     processes (`jax.make_array_from_process_local_data`).
     """
     sharding = batch_sharding(mesh, stacked)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                        dict(batch))
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), dict(batch)
+    )
 
 
 def shard_frozen(model: nnx.Module, mesh: Mesh, strategy: str = "FULL_SHARD") -> nnx.Module:

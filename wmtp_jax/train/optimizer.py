@@ -4,7 +4,7 @@ Schedule (as the original), with s = number of optimizer updates already applied
 s+1), T = total steps, Wraw = int(T·warmup_ratio), D = T − Wraw, W = max(Wraw, 1), base = the
 group's learning rate, η_min = base·min_lr_ratio:
 
-    constant (or D ≤ 0):  lr = base                              (no warm-up, as the original) 
+    constant (or D ≤ 0):  lr = base                              (no warm-up, as the original)
     s < W:                lr = base·(1e-8 + (1 − 1e-8)·s/W)       (first update ≈ 0)
     cosine:               lr = η_min + (base − η_min)·(1 + cos(π·min(s−W, D)/D))/2
     linear:               lr = base·(1 + (e − 1)·min(s−W, D)/D),   e = min_lr_ratio or 1e-8 if 0
@@ -15,7 +15,8 @@ Deliberate difference: η_min is per group (the original used group 0's LR for e
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,13 @@ WEIGHT_DECAY = 0.01
 DEFAULT_GROUP = "default"
 
 
-def lr_schedule(base_lr: float, total_steps: int, type: str = "constant", warmup_ratio: float = 0.05,
-                min_lr_ratio: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+def lr_schedule(
+    base_lr: float,
+    total_steps: int,
+    type: str = "constant",
+    warmup_ratio: float = 0.05,
+    min_lr_ratio: float = 0.0,
+) -> Callable[[jax.Array], jax.Array]:
     """An optax schedule `count -> lr` implementing the formulas above (float32)."""
     wraw = int(total_steps * warmup_ratio)
     d = total_steps - wraw
@@ -47,7 +53,9 @@ def lr_schedule(base_lr: float, total_steps: int, type: str = "constant", warmup
         if type == "cosine":
             main = eta_min + (base_lr - eta_min) * (1 + jnp.cos(math.pi * prog)) / 2
         else:
-            main = base_lr * ((1 - prog) + end * prog)  # = base·(1 + (e − 1)·prog), f32-exact at prog = 1
+            main = base_lr * (
+                (1 - prog) + end * prog
+            )  # = base·(1 + (e − 1)·prog), f32-exact at prog = 1
         return jnp.where(s < w, warm, main).astype(jnp.float32)
 
     return schedule
@@ -58,8 +66,12 @@ def schedule_from_config(training, base_lr: float, total_steps: int):
     return lr_schedule(base_lr, total_steps, s.type, s.warmup_ratio, s.min_lr_ratio)
 
 
-def make_optimizer(training, total_steps: int, labels: Any = None,
-                   groups: Mapping[str, Mapping[str, float]] | None = None):
+def make_optimizer(
+    training,
+    total_steps: int,
+    labels: Any = None,
+    groups: Mapping[str, Mapping[str, float]] | None = None,
+):
     """AdamW(β=(0.9, 0.95), eps 1e-8, decoupled weight decay) per parameter group.
 
     labels: a pytree (the trainable params' structure, or a callable params -> labels) of group
@@ -73,8 +85,13 @@ def make_optimizer(training, total_steps: int, labels: Any = None,
     for name, hp in groups.items():
         lr = float(hp.get("learning_rate", training.learning_rate))
         schedules[name] = schedule_from_config(training, lr, total_steps)
-        txs[name] = optax.adamw(schedules[name], b1=BETAS[0], b2=BETAS[1], eps=EPS,
-                                weight_decay=float(hp.get("weight_decay", WEIGHT_DECAY)))
+        txs[name] = optax.adamw(
+            schedules[name],
+            b1=BETAS[0],
+            b2=BETAS[1],
+            eps=EPS,
+            weight_decay=float(hp.get("weight_decay", WEIGHT_DECAY)),
+        )
     if labels is None:
         if len(txs) != 1:
             raise ValueError(f"parameter groups {sorted(txs)} need param labels")

@@ -9,8 +9,16 @@ from tqdm.auto import tqdm
 
 class Progress:
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                        disable=not enabled, file=sys.stderr, mininterval=0.5)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not enabled,
+            file=sys.stderr,
+            mininterval=0.5,
+        )
         self.n = initial
 
     def update(self, step: int):

@@ -16,7 +16,8 @@ under FSDP / ZeRO-2), clips by global norm and applies AdamW. Metrics are device
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,7 @@ def label_tree(params, label_fn: Callable[[str], str]):
 @dataclasses.dataclass
 class Compiled:
     """Everything the host loop needs: initial state, shardings and the jitted functions."""
+
     graphdef: Any
     state: dict
     fixed: Any
@@ -89,7 +91,9 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
         raise ValueError("TrainTask.trainable selects no parameter of TrainTask.model")
     if task.frozen is not None:
         frozen_graph, frozen_state = nnx.split(task.frozen)
-        frozen_state = mesh_lib.put_global(frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params))
+        frozen_state = mesh_lib.put_global(
+            frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params)
+        )
     else:
         frozen_graph, frozen_state = None, None
 
@@ -100,8 +104,14 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
     grads_sh = mesh_lib.tree_shardings(params, mesh, rules.opt_state)
     opt_sh = mesh_lib.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules.opt_state)
     fixed_sh = mesh_lib.tree_shardings(fixed, mesh, rules.params)
-    state_sh = {"step": repl, "params": params_sh, "opt_state": opt_sh, "other": repl,
-                "extra": repl, "rng": repl}
+    state_sh = {
+        "step": repl,
+        "params": params_sh,
+        "opt_state": opt_sh,
+        "other": repl,
+        "extra": repl,
+        "rng": repl,
+    }
 
     put = mesh_lib.put_global
     params = put(params, params_sh)
@@ -137,13 +147,16 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
                 new_other = nnx.split(model, task.trainable, nnx.Param, ...)[3]
                 return jnp.asarray(loss, F32), (metrics, new_extra, new_other)
 
-            (loss, (metrics, extra, other)), g = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+            (loss, (metrics, extra, other)), g = jax.value_and_grad(loss_of, has_aux=True)(
+                state["params"]
+            )
             gsum = jax.tree.map(lambda a, b: a + b.astype(F32), gsum, g)
             return (gsum, other, extra), (loss, _scalar_metrics(metrics, "loss_fn"))
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, F32), state["params"])
         (gsum, other, extra), (losses, metrics) = jax.lax.scan(
-            micro, (zeros, state["other"], state["extra"]), (batch, micro_rngs))
+            micro, (zeros, state["other"], state["extra"]), (batch, micro_rngs)
+        )
         grads = jax.tree.map(lambda g, p: (g / ga).astype(p.dtype), gsum, state["params"])
         grads = jax.lax.with_sharding_constraint(grads, grads_sh)
         grads, clip = clip_by_global_norm(grads, max_norm)
@@ -153,8 +166,14 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
         out.update(loss=jnp.mean(losses), **clip)
         for name, sched in schedules.items():
             out[f"lr/{name}"] = sched(state["step"])
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                     "other": other, "extra": extra, "rng": rng}
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "opt_state": opt_state,
+            "other": other,
+            "extra": extra,
+            "rng": rng,
+        }
         return new_state, out
 
     def eval_step(state, fixed, frozen_state, batch):
@@ -164,8 +183,14 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
         return _scalar_metrics(metrics, "eval_fn")
 
     return Compiled(
-        graphdef=graphdef, state=state, fixed=fixed, frozen_graph=frozen_graph,
-        frozen_state=frozen_state, state_shardings=state_sh,
+        graphdef=graphdef,
+        state=state,
+        fixed=fixed,
+        frozen_graph=frozen_graph,
+        frozen_state=frozen_state,
+        state_shardings=state_sh,
         train_step=jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sh, repl)),
         eval_step=jax.jit(eval_step, out_shardings=repl) if task.eval_fn else None,
-        schedules=schedules, tx=tx)
+        schedules=schedules,
+        tx=tx,
+    )

@@ -22,8 +22,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 from absl import logging
@@ -49,7 +50,7 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
             out.update(flatten_config(v, key + "."))
         else:
             s = str(v)
-            out[key[:_MAX_KEY]] = s if len(s) <= _MAX_PARAM_VAL else s[:_MAX_PARAM_VAL - 3] + "..."
+            out[key[:_MAX_KEY]] = s if len(s) <= _MAX_PARAM_VAL else s[: _MAX_PARAM_VAL - 3] + "..."
     return out
 
 
@@ -60,7 +61,7 @@ def config_dict(config) -> dict:
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Artifacts next to a SQLite store (storage/mlflow/artifacts/<experiment>), not ./mlruns."""
     if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+        db = Path(tracking_uri[len("sqlite:///") :])
         return (db.absolute().parent / "artifacts" / experiment).as_uri()
     return None
 
@@ -116,8 +117,10 @@ class Tracker:
             cut_rows(self.output_dir / PENDING_FILE, start_step)
         self._metrics_file = open(self.output_dir / METRICS_FILE, "a")
         if not config.mlflow.experiment:
-            logging.info("mlflow.experiment is empty: MLflow disabled (metrics in %s)",
-                         self.output_dir / METRICS_FILE)
+            logging.info(
+                "mlflow.experiment is empty: MLflow disabled (metrics in %s)",
+                self.output_dir / METRICS_FILE,
+            )
             return
         self._jobs: collections.deque = collections.deque()
         self._cv = threading.Condition()
@@ -125,9 +128,13 @@ class Tracker:
         self._down_since: float | None = None
         tags = {str(t): "true" for t in (config.experiment.tags or ())}
         tags["mlflow.note.content"] = str(config.experiment.description or "")
-        self._start_args = dict(name=str(config.mlflow.experiment),
-                                run_name=str(config.experiment.name), tags=tags,
-                                params=flatten_config(config_dict(config)), resume=resume)
+        self._start_args = dict(
+            name=str(config.mlflow.experiment),
+            run_name=str(config.experiment.name),
+            tags=tags,
+            params=flatten_config(config_dict(config)),
+            resume=resume,
+        )
         self._jobs.append(("start",))
         self._requeue_pending()
         self._thread = threading.Thread(target=self._worker, name="mlflow-sync", daemon=True)
@@ -142,11 +149,16 @@ class Tracker:
 
         a, uri = self._start_args, self.tracking_uri
         if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).absolute().parent.mkdir(parents=True, exist_ok=True)
+            Path(uri[len("sqlite:///") :]).absolute().parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(a["name"])
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            a["name"], artifact_location=_artifact_location(uri, a["name"]))
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else client.create_experiment(
+                a["name"], artifact_location=_artifact_location(uri, a["name"])
+            )
+        )
         run_file = self.output_dir / RUN_FILE
         prior = None
         if a["resume"] and run_file.exists():
@@ -162,9 +174,10 @@ class Tracker:
             run_id = client.create_run(exp_id, run_name=a["run_name"], tags=a["tags"]).info.run_id
             params = [Param(k, v) for k, v in a["params"].items()]
             for i in range(0, len(params), _PARAMS_PER_BATCH):
-                client.log_batch(run_id, params=params[i:i + _PARAMS_PER_BATCH])
-            run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri,
-                                            "experiment_id": exp_id}))
+                client.log_batch(run_id, params=params[i : i + _PARAMS_PER_BATCH])
+            run_file.write_text(
+                json.dumps({"run_id": run_id, "tracking_uri": uri, "experiment_id": exp_id})
+            )
         self.client, self.run_id, self.experiment_id = client, run_id, exp_id
         logging.info("MLflow run %s in %s (experiment %r)", run_id, uri, a["name"])
 
@@ -180,13 +193,13 @@ class Tracker:
             _, step, ts, metrics = job
             ms = [Metric(k, v, ts, step) for k, v in metrics.items()]
             for i in range(0, len(ms), _METRICS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=ms[i:i + _METRICS_PER_BATCH])
+                self.client.log_batch(self.run_id, metrics=ms[i : i + _METRICS_PER_BATCH])
         elif kind == "params":
             from mlflow.entities import Param
 
             ps = [Param(k[:_MAX_KEY], str(v)[:_MAX_PARAM_VAL]) for k, v in job[1].items()]
             for i in range(0, len(ps), _PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=ps[i:i + _PARAMS_PER_BATCH])
+                self.client.log_batch(self.run_id, params=ps[i : i + _PARAMS_PER_BATCH])
         elif kind == "artifact":
             self.client.log_artifact(self.run_id, job[1], job[2])
         elif kind == "end":
@@ -197,10 +210,14 @@ class Tracker:
         store fails only after MLflow's 20 s busy wait)."""
         if self._down_since is None:
             self._down_since = since
-            logging.warning("MLflow unavailable (%s): training continues; metrics stay in %s and "
-                            "are sent to %s when it is back (retrying up to every %.0f s)",
-                            _one_line(e), self.output_dir / METRICS_FILE, self.tracking_uri,
-                            RETRY_MAX_S)
+            logging.warning(
+                "MLflow unavailable (%s): training continues; metrics stay in %s and "
+                "are sent to %s when it is back (retrying up to every %.0f s)",
+                _one_line(e),
+                self.output_dir / METRICS_FILE,
+                self.tracking_uri,
+                RETRY_MAX_S,
+            )
 
     def _worker(self):
         delay = RETRY_MIN_S
@@ -225,8 +242,11 @@ class Tracker:
                     self._jobs.popleft()
                 left = len(self._jobs)
             if self._down_since is not None:
-                logging.warning("MLflow is back after %.0f s; sending the queued calls (%d left)",
-                                time.time() - self._down_since, left)
+                logging.warning(
+                    "MLflow is back after %.0f s; sending the queued calls (%d left)",
+                    time.time() - self._down_since,
+                    left,
+                )
                 self._down_since = None
             delay = RETRY_MIN_S
 
@@ -265,8 +285,14 @@ class Tracker:
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
         if self._thread is not None:
-            self._put(("metrics", int(step), int(time.time() * 1000),
-                       {k: float(v) for k, v in metrics.items()}))
+            self._put(
+                (
+                    "metrics",
+                    int(step),
+                    int(time.time() * 1000),
+                    {k: float(v) for k, v in metrics.items()},
+                )
+            )
 
     def log_params(self, params: Mapping[str, Any]):
         if self._thread is not None:
@@ -325,15 +351,25 @@ class Tracker:
         rows = [dict(step=j[1], ts=j[2], **j[3]) for j in left if j[0] == "metrics"]
         with open(self.output_dir / PENDING_FILE, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        logging.warning("MLflow still unavailable after waiting %.0f s (mlflow.sync_timeout): "
-                        "%d metric row(s) kept in %s for the next resumed run, %d other call(s) "
-                        "dropped; every row is in %s", self.sync_timeout, len(rows),
-                        self.output_dir / PENDING_FILE, len(left) - len(rows),
-                        self.output_dir / METRICS_FILE)
+        logging.warning(
+            "MLflow still unavailable after waiting %.0f s (mlflow.sync_timeout): "
+            "%d metric row(s) kept in %s for the next resumed run, %d other call(s) "
+            "dropped; every row is in %s",
+            self.sync_timeout,
+            len(rows),
+            self.output_dir / PENDING_FILE,
+            len(left) - len(rows),
+            self.output_dir / METRICS_FILE,
+        )
 
 
-def log_to_run(tracking_uri: str, run_id: str | None, metrics: Mapping[str, float], step: int = 0,
-               tags: Mapping[str, str] | None = None):
+def log_to_run(
+    tracking_uri: str,
+    run_id: str | None,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    tags: Mapping[str, str] | None = None,
+):
     """Log metrics (and tags) into an existing MLflow run, e.g. one that has ended (process 0;
     nothing without a run id)."""
     if not run_id or jax.process_index() != 0:
@@ -344,8 +380,15 @@ def log_to_run(tracking_uri: str, run_id: str | None, metrics: Mapping[str, floa
     ts = int(time.time() * 1000)
     try:  # a tracker outage must not fail the run whose results are already on disk
         MlflowClient(tracking_uri).log_batch(
-            run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+            run_id,
+            metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
     except Exception as e:  # noqa: BLE001 - any MLflow/SQLite failure
-        logging.warning("MLflow: could not log %s to run %s (%s: %s); the values are in the "
-                        "run's output_dir", sorted(metrics), run_id, type(e).__name__, e)
+        logging.warning(
+            "MLflow: could not log %s to run %s (%s: %s); the values are in the run's output_dir",
+            sorted(metrics),
+            run_id,
+            type(e).__name__,
+            e,
+        )
