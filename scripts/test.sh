@@ -7,6 +7,9 @@ source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 WORKERS="${WMTP_TEST_WORKERS:-2}"
+echo "[test] ruff check + ruff format --check" >&2
+ruff check --quiet .
+ruff format --check --quiet .
 set +e
 python -m pytest -n "$WORKERS" --durations=15 "$@"
 rc=$?
