@@ -120,7 +120,12 @@ class ModelArgs:
         return cls(**{k: v for k, v in params.items() if k in META_FIELDS}, **runtime)
 
     def to_meta_params(self) -> dict[str, Any]:
+        """Meta params.json; an HF `intermediate_size` F outside Meta's formula is written as
+        multiple_of = F, ffn_dim_multiplier = F / int(8·dim/3) (the formula then gives F)."""
         d = {k: getattr(self, k) for k in META_FIELDS}
+        if self.ffn_hidden_dim is not None and self.replace(ffn_hidden_dim=None).hidden_dim != self.ffn_hidden_dim:
+            d["multiple_of"] = self.ffn_hidden_dim
+            d["ffn_dim_multiplier"] = self.ffn_hidden_dim / int(2 * (4 * self.dim) / 3)
         if d["ffn_dim_multiplier"] is None:
             d.pop("ffn_dim_multiplier")
         return d
@@ -225,9 +230,13 @@ def hf_rope(cfg: dict[str, Any], source: str = "config.json") -> tuple[float, Op
     (`type` or `rope_type`) or `rope_parameters` {rope_type, rope_theta, ...}."""
     params = dict(cfg.get("rope_parameters") or {})
     scaling = dict(cfg.get("rope_scaling") or {})
+    kinds = [k for k in (d.get("rope_type", d.get("type")) for d in (params, scaling))
+             if k not in (None, "default")]
+    if len(set(kinds)) > 1:
+        raise ValueError(f"{source}: rope_parameters and rope_scaling disagree ({kinds})")
     merged = {**params, **scaling}
     theta = float(cfg.get("rope_theta") or merged.get("rope_theta") or 10000.0)
-    kind = merged.get("rope_type", merged.get("type", "default"))
+    kind = kinds[0] if kinds else "default"
     if kind in (None, "default"):
         return theta, None
     keep = {k: v for k, v in merged.items() if k not in ("rope_theta", "type", "rope_type")}
