@@ -130,8 +130,15 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
     return model, run_cfg, base
 
 
+GENERATIVE_KINDS = ("mtp", "llama")
+
+
 def restore_policy(config, mesh=None):
-    """(model, tokenizer dir, info dict) for `config.checkpoint` (model dir or run)."""
+    """(model, tokenizer dir, info dict) for `config.checkpoint` (model dir or run).
+
+    A model dir may hold an `mtp` policy or a plain `llama` (next-token) model with an LM head,
+    e.g. `python -m conversion hf-to-flax` of a public checkpoint: the starting model's pass@k.
+    """
     path = Path(config.checkpoint)
     if not config.checkpoint:
         raise ValueError("config.checkpoint is required: a model dir, a training run dir "
@@ -140,11 +147,17 @@ def restore_policy(config, mesh=None):
     if (path / io.CONFIG_FILE).exists():
         from wmtp_jax.models.lora import merge_lora
 
-        model = io.load_policy(path, dtype=dtype, mesh=mesh)
+        cfg = io.read_config(path)
+        if cfg["kind"] not in GENERATIVE_KINDS or not cfg.get("lm_head", True):
+            raise ValueError(f"checkpoint={str(path)!r}: kind {cfg['kind']!r}"
+                             f"{'' if cfg.get('lm_head', True) else ' without an LM head'} cannot "
+                             f"generate; evaluation needs an 'mtp' policy or a 'llama' model")
+        model = io.load_model(path, kind=cfg["kind"], dtype=dtype, mesh=mesh)
         if model.lora is not None:
             model = merge_lora(model)
         tok = config.tokenizer_path or str(path / "tokenizer")
-        return model, tok, {"checkpoint": str(path), "kind": "model_dir", "root": str(path)}
+        return model, tok, {"checkpoint": str(path), "kind": "model_dir", "model_kind": cfg["kind"],
+                            "root": str(path)}
     step_dir, root, best, step = _step_dir(path, bool(config.use_best))
     model, run_cfg, base = restore_training_checkpoint(step_dir, base_model=config.base_model,
                                                       dtype=dtype)
