@@ -5,7 +5,8 @@
     python -m wmtp_jax.main --config=configs/evaluation.py:7b \
         --config.checkpoint=storage/checkpoints/verifiable/verifiable-7b --config.benchmark=humaneval
 
-`checkpoint`: a model directory (`model_config.json`: load_policy), a training run directory
+`checkpoint`: a model directory (`model_config.json`: an `mtp` policy or a plain `llama` model
+with an LM head, e.g. a converted public checkpoint), a training run directory
 (its latest checkpoint; `best/` with `use_best=True`), or one step directory
 (`<run>/checkpoints/<step>`). LoRA checkpoints rebuild `base_model` (default: the run's
 `models.policy.path`) with the saved LoRA config and merge the factors before decoding.
@@ -16,8 +17,10 @@ used on `split` (never tuned on the test problems).
 import ml_collections
 
 from configs import common
+from wmtp_jax.eval.prompts import PROMPT_FORMATS
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
+
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
@@ -35,6 +38,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.base_model = ""
         c.tokenizer_path = ""  # "" = <model dir>/tokenizer
         c.benchmark = "synthetic" if micro else "humaneval"
+        # auto = the benchmark's own prompt (HumanEval plain, the others Alpaca) | plain | alpaca
+        # | chat (the tokenizer's chat template; code extracted from the reply)
+        c.prompt_format = "auto"
         c.data_dir = "storage/datasets"
         c.split = "test"
         c.validation_split = "valid"
@@ -62,6 +68,8 @@ def validate(c):
     command-line overrides (and requires checkpoint)."""
     ch = common._check
     ch(c.benchmark in BENCHMARKS, "benchmark", c.benchmark, f"one of {BENCHMARKS}")
+    ch(c.prompt_format in PROMPT_FORMATS, "prompt_format", c.prompt_format,
+       f"one of {PROMPT_FORMATS}")
     temps = c.temperature if isinstance(c.temperature, (tuple, list)) else (c.temperature,)
     ch(len(temps) > 0 and all(float(t) >= 0 for t in temps), "temperature", c.temperature,
        "need ≥ 0 (0 = greedy), or a non-empty list of such values")

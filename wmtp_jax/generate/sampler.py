@@ -311,6 +311,7 @@ class Sampler:
                                 np.int32)
         self.min_bucket, self.cache_dtype = int(min_bucket), cache_dtype
         self.n_heads = n_heads_of(model)
+        self.vocab_size = int(model.args.vocab_size)
         if speculative and self.n_heads < 2:
             raise ValueError(f"speculative decoding needs n_future_tokens ≥ 2, model has "
                              f"{self.n_heads}")
