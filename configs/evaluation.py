@@ -25,7 +25,7 @@ BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("evaluation", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.output_dir = "auto"  # auto = <run dir or model dir>/eval/<benchmark>-<split>
         c.experiment.description = "benchmark evaluation (pass@k)"
@@ -60,6 +60,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.timeout = 5.0  # seconds per program (per test for codecontests)
         c.max_tests = 10  # codecontests tests per problem (0 = all)
         c.sample_seed = 0
+        if variant == "small":  # a few HumanEval problems, greedy, with the instruct model's chat
+            c.benchmark, c.limit, c.n_samples, c.k, c.temperature = "humaneval", 5, 1, (1,), 0.0
+            c.prompt_format, c.max_new_tokens, c.batch_size = "chat", 256, 8
     return finalize(c)
 
 

@@ -13,7 +13,7 @@ from configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("ref_tuning", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "NTP supervised fine-tuning of the Rho-1 reference model"
         c.models = ml_collections.ConfigDict({"policy": parts.model_entry(
@@ -31,6 +31,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             t.learning_rate = 2e-3
         else:
             t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 96, 1, 5e-5
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 

@@ -13,7 +13,7 @@ from configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("verifiable", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "TD-weighted MTP with an independent value model"
         c.models = ml_collections.ConfigDict({
@@ -38,6 +38,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.td_ema_warmup_steps = 10
         if micro:
             t.td_ema_warmup_steps = 5
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 
