@@ -1,6 +1,7 @@
-"""CLI: python -m conversion {meta-to-flax,hf-to-flax,hf-to-mtp,flax-to-meta,flax-to-hf} --src DIR --dst DIR
+"""CLI: python -m conversion {meta-to-flax,hf-to-flax,hf-to-mtp,flax-to-meta,flax-to-hf} --src --dst
 
-    python -m conversion hf-to-mtp --src HF_DIR_OR_GGUF --dst DIR --n-future 4 [--head-init copy|random]
+    python -m conversion hf-to-mtp --src HF_DIR_OR_GGUF --dst DIR --n-future 4 \
+        [--head-init copy|random]
 
 Exit status 0 on success, 1 with a one-line `conversion error: ...` on bad input; the
 destination is written atomically and never left half-written.
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-shard-mb", type=int, default=5120,
                    help="flax-to-hf: split model.safetensors into shards above this size")
     p.add_argument("--n-future", type=int, default=None,
-                   help="hf-to-mtp: number of heads K (trunk = first L-1 layers, head 0 = layer L-1)")
+                   help="hf-to-mtp: heads K (trunk = first L-1 layers, head 0 = layer L-1)")
     p.add_argument("--head-init", default="copy", choices=["copy", "random"],
                    help="hf-to-mtp: heads 1..K-1 copy head 0 (default) or are freshly initialised")
     p.add_argument("--seed", type=int, default=0, help="hf-to-mtp --head-init random: init seed")

@@ -73,7 +73,8 @@ def read_hf(src: Path, *, dtype: str | None = None) -> tuple[dict, ModelArgs, di
                               prefix=prefix))
     what = (f"a LLaMA model per {src / 'config.json'} (num_hidden_layers={args.n_layers}, "
             f"hidden_size={args.dim}, num_attention_heads={args.n_heads}, num_key_value_heads={args.kv_heads})")
-    ignored = lambda k: k.endswith("rotary_emb.inv_freq") or (args.tie_embeddings and k == "lm_head.weight")
+    ignored = lambda k: (k.endswith("rotary_emb.inv_freq")
+                         or (args.tie_embeddings and k == "lm_head.weight"))
     tree = torch_to_tree(source, table, args, meta_rope=False, dtype=dtype_from_name(dtype),
                          what=what, ignore=ignored)
     stored = tree_dtype(tree)
@@ -90,7 +91,8 @@ def _hf_source(src: Path, workdir: Path) -> Path:
         if len(ggufs) == 1:
             return dequantize_gguf(ggufs[0], workdir)
         if ggufs:
-            raise ConversionError(f"{src}: several GGUF files {[g.name for g in ggufs]}; pass one as --src")
+            raise ConversionError(f"{src}: several GGUF files {[g.name for g in ggufs]}; "
+                                  f"pass one as --src")
     return src
 
 
@@ -99,15 +101,17 @@ def dequantize_gguf(path, out_dir) -> Path:
     with its chat template) with transformers' GGUF loader (needs the `gguf` package)."""
     path, out_dir = Path(path), Path(out_dir)
     try:
-        import gguf  # noqa: F401  (transformers' loader imports it lazily; fail with a clear message)
+        import gguf  # noqa: F401  (transformers imports it lazily; fail here with a clear message)
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - optional dependency
-        raise ConversionError(f"{path}: reading GGUF needs `pip install gguf accelerate` ({e})") from None
+        raise ConversionError(f"{path}: reading GGUF needs `pip install gguf accelerate` "
+                              f"({e})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
-        raise ConversionError(f"{path}: transformers cannot load this GGUF ({type(e).__name__}: {e})") from None
+        raise ConversionError(f"{path}: transformers cannot load this GGUF "
+                              f"({type(e).__name__}: {e})") from None
     # the loader dequantised every tensor; drop the quantizer marker so the floats can be saved
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -124,11 +128,13 @@ def _convert_hf(src, dst, force: bool, write) -> dict:
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{dst.name}.gguf-", dir=parent) as work:
         hf_dir = _hf_source(src, Path(work))
-        return write(hf_dir, {"format": "gguf" if hf_dir != src else "hf", "path": str(src.absolute())})
+        origin = {"format": "gguf" if hf_dir != src else "hf", "path": str(src.absolute())}
+        return write(hf_dir, origin)
 
 
 def hf_to_flax(src, dst, *, dtype: str | None = None, force: bool = False) -> dict:
-    """Convert an HF LLaMA directory (or GGUF file) into a `llama` model directory; returns a summary."""
+    """Convert an HF LLaMA directory (or GGUF file) into a `llama` model directory; returns a
+    summary."""
 
     def write(hf_dir: Path, origin: dict) -> dict:
         cfg, args, tree, lm_head, files = read_hf(hf_dir, dtype=dtype)
@@ -155,7 +161,8 @@ def llama_tree_to_mtp(tree: dict, args: ModelArgs, n_future: int, head_init: str
     if n_future < 1:
         raise ConversionError(f"--n-future {n_future} must be ≥ 1")
     if "output" not in tree and not args.tie_embeddings:
-        raise ConversionError("the source model has no LM head (a bare LlamaModel); an MTP policy needs one")
+        raise ConversionError("the source model has no LM head (a bare LlamaModel); an MTP "
+                              "policy needs one")
     n = args.n_layers
     flat = flatten(tree.pop("layers"))
     out = dict(tree)
@@ -211,7 +218,8 @@ def flax_to_hf(src, dst, *, dtype: str | None = None, force: bool = False,
     _check_dst(src, dst, force)
     cfg, params = _load_exportable(src, "llama", "flax-to-hf")
     args = ModelArgs.from_dict(cfg["args"])
-    table = list(hf_key_table(args.n_layers, lm_head=cfg.get("lm_head", True) and not args.tie_embeddings))
+    lm_head = cfg.get("lm_head", True) and not args.tie_embeddings
+    table = list(hf_key_table(args.n_layers, lm_head=lm_head))
     state = tree_to_torch(params, table, args, meta_rope=False, dtype=dtype_from_name(dtype),
                           what=f"{src}/model_config.json (kind llama)")
     out_dtype = _TORCH_DTYPE.get(str(next(iter(state.values())).dtype), "float32")

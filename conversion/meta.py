@@ -97,8 +97,9 @@ def flax_to_meta(src, dst, *, dtype: str | None = None, force: bool = False) -> 
     cfg, params = _load_exportable(src, "mtp", "flax-to-meta")
     args = ModelArgs.from_dict(cfg["args"])
     if args.rope_scaling is not None or args.attn_head_dim not in (None, args.dim // args.n_heads):
-        raise ConversionError(f"{src}: rope_scaling={args.rope} / head_dim={args.head_dim} cannot be "
-                              f"written in Meta's params.json (plain RoPE, head_dim = dim / n_heads)")
+        raise ConversionError(f"{src}: rope_scaling={args.rope} / head_dim={args.head_dim} "
+                              f"cannot be written in Meta's params.json (plain RoPE, "
+                              f"head_dim = dim / n_heads)")
     if args.tie_embeddings:  # Meta's format has no tying: output.weight is the embedding
         params["output"] = {"kernel": params["tok_embeddings"]["embedding"].T}
         args = args.replace(tie_embeddings=False)

@@ -182,7 +182,8 @@ def test_hf_sharded_bin_and_tied_inputs(tmp_path):
     assert s["tied"] and s["lm_head"]
     cfg, p = load_params(tmp_path / "f_tied")
     assert "output" not in p and cfg["args"]["tie_embeddings"] and cfg["lm_head"]
-    np.testing.assert_array_equal(p["tok_embeddings"]["embedding"], sd["model.embed_tokens.weight"].numpy())
+    np.testing.assert_array_equal(p["tok_embeddings"]["embedding"],
+                                  sd["model.embed_tokens.weight"].numpy())
     flax_to_hf(tmp_path / "f_tied", tmp_path / "tied_back")
     back = load_file(tmp_path / "tied_back" / "model.safetensors")
     assert "lm_head.weight" not in back

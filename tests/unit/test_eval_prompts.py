@@ -14,7 +14,8 @@ HE = Problem("HumanEval/x", STUB, {"test": "def check(f):\n    assert f(2, 3) ==
 
 def test_formats_resolve_and_stop():
     assert resolve("humaneval", "auto") == "plain" and resolve("mbpp", "auto") == "alpaca"
-    assert stops("humaneval", "plain") == HUMANEVAL_STOP and stops("humaneval", "alpaca") == ALPACA_STOP
+    assert stops("humaneval", "plain") == HUMANEVAL_STOP
+    assert stops("humaneval", "alpaca") == ALPACA_STOP
     assert stops("mbpp", "chat") == ()
     with pytest.raises(ValueError, match="prompt_format 'xml'"):
         resolve("mbpp", "xml")
@@ -25,7 +26,8 @@ def test_render_plain_alpaca_and_instruction_unwrap():
     assert instruction("mbpp", mb) == "Write f."
     assert render("mbpp", mb, "plain") == "Write f." and render("mbpp", mb, "alpaca") == mb.prompt
     assert render("humaneval", HE, "plain") == STUB
-    assert STUB in render("humaneval", HE, "alpaca") and "### Response:" in render("humaneval", HE, "alpaca")
+    alpaca = render("humaneval", HE, "alpaca")
+    assert STUB in alpaca and "### Response:" in alpaca
     with pytest.raises(ValueError, match="chat template"):
         render("mbpp", mb, "chat", tokenizer=None)
 

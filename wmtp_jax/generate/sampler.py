@@ -24,11 +24,10 @@ into "Ġfoo"). On host `truncate_at_stops` cuts the decoded text (the authority)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import time
-from functools import partial
-from typing import Callable, Optional, Sequence
+from functools import cached_property, partial
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +131,7 @@ class StopTexts:
             st[i, s_max - len(r):] = np.frombuffer(r, np.uint8)
         return cls(tb, inner, st)
 
-    @functools.cached_property
+    @cached_property
     def arrays(self) -> tuple:
         """The three tables as device arrays (transferred once; concrete even if first asked
         for inside a trace)."""

@@ -73,7 +73,7 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
         x = jnp.concatenate([nxt[:, None], drafts], axis=1)                       # [B, K]
         positions = pos[:, None] + jnp.arange(k, dtype=jnp.int32)[None]
         logits, cache = model_forward(model, x, positions, cache, all_heads=True)  # [B,K,K,V]
-        g = as_eos(jnp.argmax(logits, axis=-1).astype(jnp.int32))                 # [B,K(pos),K(head)]
+        g = as_eos(jnp.argmax(logits, axis=-1).astype(jnp.int32))          # [B, K pos, K head]
         match = drafts == g[:, :-1, 0]
         a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)          # [B]
         # emitted: the a accepted drafts x_1..x_a, then head 1's token after them, g_a

@@ -123,7 +123,8 @@ class ModelArgs:
         """Meta params.json; an HF `intermediate_size` F outside Meta's formula is written as
         multiple_of = F, ffn_dim_multiplier = F / int(8·dim/3) (the formula then gives F)."""
         d = {k: getattr(self, k) for k in META_FIELDS}
-        if self.ffn_hidden_dim is not None and self.replace(ffn_hidden_dim=None).hidden_dim != self.ffn_hidden_dim:
+        f = self.ffn_hidden_dim
+        if f is not None and self.replace(ffn_hidden_dim=None).hidden_dim != f:
             d["multiple_of"] = self.ffn_hidden_dim
             d["ffn_dim_multiplier"] = self.ffn_hidden_dim / int(2 * (4 * self.dim) / 3)
         if d["ffn_dim_multiplier"] is None:

@@ -154,7 +154,7 @@ def rope_inv_freq(args: ModelArgs, positions: Array) -> Array:
 
 
 def rope_cos_sin(positions: Array, inv_freq: Array) -> tuple[Array, Array]:
-    """positions `[B, S]`, inv_freq `[hd/2]` -> cos, sin `[B, S, hd]` (float32), freqs duplicated."""
+    """positions `[B, S]`, inv_freq `[hd/2]` -> cos, sin `[B, S, hd]` float32 (freqs doubled)."""
     ang = positions.astype(jnp.float32)[..., None] * inv_freq
     ang = jnp.concatenate([ang, ang], axis=-1)
     return jnp.cos(ang), jnp.sin(ang)

@@ -196,8 +196,8 @@ def completions(sampler, tokenizer, problems: dict, benchmark: str, n_samples: i
         texts = token_texts(tokenizer, sampler.vocab_size)
     table = StopTexts.build(texts, stops) if stops else None
     special = fmt != "chat"  # a chat template writes its own BOS / role tokens
-    ids = [tokenizer.encode(fmt_lib.render(benchmark, p, fmt, tokenizer), add_special_tokens=special)
-           for p in problems.values()]
+    ids = [tokenizer.encode(fmt_lib.render(benchmark, p, fmt, tokenizer),
+                            add_special_tokens=special) for p in problems.values()]
     out = sampler.sample(ids, n_samples, cfg, seed=seed, stops=table)
     dec = lambda t: tokenizer.decode(t, skip_special_tokens=True)
     samples, to_stop = [], 0
