@@ -169,6 +169,8 @@ def _edit_config(d, **kw):
     ("attention_bias", dict(attention_bias=True), "attention_bias=true is not supported"),
     ("gelu", dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
     ("model_type", dict(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+    ("sliding", dict(model_type="mistral", sliding_window=4096),
+     "sliding_window=4096 is not supported"),
 ])
 def test_unsupported_configs_refused_by_name(tmp_path, capsys, case, edit, msg):
     hf_model().save_pretrained(tmp_path / "hf")

@@ -148,6 +148,9 @@ class ModelArgs:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"{source}: hidden_act {act!r} is not supported (SwiGLU with silu)")
+        if cfg.get("sliding_window") and cfg.get("use_sliding_window", True):
+            raise ValueError(f"{source}: sliding_window={cfg['sliding_window']} is not supported "
+                             f"(full causal attention only)")
         if cfg.get("pretraining_tp", 1) not in (1, None):
             raise ValueError(f"{source}: pretraining_tp={cfg['pretraining_tp']} is not supported")
         theta, scaling = hf_rope(cfg, source)
@@ -204,7 +207,7 @@ class ModelArgs:
         return emb + n_blocks * block + d + (emb if lm_head and not self.tie_embeddings else 0)
 
 
-HF_MODEL_TYPES = ("llama", "mistral", "qwen2")  # same block as LLaMA once biases are refused
+HF_MODEL_TYPES = ("llama", "mistral")  # Mistral: LLaMA's block when without a sliding window
 ROPE_TYPES = {  # rope type -> required parameters (besides rope_theta)
     "linear": ("factor",),
     "dynamic": ("factor",),
