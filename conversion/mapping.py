@@ -4,15 +4,17 @@ This module is the contract between `wmtp_jax.models` and `conversion`: pure num
 
 wmtp_jax parameter trees (`nnx.state(model, nnx.Param).to_pure_dict()`), kernels are `[in, out]`:
 
-MTPTransformer (Meta MTP layout; L = n_layers - n_future_tokens trunk blocks, K = n_future_tokens heads)
-    tok_embeddings/embedding                       [V, D]
-    layers/attention/{wq,wk,wv,wo}/kernel          [L, D, H*hd] [L, D, KV*hd] [L, D, KV*hd] [L, H*hd, D]
-    layers/feed_forward/{w1,w3}/kernel             [L, D, F];  layers/feed_forward/w2/kernel [L, F, D]
-    layers/{attention_norm,ffn_norm}/scale         [L, D]
-    heads/...                                      same block keys, leading axis K
-                                                   (heads[0] = Meta layers[L], heads[j] = extra_heads[j-1])
-    norm/scale                                     [D]
-    output/kernel                                  [D, V]
+MTPTransformer (Meta MTP layout; L = n_layers - n_future_tokens trunk blocks,
+K = n_future_tokens heads)
+    tok_embeddings/embedding               [V, D]
+    layers/attention/{wq,wk,wv,wo}/kernel  [L, D, H*hd] [L, D, KV*hd] [L, D, KV*hd] [L, H*hd, D]
+    layers/feed_forward/{w1,w3}/kernel     [L, D, F];  layers/feed_forward/w2/kernel [L, F, D]
+    layers/{attention_norm,ffn_norm}/scale [L, D]
+    heads/...                              same block keys, leading axis K
+                                           (heads[0] = Meta layers[L],
+                                            heads[j] = extra_heads[j-1])
+    norm/scale                             [D]
+    output/kernel                          [D, V]
 Llama (HF layout, same block module, leading axis n_layers; `output` absent without an LM head)
     tok_embeddings/embedding, layers/..., norm/scale, output/kernel
 ValueModel: backbone/<Llama without output>, value_head/...
@@ -57,13 +59,17 @@ META_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
 def canonical_lora_targets(targets) -> tuple[str, ...]:
-    """Map HF / Meta target names to the Meta vocabulary (`q_proj` -> `wq`); unknown -> ValueError."""
+    """Map HF / Meta target names to the Meta vocabulary (`q_proj` -> `wq`).
+
+    Unknown names -> ValueError.
+    """
     out = []
     for t in targets:
         c = HF_TO_META_TARGET.get(t, t)
         if c not in META_TARGETS:
             raise ValueError(
-                f"unknown LoRA target {t!r}; valid: {list(META_TARGETS)} or {list(HF_TO_META_TARGET)}"
+                f"unknown LoRA target {t!r}; valid: {list(META_TARGETS)} "
+                f"or {list(HF_TO_META_TARGET)}"
             )
         if c not in out:
             out.append(c)
@@ -71,7 +77,10 @@ def canonical_lora_targets(targets) -> tuple[str, ...]:
 
 
 def permute_meta_to_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Rows of a torch `[n_heads*hd, D]` q/k weight: interleaved pairs -> rotate-half (HF's permute)."""
+    """Rows of a torch `[n_heads*hd, D]` q/k weight: interleaved pairs -> rotate-half.
+
+    (HF's permute.)
+    """
     out_dim, in_dim = w.shape
     hd = out_dim // n_heads
     return w.reshape(n_heads, hd // 2, 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)

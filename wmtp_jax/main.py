@@ -1,4 +1,6 @@
-"""Entry point: `python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.k=v ...]`.
+"""Entry point.
+
+`python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.k=v ...]`.
 
 Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)` (a dotted module
 path, e.g. "tests.train_toy", is imported as is). Config errors exit 2 with one line naming
@@ -54,7 +56,8 @@ def summary(result) -> str:
         )
         return "\n".join(
             [
-                f"{result['benchmark']} {result['split']}: {scores} ({result['n_problems']} problems, "
+                f"{result['benchmark']} {result['split']}: {scores} "
+                f"({result['n_problems']} problems, "
                 f"temperature {result['temperature']:g}, "
                 f"sandbox {result.get('sandbox', {}).get('policy', 'n/a')})",
                 f"outputs: {result['output_dir']} (samples.jsonl, results.jsonl, summary.json)",
@@ -90,7 +93,10 @@ def summary(result) -> str:
 
 
 def enable_compilation_cache(directory: str) -> None:
-    """Persist compiled XLA programs under `directory` ("" = off; JAX_COMPILATION_CACHE_DIR wins)."""
+    """Persist compiled XLA programs under `directory`.
+
+    "" = off; JAX_COMPILATION_CACHE_DIR wins.
+    """
     import os
 
     import jax

@@ -1,4 +1,7 @@
-"""`python -m conversion` end to end in subprocesses: bit-identical round trips, a bad-input exit."""
+"""`python -m conversion` end to end in subprocesses.
+
+Bit-identical round trips, a bad-input exit.
+"""
 
 import json
 import os
@@ -100,7 +103,8 @@ def test_hf_cli_round_trip_f32_and_bad_input(tmp_path):
     r = run("hf-to-flax", "--src", tmp_path / "hf", "--dst", tmp_path / "bad")
     assert r.returncode == 1
     assert (
-        "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has shape (40, 32), expected (48, 32)"
+        "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has shape (40, 32), "
+        "expected (48, 32)"
         in r.stderr
     ), r.stderr
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("bad.tmp-*"))

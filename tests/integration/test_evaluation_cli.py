@@ -190,3 +190,25 @@ def test_sandbox_config_key():
     c.sandbox = "off"
     with pytest.raises(ValueError, match=r"sandbox='off' is invalid; one of \('required'"):
         evaluation.validate(c)
+
+
+def test_llama_model_dir_evaluates_and_critic_is_refused(world, tmp_path):
+    """A plain next-token `llama` model dir (what hf-to-flax writes) scores like a policy; a
+    critic dir is refused with one line naming its kind."""
+    from wmtp_jax.models import Llama
+    from wmtp_jax.pipelines import evaluation
+
+    args = world["args"].replace(n_future_tokens=1, tie_embeddings=True)
+    io.save_model(tmp_path / "llama", Llama(args, rngs=nnx.Rngs(2)), kind="llama", args=args,
+                  tokenizer=world["tok_files"])
+    s = evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path / "llama"),
+                                             "temperature": 0.0, "mlflow.experiment": "",
+                                             "output_dir": str(tmp_path / "out")}))
+    assert s["checkpoint"]["model_kind"] == "llama" and s["n_problems"] == 3
+    g = s["generation"]
+    assert 0 < g["tokens_to_stop"] <= g["tokens"] <= 1.2 * g["tokens_to_stop"]
+    from wmtp_jax.models import ValueModel
+    io.save_model(tmp_path / "critic", ValueModel(args, rngs=nnx.Rngs(0)), kind="critic",
+                  args=args)
+    with pytest.raises(ValueError, match="kind 'critic' cannot generate"):
+        evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path / "critic")}))

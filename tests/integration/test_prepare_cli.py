@@ -1,4 +1,7 @@
-"""`python -m wmtp_jax.data.prepare` end to end on fixtures in each dataset's real on-disk schema."""
+"""`python -m wmtp_jax.data.prepare` end to end.
+
+On fixtures in each dataset's real on-disk schema.
+"""
 
 import json
 import os

@@ -95,8 +95,8 @@ def test_adversarial_completions_fail_and_leave_nothing(tmp_path):
     attacks = {
         "infinite loop": "while True:\n    pass" + add,
         "memory bomb": "xs = bytearray(1 << 40)" + add,
-        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-        + add,
+        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n"
+        "    except OSError:\n        pass" + add,
         "write outside": f"open({escape!r}, 'w').write('x')" + add + "assert False",
         "kill everything": (
             "import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)" + add + "assert False"

@@ -142,7 +142,10 @@ def test_resume_after_sigkill_is_exact(reference, tmp_path):
 
 
 def _steps(config, mesh, n, **task_kw):
-    """Run n train steps with `build` directly; returns (compiled, initial shardings, state, losses)."""
+    """Run n train steps with `build` directly.
+
+    Returns (compiled, initial shardings, state, losses).
+    """
     task = train_toy.make_task(config, **task_kw)
     c = build(task, config, mesh, total_steps=10)
     shardings = jax.tree.map(lambda x: x.sharding, c.state)

@@ -174,13 +174,20 @@ def test_hf_sharded_bin_and_tied_inputs(tmp_path):
         got = flatten(load_params(tmp_path / f"f_{d}")[1])
         for k in ref:
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{d} {k}")
-    # tied embeddings: no lm_head.weight in the file, output = embeddings^T
+    # tied embeddings: no lm_head.weight in the file; one parameter, exported tied again
     (tmp_path / "tied").mkdir()
     save_file({k: v for k, v in sd.items() if k != "lm_head.weight"}, tmp_path / "tied" / "model.safetensors")
     (tmp_path / "tied" / "config.json").write_text(json.dumps({**HF_CFG, "tie_word_embeddings": True}))
-    hf_to_flax(tmp_path / "tied", tmp_path / "f_tied")
-    p = load_params(tmp_path / "f_tied")[1]
-    np.testing.assert_array_equal(p["output"]["kernel"], sd["model.embed_tokens.weight"].numpy().T)
+    s = hf_to_flax(tmp_path / "tied", tmp_path / "f_tied")
+    assert s["tied"] and s["lm_head"]
+    cfg, p = load_params(tmp_path / "f_tied")
+    assert "output" not in p and cfg["args"]["tie_embeddings"] and cfg["lm_head"]
+    np.testing.assert_array_equal(p["tok_embeddings"]["embedding"],
+                                  sd["model.embed_tokens.weight"].numpy())
+    flax_to_hf(tmp_path / "f_tied", tmp_path / "tied_back")
+    back = load_file(tmp_path / "tied_back" / "model.safetensors")
+    assert "lm_head.weight" not in back
+    assert json.loads((tmp_path / "tied_back" / "config.json").read_text())["tie_word_embeddings"]
 
 
 # ---- bad input: one clear message, exit 1, nothing written ---------------------------------

@@ -229,8 +229,10 @@ def test_environment_secrets_invisible(monkeypatch):
     monkeypatch.setenv("WMTP_TEST_SECRET", secret)
     res = execution.run_program(
         "import os\nprint(dict(os.environ))\n"
-        "for p in ('/proc/self/environ', '/proc/1/environ', '/proc/%d/environ' % os.getppid()):\n"
-        "    try:\n        print(open(p, 'rb').read())\n    except OSError as e:\n        print(e)\n"
+        "for p in ('/proc/self/environ', '/proc/1/environ',"
+        " '/proc/%d/environ' % os.getppid()):\n"
+        "    try:\n        print(open(p, 'rb').read())\n"
+        "    except OSError as e:\n        print(e)\n"
     )
     assert res.returncode == 0
     assert secret.encode() not in res.stdout and b"WMTP_TEST_SECRET" not in res.stdout

@@ -9,9 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from wmtp_jax.generate import (NO_STOP, Sampler, SamplingConfig, bucket_length,  # noqa: E402
-                               encode_stop_ids, filter_logits, sample_tokens, stop_match,
-                               truncate_at_stops)
+from wmtp_jax.generate import (Sampler, SamplingConfig, StopTexts, bucket_length,  # noqa: E402
+                               filter_logits, sample_tokens, stop_hit, truncate_at_stops)
 from wmtp_jax.models import ModelArgs, MTPTransformer  # noqa: E402
 
 ARGS = ModelArgs(dim=32, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=50, multiple_of=8,
@@ -66,12 +65,37 @@ def test_sampled_tokens_stay_in_the_nucleus_with_the_right_frequencies():
     assert (greedy == 1).all()
 
 
-def test_stop_helpers():
-    stops = np.array([[NO_STOP, 7, 8], [4, 5, 6]], np.int32)
-    win = jnp.array([[1, 7, 8], [4, 5, 6], [7, 8, 1], [NO_STOP - 1, 5, 6]], jnp.int32)
-    assert np.asarray(stop_match(win, jnp.asarray(stops))).tolist() == [True, True, False, False]
-    assert encode_stop_ids(lambda s: [ord(c) for c in s], ["\ndef", "", "ab"]).tolist() == [
-        [10, 100, 101, 102], [NO_STOP, NO_STOP, 97, 98]]
+def stop_rows(texts, stops, rows, vocab=None):
+    """stop_hit at every position of each row (ids index `texts`)."""
+    table = StopTexts.build(texts, stops)
+    width = max(map(len, rows))
+    lead = table.stops.shape[1] + 1
+    out = np.full((len(rows), lead + width), -2, np.int32)
+    for i, r in enumerate(rows):
+        out[i, lead:lead + len(r)] = r
+    f = jax.jit(lambda o, e: stop_hit(o, e, table.arrays))
+    return [[bool(f(jnp.asarray(out), jnp.full((len(rows),), lead + t))[i]) for t in range(len(r))]
+            for i, r in enumerate(rows)]
+
+
+def test_text_stops_fire_whatever_the_tokenisation():
+    # a BPE-like vocabulary: the stop "\ndef " is never one token sequence of its own
+    texts = ["\n", "def", " foo", "def ", "x", "\nd", "ef", " ", "a\ndef b", "", "\n\n"]
+    rows = [[4, 0, 1, 2],        # "x" "\n" "def" " foo"   -> fires at " foo" (merged space)
+            [4, 0, 3],           # "\ndef " exactly         -> fires at "def "
+            [5, 6, 7],           # "\nd" "ef" " "           -> fires at " "
+            [8],                 # inside one token         -> fires at once
+            [4, 9, 0, 9, 1, 4],  # empty (special) tokens between: "\ndefx" no space -> never
+            [10, 3]]             # "\n\n" "def "          -> fires at "def "
+    got = stop_rows(texts, ["\ndef ", "\nclass"], rows)
+    assert got == [[False, False, False, True], [False, False, True], [False, False, True],
+                   [True], [False] * 6, [False, True]]
+    # long tokens keep their first/last S-1 bytes: a stop inside or across them still fires
+    long = ["y" * 40, "z" * 30 + "\nde", "f " + "w" * 30]
+    assert stop_rows(long, ["\ndef "], [[0, 1, 2]]) == [[False, False, True]]
+    assert StopTexts.build(long, ["\ndef "]).token_bytes.shape == (3, 9)  # 2·(5−1)+1
+    # no stops: never fires
+    assert stop_rows(texts, [], [[8, 3]]) == [[False, False]]
     assert truncate_at_stops("x = 1\ndef f():\n\nclass", ["\nclass", "\ndef"]) == "x = 1"
     assert truncate_at_stops("abc", ["\n#"]) == "abc"
     assert [bucket_length(n, 8) for n in (1, 8, 9, 16, 17, 100)] == [8, 8, 16, 16, 32, 128]
@@ -121,19 +145,23 @@ def test_cache_greedy_equals_recompute_greedy_and_compiles_once_per_bucket(model
     assert sampler.stats["tokens"] == sum(len(r[0]) for r in got)  # greedy: one row per prompt
 
 
-def test_on_device_stop_ids_end_rows_right_after_the_match(model):
+def test_on_device_text_stops_end_rows_at_the_completing_token(model):
     rng = np.random.default_rng(1)
     prompts = [rng.integers(1, ARGS.vocab_size, n).tolist() for n in (3, 6, 5)]
     sampler = Sampler(model, eos_id=EOS, batch_size=4, min_bucket=8)
     cfg = SamplingConfig(max_new_tokens=10)
     full = [g[0] for g in sampler.sample(prompts, 1, cfg)]
-    stop = full[0][3:5]                                      # a pair the first row emits
-    got = [g[0] for g in sampler.sample(prompts, 1, cfg, stop_ids=encode_stop_ids(
-        lambda s: stop, ["x"]))]
+    texts = [f"<{i}>" for i in range(ARGS.vocab_size)]       # token i decodes to "<i>"
+    a, b = full[0][3:5]                                      # a pair the first row emits
+    stops = StopTexts.build(texts, [f"{a}><{b}"])            # spans the two tokens' texts
+    got = [g[0] for g in sampler.sample(prompts, 1, cfg, stops=stops)]
     for f, g in zip(full, got):
-        ends = [i + 2 for i in range(len(f) - 1) if f[i:i + 2] == stop]
+        ends = [i + 2 for i in range(len(f) - 1) if f[i:i + 2] == [a, b]]
         assert g == f[:ends[0]] if ends else g == f
     assert len(got[0]) <= 5
+    # an extra end id (e.g. an end-of-turn token) ends the row like EOS
+    ender = Sampler(model, eos_id=EOS, batch_size=4, min_bucket=8, end_ids=[full[1][2]])
+    assert ender.sample(prompts, 1, cfg)[1][0] == full[1][:full[1].index(full[1][2])]
 
 
 def test_sampling_is_reproducible_and_independent_of_batching(model):

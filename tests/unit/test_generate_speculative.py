@@ -82,3 +82,27 @@ def test_speculative_short_budgets_and_eos_first():
     got = Sampler(model, eos_id=eos, batch_size=4, min_bucket=16, speculative=True).sample(
         prompts, 1, cfg)
     assert got == want and want[0][0] == []
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_speculative_honours_text_stops_like_greedy(tied):
+    """A text stop completed mid-round ends the row at the completing token, as in plain greedy
+    (tied heads: the stop lands inside accepted drafts)."""
+    from wmtp_jax.generate import StopTexts
+
+    model = MTPTransformer(ARGS, rngs=nnx.Rngs(6))
+    if tied:
+        model = tied_heads(model)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(2, ARGS.vocab_size, n).tolist() for n in (2, 5, 9, 4)]
+    cfg = SamplingConfig(max_new_tokens=13)
+    plain = Sampler(model, eos_id=1, batch_size=8, min_bucket=16)
+    full = plain.sample(prompts, 1, cfg)
+    texts = [f"<{i}>" for i in range(ARGS.vocab_size)]
+    row = full[0][0]
+    stops = StopTexts.build(texts, [f"{row[5]}><{row[6]}", f"<{row[9]}>"])
+    want = plain.sample(prompts, 1, cfg, stops=stops)
+    spec = Sampler(model, eos_id=1, batch_size=8, min_bucket=16, speculative=True)
+    got = spec.sample(prompts, 1, cfg, stops=stops)
+    assert got == want and len(want[0][0]) <= 7
+    assert sum(len(r[0]) for r in want) < sum(len(r[0]) for r in full)

@@ -1,4 +1,7 @@
-"""Orbax checkpointer: restore on another mesh, retention, best kept apart, metadata; tracking utils."""
+"""Orbax checkpointer: restore on another mesh, retention, best kept apart, metadata.
+
+Also the tracking utils.
+"""
 
 import jax
 import jax.numpy as jnp

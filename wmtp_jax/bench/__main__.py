@@ -468,7 +468,9 @@ def _summary(row: dict) -> str:
         f"train {c['pipeline']:10s} L={layers} B={c['batch']} S={c['seq']} {c['dtype']} "
         f"remat={c['remat']} loss={c['loss']} donate={c['donate']} heads={c['heads']} "
         f"attention={c.get('attention', 'auto')}->{row.get('attention_resolved')}: compile "
-        f"{row['compile_total_s']:.1f} s (CPU {row['lower_cpu_s'] + row['compile_cpu_s']:.1f} s), mem {mem / 2**20 if mem else float('nan'):.0f} MiB"
+        f"{row['compile_total_s']:.1f} s "
+        f"(CPU {row['lower_cpu_s'] + row['compile_cpu_s']:.1f} s), "
+        f"mem {mem / 2**20 if mem else float('nan'):.0f} MiB"
     )
     if row.get("step_time_s"):
         mfu = row.get("mfu")

@@ -83,7 +83,10 @@ class TrainCase:
         )
 
     def critic_args(self, remat: str | None = None) -> ModelArgs:
-        """The critic backbone (llama layout). `remat` overrides (the frozen critic runs without)."""
+        """The critic backbone (llama layout).
+
+        `remat` overrides (the frozen critic runs without).
+        """
         heads = self.critic_heads or self.n_heads
         return ModelArgs(
             dim=self.critic_dim or self.dim,
@@ -237,7 +240,10 @@ def synthetic_batch(case: TrainCase, seed: int = 0) -> dict:
 
 
 def memory_analysis(compiled) -> dict:
-    """Compiled-program sizes (bytes); `estimate` = arguments + outputs − aliased (donated) + temp."""
+    """Compiled-program sizes (bytes).
+
+    `estimate` = arguments + outputs − aliased (donated) + temp.
+    """
     m = compiled.memory_analysis()
     if m is None:
         return {}

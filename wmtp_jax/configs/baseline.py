@@ -12,7 +12,7 @@ from wmtp_jax.configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("baseline", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "uniform-weight MTP baseline"
         c.models = ml_collections.ConfigDict({"policy": parts.model_entry(
@@ -21,6 +21,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         parts.add_data(c, variant, use_pairwise=False)
         parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
         parts.add_loss_chunking(c, variant)
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 

@@ -26,7 +26,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION = ("auto", "xla", "blockwise", "cudnn")  # = wmtp_jax.ops.attention.IMPLEMENTATIONS
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-VARIANTS = ("micro", "7b")
+VARIANTS = ("micro", "small", "7b")
 
 
 def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDict:
@@ -85,7 +85,7 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
     c.distributed = ml_collections.ConfigDict(
         {"coordinator_address": "", "num_processes": -1, "process_id": -1})
 
-    if variant == "micro":
+    if variant in ("micro", "small"):  # small: micro + a real model (configs/parts.apply_small)
         apply_micro(c)
     elif variant == "7b":
         apply_7b(c)

@@ -15,7 +15,7 @@ from wmtp_jax.configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("critic", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "independent value model (critic)"
         c.models = ml_collections.ConfigDict({"value_model": parts.model_entry(
@@ -49,6 +49,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         else:
             t.batch_size, t.gradient_accumulation_steps = 96, 1
             t.lr_scheduler.update({"warmup_ratio": 0.05, "min_lr_ratio": 0.0})
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 

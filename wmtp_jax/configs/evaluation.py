@@ -5,7 +5,8 @@
     python -m wmtp_jax.main --config=configs/evaluation.py:7b \
         --config.checkpoint=storage/checkpoints/verifiable/verifiable-7b --config.benchmark=humaneval
 
-`checkpoint`: a model directory (`model_config.json`: load_policy), a training run directory
+`checkpoint`: a model directory (`model_config.json`: an `mtp` policy or a plain `llama` model
+with an LM head, e.g. a converted public checkpoint), a training run directory
 (its latest checkpoint; `best/` with `use_best=True`), or one step directory
 (`<run>/checkpoints/<step>`). LoRA checkpoints rebuild `base_model` (default: the run's
 `models.policy.path`) with the saved LoRA config and merge the factors before decoding.
@@ -16,14 +17,16 @@ used on `split` (never tuned on the test problems).
 import ml_collections
 
 from wmtp_jax.configs import common
+from wmtp_jax.eval.prompts import PROMPT_FORMATS
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 SANDBOX_POLICIES = ("required", "best_effort", "none")
 
 
+
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("evaluation", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.output_dir = "auto"  # auto = <run dir or model dir>/eval/<benchmark>-<split>
         c.experiment.description = "benchmark evaluation (pass@k)"
@@ -36,6 +39,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.base_model = ""
         c.tokenizer_path = ""  # "" = <model dir>/tokenizer
         c.benchmark = "synthetic" if micro else "humaneval"
+        # auto = the benchmark's own prompt (HumanEval plain, the others Alpaca) | plain | alpaca
+        # | chat (the tokenizer's chat template; code extracted from the reply)
+        c.prompt_format = "auto"
         c.data_dir = "storage/datasets"
         c.split = "test"
         c.validation_split = "valid"
@@ -58,6 +64,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.timeout = 5.0  # seconds per program (per test for codecontests)
         c.max_tests = 10  # codecontests tests per problem (0 = all)
         c.sample_seed = 0
+        if variant == "small":  # a few HumanEval problems, greedy, with the instruct model's chat
+            c.benchmark, c.limit, c.n_samples, c.k, c.temperature = "humaneval", 5, 1, (1,), 0.0
+            c.prompt_format, c.max_new_tokens, c.batch_size = "chat", 256, 8
     return finalize(c)
 
 
@@ -66,6 +75,8 @@ def validate(c):
     command-line overrides (and requires checkpoint)."""
     ch = common._check
     ch(c.benchmark in BENCHMARKS, "benchmark", c.benchmark, f"one of {BENCHMARKS}")
+    ch(c.prompt_format in PROMPT_FORMATS, "prompt_format", c.prompt_format,
+       f"one of {PROMPT_FORMATS}")
     temps = c.temperature if isinstance(c.temperature, (tuple, list)) else (c.temperature,)
     ch(len(temps) > 0 and all(float(t) >= 0 for t in temps), "temperature", c.temperature,
        "need ≥ 0 (0 = greedy), or a non-empty list of such values")

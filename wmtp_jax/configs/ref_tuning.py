@@ -14,7 +14,7 @@ from wmtp_jax.configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("ref_tuning", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "NTP supervised fine-tuning of the Rho-1 reference model"
         c.models = ml_collections.ConfigDict({"policy": parts.model_entry(
@@ -34,6 +34,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             c.checkpoint.every_steps = 100
         else:
             t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 96, 1, 5e-5
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 

@@ -14,7 +14,7 @@ from wmtp_jax.configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("rho1", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "Rho-1 reference-selected MTP"
         c.models = ml_collections.ConfigDict({
@@ -29,6 +29,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t = c.training
         t.k_percent = 0.6 if micro else 0.7
         t.rho1_mode = "signed"
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 

@@ -14,7 +14,7 @@ from wmtp_jax.configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("verifiable", variant)
-    micro = variant == "micro"
+    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "TD-weighted MTP with an independent value model"
         c.models = ml_collections.ConfigDict({
@@ -43,6 +43,8 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.final_eval = ml_collections.ConfigDict({
             "enabled": micro, "benchmark": "synthetic", "split": "test", "limit": 0,
             "max_new_tokens": 96})
+    if variant == "small":
+        parts.apply_small(c)
     return finalize(c)
 
 

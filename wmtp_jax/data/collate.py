@@ -1,7 +1,8 @@
 """Alpaca template and collators: records -> static-shape numpy batches.
 
 Per sequence (the original's collators.py, docs/semantics.md "Data"):
-  ids = [BOS] + tok(template(instruction, input) + "### Response:\n" + output) (+ [EOS] if append_eos)
+  ids = [BOS] + tok(template(instruction, input) + "### Response:\n" + output)
+        (+ [EOS] if append_eos)
   truncated on the right to L, right-padded with pad_id;
   attention_mask = 1 on real tokens; labels = ids (unshifted) with -100 on the first
   len_prompt = len([BOS] + tok(prompt through "### Response:\n")) positions and on padding.

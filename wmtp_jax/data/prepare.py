@@ -3,7 +3,8 @@
 Raw datasets (real on-disk schemas) -> the prepared layout under DIR:
   processed/{split}.jsonl            Alpaca records {instruction, input, output, task_id,
                                      is_correct?, metadata}
-  processed/{split}_metadata.json    {metadata[], problem_index_map, stats, token_count, source_file}
+  processed/{split}_metadata.json    {metadata[], problem_index_map, stats, token_count,
+                                     source_file}
   processed/schema.json
   codecontests: processed/{valid,test}_eval.jsonl (one record per problem, no output) and
                 tests/{split}_tests.json ({name: {task_name, public_tests, private_tests,

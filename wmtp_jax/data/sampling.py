@@ -118,8 +118,8 @@ def sample_length_balanced_pairs(
     difficulty_bins: Mapping[str, Sequence[int]] | None = None,
     max_pairs_per_problem: int | None = None,
 ) -> list[dict]:
-    """Pairs of same output-length bin `{correct_idx, incorrect_idx, problem_id, length_bin}` (§1.5);
-    difficulty only filters. Bin labels visited in length order (deterministic)."""
+    """Pairs of same output-length bin `{correct_idx, incorrect_idx, problem_id, length_bin}`
+    (§1.5); difficulty only filters. Bin labels visited in length order (deterministic)."""
     rng = random.Random(seed)
     cap = _pos_int_or_none(max_pairs_per_problem)
     order = {lab: k for k, lab in enumerate(length_bin_labels(length_bins))}

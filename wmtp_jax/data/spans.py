@@ -1,4 +1,6 @@
-"""Where an incorrect solution differs from its nearest correct one (ground truth for critic credit).
+"""Where an incorrect solution differs from its nearest correct one.
+
+Ground truth for critic credit.
 
 `mutated_span(incorrect, corrects)` -> `(start, end)`: the half-open character range of `incorrect`
 covering every character that differs from the nearest correct solution (difflib ratio; ties go to

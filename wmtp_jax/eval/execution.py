@@ -580,7 +580,10 @@ def serve(
 
 
 def normalize_output(text: str) -> list[str]:
-    """Whitespace-normalised output: one token list per non-empty line, e.g. ' 1  2 \\n\\n' -> ['1 2']."""
+    """Whitespace-normalised output: one token list per non-empty line.
+
+    E.g. ' 1  2 \\n\\n' -> ['1 2'].
+    """
     return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
 
 

@@ -18,7 +18,9 @@ position, key visible iff slot ≤ query position), which is the "roll back". Ev
 written at every position, so heads 2..K attend to a complete history too.
 
 The output is token-for-token the plain greedy output (up to float ties between differently
-shaped matmuls). Acceptance rate = accepted / drafted over rows still generating.
+shaped matmuls), stops included: each emitted token is checked for EOS / end ids and for a text
+stop (`sampler.stop_hit`), and a round emits nothing after the first one that ends the row.
+Acceptance rate = accepted / drafted over rows still generating.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .sampler import model_forward
+from .sampler import NO_TOKEN, model_forward, stop_hit
 
 
 def _first_index(mask, default):
@@ -38,9 +40,10 @@ def _first_index(mask, default):
 
 
 def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new_tokens: int,
-                     eos_id: int, cache_dtype=None):
-    """prompts `[B, L]` right-padded, prompt_lens `[B]`, live `[B]` -> (tokens `[B, max_new]`
-    with EOS after each row's end, dict(forwards, drafted, accepted))."""
+                     eos_id: int, stops: tuple, end_ids, cache_dtype=None):
+    """prompts `[B, L]` right-padded, prompt_lens `[B]`, live `[B]`, stops (`StopTexts.arrays`),
+    end_ids `[E]` -> (tokens `[B, max_new]` with EOS after each row's end,
+    dict(forwards, drafted, accepted))."""
     b, l = prompts.shape
     k = n_heads
     cache = model.init_cache(b, l + max_new_tokens + k, cache_dtype)
@@ -49,13 +52,16 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
     last = prompt_lens.astype(jnp.int32) - 1
     tok = jnp.take_along_axis(prompts, last[:, None], axis=1).astype(jnp.int32)
     logits, cache = model_forward(model, tok, last[:, None], cache, all_heads=True)
-    greedy = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)       # [B, K]
+    as_eos = lambda t: jnp.where(jnp.isin(t, end_ids), eos_id, t)
+    greedy = as_eos(jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))  # [B, K]
     nxt, drafts = greedy[:, 0], greedy[:, 1:]
     # x_0 is emitted at once (a call with max_new_tokens = 1 runs no round)
-    out = jnp.full((b, max_new_tokens + k), eos_id, jnp.int32).at[:, 0].set(nxt)
+    lead = stops[2].shape[1] + 1                      # window of the text-stop check
+    out = jnp.full((b, lead + max_new_tokens + k), NO_TOKEN, jnp.int32).at[:, lead].set(nxt)
     first_eos = nxt == eos_id
     n_gen = jnp.where(live & ~first_eos, 1, 0).astype(jnp.int32)
-    done = ~live | first_eos | (max_new_tokens <= 1)
+    done = (~live | first_eos | stop_hit(out, jnp.full((b,), lead), stops)
+            | (max_new_tokens <= 1))
     zero = jnp.int32(0)
     rows = jnp.arange(b)
 
@@ -67,29 +73,34 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
         x = jnp.concatenate([nxt[:, None], drafts], axis=1)                       # [B, K]
         positions = pos[:, None] + jnp.arange(k, dtype=jnp.int32)[None]
         logits, cache = model_forward(model, x, positions, cache, all_heads=True)  # [B,K,K,V]
-        g = jnp.argmax(logits, axis=-1).astype(jnp.int32)                          # [B,K(pos),K(head)]
+        g = as_eos(jnp.argmax(logits, axis=-1).astype(jnp.int32))          # [B, K pos, K head]
         match = drafts == g[:, :-1, 0]
         a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)          # [B]
         # emitted: the a accepted drafts x_1..x_a, then head 1's token after them, g_a
         j = jnp.arange(k)[None]
         y = jnp.where(j < a[:, None], jnp.concatenate([drafts, drafts[:, :1]], axis=1),
                       g[rows, a, 0][:, None])
+        write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
+        new = write(out, y, lead + n_gen)
+        # a text stop completed by y_j ends the row after y_j (tokens before it are in `new`)
+        hit = jnp.stack([stop_hit(new, lead + n_gen + jj, stops) for jj in range(k)], axis=1)
+        stop_at = _first_index(hit & (j <= a[:, None]), default=k)
         eos_at = _first_index((y == eos_id) & (j <= a[:, None]), default=k)
         n_emit = jnp.minimum(jnp.minimum(eos_at, a + 1), max_new_tokens - n_gen)
-        write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
-        out = jnp.where(done[:, None], out, write(out, y, n_gen))
+        n_emit = jnp.minimum(n_emit, stop_at + 1)
+        out = jnp.where(done[:, None], out, new)
         n_gen = jnp.where(done, n_gen, n_gen + n_emit)
         drafted = drafted + jnp.sum(jnp.where(done, 0, k - 1))
         accepted = accepted + jnp.sum(jnp.where(done, 0, a))
         nxt = jnp.where(done, nxt, g[rows, a, 0])
         drafts = jnp.where(done[:, None], drafts, g[rows, a, 1:])
         pos = jnp.where(done, pos, pos + a + 1)
-        done = done | (eos_at < k) | (n_gen >= max_new_tokens)
+        done = done | (eos_at < k) | (stop_at < n_emit) | (n_gen >= max_new_tokens)
         return i + 1, cache, nxt, drafts, pos, out, n_gen, drafted, accepted, done
 
     init = (zero, cache, nxt, drafts, last + 1, out, n_gen, zero, zero, done)
     rounds, _, _, _, _, out, n_gen, drafted, accepted, _ = jax.lax.while_loop(cond, body, init)
-    out = out[:, :max_new_tokens]
+    out = out[:, lead:lead + max_new_tokens]
     out = jnp.where(jnp.arange(max_new_tokens)[None] < n_gen[:, None], out, eos_id)
     return out, dict(forwards=rounds + 2, drafted=drafted, accepted=accepted)
 

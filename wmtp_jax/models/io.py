@@ -40,7 +40,9 @@ FORMAT = "wmtp_jax.model/v1"
 KINDS = ("mtp", "llama", "critic")
 CONFIG_FILE = "model_config.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "generation_config.json")
+                   "special_tokens_map.json", "added_tokens.json", "generation_config.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
+                   "tokenizer.tiktoken", "tiktoken.model")
 
 
 # ---- atomic output directory -------------------------------------------------------------------

@@ -8,6 +8,7 @@ Conventions: Linear kernels are `[in, out]`; every Param carries logical axis na
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import jax
@@ -92,6 +93,12 @@ class Embed(nnx.Module):
     def __call__(self, tokens: Array) -> Array:
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
 
+    def attend(self, x: Array, *, out_dtype=None) -> Array:
+        """Tied output projection `x · embeddingᵀ`: `[..., D]` -> `[..., V]`."""
+        x = x.astype(self.dtype)
+        return jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(self.dtype),
+                          preferred_element_type=out_dtype)
+
 
 class RMSNorm(nnx.Module):
     """Meta / HF RMSNorm: `(x.f32 · rsqrt(mean(x², -1) + eps)).astype(x.dtype) · scale`."""
@@ -113,10 +120,44 @@ def rms_norm(x: Array, scale: Array, eps: float) -> Array:
 
 # ---- RoPE (rotate-half) ---------------------------------------------------------------------
 
-def rope_cos_sin(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-    """positions `[B, S]` -> cos, sin `[B, S, hd]` (float32), freqs 1/θ^(2i/hd) duplicated."""
-    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    ang = positions.astype(jnp.float32)[..., None] * inv
+def rope_inv_freq(args: ModelArgs, positions: Array) -> Array:
+    """Inverse frequencies `[hd/2]` float32 as transformers computes them for `args.rope`:
+
+    default   1/θ^(2i/hd)
+    linear    default / factor
+    dynamic   NTK: θ' = θ·(f·n/M − (f − 1))^(hd/(hd−2)) with n = max(max(positions) + 1, M),
+              M = max_position_embeddings (recomputed per forward, as transformers' dynamic
+              update does for a growing sequence)
+    llama3    wavelength 2π/inv above M₀/low_freq_factor: inv/factor; below M₀/high_freq_factor:
+              inv; between: (1 − s)·inv/factor + s·inv, s = (M₀/wavelen − low)/(high − low)
+    """
+    hd = args.head_dim
+    exps = jnp.arange(0, hd, 2, dtype=jnp.float32) / hd
+    inv = 1.0 / (jnp.float32(args.rope_theta) ** exps)
+    r = args.rope
+    if r is None:
+        return inv
+    kind, f = r["rope_type"], float(r["factor"])
+    if kind == "linear":
+        return inv / f
+    if kind == "dynamic":
+        m = float(args.max_seq_len)
+        n = jnp.maximum(jnp.max(positions).astype(jnp.float32) + 1.0, m)
+        base = args.rope_theta * ((f * n / m) - (f - 1.0)) ** (hd / (hd - 2))
+        return 1.0 / (base ** exps)
+    old = float(r["original_max_position_embeddings"])
+    low, high = float(r["low_freq_factor"]), float(r["high_freq_factor"])
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > old / low, inv / f, inv)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / f + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(positions: Array, inv_freq: Array) -> tuple[Array, Array]:
+    """positions `[B, S]`, inv_freq `[hd/2]` -> cos, sin `[B, S, hd]` float32 (freqs doubled)."""
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq
     ang = jnp.concatenate([ang, ang], axis=-1)
     return jnp.cos(ang), jnp.sin(ang)
 
@@ -347,7 +388,7 @@ def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, at
         positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     elif positions.shape != (b, s):
         raise ValueError(f"positions has shape {positions.shape}, expected tokens' shape {(b, s)}")
-    cos, sin = rope_cos_sin(positions, args.head_dim, args.rope_theta)
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(args, positions))
     if cache_len is not None:
         if attention_mask is not None:
             raise ValueError("attention_mask with a KV cache is not supported: right-pad prompts "

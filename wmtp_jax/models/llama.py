@@ -2,7 +2,8 @@
 
 HF checkpoints are rotate-half natively, so weights load without a permute
 (`conversion.mapping.hf_key_table`). Positions default to 0..S-1 for every row, as transformers'
-LlamaModel does even with a right-padded attention mask; padded keys are masked.
+LlamaModel does even with a right-padded attention mask; padded keys are masked. With
+`args.tie_embeddings` the LM head is `tok_embeddings.embedding.T` (no `output` parameter).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Llama(nnx.Module):
         self.layers = stack_blocks(args.n_layers, args, rngs=rngs, lora=lora, axis_name="layers")
         self.norm = RMSNorm(args.dim, eps=args.norm_eps, **kw)
         self.output = (Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw)
-                       if lm_head else None)
+                       if lm_head and not args.tie_embeddings else None)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
         """{"layers": {"k", "v"}} zero buffers `[L, B, KV, T, hd]`."""
@@ -56,4 +57,6 @@ class Llama(nnx.Module):
         h, new_cache = out if cache is not None else (out, None)
         if self.output is not None:
             h = self.output(h, out_dtype=jnp.float32)
+        elif self.lm_head:
+            h = self.tok_embeddings.attend(h, out_dtype=jnp.float32)
         return h if cache is None else (h, new_cache)

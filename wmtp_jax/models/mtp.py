@@ -4,7 +4,8 @@ tokens → tok_embeddings → trunk `layers` (n_layers − n_future_tokens block
 the K = n_future_tokens `heads` (one Block each, heads[0] = Meta `layers[-1]`,
 heads[j] = Meta `extra_heads[j-1]`) all read h_trunk in parallel (one vmap over the stacked
 head params); their latents go through the shared `norm` and `output`: logits `[B, S, K, V]`.
-Head k (0-based) at position t predicts token t + k + 1.
+Head k (0-based) at position t predicts token t + k + 1. With `args.tie_embeddings` there is no
+`output` parameter: the projection is `tok_embeddings.embedding.T` (one shared parameter).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class MTPTransformer(nnx.Module):
         self.heads = stack_blocks(args.n_future_tokens, args, rngs=rngs, lora=lora,
                                   axis_name="mtp_heads")
         self.norm = RMSNorm(args.dim, eps=args.norm_eps, **kw)
-        self.output = Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw)
+        self.output = (None if args.tie_embeddings else
+                       Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw))
 
     # ---- pieces -------------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
@@ -67,14 +69,22 @@ class MTPTransformer(nnx.Module):
         """(h_trunk `[B,S,D]`, head_latents `[B,S,K,D]`) before the shared norm, compute dtype.
 
         `self.project(head_latents)` equals the logits; the chunked loss uses
-        `self.norm.scale`, `self.args.norm_eps` and `self.output.kernel` `[D, V]` directly.
+        `self.norm.scale`, `self.args.norm_eps` and `self.output_kernel()` `[D, V]` directly.
         """
         h, lat, _ = self._run(tokens, positions, None, None)
         return h, lat
 
     def project(self, x: jax.Array) -> jax.Array:
         """Shared final norm + output projection, float32 logits: `output(norm(x))`."""
+        if self.output is None:
+            return self.tok_embeddings.attend(self.norm(x), out_dtype=jnp.float32)
         return self.output(self.norm(x), out_dtype=jnp.float32)
+
+    def output_kernel(self) -> jax.Array:
+        """The output projection `[D, V]` (the embedding transposed when tied)."""
+        if self.output is None:
+            return self.tok_embeddings.embedding[...].T
+        return self.output.kernel[...]
 
     def __call__(self, tokens: jax.Array, *, return_all_heads: bool = True,
                  return_hidden_states: bool = False, positions: Optional[jax.Array] = None,

@@ -94,7 +94,10 @@ M = TypeVar("M", bound=nnx.Module)
 
 
 def init_sharded(make_model: Callable[[], M], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> M:
-    """Build `make_model()` with every array created directly in its sharded layout (no full copy)."""
+    """Build `make_model()` with every array created directly in its sharded layout.
+
+    No full copy is made.
+    """
     abstract = nnx.eval_shape(make_model)
     graphdef, abs_state = nnx.split(abstract)
     shardings = state_shardings(abs_state, mesh, rules)

@@ -39,7 +39,10 @@ def as_rewards(rewards, batch: int) -> jax.Array:
 
 
 def token_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-token cross entropy in float32: logsumexp(z) - z[label]. Ignored labels (<0) score 0-safe."""
+    """Per-token cross entropy in float32: logsumexp(z) - z[label].
+
+    Ignored labels (<0) score 0-safe.
+    """
     z = logits.astype(jnp.float32)
     safe = jnp.where(labels < 0, 0, labels).astype(jnp.int32)
     picked = jnp.take_along_axis(z, safe[..., None], axis=-1)[..., 0]

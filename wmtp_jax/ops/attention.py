@@ -99,7 +99,8 @@ def resolve(
 
     auto: GPU → cudnn when usable and there are no segment ids (its padding mask takes lengths
     only), else blockwise from S ≥ 1024, else xla; TPU the same without cudnn; CPU → blockwise
-    from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn.
+    from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name
+    or an unusable cudnn.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(

@@ -35,7 +35,10 @@ def head_logits(
     norm_eps: float = 1e-5,
     compute_dtype=jnp.float32,
 ) -> jax.Array:
-    """Dense reference: float32 logits `[..., V]` = output(norm(head_latents)); `output_kernel [D,V]`."""
+    """Dense reference: float32 logits `[..., V]` = output(norm(head_latents)).
+
+    `output_kernel [D,V]`.
+    """
     y = rms_norm(head_latents, norm_scale, norm_eps, compute_dtype)
     return jnp.dot(
         y, output_kernel.astype(compute_dtype), preferred_element_type=jnp.float32

@@ -45,7 +45,8 @@ def align_head_targets(
             raise ValueError(f"weights: 2-D weights must be [B,S]={(b, s)}, got {weights.shape}")
         if weights.ndim == 3 and (weights.shape[:2] != (b, s) or weights.shape[2] < n_future):
             raise ValueError(
-                f"weights: 3-D weights must be [B,S,K>={n_future}]=({b},{s},..), got {weights.shape}"
+                f"weights: 3-D weights must be [B,S,K>={n_future}]=({b},{s},..), "
+                f"got {weights.shape}"
             )
         if weights.ndim not in (2, 3):
             raise ValueError(f"weights: expected [B,S] or [B,S,K], got {weights.shape}")
@@ -98,7 +99,8 @@ def compute_mtp_ce_loss(
 
     labels, attention_mask `[B,S]`; weights None, `[B,S]` (predicted-token index t+k) or `[B,S,K]`
     (source index t), never differentiated. `n_future` uses the first n_future heads (default K).
-    Returns {"weighted_ce_loss", "unweighted_ce_loss", per-head arrays, ...} (see reduce_head_losses).
+    Returns {"weighted_ce_loss", "unweighted_ce_loss", per-head arrays, ...}
+    (see reduce_head_losses).
     """
     if logits.ndim != 4:
         raise ValueError(f"logits: expected [B,S,K,V], got {logits.shape}")

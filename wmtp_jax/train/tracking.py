@@ -8,11 +8,12 @@ Every logged metric row is also appended to `<output_dir>/metrics.jsonl` as
 {"step": s, "<name>": value, ...}; on resume from step s, rows after s are cut first.
 
 MLflow never stops or stalls training: every MLflow call runs in one background thread, in
-order; a run waits at most START_WAIT_S for its MLflow run to be created. A failing call (database locked, server down) is logged once as a warning and retried
-with a back-off (1 s doubling to 30 s) while training goes on; metrics.jsonl always has every
-row. `end()` waits up to `mlflow.sync_timeout` seconds for the queue to drain; metric rows
-still unsent then go to `<output_dir>/mlflow_pending.jsonl` and are sent by the next run
-resuming in that output_dir.
+order; a run waits at most START_WAIT_S for its MLflow run to be created. A failing call
+(database locked, server down) is logged once as a warning and retried with a back-off
+(1 s doubling to 30 s) while training goes on; metrics.jsonl always has every row. `end()`
+waits up to `mlflow.sync_timeout` seconds for the queue to drain; metric rows still unsent
+then go to `<output_dir>/mlflow_pending.jsonl` and are sent by the next run resuming in that
+output_dir.
 """
 
 from __future__ import annotations
