@@ -104,8 +104,7 @@ def test_hf_cli_round_trip_f32_and_bad_input(tmp_path):
     assert r.returncode == 1
     assert (
         "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has shape (40, 32), "
-        "expected (48, 32)"
-        in r.stderr
+        "expected (48, 32)" in r.stderr
     ), r.stderr
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("bad.tmp-*"))
 

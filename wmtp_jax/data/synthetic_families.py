@@ -151,7 +151,8 @@ TEMPLATES: tuple[Template, ...] = (
         "returns s repeated {k} times, joined with '{sep}'",
         (
             "return '{sep}'.join([s] * {k})",
-            "parts = []\n    for _ in range({k}):\n        parts.append(s)\n    return '{sep}'.join(parts)",
+            "parts = []\n    for _ in range({k}):\n        parts.append(s)\n"
+            "    return '{sep}'.join(parts)",
         ),
         (
             (OBO, "return '{sep}'.join([s] * {km1})"),
@@ -249,7 +250,8 @@ TEMPLATES: tuple[Template, ...] = (
         "returns the sum of the elements of the list xs that are greater than {k}",
         (
             "return sum(x for x in xs if x > {k})",
-            "total = 0\n    for x in xs:\n        if x > {k}:\n            total += x\n    return total",
+            "total = 0\n    for x in xs:\n        if x > {k}:\n            total += x\n"
+            "    return total",
         ),
         (
             (OBO, "return sum(x for x in xs if x >= {k})"),
@@ -341,14 +343,16 @@ TEMPLATES: tuple[Template, ...] = (
         "returns x clamped to the range [{lo}, {hi}]",
         (
             "return max({lo}, min({hi}, x))",
-            "if x < {lo}:\n        return {lo}\n    if x > {hi}:\n        return {hi}\n    return x",
+            "if x < {lo}:\n        return {lo}\n    if x > {hi}:\n        return {hi}\n"
+            "    return x",
         ),
         (
             (BR, "return min({lo}, max({hi}, x))"),
             (EDGE, "return min({hi}, x)"),
             (
                 BR,
-                "if x < {lo}:\n        return {hi}\n    if x > {hi}:\n        return {lo}\n    return x",
+                "if x < {lo}:\n        return {hi}\n    if x > {hi}:\n        return {lo}\n"
+                "    return x",
             ),
         ),
         lambda r, p: [
@@ -374,12 +378,14 @@ TEMPLATES: tuple[Template, ...] = (
         (
             (
                 OBO,
-                "if score > {t1}:\n        return 'A'\n    elif score >= {t2}:\n        return 'B'\n"
+                "if score > {t1}:\n        return 'A'\n    elif score >= {t2}:\n"
+                "        return 'B'\n"
                 "    return 'C'",
             ),
             (
                 BR,
-                "if score >= {t2}:\n        return 'B'\n    elif score >= {t1}:\n        return 'A'\n"
+                "if score >= {t2}:\n        return 'B'\n    elif score >= {t1}:\n"
+                "        return 'A'\n"
                 "    return 'C'",
             ),
             (EDGE, "return 'A' if score >= {t1} else 'C'"),
@@ -417,14 +423,16 @@ TEMPLATES: tuple[Template, ...] = (
         ),
         "returns '{pos}' when x is positive, '{neg}' when x is negative and '{zero}' when x is 0",
         (
-            "if x > 0:\n        return '{pos}'\n    if x < 0:\n        return '{neg}'\n    return '{zero}'",
+            "if x > 0:\n        return '{pos}'\n    if x < 0:\n        return '{neg}'\n"
+            "    return '{zero}'",
             "return '{pos}' if x > 0 else ('{neg}' if x < 0 else '{zero}')",
         ),
         (
             (EDGE, "return '{pos}' if x > 0 else '{neg}'"),
             (
                 BR,
-                "if x < 0:\n        return '{pos}'\n    if x > 0:\n        return '{neg}'\n    return '{zero}'",
+                "if x < 0:\n        return '{pos}'\n    if x > 0:\n        return '{neg}'\n"
+                "    return '{zero}'",
             ),
             (OBO, "return '{pos}' if x >= 0 else '{neg}'"),
         ),
@@ -458,7 +466,8 @@ TEMPLATES: tuple[Template, ...] = (
         "returns the sum of the integers from {s} to n inclusive (0 when n < {s})",
         (
             "return sum(range({s}, n + 1))",
-            "total = 0\n    i = {s}\n    while i <= n:\n        total += i\n        i += 1\n    return total",
+            "total = 0\n    i = {s}\n    while i <= n:\n        total += i\n        i += 1\n"
+            "    return total",
             "total = 0\n    for i in range({s}, n + 1):\n        total += i\n    return total",
         ),
         (
@@ -476,21 +485,26 @@ TEMPLATES: tuple[Template, ...] = (
         lambda r: {"m": r.choice(_PRIMES)},
         "returns n factorial modulo {m} for a non-negative integer n",
         (
-            "result = 1\n    for i in range(2, n + 1):\n        result = result * i % {m}\n    return result % {m}",
-            "result = 1\n    while n > 1:\n        result *= n\n        n -= 1\n    return result % {m}",
+            "result = 1\n    for i in range(2, n + 1):\n        result = result * i % {m}\n"
+            "    return result % {m}",
+            "result = 1\n    while n > 1:\n        result *= n\n        n -= 1\n"
+            "    return result % {m}",
         ),
         (
             (
                 OBO,
-                "result = 1\n    for i in range(2, n):\n        result = result * i % {m}\n    return result",
+                "result = 1\n    for i in range(2, n):\n        result = result * i % {m}\n"
+                "    return result",
             ),
             (
                 OP,
-                "result = 1\n    for i in range(2, n + 1):\n        result = result + i\n    return result % {m}",
+                "result = 1\n    for i in range(2, n + 1):\n        result = result + i\n"
+                "    return result % {m}",
             ),
             (
                 EDGE,
-                "result = 0\n    for i in range(1, n + 1):\n        result = (result or 1) * i % {m}\n    return result",
+                "result = 0\n    for i in range(1, n + 1):\n"
+                "        result = (result or 1) * i % {m}\n    return result",
             ),
         ),
         lambda r, p: [(0,), (1,), (5,), (r.randint(6, 30),)],
@@ -505,20 +519,24 @@ TEMPLATES: tuple[Template, ...] = (
         (
             "if n == 0:\n        return 1\n    count = 0\n    while n > 0:\n        n //= {b}\n"
             "        count += 1\n    return count",
-            "count = 1\n    while n >= {b}:\n        n //= {b}\n        count += 1\n    return count",
+            "count = 1\n    while n >= {b}:\n        n //= {b}\n        count += 1\n"
+            "    return count",
         ),
         (
             (
                 EDGE,
-                "count = 0\n    while n > 0:\n        n //= {b}\n        count += 1\n    return count",
+                "count = 0\n    while n > 0:\n        n //= {b}\n        count += 1\n"
+                "    return count",
             ),
             (
                 OBO,
-                "count = 1\n    while n > {b}:\n        n //= {b}\n        count += 1\n    return count",
+                "count = 1\n    while n > {b}:\n        n //= {b}\n        count += 1\n"
+                "    return count",
             ),
             (
                 OBO,
-                "count = 1\n    while n >= {b1}:\n        n //= {b1}\n        count += 1\n    return count",
+                "count = 1\n    while n >= {b1}:\n        n //= {b1}\n        count += 1\n"
+                "    return count",
             ),
         ),
         lambda r, p: [(0,), (p["b"],), (p["b"] ** 3 - 1,), (r.randint(100, 5000),)],
@@ -533,13 +551,15 @@ TEMPLATES: tuple[Template, ...] = (
         "later term is the sum of the two before it",
         (
             "x, y = {a}, {c}\n    for _ in range(n):\n        x, y = y, x + y\n    return x",
-            "terms = [{a}, {c}]\n    while len(terms) <= n:\n        terms.append(terms[-1] + terms[-2])\n"
+            "terms = [{a}, {c}]\n    while len(terms) <= n:\n"
+            "        terms.append(terms[-1] + terms[-2])\n"
             "    return terms[n]",
         ),
         (
             (
                 OBO,
-                "x, y = {a}, {c}\n    for _ in range(n - 1):\n        x, y = y, x + y\n    return x",
+                "x, y = {a}, {c}\n    for _ in range(n - 1):\n        x, y = y, x + y\n"
+                "    return x",
             ),
             (OBO, "x, y = {a}, {c}\n    for _ in range(n):\n        x, y = y, x + y\n    return y"),
             (OP, "x, y = {a}, {c}\n    for _ in range(n):\n        x, y = y, x * y\n    return x"),
@@ -555,7 +575,8 @@ TEMPLATES: tuple[Template, ...] = (
         "returns {k} times the sum of the decimal digits of the non-negative integer n",
         (
             "return {k} * sum(int(d) for d in str(n))",
-            "total = 0\n    while n > 0:\n        total += n % 10\n        n //= 10\n    return {k} * total",
+            "total = 0\n    while n > 0:\n        total += n % 10\n        n //= 10\n"
+            "    return {k} * total",
         ),
         (
             (OP, "return {k} * len(str(n))"),

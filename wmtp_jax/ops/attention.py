@@ -180,9 +180,7 @@ def attention(
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=impl)
 
 
-def segments_of(
-    segment_ids: Array | None, lengths: Array | None, b: int, s: int
-) -> Array | None:
+def segments_of(segment_ids: Array | None, lengths: Array | None, b: int, s: int) -> Array | None:
     """Canonical int32 `[B, S]` segment ids (0 = padding) from segment ids and/or lengths."""
     if segment_ids is None and lengths is None:
         return None
