@@ -22,8 +22,14 @@ import numpy as np
 from conversion.mapping import hf_key_table
 from conversion.meta import _check_dst, _load_exportable
 from conversion.torch_io import ConversionError, TensorSource, read_json, save_safetensors_sharded
-from conversion.trees import (dtype_from_name, flatten, torch_to_tree, tree_dtype, tree_to_torch,
-                              unflatten)
+from conversion.trees import (
+    dtype_from_name,
+    flatten,
+    torch_to_tree,
+    tree_dtype,
+    tree_to_torch,
+    unflatten,
+)
 from wmtp_jax.models.args import ModelArgs
 from wmtp_jax.models.io import atomic_dir, copy_tokenizer, find_tokenizer_files, save_model
 
@@ -39,11 +45,18 @@ def hf_files(src: Path) -> list[Path]:
             if absent:
                 raise ConversionError(f"{src / index}: listed shard(s) not found: {absent}")
             return files
-    for pattern in ("model.safetensors", "*.safetensors", "pytorch_model.bin", "pytorch_model*.bin"):
+    for pattern in (
+        "model.safetensors",
+        "*.safetensors",
+        "pytorch_model.bin",
+        "pytorch_model*.bin",
+    ):
         found = sorted(src.glob(pattern))
         if found:
             return found
-    raise ConversionError(f"{src}: no model.safetensors, *.safetensors or pytorch_model*.bin weights found")
+    raise ConversionError(
+        f"{src}: no model.safetensors, *.safetensors or pytorch_model*.bin weights found"
+    )
 
 
 def read_hf(src: Path, *, dtype: str | None = None) -> tuple[dict, ModelArgs, dict, bool, str]:
@@ -60,8 +73,10 @@ def read_hf(src: Path, *, dtype: str | None = None) -> tuple[dict, ModelArgs, di
     source = TensorSource.from_files(hf_files(src))
     biases = [k for k in source.keys() if k.endswith(".bias")]
     if biases:
-        raise ConversionError(f"{source.file(biases[0])}: bias tensor(s) {biases[:3]} are not "
-                              f"supported (LLaMA blocks have no biases)")
+        raise ConversionError(
+            f"{source.file(biases[0])}: bias tensor(s) {biases[:3]} are not "
+            f"supported (LLaMA blocks have no biases)"
+        )
     if "model.embed_tokens.weight" in source:
         prefix = "model."
     elif "embed_tokens.weight" in source:
@@ -69,14 +84,25 @@ def read_hf(src: Path, *, dtype: str | None = None) -> tuple[dict, ModelArgs, di
     else:
         raise ConversionError(f"{source.files}: missing tensor 'model.embed_tokens.weight'")
     lm_head = bool(prefix) and ("lm_head.weight" in source or args.tie_embeddings)
-    table = list(hf_key_table(args.n_layers, lm_head=lm_head and not args.tie_embeddings,
-                              prefix=prefix))
-    what = (f"a LLaMA model per {src / 'config.json'} (num_hidden_layers={args.n_layers}, "
-            f"hidden_size={args.dim}, num_attention_heads={args.n_heads}, num_key_value_heads={args.kv_heads})")
-    ignored = lambda k: (k.endswith("rotary_emb.inv_freq")
-                         or (args.tie_embeddings and k == "lm_head.weight"))
-    tree = torch_to_tree(source, table, args, meta_rope=False, dtype=dtype_from_name(dtype),
-                         what=what, ignore=ignored)
+    table = list(
+        hf_key_table(args.n_layers, lm_head=lm_head and not args.tie_embeddings, prefix=prefix)
+    )
+    what = (
+        f"a LLaMA model per {src / 'config.json'} (num_hidden_layers={args.n_layers}, "
+        f"hidden_size={args.dim}, num_attention_heads={args.n_heads}, num_key_value_heads={args.kv_heads})"
+    )
+    ignored = lambda k: (
+        k.endswith("rotary_emb.inv_freq") or (args.tie_embeddings and k == "lm_head.weight")
+    )
+    tree = torch_to_tree(
+        source,
+        table,
+        args,
+        meta_rope=False,
+        dtype=dtype_from_name(dtype),
+        what=what,
+        ignore=ignored,
+    )
     stored = tree_dtype(tree)
     return cfg, args.replace(param_dtype=stored, dtype=stored), tree, lm_head, source.files
 
@@ -91,8 +117,9 @@ def _hf_source(src: Path, workdir: Path) -> Path:
         if len(ggufs) == 1:
             return dequantize_gguf(ggufs[0], workdir)
         if ggufs:
-            raise ConversionError(f"{src}: several GGUF files {[g.name for g in ggufs]}; "
-                                  f"pass one as --src")
+            raise ConversionError(
+                f"{src}: several GGUF files {[g.name for g in ggufs]}; pass one as --src"
+            )
     return src
 
 
@@ -104,14 +131,16 @@ def dequantize_gguf(path, out_dir) -> Path:
         import gguf  # noqa: F401  (transformers imports it lazily; fail here with a clear message)
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - optional dependency
-        raise ConversionError(f"{path}: reading GGUF needs `pip install gguf accelerate` "
-                              f"({e})") from None
+        raise ConversionError(
+            f"{path}: reading GGUF needs `pip install gguf accelerate` ({e})"
+        ) from None
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
-        raise ConversionError(f"{path}: transformers cannot load this GGUF "
-                              f"({type(e).__name__}: {e})") from None
+        raise ConversionError(
+            f"{path}: transformers cannot load this GGUF ({type(e).__name__}: {e})"
+        ) from None
     # the loader dequantised every tensor; drop the quantizer marker so the floats can be saved
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -140,10 +169,24 @@ def hf_to_flax(src, dst, *, dtype: str | None = None, force: bool = False) -> di
         cfg, args, tree, lm_head, files = read_hf(hf_dir, dtype=dtype)
         n = len(flatten(tree))
         tok = find_tokenizer_files(hf_dir, hf_dir.parent)
-        save_model(dst, tree, kind="llama", args=args, lm_head=lm_head, force=force, tokenizer=tok,
-                   source={**origin, "config": cfg, "files": files})
-        return {"tensors": n, "dtype": args.param_dtype, "lm_head": lm_head,
-                "tied": args.tie_embeddings, "tokenizer": [p.name for p in tok], "dst": str(dst)}
+        save_model(
+            dst,
+            tree,
+            kind="llama",
+            args=args,
+            lm_head=lm_head,
+            force=force,
+            tokenizer=tok,
+            source={**origin, "config": cfg, "files": files},
+        )
+        return {
+            "tensors": n,
+            "dtype": args.param_dtype,
+            "lm_head": lm_head,
+            "tied": args.tie_embeddings,
+            "tokenizer": [p.name for p in tok],
+            "dst": str(dst),
+        }
 
     return _convert_hf(src, dst, force, write)
 
@@ -151,8 +194,9 @@ def hf_to_flax(src, dst, *, dtype: str | None = None, force: bool = False) -> di
 HEAD_INITS = ("copy", "random")
 
 
-def llama_tree_to_mtp(tree: dict, args: ModelArgs, n_future: int, head_init: str = "copy",
-                      seed: int = 0) -> tuple[dict, ModelArgs]:
+def llama_tree_to_mtp(
+    tree: dict, args: ModelArgs, n_future: int, head_init: str = "copy", seed: int = 0
+) -> tuple[dict, ModelArgs]:
     """A `llama` tree of L blocks -> an `mtp` tree: trunk = blocks 0..L−2, head 0 = block L−1,
     heads 1..K−1 copies of it (`copy`) or freshly initialised (`random`: linears U(±1/√fan_in) as
     torch nn.Linear, norms 1). Head 0 then computes exactly the source model."""
@@ -161,13 +205,14 @@ def llama_tree_to_mtp(tree: dict, args: ModelArgs, n_future: int, head_init: str
     if n_future < 1:
         raise ConversionError(f"--n-future {n_future} must be ≥ 1")
     if "output" not in tree and not args.tie_embeddings:
-        raise ConversionError("the source model has no LM head (a bare LlamaModel); an MTP "
-                              "policy needs one")
+        raise ConversionError(
+            "the source model has no LM head (a bare LlamaModel); an MTP policy needs one"
+        )
     n = args.n_layers
     flat = flatten(tree.pop("layers"))
     out = dict(tree)
     if n > 1:
-        out["layers"] = unflatten({p: v[:n - 1] for p, v in flat.items()})
+        out["layers"] = unflatten({p: v[: n - 1] for p, v in flat.items()})
     rng = np.random.default_rng(seed)
     heads = {}
     for p, v in flat.items():
@@ -185,8 +230,16 @@ def llama_tree_to_mtp(tree: dict, args: ModelArgs, n_future: int, head_init: str
     return out, args.replace(n_layers=n - 1 + n_future, n_future_tokens=n_future)
 
 
-def hf_to_mtp(src, dst, *, n_future: int, head_init: str = "copy", seed: int = 0,
-              dtype: str | None = None, force: bool = False) -> dict:
+def hf_to_mtp(
+    src,
+    dst,
+    *,
+    n_future: int,
+    head_init: str = "copy",
+    seed: int = 0,
+    dtype: str | None = None,
+    force: bool = False,
+) -> dict:
     """Convert an HF LLaMA directory (or GGUF file) into an `mtp` policy with `n_future` heads
     (see `llama_tree_to_mtp`); returns a summary."""
 
@@ -195,14 +248,36 @@ def hf_to_mtp(src, dst, *, n_future: int, head_init: str = "copy", seed: int = 0
         tree, margs = llama_tree_to_mtp(tree, args, n_future, head_init, seed)
         n = len(flatten(tree))
         tok = find_tokenizer_files(hf_dir, hf_dir.parent)
-        save_model(dst, tree, kind="mtp", args=margs, force=force, tokenizer=tok,
-                   source={**origin, "config": cfg, "files": files,
-                           "hf_to_mtp": {"n_future": n_future, "head_init": head_init, "seed": seed,
-                                         "source_layers": args.n_layers}})
-        return {"tensors": n, "dtype": margs.param_dtype, "n_layers": margs.n_layers,
-                "n_trunk_layers": margs.n_trunk_layers, "n_future_tokens": n_future,
-                "head_init": head_init, "tied": margs.tie_embeddings,
-                "tokenizer": [p.name for p in tok], "dst": str(dst)}
+        save_model(
+            dst,
+            tree,
+            kind="mtp",
+            args=margs,
+            force=force,
+            tokenizer=tok,
+            source={
+                **origin,
+                "config": cfg,
+                "files": files,
+                "hf_to_mtp": {
+                    "n_future": n_future,
+                    "head_init": head_init,
+                    "seed": seed,
+                    "source_layers": args.n_layers,
+                },
+            },
+        )
+        return {
+            "tensors": n,
+            "dtype": margs.param_dtype,
+            "n_layers": margs.n_layers,
+            "n_trunk_layers": margs.n_trunk_layers,
+            "n_future_tokens": n_future,
+            "head_init": head_init,
+            "tied": margs.tie_embeddings,
+            "tokenizer": [p.name for p in tok],
+            "dst": str(dst),
+        }
 
     return _convert_hf(src, dst, force, write)
 
@@ -210,8 +285,9 @@ def hf_to_mtp(src, dst, *, n_future: int, head_init: str = "copy", seed: int = 0
 _TORCH_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-def flax_to_hf(src, dst, *, dtype: str | None = None, force: bool = False,
-               max_shard_bytes: int = 5 * 2**30) -> dict:
+def flax_to_hf(
+    src, dst, *, dtype: str | None = None, force: bool = False, max_shard_bytes: int = 5 * 2**30
+) -> dict:
     """Write `config.json` + `model.safetensors` (sharded above `max_shard_bytes`) from a `llama`
     directory, loadable by `transformers.LlamaForCausalLM.from_pretrained`."""
     src, dst = Path(src), Path(dst)
@@ -220,11 +296,20 @@ def flax_to_hf(src, dst, *, dtype: str | None = None, force: bool = False,
     args = ModelArgs.from_dict(cfg["args"])
     lm_head = cfg.get("lm_head", True) and not args.tie_embeddings
     table = list(hf_key_table(args.n_layers, lm_head=lm_head))
-    state = tree_to_torch(params, table, args, meta_rope=False, dtype=dtype_from_name(dtype),
-                          what=f"{src}/model_config.json (kind llama)")
+    state = tree_to_torch(
+        params,
+        table,
+        args,
+        meta_rope=False,
+        dtype=dtype_from_name(dtype),
+        what=f"{src}/model_config.json (kind llama)",
+    )
     out_dtype = _TORCH_DTYPE.get(str(next(iter(state.values())).dtype), "float32")
-    src_cfg = {k: v for k, v in ((cfg.get("source") or {}).get("config") or {}).items()
-               if k != "quantization_config"}
+    src_cfg = {
+        k: v
+        for k, v in ((cfg.get("source") or {}).get("config") or {}).items()
+        if k != "quantization_config"
+    }
     hf_cfg = {**src_cfg, **args.to_hf_config(), "torch_dtype": out_dtype}
     if "dtype" in src_cfg:
         hf_cfg["dtype"] = out_dtype
@@ -234,4 +319,10 @@ def flax_to_hf(src, dst, *, dtype: str | None = None, force: bool = False,
         files = save_safetensors_sharded(state, tmp, max_shard_bytes=max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         tok = copy_tokenizer(find_tokenizer_files(src / "tokenizer"), tmp)
-    return {"tensors": len(state), "dtype": out_dtype, "files": files, "tokenizer": tok, "dst": str(dst)}
+    return {
+        "tensors": len(state),
+        "dtype": out_dtype,
+        "files": files,
+        "tokenizer": tok,
+        "dst": str(dst),
+    }

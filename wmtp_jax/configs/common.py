@@ -48,7 +48,8 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
     t.eval_every_steps = 100  # ≤ 0: only at the end
     t.log_interval = 10
     t.lr_scheduler = ml_collections.ConfigDict(
-        {"type": "cosine", "warmup_ratio": 0.03, "min_lr_ratio": 0.005})
+        {"type": "cosine", "warmup_ratio": 0.03, "min_lr_ratio": 0.005}
+    )
 
     k = c.checkpoint = ml_collections.ConfigDict()
     k.every_steps = 500  # ≤ 0: no periodic checkpoints
@@ -83,7 +84,8 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
 
     c.logging = ml_collections.ConfigDict({"level": "INFO"})
     c.distributed = ml_collections.ConfigDict(
-        {"coordinator_address": "", "num_processes": -1, "process_id": -1})
+        {"coordinator_address": "", "num_processes": -1, "process_id": -1}
+    )
 
     if variant in ("micro", "small"):  # small: micro + a real model (configs/parts.apply_small)
         apply_micro(c)
@@ -145,36 +147,78 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     """Check the common keys' values; raises ValueError naming the key."""
     t = c.training
     _check(isinstance(c.pipeline, str) and c.pipeline != "", "pipeline", c.pipeline, "need a name")
-    _check(t.max_steps == -1 or t.max_steps > 0, "training.max_steps", t.max_steps, "need > 0 or -1")
-    _check(t.max_steps > 0 or (t.n_epochs > 0 and math.isfinite(t.n_epochs)), "training.n_epochs",
-           t.n_epochs, "need > 0 when training.max_steps = -1")
+    _check(
+        t.max_steps == -1 or t.max_steps > 0, "training.max_steps", t.max_steps, "need > 0 or -1"
+    )
+    _check(
+        t.max_steps > 0 or (t.n_epochs > 0 and math.isfinite(t.n_epochs)),
+        "training.n_epochs",
+        t.n_epochs,
+        "need > 0 when training.max_steps = -1",
+    )
     _check(t.batch_size > 0, "training.batch_size", t.batch_size, "need > 0")
-    _check(t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
-           t.gradient_accumulation_steps, "need ≥ 1")
+    _check(
+        t.gradient_accumulation_steps >= 1,
+        "training.gradient_accumulation_steps",
+        t.gradient_accumulation_steps,
+        "need ≥ 1",
+    )
     _check(0 < t.learning_rate <= 1, "training.learning_rate", t.learning_rate, "need 0 < lr ≤ 1")
     _check(t.log_interval >= 1, "training.log_interval", t.log_interval, "need ≥ 1")
     _check(math.isfinite(t.max_grad_norm), "training.max_grad_norm", t.max_grad_norm, "need finite")
     s = t.lr_scheduler
     _check(s.type in LR_SCHEDULERS, "training.lr_scheduler.type", s.type, f"one of {LR_SCHEDULERS}")
-    _check(0 <= s.warmup_ratio < 1, "training.lr_scheduler.warmup_ratio", s.warmup_ratio,
-           "need 0 ≤ r < 1")
-    _check(0 <= s.min_lr_ratio <= 1, "training.lr_scheduler.min_lr_ratio", s.min_lr_ratio,
-           "need 0 ≤ r ≤ 1")
+    _check(
+        0 <= s.warmup_ratio < 1,
+        "training.lr_scheduler.warmup_ratio",
+        s.warmup_ratio,
+        "need 0 ≤ r < 1",
+    )
+    _check(
+        0 <= s.min_lr_ratio <= 1,
+        "training.lr_scheduler.min_lr_ratio",
+        s.min_lr_ratio,
+        "need 0 ≤ r ≤ 1",
+    )
     if isinstance(c.checkpoint, ml_collections.ConfigDict):  # evaluation: checkpoint is a path
         _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "need ≥ 1")
     for ax in ("data", "fsdp", "tensor"):
         v = c.mesh[ax]
         _check(v == -1 or v >= 1, f"mesh.{ax}", v, "need ≥ 1 or -1 (the rest of the devices)")
-    _check([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh", dict(c.mesh),
-           "at most one axis may be -1")
-    _check(c.runtime.sharding in SHARDING_STRATEGIES, "runtime.sharding", c.runtime.sharding,
-           f"one of {SHARDING_STRATEGIES}")
+    _check(
+        [c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1,
+        "mesh",
+        dict(c.mesh),
+        "at most one axis may be -1",
+    )
+    _check(
+        c.runtime.sharding in SHARDING_STRATEGIES,
+        "runtime.sharding",
+        c.runtime.sharding,
+        f"one of {SHARDING_STRATEGIES}",
+    )
     _check(c.runtime.dtype in DTYPES, "runtime.dtype", c.runtime.dtype, f"one of {DTYPES}")
-    _check(c.runtime.remat in REMAT_POLICIES, "runtime.remat", c.runtime.remat,
-           f"one of {REMAT_POLICIES}")
-    _check(c.runtime.attention in ATTENTION, "runtime.attention", c.runtime.attention,
-           f"one of {ATTENTION}")
-    _check(str(c.logging.level).upper() in LOG_LEVELS, "logging.level", c.logging.level,
-           f"one of {LOG_LEVELS}")
-    _check(isinstance(c.output_dir, str) and c.output_dir != "", "output_dir", c.output_dir,
-           "need a directory")
+    _check(
+        c.runtime.remat in REMAT_POLICIES,
+        "runtime.remat",
+        c.runtime.remat,
+        f"one of {REMAT_POLICIES}",
+    )
+    _check(
+        c.runtime.attention in ATTENTION,
+        "runtime.attention",
+        c.runtime.attention,
+        f"one of {ATTENTION}",
+    )
+    _check(
+        str(c.logging.level).upper() in LOG_LEVELS,
+        "logging.level",
+        c.logging.level,
+        f"one of {LOG_LEVELS}",
+    )
+    _check(
+        isinstance(c.output_dir, str) and c.output_dir != "",
+        "output_dir",
+        c.output_dir,
+        "need a directory",
+    )

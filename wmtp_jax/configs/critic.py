@@ -18,9 +18,14 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "independent value model (critic)"
-        c.models = ml_collections.ConfigDict({"value_model": parts.model_entry(
-            "micro-llama" if micro else "ref-sheared-llama-2.7b",
-            parts.MICRO_LLAMA if micro else parts.PROD_LLAMA)})
+        c.models = ml_collections.ConfigDict(
+            {
+                "value_model": parts.model_entry(
+                    "micro-llama" if micro else "ref-sheared-llama-2.7b",
+                    parts.MICRO_LLAMA if micro else parts.PROD_LLAMA,
+                )
+            }
+        )
         parts.add_data(c, variant, use_pairwise=True, seed=42 if micro else 84)
         if not micro:
             c.data_sampling.use_length_balanced = True
@@ -31,12 +36,26 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.lora.learning_rate = 2e-5
         t.lora.weight_decay = 0.01
         t.value_head = ml_collections.ConfigDict(
-            {"type": "mlp", "dropout": 0.2, "learning_rate": 1e-4, "weight_decay": 0.01})
-        t.value_loss = ml_collections.ConfigDict({
-            "type": "pairwise_ranking", "gamma": 1.0, "coef": 1.0, "loss_fn": "huber",
-            "huber_delta": 0.5, "bias_init": 0.0,
-            "lambda_schedule": {"type": "linear", "value": 0.995, "start": 1.0, "end": 0.95,
-                                "warmup_steps": 250, "decay_steps": 500}})
+            {"type": "mlp", "dropout": 0.2, "learning_rate": 1e-4, "weight_decay": 0.01}
+        )
+        t.value_loss = ml_collections.ConfigDict(
+            {
+                "type": "pairwise_ranking",
+                "gamma": 1.0,
+                "coef": 1.0,
+                "loss_fn": "huber",
+                "huber_delta": 0.5,
+                "bias_init": 0.0,
+                "lambda_schedule": {
+                    "type": "linear",
+                    "value": 0.995,
+                    "start": 1.0,
+                    "end": 0.95,
+                    "warmup_steps": 250,
+                    "decay_steps": 500,
+                },
+            }
+        )
         if micro:
             t.max_steps = 200
             t.batch_size = 8
@@ -62,20 +81,39 @@ def validate(c):
     parts.validate_choice(t.value_head.type, "training.value_head.type", parts.VALUE_HEADS)
     parts.validate_choice(t.value_loss.type, "training.value_loss.type", parts.VALUE_LOSSES)
     parts.validate_choice(t.value_loss.loss_fn, "training.value_loss.loss_fn", parts.VALUE_LOSS_FNS)
-    parts.validate_choice(t.value_loss.lambda_schedule.type, "training.value_loss.lambda_schedule.type",
-                          parts.LAMBDA_SCHEDULES)
+    parts.validate_choice(
+        t.value_loss.lambda_schedule.type,
+        "training.value_loss.lambda_schedule.type",
+        parts.LAMBDA_SCHEDULES,
+    )
     for key in ("lora.learning_rate", "value_head.learning_rate"):
         g, k = key.split(".")
         v = t[g][k]
         common._check(0 < v <= 1, f"training.{key}", v, "need 0 < lr ≤ 1")
-    common._check(0 <= t.value_head.dropout < 1, "training.value_head.dropout", t.value_head.dropout,
-                  "need 0 ≤ p < 1")
-    common._check(t.value_loss.huber_delta > 0, "training.value_loss.huber_delta",
-                  t.value_loss.huber_delta, "need > 0")
-    common._check(0 < t.value_loss.gamma <= 1, "training.value_loss.gamma", t.value_loss.gamma,
-                  "need 0 < γ ≤ 1")
-    common._check(c.data_sampling.use_pairwise, "data_sampling.use_pairwise",
-                  c.data_sampling.use_pairwise, "the critic trains on pairs (must be true)")
+    common._check(
+        0 <= t.value_head.dropout < 1,
+        "training.value_head.dropout",
+        t.value_head.dropout,
+        "need 0 ≤ p < 1",
+    )
+    common._check(
+        t.value_loss.huber_delta > 0,
+        "training.value_loss.huber_delta",
+        t.value_loss.huber_delta,
+        "need > 0",
+    )
+    common._check(
+        0 < t.value_loss.gamma <= 1,
+        "training.value_loss.gamma",
+        t.value_loss.gamma,
+        "need 0 < γ ≤ 1",
+    )
+    common._check(
+        c.data_sampling.use_pairwise,
+        "data_sampling.use_pairwise",
+        c.data_sampling.use_pairwise,
+        "the critic trains on pairs (must be true)",
+    )
 
 
 def finalize(c):

@@ -23,7 +23,6 @@ BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 SANDBOX_POLICIES = ("required", "best_effort", "none")
 
 
-
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("evaluation", variant)
     micro = variant != "7b"  # micro and small run on a CPU
@@ -75,11 +74,19 @@ def validate(c):
     command-line overrides (and requires checkpoint)."""
     ch = common._check
     ch(c.benchmark in BENCHMARKS, "benchmark", c.benchmark, f"one of {BENCHMARKS}")
-    ch(c.prompt_format in PROMPT_FORMATS, "prompt_format", c.prompt_format,
-       f"one of {PROMPT_FORMATS}")
+    ch(
+        c.prompt_format in PROMPT_FORMATS,
+        "prompt_format",
+        c.prompt_format,
+        f"one of {PROMPT_FORMATS}",
+    )
     temps = c.temperature if isinstance(c.temperature, (tuple, list)) else (c.temperature,)
-    ch(len(temps) > 0 and all(float(t) >= 0 for t in temps), "temperature", c.temperature,
-       "need ≥ 0 (0 = greedy), or a non-empty list of such values")
+    ch(
+        len(temps) > 0 and all(float(t) >= 0 for t in temps),
+        "temperature",
+        c.temperature,
+        "need ≥ 0 (0 = greedy), or a non-empty list of such values",
+    )
     ch(0 < c.top_p <= 1, "top_p", c.top_p, "need 0 < top_p ≤ 1")
     ch(c.top_k >= 0, "top_k", c.top_k, "need ≥ 0 (0 = off)")
     ch(c.n_samples >= 1, "n_samples", c.n_samples, "need ≥ 1")
@@ -90,10 +97,18 @@ def validate(c):
     ch(c.limit >= 0 and c.validation_limit >= 0, "limit", c.limit, "need ≥ 0")
     ch(c.timeout > 0, "timeout", c.timeout, "need > 0")
     ch(c.sandbox in SANDBOX_POLICIES, "sandbox", c.sandbox, f"one of {SANDBOX_POLICIES}")
-    ch(c.split != c.validation_split or len(temps) == 1, "validation_split", c.validation_split,
-       f"a temperature sweep must not tune on the evaluated split {c.split!r}")
-    ch(not c.speculative or all(float(t) == 0 for t in temps), "speculative", c.speculative,
-       "self-speculative decoding is greedy only: set temperature=0")
+    ch(
+        c.split != c.validation_split or len(temps) == 1,
+        "validation_split",
+        c.validation_split,
+        f"a temperature sweep must not tune on the evaluated split {c.split!r}",
+    )
+    ch(
+        not c.speculative or all(float(t) == 0 for t in temps),
+        "speculative",
+        c.speculative,
+        "self-speculative decoding is greedy only: set temperature=0",
+    )
 
 
 def finalize(c):

@@ -54,26 +54,55 @@ def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, 
     """dataset.*, data_sampling.*, data.* (the original's names)."""
     micro = variant != "7b"
     root = MICRO_DATASET if micro else PROD_DATASET
-    c.dataset = ml_collections.ConfigDict({
-        "name": "synthetic" if micro else "codecontests", "path": root,
-        "train": "train", "validation": "valid", "max_length": 128 if micro else 2048})
-    c.data_sampling = ml_collections.ConfigDict({
-        "seed": seed, "n_samples": 4000 if micro else 200000,
-        "val_n_samples": 128 if micro else 500, "use_pairwise": use_pairwise,
-        "max_pairs_per_problem": 8 if micro else 60,
-        # {bin: (lo, hi)} inclusive difficulty ranges and {bin: weight}
-        "difficulty_bins": {"all": (0, 25)} if micro else {"all": (1, 25)},
-        "difficulty_weights": {"all": 1.0},
-        "use_length_balanced": False,
-        "length_bins": (0, 50, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 600, 800, 1000,
-                        1500, 2000)})
+    c.dataset = ml_collections.ConfigDict(
+        {
+            "name": "synthetic" if micro else "codecontests",
+            "path": root,
+            "train": "train",
+            "validation": "valid",
+            "max_length": 128 if micro else 2048,
+        }
+    )
+    c.data_sampling = ml_collections.ConfigDict(
+        {
+            "seed": seed,
+            "n_samples": 4000 if micro else 200000,
+            "val_n_samples": 128 if micro else 500,
+            "use_pairwise": use_pairwise,
+            "max_pairs_per_problem": 8 if micro else 60,
+            # {bin: (lo, hi)} inclusive difficulty ranges and {bin: weight}
+            "difficulty_bins": {"all": (0, 25)} if micro else {"all": (1, 25)},
+            "difficulty_weights": {"all": 1.0},
+            "use_length_balanced": False,
+            "length_bins": (
+                0,
+                50,
+                100,
+                125,
+                150,
+                175,
+                200,
+                250,
+                300,
+                350,
+                400,
+                500,
+                600,
+                800,
+                1000,
+                1500,
+                2000,
+            ),
+        }
+    )
     c.data = ml_collections.ConfigDict({"append_eos": True, "num_threads": 1})
     return c
 
 
 def lora_entry(rank: int, alpha: float, dropout: float, targets) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"rank": rank, "alpha": float(alpha), "dropout": dropout,
-                                      "target_modules": tuple(targets)})
+    return ml_collections.ConfigDict(
+        {"rank": rank, "alpha": float(alpha), "dropout": dropout, "target_modules": tuple(targets)}
+    )
 
 
 def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: int, ga_7b: int):
@@ -84,8 +113,11 @@ def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: in
     micro = variant != "7b"
     t = c.training
     t.use_lora = not micro
-    t.lora = (lora_entry(16, 32.0, 0.05, MTP_TARGETS) if micro
-              else lora_entry(64, 128.0, 0.05, MTP_TARGETS))
+    t.lora = (
+        lora_entry(16, 32.0, 0.05, MTP_TARGETS)
+        if micro
+        else lora_entry(64, 128.0, 0.05, MTP_TARGETS)
+    )
     if micro:
         t.max_steps, t.batch_size, t.eval_every_steps, t.learning_rate = 600, 16, 200, 3e-3
         c.checkpoint.every_steps = 200
@@ -121,7 +153,7 @@ def apply_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     t.max_steps, t.batch_size, t.learning_rate = 4, 2, 2e-5
     t.eval_every_steps, t.log_interval = 4, 1
     t.lr_scheduler.warmup_ratio = 0.0
-    if "lora" in t and "learning_rate" in t.lora:      # critic: LoRA on the frozen backbone
+    if "lora" in t and "learning_rate" in t.lora:  # critic: LoRA on the frozen backbone
         t.lora.learning_rate = 1e-4
     if "value_head" in t:
         t.value_head.learning_rate = 1e-3
@@ -135,16 +167,31 @@ def _check(ok, key, value, want):
 
 def validate_data(c: ml_collections.ConfigDict):
     _check(c.dataset.max_length >= 8, "dataset.max_length", c.dataset.max_length, "need ≥ 8")
-    _check(c.data_sampling.n_samples >= 1, "data_sampling.n_samples", c.data_sampling.n_samples,
-           "need ≥ 1")
-    _check(c.data_sampling.val_n_samples >= 1, "data_sampling.val_n_samples",
-           c.data_sampling.val_n_samples, "need ≥ 1")
+    _check(
+        c.data_sampling.n_samples >= 1,
+        "data_sampling.n_samples",
+        c.data_sampling.n_samples,
+        "need ≥ 1",
+    )
+    _check(
+        c.data_sampling.val_n_samples >= 1,
+        "data_sampling.val_n_samples",
+        c.data_sampling.val_n_samples,
+        "need ≥ 1",
+    )
     for name, rng in c.data_sampling.difficulty_bins.items():
-        _check(len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] <= rng[1],
-               f"data_sampling.difficulty_bins.{name}", rng, "need (lo, hi) integers, lo ≤ hi")
-    _check(set(c.data_sampling.difficulty_weights) <= set(c.data_sampling.difficulty_bins),
-           "data_sampling.difficulty_weights", dict(c.data_sampling.difficulty_weights),
-           "every weighted bin must be in data_sampling.difficulty_bins")
+        _check(
+            len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] <= rng[1],
+            f"data_sampling.difficulty_bins.{name}",
+            rng,
+            "need (lo, hi) integers, lo ≤ hi",
+        )
+    _check(
+        set(c.data_sampling.difficulty_weights) <= set(c.data_sampling.difficulty_bins),
+        "data_sampling.difficulty_weights",
+        dict(c.data_sampling.difficulty_weights),
+        "every weighted bin must be in data_sampling.difficulty_bins",
+    )
 
 
 def validate_lora(c: ml_collections.ConfigDict, allowed):
@@ -153,8 +200,12 @@ def validate_lora(c: ml_collections.ConfigDict, allowed):
     _check(lo.alpha > 0, "training.lora.alpha", lo.alpha, "need > 0")
     _check(0 <= lo.dropout < 1, "training.lora.dropout", lo.dropout, "need 0 ≤ p < 1")
     bad = [t for t in lo.target_modules if t not in allowed]
-    _check(lo.target_modules and not bad, "training.lora.target_modules", tuple(lo.target_modules),
-           f"need a non-empty subset of {allowed}")
+    _check(
+        lo.target_modules and not bad,
+        "training.lora.target_modules",
+        tuple(lo.target_modules),
+        f"need a non-empty subset of {allowed}",
+    )
 
 
 def validate_choice(value, key, choices):

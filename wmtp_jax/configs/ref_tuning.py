@@ -17,9 +17,14 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "NTP supervised fine-tuning of the Rho-1 reference model"
-        c.models = ml_collections.ConfigDict({"policy": parts.model_entry(
-            "micro-llama" if micro else "ref-sheared-llama-2.7b",
-            parts.MICRO_LLAMA if micro else parts.PROD_LLAMA)})
+        c.models = ml_collections.ConfigDict(
+            {
+                "policy": parts.model_entry(
+                    "micro-llama" if micro else "ref-sheared-llama-2.7b",
+                    parts.MICRO_LLAMA if micro else parts.PROD_LLAMA,
+                )
+            }
+        )
         parts.add_data(c, variant, use_pairwise=False, seed=42 if micro else 24)
         if not micro:
             c.data_sampling.max_pairs_per_problem = 50

@@ -17,13 +17,20 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "Rho-1 reference-selected MTP"
-        c.models = ml_collections.ConfigDict({
-            "policy": parts.model_entry("micro-mtp" if micro else "meta-llama-mtp",
-                                        parts.MICRO_POLICY if micro else parts.PROD_POLICY),
-            # an HF-layout llama model dir (load_llama; LoRA factors are merged on load)
-            "reference": {"name": "micro-llama-ref" if micro else "ref-sheared-llama-2.7b",
-                          "checkpoint_path": parts.reference_output(variant),
-                          "dtype": "float32" if micro else "bfloat16"}})
+        c.models = ml_collections.ConfigDict(
+            {
+                "policy": parts.model_entry(
+                    "micro-mtp" if micro else "meta-llama-mtp",
+                    parts.MICRO_POLICY if micro else parts.PROD_POLICY,
+                ),
+                # an HF-layout llama model dir (load_llama; LoRA factors are merged on load)
+                "reference": {
+                    "name": "micro-llama-ref" if micro else "ref-sheared-llama-2.7b",
+                    "checkpoint_path": parts.reference_output(variant),
+                    "dtype": "float32" if micro else "bfloat16",
+                },
+            }
+        )
         parts.add_data(c, variant, use_pairwise=False)
         parts.add_mtp_training(c, variant, batch_7b=128, ga_7b=1)
         t = c.training
@@ -38,8 +45,12 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
-    common._check(0 < c.training.k_percent <= 1, "training.k_percent", c.training.k_percent,
-                  "need 0 < k ≤ 1 (the fraction of valid tokens kept)")
+    common._check(
+        0 < c.training.k_percent <= 1,
+        "training.k_percent",
+        c.training.k_percent,
+        "need 0 < k ≤ 1 (the fraction of valid tokens kept)",
+    )
     parts.validate_choice(c.training.rho1_mode, "training.rho1_mode", parts.RHO1_MODES)
 
 

@@ -17,12 +17,19 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "TD-weighted MTP with an independent value model"
-        c.models = ml_collections.ConfigDict({
-            "policy": parts.model_entry("micro-mtp" if micro else "meta-llama-mtp",
-                                        parts.MICRO_POLICY if micro else parts.PROD_POLICY),
-            # a critic model dir (load_critic), exported by the critic pipeline
-            "value_model": {"checkpoint_path": parts.critic_output(variant),
-                            "dtype": "float32" if micro else "bfloat16"}})
+        c.models = ml_collections.ConfigDict(
+            {
+                "policy": parts.model_entry(
+                    "micro-mtp" if micro else "meta-llama-mtp",
+                    parts.MICRO_POLICY if micro else parts.PROD_POLICY,
+                ),
+                # a critic model dir (load_critic), exported by the critic pipeline
+                "value_model": {
+                    "checkpoint_path": parts.critic_output(variant),
+                    "dtype": "float32" if micro else "bfloat16",
+                },
+            }
+        )
         parts.add_data(c, variant, use_pairwise=False)
         c.data.use_negatives = False  # true: also train on the incorrect side of each pair
         c.weighting = ml_collections.ConfigDict({"advantage": "gae", "whitening": "ema"})
@@ -40,9 +47,15 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         if micro:
             t.td_ema_warmup_steps = 5
         # closing the loop: greedy pass@1 of the initial and the trained policy at the end
-        c.final_eval = ml_collections.ConfigDict({
-            "enabled": micro, "benchmark": "synthetic", "split": "test", "limit": 0,
-            "max_new_tokens": 96})
+        c.final_eval = ml_collections.ConfigDict(
+            {
+                "enabled": micro,
+                "benchmark": "synthetic",
+                "split": "test",
+                "limit": 0,
+                "max_new_tokens": 96,
+            }
+        )
     if variant == "small":
         parts.apply_small(c)
     return finalize(c)
@@ -56,14 +69,23 @@ def validate(c):
     parts.validate_choice(c.weighting.advantage, "weighting.advantage", parts.ADVANTAGES)
     parts.validate_choice(c.weighting.whitening, "weighting.whitening", parts.WHITENINGS)
     common._check(t.beta > 0, "training.beta", t.beta, "need > 0")
-    common._check(0 <= t.weight_clip_min <= t.weight_clip_max, "training.weight_clip_min",
-                  t.weight_clip_min, f"need 0 ≤ min ≤ weight_clip_max={t.weight_clip_max}")
+    common._check(
+        0 <= t.weight_clip_min <= t.weight_clip_max,
+        "training.weight_clip_min",
+        t.weight_clip_min,
+        f"need 0 ≤ min ≤ weight_clip_max={t.weight_clip_max}",
+    )
     common._check(0 <= t.td_lambda <= 1, "training.td_lambda", t.td_lambda, "need 0 ≤ λ ≤ 1")
     common._check(0 < t.gamma <= 1, "training.gamma", t.gamma, "need 0 < γ ≤ 1")
-    common._check(0 <= t.td_ema_momentum <= 1, "training.td_ema_momentum", t.td_ema_momentum,
-                  "need 0 ≤ m ≤ 1")
-    common._check(t.td_ema_warmup_steps >= 0, "training.td_ema_warmup_steps",
-                  t.td_ema_warmup_steps, "need ≥ 0")
+    common._check(
+        0 <= t.td_ema_momentum <= 1, "training.td_ema_momentum", t.td_ema_momentum, "need 0 ≤ m ≤ 1"
+    )
+    common._check(
+        t.td_ema_warmup_steps >= 0,
+        "training.td_ema_warmup_steps",
+        t.td_ema_warmup_steps,
+        "need ≥ 0",
+    )
 
 
 def finalize(c):

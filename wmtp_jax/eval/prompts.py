@@ -18,12 +18,20 @@ from __future__ import annotations
 import ast
 import textwrap
 
-from wmtp_jax.eval.benchmarks import (ALPACA_NO_INPUT, ALPACA_STOP, HUMANEVAL_STOP, Problem,
-                                      alpaca_prompt, extract_code)
+from wmtp_jax.eval.benchmarks import (
+    ALPACA_NO_INPUT,
+    ALPACA_STOP,
+    HUMANEVAL_STOP,
+    Problem,
+    alpaca_prompt,
+    extract_code,
+)
 
 PROMPT_FORMATS = ("auto", "plain", "alpaca", "chat")
-HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Reply with the whole function "
-                         "in a ```python block.\n\n```python\n{prompt}```")
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Reply with the whole function "
+    "in a ```python block.\n\n```python\n{prompt}```"
+)
 _ALPACA_HEAD, _ALPACA_TAIL = ALPACA_NO_INPUT.split("{instruction}")
 
 
@@ -42,7 +50,7 @@ def instruction(benchmark: str, problem: Problem) -> str:
     if benchmark == "humaneval":
         return HUMANEVAL_INSTRUCTION.format(prompt=p)
     if p.startswith(_ALPACA_HEAD) and p.endswith(_ALPACA_TAIL):
-        return p[len(_ALPACA_HEAD):len(p) - len(_ALPACA_TAIL)]
+        return p[len(_ALPACA_HEAD) : len(p) - len(_ALPACA_TAIL)]
     return p
 
 
@@ -54,8 +62,10 @@ def render(benchmark: str, problem: Problem, fmt: str, tokenizer=None) -> str:
         return alpaca_prompt(instruction(benchmark, problem))
     if fmt == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("prompt_format='chat' needs a tokenizer with a chat template "
-                             "(chat_template.jinja or tokenizer_config.json's chat_template)")
+            raise ValueError(
+                "prompt_format='chat' needs a tokenizer with a chat template "
+                "(chat_template.jinja or tokenizer_config.json's chat_template)"
+            )
         msgs = [{"role": "user", "content": instruction(benchmark, problem)}]
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"prompt_format {fmt!r}; valid: {list(PROMPT_FORMATS)}")
@@ -87,12 +97,25 @@ def reply_to_body(reply: str, entry_point: str) -> str:
         tree = ast.parse(code)
     except SyntaxError:
         return textwrap.indent(code, "    ")
-    fn = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-               and n.name == entry_point), None)
+    fn = next(
+        (
+            n
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point
+        ),
+        None,
+    )
     if fn is None:
         return textwrap.indent(code, "    ")
-    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
-            ast.Assign, ast.AnnAssign)
+    keep = (
+        ast.Import,
+        ast.ImportFrom,
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+        ast.ClassDef,
+        ast.Assign,
+        ast.AnnAssign,
+    )
     parts = [ast.unparse(n) for n in tree.body if n is not fn and isinstance(n, keep)]
     parts += [ast.unparse(n) for n in fn.body]
     return textwrap.indent("\n".join(parts), "    ") + "\n"

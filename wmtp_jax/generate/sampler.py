@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+from collections.abc import Sequence
 from functools import cached_property, partial
-from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +53,9 @@ class SamplingConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
         if self.top_k < 0 or self.max_new_tokens < 1:
-            raise ValueError(f"top_k={self.top_k} must be ≥ 0 and max_new_tokens="
-                             f"{self.max_new_tokens} ≥ 1")
+            raise ValueError(
+                f"top_k={self.top_k} must be ≥ 0 and max_new_tokens={self.max_new_tokens} ≥ 1"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -63,8 +64,10 @@ class SamplingConfig:
 
 # ---- pure sampling functions ----------------------------------------------------------------
 
-def filter_logits(logits: Array, temperature, top_p, *, top_k: int = 0,
-                  use_top_p: bool = True) -> Array:
+
+def filter_logits(
+    logits: Array, temperature, top_p, *, top_k: int = 0, use_top_p: bool = True
+) -> Array:
     """logits `[..., V]` -> float32 logits / T with tokens outside top-k ∩ nucleus set to -inf."""
     x = logits.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
     neg = jnp.finfo(jnp.float32).min
@@ -74,7 +77,7 @@ def filter_logits(logits: Array, temperature, top_p, *, top_k: int = 0,
     if use_top_p:
         srt = jnp.sort(x, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(srt, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs          # mass strictly before each token
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
         keep = (before <= top_p).at[..., 0].set(True)
         # smallest kept logit = threshold (kept tokens are a prefix of the sorted order)
         thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
@@ -82,8 +85,17 @@ def filter_logits(logits: Array, temperature, top_p, *, top_k: int = 0,
     return x
 
 
-def sample_tokens(keys: Array, step, logits: Array, temperature, top_p, *, greedy: bool,
-                  top_k: int = 0, use_top_p: bool = True) -> Array:
+def sample_tokens(
+    keys: Array,
+    step,
+    logits: Array,
+    temperature,
+    top_p,
+    *,
+    greedy: bool,
+    top_k: int = 0,
+    use_top_p: bool = True,
+) -> Array:
     """keys `[B, 2]` (one PRNG key per row), logits `[B, V]` -> token ids `[B]` int32.
 
     Row b draws with `fold_in(keys[b], step)`, so a sample does not depend on its batch mates.
@@ -110,7 +122,7 @@ class StopTexts:
     stops: np.ndarray
 
     @classmethod
-    def build(cls, token_texts: Sequence[str], stops: Sequence[str]) -> "StopTexts":
+    def build(cls, token_texts: Sequence[str], stops: Sequence[str]) -> StopTexts:
         """token_texts[i]: the text token i adds when decoded after others (see `token_texts`)."""
         raw = [s.encode("utf-8") for s in stops if s]
         if not raw:
@@ -123,12 +135,12 @@ class StopTexts:
         for i, b in enumerate(enc):
             row = np.frombuffer(b, np.uint8).astype(np.int16)
             if len(row) > width:
-                row = np.concatenate([row[:s_max - 1], [-2], row[len(row) - (s_max - 1):]])
-            tb[i, :len(row)] = row
+                row = np.concatenate([row[: s_max - 1], [-2], row[len(row) - (s_max - 1) :]])
+            tb[i, : len(row)] = row
         inner = np.array([any(r in b for r in raw) for b in enc], bool)
         st = np.full((len(raw), s_max), -1, np.int16)
         for i, r in enumerate(raw):
-            st[i, s_max - len(r):] = np.frombuffer(r, np.uint8)
+            st[i, s_max - len(r) :] = np.frombuffer(r, np.uint8)
         return cls(tb, inner, st)
 
     @cached_property
@@ -139,8 +151,9 @@ class StopTexts:
             return tuple(jnp.asarray(a) for a in (self.token_bytes, self.inner, self.stops))
 
 
-NO_STOPS = StopTexts(np.full((1, 1), -1, np.int16), np.zeros((1,), bool),
-                     np.full((1, 1), -1, np.int16))
+NO_STOPS = StopTexts(
+    np.full((1, 1), -1, np.int16), np.zeros((1,), bool), np.full((1, 1), -1, np.int16)
+)
 
 
 def token_texts(tokenizer, vocab_size: int) -> list[str]:
@@ -152,7 +165,7 @@ def token_texts(tokenizer, vocab_size: int) -> list[str]:
     base = tokenizer.decode(anchor, **kw)
     n = min(vocab_size, len(tokenizer))
     texts = tokenizer.batch_decode([anchor + [i] for i in range(n)], **kw)
-    out = [t[len(base):] if t.startswith(base) else t for t in texts]
+    out = [t[len(base) :] if t.startswith(base) else t for t in texts]
     return out + [""] * (vocab_size - n)
 
 
@@ -164,22 +177,25 @@ def stop_hit(out: Array, end: Array, tables: tuple) -> Array:
     v, w = token_bytes.shape
     s = stops.shape[1]
     b = out.shape[0]
-    n_tok = s + 1                                       # ≥ 1 byte each: covers any stop
+    n_tok = s + 1  # ≥ 1 byte each: covers any stop
     idx = end[:, None] - jnp.arange(n_tok - 1, -1, -1)[None]
     ids = jnp.take_along_axis(out, jnp.maximum(idx, 0), axis=1)
     ok_id = (idx >= 0) & (ids >= 0) & (ids < v)
     safe = jnp.clip(ids, 0, v - 1)
-    by = jnp.where(ok_id[..., None], token_bytes[safe], -1)          # [B, n_tok, W]
+    by = jnp.where(ok_id[..., None], token_bytes[safe], -1)  # [B, n_tok, W]
     flat = by.reshape(b, n_tok * w)
     length = n_tok * w
     valid = flat != -1
     from_end = jnp.cumsum(valid[:, ::-1], axis=1)[:, ::-1] - 1
-    dest = jnp.where(valid, length - 1 - from_end, length)           # right-aligned, pads dropped
-    stream = jnp.full((b, length), -1, flat.dtype).at[jnp.arange(b)[:, None], dest].set(
-        flat, mode="drop")
-    n_new = jnp.sum(by[:, -1] != -1, axis=-1)                        # newest token's bytes
+    dest = jnp.where(valid, length - 1 - from_end, length)  # right-aligned, pads dropped
+    stream = (
+        jnp.full((b, length), -1, flat.dtype)
+        .at[jnp.arange(b)[:, None], dest]
+        .set(flat, mode="drop")
+    )
+    n_new = jnp.sum(by[:, -1] != -1, axis=-1)  # newest token's bytes
     e = jnp.arange(w)
-    win = stream[:, length - s - e[:, None] + jnp.arange(s)[None]]   # [B, W, S] ending at -e
+    win = stream[:, length - s - e[:, None] + jnp.arange(s)[None]]  # [B, W, S] ending at -e
     eq = (win[:, None] == stops[None, :, None]) | (stops[None, :, None] < 0)
     real = jnp.any(stops >= 0, axis=-1)[None, :, None]
     hit = jnp.all(eq, axis=-1) & real & (e[None, None] < n_new[:, None, None])
@@ -198,6 +214,7 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 # ---- model adapter --------------------------------------------------------------------------
+
 
 def _accepts(fn, name: str) -> bool:
     try:
@@ -227,9 +244,25 @@ def n_heads_of(model) -> int:
 
 # ---- the jitted decode program --------------------------------------------------------------
 
-def decode_loop(model, prompts: Array, prompt_lens: Array, keys: Array, live: Array,
-                temperature, top_p, stops: tuple, end_ids: Array, *, max_new_tokens: int,
-                greedy: bool, top_k: int, use_top_p: bool, eos_id, cache_dtype=None):
+
+def decode_loop(
+    model,
+    prompts: Array,
+    prompt_lens: Array,
+    keys: Array,
+    live: Array,
+    temperature,
+    top_p,
+    stops: tuple,
+    end_ids: Array,
+    *,
+    max_new_tokens: int,
+    greedy: bool,
+    top_k: int,
+    use_top_p: bool,
+    eos_id,
+    cache_dtype=None,
+):
     """prompts `[B, L]` right-padded, prompt_lens `[B]` ≥ 1, keys `[B, 2]`, live `[B]` bool,
     stops: `StopTexts.arrays()`, end_ids `[E]` further end-of-sequence ids (emitted as EOS) ->
     (tokens `[B, max_new_tokens]` with EOS after each row's end, number of decode steps)."""
@@ -239,7 +272,7 @@ def decode_loop(model, prompts: Array, prompt_lens: Array, keys: Array, live: Ar
     _, cache = model_forward(model, prompts, pos0, cache, all_heads=False)
     last = prompt_lens.astype(jnp.int32) - 1
     tok = jnp.take_along_axis(prompts, last[:, None], axis=1)[:, 0].astype(jnp.int32)
-    lead = stops[2].shape[1] + 1                      # window of the text-stop check
+    lead = stops[2].shape[1] + 1  # window of the text-stop check
     out = jnp.full((b, lead + max_new_tokens), NO_TOKEN, jnp.int32)
 
     def cond(s):
@@ -249,8 +282,16 @@ def decode_loop(model, prompts: Array, prompt_lens: Array, keys: Array, live: Ar
     def body(s):
         i, cache, tok, pos, out, done = s
         logits, cache = model_forward(model, tok[:, None], pos[:, None], cache, all_heads=False)
-        nxt = sample_tokens(keys, i, logits[:, 0, 0], temperature, top_p, greedy=greedy,
-                            top_k=top_k, use_top_p=use_top_p)
+        nxt = sample_tokens(
+            keys,
+            i,
+            logits[:, 0, 0],
+            temperature,
+            top_p,
+            greedy=greedy,
+            top_k=top_k,
+            use_top_p=use_top_p,
+        )
         nxt = jnp.where(done | jnp.isin(nxt, end_ids), eos_id, nxt)
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, lead + i))
         hit = stop_hit(out, jnp.full((b,), lead + i), stops)
@@ -267,28 +308,81 @@ def decode_loop(model, prompts: Array, prompt_lens: Array, keys: Array, live: Ar
 _TRACES = [0]  # incremented at trace time: one per compiled decode program
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k", "use_top_p",
-                                   "n_heads", "speculative", "cache_dtype"))
-def _program(state, prompts, prompt_lens, keys, live, temperature, top_p, stops, end_ids, eos_id,
-             *, graphdef, max_new_tokens, greedy, top_k, use_top_p, n_heads, speculative,
-             cache_dtype):
+@partial(
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "max_new_tokens",
+        "greedy",
+        "top_k",
+        "use_top_p",
+        "n_heads",
+        "speculative",
+        "cache_dtype",
+    ),
+)
+def _program(
+    state,
+    prompts,
+    prompt_lens,
+    keys,
+    live,
+    temperature,
+    top_p,
+    stops,
+    end_ids,
+    eos_id,
+    *,
+    graphdef,
+    max_new_tokens,
+    greedy,
+    top_k,
+    use_top_p,
+    n_heads,
+    speculative,
+    cache_dtype,
+):
     """The whole generation of one batch; compiled once per (model graph, batch, bucket, config,
     stop-table shapes) and shared by every Sampler of the same model graph."""
     _TRACES[0] += 1
     model = nnx.merge(graphdef, state)
     if speculative:
         from .speculative import speculative_loop
-        return speculative_loop(model, prompts, prompt_lens, live, n_heads=n_heads,
-                                max_new_tokens=max_new_tokens, eos_id=eos_id, stops=stops,
-                                end_ids=end_ids, cache_dtype=cache_dtype)
-    out, steps = decode_loop(model, prompts, prompt_lens, keys, live, temperature, top_p,
-                             stops, end_ids, max_new_tokens=max_new_tokens, greedy=greedy,
-                             top_k=top_k, use_top_p=use_top_p, eos_id=eos_id,
-                             cache_dtype=cache_dtype)
+
+        return speculative_loop(
+            model,
+            prompts,
+            prompt_lens,
+            live,
+            n_heads=n_heads,
+            max_new_tokens=max_new_tokens,
+            eos_id=eos_id,
+            stops=stops,
+            end_ids=end_ids,
+            cache_dtype=cache_dtype,
+        )
+    out, steps = decode_loop(
+        model,
+        prompts,
+        prompt_lens,
+        keys,
+        live,
+        temperature,
+        top_p,
+        stops,
+        end_ids,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        top_k=top_k,
+        use_top_p=use_top_p,
+        eos_id=eos_id,
+        cache_dtype=cache_dtype,
+    )
     return out, dict(forwards=steps + 1)
 
 
 # ---- host driver ----------------------------------------------------------------------------
+
 
 class Sampler:
     """Batched generation from token ids with a fixed batch size and bucketed prompt lengths.
@@ -299,21 +393,32 @@ class Sampler:
     drafted / accepted tokens.
     """
 
-    def __init__(self, model, *, eos_id: int, batch_size: int = 8, min_bucket: int = 16,
-                 pad_id: int = 0, cache_dtype=None, speculative: bool = False,
-                 end_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        model,
+        *,
+        eos_id: int,
+        batch_size: int = 8,
+        min_bucket: int = 16,
+        pad_id: int = 0,
+        cache_dtype=None,
+        speculative: bool = False,
+        end_ids: Sequence[int] = (),
+    ):
         model = nnx.view(model, deterministic=True, raise_if_not_found=False)
         self.graphdef, self.state = nnx.split(model)
         self.eos_id, self.pad_id, self.batch_size = int(eos_id), int(pad_id), int(batch_size)
         # further end-of-turn ids (e.g. generation_config's eos list): emitted as eos_id
-        self.end_ids = np.array(sorted({int(i) for i in end_ids} - {self.eos_id}) or [self.eos_id],
-                                np.int32)
+        self.end_ids = np.array(
+            sorted({int(i) for i in end_ids} - {self.eos_id}) or [self.eos_id], np.int32
+        )
         self.min_bucket, self.cache_dtype = int(min_bucket), cache_dtype
         self.n_heads = n_heads_of(model)
         self.vocab_size = int(model.args.vocab_size)
         if speculative and self.n_heads < 2:
-            raise ValueError(f"speculative decoding needs n_future_tokens ≥ 2, model has "
-                             f"{self.n_heads}")
+            raise ValueError(
+                f"speculative decoding needs n_future_tokens ≥ 2, model has {self.n_heads}"
+            )
         self.speculative = speculative
         self.trace_count = 0  # decode programs this sampler caused to be traced (compiled)
         self.stats: dict[str, float] = {}
@@ -322,20 +427,39 @@ class Sampler:
     def reset_stats(self):
         self.stats = dict(tokens=0, seconds=0.0, forwards=0, drafted=0, accepted=0, calls=0)
 
-    def generate_batch(self, prompts: np.ndarray, prompt_lens: np.ndarray, keys, live,
-                       config: SamplingConfig, stops: Optional[StopTexts] = None):
+    def generate_batch(
+        self,
+        prompts: np.ndarray,
+        prompt_lens: np.ndarray,
+        keys,
+        live,
+        config: SamplingConfig,
+        stops: StopTexts | None = None,
+    ):
         """One compiled call on a full batch `[batch_size, L]` -> tokens `[B, max_new]` (numpy)."""
         if self.speculative and not config.greedy:
             raise ValueError("speculative decoding is greedy only (set temperature=0)")
         t0, traces = time.perf_counter(), _TRACES[0]
         out, aux = _program(
-            self.state, jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
-            keys, jnp.asarray(live), jnp.float32(config.temperature or 1.0),
-            jnp.float32(config.top_p), (stops or NO_STOPS).arrays, jnp.asarray(self.end_ids),
+            self.state,
+            jnp.asarray(prompts, jnp.int32),
+            jnp.asarray(prompt_lens, jnp.int32),
+            keys,
+            jnp.asarray(live),
+            jnp.float32(config.temperature or 1.0),
+            jnp.float32(config.top_p),
+            (stops or NO_STOPS).arrays,
+            jnp.asarray(self.end_ids),
             jnp.int32(self.eos_id),
-            graphdef=self.graphdef, max_new_tokens=config.max_new_tokens, greedy=config.greedy,
-            top_k=config.top_k, use_top_p=config.top_p < 1.0, n_heads=self.n_heads,
-            speculative=self.speculative, cache_dtype=self.cache_dtype)
+            graphdef=self.graphdef,
+            max_new_tokens=config.max_new_tokens,
+            greedy=config.greedy,
+            top_k=config.top_k,
+            use_top_p=config.top_p < 1.0,
+            n_heads=self.n_heads,
+            speculative=self.speculative,
+            cache_dtype=self.cache_dtype,
+        )
         out = np.asarray(out)
         self.trace_count += _TRACES[0] - traces
         self.stats["seconds"] += time.perf_counter() - t0
@@ -344,9 +468,15 @@ class Sampler:
             self.stats[k] = self.stats.get(k, 0) + int(v)
         return out
 
-    def sample(self, prompt_ids: Sequence[Sequence[int]], n_samples: int,
-               config: SamplingConfig, *, seed: int = 0,
-               stops: Optional[StopTexts] = None) -> list[list[list[int]]]:
+    def sample(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        n_samples: int,
+        config: SamplingConfig,
+        *,
+        seed: int = 0,
+        stops: StopTexts | None = None,
+    ) -> list[list[list[int]]]:
         """Per prompt, `n_samples` completions (token ids before the first EOS).
 
         Greedy decoding generates one row per prompt and repeats it. Rows are sorted by prompt
@@ -363,7 +493,7 @@ class Sampler:
         results: list[list[list[int]]] = [[None] * n_rows for _ in prompt_ids]
         bs = self.batch_size
         for start in range(0, len(rows), bs):
-            chunk = rows[start:start + bs]
+            chunk = rows[start : start + bs]
             n_live = len(chunk)
             chunk = chunk + [chunk[-1]] * (bs - n_live)  # pad the batch with a dead copy
             length = bucket_length(max(r[0] for r in chunk), self.min_bucket)
@@ -376,7 +506,7 @@ class Sampler:
             out = self.generate_batch(prompts, lens, keys, live, config, stops)
             for j, (_, i, s) in enumerate(chunk[:n_live]):
                 row = out[j].tolist()
-                row = row[:row.index(self.eos_id)] if self.eos_id in row else row
+                row = row[: row.index(self.eos_id)] if self.eos_id in row else row
                 results[i][s] = row
                 self.stats["tokens"] += len(row)
         return [r * n_samples if config.greedy else r for r in results]

@@ -39,8 +39,19 @@ def _first_index(mask, default):
     return jnp.where(first < k, first, default)
 
 
-def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new_tokens: int,
-                     eos_id: int, stops: tuple, end_ids, cache_dtype=None):
+def speculative_loop(
+    model,
+    prompts,
+    prompt_lens,
+    live,
+    *,
+    n_heads: int,
+    max_new_tokens: int,
+    eos_id: int,
+    stops: tuple,
+    end_ids,
+    cache_dtype=None,
+):
     """prompts `[B, L]` right-padded, prompt_lens `[B]`, live `[B]`, stops (`StopTexts.arrays`),
     end_ids `[E]` -> (tokens `[B, max_new]` with EOS after each row's end,
     dict(forwards, drafted, accepted))."""
@@ -56,12 +67,11 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
     greedy = as_eos(jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))  # [B, K]
     nxt, drafts = greedy[:, 0], greedy[:, 1:]
     # x_0 is emitted at once (a call with max_new_tokens = 1 runs no round)
-    lead = stops[2].shape[1] + 1                      # window of the text-stop check
+    lead = stops[2].shape[1] + 1  # window of the text-stop check
     out = jnp.full((b, lead + max_new_tokens + k), NO_TOKEN, jnp.int32).at[:, lead].set(nxt)
     first_eos = nxt == eos_id
     n_gen = jnp.where(live & ~first_eos, 1, 0).astype(jnp.int32)
-    done = (~live | first_eos | stop_hit(out, jnp.full((b,), lead), stops)
-            | (max_new_tokens <= 1))
+    done = ~live | first_eos | stop_hit(out, jnp.full((b,), lead), stops) | (max_new_tokens <= 1)
     zero = jnp.int32(0)
     rows = jnp.arange(b)
 
@@ -70,16 +80,17 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
 
     def body(s):
         i, cache, nxt, drafts, pos, out, n_gen, drafted, accepted, done = s
-        x = jnp.concatenate([nxt[:, None], drafts], axis=1)                       # [B, K]
+        x = jnp.concatenate([nxt[:, None], drafts], axis=1)  # [B, K]
         positions = pos[:, None] + jnp.arange(k, dtype=jnp.int32)[None]
         logits, cache = model_forward(model, x, positions, cache, all_heads=True)  # [B,K,K,V]
-        g = as_eos(jnp.argmax(logits, axis=-1).astype(jnp.int32))          # [B, K pos, K head]
+        g = as_eos(jnp.argmax(logits, axis=-1).astype(jnp.int32))  # [B, K pos, K head]
         match = drafts == g[:, :-1, 0]
-        a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)          # [B]
+        a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)  # [B]
         # emitted: the a accepted drafts x_1..x_a, then head 1's token after them, g_a
         j = jnp.arange(k)[None]
-        y = jnp.where(j < a[:, None], jnp.concatenate([drafts, drafts[:, :1]], axis=1),
-                      g[rows, a, 0][:, None])
+        y = jnp.where(
+            j < a[:, None], jnp.concatenate([drafts, drafts[:, :1]], axis=1), g[rows, a, 0][:, None]
+        )
         write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
         new = write(out, y, lead + n_gen)
         # a text stop completed by y_j ends the row after y_j (tokens before it are in `new`)
@@ -100,13 +111,20 @@ def speculative_loop(model, prompts, prompt_lens, live, *, n_heads: int, max_new
 
     init = (zero, cache, nxt, drafts, last + 1, out, n_gen, zero, zero, done)
     rounds, _, _, _, _, out, n_gen, drafted, accepted, _ = jax.lax.while_loop(cond, body, init)
-    out = out[:, lead:lead + max_new_tokens]
+    out = out[:, lead : lead + max_new_tokens]
     out = jnp.where(jnp.arange(max_new_tokens)[None] < n_gen[:, None], out, eos_id)
     return out, dict(forwards=rounds + 2, drafted=drafted, accepted=accepted)
 
 
-def compare_with_greedy(model, prompt_ids, *, eos_id: int, max_new_tokens: int = 64,
-                        batch_size: int = 8, min_bucket: int = 16) -> dict:
+def compare_with_greedy(
+    model,
+    prompt_ids,
+    *,
+    eos_id: int,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    min_bucket: int = 16,
+) -> dict:
     """Plain vs self-speculative greedy on the same prompts: equality, acceptance, tokens/s.
 
     Each sampler runs twice; the second (compiled) run is timed. tokens_per_step = tokens a row
@@ -117,18 +135,22 @@ def compare_with_greedy(model, prompt_ids, *, eos_id: int, max_new_tokens: int =
     cfg = SamplingConfig(max_new_tokens=max_new_tokens)
     out, stats = {}, {}
     for name, spec in (("greedy", False), ("speculative", True)):
-        s = Sampler(model, eos_id=eos_id, batch_size=batch_size, min_bucket=min_bucket,
-                    speculative=spec)
+        s = Sampler(
+            model, eos_id=eos_id, batch_size=batch_size, min_bucket=min_bucket, speculative=spec
+        )
         s.sample(prompt_ids, 1, cfg)
         s.reset_stats()
         out[name] = s.sample(prompt_ids, 1, cfg)
         stats[name] = dict(s.stats)
     g, sp = stats["greedy"], stats["speculative"]
     acceptance = sp["accepted"] / max(sp["drafted"], 1)
-    return {"identical": out["greedy"] == out["speculative"],
-            "tokens": g["tokens"],
-            "acceptance_rate": acceptance,
-            "tokens_per_step": 1 + (n_heads_of(model) - 1) * acceptance,
-            "greedy_tokens_per_s": g["tokens"] / max(g["seconds"], 1e-9),
-            "speculative_tokens_per_s": sp["tokens"] / max(sp["seconds"], 1e-9),
-            "greedy_forwards": g["forwards"], "speculative_forwards": sp["forwards"]}
+    return {
+        "identical": out["greedy"] == out["speculative"],
+        "tokens": g["tokens"],
+        "acceptance_rate": acceptance,
+        "tokens_per_step": 1 + (n_heads_of(model) - 1) * acceptance,
+        "greedy_tokens_per_s": g["tokens"] / max(g["seconds"], 1e-9),
+        "speculative_tokens_per_s": sp["tokens"] / max(sp["seconds"], 1e-9),
+        "greedy_forwards": g["forwards"],
+        "speculative_forwards": sp["forwards"],
+    }

