@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 Array = jax.Array
 NO_TOKEN = -2  # lead slots of the output buffer (before the first generated token)
@@ -476,12 +477,14 @@ class Sampler:
         *,
         seed: int = 0,
         stops: StopTexts | None = None,
+        progress: str = "",
     ) -> list[list[list[int]]]:
         """Per prompt, `n_samples` completions (token ids before the first EOS).
 
         Greedy decoding generates one row per prompt and repeats it. Rows are sorted by prompt
         length, so a batch mixes few buckets; row (p, s) samples with key fold_in(fold_in(seed,
-        p), s), independent of the batch it lands in.
+        p), s), independent of the batch it lands in. `progress`: a progress bar's label over the
+        generated rows (process 0; "" = none).
         """
         for i, p in enumerate(prompt_ids):
             if len(p) == 0:
@@ -492,6 +495,13 @@ class Sampler:
         row_keys = jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(base, p), s))
         results: list[list[list[int]]] = [[None] * n_rows for _ in prompt_ids]
         bs = self.batch_size
+        bar = tqdm(
+            total=len(rows),
+            desc=progress,
+            unit="row",
+            dynamic_ncols=True,
+            disable=not progress or jax.process_index() != 0,
+        )
         for start in range(0, len(rows), bs):
             chunk = rows[start : start + bs]
             n_live = len(chunk)
@@ -509,4 +519,6 @@ class Sampler:
                 row = row[: row.index(self.eos_id)] if self.eos_id in row else row
                 results[i][s] = row
                 self.stats["tokens"] += len(row)
+            bar.update(n_live)
+        bar.close()
         return [r * n_samples if config.greedy else r for r in results]

@@ -249,7 +249,9 @@ def completions(
         tokenizer.encode(fmt_lib.render(benchmark, p, fmt, tokenizer), add_special_tokens=special)
         for p in problems.values()
     ]
-    out = sampler.sample(ids, n_samples, cfg, seed=seed, stops=table)
+    out = sampler.sample(
+        ids, n_samples, cfg, seed=seed, stops=table, progress=f"generate {benchmark}"
+    )
     dec = lambda t: tokenizer.decode(t, skip_special_tokens=True)
     samples, to_stop = [], 0
     for (task_id, problem), prompt, rows in zip(problems.items(), ids, out):
