@@ -89,7 +89,8 @@ def read_hf(src: Path, *, dtype: str | None = None) -> tuple[dict, ModelArgs, di
     )
     what = (
         f"a LLaMA model per {src / 'config.json'} (num_hidden_layers={args.n_layers}, "
-        f"hidden_size={args.dim}, num_attention_heads={args.n_heads}, num_key_value_heads={args.kv_heads})"
+        f"hidden_size={args.dim}, num_attention_heads={args.n_heads}, "
+        f"num_key_value_heads={args.kv_heads})"
     )
     ignored = lambda k: (
         k.endswith("rotary_emb.inv_freq") or (args.tie_embeddings and k == "lm_head.weight")

@@ -1,11 +1,13 @@
-"""Meta MTP checkpoints (`facebook/multi-token-prediction` layout) <-> wmtp_jax `mtp` model directories.
+"""Meta MTP checkpoints (`facebook/multi-token-prediction` layout) <-> wmtp_jax `mtp` model
+directories.
 
 Input directory: `params.json` plus one of
   * `consolidated.pth` (the released 7B_*_{1,4} checkpoints: one file),
   * `consolidated.00.pth`, `consolidated.01.pth`, ... (fairscale model-parallel shards, concatenated
     as the fairscale layers split them: column-parallel wq/wk/wv/w1/w3/output on dim 0,
     row-parallel wo/w2 on dim 1, `ParallelEmbedding` tok_embeddings on dim 1, norms replicated),
-  * `*.safetensors` with the same tensor names (e.g. the original project's `safetensors/model.safetensors`).
+  * `*.safetensors` with the same tensor names (e.g. the original project's
+    `safetensors/model.safetensors`).
 `params.json` may also sit in `configs/` and the weights in `safetensors/` (the original project's
 storage layout). `rope.freqs`, a buffer of some LLaMA releases, is ignored.
 """
@@ -92,7 +94,8 @@ def meta_source(src: Path) -> TensorSource:
 
 def _describe(args: ModelArgs, path: Path) -> str:
     return (
-        f"a Meta MTP model per {path} (n_layers={args.n_layers}, n_future_tokens={args.n_future_tokens}, "
+        f"a Meta MTP model per {path} (n_layers={args.n_layers}, "
+        f"n_future_tokens={args.n_future_tokens}, "
         f"dim={args.dim}, n_heads={args.n_heads}, n_kv_heads={args.kv_heads})"
     )
 
@@ -139,7 +142,8 @@ def meta_to_flax(src, dst, *, dtype: str | None = None, force: bool = False) -> 
 
 
 def flax_to_meta(src, dst, *, dtype: str | None = None, force: bool = False) -> dict:
-    """Write `params.json` + `consolidated.pth` (+ tokenizer files) from an `mtp` model directory."""
+    """Write `params.json` + `consolidated.pth` (+ tokenizer files) from an `mtp` model
+    directory."""
     src, dst = Path(src), Path(dst)
     _check_dst(src, dst, force)
     cfg, params = _load_exportable(src, "mtp", "flax-to-meta")

@@ -1,4 +1,5 @@
-"""torch <-> wmtp_jax conversion: bit-exact round trips, shard/safetensors inputs, RoPE permute, errors."""
+"""torch <-> wmtp_jax conversion: bit-exact round trips, shard/safetensors inputs, RoPE permute,
+errors."""
 
 import json
 from pathlib import Path

@@ -37,8 +37,10 @@ def test_render_plain_alpaca_and_instruction_unwrap():
     "reply,passes",
     [
         (
-            "Sure!\n```python\nimport operator\n\ndef helper(x, y):\n    return operator.add(x, y)\n\n"
-            "def add(a, b):\n    # comment\n    return helper(a, b)\n\nprint(add(1, 2))\n```\nDone.",
+            "Sure!\n```python\nimport operator\n\n"
+            "def helper(x, y):\n    return operator.add(x, y)\n\n"
+            "def add(a, b):\n    # comment\n    return helper(a, b)\n\n"
+            "print(add(1, 2))\n```\nDone.",
             True,
         ),
         ("def add(a, b): return a - b", False),  # one-liner, wrong

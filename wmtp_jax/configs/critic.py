@@ -4,7 +4,8 @@ critic_mlp_pairwise.yaml (pairwise ranking, consumed by verifiable)).
 
     python -m wmtp_jax.main --config=configs/critic.py              # micro (bootstraps storage/)
     python -m wmtp_jax.main --config=configs/critic.py:7b           # Sheared-LLaMA-2.7B, pairwise
-    python -m wmtp_jax.main --config=configs/critic.py:7b --config.training.value_loss.type=lambda_return
+    python -m wmtp_jax.main --config=configs/critic.py:7b \
+        --config.training.value_loss.type=lambda_return
 The trained critic is exported to `<output_dir>/final_model` (load_critic), verifiable's default.
 """
 

@@ -3,7 +3,8 @@
     python -m wmtp_jax.main --config=configs/evaluation.py \
         --config.checkpoint=storage/checkpoints/baseline/baseline-micro --config.benchmark=synthetic
     python -m wmtp_jax.main --config=configs/evaluation.py:7b \
-        --config.checkpoint=storage/checkpoints/verifiable/verifiable-7b --config.benchmark=humaneval
+        --config.checkpoint=storage/checkpoints/verifiable/verifiable-7b \
+        --config.benchmark=humaneval
 
 `checkpoint`: a model directory (`model_config.json`: an `mtp` policy or a plain `llama` model
 with an LM head, e.g. a converted public checkpoint), a training run directory

@@ -2,8 +2,8 @@
 excess loss; weighted MTP CE on the selection
 (the original's configs/{local/rho1_local,production/rho1}.yaml).
 
-    python -m wmtp_jax.main --config=configs/rho1.py                # micro: bootstraps storage/,
-                                                                    # ref-tunes a micro reference first
+    python -m wmtp_jax.main --config=configs/rho1.py    # micro: bootstraps storage/,
+                                                        # ref-tunes a micro reference first
     python -m wmtp_jax.main --config=configs/rho1.py:7b
 """
 

@@ -1,4 +1,5 @@
-"""Generation: KV-cache sampler (prefill + on-device decode loop) and self-speculative MTP decoding."""
+"""Generation: KV-cache sampler (prefill + on-device decode loop) and self-speculative MTP
+decoding."""
 
 from .sampler import (
     NO_STOPS,

@@ -102,7 +102,8 @@ class ModelArgs:
 
     @property
     def hidden_dim(self) -> int:
-        """SwiGLU width: Meta's multiple_of * ceil(int(mult * int(2 * 4 * dim / 3)) / multiple_of)."""
+        """SwiGLU width: Meta's
+        multiple_of * ceil(int(mult * int(2 * 4 * dim / 3)) / multiple_of)."""
         if self.ffn_hidden_dim is not None:
             return self.ffn_hidden_dim
         hidden = int(2 * (4 * self.dim) / 3)
@@ -112,7 +113,8 @@ class ModelArgs:
 
     @property
     def n_trunk_layers(self) -> int:
-        """Meta MTP layout: `layers` holds n_layers - n_future + 1 blocks; the last one is head 0."""
+        """Meta MTP layout: `layers` holds n_layers - n_future + 1 blocks; the last one is
+        head 0."""
         return self.n_layers - self.n_future_tokens
 
     def replace(self, **kw) -> ModelArgs:

@@ -5,7 +5,8 @@ Layout (`FORMAT`)::
     <dir>/model_config.json   {"format": "wmtp_jax.model/v1", "kind": "mtp"|"llama"|"critic",
                                "args": ModelArgs.to_dict(), "lm_head": bool (llama),
                                "value_head": {"type", "dropout", "bias_init"} (critic),
-                               "lora": LoRAConfig dict | null, "rope": "rotate_half", "source": {...}}
+                               "lora": LoRAConfig dict | null, "rope": "rotate_half",
+                               "source": {...}}
     <dir>/params/             orbax checkpoint of `nnx.state(model, nnx.Param).to_pure_dict()`
     <dir>/tokenizer/          optional tokenizer files carried from the source checkpoint
 
@@ -61,9 +62,11 @@ TOKENIZER_FILES = (
 
 @contextlib.contextmanager
 def atomic_dir(dst, *, force: bool = False):
-    """Yield a fresh temporary sibling of `dst`; on success it replaces `dst`, on error it is removed.
+    """Yield a fresh temporary sibling of `dst`; on success it replaces `dst`, on error it is
+    removed.
 
-    An existing `dst` is an error unless `force`; it is only removed once the new content is complete.
+    An existing `dst` is an error unless `force`; it is only removed once the new content is
+    complete.
     """
     dst = Path(os.path.abspath(dst))
     if dst.exists() and not force:
@@ -426,7 +429,8 @@ def _fresh_rest(rest_abs, seed: int):
 
 
 def load_policy(directory, *, dtype=None, mesh=None, rules=None, **kw):
-    """MTPTransformer of an `mtp` directory: `model(tokens, return_all_heads=True)` → `[B,S,K,V]`."""
+    """MTPTransformer of an `mtp` directory: `model(tokens, return_all_heads=True)` →
+    `[B,S,K,V]`."""
     return load_model(directory, kind="mtp", dtype=dtype, mesh=mesh, rules=rules, **kw)
 
 

@@ -198,7 +198,8 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def cache_mask(positions: Array, cache_len: int) -> Array:
-    """positions `[B, S]` -> bool `[B, 1, S, T]`: cached key slot t visible iff t ≤ query position."""
+    """positions `[B, S]` -> bool `[B, 1, S, T]`: cached key slot t visible iff t ≤ query
+    position."""
     return (jnp.arange(cache_len)[None, None, :] <= positions[:, :, None])[:, None]
 
 
@@ -333,7 +334,8 @@ def maybe_remat(fn, policy: str):
 
 
 def stack_blocks(n: int, args: ModelArgs, *, rngs: nnx.Rngs, lora=None, axis_name: str) -> Block:
-    """`n` Blocks with params stacked on a leading axis named `axis_name` (`layers` / `mtp_heads`)."""
+    """`n` Blocks with params stacked on a leading axis named `axis_name` (`layers` /
+    `mtp_heads`)."""
 
     @nnx.split_rngs(splits=n)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axis_name})
@@ -433,7 +435,8 @@ def attention_inputs(
     """Everything a stack of blocks needs besides x: (cos, sin, mask, start).
 
     positions `[B, S]` default 0..S-1 per row (as HF and Meta). Without a cache the mask is None
-    (causal) or the 0/1 attention mask as int32 segment ids (0 = padding, never attended); with a cache of length T it is `cache_mask` and
+    (causal) or the 0/1 attention mask as int32 segment ids (0 = padding, never attended); with
+    a cache of length T it is `cache_mask` and
     `start = positions[:, 0]` is where each row's new keys are written.
     """
     b, s = shape

@@ -30,7 +30,8 @@ from .layers import (
 
 
 class MTPTransformer(nnx.Module):
-    """Meta MTP policy. Parameter tree: see `conversion/mapping.py` (`layers` absent if trunk empty)."""
+    """Meta MTP policy. Parameter tree: see `conversion/mapping.py` (`layers` absent if trunk
+    empty)."""
 
     def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
         self.args, self.lora = args, lora
@@ -54,7 +55,8 @@ class MTPTransformer(nnx.Module):
 
     # ---- pieces -------------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
-        """{"layers": {"k","v"} `[L,B,KV,T,hd]` (absent if L = 0), "heads": {"k","v"} `[K,B,KV,T,hd]`}."""
+        """{"layers": {"k","v"} `[L,B,KV,T,hd]` (absent if L = 0),
+        "heads": {"k","v"} `[K,B,KV,T,hd]`}."""
         a = self.args
         cache = {"heads": empty_cache(a.n_future_tokens, a, batch_size, max_len, dtype)}
         if self.layers is not None:
