@@ -17,6 +17,15 @@ from absl import logging
 _file_handler: pylogging.Handler | None = None
 
 
+class _LazyFileHandler(pylogging.FileHandler):
+    """Creates the file (and its directory) at the first record, so a run that refuses before
+    logging anything (e.g. a busy output_dir) leaves nothing behind."""
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def route_logs(log_file: str | os.PathLike | None, level: str = "INFO") -> Path | None:
     """Sends log records at `level` to `log_file` (appended) and only warnings to the console.
 
@@ -38,8 +47,7 @@ def route_logs(log_file: str | os.PathLike | None, level: str = "INFO") -> Path 
     if log_file is None:
         return None
     path = Path(log_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _file_handler = pylogging.FileHandler(path, encoding="utf-8")
+    _file_handler = _LazyFileHandler(path, encoding="utf-8", delay=True)
     _file_handler.setLevel(level.upper())
     _file_handler.setFormatter(logging.PythonFormatter())
     root.addHandler(_file_handler)

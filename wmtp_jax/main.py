@@ -107,21 +107,14 @@ def enable_compilation_cache(directory: str) -> None:
 
 
 def check_attention(implementation: str) -> None:
-    """Log the configured attention; exit 2 when it cannot run on this backend (cudnn on CPU)."""
-    import jax
-
+    """Exit 2 when the configured attention cannot run on this backend (cudnn on CPU); `fit`
+    logs the setting, and the choice per shape is logged when a step is traced."""
     from wmtp_jax.ops.attention import check_backend
 
     try:
         check_backend(implementation)
     except ValueError as e:
         _fail(str(e))
-    logging.info(
-        "attention: runtime.attention=%s on backend %s (the choice per shape is logged "
-        "when the step is traced)",
-        implementation,
-        jax.default_backend(),
-    )
 
 
 def main(argv):
