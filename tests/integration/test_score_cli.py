@@ -190,7 +190,17 @@ def test_clear_errors(tmp_path):
         cwd=REPO,
         timeout=60,
     )
-    assert proc.returncode == 2 and f"{bad}:2: malformed JSON line" in proc.stderr
+    assert proc.returncode == 2 and f"{bad}:2: malformed JSON" in proc.stderr
+    bad.write_bytes(b'{"task_id": 11, "completion": "\xe9"}\n')
+    cmd = [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
+    proc = subprocess.run(
+        [*cmd, "--samples", str(bad), "--data-dir", FIXTURES],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and f"{bad}:1: not valid UTF-8" in proc.stderr, proc.stderr
     bad.write_text('{"task_id": 11}\n')
     proc = subprocess.run(
         [

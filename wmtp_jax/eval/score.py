@@ -19,29 +19,22 @@ from collections.abc import Iterable, Sequence
 
 from absl import logging
 
+from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.eval import benchmarks, execution, metrics
 
 
 def read_samples(path: str) -> list[dict]:
-    """Sample lines with their file:line in ``_where``; clear errors on malformed lines."""
+    """Sample lines with their file:line in ``_where``; every error names file:line (malformed
+    JSON, not UTF-8, not an object, a missing field)."""
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON line: {e}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
-                raise ValueError(f"{where}: missing or non-string 'task_id'")
-            if not isinstance(row.get("completion"), str):
-                raise ValueError(f"{where}: missing or non-string 'completion'")
-            row["_where"] = where
-            samples.append(row)
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
+            raise ValueError(f"{where}: missing or non-string 'task_id'")
+        if not isinstance(row.get("completion"), str):
+            raise ValueError(f"{where}: missing or non-string 'completion'")
+        row["_where"] = where
+        samples.append(row)
     if not samples:
         raise ValueError(f"{path}: no samples (the file is empty)")
     return samples
