@@ -27,10 +27,10 @@ from flax import nnx
 
 from wmtp_jax.bench import flops as flops_lib
 from wmtp_jax.models.args import ModelArgs
+from wmtp_jax.ops import IGNORE_INDEX
 from wmtp_jax.ops.attention import resolve
 
 PIPELINES = ("baseline", "critic", "verifiable")
-IGNORE_INDEX = -100
 
 
 @dataclasses.dataclass(frozen=True)

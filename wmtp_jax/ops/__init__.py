@@ -2,6 +2,7 @@
 TD / GAE / λ-return scans, whitening weights and the TD-stats EMA, critic losses, Rho-1
 selection, and logging statistics. Names and argument names follow the PyTorch original."""
 
+from wmtp_jax.ops._utils import IGNORE_INDEX
 from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss, head_logits, rms_norm
 from wmtp_jax.ops.critic_loss import (
     compute_lambda_value_loss,
@@ -42,6 +43,7 @@ from wmtp_jax.ops.weighting import (
 )
 
 __all__ = [
+    "IGNORE_INDEX",
     "TDStatsEMA",
     "build_weights",
     "chunked_mtp_ce_loss",
