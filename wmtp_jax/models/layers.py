@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax.ops.attention import attention
+from wmtp_jax.ops.chunked_loss import rms_norm
 
 from .args import ModelArgs
 
@@ -129,16 +130,7 @@ class RMSNorm(nnx.Module):
         self.scale = param(jnp.ones((dim,), to_dtype(param_dtype)), ("norm",))
 
     def __call__(self, x: Array) -> Array:
-        return rms_norm(x, self.scale[...], self.eps).astype(self.dtype)
-
-
-def rms_norm(x: Array, scale: Array, eps: float) -> Array:
-    """Functional RMSNorm (also used by the chunked MTP loss on head latents)."""
-    x32 = x.astype(jnp.float32)
-    normed = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(
-        x.dtype
-    )
-    return normed * scale.astype(x.dtype)
+        return rms_norm(x, self.scale[...], self.eps, x.dtype).astype(self.dtype)
 
 
 # ---- RoPE (rotate-half) ---------------------------------------------------------------------

@@ -21,7 +21,10 @@ from wmtp_jax.ops.mtp_loss import align_head_targets, reduce_head_losses
 def rms_norm(
     x: jax.Array, norm_scale: jax.Array, eps: float = 1e-5, compute_dtype=jnp.float32
 ) -> jax.Array:
-    """Meta RMSNorm: (x·rsqrt(mean(x², -1) + eps)) in float32, cast to compute_dtype, × scale."""
+    """Meta RMSNorm: (x·rsqrt(mean(x², -1) + eps)) in float32, cast to compute_dtype, × scale.
+
+    The model's `RMSNorm` calls it with compute_dtype = x.dtype.
+    """
     xf = x.astype(jnp.float32)
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return normed.astype(compute_dtype) * norm_scale.astype(compute_dtype)
