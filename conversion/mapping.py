@@ -45,36 +45,6 @@ BLOCK_KEYS = (
     (("ffn_norm", "scale"), "ffn_norm.weight", "post_attention_layernorm.weight"),
 )
 
-# LoRA target names: Meta vocabulary is canonical, HF names are aliases.
-HF_TO_META_TARGET = {
-    "q_proj": "wq",
-    "k_proj": "wk",
-    "v_proj": "wv",
-    "o_proj": "wo",
-    "gate_proj": "w1",
-    "down_proj": "w2",
-    "up_proj": "w3",
-}
-META_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-
-
-def canonical_lora_targets(targets) -> tuple[str, ...]:
-    """Map HF / Meta target names to the Meta vocabulary (`q_proj` -> `wq`).
-
-    Unknown names -> ValueError.
-    """
-    out = []
-    for t in targets:
-        c = HF_TO_META_TARGET.get(t, t)
-        if c not in META_TARGETS:
-            raise ValueError(
-                f"unknown LoRA target {t!r}; valid: {list(META_TARGETS)} "
-                f"or {list(HF_TO_META_TARGET)}"
-            )
-        if c not in out:
-            out.append(c)
-    return tuple(out)
-
 
 def permute_meta_to_rotate_half(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Rows of a torch `[n_heads*hd, D]` q/k weight: interleaved pairs -> rotate-half.

@@ -19,9 +19,38 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from conversion.mapping import canonical_lora_targets
-
 from .layers import Linear
+
+# LoRA target names: Meta vocabulary is canonical, HF names are aliases.
+HF_TO_META_TARGET = {
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "down_proj": "w2",
+    "up_proj": "w3",
+}
+META_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+
+def canonical_lora_targets(targets) -> tuple[str, ...]:
+    """Map HF / Meta target names to the Meta vocabulary (`q_proj` -> `wq`).
+
+    Unknown names -> ValueError.
+    """
+    out = []
+    for t in targets:
+        c = HF_TO_META_TARGET.get(t, t)
+        if c not in META_TARGETS:
+            raise ValueError(
+                f"unknown LoRA target {t!r}; valid: {list(META_TARGETS)} "
+                f"or {list(HF_TO_META_TARGET)}"
+            )
+        if c not in out:
+            out.append(c)
+    return tuple(out)
+
 
 # HF PEFT spellings accepted by LoRAConfig.from_dict.
 _ALIASES = {
@@ -37,7 +66,7 @@ class LoRAConfig:
     """rank, alpha (scale = alpha / rank), dropout on the LoRA input, target linears.
 
     targets use the Meta names wq wk wv wo w1 w2 w3; HF names (q_proj, ..., gate_proj, up_proj,
-    down_proj) are canonicalised (`conversion.mapping.canonical_lora_targets`).
+    down_proj) are canonicalised (`canonical_lora_targets`).
     """
 
     rank: int = 8

@@ -14,18 +14,6 @@ from flax import nnx
 
 from wmtp_jax import ops
 
-# seed (HF) LoRA target names → the model's projection names
-HF_TO_MODEL_TARGETS = {
-    "q_proj": "wq",
-    "k_proj": "wk",
-    "v_proj": "wv",
-    "o_proj": "wo",
-    "gate_proj": "w1",
-    "up_proj": "w3",
-    "down_proj": "w2",
-}
-
-
 # ---- data ------------------------------------------------------------------------------------
 
 
@@ -127,10 +115,10 @@ def lora_config(config, *, hf_names: bool = False):
     """LoRAConfig from training.lora when training.use_lora, else None (HF names mapped)."""
     if not config.training.use_lora:
         return None
-    from wmtp_jax.models.lora import LoRAConfig
+    from wmtp_jax.models.lora import HF_TO_META_TARGET, LoRAConfig
 
     lo = config.training.lora
-    targets = tuple(HF_TO_MODEL_TARGETS.get(t, t) if hf_names else t for t in lo.target_modules)
+    targets = tuple(HF_TO_META_TARGET.get(t, t) if hf_names else t for t in lo.target_modules)
     return LoRAConfig(
         rank=int(lo.rank), alpha=float(lo.alpha), dropout=float(lo.dropout), targets=targets
     )
