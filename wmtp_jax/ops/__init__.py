@@ -2,7 +2,7 @@
 TD / GAE / λ-return scans, whitening weights and the TD-stats EMA, critic losses, Rho-1
 selection, and logging statistics. Names and argument names follow the PyTorch original."""
 
-from wmtp_jax.ops._utils import IGNORE_INDEX
+from wmtp_jax.ops._utils import IGNORE_INDEX, loss_mask_of
 from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss, head_logits, rms_norm
 from wmtp_jax.ops.critic_loss import (
     compute_lambda_value_loss,
@@ -36,6 +36,8 @@ from wmtp_jax.ops.weighting import (
     TDStatsEMA,
     build_weights,
     compute_weight_clipping_ratio,
+    fold_ema,
+    merge_moments,
     td_ema_init,
     td_ema_metrics,
     td_ema_stats,
@@ -68,10 +70,13 @@ __all__ = [
     "compute_weight_stats",
     "create_eos_only_mask",
     "create_output_end_mask",
+    "fold_ema",
     "get_scheduled_lambda",
     "head_logits",
     "huber_over_delta",
+    "loss_mask_of",
     "masked_quantile",
+    "merge_moments",
     "pairwise_ranking_loss",
     "rms_norm",
     "sequence_mean_value",

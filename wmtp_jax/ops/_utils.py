@@ -8,6 +8,11 @@ import jax.numpy as jnp
 IGNORE_INDEX = -100
 
 
+def loss_mask_of(labels: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Float32 `[B,S]`: 1 where the label is a target (not IGNORE_INDEX) and the token is real."""
+    return ((labels != IGNORE_INDEX) & (attention_mask > 0)).astype(jnp.float32)
+
+
 def as_values(x: jax.Array, name: str = "values") -> jax.Array:
     """[B,S,1] or [B,S] -> float32 [B,S]."""
     x = jnp.asarray(x)

@@ -1,4 +1,5 @@
-"""Token weights from advantages (whitening + exp + clip) and the TD-statistics EMA state.
+"""Token weights from advantages (whitening + exp + clip) and the TD-statistics EMA state
+(with the pooled moments of a step's micro-batches folded into it).
 
 The EMA is functional state (a NamedTuple of arrays): it jits, shards (replicated scalars) and
 checkpoints like any other pytree. Statistics are population statistics over every valid token of
@@ -118,3 +119,23 @@ def td_ema_metrics(state: TDStatsEMA) -> dict:
         "td/ema_step_count": state.step_count,
         "td/ema_is_warmup": (state.step_count <= state.warmup_steps).astype(jnp.float32),
     }
+
+
+def merge_moments(acc: dict, x: jax.Array, mask: jax.Array) -> dict:
+    """Chan et al. parallel update of (n, mean, M2) with the valid entries of x."""
+    nb = jnp.sum(mask)
+    mb = jnp.sum(x * mask) / jnp.maximum(nb, 1.0)
+    m2b = jnp.sum(jnp.where(mask > 0, (x - mb) ** 2, 0.0))
+    n = acc["n"] + nb
+    d = mb - acc["mean"]
+    frac = nb / jnp.maximum(n, 1.0)
+    return {"n": n, "mean": acc["mean"] + d * frac, "m2": acc["m2"] + m2b + d * d * acc["n"] * frac}
+
+
+def fold_ema(ema: TDStatsEMA, acc: dict) -> TDStatsEMA:
+    """td_ema_update with the step's pooled batch: a two-point sample μ ± σ has exactly the
+    pooled mean μ and population std σ (no valid entry → EMA unchanged)."""
+    mu = acc["mean"]
+    sd = jnp.sqrt(jnp.maximum(acc["m2"] / jnp.maximum(acc["n"], 1.0), 0.0))
+    on = (acc["n"] > 0).astype(jnp.float32)
+    return td_ema_update(ema, jnp.stack([mu - sd, mu + sd])[None], jnp.stack([on, on])[None])

@@ -22,7 +22,6 @@ from flax import nnx
 
 from wmtp_jax import ops
 from wmtp_jax.pipelines import common
-from wmtp_jax.pipelines.verifiable import loss_mask_of
 
 VALUE_HEAD = "value_head"
 
@@ -60,8 +59,8 @@ def split_values(model, batch):
     ids = jnp.concatenate([batch["pos_input_ids"], batch["neg_input_ids"]], axis=0)
     am = jnp.concatenate([batch["pos_attention_mask"], batch["neg_attention_mask"]], axis=0)
     v = model(ids, am)[..., 0].astype(jnp.float32)
-    m_pos = loss_mask_of(batch["pos_labels"], batch["pos_attention_mask"])
-    m_neg = loss_mask_of(batch["neg_labels"], batch["neg_attention_mask"])
+    m_pos = ops.loss_mask_of(batch["pos_labels"], batch["pos_attention_mask"])
+    m_neg = ops.loss_mask_of(batch["neg_labels"], batch["neg_attention_mask"])
     return v[:b], v[b:], m_pos, m_neg
 
 

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 
 from wmtp_jax import ops
 from wmtp_jax.pipelines import common
-from wmtp_jax.pipelines.verifiable import loss_mask_of
 
 
 def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
@@ -26,7 +25,7 @@ def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
     ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     logits = policy(ids, return_all_heads=True)
     ref_logits = jax.lax.stop_gradient(reference(ids).astype(jnp.float32))
-    m = loss_mask_of(labels, am)
+    m = ops.loss_mask_of(labels, am)
     w, stats = ops.compute_mtp_selective_weights(
         jax.lax.stop_gradient(logits), ref_logits, labels, m, k_percent, mode
     )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax import ops
-from wmtp_jax.ops._utils import IGNORE_INDEX, masked_mean, masked_std
+from wmtp_jax.ops._utils import masked_mean, masked_std
 from wmtp_jax.pipelines import common
 
 
@@ -66,33 +66,13 @@ def init_extra(momentum: float, warmup_steps: int) -> dict:
     }
 
 
-def _merge_moments(acc: dict, x: jax.Array, mask: jax.Array) -> dict:
-    """Chan et al. parallel update of (n, mean, M2) with the valid entries of x."""
-    nb = jnp.sum(mask)
-    mb = jnp.sum(x * mask) / jnp.maximum(nb, 1.0)
-    m2b = jnp.sum(jnp.where(mask > 0, (x - mb) ** 2, 0.0))
-    n = acc["n"] + nb
-    d = mb - acc["mean"]
-    frac = nb / jnp.maximum(n, 1.0)
-    return {"n": n, "mean": acc["mean"] + d * frac, "m2": acc["m2"] + m2b + d * d * acc["n"] * frac}
-
-
-def fold_ema(ema, acc: dict):
-    """td_ema_update with the step's pooled batch: a two-point sample μ ± σ has exactly the
-    pooled mean μ and population std σ (no valid entry → EMA unchanged)."""
-    mu = acc["mean"]
-    sd = jnp.sqrt(jnp.maximum(acc["m2"] / jnp.maximum(acc["n"], 1.0), 0.0))
-    on = (acc["n"] > 0).astype(jnp.float32)
-    return ops.td_ema_update(ema, jnp.stack([mu - sd, mu + sd])[None], jnp.stack([on, on])[None])
-
-
 def advance_extra(extra: dict, adv: jax.Array, mask: jax.Array, ga: int) -> dict:
     """Add one micro-batch; after the GA-th, fold into the EMA and reset the accumulator."""
-    acc = _merge_moments(extra["acc"], adv, mask)
+    acc = ops.merge_moments(extra["acc"], adv, mask)
     micro = extra["micro"] + 1
     last = micro >= ga
     ema = jax.tree.map(
-        lambda a, b: jnp.where(last, a, b), fold_ema(extra["ema"], acc), extra["ema"]
+        lambda a, b: jnp.where(last, a, b), ops.fold_ema(extra["ema"], acc), extra["ema"]
     )
     zero = jax.tree.map(jnp.zeros_like, acc)
     acc = jax.tree.map(lambda a, b: jnp.where(last, a, b), zero, acc)
@@ -113,10 +93,6 @@ def rows(batch):
         return cat("input_ids"), cat("attention_mask"), cat("labels"), rewards
     rewards = batch.get("is_correct", jnp.ones(batch["input_ids"].shape[:1], jnp.float32))
     return batch["input_ids"], batch["attention_mask"], batch["labels"], rewards.astype(jnp.float32)
-
-
-def loss_mask_of(labels, attention_mask) -> jax.Array:
-    return ((labels != IGNORE_INDEX) & (attention_mask > 0)).astype(jnp.float32)
 
 
 def advantages(values, rewards, loss_mask, wc: WeightingConfig) -> jax.Array:
@@ -148,7 +124,7 @@ def critic_values(frozen, input_ids, attention_mask) -> jax.Array:
 
 def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, chunk_size: int = 0):
     ids, am, labels, rewards = rows(batch)
-    m = loss_mask_of(labels, am)
+    m = ops.loss_mask_of(labels, am)
     values = critic_values(frozen, ids, am)
     w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"])
     out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
@@ -171,7 +147,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, c
 def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
     """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
     ids, am, labels, rewards = rows(batch)
-    m = loss_mask_of(labels, am)
+    m = ops.loss_mask_of(labels, am)
     w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
     out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
     return {

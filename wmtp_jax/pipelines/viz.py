@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from wmtp_jax import ops
+
 MAX_SAMPLES = 4
 CHARS_PER_LINE = 96
 
@@ -83,7 +85,7 @@ def log_weight_picture(model, frozen, tracker, *, config, tokenizer, wc, val_ite
     batch = next(iter(val_iter_fn()))
     batch = {k: np.asarray(v) for k, v in batch.items()}
     ids, am, labels, rewards = verifiable.rows(batch)
-    m = verifiable.loss_mask_of(labels, am)
+    m = ops.loss_mask_of(labels, am)
     values = verifiable.critic_values(frozen, ids, am)
     w, _, _ = verifiable.token_weights(values, rewards, m, wc, None)
     ids, m, w = np.asarray(ids), np.asarray(m), np.asarray(w)

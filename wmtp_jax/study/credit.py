@@ -144,7 +144,7 @@ def _forward(critic, ids, am, labels, rewards, *, wc):
     from wmtp_jax import ops
     from wmtp_jax.pipelines import verifiable
 
-    m = verifiable.loss_mask_of(labels, am)
+    m = ops.loss_mask_of(labels, am)
     v = verifiable.critic_values(critic, ids, am)
     td = ops.compute_td_errors(v, rewards, m, wc.gamma, wc.initial_value)
     adv = verifiable.advantages(v, rewards, m, wc)
