@@ -59,8 +59,8 @@ def test_tokenizer_dir_that_is_a_symlink_out_of_the_model_dir_is_refused(tmp_pat
 
 def test_inside_symlinks_and_hf_cache_blobs_are_copied_as_regular_files(model_dir, tmp_path):
     tok = model_dir / "tokenizer"
-    (model_dir / "shared.json").write_text('{"a": 1}')
-    os.symlink("../shared.json", tok / "tokenizer.json")  # inside <model>: fine
+    (model_dir / "common.json").write_text('{"a": 1}')
+    os.symlink("../common.json", tok / "tokenizer.json")  # inside <model>: fine
     os.chmod(tok / "tokenizer_config.json", 0o600)
     names = copy_files(tokenizer_dir_files(tok), tmp_path / "out")
     assert names == ["tokenizer.json", "tokenizer_config.json"]
