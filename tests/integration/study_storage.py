@@ -1,5 +1,6 @@
-"""A tiny storage/ for study tests: a 40-problem synthetic dataset, the micro BPE tokenizer and
-tiny random models at the micro default paths (the study then only trains and evaluates)."""
+"""A tiny storage/ for the pipeline and study tests: a 40-problem synthetic dataset, the micro BPE
+tokenizer and tiny random models at the micro default paths (the runs then only train and
+evaluate)."""
 
 from pathlib import Path
 

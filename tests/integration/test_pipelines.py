@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration.study_storage import make_tiny_storage
+
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = [sys.executable, "-m", "wmtp_jax.main"]
 FAST = [
@@ -52,45 +54,7 @@ def ok(p):
 def work(tmp_path_factory):
     """A storage/ with a small synthetic dataset, a BPE tokenizer and tiny random models at the
     micro default paths (so the bootstrap finds them and only trains prerequisites)."""
-    from flax import nnx
-
-    from wmtp_jax.configs import parts
-    from wmtp_jax.data import ensure_micro_tokenizer, ensure_synthetic
-    from wmtp_jax.models import ModelArgs, io
-    from wmtp_jax.models.llama import Llama
-    from wmtp_jax.models.mtp import MTPTransformer
-
-    w = tmp_path_factory.mktemp("pipelines")
-    ensure_synthetic(w / parts.MICRO_DATASET, seed=0, n_problems=40)
-    tok = ensure_micro_tokenizer(
-        w / parts.MICRO_TOKENIZER, w / parts.MICRO_DATASET, vocab_size=1024
-    )
-    files = sorted((w / parts.MICRO_TOKENIZER).iterdir())
-    args = ModelArgs(
-        dim=32,
-        n_layers=3,
-        n_heads=2,
-        vocab_size=len(tok),
-        multiple_of=16,
-        n_future_tokens=2,
-        max_seq_len=128,
-    )
-    io.save_model(
-        w / parts.MICRO_POLICY,
-        MTPTransformer(args, rngs=nnx.Rngs(0)),
-        kind="mtp",
-        args=args,
-        tokenizer=files,
-    )
-    largs = args.replace(n_layers=2, n_future_tokens=1)
-    io.save_model(
-        w / parts.MICRO_LLAMA,
-        Llama(largs, rngs=nnx.Rngs(1)),
-        kind="llama",
-        args=largs,
-        tokenizer=files,
-    )
-    return w
+    return make_tiny_storage(tmp_path_factory.mktemp("pipelines"))
 
 
 def metrics_rows(out_dir):
