@@ -181,53 +181,23 @@ def test_clear_errors(tmp_path):
     assert proc.returncode == 2
     assert "valid: humaneval, mbpp, codecontests, gsm8k, synthetic" in proc.stderr
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"task_id": 11, "completion": "x"}\n{"task_id": 11\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wmtp_jax.eval.score",
-            "--benchmark",
-            "mbpp",
-            "--samples",
-            str(bad),
-            "--data-dir",
-            FIXTURES,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+
+    def score_raw(content: bytes):
+        bad.write_bytes(content)
+        cmd = [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
+        return subprocess.run(
+            [*cmd, "--samples", str(bad), "--data-dir", FIXTURES],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+
+    proc = score_raw(b'{"task_id": 11, "completion": "x"}\n{"task_id": 11\n')
     assert proc.returncode == 2 and f"{bad}:2: malformed JSON" in proc.stderr
-    bad.write_bytes(b'{"task_id": 11, "completion": "\xe9"}\n')
-    cmd = [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
-    proc = subprocess.run(
-        [*cmd, "--samples", str(bad), "--data-dir", FIXTURES],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    proc = score_raw(b'{"task_id": 11, "completion": "\xe9"}\n')
     assert proc.returncode == 2 and f"{bad}:1: not valid UTF-8" in proc.stderr, proc.stderr
-    bad.write_text('{"task_id": 11}\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wmtp_jax.eval.score",
-            "--benchmark",
-            "mbpp",
-            "--samples",
-            str(bad),
-            "--data-dir",
-            FIXTURES,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    proc = score_raw(b'{"task_id": 11}\n')
     assert proc.returncode == 2 and f"{bad}:1: missing or non-string 'completion'" in proc.stderr
 
 
