@@ -15,3 +15,18 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 2
     c.toy = ml_collections.ConfigDict({"sleep": 0.0, "nan_after": -1, "dropout": 0.1})
     return common.finalize(c)
+
+
+def config_in(output_dir, **overrides) -> ml_collections.ConfigDict:
+    """The toy config writing to `output_dir`, with dotted-key overrides
+    (`config_in(d, **{"training.max_steps": 4})`)."""
+    c = get_config()
+    with c.unlocked():
+        c.output_dir = str(output_dir)
+        for key, value in overrides.items():
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return c

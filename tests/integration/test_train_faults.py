@@ -21,17 +21,7 @@ MAIN = [sys.executable, "-m", "wmtp_jax.main", "--config=tests/train_toy_config.
 train_toy.enable_compilation_cache()
 
 
-def cfg(tmp, **over):
-    c = train_toy_config.get_config()
-    with c.unlocked():
-        c.output_dir = str(tmp)
-        for k, v in over.items():
-            node = c
-            *parents, leaf = k.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = v
-    return c
+cfg = train_toy_config.config_in
 
 
 def rows(path) -> list[dict]:

@@ -23,17 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 train_toy.enable_compilation_cache()
 
 
-def cfg(tmp, **over):
-    c = train_toy_config.get_config()
-    with c.unlocked():
-        c.output_dir = str(tmp)
-        for k, v in over.items():
-            node = c
-            *parents, leaf = k.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = v
-    return c
+cfg = train_toy_config.config_in
 
 
 def losses(path) -> dict[int, float]:
