@@ -19,7 +19,7 @@ written at every position, so heads 2..K attend to a complete history too.
 
 The output is token-for-token the plain greedy output (up to float ties between differently
 shaped matmuls), stops included: each emitted token is checked for EOS / end ids and for a text
-stop (`sampler.stop_hit`), and a round emits nothing after the first one that ends the row.
+stop (`stops.stop_hit`), and a round emits nothing after the first one that ends the row.
 Acceptance rate = accepted / drafted over rows still generating.
 """
 
@@ -28,7 +28,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .sampler import NO_TOKEN, model_forward, stop_hit
+from .decode import NO_TOKEN, model_forward
+from .stops import stop_hit
 
 
 def _first_index(mask, default):
@@ -114,43 +115,3 @@ def speculative_loop(
     out = out[:, lead : lead + max_new_tokens]
     out = jnp.where(jnp.arange(max_new_tokens)[None] < n_gen[:, None], out, eos_id)
     return out, dict(forwards=rounds + 2, drafted=drafted, accepted=accepted)
-
-
-def compare_with_greedy(
-    model,
-    prompt_ids,
-    *,
-    eos_id: int,
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
-    min_bucket: int = 16,
-) -> dict:
-    """Plain vs self-speculative greedy on the same prompts: equality, acceptance, tokens/s.
-
-    Each sampler runs twice; the second (compiled) run is timed. tokens_per_step = tokens a row
-    emits per decoding forward = 1 + (K − 1) · acceptance_rate (plain greedy: 1).
-    """
-    from .sampler import Sampler, SamplingConfig, n_heads_of
-
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens)
-    out, stats = {}, {}
-    for name, spec in (("greedy", False), ("speculative", True)):
-        s = Sampler(
-            model, eos_id=eos_id, batch_size=batch_size, min_bucket=min_bucket, speculative=spec
-        )
-        s.sample(prompt_ids, 1, cfg)
-        s.reset_stats()
-        out[name] = s.sample(prompt_ids, 1, cfg)
-        stats[name] = dict(s.stats)
-    g, sp = stats["greedy"], stats["speculative"]
-    acceptance = sp["accepted"] / max(sp["drafted"], 1)
-    return {
-        "identical": out["greedy"] == out["speculative"],
-        "tokens": g["tokens"],
-        "acceptance_rate": acceptance,
-        "tokens_per_step": 1 + (n_heads_of(model) - 1) * acceptance,
-        "greedy_tokens_per_s": g["tokens"] / max(g["seconds"], 1e-9),
-        "speculative_tokens_per_s": sp["tokens"] / max(sp["seconds"], 1e-9),
-        "greedy_forwards": g["forwards"],
-        "speculative_forwards": sp["forwards"],
-    }
