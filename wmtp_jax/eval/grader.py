@@ -21,7 +21,8 @@ import importlib
 import sys
 import types
 
-from wmtp_jax.eval import execution, wire
+from wmtp_jax.eval import isolation, wire
+from wmtp_jax.eval.session import Session, SessionEnded, serve
 
 
 class CandidateError(Exception):
@@ -41,7 +42,7 @@ def _exception(name: str, message: str) -> Exception:
 class _Remote:
     """A function of the program, behind the wire: call -> plain value, or the raised error."""
 
-    def __init__(self, session: execution.Session, name: str, refs: dict[int, str]):
+    def __init__(self, session: Session, name: str, refs: dict[int, str]):
         self._session, self._name, self._refs = session, name, refs
 
     def __call__(self, *args, **kwargs):
@@ -92,8 +93,8 @@ def run_tests(
     setup: str = "",
     entry_point: str | None = None,
     timeout: float = 5.0,
-    limits: execution.Limits = execution.Limits(),
-    sb: execution.Sandbox | None = None,
+    limits: isolation.Limits = isolation.Limits(),
+    sb: isolation.Sandbox | None = None,
 ) -> dict:
     """Run ``program`` in the sandbox and the trusted ``setup`` + ``tests`` here against it.
 
@@ -118,7 +119,7 @@ def run_tests(
         if entry_point
         else {n for n in used if n not in ns and not hasattr(builtins, n)}
     )
-    with execution.serve(program, timeout, limits, sb) as session:
+    with serve(program, timeout, limits, sb) as session:
         try:
             ready = session.exchange()
             names = ready.get("ready") if type(ready) is dict else None
@@ -136,7 +137,7 @@ def run_tests(
                 if not hasattr(builtins, n) and n in sys.stdlib_module_names:
                     ns[n] = importlib.import_module(n)  # e.g. `math.isclose` in MBPP tests
             exec(code, ns)
-        except execution.SessionEnded as e:
+        except SessionEnded as e:
             return {"passed": False, "result": e.reason}
         except Exception as e:
             return {"passed": False, "result": session.ended or f"failed: {_describe(e)}"}

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from absl import logging
 
 from wmtp_jax.data.records import iter_jsonl
-from wmtp_jax.eval import benchmarks, execution, metrics
+from wmtp_jax.eval import benchmarks, execution, isolation, metrics
 
 
 def read_samples(path: str) -> list[dict]:
@@ -51,7 +51,7 @@ def score_samples(
     timeout: float = 5.0,
     max_tests: int | None = 10,
     problems: dict[str, benchmarks.Problem] | None = None,
-    limits: execution.Limits = execution.Limits(),
+    limits: isolation.Limits = isolation.Limits(),
     progress: bool = True,
     sandbox: str = "required",
 ) -> tuple[dict, list[dict]]:
@@ -61,8 +61,8 @@ def score_samples(
       samples: dicts with ``task_id`` and ``completion`` (other keys are kept in the results).
       problems: pre-loaded problems (else ``load_problems(benchmark, data_dir, split)``).
       timeout: seconds per program (per test for codecontests).
-      sandbox: isolation policy (``execution.POLICIES``); "required" raises
-        ``execution.SandboxUnavailable`` before anything runs when it cannot be had.
+      sandbox: isolation policy (``isolation.POLICIES``); "required" raises
+        ``isolation.SandboxUnavailable`` before anything runs when it cannot be had.
     Returns:
       (summary, results): summary = {"benchmark", "n_problems", "n_samples",
       "n_problems_without_samples", "pass@k"... (k ≤ min samples per problem), "sandbox"
@@ -70,8 +70,8 @@ def score_samples(
       with ``passed`` and ``result`` added.
     """
     benchmarks.check_benchmark(benchmark)
-    if sandbox not in execution.POLICIES:
-        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(execution.POLICIES)}")
+    if sandbox not in isolation.POLICIES:
+        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(isolation.POLICIES)}")
     if benchmark == "gsm8k":  # nothing is executed
         sb, record = None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
     else:
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sandbox",
         default="required",
-        choices=execution.POLICIES,
+        choices=isolation.POLICIES,
         help="isolation of the generated programs: required (default; refuse "
         "to run without it), best_effort, none (both recorded)",
     )
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             sandbox=args.sandbox,
         )
-    except (ValueError, FileNotFoundError, execution.SandboxUnavailable) as e:
+    except (ValueError, FileNotFoundError, isolation.SandboxUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.samples + "_results.jsonl"
