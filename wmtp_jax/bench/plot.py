@@ -4,20 +4,15 @@ results JSONL: left panel one line per (pipeline, seq) over batch, right panel o
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
+
+from wmtp_jax.data.records import iter_jsonl
 
 
 def load_rows(path, kind: str = "train") -> list[dict]:
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not a JSON line ({e})") from None
+    for _, r in iter_jsonl(path):
         if r.get("kind") == kind and r.get("tokens_per_s"):
             rows.append(r)
     return rows

@@ -21,6 +21,7 @@ from typing import Any
 
 from absl import logging
 
+from wmtp_jax.data.records import DataError, iter_jsonl
 from wmtp_jax.eval import execution, grader, isolation, metrics
 
 BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
@@ -71,18 +72,11 @@ def _read_jsonl(path: str) -> list[dict]:
             f"benchmark file not found: {path} (run `python -m wmtp_jax.data.prepare` first)"
         )
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON: {e}") from None
-            if not isinstance(row, dict) or "task_id" not in row:
-                raise ValueError(f"{path}:{lineno}: record has no 'task_id'")
-            row["_where"] = f"{path}:{lineno}"
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        if "task_id" not in row:
+            raise DataError(f"{path}:{lineno}: record has no 'task_id'")
+        row["_where"] = f"{path}:{lineno}"
+        rows.append(row)
     return rows
 
 

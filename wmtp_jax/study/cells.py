@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from wmtp_jax.configs.experiment import parse_list
+from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.eval.metrics import pass_at_k
 from wmtp_jax.train.tracking import log_to_run
 
@@ -189,13 +190,10 @@ def problem_scores(results_file: Path, ks) -> dict:
     """{"task_ids": [...], "pass@k": [...] per k} from an evaluation's results.jsonl (per-problem
     unbiased pass@k; their mean is the evaluation's pass@k)."""
     counts: dict[str, list[int]] = {}
-    with open(results_file, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                nc = counts.setdefault(str(r["task_id"]), [0, 0])
-                nc[0] += 1
-                nc[1] += int(bool(r["passed"]))
+    for _, r in iter_jsonl(results_file):
+        nc = counts.setdefault(str(r["task_id"]), [0, 0])
+        nc[0] += 1
+        nc[1] += int(bool(r["passed"]))
     ids = list(counts)
     return {"task_ids": ids, **{f"pass@{k}": [pass_at_k(*counts[t], k) for t in ids] for k in ks}}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.study import bootstrap, cells, credit
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
@@ -316,8 +317,7 @@ def _val_curve(metrics_file) -> tuple[list, list]:
     steps, vals = [], []
     p = Path(metrics_file)
     if p.exists():
-        for line in p.read_text().splitlines():
-            r = json.loads(line)
+        for _, r in iter_jsonl(p):
             if "val/loss" in r:
                 steps.append(r["step"])
                 vals.append(r["val/loss"])
