@@ -6,16 +6,13 @@ from wmtp_jax.ops._utils import IGNORE_INDEX, loss_mask_of
 from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss, head_logits, rms_norm
 from wmtp_jax.ops.critic_loss import (
     compute_lambda_value_loss,
-    compute_mc_value_loss,
-    create_eos_only_mask,
     create_output_end_mask,
     get_scheduled_lambda,
-    huber_over_delta,
     pairwise_ranking_loss,
     sequence_mean_value,
 )
 from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, compute_ntp_loss
-from wmtp_jax.ops.rho1 import compute_mtp_selective_weights, compute_rho1_stats, masked_quantile
+from wmtp_jax.ops.rho1 import compute_mtp_selective_weights, masked_quantile
 from wmtp_jax.ops.stats import (
     compute_pairwise_accuracy,
     compute_position_correlation,
@@ -24,7 +21,6 @@ from wmtp_jax.ops.stats import (
     compute_token_variance,
     compute_value_function_stats,
     compute_weight_statistics,
-    compute_weight_stats,
 )
 from wmtp_jax.ops.td import (
     compute_gae_advantage,
@@ -52,13 +48,11 @@ __all__ = [
     "compute_gae_advantage",
     "compute_lambda_return",
     "compute_lambda_value_loss",
-    "compute_mc_value_loss",
     "compute_mtp_ce_loss",
     "compute_mtp_selective_weights",
     "compute_ntp_loss",
     "compute_pairwise_accuracy",
     "compute_position_correlation",
-    "compute_rho1_stats",
     "compute_td_error_stats",
     "compute_td_errors",
     "compute_td_stats",
@@ -67,13 +61,10 @@ __all__ = [
     "compute_value_function_stats",
     "compute_weight_clipping_ratio",
     "compute_weight_statistics",
-    "compute_weight_stats",
-    "create_eos_only_mask",
     "create_output_end_mask",
     "fold_ema",
     "get_scheduled_lambda",
     "head_logits",
-    "huber_over_delta",
     "loss_mask_of",
     "masked_quantile",
     "merge_moments",

@@ -9,7 +9,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax.ops._utils import as_mask, as_rewards, as_values, last_valid_index
+from wmtp_jax.ops._utils import as_mask, as_values
 from wmtp_jax.ops.td import compute_lambda_return
 
 MEAN_EPS = 1e-8
@@ -72,15 +72,6 @@ def compute_lambda_value_loss(
     return _per_sequence_mean(loss, mask)
 
 
-def compute_mc_value_loss(value_logits, rewards, attention_mask, loss_mask) -> jax.Array:
-    """Monte-Carlo MSE: (V − R)² on attention_mask·loss_mask tokens, per-sequence mean, then mean
-    over non-empty sequences (= λ-return MSE at λ = γ = 1)."""
-    v = as_values(value_logits, "value_logits")
-    r = as_rewards(rewards, v.shape[0])
-    mask = as_mask(attention_mask, v.shape, "attention_mask") * as_mask(loss_mask, v.shape)
-    return _per_sequence_mean((v - r[:, None]) ** 2, mask)
-
-
 def get_scheduled_lambda(
     current_step,
     warmup_steps: int = 250,
@@ -125,10 +116,3 @@ def create_output_end_mask(attention_mask) -> jax.Array:
     idx = jnp.maximum(n - 1, 0)
     hit = jnp.arange(am.shape[1])[None, :] == idx[:, None]
     return (hit & (n > 0)[:, None]).astype(jnp.float32)
-
-
-def create_eos_only_mask(loss_mask) -> jax.Array:
-    """1.0 at the last loss_mask = 1 position of each non-empty row; float32 `[B,S]`."""
-    m = jnp.asarray(loss_mask).astype(jnp.float32)
-    hit = jnp.arange(m.shape[1])[None, :] == last_valid_index(m)[:, None]
-    return (hit & jnp.any(m > 0, axis=1, keepdims=True)).astype(jnp.float32)

@@ -92,17 +92,3 @@ def compute_mtp_selective_weights(
     stats["selection_ratio"] = total_sel / jnp.maximum(total_valid, 1.0)
     stats["avg_heads_per_position"] = total_sel / jnp.maximum(jnp.sum(m), 1.0)
     return jnp.stack(weights, -1), stats
-
-
-def compute_rho1_stats(weights, loss_mask=None) -> dict:
-    """selection_ratio = Σw/(Σmask·K), avg_heads_per_position = Σw/Σmask, head_{i}_ratio/_count."""
-    w = jnp.asarray(weights).astype(jnp.float32)
-    b, s, k = w.shape
-    m = jnp.ones((b, s), jnp.float32) if loss_mask is None else as_mask(loss_mask, (b, s))
-    n = jnp.maximum(jnp.sum(m), 1e-8)
-    per_head = jnp.sum(w * m[..., None], axis=(0, 1))
-    out = {"selection_ratio": jnp.sum(w) / (n * k), "avg_heads_per_position": jnp.sum(w) / n}
-    for i in range(k):
-        out[f"head_{i}_ratio"] = per_head[i] / n
-        out[f"head_{i}_count"] = per_head[i]
-    return out

@@ -53,18 +53,6 @@ def compute_weight_statistics(weights, loss_mask=None) -> dict:
     return out
 
 
-def compute_weight_stats(weights, loss_mask=None) -> dict:
-    """Like compute_weight_statistics but with the normalised entropy H(p)/log N of p = w/Σw
-    (the original's td_weighting variant; 1 = uniform weights)."""
-    w = jnp.asarray(weights).astype(jnp.float32)
-    m = _flat_mask(w, loss_mask)
-    out = _moments(w, m, "weight")
-    p = jnp.where(m > 0, w, 0.0) / (jnp.sum(jnp.where(m > 0, w, 0.0)) + 1e-8)
-    entropy = -jnp.sum(jnp.where(m > 0, p * jnp.log(p + 1e-10), 0.0))
-    out["weight/entropy"] = entropy / (jnp.log(jnp.maximum(jnp.sum(m), 1.0)) + 1e-8)
-    return out
-
-
 def compute_value_function_stats(values, returns, loss_mask=None) -> dict:
     """value/mse (masked mean of (V − G)²), value/mean, value/std, value/return_mean.
     returns: scalar, `[B]`, `[B,1]` or `[B,S]` (e.g. 1.0 for correct solutions)."""
