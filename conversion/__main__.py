@@ -14,6 +14,10 @@ import json
 import sys
 import time
 
+from conversion.hf import flax_to_hf, hf_to_flax, hf_to_mtp
+from conversion.meta import flax_to_meta, meta_to_flax
+from conversion.torch_io import ConversionError
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__.splitlines()[0])
@@ -51,10 +55,6 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seed", type=int, default=0, help="hf-to-mtp --head-init random: init seed")
     a = p.parse_args(argv)
-
-    from conversion.hf import flax_to_hf, hf_to_flax, hf_to_mtp
-    from conversion.meta import flax_to_meta, meta_to_flax
-    from conversion.torch_io import ConversionError
 
     fn = {
         "meta-to-flax": meta_to_flax,

@@ -130,6 +130,8 @@ def dequantize_gguf(path, out_dir) -> Path:
     path, out_dir = Path(path), Path(out_dir)
     try:
         import gguf  # noqa: F401  (transformers imports it lazily; fail here with a clear message)
+
+        # heavy; the GGUF path only
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - optional dependency
         raise ConversionError(

@@ -15,6 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conversion.mapping import hf_key_table, meta_key_table
+from conversion.trees import torch_shape
+from wmtp_jax.models.args import ModelArgs
+
 _STEP = (
     "import resource, sys; from conversion.__main__ import main; rc = main(sys.argv[1:]); "
     "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
@@ -45,11 +49,7 @@ def main():
     p.add_argument("--n-future-tokens", type=int, default=4)
     a = p.parse_args()
 
-    import torch
-
-    from conversion.mapping import meta_key_table
-    from conversion.trees import torch_shape
-    from wmtp_jax.models.args import ModelArgs
+    import torch  # heavy and optional (the `torch` extra)
 
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -85,14 +85,10 @@ def main():
     ]
     # an HF checkpoint of the same size: trunk + heads as plain layers
     hf_args = args.replace(n_future_tokens=1)
-    from transformers import LlamaConfig  # noqa: F401  (only to validate the config below loads)
-
     (work / "hf").mkdir()
     hf_cfg = hf_args.to_hf_config()
     (work / "hf" / "config.json").write_text(json.dumps(hf_cfg))
-    from safetensors.torch import save_file
-
-    from conversion.mapping import hf_key_table
+    from safetensors.torch import save_file  # imports torch
 
     save_file(
         {

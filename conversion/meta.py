@@ -18,6 +18,10 @@ import json
 import re
 from pathlib import Path
 
+import jax
+import numpy as np
+from flax import nnx
+
 from conversion.mapping import meta_key_table
 from conversion.torch_io import ConversionError, TensorSource, read_json, save_torch
 from conversion.trees import (
@@ -32,9 +36,11 @@ from wmtp_jax.models.io import (
     atomic_dir,
     copy_tokenizer,
     find_tokenizer_files,
+    load_model,
     load_params,
     save_model,
 )
+from wmtp_jax.models.lora import merge_lora
 
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _COLUMN = (
@@ -205,13 +211,6 @@ def _load_exportable(src: Path, kind: str, command: str) -> tuple[dict, dict]:
             f"{src}/model_config.json: kind {cfg['kind']!r}; {command} needs kind {kind!r}"
         )
     if cfg.get("lora"):  # export W + (alpha/r) A B: rebuild the module and merge
-        import jax
-        import numpy as np
-        from flax import nnx
-
-        from wmtp_jax.models.io import load_model
-        from wmtp_jax.models.lora import merge_lora
-
         del params
         merged = merge_lora(load_model(src, kind=kind))
         params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(merged, nnx.Param)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 
 
 class ConversionError(ValueError):
@@ -21,7 +22,7 @@ class ConversionError(ValueError):
 
 def _torch():
     try:
-        import torch
+        import torch  # heavy and optional (the `torch` extra)
     except ImportError as e:  # pragma: no cover - torch is an optional dependency
         raise ConversionError(
             "torch is required for conversion: pip install 'wmtp_jax[torch]'"
@@ -93,8 +94,6 @@ class TensorSource:
         return src
 
     def _add_safetensors(self, f: Path):
-        from safetensors import safe_open
-
         try:
             h = safe_open(str(f), framework="pt")
         except Exception as e:
@@ -190,7 +189,7 @@ def save_safetensors_sharded(
 
     (The sharded form above a size.)
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # imports torch (optional, heavy)
 
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0

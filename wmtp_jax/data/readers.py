@@ -11,6 +11,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from wmtp_jax.data.records import DataError, iter_jsonl
 
 ROW_SLICE = 64  # rows converted to Python objects at a time within a row group
@@ -31,9 +34,6 @@ DATA_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json")
 
 def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
     """Rows of a parquet file; a file pyarrow cannot read is a DataError naming it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     row = 0
     try:
         pf = pq.ParquetFile(path)
@@ -135,7 +135,7 @@ def mbpp_split_of(task_id: int) -> str | None:
 def iter_tfds_gsm8k(src: Path) -> dict[str, Iterator[tuple[str, dict]]]:
     """A prepared TFDS `gsm8k` directory (has dataset_info.json) -> {split: rows}."""
     try:
-        import tensorflow_datasets as tfds  # optional; not a dependency of wmtp_jax
+        import tensorflow_datasets as tfds  # heavy and optional (not a dependency): TFDS input only
     except ImportError:
         raise SystemExit(
             f"{src} is a TFDS directory but tensorflow-datasets is not installed; "

@@ -7,8 +7,11 @@ or disagrees with its size, so a large split is never held in memory: only 8 byt
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,9 +92,6 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
     Every error names file:line (malformed JSON, not UTF-8, not an object); a corrupt gzip
     stream names the file."""
-    import gzip
-    import zlib
-
     opener = gzip.open if str(path).endswith(".gz") else open
     n = 0
     try:
@@ -115,8 +115,6 @@ def build_index(path: str | os.PathLike) -> np.ndarray:
     """Byte offsets of every non-empty line, `[n + 1]` int64 (last = end of the last line).
 
     Streams the file; the offsets live in a compact `array('q')` (8 bytes per line)."""
-    from array import array
-
     starts, end, pos = array("q"), 0, 0
     with open(path, "rb") as f:
         for raw in f:

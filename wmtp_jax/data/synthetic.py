@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from wmtp_jax.data.metadata import SplitWriter, write_schema
+from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.data.spans import mutated_span
 from wmtp_jax.data.synthetic_families import TEMPLATES, Template, function_code
 from wmtp_jax.data.tokenizer import TokenCounter
@@ -258,8 +259,6 @@ def ensure_synthetic(
 
 def rebuild_metadata(processed: str | os.PathLike, tokenizer_dir) -> None:
     """Recomputes every split's metadata (token lengths) from its JSONL with a tokenizer."""
-    from wmtp_jax.data.records import iter_jsonl
-
     counter = TokenCounter(tokenizer_dir)
     for path in sorted(Path(processed).glob("*.jsonl")):
         if path.stem.endswith("_eval"):

