@@ -1,0 +1,107 @@
+"""The package's static import graph (module-level and function-level imports): no import circle
+touches the checked packages, and they import nothing from the layers above them."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("wmtp_jax", "conversion")
+# packages held to the rules below (extend to the whole package once it has no circle left)
+CHECKED = ("wmtp_jax.generate", "wmtp_jax.eval", "wmtp_jax.data", "conversion")
+ABOVE = ("wmtp_jax.pipelines", "wmtp_jax.train", "wmtp_jax.study", "wmtp_jax.bench")
+ABOVE += ("wmtp_jax.main", "wmtp_jax.configs")
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    mods = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            is_pkg = parts[-1] == "__init__"
+            mods[".".join(parts[:-1] if is_pkg else parts)] = (p, is_pkg)
+    return mods
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (`from pkg import sub` counts as `pkg.sub`)."""
+    mods = _modules()
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for m, (path, is_pkg) in mods.items():
+        pkg = m if is_pkg else m.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
+                ]
+            else:
+                continue
+            edges[m].update(t for t in targets if t in mods and t != m)
+    return edges
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(edges[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                scc = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    scc.append(w)
+                    if w == v:
+                        break
+                if len(scc) > 1:
+                    out.append(sorted(scc))
+    return out
+
+
+def _in(m: str, pkgs) -> bool:
+    return any(m == p or m.startswith(p + ".") for p in pkgs)
+
+
+def test_circle_finder_finds_a_circle():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(g) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_circle_touches_the_checked_packages():
+    bad = [c for c in circles(import_graph()) if any(_in(m, CHECKED) for m in c)]
+    assert bad == []
+
+
+def test_checked_packages_import_nothing_above_them():
+    up = sorted(
+        (m, t) for m, ts in import_graph().items() if _in(m, CHECKED) for t in ts if _in(t, ABOVE)
+    )
+    assert up == []
