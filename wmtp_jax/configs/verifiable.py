@@ -58,7 +58,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         )
     if variant == "small":
         parts.apply_small(c)
-    return finalize(c)
+    return common.finalize(c)  # validate_config (+ validate below), lock
 
 
 def validate(c):
@@ -86,8 +86,3 @@ def validate(c):
         t.td_ema_warmup_steps,
         "need ≥ 0",
     )
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)
