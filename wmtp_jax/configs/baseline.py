@@ -28,10 +28,15 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         parts.add_loss_chunking(c, variant)
     if variant == "small":
         parts.apply_small(c)
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

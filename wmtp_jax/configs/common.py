@@ -131,7 +131,9 @@ def apply_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    validate_config(c)
+    """Check the common keys and lock (a pipeline config file's `finalize` runs its own
+    `validate` first)."""
+    validate_common(c)
     c.lock()
     return c
 
@@ -149,10 +151,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     """The one config validation: the common keys' values, then the pipeline's own checks
     (`validate(c)` of wmtp_jax.configs.<pipeline>, where there is one). Run at load and again
     after command-line overrides; raises ValueError (ConfigError) naming the key."""
+    validate_common(c)
     module = pipeline_config_module(c.pipeline)
     if module is not None and hasattr(module, "validate"):
         module.validate(c)
-    validate_common(c)
 
 
 def pipeline_config_module(pipeline: str):

@@ -71,7 +71,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             t.lr_scheduler.update({"warmup_ratio": 0.05, "min_lr_ratio": 0.0})
     if variant == "small":
         parts.apply_small(c)
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def validate(c):
@@ -115,3 +115,8 @@ def validate(c):
         c.data_sampling.use_pairwise,
         "the critic trains on pairs (must be true)",
     )
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

@@ -67,7 +67,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         if variant == "small":  # a few HumanEval problems, greedy, with the instruct model's chat
             c.benchmark, c.limit, c.n_samples, c.k, c.temperature = "humaneval", 5, 1, (1,), 0.0
             c.prompt_format, c.max_new_tokens, c.batch_size = "chat", 256, 8
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def validate(c):
@@ -110,3 +110,8 @@ def validate(c):
         c.speculative,
         "self-speculative decoding is greedy only: set temperature=0",
     )
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

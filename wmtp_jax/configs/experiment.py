@@ -111,7 +111,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             c.credit.max_solutions = 8
             c.credit.batch_size = 8
             c.bootstrap.n_resamples = 1000
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def parse_list(text, key: str, cast=str) -> list:
@@ -154,3 +154,8 @@ def validate(c):
         c.bootstrap.n_resamples,
         "need ≥ 1000",
     )
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

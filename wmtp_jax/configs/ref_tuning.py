@@ -41,10 +41,15 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
             t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 96, 1, 5e-5
     if variant == "small":
         parts.apply_small(c)
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.HF_TARGETS)
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

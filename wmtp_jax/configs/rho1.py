@@ -38,7 +38,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.rho1_mode = "signed"
     if variant == "small":
         parts.apply_small(c)
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def validate(c):
@@ -52,3 +52,8 @@ def validate(c):
         "need 0 < k ≤ 1 (the fraction of valid tokens kept)",
     )
     parts.validate_choice(c.training.rho1_mode, "training.rho1_mode", parts.RHO1_MODES)
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)

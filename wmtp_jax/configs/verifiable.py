@@ -58,7 +58,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         )
     if variant == "small":
         parts.apply_small(c)
-    return common.finalize(c)  # validate_config (+ validate below), lock
+    return finalize(c)
 
 
 def validate(c):
@@ -86,3 +86,8 @@ def validate(c):
         t.td_ema_warmup_steps,
         "need ≥ 0",
     )
+
+
+def finalize(c):
+    validate(c)
+    return common.finalize(c)
