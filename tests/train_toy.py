@@ -166,7 +166,7 @@ def run(config):
     from wmtp_jax.train import fit
     from wmtp_jax.train.lock import claim_output_dir
 
-    claim_output_dir(config.output_dir)  # as pipelines.common.setup: refuse before building
+    claim_output_dir(config.output_dir)  # as pipelines.bootstrap.setup: refuse before building
     task = make_task(
         config, dropout=config.toy.dropout, sleep=config.toy.sleep, nan_after=config.toy.nan_after
     )

@@ -202,7 +202,7 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
     from wmtp_jax.configs.common import ConfigError
     from wmtp_jax.models import io
     from wmtp_jax.models.args import ModelArgs
-    from wmtp_jax.pipelines.common import check_model_lengths
+    from wmtp_jax.pipelines.bootstrap import check_model_lengths
 
     model = tmp_path / "policy"
     model.mkdir()

@@ -179,14 +179,13 @@ def test_gradients_through_scan_and_head_vmap_agree_across_remat_policies(mtp3):
 def test_unrolled_head_loop_equals_vmapped_heads(mtp3):
     """The benchmark's `--heads loop` (the before of vmapped heads) computes the same logits and
     the same gradients as the model's one-vmap heads."""
-    from wmtp_jax.bench.train_step import head_blocks
-
     ref, model, tok, (logits, *_) = mtp3
     loss = lambda m: jnp.mean(m(jnp.asarray(tok)) ** 2)
     g_vmap = nnx.grad(loss)(model)
-    with head_blocks("loop"):
-        looped = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tok))
-        g_loop = nnx.grad(loss)(model)
+    unrolled = nnx.clone(model)  # the same parameters, heads as an unrolled loop
+    unrolled.args = model.args.replace(unroll_heads=True)
+    looped = nnx.jit(lambda m, t: m(t))(unrolled, jnp.asarray(tok))
+    g_loop = nnx.grad(loss)(unrolled)
     np.testing.assert_allclose(looped, logits, atol=1e-5)
     for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_vmap)):
         np.testing.assert_allclose(a, b, atol=1e-6)

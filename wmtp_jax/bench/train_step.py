@@ -1,9 +1,8 @@
 """Benchmark the REAL jitted train step of a pipeline (`wmtp_jax.train.step.build`).
 
-The pipelines' `make_task` needs storage (model dirs, datasets), so this module is a thin
-adapter that builds the same `TrainTask` from random-init models of any shape: the pipeline's
-own config (`configs/<pipeline>.py`, micro variant, values overridden), its own `loss_fn`,
-trainable filter, parameter groups and extra state, then `step.build` → the jitted, donated
+The pipeline's own config (`configs/<pipeline>.py`, micro variant, values overridden) and its
+own `build(config, mesh, ...)` → TrainTask, given random-init models of any shape instead of
+model dirs and no data loaders (no storage needed); then `step.build` → the jitted (donated)
 train step the loop runs. A synthetic batch of the collators' layout `[GA, B, S]` is fed.
 
 Measured: lower + compile seconds, `memory_analysis()` of the compiled step, the median of
@@ -13,22 +12,28 @@ backend reports it, tokens/s and MFU (see flops.py).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import os
 import statistics
 import time
-from functools import partial
 
 import jax
 import numpy as np
 from flax import nnx
 
 from wmtp_jax.bench import flops as flops_lib
+from wmtp_jax.configs.common import validate_config
+from wmtp_jax.data.loaders import Loaders
 from wmtp_jax.models.args import ModelArgs
+from wmtp_jax.models.load import build_sharded, lora_config
+from wmtp_jax.models.mtp import MTPTransformer
+from wmtp_jax.models.value import ValueModel
 from wmtp_jax.ops import IGNORE_INDEX
 from wmtp_jax.ops.attention import resolve
+from wmtp_jax.pipelines import baseline, critic, verifiable
+from wmtp_jax.train import mesh as mesh_lib
+from wmtp_jax.train.step import build
 
 PIPELINES = ("baseline", "critic", "verifiable")
 
@@ -62,6 +67,7 @@ class TrainCase:
     chunk_size: int = 1024
     donate: bool = True
     heads: str = "vmap"  # vmap | loop: the MTP head blocks as one vmap, or an unrolled loop
+    # (ModelArgs.unroll_heads)
     attention: str = "auto"  # runtime.attention: auto | xla | blockwise | cudnn
     seed: int = 0
 
@@ -80,6 +86,7 @@ class TrainCase:
             param_dtype="float32",
             remat=self.remat,
             attention=self.attention,
+            unroll_heads=self.heads == "loop",
         )
 
     def critic_args(self, remat: str | None = None) -> ModelArgs:
@@ -130,93 +137,36 @@ def make_config(case: TrainCase):
         if case.loss not in ("dense", "chunked"):
             raise ValueError(f"--loss {case.loss!r}; valid: dense, chunked")
         t.loss_chunk_size = case.chunk_size if case.loss == "chunked" else 0
-    importlib.import_module(f"wmtp_jax.configs.{case.pipeline}").validate(c)
+    if case.heads not in ("vmap", "loop"):
+        raise ValueError(f"heads={case.heads!r}; valid: vmap, loop")
+    validate_config(c)
     return c
 
 
-def _lora(config):
-    from wmtp_jax.pipelines import common
-
-    return common.lora_config(config, hf_names=True)
+NO_DATA = Loaders(tokenizer=None, train=iter(()), val_iter_fn=None)
 
 
 def make_task(case: TrainCase, config, mesh):
-    """The pipeline's TrainTask on random-init models (no storage): same loss_fn, trainable
-    filter, parameter groups and extra state as its `make_task`."""
-    from wmtp_jax.models.mtp import MTPTransformer
-    from wmtp_jax.models.value import ValueModel
-    from wmtp_jax.pipelines import common
-    from wmtp_jax.train.loop import TrainTask
-
-    strategy, seed, t = config.runtime.sharding, int(config.seed), config.training
-    build = partial(common.build_sharded, mesh=mesh, strategy=strategy)
+    """The pipeline's `build(config, mesh, ...)` TrainTask on random-init models of the case's
+    shapes, created directly in their sharded layout (no storage, no data loaders)."""
+    rules = mesh_lib.rules_for(config.runtime.sharding).params
+    seed = int(config.seed)
     if case.pipeline == "critic":
-        from wmtp_jax.pipelines import critic
-
-        args = case.critic_args()
-        model = build(
-            lambda: ValueModel(
-                args,
-                rngs=nnx.Rngs(seed),
-                head_type=t.value_head.type,
-                dropout=0.0,
-                bias_init=float(t.value_loss.bias_init),
-                lora=_lora(config),
-            )
-        )
-        vl = critic.ValueLossConfig.from_config(config)
-        return TrainTask(
-            model=model,
-            loss_fn=partial(critic.loss_fn, vl=vl, ga=case.ga),
-            train_iter=iter(()),
-            trainable=critic.trainable(config),
-            extra_state={"micro_batches": jax.numpy.zeros((), jax.numpy.int32)},
-            param_labels=lambda path: critic.VALUE_HEAD if critic.VALUE_HEAD in path else "lora",
-            param_groups=critic.param_groups(config),
-        )
-
-    from wmtp_jax.pipelines import baseline
-
-    args = case.policy_args()
-    policy = build(lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=_lora(config)))
-    cs = int(t.loss_chunk_size)
+        model = critic.random_critic(config, mesh, case.critic_args())
+        return critic.build(config, mesh, model=model, data=NO_DATA)
+    args, lora = case.policy_args(), lora_config(config)
+    policy = build_sharded(
+        lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=lora), mesh, rules
+    )
     if case.pipeline == "baseline":
-        return TrainTask(
-            model=policy,
-            loss_fn=partial(baseline.loss_fn, chunk_size=cs),
-            train_iter=iter(()),
-            trainable=common.trainable_filter(config),
-        )
-    from wmtp_jax.pipelines import verifiable
-
+        return baseline.build(config, mesh, policy=policy, data=NO_DATA)
     # as load_frozen: inference in the run dtype (params too, e.g. bf16 for `:7b`), remat off
     cargs = case.critic_args(remat="none").replace(param_dtype=case.dtype)
-    critic_model = build(lambda: ValueModel(cargs, rngs=nnx.Rngs(seed + 1), head_type="mlp"))
-    critic_model.eval()
-    wc = verifiable.WeightingConfig.from_config(config)
-    return TrainTask(
-        model=policy,
-        frozen=critic_model,
-        loss_fn=partial(verifiable.loss_fn, wc=wc, ga=case.ga, chunk_size=cs),
-        train_iter=iter(()),
-        trainable=common.trainable_filter(config),
-        extra_state=verifiable.init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
+    frozen = build_sharded(
+        lambda: ValueModel(cargs, rngs=nnx.Rngs(seed + 1), head_type="mlp"), mesh, rules
     )
-
-
-@contextlib.contextmanager
-def head_blocks(mode: str):
-    """While tracing: the MTP heads as one vmap (the model's way) or as an unrolled loop."""
-    from wmtp_jax.models import layers, mtp
-
-    if mode not in ("vmap", "loop"):
-        raise ValueError(f"heads={mode!r}; valid: vmap, loop")
-    orig = mtp.vmap_blocks
-    mtp.vmap_blocks = partial(layers.vmap_blocks, unroll=mode == "loop")
-    try:
-        yield
-    finally:
-        mtp.vmap_blocks = orig
+    frozen.eval()
+    return verifiable.build(config, mesh, policy=policy, critic=frozen, data=NO_DATA)
 
 
 def synthetic_batch(case: TrainCase, seed: int = 0) -> dict:
@@ -290,25 +240,16 @@ class Prepared:
 
 def prepare_case(case: TrainCase) -> Prepared:
     """Build the pipeline's task and train step, lower and compile it (timed)."""
-    from wmtp_jax.train import mesh as mesh_lib
-    from wmtp_jax.train.step import build
-
     config = make_config(case)
     mesh = mesh_lib.mesh_from_config(config)
     mesh_lib.check_batch_size(case.batch, mesh)
     t0 = time.perf_counter()
     task = make_task(case, config, mesh)
-    c = build(task, config, mesh, total_steps=1000)
+    c = build(task, config, mesh, total_steps=1000, donate=case.donate)
     setup_s = time.perf_counter() - t0
-    fn = c.train_step
-    if not case.donate:  # the same step function, jitted without donating the state
-        fn = jax.jit(
-            c.train_step.__wrapped__, out_shardings=(c.state_shardings, mesh_lib.replicated(mesh))
-        )
     batch = mesh_lib.shard_batch(synthetic_batch(case, case.seed), mesh, stacked=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    with head_blocks(case.heads):
-        lowered = fn.lower(c.state, c.fixed, c.frozen_state, batch)
+    lowered = c.train_step.lower(c.state, c.fixed, c.frozen_state, batch)
     t1, c1 = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
     t2, c2 = time.perf_counter(), time.process_time()

@@ -12,17 +12,9 @@ from wmtp_jax.configs import common, parts
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
     c = common.get_config("baseline", variant)
-    micro = variant != "7b"  # micro and small run on a CPU
     with c.unlocked():
         c.experiment.description = "uniform-weight MTP baseline"
-        c.models = ml_collections.ConfigDict(
-            {
-                "policy": parts.model_entry(
-                    "micro-mtp" if micro else "meta-llama-mtp",
-                    parts.MICRO_POLICY if micro else parts.PROD_POLICY,
-                )
-            }
-        )
+        c.models = ml_collections.ConfigDict({"policy": parts.policy_entry(variant)})
         parts.add_data(c, variant, use_pairwise=False)
         parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
         parts.add_loss_chunking(c, variant)

@@ -11,11 +11,13 @@ A pipeline config file does::
         return common.finalize(config)  # validates and locks
 
 Key names follow the original's YAML config vocabulary (docs/semantics.md). Unknown keys
-are errors (locked config); `validate_config` checks values and names the bad key.
+are errors (locked config); `validate_config` checks values and names the bad key: it is the one
+validation entry (the common keys, then the pipeline's own `validate` in configs/<pipeline>.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import ml_collections
@@ -129,7 +131,9 @@ def apply_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    validate_config(c)
+    """Check the common keys and lock (a pipeline config file's `finalize` runs its own
+    `validate` first)."""
+    validate_common(c)
     c.lock()
     return c
 
@@ -144,6 +148,31 @@ def _check(ok: bool, key: str, value, want: str):
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
+    """The one config validation: the common keys' values, then the pipeline's own checks
+    (`validate(c)` of wmtp_jax.configs.<pipeline>, where there is one). Run at load and again
+    after command-line overrides; raises ValueError (ConfigError) naming the key."""
+    validate_common(c)
+    module = pipeline_config_module(c.pipeline)
+    if module is not None and hasattr(module, "validate"):
+        module.validate(c)
+
+
+def pipeline_config_module(pipeline: str):
+    """wmtp_jax.configs.<pipeline>, or None when `pipeline` has no config module here."""
+    if not isinstance(pipeline, str) or not pipeline.isidentifier() or pipeline in _NOT_PIPELINES:
+        return None
+    try:
+        return importlib.import_module(f"wmtp_jax.configs.{pipeline}")
+    except ModuleNotFoundError as e:
+        if e.name == f"wmtp_jax.configs.{pipeline}":
+            return None
+        raise
+
+
+_NOT_PIPELINES = ("common", "parts")
+
+
+def validate_common(c: ml_collections.ConfigDict) -> None:
     """Check the common keys' values; raises ValueError naming the key."""
     t = c.training
     _check(isinstance(c.pipeline, str) and c.pipeline != "", "pipeline", c.pipeline, "need a name")

@@ -14,17 +14,15 @@ are the pipelines' own micro configs. See docs/study.md.
 
 import ml_collections
 
-from wmtp_jax.configs import common
+from wmtp_jax.configs import baseline, common, critic, ref_tuning
 
 ARMS = ("baseline", "verifiable", "rho1", "verifiable_negatives")
 VARIANTS = ("micro", "smoke")
 
 
-def _train_entry(pipeline: str) -> ml_collections.ConfigDict:
-    """The steps / batch / data sizes of `pipeline`'s micro config (overridable here)."""
-    import importlib
-
-    c = importlib.import_module(f"wmtp_jax.configs.{pipeline}").get_config("micro")
+def _train_entry(pipeline_config) -> ml_collections.ConfigDict:
+    """The steps / batch / data sizes of a pipeline's micro config (overridable here)."""
+    c = pipeline_config.get_config("micro")
     t, s = c.training, c.data_sampling
     return ml_collections.ConfigDict(
         {
@@ -54,8 +52,6 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.seeds = "0" if smoke else "0,1,2"
         c.study_arms = c.arms
         c.study_seeds = c.seeds
-        from wmtp_jax.configs import baseline
-
         b = baseline.get_config("micro")
         c.dataset = ml_collections.ConfigDict(
             {"path": b.dataset.path, "max_length": b.dataset.max_length}
@@ -63,9 +59,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         # per role: the pipeline's micro defaults (policy = every arm, so they match)
         c.train = ml_collections.ConfigDict(
             {
-                "policy": _train_entry("baseline"),
-                "critic": _train_entry("critic"),
-                "reference": _train_entry("ref_tuning"),
+                "policy": _train_entry(baseline),
+                "critic": _train_entry(critic),
+                "reference": _train_entry(ref_tuning),
             }
         )
         e = c.eval = ml_collections.ConfigDict()

@@ -50,6 +50,15 @@ def model_entry(name: str, path: str, tokenizer_path: str = "") -> ml_collection
     return ml_collections.ConfigDict({"name": name, "path": path, "tokenizer_path": tokenizer_path})
 
 
+def policy_entry(variant: str) -> ml_collections.ConfigDict:
+    """models.policy of the MTP-policy pipelines (baseline, verifiable, rho1): the micro MTP
+    model (micro, small before apply_small) or the Meta MTP 7B."""
+    micro = variant != "7b"
+    return model_entry(
+        "micro-mtp" if micro else "meta-llama-mtp", MICRO_POLICY if micro else PROD_POLICY
+    )
+
+
 def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, seed: int = 42):
     """dataset.*, data_sampling.*, data.* (the original's names)."""
     micro = variant != "7b"

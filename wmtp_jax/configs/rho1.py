@@ -19,10 +19,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.experiment.description = "Rho-1 reference-selected MTP"
         c.models = ml_collections.ConfigDict(
             {
-                "policy": parts.model_entry(
-                    "micro-mtp" if micro else "meta-llama-mtp",
-                    parts.MICRO_POLICY if micro else parts.PROD_POLICY,
-                ),
+                "policy": parts.policy_entry(variant),
                 # an HF-layout llama model dir (load_llama; LoRA factors are merged on load)
                 "reference": {
                     "name": "micro-llama-ref" if micro else "ref-sheared-llama-2.7b",

@@ -19,10 +19,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         c.experiment.description = "TD-weighted MTP with an independent value model"
         c.models = ml_collections.ConfigDict(
             {
-                "policy": parts.model_entry(
-                    "micro-mtp" if micro else "meta-llama-mtp",
-                    parts.MICRO_POLICY if micro else parts.PROD_POLICY,
-                ),
+                "policy": parts.policy_entry(variant),
                 # a critic model dir (load_critic), exported by the critic pipeline
                 "value_model": {
                     "checkpoint_path": parts.critic_output(variant),

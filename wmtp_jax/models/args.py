@@ -37,7 +37,8 @@ class ModelArgs:
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
     `remat` is a policy name: none | full | dots | dots_no_batch (see wmtp_jax.models.layers).
     `attention` is the training / prefill attention: auto | xla | blockwise | cudnn
-    (see wmtp_jax.ops.attention).
+    (see wmtp_jax.ops.attention). `unroll_heads`: the MTP head blocks as an unrolled loop instead
+    of one vmap (same numbers; the benchmark's before/after of vmapped heads).
     """
 
     dim: int = 4096
@@ -59,6 +60,7 @@ class ModelArgs:
     param_dtype: str = "float32"
     remat: str = "none"
     attention: str = "auto"
+    unroll_heads: bool = False
 
     def __post_init__(self):
         if self.attention not in IMPLEMENTATIONS:
@@ -122,10 +124,11 @@ class ModelArgs:
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Every field except `attention`: a choice of the machine that runs the model (a model
-        dir written on a GPU with `cudnn` loads as `auto` on a CPU), not of the model."""
+        """Every field except `attention` and `unroll_heads`: choices of how this machine runs
+        the model (a model dir written on a GPU with `cudnn` loads as `auto` on a CPU)."""
         d = dataclasses.asdict(self)
         d.pop("attention")
+        d.pop("unroll_heads")
         d["rope_scaling"] = self.rope
         return d
 

@@ -389,7 +389,7 @@ def vmap_blocks(
     """Apply the first `n` (default all) stacked blocks in parallel to the same input.
 
     All blocks: one vmap (cache entries vmapped too). The first n < all (e.g. head 1 alone when
-    decoding), or `unroll` (the benchmark's before/after of vmapped heads): an unrolled loop,
+    decoding), or `unroll` (ModelArgs.unroll_heads): an unrolled loop,
     writing entries 0..n−1 of the stacked cache in place.
     Returns (y `[n, B, S, D]`, kv with the first n entries updated, or None).
     """

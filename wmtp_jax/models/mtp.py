@@ -86,6 +86,7 @@ class MTPTransformer(nnx.Module):
             start,
             n=n_heads,
             remat=self.args.remat,
+            unroll=self.args.unroll_heads,
         )
         if kv is not None:
             new_cache["heads"] = {"k": kv[0], "v": kv[1]}

@@ -12,6 +12,7 @@ from wmtp_jax.ops.critic_loss import (
     sequence_mean_value,
 )
 from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, compute_ntp_loss
+from wmtp_jax.ops.policy_loss import policy_mtp_loss
 from wmtp_jax.ops.rho1 import compute_mtp_selective_weights, masked_quantile
 from wmtp_jax.ops.stats import (
     compute_pairwise_accuracy,
@@ -69,6 +70,7 @@ __all__ = [
     "masked_quantile",
     "merge_moments",
     "pairwise_ranking_loss",
+    "policy_mtp_loss",
     "rms_norm",
     "sequence_mean_value",
     "td_ema_init",

@@ -22,10 +22,20 @@ def sequence_mean_value(values, mask) -> jax.Array:
     return jnp.sum(v * m, axis=1) / (jnp.sum(m, axis=1) + MEAN_EPS)
 
 
-def pairwise_ranking_loss(v_pos, v_neg, mask_pos, mask_neg) -> jax.Array:
-    """Bradley-Terry: mean_b −log σ(v̄_pos − v̄_neg), v̄ the masked mean of the raw values."""
+def pair_mean(x: jax.Array, valid=None) -> jax.Array:
+    """Mean of per-pair `x` `[B]`; with `valid` `[B]` (0 = a padding pair):
+    Σ(x·valid) / max(Σvalid, 1)."""
+    if valid is None:
+        return jnp.mean(x)
+    valid = jnp.asarray(valid, jnp.float32)
+    return jnp.sum(x * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def pairwise_ranking_loss(v_pos, v_neg, mask_pos, mask_neg, valid=None) -> jax.Array:
+    """Bradley-Terry: mean_b −log σ(v̄_pos − v̄_neg), v̄ the masked mean of the raw values; the
+    mean over the pairs with `valid` = 1 when given (see pair_mean)."""
     diff = sequence_mean_value(v_pos, mask_pos) - sequence_mean_value(v_neg, mask_neg)
-    return -jnp.mean(jax.nn.log_sigmoid(diff))
+    return pair_mean(-jax.nn.log_sigmoid(diff), valid)
 
 
 def _per_sequence_mean(loss: jax.Array, mask: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import as_mask, as_values, masked_mean, masked_min_max, masked_std
-from wmtp_jax.ops.critic_loss import MEAN_EPS, sequence_mean_value
+from wmtp_jax.ops.critic_loss import MEAN_EPS, pair_mean, sequence_mean_value
 
 
 def _flat_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -69,20 +69,26 @@ def compute_value_function_stats(values, returns, loss_mask=None) -> dict:
     }
 
 
-def compute_pairwise_accuracy(v_pos, v_neg, mask_pos, mask_neg) -> dict:
+def compute_pairwise_accuracy(v_pos, v_neg, mask_pos, mask_neg, valid=None) -> dict:
     """pairwise_accuracy = mean(v̄_pos > v̄_neg), mean_pos, mean_neg, margin, correct_pairs,
-    total_pairs (v̄ the masked mean value of each sequence)."""
+    total_pairs (v̄ the masked mean value of each sequence); means over the pairs with
+    `valid` = 1 when given (`[B]`, 0 = a padding pair)."""
     pos = sequence_mean_value(v_pos, mask_pos)
     neg = sequence_mean_value(v_neg, mask_neg)
-    correct = jnp.sum((pos > neg).astype(jnp.float32))
-    mean_pos, mean_neg = jnp.mean(pos), jnp.mean(neg)
+    won = (pos > neg).astype(jnp.float32)
+    mean_pos, mean_neg = pair_mean(pos, valid), pair_mean(neg, valid)
+    if valid is None:
+        correct, total = jnp.sum(won), jnp.asarray(pos.shape[0], jnp.float32)
+    else:
+        correct = jnp.sum(won * jnp.asarray(valid, jnp.float32))
+        total = jnp.sum(jnp.asarray(valid, jnp.float32))
     return {
-        "pairwise_accuracy": correct / pos.shape[0],
+        "pairwise_accuracy": pair_mean(won, valid),
         "mean_pos": mean_pos,
         "mean_neg": mean_neg,
         "margin": mean_pos - mean_neg,
         "correct_pairs": correct,
-        "total_pairs": jnp.asarray(pos.shape[0], jnp.float32),
+        "total_pairs": total,
     }
 
 

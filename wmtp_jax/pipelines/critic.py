@@ -16,12 +16,17 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax import ops
-from wmtp_jax.pipelines import common
+from wmtp_jax.data import loaders
+from wmtp_jax.models import io, load
+from wmtp_jax.models.value import ValueModel
+from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.train.checkpoint import export_model
+from wmtp_jax.train.loop import TrainTask, fit
+from wmtp_jax.train.mesh import rules_for
 
 VALUE_HEAD = "value_head"
 
@@ -72,9 +77,7 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
     """The critic objective (scalar); padding rows (`valid` = 0) do not count."""
     if vl.type == "pairwise_ranking":
         valid = _row_weights(batch, v_pos.shape[0])
-        diff = ops.sequence_mean_value(v_pos, m_pos) - ops.sequence_mean_value(v_neg, m_neg)
-        per_pair = -jax.nn.log_sigmoid(diff)
-        return vl.coef * jnp.sum(per_pair * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+        return vl.coef * ops.pairwise_ranking_loss(v_pos, v_neg, m_pos, m_neg, valid)
     b = v_pos.shape[0]
 
     def side(v, am, m, reward):
@@ -103,15 +106,8 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
 def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
     """The original's critic diagnostics (keys without prefix; the caller names them)."""
     valid = _row_weights(batch, v_pos.shape[0])
-    pos, neg = ops.sequence_mean_value(v_pos, m_pos), ops.sequence_mean_value(v_neg, m_neg)
-    n = jnp.maximum(jnp.sum(valid), 1.0)
-    mean_pos, mean_neg = jnp.sum(pos * valid) / n, jnp.sum(neg * valid) / n
-    out = {
-        "pairwise_accuracy": jnp.sum((pos > neg).astype(jnp.float32) * valid) / n,
-        "mean_pos": mean_pos,
-        "mean_neg": mean_neg,
-        "margin": mean_pos - mean_neg,
-    }
+    acc = ops.compute_pairwise_accuracy(v_pos, v_neg, m_pos, m_neg, valid)
+    out = {k: acc[k] for k in ("pairwise_accuracy", "mean_pos", "mean_neg", "margin")}
     for side, v, m in (("pos", v_pos, m_pos), ("neg", v_neg, m_neg)):
         td = ops.compute_td_error_stats(v, m)
         out.update(
@@ -166,27 +162,29 @@ def _backbone_key(model_tree: dict, saved: dict) -> tuple:
 
 def build_critic(config, mesh):
     """ValueModel on the llama backbone of models.value_model.path (+ LoRA), head per config."""
-    from wmtp_jax.models import io
-    from wmtp_jax.models.value import ValueModel
-
-    t = config.training
     path = config.models.value_model.path
     args = io.ModelArgs.from_dict(io.read_config(path)["args"]).replace(
-        **common.runtime_overrides(config)
+        **load.runtime_overrides(config)
     )
-    lora = common.lora_config(config, hf_names=True)
+    model = random_critic(config, mesh, args)
+    _, saved = io.load_params(path)
+    sub = _backbone_key(nnx.state(model, nnx.Param).to_pure_dict(), saved)
+    return load.load_into(model, path, subtree=sub, drop=("output",))
+
+
+def random_critic(config, mesh, args: io.ModelArgs) -> ValueModel:
+    """A random-init ValueModel of backbone `args` with the configured head and LoRA, created
+    directly in its sharded layout on `mesh`."""
+    t = config.training
     make = lambda: ValueModel(
         args,
         rngs=nnx.Rngs(int(config.seed)),
         head_type=t.value_head.type,
         dropout=float(t.value_head.dropout),
         bias_init=float(t.value_loss.bias_init),
-        lora=lora,
+        lora=load.lora_config(config, hf_names=True),
     )
-    model = common.build_sharded(make, mesh, config.runtime.sharding)
-    _, saved = io.load_params(path)
-    sub = _backbone_key(nnx.state(model, nnx.Param).to_pure_dict(), saved)
-    return common.load_into(model, path, subtree=sub, drop=("output",)), args, lora
+    return load.build_sharded(make, mesh, rules_for(config.runtime.sharding).params)
 
 
 def trainable(config):
@@ -212,58 +210,58 @@ def param_groups(config):
     return dict(sorted(groups.items()))  # "lora" first: train/learning_rate = the LoRA LR
 
 
-def make_task(config, mesh):
-    from wmtp_jax.train.checkpoint import export_model
-    from wmtp_jax.train.loop import TrainTask
-
-    entry = config.models.value_model
-    tok = common.load_tokenizer(entry)
-    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=True)
-    model, args, lora = build_critic(config, mesh)
-    vl = ValueLossConfig.from_config(config)
-    t = config.training
+def export_critic(config, args: io.ModelArgs):
+    """export_fn: the trained critic as a `critic` model dir with the tokenizer carried along."""
+    entry, t = config.models.value_model, config.training
     head = {
         "type": t.value_head.type,
         "dropout": float(t.value_head.dropout),
         "bias_init": float(t.value_loss.bias_init),
     }
-    tok_dir = common.tokenizer_path(entry)
+    tok_dir = loaders.tokenizer_path(entry)
 
     def export(m, directory):
-        from wmtp_jax.models.io import tokenizer_dir_files
-
         return export_model(
             directory,
             m,
             kind="critic",
             args=args,
             value_head=head,
-            lora=lora,
-            tokenizer=tokenizer_dir_files(tok_dir),
+            lora=load.lora_config(config, hf_names=True),
+            tokenizer=io.tokenizer_dir_files(tok_dir),
             source={"pipeline": "critic", "base": entry.path},
         )
 
-    groups = param_groups(config)
+    return export
+
+
+def build(config, mesh, *, model=None, data: loaders.Loaders | None = None) -> TrainTask:
+    """The critic TrainTask. model / data: already built (e.g. random-init for the benchmark);
+    default: loaded from config.models.value_model and config.dataset (pairs)."""
+    if data is None:
+        data = loaders.load(config, config.models.value_model, pairwise=True)
+    if model is None:
+        model = build_critic(config, mesh)
+    vl = ValueLossConfig.from_config(config)
+    t = config.training
     return TrainTask(
         model=model,
         loss_fn=partial(loss_fn, vl=vl, ga=int(t.gradient_accumulation_steps)),
-        train_iter=train,
+        train_iter=data.train,
         trainable=trainable(config),
         extra_state={"micro_batches": jnp.zeros((), jnp.int32)},
         param_labels=lambda path: VALUE_HEAD if VALUE_HEAD in path else "lora",
-        param_groups=groups,
+        param_groups=param_groups(config),
         eval_fn=partial(eval_fn, vl=vl),
-        val_iter_fn=val_iter_fn,
+        val_iter_fn=data.val_iter_fn,
         best_metric="val/margin",
         best_mode="max",
-        count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch,
-        export_fn=export,
+        count_tokens=loaders.count_response_tokens,
+        batches_per_epoch=loaders.steps_per_epoch(data),
+        export_fn=export_critic(config, model.args),
     )
 
 
 def run(config):
-    from wmtp_jax.train.loop import fit
-
-    mesh = common.setup(config)
-    return fit(config, make_task(config, mesh), mesh=mesh)
+    mesh = setup(config)
+    return fit(config, build(config, mesh), mesh=mesh)

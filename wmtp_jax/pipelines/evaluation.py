@@ -88,8 +88,8 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
     """MTPTransformer from a training checkpoint: base weights of `base_model` (default the run's
     models.policy.path) + the checkpoint's trainable params (all, or LoRA factors) + its frozen
     params when stored; LoRA is rebuilt from the run's training.lora and merged."""
+    from wmtp_jax.models.load import lora_config
     from wmtp_jax.models.lora import merge_lora
-    from wmtp_jax.pipelines.common import lora_config
 
     run_cfg = ml_collections.ConfigDict(_read_json_item(step_dir / "config"))
     base = base_model or run_cfg.models.policy.path
@@ -386,14 +386,14 @@ def settings(config) -> dict:
 
 def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
-    from wmtp_jax.configs.evaluation import validate
+    from wmtp_jax.configs.common import validate_config
     from wmtp_jax.data import load_tokenizer
     from wmtp_jax.eval import SandboxUnavailable, load_problems, sandbox
     from wmtp_jax.generate import Sampler, token_texts
     from wmtp_jax.train.mesh import mesh_from_config
     from wmtp_jax.train.tracking import Tracker
 
-    validate(config)
+    validate_config(config)
     if config.benchmark != "gsm8k":  # refuse before the costly part, not after generating
         try:
             sandbox(config.sandbox)
@@ -490,6 +490,7 @@ def run(config) -> dict:
 def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
     """The micro evaluation config for `checkpoint` → `output_dir`, with `overrides` (config keys,
     e.g. temperature, limit) and MLflow off: the caller logs the numbers into its own run."""
+    from wmtp_jax.configs import common as common_config
     from wmtp_jax.configs import evaluation as evaluation_config
 
     c = evaluation_config.get_config("micro")
@@ -499,7 +500,7 @@ def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
         if k not in c:
             raise ValueError(f"eval_config: unknown evaluation key {k!r}")
         c[k] = tuple(v) if isinstance(v, list) else v
-    evaluation_config.validate(c)
+    common_config.validate_config(c)
     return c
 
 

@@ -13,7 +13,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+from wmtp_jax.configs.common import validate_config
 from wmtp_jax.configs.experiment import parse_list
+from wmtp_jax.study import cells, report
+from wmtp_jax.train.tracking import Tracker
 
 
 @dataclasses.dataclass
@@ -26,8 +29,6 @@ class StudyResult:
     seconds: float
 
     def describe(self) -> str:
-        from wmtp_jax.study import report
-
         lines = [
             f"study: {self.output_dir} ({self.n_done}/{self.n_cells} cells, this job "
             f"{self.seconds:.0f} s)"
@@ -49,11 +50,7 @@ class StudyResult:
 
 
 def run(config) -> StudyResult:
-    from wmtp_jax.pipelines.common import validate
-    from wmtp_jax.study import cells, report
-    from wmtp_jax.train.tracking import Tracker
-
-    validate(config)  # configs.experiment.validate, after the command-line overrides
+    validate_config(config)  # again after the command-line overrides
     t0 = time.time()
     out = Path(config.output_dir)
     arms, seeds = parse_list(config.arms, "arms"), parse_list(config.seeds, "seeds", int)

@@ -12,7 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from wmtp_jax import ops
-from wmtp_jax.pipelines import common
+from wmtp_jax.data import loaders
+from wmtp_jax.models import load
+from wmtp_jax.models.io import tokenizer_dir_files
+from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.train.checkpoint import export_model
+from wmtp_jax.train.loop import TrainTask, fit
+from wmtp_jax.train.mesh import rules_for
 
 
 def ntp_loss(model, batch):
@@ -28,52 +34,70 @@ def eval_fn(model, frozen, batch, extra):
     return {"loss": ntp_loss(model, batch)}
 
 
-def make_task(config, mesh):
-    from wmtp_jax.train.checkpoint import export_model
-    from wmtp_jax.train.loop import TrainTask
-
+def load_data(config) -> loaders.Loaders:
+    """Tokenizer (right padding required) and loaders of config.dataset."""
     entry = config.models.policy
-    tok = common.load_tokenizer(entry)
-    if tok.padding_side != "right":
-        raise ValueError(f"{common.tokenizer_path(entry)}: padding_side must be right")
-    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=False)
-    lora = common.lora_config(config, hf_names=True)
-    model = common.load_trainable(
-        entry.path, kind="llama", config=config, lora=lora, mesh=mesh, seed=int(config.seed)
+    data = loaders.load(config, entry, pairwise=False)
+    if data.tokenizer.padding_side != "right":
+        raise ValueError(f"{loaders.tokenizer_path(entry)}: padding_side must be right")
+    return data
+
+
+def build_model(config, mesh):
+    """The trainable llama of models.policy.path (+ LoRA on the HF projection names)."""
+    return load.load_trainable(
+        config.models.policy.path,
+        kind="llama",
+        config=config,
+        rules=rules_for(config.runtime.sharding).params,
+        lora=load.lora_config(config, hf_names=True),
+        mesh=mesh,
+        seed=int(config.seed),
     )
-    tok_dir = Path(common.tokenizer_path(entry))
+
+
+def export_llama(config):
+    """export_fn: the tuned model as a `llama` dir (with its LM head and the tokenizer)."""
+    entry = config.models.policy
+    tok_dir = Path(loaders.tokenizer_path(entry))
 
     def export(m, directory):
-        from wmtp_jax.models.io import tokenizer_dir_files
-
         return export_model(
             directory,
             m,
             kind="llama",
             args=m.args,
-            lora=lora,
+            lora=load.lora_config(config, hf_names=True),
             lm_head=True,
             tokenizer=tokenizer_dir_files(tok_dir),
             source={"pipeline": "ref_tuning", "base": entry.path},
         )
 
+    return export
+
+
+def build(config, mesh, *, model=None, data: loaders.Loaders | None = None) -> TrainTask:
+    """The ref-tuning TrainTask. model / data: already built; default: loaded from
+    config.models.policy and config.dataset."""
+    if data is None:
+        data = load_data(config)
+    if model is None:
+        model = build_model(config, mesh)
     return TrainTask(
         model=model,
         loss_fn=loss_fn,
-        train_iter=train,
-        trainable=common.trainable_filter(config),
+        train_iter=data.train,
+        trainable=load.trainable_filter(config),
         eval_fn=eval_fn,
-        val_iter_fn=val_iter_fn,
+        val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",
-        count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch,
-        export_fn=export,
+        count_tokens=loaders.count_response_tokens,
+        batches_per_epoch=loaders.steps_per_epoch(data),
+        export_fn=export_llama(config),
     )
 
 
 def run(config):
-    from wmtp_jax.train.loop import fit
-
-    mesh = common.setup(config)
-    return fit(config, make_task(config, mesh), mesh=mesh)
+    mesh = setup(config)
+    return fit(config, build(config, mesh), mesh=mesh)

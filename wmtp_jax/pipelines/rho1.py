@@ -17,7 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax import ops
-from wmtp_jax.pipelines import common
+from wmtp_jax.data import loaders
+from wmtp_jax.models import load
+from wmtp_jax.pipelines import baseline
+from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.train.loop import TrainTask, fit
+from wmtp_jax.train.mesh import rules_for
 
 
 def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
@@ -65,19 +70,27 @@ def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str):
 
 def load_reference(config, mesh):
     r = config.models.reference
-    return common.load_frozen(
-        r.checkpoint_path, kind="llama", dtype=r.dtype, config=config, mesh=mesh
+    return load.load_frozen(
+        r.checkpoint_path,
+        kind="llama",
+        dtype=r.dtype,
+        config=config,
+        rules=rules_for(config.runtime.sharding).params,
+        mesh=mesh,
     )
 
 
-def make_task(config, mesh):
-    from wmtp_jax.pipelines import baseline
-    from wmtp_jax.train.loop import TrainTask
-
-    tok = common.load_tokenizer(config.models.policy)
-    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=False)
-    policy = baseline.build_policy(config, mesh)
-    reference = load_reference(config, mesh)
+def build(
+    config, mesh, *, policy=None, reference=None, data: loaders.Loaders | None = None
+) -> TrainTask:
+    """The Rho-1 TrainTask. policy / reference / data: already built; default: loaded from
+    config.models and config.dataset."""
+    if data is None:
+        data = loaders.load(config, config.models.policy, pairwise=False)
+    if policy is None:
+        policy = baseline.build_policy(config, mesh)
+    if reference is None:
+        reference = load_reference(config, mesh)
     if reference.args.vocab_size != policy.args.vocab_size:
         raise ValueError(
             f"models.reference vocab_size {reference.args.vocab_size} != policy "
@@ -88,20 +101,18 @@ def make_task(config, mesh):
         model=policy,
         frozen=reference,
         loss_fn=partial(loss_fn, **kw),
-        train_iter=train,
-        trainable=common.trainable_filter(config),
+        train_iter=data.train,
+        trainable=load.trainable_filter(config),
         eval_fn=partial(eval_fn, **kw),
-        val_iter_fn=val_iter_fn,
+        val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",
-        count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch,
+        count_tokens=loaders.count_response_tokens,
+        batches_per_epoch=loaders.steps_per_epoch(data),
         export_fn=baseline.export_policy(config, policy),
     )
 
 
 def run(config):
-    from wmtp_jax.train.loop import fit
-
-    mesh = common.setup(config)
-    return fit(config, make_task(config, mesh), mesh=mesh)
+    mesh = setup(config)
+    return fit(config, build(config, mesh), mesh=mesh)

@@ -21,8 +21,14 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax import ops
+from wmtp_jax.data import loaders
+from wmtp_jax.models import load
 from wmtp_jax.ops._utils import masked_mean, masked_std
-from wmtp_jax.pipelines import common
+from wmtp_jax.pipelines import baseline, viz
+from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.pipelines.evaluation import closing_eval
+from wmtp_jax.train.loop import TrainTask, fit
+from wmtp_jax.train.mesh import rules_for
 
 
 class WeightingConfig(NamedTuple):
@@ -127,7 +133,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, c
     m = ops.loss_mask_of(labels, am)
     values = critic_values(frozen, ids, am)
     w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"])
-    out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
+    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
     new_extra = advance_extra(extra, adv, m, ga)
     metrics = {
         "weighted_ce_loss": out["weighted_ce_loss"],
@@ -149,7 +155,7 @@ def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int
     ids, am, labels, rewards = rows(batch)
     m = ops.loss_mask_of(labels, am)
     w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
-    out = common.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
+    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
     return {
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
@@ -157,25 +163,42 @@ def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int
     }
 
 
+def validation_weights(frozen, batch, *, wc: WeightingConfig):
+    """(input_ids, loss mask, weights) `[N,S]` of a validation batch (batch whitening): what the
+    weight picture draws."""
+    ids, am, labels, rewards = rows(batch)
+    m = ops.loss_mask_of(labels, am)
+    w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
+    return ids, m, w
+
+
 # ---- run ------------------------------------------------------------------------------------
 
 
 def load_critic(config, mesh):
     vm = config.models.value_model
-    return common.load_frozen(
-        vm.checkpoint_path, kind="critic", dtype=vm.dtype, config=config, mesh=mesh
+    return load.load_frozen(
+        vm.checkpoint_path,
+        kind="critic",
+        dtype=vm.dtype,
+        config=config,
+        rules=rules_for(config.runtime.sharding).params,
+        mesh=mesh,
     )
 
 
-def make_task(config, mesh):
-    from wmtp_jax.pipelines import baseline, viz
-    from wmtp_jax.train.loop import TrainTask
-
-    tok = common.load_tokenizer(config.models.policy)
-    pairwise = bool(config.data.use_negatives)
-    train, val_iter_fn, _ = common.make_loaders(config, tok, pairwise=pairwise)
-    policy = baseline.build_policy(config, mesh)
-    critic = load_critic(config, mesh)
+def build(
+    config, mesh, *, policy=None, critic=None, data: loaders.Loaders | None = None
+) -> TrainTask:
+    """The verifiable TrainTask. policy / critic / data: already built (e.g. random-init for the
+    benchmark); default: loaded from config.models and config.dataset."""
+    if data is None:
+        pairwise = bool(config.data.use_negatives)
+        data = loaders.load(config, config.models.policy, pairwise=pairwise)
+    if policy is None:
+        policy = baseline.build_policy(config, mesh)
+    if critic is None:
+        critic = load_critic(config, mesh)
     wc = WeightingConfig.from_config(config)
     cs = int(config.training.loss_chunk_size)
     ga = int(config.training.gradient_accumulation_steps)
@@ -184,25 +207,27 @@ def make_task(config, mesh):
         model=policy,
         frozen=critic,
         loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs),
-        train_iter=train,
-        trainable=common.trainable_filter(config),
+        train_iter=data.train,
+        trainable=load.trainable_filter(config),
         extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
         eval_fn=partial(eval_fn, wc=wc, chunk_size=cs),
-        val_iter_fn=val_iter_fn,
+        val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",
-        count_tokens=common.count_response_tokens,
-        batches_per_epoch=train.steps_per_epoch,
+        count_tokens=loaders.count_response_tokens,
+        batches_per_epoch=loaders.steps_per_epoch(data),
         export_fn=baseline.export_policy(config, policy),
         on_end=partial(
-            viz.log_weight_picture, config=config, tokenizer=tok, wc=wc, val_iter_fn=val_iter_fn
+            viz.log_weight_picture,
+            config=config,
+            tokenizer=data.tokenizer,
+            wc=wc,
+            val_iter_fn=data.val_iter_fn,
+            weigh=partial(validation_weights, wc=wc),
         ),
     )
 
 
 def run(config):
-    from wmtp_jax.pipelines.evaluation import closing_eval
-    from wmtp_jax.train.loop import fit
-
-    mesh = common.setup(config)
-    return closing_eval(config, fit(config, make_task(config, mesh), mesh=mesh))
+    mesh = setup(config)
+    return closing_eval(config, fit(config, build(config, mesh), mesh=mesh))

@@ -1,15 +1,21 @@
 """The verifiable weight picture: a few validation samples, each response token drawn on a
-background coloured by its weight (batch whitening, as validation), logged to MLflow."""
+background coloured by its weight (batch whitening, as validation), logged to MLflow.
+
+Drawn on a bare `matplotlib.figure.Figure` (no pyplot, no global backend to select)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import matplotlib
 import numpy as np
 from absl import logging
-
-from wmtp_jax import ops
+from matplotlib import colors
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 MAX_SAMPLES = 4
 CHARS_PER_LINE = 96
@@ -22,14 +28,8 @@ def _token_texts(tokenizer, ids) -> list[str]:
 def draw(samples, *, vmin: float, vmax: float, title: str = ""):
     """samples: [(token strings, weights)] → matplotlib Figure; tokens flow left to right,
     wrapping at newlines and at CHARS_PER_LINE characters, colour = weight (viridis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colors
-
     norm = colors.Normalize(vmin=vmin, vmax=vmax)
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     layout, line = [], 0
     for s, (toks, ws) in enumerate(samples):
         layout.append(("header", f"sample {s}", line, 0, None))
@@ -47,7 +47,8 @@ def draw(samples, *, vmin: float, vmax: float, title: str = ""):
                 col += len(piece)
         line += 2
     n_lines = max(line, 1)
-    fig, ax = plt.subplots(figsize=(14, 0.22 * n_lines + 1.0))
+    fig = Figure(figsize=(14, 0.22 * n_lines + 1.0))
+    ax = fig.subplots()
     ax.set_xlim(0, CHARS_PER_LINE)
     ax.set_ylim(n_lines, -1)
     ax.axis("off")
@@ -56,7 +57,7 @@ def draw(samples, *, vmin: float, vmax: float, title: str = ""):
             ax.text(0, ln, text, fontsize=8, fontweight="bold", va="center")
             continue
         rgba = cmap(norm(w))
-        ax.add_patch(plt.Rectangle((col, ln - 0.45), len(text), 0.9, color=rgba, lw=0))
+        ax.add_patch(Rectangle((col, ln - 0.45), len(text), 0.9, color=rgba, lw=0))
         lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
         ax.text(
             col,
@@ -67,7 +68,7 @@ def draw(samples, *, vmin: float, vmax: float, title: str = ""):
             va="center",
             color="black" if lum > 0.5 else "white",
         )
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    sm = ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01, label="token weight")
     if title:
         ax.set_title(title, fontsize=9)
@@ -75,20 +76,25 @@ def draw(samples, *, vmin: float, vmax: float, title: str = ""):
     return fig
 
 
-def log_weight_picture(model, frozen, tracker, *, config, tokenizer, wc, val_iter_fn):
+def log_weight_picture(
+    model,
+    frozen,
+    tracker,
+    *,
+    config,
+    tokenizer,
+    wc,
+    val_iter_fn,
+    weigh: Callable,
+):
     """on_end hook: weights of the first validation samples → `<output_dir>/token_weights.png`
-    and MLflow artifact `token_weights.png`."""
-    from wmtp_jax.pipelines import verifiable
-
+    and MLflow artifact `token_weights.png`. weigh(frozen, batch) → (ids, loss mask, weights),
+    numpy `[B,S]` each (the pipeline's validation weights)."""
     if jax.process_index() != 0 or frozen is None:
         return None
     batch = next(iter(val_iter_fn()))
     batch = {k: np.asarray(v) for k, v in batch.items()}
-    ids, am, labels, rewards = verifiable.rows(batch)
-    m = ops.loss_mask_of(labels, am)
-    values = verifiable.critic_values(frozen, ids, am)
-    w, _, _ = verifiable.token_weights(values, rewards, m, wc, None)
-    ids, m, w = np.asarray(ids), np.asarray(m), np.asarray(w)
+    ids, m, w = (np.asarray(x) for x in weigh(frozen, batch))
     samples = []
     for r in range(min(MAX_SAMPLES, ids.shape[0])):
         on = m[r] > 0
@@ -105,8 +111,5 @@ def log_weight_picture(model, frozen, tracker, *, config, tokenizer, wc, val_ite
     fig.set_dpi(110)
     tracker.log_figure(fig, "token_weights.png")  # writes <output_dir>/token_weights.png
     path = Path(config.output_dir).absolute() / "token_weights.png"
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     logging.info("weight picture: %s", path)
     return path

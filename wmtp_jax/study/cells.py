@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from wmtp_jax.configs.common import validate_config
 from wmtp_jax.configs.experiment import parse_list
 from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.eval.metrics import pass_at_k
@@ -112,7 +113,7 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
         c.models[key].checkpoint_path = str(path)
     if "final_eval" in c:
         c.final_eval.enabled = False  # the study evaluates every arm itself
-    importlib.import_module(f"wmtp_jax.configs.{pipeline}").validate(c)
+    validate_config(c)
     return c
 
 

@@ -181,11 +181,12 @@ def measure(
     """Critic credit of `models.value_model.checkpoint_path` (a verifiable config: its critic,
     data, weighting). Returns per-token arrays (score, weight, inside, solution) + summary."""
     from wmtp_jax import ops
+    from wmtp_jax.data import loaders
     from wmtp_jax.ops._utils import masked_mean, masked_std
-    from wmtp_jax.pipelines import common, verifiable
+    from wmtp_jax.pipelines import verifiable
 
     c = verifiable_config
-    tok = common.load_tokenizer(c.models.policy)
+    tok = loaders.load_tokenizer(c.models.policy)
     wc = verifiable.WeightingConfig.from_config(c)
     L, eos = int(c.dataset.max_length), bool(c.data.append_eos)
     incorrect, correct = held_out(c.dataset.path, split, max_solutions)

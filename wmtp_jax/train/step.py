@@ -79,8 +79,9 @@ def _scalar_metrics(metrics: dict, where: str) -> dict:
     return out
 
 
-def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
-    """Split and place the task's model(s) on `mesh`, build the optimizer and the jitted steps."""
+def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) -> Compiled:
+    """Split and place the task's model(s) on `mesh`, build the optimizer and the jitted steps
+    (`donate`: the train step donates the state it advances)."""
     rules = mesh_lib.rules_for(config.runtime.sharding)
     repl = mesh_lib.replicated(mesh)
     ga = int(config.training.gradient_accumulation_steps)
@@ -189,7 +190,9 @@ def build(task, config, mesh: Mesh, total_steps: int) -> Compiled:
         frozen_graph=frozen_graph,
         frozen_state=frozen_state,
         state_shardings=state_sh,
-        train_step=jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sh, repl)),
+        train_step=jax.jit(
+            train_step, donate_argnums=(0,) if donate else (), out_shardings=(state_sh, repl)
+        ),
         eval_step=jax.jit(eval_step, out_shardings=repl) if task.eval_fn else None,
         schedules=schedules,
         tx=tx,

@@ -1,0 +1,30 @@
+"""The MTP cross entropy of a policy model: dense (`[B,S,K,V]` logits) or chunked over the
+vocabulary from the head latents (no `[B,S,K,V]` logits)."""
+
+from __future__ import annotations
+
+from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss
+from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss
+
+
+def policy_mtp_loss(
+    policy, input_ids, labels, attention_mask, weights=None, *, chunk_size: int = 0
+) -> dict:
+    """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
+    head latents (`policy.latents`, `policy.norm.scale`, `policy.output_kernel()`). Returns the
+    loss dict (weighted / unweighted CE, per-head CE, ...)."""
+    if chunk_size and chunk_size > 0:
+        _, lat = policy.latents(input_ids)
+        return chunked_mtp_ce_loss(
+            lat,
+            policy.norm.scale[...],
+            policy.output_kernel(),
+            labels,
+            attention_mask,
+            weights,
+            norm_eps=policy.args.norm_eps,
+            chunk_size=int(chunk_size),
+            compute_dtype=policy.args.dtype,
+        )
+    logits = policy(input_ids, return_all_heads=True)
+    return compute_mtp_ce_loss(logits, labels, attention_mask, weights)
