@@ -89,8 +89,11 @@ def test_conversion_keeps_the_model_tied_with_its_tokenizer(smol):
 
 
 def test_logits_match_transformers(smol, reference):
-    """Both float32 implementations sit ~1e-4 from the float64 truth (30 layers, logits ~20):
-    ours must be as close to it as transformers' own float32 forward, and within 2.5e-4 of it."""
+    """Both float32 forwards sit ~1e-4 from the exact (float64) one: transformers' own float32
+    logits are 1.08e-4 from it here, so no float32 forward with its own GEMM rounding is within
+    1e-4 of transformers (docs/conversion.md, "Parity with transformers", has the layer-by-layer
+    numbers). Ours must be as close to the float64 forward as transformers' float32 (10% slack)
+    and within 1.5e-4 of transformers' float32 (measured: 1.35e-4 llama, 1.29e-4 MTP head 0)."""
     from wmtp_jax.models.io import load_llama, load_policy
 
     x, mask = padded(reference["ids"], reference["tok"].pad_token_id)
@@ -104,7 +107,7 @@ def test_logits_match_transformers(smol, reference):
     np.testing.assert_array_equal(head0[:, :, 1], head0[:, :, 0])  # copied heads
     err = lambda a, b: float(np.abs(a - b)[mask].max())
     for got in (ours, head0[:, :, 0]):
-        assert err(got, want) < 2.5e-4
+        assert err(got, want) < 1.5e-4
         assert err(got, truth) <= 1.1 * err(want, truth)
         assert (got.argmax(-1) == want.argmax(-1))[mask].all()
 
