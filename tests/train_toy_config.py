@@ -1,4 +1,5 @@
-"""Config file of the toy pipeline: `python -m tests.train_toy --config=tests/train_toy_config.py`."""
+"""Config file of the toy pipeline:
+`python -m tests.train_toy --config=tests/train_toy_config.py`."""
 
 import ml_collections
 
