@@ -1,13 +1,14 @@
 """A toy NNX LM + toy data + toy pipeline for the training-runtime tests.
 
-Also a pipeline module for `python -m wmtp_jax.main --config=tests/train_toy_config.py`
-(config.pipeline = "tests.train_toy").
+Also a pipeline with its own command line, `wmtp_jax.main.cli` running this module's `run`:
+`python -m tests.train_toy --config=tests/train_toy_config.py [--config.k=v ...]`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -159,7 +160,7 @@ def make_task(
     )
 
 
-# ---- as a pipeline module for wmtp_jax.main (config file: tests/train_toy_config.py) ----------
+# ---- as a pipeline for wmtp_jax.main (config file: tests/train_toy_config.py) ------------------
 
 
 def run(config):
@@ -189,3 +190,9 @@ def cache_env() -> dict:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
+
+
+if __name__ == "__main__":
+    from wmtp_jax import main  # here: importing the tests' toy must not define the CLI flags
+
+    main.cli(pipeline=sys.modules[__name__])

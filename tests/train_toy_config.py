@@ -1,4 +1,5 @@
-"""Config file of the toy pipeline (tests/train_toy.py) for `python -m wmtp_jax.main`."""
+"""Config file of the toy pipeline:
+`python -m tests.train_toy --config=tests/train_toy_config.py`."""
 
 import ml_collections
 
@@ -6,7 +7,7 @@ from wmtp_jax.configs import common
 
 
 def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    c = common.get_config("tests.train_toy", variant)
+    c = common.get_config("train_toy", variant)
     c.mlflow.experiment = ""
     c.training.max_steps = 6
     c.training.batch_size = 8

@@ -2,8 +2,9 @@
 
 `python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.k=v ...]`.
 
-Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)` (a dotted module
-path, e.g. "tests.train_toy", is imported as is). Config errors exit 2 with one line naming
+Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)`; `cli(pipeline)` /
+`run(config, pipeline)` run another module's `run(config)` the same way (a pipeline kept outside
+the package, e.g. the tests' toy one). Config errors exit 2 with one line naming
 the problem: a missing config file, an unknown variant, an unknown key (the config is locked), a
 value of the wrong type, a bad value (`configs.common.validate_config`). So do the run's refusals
 (busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss).
@@ -11,15 +12,24 @@ value of the wrong type, a bad value (`configs.common.validate_config`). So do t
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from wmtp_jax import configs as _configs_package
+from wmtp_jax import console
+from wmtp_jax.configs.common import ConfigError, validate_config
+from wmtp_jax.ops.attention import check_backend
+from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
+from wmtp_jax.train.distributed import maybe_initialize
+from wmtp_jax.train.lock import OutputDirBusy
+from wmtp_jax.train.loop import NonFiniteLossError
 
 PACKAGED_CONFIGS = Path(_configs_package.__file__).parent
 
@@ -34,7 +44,8 @@ def _fail(msg: str) -> None:
 
 
 def load_pipeline(name: str):
-    module = name if "." in name else f"wmtp_jax.pipelines.{name}"
+    """The module `wmtp_jax.pipelines.<name>` (exit 2 when there is none, or it has no `run`)."""
+    module = f"wmtp_jax.pipelines.{name}"
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -97,10 +108,6 @@ def enable_compilation_cache(directory: str) -> None:
 
     "" = off; JAX_COMPILATION_CACHE_DIR wins.
     """
-    import os
-
-    import jax
-
     directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory
     if directory:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
@@ -109,15 +116,13 @@ def enable_compilation_cache(directory: str) -> None:
 def check_attention(implementation: str) -> None:
     """Exit 2 when the configured attention cannot run on this backend (cudnn on CPU); `fit`
     logs the setting, and the choice per shape is logged when a step is traced."""
-    from wmtp_jax.ops.attention import check_backend
-
     try:
         check_backend(implementation)
     except ValueError as e:
         _fail(str(e))
 
 
-def main(argv):
+def main(argv, pipeline=None):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
     try:
@@ -126,35 +131,29 @@ def main(argv):
         _fail(f"--config: {_last_line(e)}")
     if config is None:
         _fail("--config=configs/<pipeline>.py[:variant] is required")
-    from wmtp_jax.configs.common import validate_config
+    run(config, pipeline)
 
+
+def run(config, pipeline=None):
+    """Run `pipeline.run(config)` as the command line does (`pipeline`: a module with
+    `run(config)`; default `wmtp_jax.pipelines.<config.pipeline>`): validate the config, set the
+    log level, join a multi-process run, route library logs to `<output_dir>/run.log`, print the
+    header, run, print the summary. Config errors and the run's refusals exit 2 with one line."""
     try:
         validate_config(config)
     except ValueError as e:
         _fail(str(e))
     level = str(config.logging.level)
     logging.set_verbosity(level.lower())
-
-    from wmtp_jax import console
-    from wmtp_jax.train.distributed import maybe_initialize
-
     maybe_initialize(config)
     out = str(config.output_dir)
-    import jax
-
     name = "run.log" if jax.process_index() == 0 else f"run.{jax.process_index()}.log"
     log_file = console.route_logs(os.path.join(out, name) if out and out != "auto" else None, level)
-
     if jax.process_index() == 0:
         print(console.header(config, log_file), flush=True)
     enable_compilation_cache(config.runtime.get("compilation_cache", ""))
     check_attention(config.runtime.get("attention", "auto"))
-    pipeline = load_pipeline(config.pipeline)
-    from wmtp_jax.configs.common import ConfigError
-    from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
-    from wmtp_jax.train.lock import OutputDirBusy
-    from wmtp_jax.train.loop import NonFiniteLossError
-
+    pipeline = pipeline if pipeline is not None else load_pipeline(config.pipeline)
     try:
         result = pipeline.run(config)
     except (
@@ -167,6 +166,7 @@ def main(argv):
         _fail(str(e))
     if jax.process_index() == 0:
         print(summary(result), flush=True)
+    return result
 
 
 def _last_line(e: BaseException) -> str:
@@ -226,9 +226,11 @@ def _parse_flags(argv):
         )
 
 
-def run():
-    app.run(main, flags_parser=_parse_flags)
+def cli(pipeline=None):
+    """`python -m wmtp_jax.main`; `pipeline`: a module whose `run(config)` is run instead of
+    `config.pipeline`'s (a pipeline's own `__main__`, e.g. `python -m tests.train_toy`)."""
+    app.run(functools.partial(main, pipeline=pipeline), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-    run()
+    cli()

@@ -171,7 +171,7 @@ def save_training_checkpoint(world, run_dir: Path, model, *, lora: bool, save_lo
 @pytest.mark.parametrize("lora,save_lora_only", [(False, False), (True, True), (True, False)])
 def test_training_checkpoint_restores_the_trained_policy(world, tmp_path, lora, save_lora_only):
     from wmtp_jax.models.lora import LoRAConfig
-    from wmtp_jax.pipelines.evaluation import restore_training_checkpoint
+    from wmtp_jax.pipelines.restore import restore_training_checkpoint
 
     cfg = LoRAConfig(rank=4, alpha=8.0, targets=("wq", "wv", "w2")) if lora else None
     trained = MTPTransformer(world["args"], rngs=nnx.Rngs(1), lora=cfg)

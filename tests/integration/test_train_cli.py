@@ -10,12 +10,12 @@ from pathlib import Path
 from tests import train_toy
 
 ROOT = Path(__file__).resolve().parents[2]
-MAIN = [sys.executable, "-m", "wmtp_jax.main", "--config=tests/train_toy_config.py"]
+MAIN = [sys.executable, "-m", "tests.train_toy", "--config=tests/train_toy_config.py"]
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=120, main=MAIN):
     return subprocess.run(
-        MAIN + list(args),
+        main + list(args),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,7 +43,7 @@ def test_cudnn_attention_on_cpu_is_refused_before_training():
 
 
 def test_missing_pipeline_module_is_a_clear_error():
-    p = _run("--config.pipeline=nope")
+    p = _run("--config.pipeline=nope", main=[sys.executable, "-m", "wmtp_jax.main", MAIN[-1]])
     assert p.returncode != 0
     assert "no pipeline module 'wmtp_jax.pipelines.nope'" in p.stderr
 

@@ -17,7 +17,7 @@ from wmtp_jax.train.checkpoint import IncompatibleCheckpoint
 from wmtp_jax.train.lock import LOCK_FILE, OutputDirBusy, claim_output_dir, release_output_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-MAIN = [sys.executable, "-m", "wmtp_jax.main", "--config=tests/train_toy_config.py"]
+MAIN = [sys.executable, "-m", "tests.train_toy", "--config=tests/train_toy_config.py"]
 train_toy.enable_compilation_cache()
 
 

@@ -101,7 +101,7 @@ def test_resume_after_sigkill_is_exact(reference, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "wmtp_jax.main",
+        "tests.train_toy",
         "--config=tests/train_toy_config.py",
         f"--config.output_dir={out}",
     ]

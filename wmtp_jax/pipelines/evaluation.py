@@ -18,200 +18,24 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
-import numpy as np
 from absl import logging
-from flax import nnx
 
+from wmtp_jax.configs import evaluation as evaluation_config
+from wmtp_jax.configs.common import validate_config
+from wmtp_jax.data import load_tokenizer
+from wmtp_jax.eval import SandboxUnavailable, load_problems, sandbox, score_samples
+from wmtp_jax.eval import prompts as fmt_lib
+from wmtp_jax.generate import (
+    Sampler,
+    SamplingConfig,
+    StopTexts,
+    token_texts,
+    truncate_at_stops,
+)
 from wmtp_jax.models import io
-
-# ---- restoring a policy -----------------------------------------------------------------------
-
-
-def _step_dir(path: Path, use_best: bool) -> tuple[Path, Path, bool, int]:
-    """(step dir, run dir, is_best, step) of a run dir or a `<run>/{checkpoints,best}/<step>`."""
-    if (path / "state").is_dir():
-        return path, path.parent.parent, path.parent.name == "best", int(path.name)
-    sub = path / ("best" if use_best else "checkpoints")
-    steps = sorted(
-        int(p.name) for p in sub.glob("*") if p.name.isdigit() and (p / "state").is_dir()
-    )
-    if not steps:
-        raise FileNotFoundError(
-            f"checkpoint={str(path)!r}: neither a model dir ({io.CONFIG_FILE}) "
-            f"nor a training run with checkpoints under {sub}"
-        )
-    return sub / str(steps[-1]), path, use_best, steps[-1]
-
-
-def _flat(tree, prefix=()) -> dict[tuple, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + (str(k),)))
-        else:
-            out[prefix + (str(k),)] = v
-    return out
-
-
-def _restore_params(state_dir: Path) -> dict[tuple, np.ndarray]:
-    """{path: numpy} of the `params` (+ `frozen_params`) subtrees of a training `state` item."""
-    import orbax.checkpoint as ocp
-
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(state_dir.absolute()).item_metadata.tree
-    keep = {k: meta[k] for k in ("params", "frozen_params") if k in meta}
-    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), keep)
-    tree = ckptr.restore(
-        state_dir.absolute(),
-        args=ocp.args.PyTreeRestore(item=keep, restore_args=args, partial_restore=True),
-    )
-    flat = {}
-    for sub in keep:
-        for p, v in _flat(tree[sub]).items():
-            flat[tuple(k for k in p if k not in ("value", "raw_value"))] = v
-    return flat
-
-
-def _read_json_item(path: Path) -> dict:
-    """An orbax JsonSave item (a directory holding one JSON file)."""
-    files = [p for p in path.glob("*") if p.is_file() and not p.name.startswith("_")]
-    for f in files:
-        try:
-            return json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-    raise FileNotFoundError(f"{path}: no readable JSON checkpoint item")
-
-
-def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=None):
-    """MTPTransformer from a training checkpoint: base weights of `base_model` (default the run's
-    models.policy.path) + the checkpoint's trainable params (all, or LoRA factors) + its frozen
-    params when stored; LoRA is rebuilt from the run's training.lora and merged."""
-    from wmtp_jax.models.load import lora_config
-    from wmtp_jax.models.lora import merge_lora
-
-    run_cfg = ml_collections.ConfigDict(_read_json_item(step_dir / "config"))
-    base = base_model or run_cfg.models.policy.path
-    if not (Path(base) / io.CONFIG_FILE).exists():
-        raise FileNotFoundError(
-            f"base model {base!r} of checkpoint {step_dir} not found (set config.base_model)"
-        )
-    cfg = dict(io.read_config(base))
-    lora = lora_config(run_cfg) if run_cfg.training.get("use_lora", False) else None
-    cfg["lora"] = lora.to_dict() if lora is not None else None
-    dtype = dtype or "float32"
-    args = io.ModelArgs.from_dict(cfg["args"]).replace(dtype=dtype, param_dtype=dtype)
-    make = io.model_factory(cfg, args)
-    graphdef, abstract, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    _, base_params = io.load_params(base, dtype=np.float32)
-    values = {p: v for p, v in _flat(base_params).items()}
-    saved = _restore_params(step_dir / "state")
-    want = _flat(nnx.to_pure_dict(abstract))
-    unknown = sorted("/".join(p) for p in saved if p not in want)
-    if unknown:
-        raise ValueError(
-            f"{step_dir}/state: parameters {unknown[:5]} are not in the model "
-            f"rebuilt from {base} (lora={cfg['lora']})"
-        )
-    values.update(saved)
-    missing = sorted("/".join(p) for p in want if p not in values)
-    if missing:
-        raise ValueError(
-            f"{step_dir}: no value for {missing[:5]} (neither in {base} nor in the checkpoint)"
-        )
-    for p, a in want.items():
-        if tuple(values[p].shape) != tuple(a.shape):
-            raise ValueError(
-                f"{step_dir}: parameter {'/'.join(p)} has shape "
-                f"{tuple(values[p].shape)}, the model expects {tuple(a.shape)}"
-            )
-    pure = nnx.to_pure_dict(abstract)
-    for p in want:
-        node = pure
-        for k in p[:-1]:
-            node = node[int(k) if k.isdigit() and int(k) in node else k]
-        node[p[-1]] = jax.numpy.asarray(values[p], dtype)
-    nnx.replace_by_pure_dict(abstract, pure)
-    if jax.tree.leaves(rest):
-        rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
-    model = nnx.merge(graphdef, abstract, rest)
-    if model.lora is not None:
-        model = merge_lora(model)
-    return model, run_cfg, base
-
-
-GENERATIVE_KINDS = ("mtp", "llama")
-
-
-def restore_policy(config, mesh=None):
-    """(model, tokenizer dir, info dict) for `config.checkpoint` (model dir or run).
-
-    A model dir may hold an `mtp` policy or a plain `llama` (next-token) model with an LM head,
-    e.g. `python -m conversion hf-to-flax` of a public checkpoint: the starting model's pass@k.
-    """
-    path = Path(config.checkpoint)
-    if not config.checkpoint:
-        raise ValueError(
-            "config.checkpoint is required: a model dir, a training run dir "
-            "or <run>/checkpoints/<step>"
-        )
-    dtype = config.dtype or None
-    if (path / io.CONFIG_FILE).exists():
-        from wmtp_jax.models.lora import merge_lora
-
-        cfg = io.read_config(path)
-        if cfg["kind"] not in GENERATIVE_KINDS or not cfg.get("lm_head", True):
-            raise ValueError(
-                f"checkpoint={str(path)!r}: kind {cfg['kind']!r}"
-                f"{'' if cfg.get('lm_head', True) else ' without an LM head'} cannot "
-                f"generate; evaluation needs an 'mtp' policy or a 'llama' model"
-            )
-        model = io.load_model(path, kind=cfg["kind"], dtype=dtype, mesh=mesh)
-        if model.lora is not None:
-            model = merge_lora(model)
-        tok = config.tokenizer_path or str(path / "tokenizer")
-        return (
-            model,
-            tok,
-            {
-                "checkpoint": str(path),
-                "kind": "model_dir",
-                "model_kind": cfg["kind"],
-                "root": str(path),
-            },
-        )
-    step_dir, root, best, step = _step_dir(path, bool(config.use_best))
-    model, run_cfg, base = restore_training_checkpoint(
-        step_dir, base_model=config.base_model, dtype=dtype
-    )
-    if mesh is not None:
-        from wmtp_jax.models.partitioning import state_shardings
-        from wmtp_jax.train.mesh import rules_for
-
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        params = jax.device_put(
-            params, state_shardings(params, mesh, rules_for(config.runtime.sharding).params)
-        )
-        model = nnx.merge(graphdef, params, rest)
-    tok = (
-        config.tokenizer_path
-        or run_cfg.models.policy.get("tokenizer_path")
-        or str(Path(base) / "tokenizer")
-    )
-    return (
-        model,
-        tok,
-        {
-            "checkpoint": str(step_dir),
-            "kind": "training_checkpoint",
-            "step": step,
-            "best": best,
-            "base_model": base,
-            "root": str(root),
-        },
-    )
-
+from wmtp_jax.pipelines.restore import restore_policy
+from wmtp_jax.train.mesh import mesh_from_config
+from wmtp_jax.train.tracking import Tracker, log_to_run
 
 # ---- generation -------------------------------------------------------------------------------
 
@@ -236,9 +60,6 @@ def completions(
     `sampler.stats["tokens_to_stop"]`: per row the fewest generated tokens whose text already
     holds a stop (all of them when none does): the tokens any stopping rule had to generate.
     """
-    from wmtp_jax.eval import prompts as fmt_lib
-    from wmtp_jax.generate import StopTexts, token_texts, truncate_at_stops
-
     fmt = fmt_lib.resolve(benchmark, prompt_format)
     stops = fmt_lib.stops(benchmark, fmt)
     if stops and texts is None:
@@ -288,9 +109,6 @@ def _tokens_to_stop(row: list[int], stops, dec) -> int:
 def _generate_and_score(
     config, sampler, tokenizer, problems, temperature: float, split: str, texts=None
 ):
-    from wmtp_jax.eval import score_samples
-    from wmtp_jax.generate import SamplingConfig
-
     cfg = SamplingConfig(
         temperature=float(temperature),
         top_p=float(config.top_p),
@@ -386,13 +204,6 @@ def settings(config) -> dict:
 
 def run(config) -> dict:
     """Evaluate `config.checkpoint` on `config.benchmark`; returns the summary dict."""
-    from wmtp_jax.configs.common import validate_config
-    from wmtp_jax.data import load_tokenizer
-    from wmtp_jax.eval import SandboxUnavailable, load_problems, sandbox
-    from wmtp_jax.generate import Sampler, token_texts
-    from wmtp_jax.train.mesh import mesh_from_config
-    from wmtp_jax.train.tracking import Tracker
-
     validate_config(config)
     if config.benchmark != "gsm8k":  # refuse before the costly part, not after generating
         try:
@@ -420,28 +231,7 @@ def run(config) -> dict:
         limit=limit or None,
         max_tests=int(config.max_tests) or None,
     )
-    temps = (
-        config.temperature
-        if isinstance(config.temperature, (list, tuple))
-        else [config.temperature]
-    )
-    sweep = {}
-    if len(temps) > 1:
-        val = load(config.validation_split, int(config.validation_limit))
-        for t in temps:
-            _, _, s = _generate_and_score(
-                config, sampler, tokenizer, val, t, config.validation_split, texts
-            )
-            sweep[str(float(t))] = s.get("pass@1", 0.0)
-            logging.info(
-                "temperature %.3g on %s: pass@1 %.4f",
-                t,
-                config.validation_split,
-                sweep[str(float(t))],
-            )
-        best = max(temps, key=lambda t: sweep[str(float(t))])  # first best on ties
-    else:
-        best = temps[0]
+    best, sweep = _choose_temperature(config, sampler, tokenizer, load, texts)
     problems = load(config.split, int(config.limit))
     samples, results, summary = _generate_and_score(
         config, sampler, tokenizer, problems, best, config.split, texts
@@ -454,7 +244,39 @@ def run(config) -> dict:
         n_samples_per_problem=len(samples) // max(1, len(problems)),
         seconds=time.time() - t0,
     )
+    _report(config, info, summary, samples, results, sweep)
+    return summary
 
+
+def _choose_temperature(config, sampler, tokenizer, load, texts) -> tuple[float, dict]:
+    """(temperature, {str(T): validation pass@1}): the only one configured, or the best of the
+    sweep on `validation_split` (the first best on ties)."""
+    temps = (
+        config.temperature
+        if isinstance(config.temperature, (list, tuple))
+        else [config.temperature]
+    )
+    if len(temps) == 1:
+        return temps[0], {}
+    sweep = {}
+    val = load(config.validation_split, int(config.validation_limit))
+    for t in temps:
+        _, _, s = _generate_and_score(
+            config, sampler, tokenizer, val, t, config.validation_split, texts
+        )
+        sweep[str(float(t))] = s.get("pass@1", 0.0)
+        logging.info(
+            "temperature %.3g on %s: pass@1 %.4f",
+            t,
+            config.validation_split,
+            sweep[str(float(t))],
+        )
+    return max(temps, key=lambda t: sweep[str(float(t))]), sweep
+
+
+def _report(config, info: dict, summary: dict, samples, results, sweep: dict):
+    """samples.jsonl, results.jsonl and summary.json in the output dir; the metrics and files
+    to MLflow (adds output_dir and mlflow_run_id to `summary`)."""
     out = _output_dir(config, info)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -481,7 +303,6 @@ def run(config) -> dict:
     )
     if jax.process_index() == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    return summary
 
 
 # ---- evaluation as a step of another run ------------------------------------------------------
@@ -490,9 +311,6 @@ def run(config) -> dict:
 def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
     """The micro evaluation config for `checkpoint` → `output_dir`, with `overrides` (config keys,
     e.g. temperature, limit) and MLflow off: the caller logs the numbers into its own run."""
-    from wmtp_jax.configs import common as common_config
-    from wmtp_jax.configs import evaluation as evaluation_config
-
     c = evaluation_config.get_config("micro")
     c.checkpoint, c.output_dir, c.data_dir = str(checkpoint), str(output_dir), str(data_dir)
     c.mlflow.experiment = ""
@@ -500,7 +318,7 @@ def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
         if k not in c:
             raise ValueError(f"eval_config: unknown evaluation key {k!r}")
         c[k] = tuple(v) if isinstance(v, list) else v
-    common_config.validate_config(c)
+    validate_config(c)
     return c
 
 
@@ -523,8 +341,6 @@ def closing_eval(config, result):
     fe = config.get("final_eval")
     if not fe or not fe.enabled or result.status not in ("completed", "data_exhausted"):
         return result
-    from wmtp_jax.train.tracking import log_to_run
-
     data_dir = str(Path(config.dataset.path).parent)
     keys = dict(
         benchmark=fe.benchmark,

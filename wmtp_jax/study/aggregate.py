@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from wmtp_jax.study import cells, report
+
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -17,8 +19,6 @@ def main(argv=None) -> int:
         print("usage: python -m wmtp_jax.study.aggregate OUTPUT_DIR", file=sys.stderr)
         return 2
     out = Path(argv[0])
-    from wmtp_jax.study import cells, report
-
     if not (out / cells.STUDY_FILE).exists():
         print(f"error: {out}: no {cells.STUDY_FILE} (not a study output_dir)", file=sys.stderr)
         return 2

@@ -27,11 +27,15 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from wmtp_jax.configs import baseline as baseline_config
 from wmtp_jax.configs.common import validate_config
 from wmtp_jax.configs.experiment import parse_list
 from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.eval.metrics import pass_at_k
-from wmtp_jax.train.tracking import log_to_run
+from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
+from wmtp_jax.pipelines.evaluation import cached_run, eval_config
+from wmtp_jax.study import credit
+from wmtp_jax.train.tracking import config_dict, log_to_run
 
 ARM_PIPELINES = {
     "baseline": "baseline",
@@ -203,8 +207,6 @@ def evaluate(study, model_dir, out: Path) -> dict:
     """Greedy (temperature 0, one sample) and sampled (n_samples at the validation-best of
     eval.temperatures) evaluations of `model_dir` on the test split, through the evaluation
     pipeline; finished ones are reused."""
-    from wmtp_jax.pipelines.evaluation import cached_run, eval_config
-
     e = study.eval
     data_dir = str(Path(study.dataset.path).parent)
     if Path(study.dataset.path).name != BENCHMARK:
@@ -326,8 +328,6 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
 
 def run_credit(study, seed: int, critic_dir: str) -> dict:
     """Critic credit of the seed's critic on held-out incorrect solutions (once)."""
-    from wmtp_jax.study import credit
-
     d = seed_dir(study.output_dir, seed) / "credit"
     with locked(seed_dir(study.output_dir, seed) / ".credit.lock"):
         if (d / "credit.json").exists():
@@ -359,11 +359,7 @@ def run_credit(study, seed: int, critic_dir: str) -> dict:
 
 def initial_policy(study) -> dict:
     """Greedy pass@1 of the shared initial policy (models.policy.path), once per output_dir."""
-    from wmtp_jax.pipelines.evaluation import cached_run, eval_config
-
-    path = (
-        importlib.import_module("wmtp_jax.configs.baseline").get_config("micro").models.policy.path
-    )
+    path = baseline_config.get_config("micro").models.policy.path
     out = Path(study.output_dir) / "initial" / "eval" / "greedy"
     e = study.eval
     with locked(Path(study.output_dir) / ".initial.lock"):
@@ -394,8 +390,6 @@ def initial_policy(study) -> dict:
 
 def ensure_storage(study) -> None:
     """The micro dataset, tokenizer and random-init models (pipelines.bootstrap), made once."""
-    from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
-
     with locked(Path(study.output_dir) / ".bootstrap.lock"):
         for pipeline, role in (("baseline", "policy"), ("critic", "critic")):
             ensure_micro_storage(
@@ -405,8 +399,6 @@ def ensure_storage(study) -> None:
 
 def record_study(study) -> None:
     """study.json: the config and the grid (the union of what every job asked for)."""
-    from wmtp_jax.train.tracking import config_dict
-
     path = Path(study.output_dir) / STUDY_FILE
     with locked(Path(study.output_dir) / ".study.lock"):
         arms, seeds = grid(study)

@@ -17,8 +17,18 @@ from __future__ import annotations
 
 from functools import partial
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from wmtp_jax import ops
+from wmtp_jax.data import loaders
+from wmtp_jax.data.collate import RESPONSE_HEADER, AlpacaCollator, _prompt
+from wmtp_jax.data.records import JsonlRecords
+from wmtp_jax.data.sources import load_problem_index_map, resolve_split
+from wmtp_jax.data.spans import mutated_span
+from wmtp_jax.ops._utils import masked_mean, masked_std
+from wmtp_jax.pipelines import verifiable
 from wmtp_jax.study.bootstrap import percentile_interval
 
 # ---- pure math -------------------------------------------------------------------------------
@@ -96,10 +106,6 @@ def summarize(score, weight, inside) -> dict:
 def held_out(dataset_dir, split: str = "test", max_solutions: int = 0):
     """(incorrect, correct): incorrect = [{"record", "span", "problem"}] of `split` (the first
     `max_solutions`, 0 = all); correct = {problem: correct records} for the pairwise accuracy."""
-    from wmtp_jax.data.records import JsonlRecords
-    from wmtp_jax.data.sources import load_problem_index_map, resolve_split
-    from wmtp_jax.data.spans import mutated_span
-
     path, meta = resolve_split(dataset_dir, split)
     recs = JsonlRecords(path)
     incorrect, correct = [], {}
@@ -122,8 +128,6 @@ def held_out(dataset_dir, split: str = "test", max_solutions: int = 0):
 def encode(tokenizer, records, max_length: int, append_eos: bool):
     """Collator batch `{input_ids, attention_mask, labels, is_correct}` `[N, L]` and each row's
     character offsets into its response (`[L, 2]`, (0, 0) where there is no character)."""
-    from wmtp_jax.data.collate import RESPONSE_HEADER, AlpacaCollator, _prompt
-
     batch = AlpacaCollator(tokenizer, max_length=max_length, append_eos=append_eos)(records)
     length = batch["input_ids"].shape[1]
     offsets = np.zeros((len(records), length, 2), np.int64)
@@ -141,9 +145,6 @@ def encode(tokenizer, records, max_length: int, append_eos: bool):
 
 def _forward(critic, ids, am, labels, rewards, *, wc):
     """values → (−δ, advantages, v̄, loss mask) for one padded batch (the verifiable formulas)."""
-    from wmtp_jax import ops
-    from wmtp_jax.pipelines import verifiable
-
     m = ops.loss_mask_of(labels, am)
     v = verifiable.critic_values(critic, ids, am)
     td = ops.compute_td_errors(v, rewards, m, wc.gamma, wc.initial_value)
@@ -153,9 +154,6 @@ def _forward(critic, ids, am, labels, rewards, *, wc):
 
 def run_critic(critic, batch, wc, batch_size: int):
     """(neg_td, advantages, seq_mean_value, loss_mask) numpy over all rows, fixed-shape batches."""
-    import jax.numpy as jnp
-    from flax import nnx
-
     fwd = nnx.jit(partial(_forward, wc=wc))
     n = batch["input_ids"].shape[0]
     outs = []
@@ -180,11 +178,6 @@ def measure(
 ) -> dict:
     """Critic credit of `models.value_model.checkpoint_path` (a verifiable config: its critic,
     data, weighting). Returns per-token arrays (score, weight, inside, solution) + summary."""
-    from wmtp_jax import ops
-    from wmtp_jax.data import loaders
-    from wmtp_jax.ops._utils import masked_mean, masked_std
-    from wmtp_jax.pipelines import verifiable
-
     c = verifiable_config
     tok = loaders.load_tokenizer(c.models.policy)
     wc = verifiable.WeightingConfig.from_config(c)

@@ -326,10 +326,7 @@ def _val_curve(metrics_file) -> tuple[list, list]:
 
 def plot(res: dict, cellmap: dict, path: Path) -> None:
     """Left: pass@k per arm with 95% intervals; right: validation loss of every cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # heavy (~1 s), and only `aggregate` draws
 
     arms = list(res["arms"])
     metrics = [
@@ -337,7 +334,8 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
         for m in (next(iter(res["arms"].values())) if arms else {})
         if m.startswith(("pass@", "sampled_pass@"))
     ]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))  # no pyplot: no global backend or figure registry
+    ax, bx = fig.subplots(1, 2)
     width = 0.8 / max(len(metrics), 1)
     for j, m in enumerate(metrics):
         xs = np.arange(len(arms)) + (j - (len(metrics) - 1) / 2) * width
@@ -372,4 +370,3 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
         bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

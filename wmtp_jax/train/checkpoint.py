@@ -32,6 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from wmtp_jax.models import io
+
+CHECKPOINTS = "checkpoints"  # periodic / final step directories under output_dir
+BEST = "best"  # the best validation step directory under output_dir
 
 
 def _is_key(x) -> bool:
@@ -77,8 +84,8 @@ class Checkpointer:
 
     def __init__(self, output_dir, keep: int = 3, async_: bool = True):
         self.root = Path(output_dir).absolute()
-        self.periodic = _manager(self.root / "checkpoints", keep, async_)
-        self.best = _manager(self.root / "best", 1, async_)
+        self.periodic = _manager(self.root / CHECKPOINTS, keep, async_)
+        self.best = _manager(self.root / BEST, 1, async_)
 
     def _mgr(self, best: bool) -> ocp.CheckpointManager:
         return self.best if best else self.periodic
@@ -126,19 +133,7 @@ class Checkpointer:
         for s in steps:
             path = mgr.directory / str(s)
             try:
-                meta = dict(
-                    mgr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-                )
-                _check_compatible(path, meta, template, expect)
-                out = mgr.restore(
-                    s,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_target(template)),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-                state = from_storable(out.state, template)
-                _verify(path, s, state, meta)
+                state, meta = _restore_step(mgr, s, template, expect)
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # noqa: BLE001 -- any read/verify failure: try the previous one
@@ -175,18 +170,13 @@ class Checkpointer:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(mgr.directory / str(step), dst)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"wmtp_quarantine_{step}")
         mgr.reload()
         return dst
 
     def read_config(self, step: int | None = None, *, best: bool = False) -> dict:
         mgr = self._mgr(best)
-        step = mgr.latest_step() if step is None else step
-        return dict(
-            mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-        )
+        return read_config(mgr.directory / str(mgr.latest_step() if step is None else step))
 
     def path(self, step: int, *, best: bool = False) -> Path:
         return self._mgr(best).directory / str(step)
@@ -201,6 +191,23 @@ class Checkpointer:
 
 
 QUARANTINE = "corrupt_checkpoints"
+
+
+def _restore_step(mgr: ocp.CheckpointManager, step: int, template, expect: dict | None):
+    """(state, meta) of one step, checked to fit `template` / `expect` and verified."""
+    path = mgr.directory / str(step)
+    meta = dict(mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    _check_compatible(path, meta, template, expect)
+    out = mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_target(template)),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    state = from_storable(out.state, template)
+    _verify(path, step, state, meta)
+    return state, meta
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -311,11 +318,6 @@ def export_model(directory, model, **save_model_kwargs) -> Path:
     `save_model_kwargs` go to `wmtp_jax.models.io.save_model` (kind=..., args=..., lora=...).
     Multi-host: parameters are gathered to every host, process 0 writes, all wait.
     """
-    from flax import nnx
-    from jax.experimental import multihost_utils
-
-    from wmtp_jax.models import io
-
     params = nnx.state(model, nnx.Param).to_pure_dict()
     if jax.process_count() > 1:
         params = multihost_utils.process_allgather(params, tiled=True)
@@ -328,3 +330,56 @@ def export_model(directory, model, **save_model_kwargs) -> Path:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("wmtp_export_model")
     return path
+
+
+# ---- reading a step directory without a manager (evaluation; never writes or cleans up) -------
+
+
+def locate(path, *, best: bool = False) -> tuple[Path, Path, bool, int]:
+    """(step dir, run dir, is_best, step) of `<run>/{checkpoints,best}/<step>`, or of a run dir's
+    newest committed step under `best/` (`best`) or `checkpoints/`. FileNotFoundError if none."""
+    path = Path(path)
+    if (path / "state").is_dir():
+        return path, path.parent.parent, path.parent.name == BEST, int(path.name)
+    sub = path / (BEST if best else CHECKPOINTS)
+    steps = sorted(
+        int(p.name) for p in sub.glob("*") if p.name.isdigit() and (p / "state").is_dir()
+    )
+    if not steps:
+        raise FileNotFoundError(f"no training checkpoint under {sub}")
+    return sub / str(steps[-1]), path, best, steps[-1]
+
+
+def read_config(step_dir) -> dict:
+    """The run config stored with a checkpoint step (its `config` item)."""
+    item = Path(step_dir).absolute() / "config"
+    return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item))
+
+
+def read_params(step_dir) -> dict[tuple[str, ...], np.ndarray]:
+    """{key path: host array} of the `params` (+ `frozen_params`) of a checkpoint step's state;
+    key paths are the model's parameter paths (NNX `value` / `raw_value` leaves dropped)."""
+    state_dir = Path(step_dir).absolute() / "state"
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(state_dir).item_metadata.tree
+    keep = {k: meta[k] for k in ("params", "frozen_params") if k in meta}
+    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), keep)
+    tree = ckptr.restore(
+        state_dir, args=ocp.args.PyTreeRestore(item=keep, restore_args=args, partial_restore=True)
+    )
+    flat = {}
+    for sub in keep:
+        for p, v in flatten(tree[sub]).items():
+            flat[tuple(k for k in p if k not in ("value", "raw_value"))] = v
+    return flat
+
+
+def flatten(tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """{key path (str keys): leaf} of a nested dict."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + (str(k),)))
+        else:
+            out[prefix + (str(k),)] = v
+    return out

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 LOCK_FILE = ".lock"
 _held: dict[str, list] = {}  # realpath of output_dir -> [fd, depth]
@@ -70,8 +71,6 @@ def claim_output_dir(output_dir) -> Path:
         except OutputDirBusy as e:
             err = str(e)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         busy = multihost_utils.process_allgather(np.int32(bool(err))).max()
         err = err or (
             f"output_dir {directory} is in use by another run (process 0 could not lock it)"

@@ -38,7 +38,7 @@ from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.checkpoint import Checkpointer, decode_bytes
 from wmtp_jax.train.lock import hold_output_dir
 from wmtp_jax.train.progress import Progress
-from wmtp_jax.train.step import build
+from wmtp_jax.train.step import Compiled, build
 from wmtp_jax.train.tracking import Tracker, config_dict
 
 
@@ -168,103 +168,49 @@ def model_signature(model) -> dict:
     return {k: v for k, v in args.to_dict().items() if k not in _RUNTIME_ARGS}
 
 
-def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
-    """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
+class MetricsWindow:
+    """The train metrics of the steps since the last log.
 
-    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run."""
-    with hold_output_dir(config.output_dir):
-        return _fit(config, task, mesh=mesh, stop_at_step=stop_at_step)
+    Step metrics stay on device until `fetch` (one host sync per window); `flush` averages the
+    fetched rows into the logged names (train/*, perf/*) and opens a new window."""
 
+    def __init__(self, count_tokens: Callable[[Mapping[str, np.ndarray]], int]):
+        self.count_tokens = count_tokens
+        self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
+        self._open()
 
-def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
-    t = config.training
-    mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config)
-    ga = int(t.gradient_accumulation_steps)
-    n_steps = total_steps(config, task)
-    mesh_lib.check_batch_size(int(t.batch_size), mesh)
-    out = Path(config.output_dir).absolute()
-    logging.info(
-        "fit: %d steps, GA=%d, mesh %s, %s, attention %s",
-        n_steps,
-        ga,
-        dict(mesh.shape),
-        config.runtime.sharding,
-        config.runtime.get("attention", "auto"),
-    )
+    def _open(self):
+        self.rows: list[dict] = []
+        self.tokens = self.samples = self.steps = 0
+        self.t0 = time.perf_counter()
 
-    c = build(task, config, mesh, n_steps)
-    state = c.state
-    ck = Checkpointer(out, keep=int(config.checkpoint.keep))
-    meta = {"best": None}
-    latest = ck.latest_step()
-    if latest is not None and not config.resume:
-        raise ValueError(
-            f"output_dir={str(out)!r} already holds checkpoints (latest step {latest}) "
-            "and resume=False: choose a new output_dir or set --config.resume=True"
-        )
-    signature = model_signature(task.model)
-    if latest is not None:
-        state, meta = ck.restore(state, expect=signature)
-        if meta.get("data_iter") is not None:
-            task.train_iter.set_state(decode_bytes(meta["data_iter"]))
-        logging.info("resumed from %s (step %d)", ck.path(meta["step"]), meta["step"])
-    start = int(jax.device_get(state["step"]))
-    cfg = config_dict(config)
-    tracker = Tracker(config, out, resume=latest is not None, start_step=start)
-    count_tokens = task.count_tokens or _default_tokens
-    sign = 1.0 if task.best_mode == "max" else -1.0
-    if task.best_mode not in ("min", "max"):
-        raise ValueError(f"TrainTask.best_mode={task.best_mode!r}; one of min, max")
+    def add(self, step: int, metrics: dict, micro: list[Mapping[str, np.ndarray]]):
+        """One optimizer step: its device metrics and its GA micro-batches (throughput)."""
+        self.pending.append((step, metrics))
+        n_proc = jax.process_count()
+        self.tokens += sum(self.count_tokens(m) for m in micro) * n_proc
+        self.samples += sum(len(next(iter(m.values()))) for m in micro) * n_proc
+        self.steps += 1
 
-    def iter_state():
-        get = getattr(task.train_iter, "get_state", None)
-        return get() if get else None
-
-    def save(step: int, status: str, best: bool = False):
-        tree = (
-            dict(state, frozen_params=c.fixed)
-            if not config.checkpoint.save_lora_only and jax.tree.leaves(c.fixed)
-            else state
-        )
-        m = {
-            "data_iter": iter_state(),
-            "best": meta.get("best"),
-            "status": status,
-            "model": signature,
-        }
-        return ck.save(step, tree, m, cfg, best=best)
-
-    pending: list[tuple[int, dict]] = []  # device metrics not yet fetched
-    logged: dict = {}
-    window = {"rows": [], "tokens": 0, "samples": 0, "t0": time.perf_counter(), "steps": 0}
-
-    def fetch():
-        """Fetch pending step metrics (one host sync); stop on a non-finite loss."""
-        if not pending:
-            return
-        rows = jax.device_get([m for _, m in pending])
-        for (s, _), r in zip(pending, rows):
+    def fetch(self) -> tuple[int, float] | None:
+        """Fetch the pending metrics (one host sync); (step, loss) of the first non-finite loss,
+        whose rows are then left unfetched, or None."""
+        if not self.pending:
+            return None
+        rows = jax.device_get([m for _, m in self.pending])
+        for (s, _), r in zip(self.pending, rows):
             if not math.isfinite(float(r["loss"])):
-                last = ck.latest_step()
-                ck.wait()
-                tracker.end("FAILED")
-                progress.close()
-                raise NonFiniteLossError(
-                    f"non-finite loss {float(r['loss'])} at step {s}: training stopped; nothing "
-                    f"after it was saved; last good checkpoint: "
-                    f"{ck.path(last) if last is not None else 'none'}"
-                )
-        pending.clear()
-        window["rows"].extend(rows)
+                return s, float(r["loss"])
+        self.pending.clear()
+        self.rows.extend(rows)
+        return None
 
-    def log_window(step: int):
-        """Log the means over the steps since the last log."""
-        nonlocal logged
-        fetch()
-        rows = window["rows"]
+    def flush(self) -> dict | None:
+        """The means of the fetched rows as logged metrics (a new window opens); None if none."""
+        rows = self.rows
         if not rows:
-            return
-        dt = max(time.perf_counter() - window["t0"], 1e-9)
+            return None
+        dt = max(time.perf_counter() - self.t0, 1e-9)
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         lrs = {k[3:]: v for k, v in mean.items() if k.startswith("lr/")}
         log = {_name(k, "train"): v for k, v in mean.items() if not k.startswith("lr/")}
@@ -273,114 +219,315 @@ def _fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None)
             log.update({f"train/{g}_lr": v for g, v in lrs.items()})
         log.update(
             {
-                "perf/tokens_per_sec": window["tokens"] / dt,
-                "perf/samples_per_sec": window["samples"] / dt,
-                "perf/step_time_sec": dt / max(window["steps"], 1),
+                "perf/tokens_per_sec": self.tokens / dt,
+                "perf/samples_per_sec": self.samples / dt,
+                "perf/step_time_sec": dt / max(self.steps, 1),
             }
         )
-        tracker.log_metrics(log, step)
-        logged.update(log)
-        progress.postfix(loss=log["train/loss"], tok_s=log["perf/tokens_per_sec"])
-        window.update(rows=[], tokens=0, samples=0, t0=time.perf_counter(), steps=0)
+        self._open()
+        return log
 
-    def evaluate(step: int) -> dict:
-        if c.eval_step is None or task.val_iter_fn is None:
+
+class Evaluation:
+    """Validation (`eval_fn` averaged over the batches of `val_iter_fn()`) and the best value of
+    `best_metric` so far ({"metric", "value", "step"}, kept in every checkpoint's meta)."""
+
+    def __init__(self, compiled: Compiled, task: TrainTask, mesh, best: dict | None):
+        if task.best_mode not in ("min", "max"):
+            raise ValueError(f"TrainTask.best_mode={task.best_mode!r}; one of min, max")
+        self.c, self.mesh = compiled, mesh
+        self.val_iter_fn = task.val_iter_fn
+        self.metric = task.best_metric
+        self.sign = 1.0 if task.best_mode == "max" else -1.0
+        self.best = best
+
+    def metrics(self, state) -> dict:
+        """{"val/<name>": mean over the validation batches}; {} without eval_fn or batches."""
+        c = self.c
+        if c.eval_step is None or self.val_iter_fn is None:
             return {}
         outs = [
-            c.eval_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(b, mesh))
-            for b in task.val_iter_fn()
+            c.eval_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(b, self.mesh))
+            for b in self.val_iter_fn()
         ]
         if not outs:
             return {}
         rows = jax.device_get(outs)
-        val = {_name(k, "val"): float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        tracker.log_metrics(val, step)
-        logged.update(val)
-        logging.info("step %d validation: %s", step, val)
-        if config.checkpoint.save_best and task.best_metric in val:
-            v = val[task.best_metric]
-            best = meta.get("best")
-            if best is None or sign * v > sign * best["value"]:
-                meta["best"] = {"metric": task.best_metric, "value": v, "step": step}
-                save(step, "best", best=True)
-        return val
+        return {_name(k, "val"): float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
-    status, step = "completed", start
-    progress = Progress(n_steps, start, enabled=jax.process_index() == 0)
-    last_eval = -1
+    def improves(self, val: dict, step: int) -> bool:
+        """Whether `val` beats the best value so far (which it then becomes)."""
+        if self.metric not in val:
+            return False
+        v = val[self.metric]
+        if self.best is not None and not self.sign * v > self.sign * self.best["value"]:
+            return False
+        self.best = {"metric": self.metric, "value": v, "step": step}
+        return True
+
+
+class CheckpointPolicy:
+    """What the loop checkpoints and when: every `checkpoint.every_steps`, a new best validation
+    value (`save_best`), the last step of a finished run (`save_final`) and a stopped or
+    preempted run. A checkpoint holds the train state (+ the frozen model parameters unless
+    `save_lora_only`); its meta the data-iterator state, the best value so far, the status and
+    the model signature."""
+
+    def __init__(self, ck: Checkpointer, config, compiled: Compiled, task, signature: dict):
+        cp = config.checkpoint
+        self.ck = ck
+        self.every, self.save_best, self.save_final = cp.every_steps, cp.save_best, cp.save_final
+        with_frozen = not cp.save_lora_only and jax.tree.leaves(compiled.fixed)
+        self.frozen_params = compiled.fixed if with_frozen else None
+        self.train_iter = task.train_iter
+        self.signature = signature
+        self.cfg = config_dict(config)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, state, step: int, status: str, best_so_far: dict | None, *, best=False):
+        tree = (
+            state if self.frozen_params is None else dict(state, frozen_params=self.frozen_params)
+        )
+        get = getattr(self.train_iter, "get_state", None)
+        meta = {
+            "data_iter": get() if get else None,
+            "best": best_so_far,
+            "status": status,
+            "model": self.signature,
+        }
+        return self.ck.save(step, tree, meta, self.cfg, best=best)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One `fit`: what the steps below share (the train state is replaced every step)."""
+
+    config: Any
+    task: TrainTask
+    mesh: Any
+    c: Compiled
+    n_steps: int
+    start: int
+    state: dict
+    out: Path
+    policy: CheckpointPolicy
+    evaluation: Evaluation
+    window: MetricsWindow
+    tracker: Tracker
+    progress: Progress
+    logged: dict = dataclasses.field(default_factory=dict)  # last logged train + val metrics
+
+    @property
+    def ck(self) -> Checkpointer:
+        return self.policy.ck
+
+
+def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
+    """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
+
+    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run."""
+    with hold_output_dir(config.output_dir):
+        run = _start(config, task, mesh)
+        status, step = _train(run, stop_at_step)
+        return _finish(run, status, step)
+
+
+def _start(config, task: TrainTask, mesh) -> _Run:
+    """Mesh, compiled steps, the resumed state (if any), tracker and progress bar."""
+    t = config.training
+    mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config)
+    n_steps = total_steps(config, task)
+    mesh_lib.check_batch_size(int(t.batch_size), mesh)
+    out = Path(config.output_dir).absolute()
+    logging.info(
+        "fit: %d steps, GA=%d, mesh %s, %s, attention %s",
+        n_steps,
+        int(t.gradient_accumulation_steps),
+        dict(mesh.shape),
+        config.runtime.sharding,
+        config.runtime.get("attention", "auto"),
+    )
+    c = build(task, config, mesh, n_steps)
+    ck = Checkpointer(out, keep=int(config.checkpoint.keep))
+    signature = model_signature(task.model)
+    state, best, resumed = _resume(ck, config, task, c.state, signature)
+    start = int(jax.device_get(state["step"]))
+    evaluation = Evaluation(c, task, mesh, best)
+    tracker = Tracker(config, out, resume=resumed, start_step=start)
+    return _Run(
+        config=config,
+        task=task,
+        mesh=mesh,
+        c=c,
+        n_steps=n_steps,
+        start=start,
+        state=state,
+        out=out,
+        policy=CheckpointPolicy(ck, config, c, task, signature),
+        evaluation=evaluation,
+        window=MetricsWindow(task.count_tokens or _default_tokens),
+        tracker=tracker,
+        progress=Progress(n_steps, start, enabled=jax.process_index() == 0),
+    )
+
+
+def _resume(ck: Checkpointer, config, task: TrainTask, state, signature: dict):
+    """(state, best so far, resumed?): the newest good checkpoint's state and data position
+    when output_dir holds one (refused unless config.resume), else `state` as built."""
+    latest = ck.latest_step()
+    if latest is None:
+        return state, None, False
+    if not config.resume:
+        raise ValueError(
+            f"output_dir={str(ck.root)!r} already holds checkpoints (latest step {latest}) "
+            "and resume=False: choose a new output_dir or set --config.resume=True"
+        )
+    state, meta = ck.restore(state, expect=signature)
+    if meta.get("data_iter") is not None:
+        task.train_iter.set_state(decode_bytes(meta["data_iter"]))
+    logging.info("resumed from %s (step %d)", ck.path(meta["step"]), meta["step"])
+    return state, meta.get("best"), True
+
+
+def _train(run: _Run, stop_at_step: int | None) -> tuple[str, int]:
+    """The step loop, then the closing validation and checkpoint; (status, last step)."""
+    t, policy = run.config.training, run.policy
+    status, step, last_eval = "completed", run.start, -1
     with _Stop() as stopper:
-        while step < n_steps:
+        while step < run.n_steps:
             if stopper.requested():
                 status = "preempted"
                 break
-            try:
-                micro = [next(task.train_iter) for _ in range(ga)]
-            except StopIteration:
-                logging.warning("train data exhausted at step %d (of %d)", step, n_steps)
+            micro = _draw(run.task.train_iter, int(t.gradient_accumulation_steps))
+            if micro is None:
+                logging.warning("train data exhausted at step %d (of %d)", step, run.n_steps)
                 status = "data_exhausted"
                 break
-            batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
-            state, metrics = c.train_step(
-                state, c.fixed, c.frozen_state, mesh_lib.shard_batch(batch, mesh, stacked=True)
-            )
             step += 1
-            pending.append((step, metrics))
-            ntok = sum(count_tokens(m) for m in micro) * jax.process_count()
-            window["tokens"] += ntok
-            window["samples"] += (
-                sum(len(next(iter(m.values()))) for m in micro) * jax.process_count()
-            )
-            window["steps"] += 1
-            progress.update(step)
+            _step(run, micro, step)
             if step % t.log_interval == 0:
-                log_window(step)
-            if t.eval_every_steps > 0 and step % t.eval_every_steps == 0 and step < n_steps:
-                fetch()
-                evaluate(step)
+                _log_window(run, step)
+            if t.eval_every_steps > 0 and step % t.eval_every_steps == 0 and step < run.n_steps:
+                _fetch(run)
+                _evaluate(run, step)
                 last_eval = step
-            if config.checkpoint.every_steps > 0 and step % config.checkpoint.every_steps == 0:
-                fetch()  # never checkpoint a state after a non-finite loss
-                save(step, "periodic")
-            if stop_at_step is not None and step >= stop_at_step and step < n_steps:
+            if policy.due(step):
+                _fetch(run)  # never checkpoint a state after a non-finite loss
+                _save(run, step, "periodic")
+            if stop_at_step is not None and step >= stop_at_step and step < run.n_steps:
                 status = "stopped"
                 break
-        log_window(step)
-        if status == "completed" or status == "data_exhausted":
+        _log_window(run, step)
+        if status in ("completed", "data_exhausted"):
             if last_eval != step:
-                evaluate(step)
-            if config.checkpoint.save_final:
-                save(step, "final")
-        elif step > start or ck.latest_step() != step:
-            save(step, status)
-    progress.close()
-    ck.wait()
-    model = c.model(state)
-    if status in ("completed", "data_exhausted"):
-        if task.export_fn is not None:
-            task.export_fn(model, out / "final_model")
-        if task.on_end is not None:
-            frozen = (
-                nnx.merge(c.frozen_graph, c.frozen_state) if c.frozen_graph is not None else None
-            )
-            task.on_end(model, frozen, tracker)
-    tracker.log_dict(cfg, "config.json")
-    tracker.log_dict({"status": status, "step": step, **logged}, "final_metrics.json")
-    tracker.end("FINISHED" if status in ("completed", "data_exhausted") else "KILLED")
-    latest = ck.latest_step()
-    best_step = ck.latest_step(best=True)
+                _evaluate(run, step)
+            if policy.save_final:
+                _save(run, step, "final")
+        elif step > run.start or run.ck.latest_step() != step:
+            _save(run, step, status)
+    return status, step
+
+
+def _draw(train_iter, ga: int) -> list | None:
+    """The GA micro-batches of one step, or None when the data ran out."""
+    try:
+        return [next(train_iter) for _ in range(ga)]
+    except StopIteration:
+        return None
+
+
+def _step(run: _Run, micro: list, step: int):
+    """Optimizer step number `step` on the stacked micro-batches [GA, B, ...]."""
+    c = run.c
+    batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+    run.state, metrics = c.train_step(
+        run.state, c.fixed, c.frozen_state, mesh_lib.shard_batch(batch, run.mesh, stacked=True)
+    )
+    run.window.add(step, metrics, micro)
+    run.progress.update(step)
+
+
+def _fetch(run: _Run):
+    """Fetch the window's pending metrics; a non-finite loss stops the run (nothing saved)."""
+    bad = run.window.fetch()
+    if bad is None:
+        return
+    step, loss = bad
+    last = run.ck.latest_step()
+    run.ck.wait()
+    run.tracker.end("FAILED")
+    run.progress.close()
+    raise NonFiniteLossError(
+        f"non-finite loss {loss} at step {step}: training stopped; nothing "
+        f"after it was saved; last good checkpoint: "
+        f"{run.ck.path(last) if last is not None else 'none'}"
+    )
+
+
+def _log_window(run: _Run, step: int):
+    """Log the means over the steps since the last log."""
+    _fetch(run)
+    log = run.window.flush()
+    if log is None:
+        return
+    run.tracker.log_metrics(log, step)
+    run.logged.update(log)
+    run.progress.postfix(loss=log["train/loss"], tok_s=log["perf/tokens_per_sec"])
+
+
+def _evaluate(run: _Run, step: int):
+    """Validate, log, and checkpoint a new best value (`checkpoint.save_best`)."""
+    val = run.evaluation.metrics(run.state)
+    if not val:
+        return
+    run.tracker.log_metrics(val, step)
+    run.logged.update(val)
+    logging.info("step %d validation: %s", step, val)
+    if run.policy.save_best and run.evaluation.improves(val, step):
+        _save(run, step, "best", best=True)
+
+
+def _save(run: _Run, step: int, status: str, *, best: bool = False):
+    run.policy.save(run.state, step, status, run.evaluation.best, best=best)
+
+
+def _finish(run: _Run, status: str, step: int) -> TrainResult:
+    """Wait for the checkpoints, export / on_end (finished runs), close the tracker."""
+    run.progress.close()
+    run.ck.wait()
+    model = run.c.model(run.state)
+    done = status in ("completed", "data_exhausted")
+    if done:
+        _on_end(run, model)
+    run.tracker.log_dict(run.policy.cfg, "config.json")
+    run.tracker.log_dict({"status": status, "step": step, **run.logged}, "final_metrics.json")
+    run.tracker.end("FINISHED" if done else "KILLED")
+    ck = run.ck
+    latest, best_step = ck.latest_step(), ck.latest_step(best=True)
     result = TrainResult(
         status=status,
         step=step,
         model=model,
-        metrics=logged,
+        metrics=run.logged,
         checkpoint_dir=ck.path(latest) if latest is not None else None,
         best_dir=ck.path(best_step, best=True) if best_step is not None else None,
-        output_dir=out,
-        metrics_file=out / "metrics.jsonl",
-        mlflow_run_id=tracker.run_id,
-        mlflow_tracking_uri=tracker.tracking_uri,
-        extra=jax.device_get(state["extra"]),
+        output_dir=run.out,
+        metrics_file=run.out / "metrics.jsonl",
+        mlflow_run_id=run.tracker.run_id,
+        mlflow_tracking_uri=run.tracker.tracking_uri,
+        extra=jax.device_get(run.state["extra"]),
     )
     ck.close()
     logging.info("fit %s at step %d; checkpoint %s", status, step, result.checkpoint_dir)
     return result
+
+
+def _on_end(run: _Run, model: nnx.Module):
+    task, c = run.task, run.c
+    if task.export_fn is not None:
+        task.export_fn(model, run.out / "final_model")
+    if task.on_end is not None:
+        frozen = nnx.merge(c.frozen_graph, c.frozen_state) if c.frozen_graph is not None else None
+        task.on_end(model, frozen, run.tracker)

@@ -80,13 +80,9 @@ def _scalar_metrics(metrics: dict, where: str) -> dict:
 
 
 def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) -> Compiled:
-    """Split and place the task's model(s) on `mesh`, build the optimizer and the jitted steps
-    (`donate`: the train step donates the state it advances)."""
+    """Split and place the task's model(s) on `mesh`, build the optimizer and the jitted steps."""
     rules = mesh_lib.rules_for(config.runtime.sharding)
     repl = mesh_lib.replicated(mesh)
-    ga = int(config.training.gradient_accumulation_steps)
-    max_norm = float(config.training.max_grad_norm)
-
     graphdef, params, fixed, other = nnx.split(task.model, task.trainable, nnx.Param, ...)
     if not jax.tree.leaves(params):
         raise ValueError("TrainTask.trainable selects no parameter of TrainTask.model")
@@ -100,63 +96,73 @@ def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) ->
 
     labels = label_tree(params, task.param_labels) if task.param_labels else None
     tx, schedules = make_optimizer(config.training, total_steps, labels, task.param_groups)
-
-    params_sh = mesh_lib.tree_shardings(params, mesh, rules.params)
-    grads_sh = mesh_lib.tree_shardings(params, mesh, rules.opt_state)
-    opt_sh = mesh_lib.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules.opt_state)
-    fixed_sh = mesh_lib.tree_shardings(fixed, mesh, rules.params)
-    state_sh = {
-        "step": repl,
-        "params": params_sh,
-        "opt_state": opt_sh,
-        "other": repl,
-        "extra": repl,
-        "rng": repl,
-    }
-
+    state_sh, grads_sh, fixed_sh = _shardings(params, fixed, tx, mesh, rules)
     put = mesh_lib.put_global
-    params = put(params, params_sh)
+    params = put(params, state_sh["params"])
     fixed = put(fixed, fixed_sh)
     state = {
         "step": put(np.zeros((), np.int32), repl),
         "params": params,
-        "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
+        "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params),
         "other": put(other, repl),
         "extra": put(task.extra_state if task.extra_state is not None else {}, repl),
         "rng": put(np.asarray(jax.random.key_data(jax.random.key(int(config.seed)))), repl),
     }
+    train_step = _train_step_fn(task, graphdef, frozen_graph, tx, schedules, grads_sh, config)
+    eval_step = _eval_step_fn(task, graphdef, frozen_graph)
+    return Compiled(
+        graphdef=graphdef,
+        state=state,
+        fixed=fixed,
+        frozen_graph=frozen_graph,
+        frozen_state=frozen_state,
+        state_shardings=state_sh,
+        train_step=jax.jit(
+            train_step, donate_argnums=(0,) if donate else (), out_shardings=(state_sh, repl)
+        ),
+        eval_step=jax.jit(eval_step, out_shardings=repl) if task.eval_fn else None,
+        schedules=schedules,
+        tx=tx,
+    )
 
-    def merge_frozen(frozen_state_):
-        if frozen_graph is None:
-            return None
-        frozen = nnx.merge(frozen_graph, frozen_state_, copy=True)
-        frozen.eval()
-        return frozen
+
+def _shardings(params, fixed, tx, mesh: Mesh, rules):
+    """(train-state shardings, gradient shardings, frozen-parameter shardings) per strategy."""
+    repl = mesh_lib.replicated(mesh)
+    state_sh = {
+        "step": repl,
+        "params": mesh_lib.tree_shardings(params, mesh, rules.params),
+        "opt_state": mesh_lib.tree_shardings(
+            jax.eval_shape(tx.init, params), mesh, rules.opt_state
+        ),
+        "other": repl,
+        "extra": repl,
+        "rng": repl,
+    }
+    grads_sh = mesh_lib.tree_shardings(params, mesh, rules.opt_state)
+    return state_sh, grads_sh, mesh_lib.tree_shardings(fixed, mesh, rules.params)
+
+
+def _merge_frozen(frozen_graph, frozen_state):
+    """The frozen model in eval mode (None without one)."""
+    if frozen_graph is None:
+        return None
+    frozen = nnx.merge(frozen_graph, frozen_state, copy=True)
+    frozen.eval()
+    return frozen
+
+
+def _train_step_fn(task, graphdef, frozen_graph, tx, schedules, grads_sh, config) -> Callable:
+    """(state, fixed, frozen_state, batch[GA, B, ...]) -> (state, metrics), to be jitted."""
+    ga = int(config.training.gradient_accumulation_steps)
+    max_norm = float(config.training.max_grad_norm)
 
     def train_step(state, fixed, frozen_state, batch):
         rng, step_rng = jax.random.split(state["rng"])
         micro_rngs = jax.random.split(step_rng, ga)
-        frozen = merge_frozen(frozen_state)
-
-        def micro(carry, xs):
-            gsum, other, extra = carry
-            mb, r = xs
-
-            def loss_of(p):
-                model = nnx.merge(graphdef, p, fixed, other, copy=True)
-                loss, (metrics, new_extra) = task.loss_fn(model, frozen, mb, r, extra)
-                new_other = nnx.split(model, task.trainable, nnx.Param, ...)[3]
-                return jnp.asarray(loss, F32), (metrics, new_extra, new_other)
-
-            (loss, (metrics, extra, other)), g = jax.value_and_grad(loss_of, has_aux=True)(
-                state["params"]
-            )
-            gsum = jax.tree.map(lambda a, b: a + b.astype(F32), gsum, g)
-            return (gsum, other, extra), (loss, _scalar_metrics(metrics, "loss_fn"))
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, F32), state["params"])
-        (gsum, other, extra), (losses, metrics) = jax.lax.scan(
-            micro, (zeros, state["other"], state["extra"]), (batch, micro_rngs)
+        frozen = _merge_frozen(frozen_graph, frozen_state)
+        gsum, other, extra, losses, metrics = _accumulate(
+            task, graphdef, state, fixed, frozen, batch, micro_rngs
         )
         grads = jax.tree.map(lambda g, p: (g / ga).astype(p.dtype), gsum, state["params"])
         grads = jax.lax.with_sharding_constraint(grads, grads_sh)
@@ -177,23 +183,45 @@ def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) ->
         }
         return new_state, out
 
+    return train_step
+
+
+def _accumulate(task, graphdef, state, fixed, frozen, batch, micro_rngs):
+    """`lax.scan` over the GA micro-batches: (float32 gradient sum, other, extra, losses[GA],
+    metrics {name: [GA]}); `other` / `extra` carried from one micro-batch to the next."""
+
+    def micro(carry, xs):
+        gsum, other, extra = carry
+        mb, r = xs
+
+        def loss_of(p):
+            model = nnx.merge(graphdef, p, fixed, other, copy=True)
+            loss, (metrics, new_extra) = task.loss_fn(model, frozen, mb, r, extra)
+            new_other = nnx.split(model, task.trainable, nnx.Param, ...)[3]
+            return jnp.asarray(loss, F32), (metrics, new_extra, new_other)
+
+        (loss, (metrics, extra, other)), g = jax.value_and_grad(loss_of, has_aux=True)(
+            state["params"]
+        )
+        gsum = jax.tree.map(lambda a, b: a + b.astype(F32), gsum, g)
+        return (gsum, other, extra), (loss, _scalar_metrics(metrics, "loss_fn"))
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, F32), state["params"])
+    (gsum, other, extra), (losses, metrics) = jax.lax.scan(
+        micro, (zeros, state["other"], state["extra"]), (batch, micro_rngs)
+    )
+    return gsum, other, extra, losses, metrics
+
+
+def _eval_step_fn(task, graphdef, frozen_graph) -> Callable:
+    """(state, fixed, frozen_state, batch[B, ...]) -> metrics, to be jitted."""
+
     def eval_step(state, fixed, frozen_state, batch):
         model = nnx.merge(graphdef, state["params"], fixed, state["other"], copy=True)
         model.eval()
-        metrics = task.eval_fn(model, merge_frozen(frozen_state), batch, state["extra"])
+        metrics = task.eval_fn(
+            model, _merge_frozen(frozen_graph, frozen_state), batch, state["extra"]
+        )
         return _scalar_metrics(metrics, "eval_fn")
 
-    return Compiled(
-        graphdef=graphdef,
-        state=state,
-        fixed=fixed,
-        frozen_graph=frozen_graph,
-        frozen_state=frozen_state,
-        state_shardings=state_sh,
-        train_step=jax.jit(
-            train_step, donate_argnums=(0,) if donate else (), out_shardings=(state_sh, repl)
-        ),
-        eval_step=jax.jit(eval_step, out_shardings=repl) if task.eval_fn else None,
-        schedules=schedules,
-        tx=tx,
-    )
+    return eval_step

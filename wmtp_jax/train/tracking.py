@@ -145,7 +145,7 @@ class Tracker:
     # ---- MLflow calls (the worker thread only) ----------------------------------------------
 
     def _start(self):
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # mlflow imports in seconds: only when MLflow is on
         from mlflow.tracking import MlflowClient
 
         a, uri = self._start_args, self.tracking_uri
@@ -189,14 +189,14 @@ class Tracker:
         if self.client is None:
             raise RuntimeError("MLflow run not started")
         if kind == "metrics":
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric  # mlflow imports in seconds: only when MLflow is on
 
             _, step, ts, metrics = job
             ms = [Metric(k, v, ts, step) for k, v in metrics.items()]
             for i in range(0, len(ms), _METRICS_PER_BATCH):
                 self.client.log_batch(self.run_id, metrics=ms[i : i + _METRICS_PER_BATCH])
         elif kind == "params":
-            from mlflow.entities import Param
+            from mlflow.entities import Param  # mlflow imports in seconds: only when MLflow is on
 
             ps = [Param(k[:_MAX_KEY], str(v)[:_MAX_PARAM_VAL]) for k, v in job[1].items()]
             for i in range(0, len(ps), _PARAMS_PER_BATCH):
@@ -375,7 +375,7 @@ def log_to_run(
     nothing without a run id)."""
     if not run_id or jax.process_index() != 0:
         return
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, RunTag  # mlflow imports in seconds: only when MLflow is on
     from mlflow.tracking import MlflowClient
 
     ts = int(time.time() * 1000)
