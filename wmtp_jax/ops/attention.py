@@ -301,16 +301,15 @@ def _unblock_kv(x):
     return x.transpose(1, 0, 3, 2, 4).reshape(b, n * blk, kvh, hd)
 
 
-def _logits(qblk, kblk, sn, qi, ki, blk, diagonal):
-    """float32 logits `[B, KV, G, blk, blk]` of the pre-scaled query block qi
-    `[B, KV, G, blk, hd]` against key block ki `[B, KV, blk, hd]`; invisible entries −inf:
-    causal only on a `diagonal` pair (static: below it every key precedes every query),
-    segment ids `sn` `[n, B, blk]` or None."""
-    x = jnp.einsum("bhgqd,bhkd->bhgqk", qblk, kblk, preferred_element_type=jnp.float32)
+def _logits(qblk, kblk, sn, qi, ki, blk, causal, scale):
+    """float32 logits `[B, KV, G, blk, blk]` of query block qi `[B, KV, G, blk, hd]` against key
+    block ki `[B, KV, blk, hd]`; invisible entries −inf (causal by absolute position, segment
+    ids `sn` `[n, B, blk]` or None)."""
+    x = jnp.einsum("bhgqd,bhkd->bhgqk", qblk, kblk, preferred_element_type=jnp.float32) * scale
     vis = None
-    if diagonal:
+    if causal:
         pos = jnp.arange(blk)
-        vis = (pos[None, :] <= pos[:, None])[None]  # [1, blk, blk]
+        vis = (ki * blk + pos[None, :] <= qi * blk + pos[:, None])[None]  # [1, blk, blk]
     if sn is not None:
         sq, sk = sn[qi], sn[ki]
         sv = (sq[:, :, None] == sk[:, None, :]) & (sk[:, None, :] != 0)
@@ -325,30 +324,23 @@ def _when(live, qi, ki, fn, carry):
     return jax.lax.cond(live[qi, ki], fn, lambda c: c, carry)
 
 
-def _prepare(q, k, v, seg, blk, skip):
-    """Blocked, pre-scaled q (q/√hd: no per-pair scaling of the logits), blocked k, v, segment
-    ids `[n, B, blk]` (or None) and the live-pair table (or None)."""
-    b, s, _, hd = q.shape
-    n = s // blk
-    qb, kb, vb = _blocks(q * jnp.asarray(hd**-0.5, q.dtype), k, v, n, blk)
-    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
-    return qb, kb, vb, sn, (_live(seg, n, blk) if skip else None)
-
-
 def _forward(q, k, v, seg, causal, blk, skip):
     """(out `[B, S, H, hd]` in q's dtype, residuals): for each query block (`lax.map`), a loop
-    over its key blocks below the diagonal (no causal mask there), then the diagonal pair with
-    the causal mask (when causal: the masked upper triangle is never visited)."""
-    n = q.shape[1] // blk
-    qb, kb, vb, sn, live = _prepare(q, k, v, seg, blk, skip)
+    over its key blocks (0..qi when causal: the masked upper triangle is never visited)."""
+    b, s, h, hd = q.shape
+    n = s // blk
+    scale = hd**-0.5
+    qb, kb, vb = _blocks(q, k, v, n, blk)
+    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
+    live = _live(seg, n, blk) if skip else None
 
     def q_block(qi):
         qblk = qb[qi]
 
-        def step(ki, carry, diagonal=False):
+        def k_step(ki, carry):
             def update(carry):
                 m_o, l_o, a_o = carry
-                x = _logits(qblk, kb[ki], sn, qi, ki, blk, diagonal)
+                x = _logits(qblk, kb[ki], sn, qi, ki, blk, causal, scale)
                 m_n = jnp.maximum(m_o, x.max(-1))
                 m_safe = jnp.where(jnp.isfinite(m_n), m_n, 0.0)
                 p = jnp.exp(x - m_safe[..., None])
@@ -369,8 +361,7 @@ def _forward(q, k, v, seg, causal, blk, skip):
             jnp.zeros(stat, jnp.float32),
             jnp.zeros(qblk.shape, jnp.float32),
         )
-        carry = jax.lax.fori_loop(0, qi if causal else n, step, init)
-        m, l, acc = step(qi, carry, diagonal=True) if causal else carry
+        m, l, acc = jax.lax.fori_loop(0, qi + 1 if causal else n, k_step, init)
         empty = l == 0
         out = (acc / jnp.where(empty, 1.0, l)[..., None]).astype(q.dtype)
         return out, jnp.where(empty, jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
@@ -380,29 +371,32 @@ def _forward(q, k, v, seg, causal, blk, skip):
 
 
 def _backward(causal, blk, skip, res, dout):
-    """FlashAttention-2 backward: for each key block (`lax.scan`, dQ carried), the diagonal pair
-    (causal mask), then a loop over the query blocks below it, recomputing P = exp(logits − lse).
-    With pre-scaled q, dK = dSᵀ·(q/√hd) and dQ = dS·K/√hd (scaled once at the end)."""
+    """FlashAttention-2 backward: for each key block (`lax.scan`, dQ carried), a loop over the
+    query blocks that see it, recomputing P = exp(logits − lse)."""
     q, k, v, seg, ob, lse = res
-    n = q.shape[1] // blk
-    qb, kb, vb, sn, live = _prepare(q, k, v, seg, blk, skip)
+    b, s, h, hd = q.shape
+    n = s // blk
+    scale = hd**-0.5
+    qb, kb, vb = _blocks(q, k, v, n, blk)
     dob = _blocks(dout, k, v, n, blk)[0]
     delta = jnp.sum(dob.astype(jnp.float32) * ob.astype(jnp.float32), -1)  # rowsum(dO ∘ O)
+    sn = None if seg is None else seg.reshape(b, n, blk).transpose(1, 0, 2)
+    live = _live(seg, n, blk) if skip else None
 
     def k_block(dq, ki):
         kblk, vblk = kb[ki], vb[ki]
 
-        def step(qi, carry, diagonal=False):
+        def q_step(qi, carry):
             def update(carry):
                 dq, dk, dv = carry
                 qblk, do = qb[qi], dob[qi]
-                x = _logits(qblk, kblk, sn, qi, ki, blk, diagonal)
+                x = _logits(qblk, kblk, sn, qi, ki, blk, causal, scale)
                 p = jnp.exp(x - lse[qi][..., None])  # invisible → 0; empty rows: lse = inf
                 dv = dv + jnp.einsum(
                     "bhgqk,bhgqd->bhkd", p.astype(do.dtype), do, preferred_element_type=jnp.float32
                 )
                 dp = jnp.einsum("bhgqd,bhkd->bhgqk", do, vblk, preferred_element_type=jnp.float32)
-                ds = (p * (dp - delta[qi][..., None])).astype(qblk.dtype)
+                ds = (p * (dp - delta[qi][..., None]) * scale).astype(qblk.dtype)
                 dq = dq.at[qi].add(
                     jnp.einsum("bhgqk,bhkd->bhgqd", ds, kblk, preferred_element_type=jnp.float32)
                 )
@@ -414,18 +408,12 @@ def _backward(causal, blk, skip, res, dout):
             return _when(live, qi, ki, update, carry)
 
         zeros = jnp.zeros(kblk.shape, jnp.float32)
-        carry = (dq, zeros, zeros)
-        if causal:
-            carry = jax.lax.fori_loop(ki + 1, n, step, step(ki, carry, diagonal=True))
-        else:
-            carry = jax.lax.fori_loop(0, n, step, carry)
-        dq, dk, dv = carry
+        dq, dk, dv = jax.lax.fori_loop(ki if causal else 0, n, q_step, (dq, zeros, zeros))
         return dq, (dk, dv)
 
     dq, (dk, dv) = jax.lax.scan(k_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(n))
-    scale = q.shape[-1] ** -0.5
     return (
-        (_unblock_q(dq) * scale).astype(q.dtype),
+        _unblock_q(dq).astype(q.dtype),
         _unblock_kv(dk).astype(k.dtype),
         _unblock_kv(dv).astype(v.dtype),
         None,
