@@ -167,7 +167,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="sweep one causal attention call, forward + backward, per "
         "implementation and --attention-seq, next to torch SDPA",
     )
-    ap.add_argument("--attention-seq", default="256,512,1024,2048,4096")
+    ap.add_argument(
+        "--attention-seq",
+        default=None,
+        help="comma list of S for --attention (default: --seq when given, else "
+        "256,512,1024,2048,4096)",
+    )
     ap.add_argument("--attention-shape", default="8,8,8,32", help="B,H,KV,head_dim")
     ap.add_argument(
         "--compare-torch",
@@ -231,6 +236,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     preset = PRESETS.get(a.preset, {})
     a.attention_impl_given = a.attention_impl is not None
+    if a.attention_seq is None:
+        a.attention_seq = a.seq if a.seq is not None else "256,512,1024,2048,4096"
     for k, v in DEFAULTS.items():
         if getattr(a, k, None) is None:
             setattr(a, k, preset.get(k, v))
@@ -418,16 +425,20 @@ def _summary(row: dict) -> str:
         return f"[error] {c.get('pipeline', row.get('mode'))}: {row['error'][:300]}"
     if row["kind"] == "attention":
         c, mem = row["config"], (row.get("memory_analysis") or {}).get("estimate")
+        rss = row.get("torch_peak_bytes")
+        rss = row.get("torch_peak_rss_bytes") if rss is None else rss
+        done = "compiled" if "skipped" not in row else f"skipped ({row['skipped']})"
         return (
             f"attention {row['implementation']:10s} B={c['batch']} S={c['seq']} "
             f"H={c['n_heads']}/{c['n_kv_heads']} hd={c['head_dim']} {c['dtype']}: fwd+bwd "
-            + (f"{row['fwd_bwd_ms']:.2f} ms" if "fwd_bwd_ms" in row else "compiled")
+            + (f"{row['fwd_bwd_ms']:.2f} ms" if "fwd_bwd_ms" in row else done)
             + (
                 f" (x{row['ratio_vs_torch_sdpa']:.2f} torch SDPA)"
                 if "ratio_vs_torch_sdpa" in row
                 else ""
             )
             + (f", mem {mem / 2**20:.1f} MiB" if mem else "")
+            + (f", peak {rss / 2**20:.1f} MiB" if rss is not None else "")
             + (f" ({100 * row['memory_vs_xla']:.1f}% of xla)" if "memory_vs_xla" in row else "")
             + f", load {row['loadavg_during']}"
         )
