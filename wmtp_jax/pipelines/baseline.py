@@ -15,7 +15,12 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
     """One micro-batch → (loss, (metrics, extra)); metrics: train/loss (the loop's),
     per-head CE `head_<k>_ce` and the number of valid target tokens."""
     out = common.policy_mtp_loss(
-        model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size
+        model,
+        batch["input_ids"],
+        batch["labels"],
+        batch["attention_mask"],
+        chunk_size=chunk_size,
+        **common.packing_of(batch),
     )
     metrics = {
         f"head_{k}_ce": out["head_unweighted_ce_loss"][k]
@@ -27,7 +32,12 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
 def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0):
     """val/loss = unweighted MTP CE of one validation batch."""
     out = common.policy_mtp_loss(
-        model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size
+        model,
+        batch["input_ids"],
+        batch["labels"],
+        batch["attention_mask"],
+        chunk_size=chunk_size,
+        **common.packing_of(batch),
     )
     return {"loss": out["unweighted_ce_loss"]}
 

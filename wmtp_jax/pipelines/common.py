@@ -97,6 +97,10 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
             num_threads=int(config.data.num_threads),
         )
 
+    if config.data.get("packing", False):
+        from wmtp_jax.data.packing import packed_loaders
+
+        train, val_iter_fn = packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn)
     logging.info(
         "data: %d train / %d validation %s records from %s (max_length %d)",
         len(train_src),
@@ -274,12 +278,22 @@ def trainable_filter(config, extra: Any = None):
 
 
 def policy_mtp_loss(
-    policy, input_ids, labels, attention_mask, weights=None, *, chunk_size: int = 0
+    policy,
+    input_ids,
+    labels,
+    attention_mask,
+    weights=None,
+    *,
+    chunk_size: int = 0,
+    segment_ids=None,
+    positions=None,
 ) -> dict:
     """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
-    head latents (no `[B,S,K,V]` logits). Returns the ops dict (weighted/unweighted CE, ...)."""
+    head latents (no `[B,S,K,V]` logits). Packed batches pass `segment_ids` / `positions`
+    (attention and targets stay inside each sequence). Returns the ops dict."""
+    pk = dict(segment_ids=segment_ids, positions=positions)
     if chunk_size and chunk_size > 0:
-        _, lat = policy.latents(input_ids)
+        _, lat = policy.latents(input_ids, **pk)
         return ops.chunked_mtp_ce_loss(
             lat,
             policy.norm.scale[...],
@@ -290,9 +304,15 @@ def policy_mtp_loss(
             norm_eps=policy.args.norm_eps,
             chunk_size=int(chunk_size),
             compute_dtype=policy.args.dtype,
+            segment_ids=segment_ids,
         )
-    logits = policy(input_ids, return_all_heads=True)
-    return ops.compute_mtp_ce_loss(logits, labels, attention_mask, weights)
+    logits = policy(input_ids, return_all_heads=True, **pk)
+    return ops.compute_mtp_ce_loss(logits, labels, attention_mask, weights, segment_ids=segment_ids)
+
+
+def packing_of(batch) -> dict:
+    """{"segment_ids", "positions"} of a packed batch (data.packing), else both None."""
+    return {"segment_ids": batch.get("segment_ids"), "positions": batch.get("positions")}
 
 
 def count_response_tokens(batch) -> int:

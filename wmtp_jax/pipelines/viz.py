@@ -85,9 +85,11 @@ def log_weight_picture(model, frozen, tracker, *, config, tokenizer, wc, val_ite
     batch = next(iter(val_iter_fn()))
     batch = {k: np.asarray(v) for k, v in batch.items()}
     ids, am, labels, rewards = verifiable.rows(batch)
+    pk = verifiable.packing(batch)  # a packed row shows its sequences one after the other
+    rewards = verifiable.packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
-    values = verifiable.critic_values(frozen, ids, am)
-    w, _, _ = verifiable.token_weights(values, rewards, m, wc, None)
+    values = verifiable.critic_values(frozen, ids, am, **pk)
+    w, _, _ = verifiable.token_weights(values, rewards, m, wc, None, pk["segment_ids"])
     ids, m, w = np.asarray(ids), np.asarray(m), np.asarray(w)
     samples = []
     for r in range(min(MAX_SAMPLES, ids.shape[0])):
