@@ -80,11 +80,12 @@ def randomize(model, seed):
 
 
 def loss_and_grads(loss_fn, model, frozen, batch, extra=None):
-    def f(m):
-        loss, _ = loss_fn(m, frozen, batch, jax.random.PRNGKey(0), extra)
-        return loss
+    @nnx.jit
+    def run(m, fr, b, ex):
+        f = lambda mm: loss_fn(mm, fr, b, jax.random.PRNGKey(0), ex)[0]
+        return nnx.value_and_grad(f)(m)
 
-    loss, g = nnx.value_and_grad(f)(model)
+    loss, g = run(model, frozen, batch, extra)
     return float(loss), jax.tree.leaves(nnx.state(g))
 
 

@@ -137,7 +137,7 @@ def compute_lambda_return(
     """
     if segment_ids is not None:
         if output_end_mask is not None:
-            raise ValueError("compute_lambda_return: output_end_mask with segment_ids is unsupported")
+            raise ValueError("compute_lambda_return: output_end_mask with segment_ids unsupported")
         return _segment_lambda_return(values, rewards, loss_mask, gamma, lam, segment_ids)
     v, r, m = _prepare(values, rewards, loss_mask)
     has_tokens = jnp.any(m > 0, axis=1, keepdims=True)

@@ -100,7 +100,9 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
     if config.data.get("packing", False):
         from wmtp_jax.data.packing import packed_loaders
 
-        train, val_iter_fn = packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn)
+        train, val_iter_fn = packed_loaders(
+            config, tokenizer, collate, train_src, train, val_iter_fn
+        )
     logging.info(
         "data: %d train / %d validation %s records from %s (max_length %d)",
         len(train_src),
