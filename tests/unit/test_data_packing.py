@@ -91,7 +91,9 @@ def test_suggest_rows():
 @pytest.mark.parametrize("stop", [2, 5])
 def test_packed_loader_resumes_exactly(stop):
     tok = micro_tokenizer()
-    src = load_samples(synthetic_dir(), "train", {"n_samples": 40}, seed=0)
+    sampling = {"n_samples": 40, "difficulty_bins": {"all": [0, 25]}}
+    sampling["difficulty_weights"] = {"all": 1.0}
+    src = load_samples(synthetic_dir(), "train", sampling, seed=0)
     col = AlpacaCollator(tok, max_length=64)
     make = lambda: PackedLoader(
         DataLoader(src, col, 8, seed=1, process_index=0, process_count=1, num_threads=1),

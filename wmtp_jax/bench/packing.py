@@ -1,7 +1,7 @@
 """Packing benchmark: the real train step on padded rows vs packed rows of the same samples.
 
-    python -m wmtp_jax.bench --packing off,on --lengths codecontests --pipelines baseline,verifiable \
-        --preset micro --seq 2048 --batch 8 --steps 3 --warmup 1
+    python -m wmtp_jax.bench --packing off,on --lengths codecontests \
+        --pipelines baseline,verifiable --preset micro --seq 2048 --batch 8 --steps 3 --warmup 1
 
 Per pipeline, one step's `--batch` samples get token lengths from `--lengths`; `off` feeds them
 as `[N, S]` rows padded to S (the collator's layout), `on` packs them (`data.packing.pack_batch`)
