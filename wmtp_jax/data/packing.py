@@ -226,8 +226,8 @@ def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
         probe = [train_src[i] for i in range(min(AUTO_PROBE, len(train_src)))]
         enc = collate(probe)
         keys = [k for k in enc if k.endswith("attention_mask")]
-        lens = np.concatenate([_lengths(enc[k]) for k in keys])
-        rows = suggest_rows(lens, bs * len(keys), seq_len)
+        lens = np.max([_lengths(enc[k]) for k in keys], axis=0)  # pairs: the longer side
+        rows = suggest_rows(lens, bs, seq_len)
     procs = jax.process_count()
     rows = -(-rows // procs) * procs
     local = rows // procs

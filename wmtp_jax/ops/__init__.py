@@ -12,6 +12,7 @@ from wmtp_jax.ops.critic_loss import (
     get_scheduled_lambda,
     huber_over_delta,
     pairwise_ranking_loss,
+    segment_mean_value,
     sequence_mean_value,
 )
 from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, compute_ntp_loss
@@ -79,6 +80,7 @@ __all__ = [
     "merge_moments",
     "pairwise_ranking_loss",
     "rms_norm",
+    "segment_mean_value",
     "sequence_mean_value",
     "td_ema_init",
     "td_ema_metrics",

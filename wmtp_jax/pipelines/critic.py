@@ -54,11 +54,16 @@ class ValueLossConfig(NamedTuple):
 
 
 def split_values(model, batch):
-    """One forward of [pos; neg] → (v_pos, v_neg) float32 [B,S], masks [B,S], attention masks."""
+    """One forward of [pos; neg] → (v_pos, v_neg) float32 [B,S], masks [B,S], attention masks.
+    Packed pairs (data.packing): segment ids and positions instead of the attention mask."""
     b = batch["pos_input_ids"].shape[0]
-    ids = jnp.concatenate([batch["pos_input_ids"], batch["neg_input_ids"]], axis=0)
-    am = jnp.concatenate([batch["pos_attention_mask"], batch["neg_attention_mask"]], axis=0)
-    v = model(ids, am)[..., 0].astype(jnp.float32)
+    cat = lambda k: jnp.concatenate([batch[f"pos_{k}"], batch[f"neg_{k}"]], axis=0)
+    ids = cat("input_ids")
+    if "pos_segment_ids" in batch:
+        v = model(ids, segment_ids=cat("segment_ids"), positions=cat("positions"))
+    else:
+        v = model(ids, cat("attention_mask"))
+    v = v[..., 0].astype(jnp.float32)
     m_pos = ops.loss_mask_of(batch["pos_labels"], batch["pos_attention_mask"])
     m_neg = ops.loss_mask_of(batch["neg_labels"], batch["neg_attention_mask"])
     return v[:b], v[b:], m_pos, m_neg
@@ -68,16 +73,27 @@ def _row_weights(batch, b):
     return batch["valid"].astype(jnp.float32) if "valid" in batch else jnp.ones((b,), jnp.float32)
 
 
+def pair_means(v_pos, v_neg, m_pos, m_neg, batch):
+    """(v̄_pos, v̄_neg, pair weights): per row `[B]` (weights = `valid`), or for packed pairs per
+    segment slot `[B,S]` (weights = 1 where the pair exists; pos and neg share segment ids)."""
+    if "pos_segment_ids" in batch:
+        pos, present = ops.segment_mean_value(v_pos, m_pos, batch["pos_segment_ids"])
+        neg, _ = ops.segment_mean_value(v_neg, m_neg, batch["neg_segment_ids"])
+        return pos, neg, present
+    pos, neg = ops.sequence_mean_value(v_pos, m_pos), ops.sequence_mean_value(v_neg, m_neg)
+    return pos, neg, _row_weights(batch, v_pos.shape[0])
+
+
 def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
     """The critic objective (scalar); padding rows (`valid` = 0) do not count."""
     if vl.type == "pairwise_ranking":
-        valid = _row_weights(batch, v_pos.shape[0])
-        diff = ops.sequence_mean_value(v_pos, m_pos) - ops.sequence_mean_value(v_neg, m_neg)
-        per_pair = -jax.nn.log_sigmoid(diff)
+        pos, neg, valid = pair_means(v_pos, v_neg, m_pos, m_neg, batch)
+        per_pair = -jax.nn.log_sigmoid(pos - neg)
         return vl.coef * jnp.sum(per_pair * valid) / jnp.maximum(jnp.sum(valid), 1.0)
     b = v_pos.shape[0]
 
-    def side(v, am, m, reward):
+    def side(v, name, m, reward):
+        am = batch[f"{name}_attention_mask"]
         return ops.compute_lambda_value_loss(
             v,
             jnp.full((b,), reward, jnp.float32),
@@ -88,22 +104,17 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
             vl.loss_fn,
             vl.huber_delta,
             ops.create_output_end_mask(am),
+            segment_ids=batch.get(f"{name}_segment_ids"),
         )
 
-    return (
-        vl.coef
-        * (
-            side(v_pos, batch["pos_attention_mask"], m_pos, 1.0)
-            + side(v_neg, batch["neg_attention_mask"], m_neg, 0.0)
-        )
-        / 2
-    )
+    return vl.coef * (side(v_pos, "pos", m_pos, 1.0) + side(v_neg, "neg", m_neg, 0.0)) / 2
 
 
 def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
-    """The original's critic diagnostics (keys without prefix; the caller names them)."""
-    valid = _row_weights(batch, v_pos.shape[0])
-    pos, neg = ops.sequence_mean_value(v_pos, m_pos), ops.sequence_mean_value(v_neg, m_neg)
+    """The original's critic diagnostics (keys without prefix; the caller names them). Packed
+    pairs: the per-pair ones only (accuracy, means, margin); the per-sequence token statistics
+    need one sequence per row."""
+    pos, neg, valid = pair_means(v_pos, v_neg, m_pos, m_neg, batch)
     n = jnp.maximum(jnp.sum(valid), 1.0)
     mean_pos, mean_neg = jnp.sum(pos * valid) / n, jnp.sum(neg * valid) / n
     out = {
@@ -112,6 +123,8 @@ def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
         "mean_neg": mean_neg,
         "margin": mean_pos - mean_neg,
     }
+    if "pos_segment_ids" in batch:
+        return out
     for side, v, m in (("pos", v_pos, m_pos), ("neg", v_neg, m_neg)):
         td = ops.compute_td_error_stats(v, m)
         out.update(
