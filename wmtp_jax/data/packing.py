@@ -216,7 +216,7 @@ def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
     Rows per global batch: `data.pack_rows`, or when 0 `suggest_rows` on the lengths of the
     first AUTO_PROBE training records; a multiple of the process count (each process packs its
     own samples into its share of the rows)."""
-    import jax
+    import jax  # here, not at the top: `data` modules stay importable without jax
     from absl import logging
 
     seq_len = int(config.dataset.max_length)
