@@ -107,9 +107,9 @@ def critic_pad_fractions(spec: str, pairs: int, seq: int, seed: int = 0) -> dict
     batch = {f"pos_{k}": v for k, v in p.items() if k != "valid"}
     batch.update({f"neg_{k}": v for k, v in q.items() if k != "valid"})
     padded = pad_fraction(batch)
-    rows = pairs
-    while rows > 1 and pack_batch(batch, rows - 1, seq)[1]["cut_tokens"] == 0:
-        rows -= 1
+    rows = max(1, -(-int(max(lp.sum(), ln.sum())) // seq))  # the fewest rows without a cut
+    while (st := pack_batch(batch, rows, seq)[1])["cut_tokens"] or st["dropped"]:
+        rows += 1
     packed, _ = pack_batch(batch, rows, seq)
     pf = pad_fraction(packed)
     return {
