@@ -138,12 +138,17 @@ def _prepare(case, batch):
 
 
 def run_packing_bench(base_case, *, pipelines, modes, lengths: str, steps: int, warmup: int):
-    """One row per (pipeline, mode) plus one `packing_ratio` row per pipeline and a critic
-    pad-fraction row (see the module docstring)."""
+    """Yields one row per (pipeline, mode), one `packing_ratio` row per pipeline, then a critic
+    pad-fraction row (see the module docstring); each pipeline's rows as soon as it is timed."""
     from wmtp_jax.bench import train_step as ts
 
     seq, n = base_case.seq, base_case.batch
-    out = []
+    yield {
+        "kind": "packing_critic",
+        "lengths": lengths,
+        "seq": seq,
+        **critic_pad_fractions(lengths, n, seq, base_case.seed),
+    }
     for pipeline in pipelines:
         lens = draw_lengths(lengths, n, seq, seed=base_case.seed)
         padded = padded_batch(lens, seq, base_case.vocab, base_case.seed, pipeline)
@@ -177,9 +182,9 @@ def run_packing_bench(base_case, *, pipelines, modes, lengths: str, steps: int, 
                 "config": r["config"],
             }
             by_mode[mode] = row
-            out.append(row)
+            yield row
         if {"off", "on"} <= set(by_mode):
-            out.append(
+            yield (
                 {
                     "kind": "packing_ratio",
                     "pipeline": pipeline,
@@ -191,15 +196,6 @@ def run_packing_bench(base_case, *, pipelines, modes, lengths: str, steps: int, 
                     / by_mode["off"]["useful_tokens_per_s"],
                 }
             )
-    out.append(
-        {
-            "kind": "packing_critic",
-            "lengths": lengths,
-            "seq": seq,
-            **critic_pad_fractions(lengths, n, seq, base_case.seed),
-        }
-    )
-    return out
 
 
 def summary(row: dict) -> str:
