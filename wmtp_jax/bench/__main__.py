@@ -230,6 +230,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--data-dir", default="storage/datasets", help="decode --prompts: datasets root"
     )
     ap.add_argument("--n-prompts", type=int, default=32, help="decode --prompts: how many")
+    ap.add_argument(
+        "--packing",
+        default=None,
+        help="comma list of off, on: padded vs packed rows of the same samples "
+        "(bench/packing.py; uses --pipelines, --batch = samples, --seq)",
+    )
+    ap.add_argument("--lengths", default="codecontests", help="synthetic | codecontests | FILE")
     ap.add_argument("--out", default="bench_results/results.jsonl")
     ap.add_argument("--plot", default=None, help="PNG of tokens/s vs batch and seq (train rows)")
     ap.add_argument("--case-json", default=None, help=argparse.SUPPRESS)  # --isolate worker
@@ -493,6 +500,24 @@ def _summary(row: dict) -> str:
     return s
 
 
+def _run_packing(a) -> int:
+    from wmtp_jax.bench import append_jsonl, machine_info
+    from wmtp_jax.bench.packing import run_packing_bench, summary
+
+    modes = _csv(a.packing)
+    if not modes or set(modes) - {"off", "on"}:
+        raise SystemExit(f"error: --packing {a.packing!r}: comma list of off, on")
+    base = train_cases(a)[0]
+    pipelines = [p for p in _csv(a.pipelines) if p != "critic"] or ["baseline"]
+    rows = run_packing_bench(
+        base, pipelines=pipelines, modes=modes, lengths=a.lengths, steps=a.steps, warmup=a.warmup
+    )
+    for row in rows:
+        print(summary(append_jsonl(a.out, {**row, "machine": machine_info()})), flush=True)
+    print(f"results appended to {os.path.abspath(a.out)}")
+    return 0
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.compilation_cache:
@@ -511,6 +536,8 @@ def main(argv=None) -> int:
         row = _run_train(TrainCase(**d), a)
         print(json.dumps(row))
         return 0
+    if a.packing:
+        return _run_packing(a)
     cases = train_cases(a) if a.what in ("train", "all") else []  # bad flags fail here, fast
     attn = attention_cases(a) if a.attention else None
     compare = [c for c in train_cases(a) if c.pipeline == "baseline"] if a.compare_torch else []

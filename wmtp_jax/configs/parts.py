@@ -104,7 +104,11 @@ def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, 
             ),
         }
     )
-    c.data = ml_collections.ConfigDict({"append_eos": True, "num_threads": 1})
+    # packing: each step's batch_size samples packed into pack_rows rows of max_length tokens
+    # (0 = sized from the data); docs/packing.md
+    c.data = ml_collections.ConfigDict(
+        {"append_eos": True, "num_threads": 1, "packing": False, "pack_rows": 0}
+    )
     return c
 
 
@@ -187,6 +191,13 @@ def validate_data(c: ml_collections.ConfigDict):
         "data_sampling.val_n_samples",
         c.data_sampling.val_n_samples,
         "need ≥ 1",
+    )
+    rows = c.data.get("pack_rows", 0)
+    _check(
+        isinstance(rows, int) and 0 <= rows <= c.training.batch_size,
+        "data.pack_rows",
+        rows,
+        "need an integer in [0, training.batch_size] (0 = sized from the data)",
     )
     for name, rng in c.data_sampling.difficulty_bins.items():
         _check(

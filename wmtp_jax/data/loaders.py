@@ -12,6 +12,7 @@ from absl import logging
 
 from wmtp_jax.data.collate import AlpacaCollator, PairwiseCollator
 from wmtp_jax.data.loader import DataLoader
+from wmtp_jax.data.packing import packed_loaders
 from wmtp_jax.data.sources import load_samples
 from wmtp_jax.data.tokenizer import load_tokenizer as _load_tokenizer
 
@@ -97,6 +98,10 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
             num_threads=int(config.data.num_threads),
         )
 
+    if config.data.get("packing", False):
+        train, val_iter_fn = packed_loaders(
+            config, tokenizer, collate, train_src, train, val_iter_fn
+        )
     logging.info(
         "data: %d train / %d validation %s records from %s (max_length %d)",
         len(train_src),

@@ -18,6 +18,7 @@ from flax import nnx
 
 from wmtp_jax.ops.attention import attention
 from wmtp_jax.ops.chunked_loss import rms_norm
+from wmtp_jax.ops.segments import segment_positions
 
 from .args import ModelArgs
 
@@ -423,6 +424,7 @@ def attention_inputs(
     positions=None,
     attention_mask=None,
     cache_len: int | None = None,
+    segment_ids=None,
 ):
     """Everything a stack of blocks needs besides x: (cos, sin, mask, start).
 
@@ -430,8 +432,19 @@ def attention_inputs(
     (causal) or the 0/1 attention mask as int32 segment ids (0 = padding, never attended); with
     a cache of length T it is `cache_mask` and
     `start = positions[:, 0]` is where each row's new keys are written.
+    Packed rows: `segment_ids` `[B, S]` (1, 2, ... per sequence, 0 = padding) are the mask as
+    they are (attention never crosses a segment) and positions default to restarting at 0 in
+    every segment (`ops.segments.segment_positions`); no attention_mask with them.
     """
     b, s = shape
+    if segment_ids is not None:
+        if cache_len is not None or attention_mask is not None:
+            raise ValueError("segment_ids go without attention_mask and without a KV cache")
+        if segment_ids.shape != (b, s):
+            raise ValueError(f"segment_ids has shape {segment_ids.shape}, expected {(b, s)}")
+        seg = jnp.asarray(segment_ids).astype(jnp.int32)
+        if positions is None:
+            positions = segment_positions(seg)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     elif positions.shape != (b, s):
@@ -444,6 +457,8 @@ def attention_inputs(
                 "and pass per-row `positions` instead"
             )
         return cos, sin, cache_mask(positions, cache_len), positions[:, 0]
+    if segment_ids is not None:
+        return cos, sin, seg, None
     if attention_mask is not None:
         if attention_mask.shape != (b, s):
             raise ValueError(f"attention_mask has shape {attention_mask.shape}, expected {(b, s)}")

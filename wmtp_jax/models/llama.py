@@ -52,13 +52,15 @@ class Llama(nnx.Module):
         *,
         positions: jax.Array | None = None,
         cache: dict | None = None,
+        segment_ids: jax.Array | None = None,
     ):
         """Last hidden state after the final norm `[B, S, D]` (HF `last_hidden_state`), compute
-        dtype; `(hidden, new_cache)` when `cache` is given."""
+        dtype; `(hidden, new_cache)` when `cache` is given. Packed rows: `segment_ids` `[B, S]`
+        instead of `attention_mask` (see `layers.attention_inputs`)."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, S] int, got shape {tokens.shape}")
         cos, sin, mask, start = attention_inputs(
-            self.args, tokens.shape, positions, attention_mask, cache_len(cache)
+            self.args, tokens.shape, positions, attention_mask, cache_len(cache), segment_ids
         )
         h = self.tok_embeddings(tokens)
         h, kv = scan_blocks(
@@ -81,10 +83,13 @@ class Llama(nnx.Module):
         *,
         positions: jax.Array | None = None,
         cache: dict | None = None,
+        segment_ids: jax.Array | None = None,
     ):
         """Logits `[B, S, V]` float32 (the final-norm hidden state when built without `lm_head`);
         `(out, new_cache)` when `cache` is given (same cache rules as MTPTransformer)."""
-        out = self.hidden_states(tokens, attention_mask, positions=positions, cache=cache)
+        out = self.hidden_states(
+            tokens, attention_mask, positions=positions, cache=cache, segment_ids=segment_ids
+        )
         h, new_cache = out if cache is not None else (out, None)
         if self.output is not None:
             h = self.output(h, out_dtype=jnp.float32)

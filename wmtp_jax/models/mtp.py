@@ -63,11 +63,15 @@ class MTPTransformer(nnx.Module):
             cache["layers"] = empty_cache(a.n_trunk_layers, a, batch_size, max_len, dtype)
         return cache
 
-    def _run(self, tokens, positions, cache, n_heads):
+    def _run(self, tokens, positions, cache, n_heads, segment_ids=None):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, S] int, got shape {tokens.shape}")
         cos, sin, mask, start = attention_inputs(
-            self.args, tokens.shape, positions, cache_len=cache_len(cache)
+            self.args,
+            tokens.shape,
+            positions,
+            cache_len=cache_len(cache),
+            segment_ids=segment_ids,
         )
         ctx = (cos, sin, mask)
         h = self.tok_embeddings(tokens)
@@ -92,13 +96,20 @@ class MTPTransformer(nnx.Module):
             new_cache["heads"] = {"k": kv[0], "v": kv[1]}
         return h, jnp.moveaxis(y, 0, 2), new_cache
 
-    def latents(self, tokens: jax.Array, *, positions: jax.Array | None = None):
+    def latents(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ):
         """(h_trunk `[B,S,D]`, head_latents `[B,S,K,D]`) before the shared norm, compute dtype.
+        `segment_ids` as in `__call__`.
 
         `self.project(head_latents)` equals the logits; the chunked loss uses
         `self.norm.scale`, `self.args.norm_eps` and `self.output_kernel()` `[D, V]` directly.
         """
-        h, lat, _ = self._run(tokens, positions, None, None)
+        h, lat, _ = self._run(tokens, positions, None, None, segment_ids)
         return h, lat
 
     def project(self, x: jax.Array) -> jax.Array:
@@ -121,6 +132,7 @@ class MTPTransformer(nnx.Module):
         return_hidden_states: bool = False,
         positions: jax.Array | None = None,
         cache: dict | None = None,
+        segment_ids: jax.Array | None = None,
     ):
         """tokens `[B, S]` int32 → logits `[B, S, K, V]` float32 (K = 1, head 0 only, when
         `return_all_heads=False`; the other heads are then not run and their caches untouched).
@@ -130,8 +142,12 @@ class MTPTransformer(nnx.Module):
         positions (contiguous per row; rows may differ): K/V are written there and each query
         attends to cache slots ≤ its position. The cache must be long enough (slots ≥ T are
         clamped by `dynamic_update_slice`).
+        Packed rows (no cache): `segment_ids` `[B, S]` (1, 2, ... per sequence, 0 = padding) keep
+        attention inside each sequence; positions then default to restarting per segment.
         """
-        h, lat, new_cache = self._run(tokens, positions, cache, None if return_all_heads else 1)
+        h, lat, new_cache = self._run(
+            tokens, positions, cache, None if return_all_heads else 1, segment_ids
+        )
         logits = self.project(lat)
         out = (logits, self.norm(h)) if return_hidden_states else (logits,)
         if cache is not None:

@@ -101,5 +101,17 @@ class ValueModel(nnx.Module):
             args.dim, head_type, rngs=rngs, dropout=dropout, bias_init=bias_init
         )
 
-    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        return self.value_head(self.backbone.hidden_states(tokens, attention_mask))
+    def __call__(
+        self,
+        tokens: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """Packed rows: `segment_ids` (and optional per-segment `positions`) instead of the
+        attention mask."""
+        h = self.backbone.hidden_states(
+            tokens, attention_mask, positions=positions, segment_ids=segment_ids
+        )
+        return self.value_head(h)

@@ -9,6 +9,7 @@ from wmtp_jax.ops.critic_loss import (
     create_output_end_mask,
     get_scheduled_lambda,
     pairwise_ranking_loss,
+    segment_mean_value,
     sequence_mean_value,
 )
 from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, compute_ntp_loss
@@ -72,6 +73,7 @@ __all__ = [
     "pairwise_ranking_loss",
     "policy_mtp_loss",
     "rms_norm",
+    "segment_mean_value",
     "sequence_mean_value",
     "td_ema_init",
     "td_ema_metrics",

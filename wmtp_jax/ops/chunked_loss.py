@@ -59,6 +59,7 @@ def chunked_mtp_ce_loss(
     norm_eps: float = 1e-5,
     chunk_size: int = 512,
     compute_dtype=jnp.float32,
+    segment_ids: jax.Array | None = None,
 ) -> dict:
     """`compute_mtp_ce_loss(head_logits(head_latents, ...), labels, attention_mask, weights)`
     without the `[B,S,K,V]` logits.
@@ -67,6 +68,7 @@ def chunked_mtp_ce_loss(
     output_kernel `[D,V]`, labels/attention_mask `[B,S]`, weights None | `[B,S]` | `[B,S,K]`.
     chunk_size: (position, head) pairs per row per scan step (all B rows go together); peak extra
     memory is a few `[B, chunk_size, V]` float32 blocks. S·K divisible by chunk_size avoids padding.
+    segment_ids `[B,S]` (packed rows): targets never cross a segment end.
     Returns the same dict as compute_mtp_ce_loss.
     """
     if head_latents.ndim != 4:
@@ -81,7 +83,7 @@ def chunked_mtp_ce_loss(
         raise ValueError(f"norm_scale: expected shape {(d,)}, got {norm_scale.shape}")
     if output_kernel.ndim != 2 or output_kernel.shape[0] != d:
         raise ValueError(f"output_kernel: expected [D={d}, V], got {output_kernel.shape}")
-    targets, mask, w = align_head_targets(labels, attention_mask, k, weights)
+    targets, mask, w = align_head_targets(labels, attention_mask, k, weights, segment_ids)
 
     # rows stay a (possibly sharded) non-scanned axis; the scan runs over chunks of the S·K axis
     n = s * k

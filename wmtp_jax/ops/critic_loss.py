@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import as_mask, as_values
+from wmtp_jax.ops.segments import as_segments, segment_sum
 from wmtp_jax.ops.td import compute_lambda_return
 
 MEAN_EPS = 1e-8
@@ -31,11 +32,25 @@ def pair_mean(x: jax.Array, valid=None) -> jax.Array:
     return jnp.sum(x * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
-def pairwise_ranking_loss(v_pos, v_neg, mask_pos, mask_neg, valid=None) -> jax.Array:
-    """Bradley-Terry: mean_b −log σ(v̄_pos − v̄_neg), v̄ the masked mean of the raw values; the
-    mean over the pairs with `valid` = 1 when given (see pair_mean)."""
-    diff = sequence_mean_value(v_pos, mask_pos) - sequence_mean_value(v_neg, mask_neg)
-    return pair_mean(-jax.nn.log_sigmoid(diff), valid)
+def pair_values(v_pos, v_neg, mask_pos, mask_neg, valid=None, segment_ids=None):
+    """(v̄_pos, v̄_neg, pair weights) of a pairwise batch. Rows: v̄ `[B]` the masked mean per
+    row, weights = `valid` (or None). Packed pairs (`segment_ids` = (pos ids, neg ids) `[B,S]`,
+    both sides sharing ids): v̄ `[B,S]` per segment slot, weights = 1 where the pair exists."""
+    if segment_ids is None:
+        return sequence_mean_value(v_pos, mask_pos), sequence_mean_value(v_neg, mask_neg), valid
+    pos, present = segment_mean_value(v_pos, mask_pos, segment_ids[0])
+    neg, _ = segment_mean_value(v_neg, mask_neg, segment_ids[1])
+    return pos, neg, present
+
+
+def pairwise_ranking_loss(
+    v_pos, v_neg, mask_pos, mask_neg, valid=None, segment_ids=None
+) -> jax.Array:
+    """Bradley-Terry: mean over pairs of −log σ(v̄_pos − v̄_neg), v̄ the masked mean of the raw
+    values; the mean over the pairs with weight 1 (`valid`, or the packed pairs present; see
+    pair_values and pair_mean)."""
+    pos, neg, w = pair_values(v_pos, v_neg, mask_pos, mask_neg, valid, segment_ids)
+    return pair_mean(-jax.nn.log_sigmoid(pos - neg), w)
 
 
 def _per_sequence_mean(loss: jax.Array, mask: jax.Array) -> jax.Array:
@@ -62,13 +77,21 @@ def compute_lambda_value_loss(
     loss_type: str = "huber",
     huber_delta: float = 0.5,
     output_end_mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Regress V onto stop_gradient(λ-returns) on attention_mask·loss_mask tokens.
 
     loss_type: "huber" (smooth-L1 with β = huber_delta) or "mse"; per-sequence masked mean,
     then the mean over sequences with ≥ 1 token.
+    Packed rows (`segment_ids` `[B,S]`, rewards `[B]` or per token): every segment is a sequence;
+    its λ-return chain is all of its tokens, ending at its last one (what `output_end_mask`
+    gives an unpacked row), and the per-sequence means are per segment.
     """
     v = as_values(value_logits, "value_logits")
+    if segment_ids is not None:
+        return _segment_lambda_value_loss(
+            v, rewards, attention_mask, loss_mask, gamma, lam, loss_type, huber_delta, segment_ids
+        )
     targets = jax.lax.stop_gradient(
         compute_lambda_return(v, rewards, loss_mask, gamma, lam, output_end_mask)
     )
@@ -80,6 +103,40 @@ def compute_lambda_value_loss(
     else:
         raise ValueError(f"value_loss.loss_fn: expected 'huber' or 'mse', got {loss_type!r}")
     return _per_sequence_mean(loss, mask)
+
+
+def _segment_lambda_value_loss(v, rewards, am, loss_mask, gamma, lam, loss_type, delta, seg):
+    seg = as_segments(seg, v.shape)
+    am = as_mask(am, v.shape, "attention_mask")
+    targets = jax.lax.stop_gradient(
+        compute_lambda_return(v, rewards, am, gamma, lam, segment_ids=seg)
+    )
+    mask = am * as_mask(loss_mask, v.shape)
+    if loss_type == "huber":
+        loss = huber_over_delta(v - targets, delta)
+    elif loss_type == "mse":
+        loss = (v - targets) ** 2
+    else:
+        raise ValueError(f"value_loss.loss_fn: expected 'huber' or 'mse', got {loss_type!r}")
+    n_slots = v.shape[1] + 1  # ids ≤ S: a segment has ≥ 1 token
+    n = segment_sum(mask, seg, n_slots)[:, 1:]
+    per_seq = segment_sum(loss * mask, seg, n_slots)[:, 1:] / (n + MEAN_EPS)
+    has = (n > 0).astype(jnp.float32)
+    return jnp.sum(per_seq * has) / jnp.maximum(jnp.sum(has), 1.0)
+
+
+def segment_mean_value(values, mask, segment_ids) -> tuple[jax.Array, jax.Array]:
+    """Packed rows: (v̄ `[B,S]` per segment slot j = Σ(v·m)/(Σm + 1e-8) over segment id j + 1,
+    present `[B,S]` float32: 1 where segment id j + 1 exists in the row). The packed counterpart
+    of `sequence_mean_value`."""
+    v = as_values(values)
+    seg = as_segments(segment_ids, v.shape)
+    m = as_mask(mask, v.shape, "mask")
+    n_slots = v.shape[1] + 1
+    total = segment_sum(v * m, seg, n_slots)[:, 1:]
+    count = segment_sum(m, seg, n_slots)[:, 1:]
+    present = segment_sum((seg > 0).astype(jnp.float32), seg, n_slots)[:, 1:] > 0
+    return total / (count + MEAN_EPS), present.astype(jnp.float32)
 
 
 def get_scheduled_lambda(

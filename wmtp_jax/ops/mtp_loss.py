@@ -4,6 +4,8 @@ Head k (1-based) at source position t predicts token t+k: it scores `logits[:, t
 `labels[:, t+k]` under the mask `attention_mask[:, t+k] · (labels[:, t+k] != -100)`.
 Per head: Σ(ce·w·m)/Σm (normalised by the valid-token count, not by Σw); the loss is the mean over
 heads with ≥ 1 valid token (0 if none). Everything is float32 whatever the logits dtype.
+Packed rows (`segment_ids` `[B,S]`, 0 = padding): the mask also needs segment_ids[t+k] =
+segment_ids[t], so no head ever predicts a token of the next packed sequence.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import IGNORE_INDEX, token_ce
+from wmtp_jax.ops.segments import as_segments, same_segment_ahead
 
 
 def _shift_pad(x: jax.Array, k: int, fill) -> jax.Array:
@@ -23,13 +26,18 @@ def _shift_pad(x: jax.Array, k: int, fill) -> jax.Array:
 
 
 def align_head_targets(
-    labels: jax.Array, attention_mask: jax.Array, n_future: int, weights: jax.Array | None = None
+    labels: jax.Array,
+    attention_mask: jax.Array,
+    n_future: int,
+    weights: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ):
     """Targets, masks and weights of every head aligned at the *source* position t.
 
     Returns `targets [B,S,K]` int32 (IGNORE_INDEX where invalid), `mask [B,S,K]` f32 and
     `weights [B,S,K]` f32 under stop_gradient (ones when `weights` is None). 2-D weights `[B,S]`
     index the predicted token (t+k); 3-D `[B,S,K']` (K' >= K) index the source position t.
+    With `segment_ids` `[B,S]` head k's mask at t is also 0 unless seg[t+k] = seg[t] ≠ 0.
     """
     labels = jnp.asarray(labels)
     b, s = labels.shape
@@ -53,7 +61,10 @@ def align_head_targets(
     tgts, masks, ws = [], [], []
     for k in range(1, n_future + 1):
         tgts.append(_shift_pad(labels.astype(jnp.int32), k, IGNORE_INDEX))
-        masks.append(_shift_pad(valid, k, 0.0))
+        mk = _shift_pad(valid, k, 0.0)
+        if segment_ids is not None:
+            mk = mk * same_segment_ahead(as_segments(segment_ids, (b, s)), k)
+        masks.append(mk)
         if weights is None:
             ws.append(jnp.ones((b, s), jnp.float32))
         elif weights.ndim == 2:
@@ -94,11 +105,13 @@ def compute_mtp_ce_loss(
     attention_mask: jax.Array,
     weights: jax.Array | None = None,
     n_future: int | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> dict:
     """Weighted / unweighted MTP cross entropy from dense logits `[B,S,K,V]`.
 
     labels, attention_mask `[B,S]`; weights None, `[B,S]` (predicted-token index t+k) or `[B,S,K]`
     (source index t), never differentiated. `n_future` uses the first n_future heads (default K).
+    segment_ids `[B,S]` (packed rows): targets never cross a segment end.
     Returns {"weighted_ce_loss", "unweighted_ce_loss", per-head arrays, ...}
     (see reduce_head_losses).
     """
@@ -112,16 +125,23 @@ def compute_mtp_ce_loss(
     n_future = k_all if n_future is None else int(n_future)
     if not 1 <= n_future <= k_all:
         raise ValueError(f"n_future={n_future} must be in [1, {k_all}] (logits {logits.shape})")
-    targets, mask, w = align_head_targets(labels, attention_mask, n_future, weights)
+    targets, mask, w = align_head_targets(labels, attention_mask, n_future, weights, segment_ids)
     # one CE over [B, S, K, V]: slicing per head and stacking would copy the logits once more
     # and pad each head's gradient back to the full [B, S, K, V] (3x less memory traffic)
     ce = token_ce(logits if n_future == k_all else logits[:, :, :n_future], targets)
     return reduce_head_losses(ce, mask, w)
 
 
-def compute_ntp_loss(logits: jax.Array, labels: jax.Array, attention_mask: jax.Array) -> jax.Array:
+def compute_ntp_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    attention_mask: jax.Array,
+    segment_ids: jax.Array | None = None,
+) -> jax.Array:
     """Next-token CE for `[B,S,V]` logits: logits[:, :-1] vs labels[:, 1:], mask
-    (labels[:, 1:] != -100)·attention_mask[:, 1:], mean over valid tokens (0 if none)."""
+    (labels[:, 1:] != -100)·attention_mask[:, 1:] (· same segment with `segment_ids`), mean over
+    valid tokens (0 if none)."""
     if logits.ndim != 3:
         raise ValueError(f"logits: expected [B,S,V], got {logits.shape}")
-    return compute_mtp_ce_loss(logits[:, :, None], labels, attention_mask)["unweighted_ce_loss"]
+    out = compute_mtp_ce_loss(logits[:, :, None], labels, attention_mask, segment_ids=segment_ids)
+    return out["unweighted_ce_loss"]

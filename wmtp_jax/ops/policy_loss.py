@@ -8,13 +8,23 @@ from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss
 
 
 def policy_mtp_loss(
-    policy, input_ids, labels, attention_mask, weights=None, *, chunk_size: int = 0
+    policy,
+    input_ids,
+    labels,
+    attention_mask,
+    weights=None,
+    *,
+    chunk_size: int = 0,
+    segment_ids=None,
+    positions=None,
 ) -> dict:
     """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
-    head latents (`policy.latents`, `policy.norm.scale`, `policy.output_kernel()`). Returns the
-    loss dict (weighted / unweighted CE, per-head CE, ...)."""
+    head latents (`policy.latents`, `policy.norm.scale`, `policy.output_kernel()`). Packed
+    batches pass `segment_ids` / `positions` `[B,S]` (attention and targets stay inside each
+    sequence). Returns the loss dict (weighted / unweighted CE, per-head CE, ...)."""
+    pk = dict(segment_ids=segment_ids, positions=positions)
     if chunk_size and chunk_size > 0:
-        _, lat = policy.latents(input_ids)
+        _, lat = policy.latents(input_ids, **pk)
         return chunked_mtp_ce_loss(
             lat,
             policy.norm.scale[...],
@@ -25,6 +35,7 @@ def policy_mtp_loss(
             norm_eps=policy.args.norm_eps,
             chunk_size=int(chunk_size),
             compute_dtype=policy.args.dtype,
+            segment_ids=segment_ids,
         )
-    logits = policy(input_ids, return_all_heads=True)
-    return compute_mtp_ce_loss(logits, labels, attention_mask, weights)
+    logits = policy(input_ids, return_all_heads=True, **pk)
+    return compute_mtp_ce_loss(logits, labels, attention_mask, weights, segment_ids=segment_ids)

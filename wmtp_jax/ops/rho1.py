@@ -4,6 +4,8 @@ Head k (1-based) at source t predicts x_{t+k}; the reference's next-token logits
 the same token. Per head, over all valid tokens of the batch (pooled across sequences):
 score = CE_policy − CE_ref (signed) | |CE_policy − CE_ref| (absolute) | CE_ref (difficult);
 keep score ≥ quantile(valid scores, 1 − k_percent) (linear interpolation, ties kept).
+Packed rows (`segment_ids`): a (source, head) pair whose target lies in another segment is not
+valid, so the pooled quantile sees exactly the unpacked batch's valid tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import IGNORE_INDEX, as_mask, token_ce
 from wmtp_jax.ops.mtp_loss import _shift_pad
+from wmtp_jax.ops.segments import as_segments, same_segment_ahead
 
 MODES = ("signed", "absolute", "difficult")
 
@@ -31,7 +34,13 @@ def masked_quantile(x: jax.Array, valid: jax.Array, q) -> jax.Array:
 
 
 def compute_mtp_selective_weights(
-    policy_logits, ref_logits, labels, loss_mask, k_percent=0.6, mode: str = "signed"
+    policy_logits,
+    ref_logits,
+    labels,
+    loss_mask,
+    k_percent=0.6,
+    mode: str = "signed",
+    segment_ids=None,
 ):
     """policy_logits `[B,S,K,V]`, ref_logits `[B,S,V]`, labels/loss_mask `[B,S]` →
     (weights `[B,S,K]` float32 in {0,1} indexed by source position, stats dict of scalars).
@@ -66,6 +75,8 @@ def compute_mtp_selective_weights(
     for k in range(1, k_heads + 1):
         tgt = _shift_pad(labels, k, IGNORE_INDEX)
         valid = (_shift_pad(m, k, 0.0) > 0) & (tgt != IGNORE_INDEX)
+        if segment_ids is not None:
+            valid = valid & same_segment_ahead(as_segments(segment_ids, (b, s)), k)
         ce_pol = token_ce(policy_logits[:, :, k - 1], tgt)
         ce_ref = _shift_pad(ref_ce, k - 1, 0.0)  # ref position t+k-1 for source t
         excess = ce_pol - ce_ref

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import as_mask, as_values, masked_mean, masked_min_max, masked_std
-from wmtp_jax.ops.critic_loss import MEAN_EPS, pair_mean, sequence_mean_value
+from wmtp_jax.ops.critic_loss import MEAN_EPS, pair_mean, pair_values
 
 
 def _flat_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -69,12 +69,14 @@ def compute_value_function_stats(values, returns, loss_mask=None) -> dict:
     }
 
 
-def compute_pairwise_accuracy(v_pos, v_neg, mask_pos, mask_neg, valid=None) -> dict:
+def compute_pairwise_accuracy(
+    v_pos, v_neg, mask_pos, mask_neg, valid=None, segment_ids=None
+) -> dict:
     """pairwise_accuracy = mean(v̄_pos > v̄_neg), mean_pos, mean_neg, margin, correct_pairs,
     total_pairs (v̄ the masked mean value of each sequence); means over the pairs with
-    `valid` = 1 when given (`[B]`, 0 = a padding pair)."""
-    pos = sequence_mean_value(v_pos, mask_pos)
-    neg = sequence_mean_value(v_neg, mask_neg)
+    `valid` = 1 when given (`[B]`, 0 = a padding pair); packed pairs: `segment_ids` = (pos ids,
+    neg ids), one pair per segment slot (see pair_values)."""
+    pos, neg, valid = pair_values(v_pos, v_neg, mask_pos, mask_neg, valid, segment_ids)
     won = (pos > neg).astype(jnp.float32)
     mean_pos, mean_neg = pair_mean(pos, valid), pair_mean(neg, valid)
     if valid is None:

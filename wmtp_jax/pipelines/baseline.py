@@ -11,6 +11,7 @@ from pathlib import Path
 
 from wmtp_jax import ops
 from wmtp_jax.data import loaders
+from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.models.io import tokenizer_dir_files
 from wmtp_jax.pipelines.bootstrap import setup
@@ -23,7 +24,12 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
     """One micro-batch → (loss, (metrics, extra)); metrics: train/loss (the loop's),
     per-head CE `head_<k>_ce` and the number of valid target tokens."""
     out = ops.policy_mtp_loss(
-        model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size
+        model,
+        batch["input_ids"],
+        batch["labels"],
+        batch["attention_mask"],
+        chunk_size=chunk_size,
+        **packing_of(batch),
     )
     metrics = {
         f"head_{k}_ce": out["head_unweighted_ce_loss"][k]
@@ -35,7 +41,12 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
 def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0):
     """val/loss = unweighted MTP CE of one validation batch."""
     out = ops.policy_mtp_loss(
-        model, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size
+        model,
+        batch["input_ids"],
+        batch["labels"],
+        batch["attention_mask"],
+        chunk_size=chunk_size,
+        **packing_of(batch),
     )
     return {"loss": out["unweighted_ce_loss"]}
 

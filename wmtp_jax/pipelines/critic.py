@@ -59,11 +59,16 @@ class ValueLossConfig(NamedTuple):
 
 
 def split_values(model, batch):
-    """One forward of [pos; neg] → (v_pos, v_neg) float32 [B,S], masks [B,S], attention masks."""
+    """One forward of [pos; neg] → (v_pos, v_neg) float32 [B,S], masks [B,S], attention masks.
+    Packed pairs (data.packing): segment ids and positions instead of the attention mask."""
     b = batch["pos_input_ids"].shape[0]
-    ids = jnp.concatenate([batch["pos_input_ids"], batch["neg_input_ids"]], axis=0)
-    am = jnp.concatenate([batch["pos_attention_mask"], batch["neg_attention_mask"]], axis=0)
-    v = model(ids, am)[..., 0].astype(jnp.float32)
+    cat = lambda k: jnp.concatenate([batch[f"pos_{k}"], batch[f"neg_{k}"]], axis=0)
+    ids = cat("input_ids")
+    if "pos_segment_ids" in batch:
+        v = model(ids, segment_ids=cat("segment_ids"), positions=cat("positions"))
+    else:
+        v = model(ids, cat("attention_mask"))
+    v = v[..., 0].astype(jnp.float32)
     m_pos = ops.loss_mask_of(batch["pos_labels"], batch["pos_attention_mask"])
     m_neg = ops.loss_mask_of(batch["neg_labels"], batch["neg_attention_mask"])
     return v[:b], v[b:], m_pos, m_neg
@@ -73,14 +78,23 @@ def _row_weights(batch, b):
     return batch["valid"].astype(jnp.float32) if "valid" in batch else jnp.ones((b,), jnp.float32)
 
 
+def pair_segments(batch):
+    """(pos ids, neg ids) `[B,S]` of packed pairs (data.packing), else None."""
+    if "pos_segment_ids" in batch:
+        return batch["pos_segment_ids"], batch["neg_segment_ids"]
+    return None
+
+
 def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
     """The critic objective (scalar); padding rows (`valid` = 0) do not count."""
     if vl.type == "pairwise_ranking":
         valid = _row_weights(batch, v_pos.shape[0])
-        return vl.coef * ops.pairwise_ranking_loss(v_pos, v_neg, m_pos, m_neg, valid)
+        seg = pair_segments(batch)
+        return vl.coef * ops.pairwise_ranking_loss(v_pos, v_neg, m_pos, m_neg, valid, seg)
     b = v_pos.shape[0]
 
-    def side(v, am, m, reward):
+    def side(v, name, m, reward):
+        am = batch[f"{name}_attention_mask"]
         return ops.compute_lambda_value_loss(
             v,
             jnp.full((b,), reward, jnp.float32),
@@ -91,23 +105,22 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
             vl.loss_fn,
             vl.huber_delta,
             ops.create_output_end_mask(am),
+            segment_ids=batch.get(f"{name}_segment_ids"),
         )
 
-    return (
-        vl.coef
-        * (
-            side(v_pos, batch["pos_attention_mask"], m_pos, 1.0)
-            + side(v_neg, batch["neg_attention_mask"], m_neg, 0.0)
-        )
-        / 2
-    )
+    return vl.coef * (side(v_pos, "pos", m_pos, 1.0) + side(v_neg, "neg", m_neg, 0.0)) / 2
 
 
 def diagnostics(v_pos, v_neg, m_pos, m_neg, batch) -> dict:
-    """The original's critic diagnostics (keys without prefix; the caller names them)."""
+    """The original's critic diagnostics (keys without prefix; the caller names them). Packed
+    pairs: the per-pair ones only (accuracy, means, margin); the per-sequence token statistics
+    need one sequence per row."""
     valid = _row_weights(batch, v_pos.shape[0])
-    acc = ops.compute_pairwise_accuracy(v_pos, v_neg, m_pos, m_neg, valid)
+    seg = pair_segments(batch)
+    acc = ops.compute_pairwise_accuracy(v_pos, v_neg, m_pos, m_neg, valid, seg)
     out = {k: acc[k] for k in ("pairwise_accuracy", "mean_pos", "mean_neg", "margin")}
+    if seg is not None:
+        return out
     for side, v, m in (("pos", v_pos, m_pos), ("neg", v_neg, m_neg)):
         td = ops.compute_td_error_stats(v, m)
         out.update(

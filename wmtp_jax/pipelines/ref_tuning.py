@@ -22,8 +22,13 @@ from wmtp_jax.train.mesh import rules_for
 
 
 def ntp_loss(model, batch):
-    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    return ops.compute_ntp_loss(logits, batch["labels"], batch["attention_mask"])
+    """Packed batches (data.packing): segment ids replace the attention mask."""
+    seg, am = batch.get("segment_ids"), batch["attention_mask"]
+    if seg is None:
+        logits = model(batch["input_ids"], attention_mask=am)
+    else:
+        logits = model(batch["input_ids"], segment_ids=seg, positions=batch.get("positions"))
+    return ops.compute_ntp_loss(logits, batch["labels"], am, segment_ids=seg)
 
 
 def loss_fn(model, frozen, batch, rng, extra):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from wmtp_jax import ops
 from wmtp_jax.data import loaders
+from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.pipelines import baseline
 from wmtp_jax.pipelines.bootstrap import setup
@@ -28,13 +29,15 @@ from wmtp_jax.train.mesh import rules_for
 def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
     """(loss dict, weights [B,S,K], selection stats) from one policy forward."""
     ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    logits = policy(ids, return_all_heads=True)
-    ref_logits = jax.lax.stop_gradient(reference(ids).astype(jnp.float32))
+    pk = packing_of(batch)  # packed batches: both models see the segments
+    logits = policy(ids, return_all_heads=True, **pk)
+    ref_logits = jax.lax.stop_gradient(reference(ids, **pk).astype(jnp.float32))
     m = ops.loss_mask_of(labels, am)
+    seg = pk["segment_ids"]
     w, stats = ops.compute_mtp_selective_weights(
-        jax.lax.stop_gradient(logits), ref_logits, labels, m, k_percent, mode
+        jax.lax.stop_gradient(logits), ref_logits, labels, m, k_percent, mode, segment_ids=seg
     )
-    return ops.compute_mtp_ce_loss(logits, labels, am, w), w, stats, m
+    return ops.compute_mtp_ce_loss(logits, labels, am, w, segment_ids=seg), w, stats, m
 
 
 def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from wmtp_jax import ops
 from wmtp_jax.data import loaders
+from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.ops._utils import masked_mean, masked_std
 from wmtp_jax.pipelines import baseline, viz
@@ -101,17 +102,39 @@ def rows(batch):
     return batch["input_ids"], batch["attention_mask"], batch["labels"], rewards.astype(jnp.float32)
 
 
-def advantages(values, rewards, loss_mask, wc: WeightingConfig) -> jax.Array:
+def packing(batch) -> dict:
+    """{"segment_ids", "positions"} of a packed batch, stacked [pos; neg] like `rows` for a
+    pairwise one; both None when the batch is not packed (data.packing)."""
+    if "pos_segment_ids" in batch:
+        cat = lambda k: jnp.concatenate([batch[f"pos_{k}"], batch[f"neg_{k}"]], axis=0)
+        return {"segment_ids": cat("segment_ids"), "positions": cat("positions")}
+    return packing_of(batch)
+
+
+def packed_rewards(batch, rewards):
+    """Per-token rewards `[N,S]` of a packed pairwise batch (1 on pos tokens, 0 on neg), else
+    `rewards` as `rows` gave them (a packed pointwise `is_correct` is already per token)."""
+    if "pos_segment_ids" not in batch:
+        return rewards
+    ones = jnp.ones(batch["pos_input_ids"].shape, jnp.float32)
+    return jnp.concatenate([ones, jnp.zeros_like(ones)], axis=0)
+
+
+def advantages(values, rewards, loss_mask, wc: WeightingConfig, segment_ids=None) -> jax.Array:
+    """GAE or TD errors; with `segment_ids` per packed sequence (rewards `[B]` or per token)."""
     if wc.advantage == "gae":
         return ops.compute_gae_advantage(
-            values, rewards, loss_mask, wc.gamma, wc.lam, wc.initial_value
+            values, rewards, loss_mask, wc.gamma, wc.lam, wc.initial_value, segment_ids
         )
-    return ops.compute_td_errors(values, rewards, loss_mask, wc.gamma, wc.initial_value)
+    return ops.compute_td_errors(
+        values, rewards, loss_mask, wc.gamma, wc.initial_value, segment_ids
+    )
 
 
-def token_weights(values, rewards, loss_mask, wc: WeightingConfig, ema=None):
-    """(weights [B,S], advantages [B,S], (μ, σ) used). ema=None or batch whitening → batch stats."""
-    adv = advantages(values, rewards, loss_mask, wc)
+def token_weights(values, rewards, loss_mask, wc: WeightingConfig, ema=None, segment_ids=None):
+    """(weights [B,S], advantages [B,S], (μ, σ) used). ema=None or batch whitening → batch stats.
+    The statistics are over the valid tokens, packed or not."""
+    adv = advantages(values, rewards, loss_mask, wc, segment_ids)
     if ema is not None and wc.whitening == "ema":
         mu, sd = ops.td_ema_stats(ema)
         w = ops.build_weights(adv, loss_mask, wc.beta, wc.min_weight, wc.max_weight, mu, sd)
@@ -122,18 +145,24 @@ def token_weights(values, rewards, loss_mask, wc: WeightingConfig, ema=None):
     return w, adv, (mu, sd)
 
 
-def critic_values(frozen, input_ids, attention_mask) -> jax.Array:
-    """Frozen critic forward, float32 `[B,S]`, never differentiated."""
-    v = frozen(input_ids, attention_mask)
+def critic_values(frozen, input_ids, attention_mask, segment_ids=None, positions=None):
+    """Frozen critic forward, float32 `[B,S]`, never differentiated (packed rows: segment ids
+    instead of the attention mask)."""
+    if segment_ids is None:
+        v = frozen(input_ids, attention_mask)
+    else:
+        v = frozen(input_ids, segment_ids=segment_ids, positions=positions)
     return jax.lax.stop_gradient(v[..., 0].astype(jnp.float32))
 
 
 def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, chunk_size: int = 0):
     ids, am, labels, rewards = rows(batch)
+    pk = packing(batch)
+    rewards = packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
-    values = critic_values(frozen, ids, am)
-    w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"])
-    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
+    values = critic_values(frozen, ids, am, **pk)
+    w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"], pk["segment_ids"])
+    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
     new_extra = advance_extra(extra, adv, m, ga)
     metrics = {
         "weighted_ce_loss": out["weighted_ce_loss"],
@@ -153,9 +182,12 @@ def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, c
 def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
     """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
     ids, am, labels, rewards = rows(batch)
+    pk = packing(batch)
+    rewards = packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
-    w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
-    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size)
+    values = critic_values(frozen, ids, am, **pk)
+    w, _, _ = token_weights(values, rewards, m, wc, None, pk["segment_ids"])
+    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
     return {
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
@@ -165,10 +197,13 @@ def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int
 
 def validation_weights(frozen, batch, *, wc: WeightingConfig):
     """(input_ids, loss mask, weights) `[N,S]` of a validation batch (batch whitening): what the
-    weight picture draws."""
+    weight picture draws (a packed row shows its sequences one after the other)."""
     ids, am, labels, rewards = rows(batch)
+    pk = packing(batch)
+    rewards = packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
-    w, _, _ = token_weights(critic_values(frozen, ids, am), rewards, m, wc, None)
+    values = critic_values(frozen, ids, am, **pk)
+    w, _, _ = token_weights(values, rewards, m, wc, None, pk["segment_ids"])
     return ids, m, w
 
 
