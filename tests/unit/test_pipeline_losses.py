@@ -40,7 +40,7 @@ class ToyLM(nnx.Module):
         self.emb = nnx.Embed(V, 16, rngs=rngs)
         self.out = nnx.Linear(16, V, rngs=rngs)
 
-    def __call__(self, ids, attention_mask=None):
+    def __call__(self, ids, attention_mask=None, *, segment_ids=None, positions=None):
         return self.out(self.emb(ids))
 
 
