@@ -105,3 +105,11 @@ def test_random_access_errors_name_the_file_line(tmp_path):
     assert len(recs) == 2 and recs[0] == {"a": 1}
     with pytest.raises(DataError, match=rf"^{f}:4: not valid UTF-8 \(byte 0xff at column 8\)$"):
         recs[1]
+
+
+def test_skip_bad_drops_torn_and_non_object_lines(tmp_path):
+    p = tmp_path / "log.jsonl"
+    p.write_bytes(b'{"a": 1}\n\n[2]\n{"a": \xff}\n{"a": 3}\n{"a": 4, "b')
+    with pytest.raises(DataError, match="log.jsonl:3"):
+        list(iter_jsonl(p))
+    assert list(iter_jsonl(p, skip_bad=True)) == [(1, {"a": 1}), (5, {"a": 3})]

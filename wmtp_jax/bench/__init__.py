@@ -15,6 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import flax
+import jax
+import jaxlib
+
 
 def _cpu_model() -> str:
     try:
@@ -49,10 +53,6 @@ def _commit() -> dict:
 
 def machine_info() -> dict:
     """Versions, backend, devices, host CPU and the commit the numbers belong to."""
-    import flax
-    import jax
-    import jaxlib
-
     devs = jax.devices()
     return {
         "jax": jax.__version__,

@@ -22,6 +22,24 @@ import os
 import subprocess
 import sys
 
+import jax
+
+from wmtp_jax.bench import append_jsonl, machine_info
+from wmtp_jax.bench.attention import AttentionCase, run_attention_sweep
+from wmtp_jax.bench.decode import DecodeCase, run_decode
+from wmtp_jax.bench.packing import run_packing_bench
+from wmtp_jax.bench.packing import summary as packing_summary
+from wmtp_jax.bench.plot import load_rows, plot_throughput
+from wmtp_jax.bench.torch_step import compare_torch
+from wmtp_jax.bench.train_step import (
+    PIPELINES,
+    TrainCase,
+    prepare_case,
+    run_case,
+    time_interleaved,
+)
+from wmtp_jax.ops.attention import IMPLEMENTATIONS
+
 PRESETS = {
     # the micro pipelines' shapes (pipelines/bootstrap.py): 2 trunk + 4 head blocks, critic 3 blocks
     "micro": dict(
@@ -256,8 +274,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_cases(a) -> list:
-    from wmtp_jax.bench.train_step import PIPELINES, TrainCase
-
     pipes = _csv(a.pipelines)
     bad = [p for p in pipes if p not in PIPELINES]
     if bad:
@@ -323,8 +339,6 @@ def train_cases(a) -> list:
 
 
 def _attention_impls(value) -> list:
-    from wmtp_jax.ops.attention import IMPLEMENTATIONS
-
     impls = _csv(value)
     bad = [i for i in impls if i not in IMPLEMENTATIONS]
     if bad or not impls:
@@ -334,10 +348,6 @@ def _attention_impls(value) -> list:
 
 def attention_cases(a) -> tuple[list, list]:
     """(AttentionCase per --attention-seq, implementations) of the --attention sweep."""
-    import jax
-
-    from wmtp_jax.bench.attention import AttentionCase
-
     shape = _csv(a.attention_shape, int)
     if len(shape) != 4 or min(shape) < 1 or shape[1] % shape[2]:
         raise SystemExit(
@@ -387,8 +397,6 @@ def _run_isolated(case, a) -> dict:
 
 
 def _run_train(case, a) -> dict:
-    from wmtp_jax.bench.train_step import run_case
-
     try:
         return run_case(
             case,
@@ -407,8 +415,6 @@ def _run_train(case, a) -> dict:
 
 def _run_interleaved(cases, a) -> list[dict]:
     """Compile all cases, then time their steps round-robin (error rows for failed builds)."""
-    from wmtp_jax.bench.train_step import prepare_case, time_interleaved
-
     out, ready = [], []
     for case in cases:
         try:
@@ -501,9 +507,6 @@ def _summary(row: dict) -> str:
 
 
 def _run_packing(a) -> int:
-    from wmtp_jax.bench import append_jsonl, machine_info
-    from wmtp_jax.bench.packing import run_packing_bench, summary
-
     modes = _csv(a.packing)
     if not modes or set(modes) - {"off", "on"}:
         raise SystemExit(f"error: --packing {a.packing!r}: comma list of off, on")
@@ -513,7 +516,7 @@ def _run_packing(a) -> int:
         base, pipelines=pipelines, modes=modes, lengths=a.lengths, steps=a.steps, warmup=a.warmup
     )
     for row in rows:
-        print(summary(append_jsonl(a.out, {**row, "machine": machine_info()})), flush=True)
+        print(packing_summary(append_jsonl(a.out, {**row, "machine": machine_info()})), flush=True)
     print(f"results appended to {os.path.abspath(a.out)}")
     return 0
 
@@ -521,16 +524,10 @@ def _run_packing(a) -> int:
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.compilation_cache:
-        import jax
-
         jax.config.update("jax_compilation_cache_dir", a.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    from wmtp_jax.bench import append_jsonl, machine_info
-
     if a.case_json:  # --isolate worker: one case, row on stdout, nothing written
-        from wmtp_jax.bench.train_step import TrainCase
-
         d = json.loads(a.case_json)
         d["mesh"] = tuple(d["mesh"])
         row = _run_train(TrainCase(**d), a)
@@ -559,8 +556,6 @@ def main(argv=None) -> int:
             n_err += "error" in row
             print(_summary(row), flush=True)
     if a.what in ("decode", "all"):
-        from wmtp_jax.bench.decode import DecodeCase, run_decode
-
         for b in _csv(a.decode_batch, int):
             case = DecodeCase(
                 policy_dir=a.policy_dir,
@@ -581,8 +576,6 @@ def main(argv=None) -> int:
             for row in run_decode(case, repeats=a.decode_repeats):
                 print(_summary(append_jsonl(a.out, {**row, **extra})), flush=True)
     if attn is not None:
-        from wmtp_jax.bench.attention import run_attention_sweep
-
         for row in run_attention_sweep(
             *attn, repeats=a.steps, warmup=a.warmup, threads=a.threads, compile_only=a.compile_only
         ):
@@ -590,8 +583,6 @@ def main(argv=None) -> int:
             n_err += "error" in row
             print(_summary(row), flush=True)
     for case in compare:
-        from wmtp_jax.bench.torch_step import compare_torch
-
         try:
             row = compare_torch(case, steps=a.steps, warmup=a.warmup, threads=a.threads)
         except Exception as e:  # noqa: BLE001 - an error row, the sweep goes on
@@ -604,8 +595,6 @@ def main(argv=None) -> int:
         n_err += "error" in row
         print(_summary(row), flush=True)
     if a.plot:
-        from wmtp_jax.bench.plot import load_rows, plot_throughput
-
         rows = load_rows(a.out)
         if rows:
             print(f"plot: {plot_throughput(rows, a.plot)}")

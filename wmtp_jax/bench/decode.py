@@ -19,7 +19,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from wmtp_jax.data import load_tokenizer
+from wmtp_jax.eval import load_problems
+from wmtp_jax.generate import SamplingConfig
+from wmtp_jax.generate.sampler import Sampler, bucket_length
+from wmtp_jax.models import io
 from wmtp_jax.models.args import ModelArgs
+from wmtp_jax.models.mtp import MTPTransformer
 
 MODES = ("greedy", "speculative")
 
@@ -46,12 +52,8 @@ class DecodeCase:
 def load_policy(case: DecodeCase):
     """(model, args): the policy of `case.policy_dir`, or a random-init MTPTransformer."""
     if case.policy_dir:
-        from wmtp_jax.models import io
-
         model = io.load_model(case.policy_dir, kind="mtp", dtype=case.dtype)
         return model, model.args
-    from wmtp_jax.models.mtp import MTPTransformer
-
     args = ModelArgs(
         dim=case.dim,
         n_layers=case.n_layers,
@@ -70,9 +72,6 @@ def run_decode(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     """One result dict per mode (greedy, speculative)."""
     if case.prompts:
         return run_decode_prompts(case, repeats=repeats)
-    from wmtp_jax.generate import SamplingConfig
-    from wmtp_jax.generate.sampler import Sampler
-
     model, args = load_policy(case)
     rng = np.random.default_rng(case.seed)
     b, l = case.batch, case.prompt_len
@@ -146,11 +145,6 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     speculative prefill runs every head), and `decode_phase_tokens_per_s` = (tokens − prompts) /
     (seconds − prefill_s): the rate after the prefill, which short completions hide.
     """
-    from wmtp_jax.data import load_tokenizer
-    from wmtp_jax.eval import load_problems
-    from wmtp_jax.generate import SamplingConfig
-    from wmtp_jax.generate.sampler import Sampler, bucket_length
-
     if not case.policy_dir:
         raise ValueError("--prompts needs --policy-dir (a trained policy and its tokenizer)")
     model, args = load_policy(case)

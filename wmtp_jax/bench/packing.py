@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from wmtp_jax.bench import train_step as ts
 from wmtp_jax.data.packing import pack_batch, pad_fraction, plan
 from wmtp_jax.ops import IGNORE_INDEX
+from wmtp_jax.train import mesh as mesh_lib
+from wmtp_jax.train.step import build
 
 CODECONTESTS_MEDIAN, CODECONTESTS_SIGMA = 512.0, 0.75
 PROMPT_SHARE = 0.5  # labels −100 on the first half of every sample (problem statement)
@@ -124,10 +127,6 @@ def critic_pad_fractions(spec: str, pairs: int, seq: int, seed: int = 0) -> dict
 
 def _prepare(case, batch):
     """`train_step.prepare_case` with a given (real) batch instead of the synthetic one."""
-    from wmtp_jax.bench import train_step as ts
-    from wmtp_jax.train import mesh as mesh_lib
-    from wmtp_jax.train.step import build
-
     config = ts.make_config(case)
     mesh = mesh_lib.mesh_from_config(config)
     c = build(ts.make_task(case, config, mesh), config, mesh, total_steps=1000)
@@ -140,8 +139,6 @@ def _prepare(case, batch):
 def run_packing_bench(base_case, *, pipelines, modes, lengths: str, steps: int, warmup: int):
     """Yields one row per (pipeline, mode), one `packing_ratio` row per pipeline, then a critic
     pad-fraction row (see the module docstring); each pipeline's rows as soon as it is timed."""
-    from wmtp_jax.bench import train_step as ts
-
     seq, n = base_case.seq, base_case.batch
     yield {
         "kind": "packing_critic",

@@ -1,6 +1,7 @@
 """Plot train-step throughput (tokens/s) against batch size and sequence length from a
 results JSONL: left panel one line per (pipeline, seq) over batch, right panel one line per
-(pipeline, batch) over seq. Rows measured by `python -m wmtp_jax.bench --what train`."""
+(pipeline, batch) over seq. Rows measured by `python -m wmtp_jax.bench --what train`.
+Drawn on a bare `matplotlib.figure.Figure` (no pyplot, no global backend to select)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,13 @@ def series(rows: list[dict], x: str, group: str) -> dict:
 
 def plot_throughput(rows: list[dict], out) -> Path:
     """Write the two-panel PNG `out`; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # heavy (~0.5 s) and only --plot draws: the bench CLI and its --isolate workers skip it
+    from matplotlib.figure import Figure
 
     if not rows:
         raise ValueError("no train rows with tokens_per_s to plot")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, (x, group) in zip(axes, (("batch", "seq"), ("seq", "batch"))):
         for name, pts in series(rows, x, group).items():
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
@@ -61,5 +61,4 @@ def plot_throughput(rows: list[dict], out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -222,8 +223,6 @@ def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
     Rows per global batch: `data.pack_rows`, or when 0 `suggest_rows` on the lengths of the
     first AUTO_PROBE training records; a multiple of the process count (each process packs its
     own samples into its share of the rows)."""
-    import jax  # here, not at the top: `data` modules stay importable without jax
-
     seq_len = int(config.dataset.max_length)
     bs = int(config.training.batch_size)
     rows = int(config.data.get("pack_rows", 0))

@@ -87,18 +87,26 @@ def require(
     return value
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike, *, skip_bad: bool = False) -> Iterator[tuple[int, dict]]:
     """Streams (1-based line number, object) from a .jsonl or .jsonl.gz file; blank lines skipped.
 
     Every error names file:line (malformed JSON, not UTF-8, not an object); a corrupt gzip
-    stream names the file."""
+    stream names the file. skip_bad=True skips such bad lines instead of raising (a log that a
+    kill may have torn mid-line); a file that cannot be read still raises."""
     opener = gzip.open if str(path).endswith(".gz") else open
     n = 0
     try:
         with opener(path, "rb") as f:
             for n, raw in enumerate(f, 1):
-                if raw.strip():
-                    yield n, parse_json_line(raw, path, n)
+                if not raw.strip():
+                    continue
+                try:
+                    obj = parse_json_line(raw, path, n)
+                except DataError:
+                    if skip_bad:
+                        continue
+                    raise
+                yield n, obj
     except (OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise

@@ -36,7 +36,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 
 from .args import ModelArgs
+from .llama import Llama
+from .lora import LoRAConfig
+from .mtp import MTPTransformer
 from .partitioning import DEFAULT_RULES, Rules, state_shardings
+from .value import ValueModel
 
 FORMAT = "wmtp_jax.model/v1"
 KINDS = ("mtp", "llama", "critic")
@@ -329,8 +333,6 @@ def _check_tree(directory: Path, target: dict, meta: dict):
 def lora_from_config(d: dict | None):
     if d is None:
         return None
-    from .lora import LoRAConfig
-
     return LoRAConfig.from_dict(d) if hasattr(LoRAConfig, "from_dict") else LoRAConfig(**d)
 
 
@@ -339,15 +341,9 @@ def model_factory(cfg: dict, args: ModelArgs, *, seed: int = 0):
     lora = lora_from_config(cfg.get("lora"))
     kind = cfg["kind"]
     if kind == "mtp":
-        from .mtp import MTPTransformer
-
         return lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=lora)
     if kind == "llama":
-        from .llama import Llama
-
         return lambda: Llama(args, rngs=nnx.Rngs(seed), lm_head=cfg.get("lm_head", True), lora=lora)
-    from .value import ValueModel
-
     vh = cfg.get("value_head") or {}
     return lambda: ValueModel(
         args,

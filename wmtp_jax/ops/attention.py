@@ -58,6 +58,7 @@ def cudnn_unavailable(dtype, head_dim: int, backend: str | None = None) -> str |
     if head_dim % 8 or head_dim > 128:
         return f"needs head_dim a multiple of 8 and ≤ 128, got {head_dim}"
     try:  # version / compute capability, as jax checks them (an unsupported GPU raises)
+        # a private jax module, imported here: its absence or failure means "not usable"
         from jax._src.cudnn.fused_attention_stablehlo import (
             check_compute_capability,
             check_cudnn_version,

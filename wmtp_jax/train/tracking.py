@@ -30,6 +30,8 @@ from typing import Any
 import jax
 from absl import logging
 
+from wmtp_jax.data.records import build_index, iter_jsonl
+
 RUN_FILE = "mlflow_run.json"
 METRICS_FILE = "metrics.jsonl"
 PENDING_FILE = "mlflow_pending.jsonl"
@@ -76,16 +78,14 @@ def cut_rows(path: Path, last_step: int) -> int:
     """Keep the JSONL rows of `path` with step <= last_step (and drop torn lines); rows cut."""
     if not path.exists():
         return 0
-    keep, cut = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    keep = []
+    for _, row in iter_jsonl(path, skip_bad=True):
         try:
-            ok = int(json.loads(line)["step"]) <= last_step
+            if int(row["step"]) <= last_step:
+                keep.append(json.dumps(row) + "\n")
         except (ValueError, KeyError, TypeError):
-            ok = False
-        if ok:
-            keep.append(line + "\n")
-        else:
-            cut += line.strip() != ""
+            pass
+    cut = len(build_index(path)) - 1 - len(keep)  # non-blank lines dropped
     if cut:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(keep), encoding="utf-8")
@@ -262,9 +262,8 @@ class Tracker:
         if not path.exists():
             return
         n = 0
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for _, row in iter_jsonl(path, skip_bad=True):
             try:
-                row = json.loads(line)
                 self._jobs.append(("metrics", int(row.pop("step")), int(row.pop("ts")), row))
                 n += 1
             except (ValueError, KeyError, TypeError):
