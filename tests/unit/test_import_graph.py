@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("wmtp_jax", "conversion")
 # packages held to the rules below (extend to the whole package once it has no circle left)
-CHECKED = ("wmtp_jax.generate", "wmtp_jax.eval", "wmtp_jax.data", "conversion")
+CHECKED = ("wmtp_jax.ops", "wmtp_jax.models", "wmtp_jax.generate", "wmtp_jax.eval", "wmtp_jax.data")
+CHECKED += ("conversion",)
 ABOVE = ("wmtp_jax.pipelines", "wmtp_jax.train", "wmtp_jax.study", "wmtp_jax.bench")
 ABOVE += ("wmtp_jax.main", "wmtp_jax.configs")
 
@@ -95,9 +96,8 @@ def test_circle_finder_finds_a_circle():
     assert circles({"a": {"b"}, "b": set()}) == []
 
 
-def test_no_circle_touches_the_checked_packages():
-    bad = [c for c in circles(import_graph()) if any(_in(m, CHECKED) for m in c)]
-    assert bad == []
+def test_no_import_circle_anywhere():
+    assert circles(import_graph()) == []
 
 
 def test_checked_packages_import_nothing_above_them():
