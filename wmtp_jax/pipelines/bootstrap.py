@@ -27,11 +27,11 @@ from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.data.sources import available_splits
 from wmtp_jax.data.synthetic import ensure_synthetic
 from wmtp_jax.data.tokenizer import ensure_micro_tokenizer, load_tokenizer
-from wmtp_jax.models import ModelArgs, io
+from wmtp_jax.models import ModelArgs, io, load
 from wmtp_jax.models.llama import Llama
 from wmtp_jax.models.mtp import MTPTransformer
 from wmtp_jax.train.lock import claim_output_dir
-from wmtp_jax.train.mesh import mesh_from_config
+from wmtp_jax.train.mesh import mesh_from_config, rules_for
 
 MICRO_VOCAB_SIZE = 768
 MICRO_SEED = 0
@@ -253,3 +253,16 @@ def setup(config):
     ensure_micro_storage(config)
     check_model_lengths(config)  # again: bootstrap may have just created the micro models
     return mesh_from_config(config)
+
+
+def load_frozen_entry(config, entry, *, kind: str, mesh):
+    """The frozen model of a `config.models` entry (its checkpoint_path and dtype), sharded with
+    the strategy's parameter rules (the critic of verifiable, the reference of rho1)."""
+    return load.load_frozen(
+        entry.checkpoint_path,
+        kind=kind,
+        dtype=entry.dtype,
+        config=config,
+        rules=rules_for(config.runtime.sharding).params,
+        mesh=mesh,
+    )

@@ -21,9 +21,8 @@ from wmtp_jax.data import loaders
 from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.pipelines import baseline
-from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.pipelines.bootstrap import load_frozen_entry, setup
 from wmtp_jax.train.loop import TrainTask, fit
-from wmtp_jax.train.mesh import rules_for
 
 
 def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
@@ -72,15 +71,7 @@ def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str):
 
 
 def load_reference(config, mesh):
-    r = config.models.reference
-    return load.load_frozen(
-        r.checkpoint_path,
-        kind="llama",
-        dtype=r.dtype,
-        config=config,
-        rules=rules_for(config.runtime.sharding).params,
-        mesh=mesh,
-    )
+    return load_frozen_entry(config, config.models.reference, kind="llama", mesh=mesh)
 
 
 def build(

@@ -26,10 +26,9 @@ from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.ops._utils import masked_mean, masked_std
 from wmtp_jax.pipelines import baseline, viz
-from wmtp_jax.pipelines.bootstrap import setup
+from wmtp_jax.pipelines.bootstrap import load_frozen_entry, setup
 from wmtp_jax.pipelines.evaluation import closing_eval
 from wmtp_jax.train.loop import TrainTask, fit
-from wmtp_jax.train.mesh import rules_for
 
 
 class WeightingConfig(NamedTuple):
@@ -211,15 +210,7 @@ def validation_weights(frozen, batch, *, wc: WeightingConfig):
 
 
 def load_critic(config, mesh):
-    vm = config.models.value_model
-    return load.load_frozen(
-        vm.checkpoint_path,
-        kind="critic",
-        dtype=vm.dtype,
-        config=config,
-        rules=rules_for(config.runtime.sharding).params,
-        mesh=mesh,
-    )
+    return load_frozen_entry(config, config.models.value_model, kind="critic", mesh=mesh)
 
 
 def build(
