@@ -1,0 +1,75 @@
+"""`flash_attention_cpu`: the fused C++ flash attention (`flash_cpu.cc`) as a JAX function with
+a custom VJP (forward saves out and the float32 log-sum-exp; backward recomputes P per block).
+
+q `[..., S, H, D]`, k, v `[..., S, KV, D]`, seg `[..., S]` int32 (0 = padding; key j visible to
+query i iff seg[j] == seg[i] != 0 and, causal, j ≤ i) -> `[..., S, H, D]`. Computes in float32
+(other dtypes are cast in and out); D ∈ `HEAD_DIMS`. Queries with no visible key give 0.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wmtp_jax.kernels import build
+
+HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def unavailable(head_dim: int | None = None, backend: str | None = None) -> str | None:
+    """None when the kernel can run here, else a one-line reason."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return f"runs on the CPU backend only, the backend is {backend!r}"
+    if head_dim is not None and head_dim not in HEAD_DIMS:
+        return f"needs head_dim in {HEAD_DIMS}, got {head_dim}"
+    return build.unavailable()
+
+
+def _call(name, outs, *args, causal):
+    return jax.ffi.ffi_call(name, outs, vmap_method="broadcast_all")(
+        *args, causal=np.int32(causal)
+    )
+
+
+def _forward(q, k, v, seg, causal):
+    *lead, s, h, _ = q.shape
+    outs = (
+        jax.ShapeDtypeStruct(q.shape, jnp.float32),
+        jax.ShapeDtypeStruct((*lead, h, s), jnp.float32),
+    )
+    return _call("wmtp_flash_fwd", outs, q, k, v, seg, causal=causal)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, seg, causal):
+    return _forward(q, k, v, seg, causal)[0]
+
+
+def _flash_fwd(q, k, v, seg, causal):
+    out, lse = _forward(q, k, v, seg, causal)
+    return out, (q, k, v, seg, out, lse)
+
+
+def _flash_bwd(causal, res, dout):
+    q, k, v, seg, out, lse = res
+    outs = tuple(jax.ShapeDtypeStruct(t.shape, jnp.float32) for t in (q, k, v))
+    dq, dk, dv = _call(
+        "wmtp_flash_bwd", outs, q, k, v, seg, out, lse, dout.astype(jnp.float32), causal=causal
+    )
+    return dq, dk, dv, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention_cpu(q, k, v, seg, *, causal: bool = True):
+    """See the module docstring. Raises ValueError when the kernel cannot run here."""
+    why = unavailable(q.shape[-1])
+    if why:
+        raise ValueError(f"attention implementation 'cpu_flash' {why}")
+    f32 = [t.astype(jnp.float32) for t in (q, k, v)]
+    return _flash(*f32, seg.astype(jnp.int32), bool(causal)).astype(q.dtype)
