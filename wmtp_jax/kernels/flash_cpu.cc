@@ -78,9 +78,9 @@ inline v16 exp16(v16 x) {
   return x < lo ? splat(0.f) : res;
 }
 
-// S[64][64] = A[64][D] · BT[D][64]   (A, BT local, row-major)
+// S[64][64] = A[64][D] · BT[D][64]   (A row stride lda; BT packed)
 template <int NV>
-void gemm_nt(const float* A, const float* BT, float* S) {
+void gemm_nt(const float* A, int64_t lda, const float* BT, float* S) {
   constexpr int D = NV * 16;
   for (int i = 0; i < BQ; i += 4) {
     v16 c[4][4] = {};
@@ -90,7 +90,7 @@ void gemm_nt(const float* A, const float* BT, float* S) {
       for (int x = 0; x < 4; ++x) b[x] = ld(BT + d * BK + 16 * x);
 #pragma GCC unroll 4
       for (int r = 0; r < 4; ++r) {
-        const float a = A[(i + r) * D + d];
+        const float a = A[(i + r) * lda + d];
 #pragma GCC unroll 4
         for (int x = 0; x < 4; ++x) c[r][x] += a * b[x];
       }
@@ -102,10 +102,11 @@ void gemm_nt(const float* A, const float* BT, float* S) {
   }
 }
 
-// C[64][D] += A[64][n] · B[n][D]   (A row stride lda, B local [n][D], C row stride ldc)
-template <int NV>
-void gemm_acc(int n, const float* A, int lda, const float* B, float* C, int64_t ldc) {
-  constexpr int D = NV * 16;
+// C[64][D] += A[64][n] · B[n][D]; TA: A is given transposed, A[j][i] at A[j * lda + i].
+// (B row stride ldb, C row stride ldc.)
+template <int NV, bool TA>
+void gemm_acc(int n, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc) {
   constexpr int R = NV >= 16 ? 1 : (16 / NV > 8 ? 8 : 16 / NV);
   for (int i = 0; i < 64; i += R) {
     v16 c[R][NV];
@@ -116,10 +117,10 @@ void gemm_acc(int n, const float* A, int lda, const float* B, float* C, int64_t 
     for (int j = 0; j < n; ++j) {
       v16 b[NV];
 #pragma GCC unroll 16
-      for (int x = 0; x < NV; ++x) b[x] = ld(B + j * D + 16 * x);
+      for (int x = 0; x < NV; ++x) b[x] = ld(B + j * ldb + 16 * x);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const float a = A[(i + r) * lda + j];
+        const float a = TA ? A[j * lda + i + r] : A[(i + r) * lda + j];
 #pragma GCC unroll 16
         for (int x = 0; x < NV; ++x) c[r][x] += a * b[x];
       }
@@ -129,14 +130,6 @@ void gemm_acc(int n, const float* A, int lda, const float* B, float* C, int64_t 
 #pragma GCC unroll 16
       for (int x = 0; x < NV; ++x) st(C + (i + r) * ldc + 16 * x, c[r][x]);
   }
-}
-
-// out[64][64] = in[64][64]ᵀ
-inline void transpose64(const float* in, float* out) {
-  for (int i = 0; i < 64; i += 8)
-    for (int j = 0; j < 64; j += 8)
-      for (int a = 0; a < 8; ++a)
-        for (int b = 0; b < 8; ++b) out[(j + b) * 64 + i + a] = in[(i + a) * 64 + j + b];
 }
 
 // Runs fn(0..n-1) on the caller and up to the pool's threads. Tasks are claimed from a shared
@@ -157,7 +150,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, const std::function<void(int
       s->done.fetch_add(1, std::memory_order_release);
     }
   };
-  const int64_t extra = std::min<int64_t>(pool.num_threads(), n - 1);
+  const int64_t extra = std::min<int64_t>(pool.num_threads() - 1, n - 1);
   for (int64_t w = 0; w < extra; ++w) pool.Schedule([state, work] { work(state.get()); });
   work(state.get());
   while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
@@ -206,30 +199,28 @@ struct BlockSegs {
   }
 };
 
-// Copies rows [r0, r0 + 64) of x[b, :, head, :] (row stride `stride`) into dst[64][D], zeros
-// past S; optionally scaled.
-inline void load_rows(const float* x, const Dims& d, int64_t b, int64_t r0, int64_t head,
-                      int64_t heads, float* dst, float scale = 1.f) {
-  for (int r = 0; r < 64; ++r) {
-    const int64_t t = r0 + r;
-    if (t < d.S) {
-      const float* src = x + ((b * d.S + t) * heads + head) * d.D;
-      for (int64_t e = 0; e < d.D; ++e) dst[r * d.D + e] = src[e] * scale;
-    } else {
-      std::memset(dst + r * d.D, 0, sizeof(float) * d.D);
-    }
+// Rows [r0, r0 + 64) of x[b, :, head, :] as (pointer, row stride): in place when the block
+// is whole, else copied into tmp[64][D] with zeros past S.
+inline const float* rows(const float* x, const Dims& d, int64_t b, int64_t r0, int64_t head,
+                         int64_t heads, float* tmp, int64_t* stride) {
+  const float* base = x + ((b * d.S + r0) * heads + head) * d.D;
+  if (r0 + 64 <= d.S) {
+    *stride = heads * d.D;
+    return base;
   }
+  for (int r = 0; r < 64; ++r) {
+    if (r0 + r < d.S)
+      std::memcpy(tmp + r * d.D, base + r * heads * d.D, sizeof(float) * d.D);
+    else
+      std::memset(tmp + r * d.D, 0, sizeof(float) * d.D);
+  }
+  *stride = d.D;
+  return tmp;
 }
 
-// dstT[D][64] = rows [r0, r0 + 64) of x[b, :, head, :], transposed (zeros past S).
-inline void load_rows_t(const float* x, const Dims& d, int64_t b, int64_t r0, int64_t head,
-                        int64_t heads, float* dstT) {
-  for (int r = 0; r < 64; ++r) {
-    const int64_t t = r0 + r;
-    const float* src = x + ((b * d.S + t) * heads + head) * d.D;
-    for (int64_t e = 0; e < d.D; ++e) dstT[e * 64 + r] = t < d.S ? src[e] : 0.f;
-  }
-}
+// xt[b, head, blk] = [D][64]: x[b, blk*64 + j, head, :] transposed, zeros past S, for every
+// (row, kv head, block); layout [B][KV][nb][D][64].
+void pack_t(const float* x, const Dims& d, float* xt, ffi::ThreadPool& pool);
 
 // Sets s[i][j] = -inf where key k0 + j is invisible to query q0 + i (causal, segments, past S).
 inline void mask_block(float* s, const int32_t* segq, const int32_t* segk, int64_t q0, int64_t k0,
@@ -262,13 +253,16 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
   const int64_t nb = (d.S + 63) / 64;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const BlockSegs segs(seg, d.B, d.S);
+  std::vector<float> kt_all(d.B * d.KV * nb * D * 64);
+  pack_t(k, d, kt_all.data(), pool);
   parallel_for(pool, d.B * d.H * nb, [&](int64_t task) {
     const int64_t qb = task % nb, h = (task / nb) % d.H, b = task / (nb * d.H);
     const int64_t kvh = h / d.G, q0 = qb * BQ;
-    alignas(64) float qs[BQ * D], kt[D * BK], vb[BK * D], s[BQ * BK], acc[BQ * D];
+    alignas(64) float qtmp[BQ * D], s[BQ * BK], acc[BQ * D];
     alignas(64) int32_t segq[BQ], segk[BK];
     float m[BQ], l[BQ];
-    load_rows(q, d, b, q0, h, d.H, qs, scale);
+    int64_t ldq;
+    const float* qs = rows(q, d, b, q0, h, d.H, qtmp, &ldq);
     load_seg(seg, d, b, q0, segq);
     std::fill(m, m + BQ, NEG_INF);
     std::fill(l, l + BQ, 0.f);
@@ -277,17 +271,16 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
     for (int64_t kb = 0; kb < kend; ++kb) {
       if (!segs.live(b, qb, kb)) continue;
       const int64_t k0 = kb * BK;
-      load_rows_t(k, d, b, k0, kvh, d.KV, kt);
-      load_rows(v, d, b, k0, kvh, d.KV, vb);
+      const int nk = static_cast<int>(std::min<int64_t>(BK, d.S - k0));
       load_seg(seg, d, b, k0, segk);
-      gemm_nt<NV>(qs, kt, s);
+      gemm_nt<NV>(qs, ldq, kt_all.data() + ((b * d.KV + kvh) * nb + kb) * D * 64, s);
       const bool segments = !segs.plain(b, qb, kb);
       if (segments || (causal && kb == qb)) mask_block(s, segq, segk, q0, k0, causal, segments);
       for (int i = 0; i < BQ; ++i) {
         float* row = s + i * BK;
         v16 mx = ld(row);
         for (int x = 1; x < 4; ++x) mx = mx > ld(row + 16 * x) ? mx : ld(row + 16 * x);
-        const float rmax = hmax(mx);
+        const float rmax = hmax(mx) * scale;
         if (rmax == NEG_INF) {  // nothing visible in this block
           std::memset(row, 0, sizeof(float) * BK);
           continue;
@@ -296,7 +289,7 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
         const float alpha = std::exp(m[i] - mn);
         v16 sum = {};
         for (int x = 0; x < 4; ++x) {
-          const v16 p = exp16(ld(row + 16 * x) - mn);
+          const v16 p = exp16(ld(row + 16 * x) * scale - mn);
           st(row + 16 * x, p);
           sum += p;
         }
@@ -305,7 +298,8 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
         if (alpha != 1.f)
           for (int x = 0; x < NV; ++x) st(acc + i * D + 16 * x, ld(acc + i * D + 16 * x) * alpha);
       }
-      gemm_acc<NV>(BK, s, BK, vb, acc, D);
+      const float* vb = v + ((b * d.S + k0) * d.KV + kvh) * D;
+      gemm_acc<NV, false>(nk, s, BK, vb, d.KV * D, acc, D);
     }
     for (int i = 0; i < BQ && q0 + i < d.S; ++i) {
       float* o = out + ((b * d.S + q0 + i) * d.H + h) * D;
@@ -324,13 +318,18 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
   constexpr int D = NV * 16;
   const int64_t nb = (d.S + 63) / 64, sp = nb * 64;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const float inf = std::numeric_limits<float>::infinity();
   const BlockSegs segs(seg, d.B, d.S);
+  std::vector<float> kt_all(d.B * d.KV * nb * D * 64), vt_all(kt_all.size());
+  pack_t(k, d, kt_all.data(), pool);
+  pack_t(v, d, vt_all.data(), pool);
   parallel_for(pool, d.B * d.KV, [&](int64_t task) {
     const int64_t kvh = task % d.KV, b = task / d.KV;
-    // this task's heads: dq accumulators [G][sp][D] and delta = rowsum(dO ∘ O) [G][sp]
-    std::vector<float> dqa(d.G * sp * D, 0.f), delta(d.G * sp, 0.f);
+    // this task's heads: dq accumulators [G][sp][D], delta = rowsum(dO ∘ O) and lse [G][sp]
+    std::vector<float> dqa(d.G * sp * D, 0.f), delta(d.G * sp, 0.f), lsep(d.G * sp, inf);
     for (int64_t g = 0; g < d.G; ++g) {
       const int64_t h = kvh * d.G + g;
+      std::memcpy(lsep.data() + g * sp, lse + (b * d.H + h) * d.S, sizeof(float) * d.S);
       for (int64_t t = 0; t < d.S; ++t) {
         const float* o = out + ((b * d.S + t) * d.H + h) * D;
         const float* go = dout + ((b * d.S + t) * d.H + h) * D;
@@ -339,14 +338,15 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
         delta[g * sp + t] = acc;
       }
     }
-    alignas(64) float kt[D * BK], vt[D * BK], kbk[BK * D], qs[BQ * D], dos[BQ * D];
-    alignas(64) float p[BQ * BK], ds[BQ * BK], tr[BQ * BK], dka[BK * D], dva[BK * D];
+    alignas(64) float qtmp[BQ * D], dotmp[BQ * D], ktmp[BK * D];
+    alignas(64) float p[BQ * BK], ds[BQ * BK], dka[BK * D], dva[BK * D];
     alignas(64) int32_t segq[BQ], segk[BK];
     for (int64_t kb = 0; kb < nb; ++kb) {
       const int64_t k0 = kb * BK;
-      load_rows_t(k, d, b, k0, kvh, d.KV, kt);
-      load_rows_t(v, d, b, k0, kvh, d.KV, vt);
-      load_rows(k, d, b, k0, kvh, d.KV, kbk);
+      const int nk = static_cast<int>(std::min<int64_t>(BK, d.S - k0));
+      const int64_t blk = ((b * d.KV + kvh) * nb + kb) * D * 64;
+      int64_t ldk;
+      const float* kr = rows(k, d, b, k0, kvh, d.KV, ktmp, &ldk);
       load_seg(seg, d, b, k0, segk);
       std::memset(dka, 0, sizeof(dka));
       std::memset(dva, 0, sizeof(dva));
@@ -355,40 +355,32 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
         for (int64_t qb = causal ? kb : 0; qb < nb; ++qb) {
           if (!segs.live(b, qb, kb)) continue;
           const int64_t q0 = qb * BQ;
-          load_rows(q, d, b, q0, h, d.H, qs);
-          load_rows(dout, d, b, q0, h, d.H, dos);
+          int64_t ldq, ldo;
+          const float* qs = rows(q, d, b, q0, h, d.H, qtmp, &ldq);
+          const float* dos = rows(dout, d, b, q0, h, d.H, dotmp, &ldo);
           load_seg(seg, d, b, q0, segq);
-          gemm_nt<NV>(qs, kt, p);
-          for (int i = 0; i < BQ * BK; i += 16) st(p + i, ld(p + i) * scale);
+          gemm_nt<NV>(qs, ldq, kt_all.data() + blk, p);
           const bool segments = !segs.plain(b, qb, kb);
           if (segments || (causal && kb == qb)) mask_block(p, segq, segk, q0, k0, causal, segments);
-          gemm_nt<NV>(dos, vt, ds);  // dP
+          gemm_nt<NV>(dos, ldo, vt_all.data() + blk, ds);  // dP
           for (int i = 0; i < BQ; ++i) {
-            const float li = q0 + i < d.S ? lse[(b * d.H + h) * d.S + q0 + i]
-                                          : std::numeric_limits<float>::infinity();
-            const float di = delta[g * sp + q0 + i];
+            const float li = lsep[g * sp + q0 + i], di = delta[g * sp + q0 + i];
             for (int x = 0; x < 4; ++x) {
               float* pr = p + i * BK + 16 * x;
               float* dr = ds + i * BK + 16 * x;
-              const v16 pv = li == std::numeric_limits<float>::infinity()
-                                 ? splat(0.f)
-                                 : exp16(ld(pr) - li);
+              const v16 pv = li == inf ? splat(0.f) : exp16(ld(pr) * scale - li);
               st(pr, pv);
               st(dr, pv * (ld(dr) - di) * scale);
             }
           }
-          transpose64(p, tr);
-          gemm_acc<NV>(BQ, tr, BQ, dos, dva, D);  // dV += Pᵀ dO
-          transpose64(ds, tr);
-          gemm_acc<NV>(BQ, tr, BQ, qs, dka, D);  // dK += dSᵀ Q
-          gemm_acc<NV>(BK, ds, BK, kbk, dqa.data() + (g * sp + q0) * D, D);  // dQ += dS K
+          gemm_acc<NV, true>(BQ, p, BK, dos, ldo, dva, D);   // dV += Pᵀ dO
+          gemm_acc<NV, true>(BQ, ds, BK, qs, ldq, dka, D);   // dK += dSᵀ Q
+          gemm_acc<NV, false>(nk, ds, BK, kr, ldk, dqa.data() + (g * sp + q0) * D, D);  // dQ += dS K
         }
       }
-      for (int j = 0; j < BK && k0 + j < d.S; ++j) {
-        float* gk = dk + ((b * d.S + k0 + j) * d.KV + kvh) * D;
-        float* gv = dv + ((b * d.S + k0 + j) * d.KV + kvh) * D;
-        std::memcpy(gk, dka + j * D, sizeof(float) * D);
-        std::memcpy(gv, dva + j * D, sizeof(float) * D);
+      for (int j = 0; j < nk; ++j) {
+        std::memcpy(dk + ((b * d.S + k0 + j) * d.KV + kvh) * D, dka + j * D, sizeof(float) * D);
+        std::memcpy(dv + ((b * d.S + k0 + j) * d.KV + kvh) * D, dva + j * D, sizeof(float) * D);
       }
     }
     for (int64_t g = 0; g < d.G; ++g) {
@@ -396,6 +388,23 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
       for (int64_t t = 0; t < d.S; ++t)
         std::memcpy(dq + ((b * d.S + t) * d.H + h) * D, dqa.data() + (g * sp + t) * D,
                     sizeof(float) * D);
+    }
+  });
+}
+
+void pack_t(const float* x, const Dims& d, float* xt, ffi::ThreadPool& pool) {
+  const int64_t nb = (d.S + 63) / 64;
+  parallel_for(pool, d.B * d.KV * nb, [&](int64_t task) {
+    const int64_t kb = task % nb, kvh = (task / nb) % d.KV, b = task / (nb * d.KV);
+    float* dst = xt + task * d.D * 64;
+    for (int j = 0; j < 64; ++j) {
+      const int64_t t = kb * 64 + j;
+      if (t < d.S) {
+        const float* src = x + ((b * d.S + t) * d.KV + kvh) * d.D;
+        for (int64_t e = 0; e < d.D; ++e) dst[e * 64 + j] = src[e];
+      } else {
+        for (int64_t e = 0; e < d.D; ++e) dst[e * 64 + j] = 0.f;
+      }
     }
   });
 }
