@@ -1,10 +1,10 @@
 // Fused flash attention for XLA:CPU (XLA FFI custom calls), float32.
 //
 // wmtp_flash_fwd(q [.., S, H, D], k [.., S, KV, D], v [.., S, KV, D], seg [.., S] int32)
-//     -> out [.., S, H, D], lse [.., H, S]            attribute causal (int32, 0/1)
+//     -> out [.., S, H, D], lse [.., H, S]      attributes causal (int32, 0/1), scale (float32)
 // wmtp_flash_bwd(q, k, v, seg, out, lse, dout) -> dq, dk, dv
 //
-// out = softmax(q kᵀ / √D + mask) v per (row, query head); query head h reads kv head h / (H/KV).
+// out = softmax(scale · q kᵀ + mask) v per (row, query head); query head h reads kv head h / (H/KV).
 // Key j is visible to query i iff seg[j] == seg[i], seg[j] != 0 and (not causal or j <= i).
 // A query with no visible key gets out = 0 and lse = +inf (its gradient is 0).
 // Leading dimensions (the batch, and any vmapped axes) are flattened into one batch.
@@ -74,7 +74,7 @@ inline v16 exp16(v16 x) {
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
   i16 e = (__builtin_convertvector(t, i16) + 127) << 23;
-  v16 res = y * reinterpret_cast<v16&>(e);
+  v16 res = y * (v16)e;  // same-size vector cast: a bit reinterpretation
   return x < lo ? splat(0.f) : res;
 }
 
@@ -248,10 +248,9 @@ inline void load_seg(const int32_t* seg, const Dims& d, int64_t b, int64_t r0, i
 
 template <int NV>
 void forward(const Dims& d, const float* q, const float* k, const float* v, const int32_t* seg,
-             bool causal, float* out, float* lse, ffi::ThreadPool& pool) {
+             bool causal, float scale, float* out, float* lse, ffi::ThreadPool& pool) {
   constexpr int D = NV * 16;
   const int64_t nb = (d.S + 63) / 64;
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const BlockSegs segs(seg, d.B, d.S);
   std::vector<float> kt_all(d.B * d.KV * nb * D * 64);
   pack_t(k, d, kt_all.data(), pool);
@@ -313,11 +312,11 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
 
 template <int NV>
 void backward(const Dims& d, const float* q, const float* k, const float* v, const int32_t* seg,
-              const float* out, const float* lse, const float* dout, bool causal, float* dq,
+              const float* out, const float* lse, const float* dout, bool causal, float scale,
+              float* dq,
               float* dk, float* dv, ffi::ThreadPool& pool) {
   constexpr int D = NV * 16;
   const int64_t nb = (d.S + 63) / 64, sp = nb * 64;
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const float inf = std::numeric_limits<float>::infinity();
   const BlockSegs segs(seg, d.B, d.S);
   std::vector<float> kt_all(d.B * d.KV * nb * D * 64), vt_all(kt_all.size());
@@ -447,12 +446,12 @@ ffi::Error dims_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
 ffi::Error FlashFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                     ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg,
                     ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,
-                    int32_t causal) {
+                    int32_t causal, float scale) {
   Dims d;
   if (auto e = dims_of(q, k, seg, &d); e.failure()) return e;
   if (d.B * d.S * d.H == 0) return ffi::Error::Success();
   WMTP_DISPATCH(d.D, (forward<NV>(d, q.typed_data(), k.typed_data(), v.typed_data(),
-                                  seg.typed_data(), causal != 0, out->typed_data(),
+                                  seg.typed_data(), causal != 0, scale, out->typed_data(),
                                   lse->typed_data(), pool)));
   return ffi::Error::Success();
 }
@@ -462,13 +461,13 @@ ffi::Error FlashBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
                     ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
-                    int32_t causal) {
+                    int32_t causal, float scale) {
   Dims d;
   if (auto e = dims_of(q, k, seg, &d); e.failure()) return e;
   if (d.B * d.S * d.H == 0) return ffi::Error::Success();
   WMTP_DISPATCH(d.D, (backward<NV>(d, q.typed_data(), k.typed_data(), v.typed_data(),
                                    seg.typed_data(), out.typed_data(), lse.typed_data(),
-                                   dout.typed_data(), causal != 0, dq->typed_data(),
+                                   dout.typed_data(), causal != 0, scale, dq->typed_data(),
                                    dk->typed_data(), dv->typed_data(), pool)));
   return ffi::Error::Success();
 }
@@ -484,7 +483,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WmtpFlashFwd, FlashFwd,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("causal"));
+                                  .Attr<int32_t>("causal")
+                                  .Attr<float>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(WmtpFlashBwd, FlashBwd,
                               ffi::Ffi::Bind()
@@ -499,4 +499,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WmtpFlashBwd, FlashBwd,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("causal"));
+                                  .Attr<int32_t>("causal")
+                                  .Attr<float>("scale"));

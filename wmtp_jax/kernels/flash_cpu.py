@@ -3,7 +3,9 @@ a custom VJP (forward saves out and the float32 log-sum-exp; backward recomputes
 
 q `[..., S, H, D]`, k, v `[..., S, KV, D]`, seg `[..., S]` int32 (0 = padding; key j visible to
 query i iff seg[j] == seg[i] != 0 and, causal, j ≤ i) -> `[..., S, H, D]`. Computes in float32
-(other dtypes are cast in and out); D ∈ `HEAD_DIMS`. Queries with no visible key give 0.
+(other dtypes are cast in and out); the kernel is built for D ∈ `HEAD_DIMS`, other head dims ≤ 256
+are zero-padded to the next one (q·k and the scale 1/√D unchanged). Queries with no visible key
+give 0.
 """
 
 from __future__ import annotations
@@ -24,41 +26,45 @@ def unavailable(head_dim: int | None = None, backend: str | None = None) -> str 
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return f"runs on the CPU backend only, the backend is {backend!r}"
-    if head_dim is not None and head_dim not in HEAD_DIMS:
-        return f"needs head_dim in {HEAD_DIMS}, got {head_dim}"
+    if head_dim is not None and not 1 <= head_dim <= HEAD_DIMS[-1]:
+        return f"needs head_dim ≤ {HEAD_DIMS[-1]}, got {head_dim}"
     return build.unavailable()
 
 
-def _call(name, outs, *args, causal):
+def _call(name, outs, *args, causal, scale):
     return jax.ffi.ffi_call(name, outs, vmap_method="broadcast_all")(
-        *args, causal=np.int32(causal)
+        *args, causal=np.int32(causal), scale=np.float32(scale)
     )
 
 
-def _forward(q, k, v, seg, causal):
+def _forward(q, k, v, seg, causal, scale):
     *lead, s, h, _ = q.shape
     outs = (
         jax.ShapeDtypeStruct(q.shape, jnp.float32),
         jax.ShapeDtypeStruct((*lead, h, s), jnp.float32),
     )
-    return _call("wmtp_flash_fwd", outs, q, k, v, seg, causal=causal)
+    return _call("wmtp_flash_fwd", outs, q, k, v, seg, causal=causal, scale=scale)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _flash(q, k, v, seg, causal):
-    return _forward(q, k, v, seg, causal)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, seg, causal, scale):
+    return _forward(q, k, v, seg, causal, scale)[0]
 
 
-def _flash_fwd(q, k, v, seg, causal):
-    out, lse = _forward(q, k, v, seg, causal)
+def _flash_fwd(q, k, v, seg, causal, scale):
+    out, lse = _forward(q, k, v, seg, causal, scale)
     return out, (q, k, v, seg, out, lse)
 
 
-def _flash_bwd(causal, res, dout):
+def _flash_bwd(causal, scale, res, dout):
     q, k, v, seg, out, lse = res
     outs = tuple(jax.ShapeDtypeStruct(t.shape, jnp.float32) for t in (q, k, v))
     dq, dk, dv = _call(
-        "wmtp_flash_bwd", outs, q, k, v, seg, out, lse, dout.astype(jnp.float32), causal=causal
+        "wmtp_flash_bwd",
+        outs,
+        *(q, k, v, seg, out, lse, dout.astype(jnp.float32)),
+        causal=causal,
+        scale=scale,
     )
     return dq, dk, dv, None
 
@@ -71,5 +77,11 @@ def flash_attention_cpu(q, k, v, seg, *, causal: bool = True):
     why = unavailable(q.shape[-1])
     if why:
         raise ValueError(f"attention implementation 'cpu_flash' {why}")
-    f32 = [t.astype(jnp.float32) for t in (q, k, v)]
-    return _flash(*f32, seg.astype(jnp.int32), bool(causal)).astype(q.dtype)
+    hd = q.shape[-1]
+    pad = next(d for d in HEAD_DIMS if d >= hd) - hd
+    widen = [(0, 0)] * (q.ndim - 1) + [(0, pad)]
+    f32 = [
+        jnp.pad(t.astype(jnp.float32), widen) if pad else t.astype(jnp.float32) for t in (q, k, v)
+    ]
+    out = _flash(*f32, seg.astype(jnp.int32), bool(causal), float(hd) ** -0.5)
+    return (out[..., :hd] if pad else out).astype(q.dtype)

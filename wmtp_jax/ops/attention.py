@@ -22,6 +22,10 @@ Implementations (`IMPLEMENTATIONS`; `runtime.attention` in the configs):
   logits and probabilities (segment ids become an internal `[B, 1, S, S]` mask).
 * `blockwise`: flash-style online softmax in plain JAX (`blockwise_attention`), with a
   recomputing custom VJP; never materialises `[S, S]` in either direction.
+* `cpu_flash`: a fused C++ flash attention for XLA:CPU (`wmtp_jax.kernels.flash_cpu`, an FFI
+  custom call compiled on first use): online softmax per 64×64 block pair, FlashAttention-2
+  backward, masked and cross-segment block pairs skipped, float32. CPU backend only, head_dim in
+  16/32/64/128/256, and a C++ compiler at first use.
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (fused flash attention on an
   NVIDIA GPU, bfloat16 / float16; lengths use cuDNN's padding mask, segment ids an internal
   mask). Refused with a clear error elsewhere.
@@ -36,9 +40,11 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from wmtp_jax.kernels import flash_cpu
+
 Array = jax.Array
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "cpu_flash")
 BLOCK_SIZE = 128  # query and key block length of `blockwise`
 AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 256, "gpu": 1024, "tpu": 1024}  # below: xla (a block or two)
 
@@ -85,6 +91,11 @@ def check_backend(implementation: str, backend: str | None = None) -> None:
             f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
             f"is {backend!r}; use auto, xla or blockwise"
         )
+    if implementation == "cpu_flash" and backend != "cpu":
+        raise ValueError(
+            f"runtime.attention='cpu_flash' runs on the CPU backend only, the backend is "
+            f"{backend!r}; use auto, xla, blockwise or cudnn"
+        )
 
 
 def resolve(
@@ -99,9 +110,10 @@ def resolve(
     """The implementation that runs: `implementation` itself, or `auto`'s choice.
 
     auto: GPU → cudnn when usable and there are no segment ids (its padding mask takes lengths
-    only), else blockwise from S ≥ 1024, else xla; TPU the same without cudnn; CPU → blockwise
-    from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name
-    or an unusable cudnn.
+    only), else blockwise from S ≥ 1024, else xla; TPU the same without cudnn; CPU → cpu_flash
+    when it can run (head_dim, a compiler), else blockwise from S ≥ 256, else xla
+    (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn or
+    cpu_flash.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -116,8 +128,18 @@ def resolve(
                 f"blockwise (runtime.attention)"
             )
         return "cudnn"
+    if implementation == "cpu_flash":
+        why = flash_cpu.unavailable(head_dim, backend)
+        if why:
+            raise ValueError(
+                f"attention implementation 'cpu_flash' {why}; use auto, xla or blockwise "
+                f"(runtime.attention)"
+            )
+        return "cpu_flash"
     if implementation != "auto":
         return implementation
+    if backend == "cpu" and flash_cpu.unavailable(head_dim, backend) is None:
+        return "cpu_flash"
     if backend == "gpu" and not segments and cudnn_unavailable(dtype, head_dim, backend) is None:
         return "cudnn"
     return "blockwise" if seq_len >= AUTO_BLOCKWISE_MIN_SEQ.get(backend, 1024) else "xla"
@@ -159,6 +181,10 @@ def attention(
             s,
             key[3],
         )
+    if impl == "cpu_flash":
+        seg = segments_of(segment_ids, lengths, b, s)
+        seg = jnp.ones((b, s), jnp.int32) if seg is None else seg
+        return flash_cpu.flash_attention_cpu(q, k, v, seg, causal=causal)
     if impl == "blockwise":
         return blockwise_attention(
             q, k, v, causal=causal, segment_ids=segment_ids, lengths=lengths, block_size=block_size
