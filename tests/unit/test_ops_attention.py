@@ -16,6 +16,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P
 
+from wmtp_jax.kernels import flash_cpu  # noqa: E402
 from wmtp_jax.ops import attention as A  # noqa: E402
 
 TOL = 1e-5
@@ -189,7 +190,10 @@ def test_each_implementation_forced_on_cpu():
     ids = packed_ids(2, 20)
     m = (ids != 0)[:, :, None, None]
     ref = A.reference_attention(q, k, v, segment_ids=ids)
-    for impl in ("auto", "xla", "blockwise"):
+    impls = ("auto", "xla", "blockwise") + (
+        ("cpu_flash",) if flash_cpu.unavailable() is None else ()
+    )
+    for impl in impls:
         out = A.attention(q, k, v, segment_ids=ids, implementation=impl)
         np.testing.assert_allclose(out * m, ref * m, atol=TOL, rtol=0, err_msg=impl)
     with pytest.raises(
@@ -208,9 +212,12 @@ def test_each_implementation_forced_on_cpu():
 
 def test_auto_never_picks_a_path_that_fails_here():
     assert jax.default_backend() == "cpu"
+    native = flash_cpu.unavailable() is None  # the C++ kernel builds here (a compiler)
     for s in (1, 8, 128, 256, 4096):
         for dt in (jnp.float32, jnp.bfloat16):
-            assert A.resolve("auto", s, dt, 64) == ("blockwise" if s >= 256 else "xla")
+            plain = "blockwise" if s >= 256 else "xla"
+            assert A.resolve("auto", s, dt, 64) == ("cpu_flash" if native else plain)
+            assert A.resolve("auto", s, dt, 512) == plain  # head_dim beyond the kernel
     # the choice on other backends (cuDNN cannot be checked on this host → never picked)
     assert A.resolve("auto", 4096, jnp.bfloat16, 64, backend="tpu") == "blockwise"
     assert A.resolve("auto", 256, jnp.bfloat16, 64, backend="tpu") == "xla"

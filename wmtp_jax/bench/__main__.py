@@ -38,6 +38,7 @@ from wmtp_jax.bench.train_step import (
     run_case,
     time_interleaved,
 )
+from wmtp_jax.kernels import flash_cpu
 from wmtp_jax.ops.attention import IMPLEMENTATIONS
 
 PRESETS = {
@@ -359,6 +360,7 @@ def attention_cases(a) -> tuple[list, list]:
         impls = _attention_impls(a.attention_impl)
     else:
         impls = ["xla", "blockwise"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+        impls += ["cpu_flash"] if flash_cpu.unavailable() is None else []
     cases = [
         AttentionCase(batch=b, seq=s, n_heads=h, n_kv_heads=kv, head_dim=hd, dtype=_csv(a.dtype)[0])
         for s in _csv(a.attention_seq, int)
