@@ -25,7 +25,8 @@ import ml_collections
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION = ("auto", "xla", "blockwise", "cudnn", "cpu_flash")  # = wmtp_jax.ops.attention.IMPLEMENTATIONS
+# = wmtp_jax.ops.attention.IMPLEMENTATIONS
+ATTENTION = ("auto", "xla", "blockwise", "cudnn", "cpu_flash")
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 VARIANTS = ("micro", "small", "7b")
