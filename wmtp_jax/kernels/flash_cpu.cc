@@ -109,11 +109,7 @@ void gemm_acc(int n, const float* A, int64_t lda, const float* B, int64_t ldb, f
               int64_t ldc) {
   constexpr int R = NV >= 16 ? 1 : (16 / NV > 8 ? 8 : 16 / NV);
   for (int i = 0; i < 64; i += R) {
-    v16 c[R][NV];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int x = 0; x < NV; ++x) c[r][x] = ld(C + (i + r) * ldc + 16 * x);
+    v16 c[R][NV] = {};  // the block's sum, added to C at the end (shorter rounding chains)
     for (int j = 0; j < n; ++j) {
       v16 b[NV];
 #pragma GCC unroll 16
@@ -128,7 +124,7 @@ void gemm_acc(int n, const float* A, int64_t lda, const float* B, int64_t ldb, f
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-      for (int x = 0; x < NV; ++x) st(C + (i + r) * ldc + 16 * x, c[r][x]);
+      for (int x = 0; x < NV; ++x) st(C + (i + r) * ldc + 16 * x, ld(C + (i + r) * ldc + 16 * x) + c[r][x]);
   }
 }
 
