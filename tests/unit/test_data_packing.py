@@ -2,12 +2,20 @@
 segment ids / positions / spread per-sample values, pairs, row sizing, and exact resume of a
 packed loader (its state is the inner loader's)."""
 
+import ml_collections
 import numpy as np
 import pytest
 
 from tests.fixtures.data.helpers import micro_tokenizer, synthetic_dir
 from wmtp_jax.data import AlpacaCollator, DataLoader, load_samples
-from wmtp_jax.data.packing import PackedLoader, pack_batch, pad_fraction, plan, suggest_rows
+from wmtp_jax.data.packing import (
+    PackedLoader,
+    batch_shards,
+    pack_batch,
+    pad_fraction,
+    plan,
+    suggest_rows,
+)
 
 
 def batch_of(lengths, prompt=1, width=8):
@@ -42,7 +50,8 @@ def test_first_fit_hand_example():
     np.testing.assert_array_equal(packed["is_correct"][0], [1, 1, 1, 2, 2, 2, 2, 2])
     np.testing.assert_array_equal(packed["attention_mask"], np.ones((2, 8)))
     np.testing.assert_array_equal(packed["valid"], [1, 1])
-    assert st == {"samples": 4, "packed": 4, "dropped": 0, "tokens": 16, "cut_tokens": 0}
+    assert st == {"samples": 4, "packed": 4, "tokens": 16, "cut_samples": 0, "cut_tokens": 0,
+                  "dropped": 0, "dropped_tokens": 0}  # fmt: skip
 
 
 def test_cut_at_row_end_and_drop():
@@ -53,10 +62,11 @@ def test_cut_at_row_end_and_drop():
     np.testing.assert_array_equal(packed["positions"][0, 6:], [0, 1])
     np.testing.assert_array_equal(packed["input_ids"][1, 6:], [7, 7])  # pad id
     np.testing.assert_array_equal(packed["labels"][1, 6:], [-100, -100])
-    assert st["cut_tokens"] == 3 and st["dropped"] == 0
+    assert st["cut_samples"] == 1 and st["cut_tokens"] == 3 and st["dropped"] == 0
+    assert st["dropped_tokens"] == 0
     assert plan([8, 8, 3], rows=2, seq_len=8) == [(0, 0, 0, 8), (1, 1, 0, 8)]  # 3rd dropped
     _, st = pack_batch(batch_of([8, 8, 3]), rows=2, seq_len=8)
-    assert st["dropped"] == 1 and st["cut_tokens"] == 3
+    assert st["dropped"] == 1 and st["dropped_tokens"] == 3 and st["cut_tokens"] == 0
 
 
 def test_invalid_rows_are_not_packed():
@@ -80,6 +90,50 @@ def test_pairs_share_rows_and_segment_ids():
     np.testing.assert_array_equal(packed["neg_segment_ids"][1], [1, 1, 1, 0, 0, 0, 0, 0])
     assert st["cut_tokens"] == 0 and st["packed"] == 3
     assert pad_fraction(packed) == pytest.approx(1 - 18 / 32)
+
+
+class Batches:
+    """A fixed cycle of batches with the loader's get_state / set_state."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def __next__(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, s):
+        self.i = s["i"]
+
+
+def test_window_metrics_count_cuts_drops_and_padding():
+    # [6, 6, 5] in 2×8: 3rd cut 5 → 2 (pad 2/16); [8, 8, 3]: 3rd dropped (pad 0); [3]: pad 13/16
+    ld = PackedLoader(Batches([batch_of([6, 6, 5]), batch_of([8, 8, 3]), batch_of([3])]), 2, 8)
+    assert ld.window_metrics() == {}
+    next(ld), next(ld)
+    assert ld.window_metrics() == {
+        "data/cut_samples": 1.0,
+        "data/cut_tokens": 3.0,
+        "data/dropped_samples": 1.0,
+        "data/dropped_tokens": 3.0,
+        "data/pad_fraction": pytest.approx((2 / 16 + 0) / 2),
+    }
+    next(ld)  # a new window
+    assert ld.window_metrics()["data/pad_fraction"] == pytest.approx(13 / 16)
+    assert ld.stats["cut_tokens"] == 3 and ld.stats["samples"] == 7 and ld.stats["packed"] == 6
+
+
+@pytest.mark.parametrize(
+    "mesh,want", [((1, -1, 1), 8), ((1, -1, 2), 4), ((-1, 1, 4), 2), ((2, 2, -1), 4)]
+)
+def test_batch_shards(mesh, want):
+    """Packed rows are rounded to the data × fsdp devices (8 test devices) so they shard."""
+    c = ml_collections.ConfigDict({"mesh": dict(zip(("data", "fsdp", "tensor"), mesh))})
+    assert batch_shards(c) == want
 
 
 def test_suggest_rows():

@@ -163,6 +163,7 @@ def test_ref_tuning_packed_equals_unpacked():
 
 
 PAIR_LENGTHS = [(9, 11), (14, 6), (5, 8), (12, 10), (10, 30)]  # the last neg side is cut to 22
+PAIR_PROMPTS = [1, 0, 2, 1, 0]  # labelled tokens at or right after a segment start
 
 
 def pair_batches():
@@ -176,7 +177,8 @@ def pair_batches():
         for i, lens in enumerate(PAIR_LENGTHS):
             ids[i, : lens[j]] = r.randint(1, V, size=lens[j])
             am[i, : lens[j]] = 1
-        labels = np.where((am == 1) & (np.arange(S)[None] >= 2), ids, -100).astype(np.int32)
+        start = np.asarray(PAIR_PROMPTS)[:, None]
+        labels = np.where((am == 1) & (np.arange(S)[None] >= start), ids, -100).astype(np.int32)
         full.update({f"{side}_input_ids": ids, f"{side}_attention_mask": am})
         full[f"{side}_labels"] = labels
     packed, stats = pack_batch(full, ROWS, S)
@@ -206,3 +208,34 @@ def test_critic_packed_pairs_equal_unpacked(kind):
     m_pk = critic.eval_fn(model, None, jbatch(packed), extra, vl=vl)
     for k in ("loss", "pairwise_accuracy", "margin", "mean_pos", "mean_neg"):
         np.testing.assert_allclose(m_pk[k], m_ref[k], atol=1e-5)
+
+
+@pytest.mark.parametrize("advantage,whitening", [("gae", "ema"), ("td", "batch")])
+def test_verifiable_negatives_packed_pairs_equal_unpacked(advantage, whitening):
+    """data.use_negatives: pairwise batches (correct side reward 1, incorrect 0) packed pairwise;
+    the neg side of the last pair is cut at the row end and every sequence has a labelled token
+    within 2 of its start, so a head crossing a segment end would change the loss."""
+    policy = randomize(MTPTransformer(args(), rngs=nnx.Rngs(0)), 1)
+    critic = randomize(ValueModel(args(k=1, layers=2), rngs=nnx.Rngs(2), head_type="linear"), 3)
+    wc = verifiable.WeightingConfig(advantage=advantage, whitening=whitening, lam=0.9, beta=0.5)
+    extra = verifiable.init_extra(0.9, 0)
+    extra["ema"] = extra["ema"]._replace(
+        mean=jnp.float32(0.05), std=jnp.float32(0.2), step_count=jnp.int32(3)
+    )
+    fn = lambda *a: verifiable.loss_fn(*a, wc=wc, ga=1)
+    ref, packed = pair_batches()
+    assert packed["pos_input_ids"].shape == (ROWS, S) and ref["pos_input_ids"].shape[0] == 5
+    l_ref, g_ref = loss_and_grads(fn, policy, critic, jbatch(ref), extra)
+    l_pk, g_pk = loss_and_grads(fn, policy, critic, jbatch(packed), extra)
+    assert np.isfinite(l_ref) and l_ref > 0
+    np.testing.assert_allclose(l_pk, l_ref, rtol=0, atol=1e-5)
+    assert len(g_ref) == len(g_pk)
+    for a, b in zip(g_ref, g_pk):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5)
+    outs = [fn(policy, critic, jbatch(b), None, extra)[1] for b in (ref, packed)]
+    for k in ("td/mean", "td/std", "weight/mean", "weight/std", "value/mse", "value/return_mean"):
+        np.testing.assert_allclose(outs[1][0][k], outs[0][0][k], atol=1e-5)
+    np.testing.assert_allclose(outs[1][1]["ema"].mean, outs[0][1]["ema"].mean, atol=1e-6)
+    ev = [verifiable.eval_fn(policy, critic, jbatch(b), extra, wc=wc) for b in (ref, packed)]
+    for k in ("weighted_ce_loss", "unweighted_ce_loss"):
+        np.testing.assert_allclose(ev[1][k], ev[0][k], atol=1e-5)

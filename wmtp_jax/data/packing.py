@@ -7,7 +7,8 @@ its tokens. A sample that fits no row is **cut at a row end**: it goes into the 
 room left (the first such row), keeps its first `room` tokens and loses the rest (exactly as the
 collator truncates at `max_length`; no continuation in another row, whose tokens could not attend
 to the sample's prompt). A sample meeting full rows is dropped. Rows with `valid = 0` (the
-padding rows of a last validation batch) are never packed. Cut and dropped tokens are counted.
+padding rows of a last validation batch) are never packed. Cut and dropped samples and tokens
+are counted (`pack_batch`'s stats; per metrics window in training, `PackedLoader.window_metrics`).
 
 Packed batch (all `[R, S]` unless said): `input_ids` (pad_id on padding), `labels` (-100 on
 padding), `segment_ids` int32 (1, 2, ... in placement order per row, 0 = padding),
@@ -26,6 +27,7 @@ samples per step stays `training.batch_size`; only the rows they occupy shrink f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,8 +118,9 @@ def pack_batch(
     batch: Mapping[str, np.ndarray], rows: int, seq_len: int, *, pad_id: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """(packed batch, stats) of one collated loader batch (pointwise or pairwise; see the module
-    docstring). stats: samples, packed, dropped, tokens, cut_tokens (tokens lost to cuts and
-    drops)."""
+    docstring). stats (ints): samples (valid ones), packed, tokens (theirs, pos + neg for pairs),
+    cut_samples / cut_tokens (samples cut at a row end / the tokens they lost), dropped /
+    dropped_tokens (samples meeting only full rows / their tokens)."""
     if rows < 1 or seq_len < 1:
         raise ValueError(f"packing needs rows ≥ 1 and seq_len ≥ 1, got {rows}, {seq_len}")
     valid = np.asarray(batch["valid"]) > 0 if "valid" in batch else None
@@ -137,36 +140,54 @@ def pack_batch(
             _fill(batch, "neg_", [(i, r, o, t) for i, r, _, _, o, t in placed], rows, seq_len,
                   pad_id, []))  # fmt: skip
         total = lp + ln
-        kept = sum(t1 + t2 for *_, _, t1, _, t2 in placed)
+        kept = {i: t1 + t2 for i, _, _, t1, _, t2 in placed}
         any_tok = out["pos_segment_ids"].max(axis=1) > 0
     else:
         lens = _lengths(batch["attention_mask"])
         placed = plan(lens, rows, seq_len, valid)
         out = _fill(batch, "", placed, rows, seq_len, pad_id, scalars)
         total = lens
-        kept = sum(p[3] for p in placed)
+        kept = {p[0]: p[3] for p in placed}
         any_tok = out["segment_ids"].max(axis=1) > 0
     out["valid"] = any_tok.astype(np.float32)
     live = np.ones(n, bool) if valid is None else valid
+    total = np.asarray(total, np.int64)
+    lost = [int(total[i]) - t for i, t in kept.items()]
     stats = {
         "samples": int(live.sum()),
         "packed": len(placed),
+        "tokens": int(total[live].sum()),
+        "cut_samples": sum(x > 0 for x in lost),
+        "cut_tokens": sum(lost),
         "dropped": int(live.sum()) - len(placed),
-        "tokens": int(np.asarray(total)[live].sum()),
-        "cut_tokens": int(np.asarray(total)[live].sum()) - int(kept),
+        "dropped_tokens": int(total[live].sum()) - sum(int(total[i]) for i in kept),
     }
     return out, stats
+
+
+STAT_KEYS = ("samples", "packed", "tokens", "cut_samples", "cut_tokens", "dropped",
+             "dropped_tokens")  # fmt: skip
+# pack_batch stat → the metric PackedLoader.window_metrics logs it as (summed over a window)
+WINDOW_METRICS = {
+    "cut_samples": "data/cut_samples",
+    "cut_tokens": "data/cut_tokens",
+    "dropped": "data/dropped_samples",
+    "dropped_tokens": "data/dropped_tokens",
+}
 
 
 class PackedLoader:
     """Wraps a `DataLoader` (or any batch iterator with get_state/set_state): yields
     `pack_batch(batch, rows, seq_len)`; state, length and steps per epoch are the inner loader's,
-    so resuming is exactly the unpacked loader's resume. `stats` accumulates pack_batch's counts.
+    so resuming is exactly the unpacked loader's resume. `stats` accumulates pack_batch's counts
+    over the run; `window_metrics` reports them per train-loop metrics window.
     """
 
     def __init__(self, loader, rows: int, seq_len: int, *, pad_id: int = 0):
         self.loader, self.rows, self.seq_len, self.pad_id = loader, int(rows), int(seq_len), pad_id
-        self.stats = {"samples": 0, "packed": 0, "dropped": 0, "tokens": 0, "cut_tokens": 0}
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self._window: dict[str, float] = {}
+        self._pads: list[float] = []
 
     def __iter__(self):
         return self
@@ -175,7 +196,22 @@ class PackedLoader:
         packed, st = pack_batch(next(self.loader), self.rows, self.seq_len, pad_id=self.pad_id)
         for k, v in st.items():
             self.stats[k] += v
+            self._window[k] = self._window.get(k, 0) + v
+        self._pads.append(pad_fraction(packed))
         return packed
+
+    def window_metrics(self) -> dict[str, float]:
+        """This process's packing counts over the batches drawn since the last call (the train
+        loop logs them with each metrics window, host side): data/cut_samples, data/cut_tokens,
+        data/dropped_samples, data/dropped_tokens (sums), data/pad_fraction (mean over the
+        batches); {} when no batch was drawn."""
+        if not self._pads:
+            return {}
+        w = self._window
+        out = {name: float(w[k]) for k, name in WINDOW_METRICS.items()}
+        out["data/pad_fraction"] = float(np.mean(self._pads))
+        self._window, self._pads = {}, []
+        return out
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -214,6 +250,15 @@ def suggest_rows(lengths, batch_size: int, seq_len: int, headroom: float = 1.15)
     return max(1, min(int(batch_size), rows))
 
 
+def batch_shards(config) -> int:
+    """Devices a batch's rows are split over: data × fsdp of `config.mesh` (a -1 axis takes the
+    rest of the devices; the tensor axis replicates the batch)."""
+    m = config.mesh
+    if int(m.tensor) == -1:
+        return int(m.data) * int(m.fsdp)
+    return jax.device_count() // int(m.tensor)
+
+
 AUTO_PROBE = 256  # records tokenized to size the rows when data.pack_rows = 0
 
 
@@ -221,8 +266,8 @@ def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
     """(PackedLoader(train), val_iter_fn yielding packed batches) for `data.packing`.
 
     Rows per global batch: `data.pack_rows`, or when 0 `suggest_rows` on the lengths of the
-    first AUTO_PROBE training records; a multiple of the process count (each process packs its
-    own samples into its share of the rows)."""
+    first AUTO_PROBE training records; rounded up to a multiple of the process count (each
+    process packs its own samples into its share of the rows) and of `batch_shards`."""
     seq_len = int(config.dataset.max_length)
     bs = int(config.training.batch_size)
     rows = int(config.data.get("pack_rows", 0))
@@ -233,7 +278,8 @@ def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
         lens = np.max([_lengths(enc[k]) for k in keys], axis=0)  # pairs: the longer side
         rows = suggest_rows(lens, bs, seq_len)
     procs = jax.process_count()
-    rows = -(-rows // procs) * procs
+    step = math.lcm(procs, batch_shards(config))
+    rows = -(-rows // step) * step
     local = rows // procs
     pad_id = int(tokenizer.pad_token_id)
     logging.info(

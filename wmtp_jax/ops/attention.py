@@ -27,8 +27,9 @@ Implementations (`IMPLEMENTATIONS`; `runtime.attention` in the configs):
   backward, masked and cross-segment block pairs skipped, float32. CPU backend only, head_dim in
   16/32/64/128/256, and a C++ compiler at first use.
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (fused flash attention on an
-  NVIDIA GPU, bfloat16 / float16; lengths use cuDNN's padding mask, segment ids an internal
-  mask). Refused with a clear error elsewhere.
+  NVIDIA GPU, bfloat16 / float16; lengths use cuDNN's padding mask). Segment ids use cuDNN's
+  packed (ragged) layout where jax offers it (`cudnn_packed_attention`, Hopper and newer; else
+  an internal mask). Refused with a clear error elsewhere.
 * `auto`: `resolve` picks by backend, dtype and shape, never a path that fails on the backend.
 """
 
@@ -46,6 +47,7 @@ Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "cpu_flash")
 BLOCK_SIZE = 128  # query and key block length of `blockwise`
+CUDNN_MAX_SEGMENTS = 32  # static segments per row of cudnn's packed layout (more: blockwise)
 AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 256, "gpu": 1024, "tpu": 1024}  # below: xla (a block or two)
 
 _logged: set = set()
@@ -109,11 +111,11 @@ def resolve(
 ) -> str:
     """The implementation that runs: `implementation` itself, or `auto`'s choice.
 
-    auto: GPU → cudnn when usable and there are no segment ids (its padding mask takes lengths
-    only), else blockwise from S ≥ 1024, else xla; TPU the same without cudnn; CPU → cpu_flash
-    when it can run (head_dim, a compiler), else blockwise from S ≥ 256, else xla
-    (`AUTO_BLOCKWISE_MIN_SEQ`). Raises ValueError for an unknown name or an unusable cudnn or
-    cpu_flash.
+    auto: GPU → cudnn when usable and there are no segment ids (cudnn's packed layout for
+    segment ids is wired but untested on hardware, so `auto` does not pick it), else blockwise
+    from S ≥ 1024, else xla; TPU the same without cudnn; CPU → cpu_flash when it can run
+    (head_dim, a compiler), else blockwise from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`).
+    Raises ValueError for an unknown name or an unusable cudnn or cpu_flash.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -189,6 +191,9 @@ def attention(
         return blockwise_attention(
             q, k, v, causal=causal, segment_ids=segment_ids, lengths=lengths, block_size=block_size
         )
+    if impl == "cudnn" and segment_ids is not None and cudnn_packed_unavailable() is None:
+        seg = segments_of(segment_ids, lengths, b, s)
+        return cudnn_packed_attention(q, k, v, seg, causal=causal, block_size=block_size)
     if impl == "cudnn" and segment_ids is None:
         lens = None if lengths is None else lengths.astype(jnp.int32)
         return jax.nn.dot_product_attention(
@@ -219,6 +224,84 @@ def segments_of(segment_ids: Array | None, lengths: Array | None, b: int, s: int
     if lengths is not None:
         seg = jnp.where(jnp.arange(s)[None] < jnp.asarray(lengths)[:, None], seg, 0)
     return seg
+
+
+def cudnn_segments(seg: Array, max_segments: int) -> tuple[Array, Array, Array]:
+    """cuDNN's packed layout of canonical segment ids `seg` `[B, S]` (0 = padding): every run of
+    one nonzero id is a sequence. Returns (seqlens `[B, M]`, offsets `[B, M + 1]`, count `[B]`)
+    with M = `max_segments` (static): the m-th run of row b starts at offsets[b, m] and has
+    seqlens[b, m] tokens; entries past the row's runs, and offsets' last column, are -1 (jax's
+    `q_offsets` / `q_seqlen` convention). count = runs per row; runs past the M-th are left out
+    (callers check count ≤ M). An id repeated after another id is a new run (packing never
+    does that; the mask of the other implementations would join the two runs)."""
+    b, s = seg.shape
+    m = int(max_segments)
+    live = seg != 0
+    prev = jnp.pad(seg[:, :-1], ((0, 0), (1, 0)))
+    starts = live & (seg != prev)
+    run = jnp.cumsum(starts, axis=1) - 1  # run index of every token (-1 before the first run)
+    count = starts.sum(axis=1).astype(jnp.int32)
+    rows = jnp.arange(b)[:, None]
+    slot = lambda keep: jnp.where(keep & (run < m), run, m)  # column m collects the rest
+    pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    offsets = jnp.zeros((b, m + 1), jnp.int32).at[rows, slot(starts)].set(pos)
+    seqlens = jnp.zeros((b, m + 1), jnp.int32).at[rows, slot(live)].add(1)
+    used = jnp.arange(m + 1)[None] < jnp.minimum(count, m)[:, None]
+    offsets = jnp.where(used, offsets, -1)
+    seqlens = jnp.where(used, seqlens, -1)[:, :m]
+    return seqlens, offsets, count
+
+
+def cudnn_packed_unavailable() -> str | None:
+    """Why cuDNN's packed layout cannot run here (jax's private API, Hopper and cuDNN ≥ 9.6),
+    or None. Checked at trace time on a GPU where `cudnn` itself is usable."""
+    try:  # a private jax module (see cudnn_unavailable)
+        from jax._src.cudnn.fused_attention_stablehlo import (
+            check_compute_capability,
+            check_cudnn_version,
+        )
+
+        if check_cudnn_version() < 90600:
+            return "cuDNN's packed layout needs cuDNN ≥ 9.6"
+        if not check_compute_capability("9.0"):
+            return "cuDNN's packed layout needs compute capability ≥ 9.0 (Hopper)"
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable"
+        return f"cuDNN packed-layout check failed: {e}"
+    return None
+
+
+def cudnn_packed_attention(q, k, v, seg: Array, *, causal: bool = True, block_size=None):
+    """Segment-masked attention with cuDNN's packed (ragged) layout: `cudnn_segments` turns the
+    canonical ids `seg` `[B, S]` into per-row segment lengths and offsets with
+    CUDNN_MAX_SEGMENTS slots (at most S); a batch with a row of more segments runs `blockwise`
+    instead (`lax.cond`, never a wrong answer). GPU only; not exercised by the CPU tests."""
+    # private jax API (no public packed-layout entry point in jax.nn); imported here because it
+    # is only usable on a GPU
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_sdpa
+
+    b, s, _, hd = q.shape
+    m = max(2, min(CUDNN_MAX_SEGMENTS, s))  # jax takes the packed path only with M > 1
+    seqlens, offsets, count = cudnn_segments(seg, m)
+
+    def packed():
+        return cudnn_sdpa(
+            q,
+            k,
+            v,
+            q_seqlen=seqlens,
+            kv_seqlen=seqlens,
+            q_offsets=offsets,
+            kv_offsets=offsets,
+            scale=hd**-0.5,
+            mask_type=MaskType.PADDING_CAUSAL if causal else MaskType.PADDING,
+            qkv_layout="BTNH",
+        )
+
+    def fallback():
+        return blockwise_attention(q, k, v, causal=causal, segment_ids=seg, block_size=block_size)
+
+    return jax.lax.cond(jnp.all(count <= m), packed, fallback)
 
 
 def reference_attention(

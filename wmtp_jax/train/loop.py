@@ -56,7 +56,9 @@ class TrainTask:
       batch = dict of global arrays [micro_batch, ...]; metrics = dict of scalars; new_extra has
       the structure/dtypes of `extra_state`. Must be jit-able.
     train_iter: yields per-process numpy micro-batches (dicts); `get_state()` / `set_state(s)`
-      (JSON-able or bytes) make resume exact. The loop draws GA micro-batches per step.
+      (JSON-able or bytes) make resume exact. The loop draws GA micro-batches per step. Optional
+      `window_metrics()` -> {name: float}: host-side data metrics of the batches drawn since the
+      last call, logged with each train metrics window (e.g. a packed loader's cut tokens).
     frozen: optional NNX module (or nnx.Dict of modules) used for inference only (critic,
       reference), sharded with the strategy's parameter rules and put in eval mode.
     param_labels(path) -> group name, with param_groups = {name: {"learning_rate", "weight_decay"}}.
@@ -472,6 +474,9 @@ def _log_window(run: _Run, step: int):
     log = run.window.flush()
     if log is None:
         return
+    data_metrics = getattr(run.task.train_iter, "window_metrics", None)
+    if data_metrics is not None:
+        log.update(data_metrics())
     run.tracker.log_metrics(log, step)
     run.logged.update(log)
     run.progress.postfix(loss=log["train/loss"], tok_s=log["perf/tokens_per_sec"])
