@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The issue-16 measurements on a quiet machine, into one log under storage/perf/:
-#   uptime; the torch-bar train step vs the PyTorch original (xla and blockwise attention),
+#   uptime; the torch-bar train step vs the PyTorch original (cpu_flash, blockwise and xla
+#   attention),
 #   3 runs alternated; the attention sweep S=256,1024,2048,4096 next to torch SDPA; uptime.
 # Run it when nothing else runs (check `uptime` first: the 1-minute load average should be
 # well under 1); the log names the load average before and after every command.
@@ -29,9 +30,9 @@ run() {
     echo "XLA_FLAGS=${XLA_FLAGS:-}"
 } | tee -a "$LOG"
 for i in 1 2 3; do
-    # xla and blockwise steps compiled once per run; within a run the jax and torch steps alternate
+    # the three steps compiled once per run; within a run the jax and torch steps alternate
     run python -m wmtp_jax.bench --compare-torch --preset torch-bar \
-        --attention-impl xla,blockwise --threads "$THREADS" \
+        --attention-impl cpu_flash,blockwise,xla --threads "$THREADS" \
         --steps "$STEPS" --warmup "$WARMUP" --out "$JSONL"
 done
 # an implementation whose compiled program would not fit is reported as skipped (needs X GiB)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from wmtp_jax.ops.attention import attention
 from wmtp_jax.ops.chunked_loss import rms_norm
+from wmtp_jax.ops.dense import dense
 from wmtp_jax.ops.segments import segment_positions
 
 from .args import ModelArgs
@@ -85,9 +86,7 @@ class Linear(nnx.Module):
     def __call__(self, x: Array, *, out_dtype=None) -> Array:
         dt = self.dtype
         x = x.astype(dt)
-        y = jnp.einsum(
-            "...i,io->...o", x, self.kernel[...].astype(dt), preferred_element_type=out_dtype
-        )
+        y = dense(x, self.kernel[...].astype(dt), out_dtype=out_dtype)
         if self.lora_rank:
             xd = self.lora_dropout(x) if self.lora_dropout is not None else x
             z = jnp.einsum("...i,ir->...r", xd, self.lora_a[...].astype(dt))
@@ -115,12 +114,7 @@ class Embed(nnx.Module):
     def attend(self, x: Array, *, out_dtype=None) -> Array:
         """Tied output projection `x · embeddingᵀ`: `[..., D]` -> `[..., V]`."""
         x = x.astype(self.dtype)
-        return jnp.einsum(
-            "...d,vd->...v",
-            x,
-            self.embedding[...].astype(self.dtype),
-            preferred_element_type=out_dtype,
-        )
+        return dense(x, self.embedding[...].astype(self.dtype).T, out_dtype=out_dtype)
 
 
 class RMSNorm(nnx.Module):

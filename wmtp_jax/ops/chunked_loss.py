@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import token_ce
+from wmtp_jax.ops.dense import dense
 from wmtp_jax.ops.mtp_loss import align_head_targets, reduce_head_losses
 
 
@@ -43,9 +44,7 @@ def head_logits(
     `output_kernel [D,V]`.
     """
     y = rms_norm(head_latents, norm_scale, norm_eps, compute_dtype)
-    return jnp.dot(
-        y, output_kernel.astype(compute_dtype), preferred_element_type=jnp.float32
-    ).astype(jnp.float32)
+    return dense(y, output_kernel.astype(compute_dtype), out_dtype=jnp.float32)
 
 
 def chunked_mtp_ce_loss(
