@@ -6,8 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from wmtp_jax.models.layers import REMAT_POLICIES, dense
+from wmtp_jax.models.args import ModelArgs
+from wmtp_jax.models.layers import REMAT_POLICIES, Block, dense
+from wmtp_jax.models.lora import LoRAConfig
 
 
 def _plain(x, w, out_dtype=None):
@@ -64,3 +67,17 @@ def test_bf16_inputs_float32_outputs():
         assert a.dtype == like.dtype == jnp.bfloat16
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=1e-2 * np.abs(b).max())  # bf16 rounding
+
+
+@pytest.mark.parametrize(
+    "remat,lora,want", [("none", 0, True), ("dots", 0, False), ("none", 2, False)]
+)
+def test_blocks_use_dense_without_remat_and_lora(remat, lora, want):
+    """Inside remat a policy like `dots` must see the dot (a custom VJP hides it); LoRA's frozen
+    kernel needs no gradient (a custom VJP would compute it anyway)."""
+    args = ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32, multiple_of=8, remat=remat)
+    targets = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+    cfg = LoRAConfig(rank=lora, alpha=1.0, dropout=0.0, targets=targets) if lora else None
+    block = Block(args, rngs=nnx.Rngs(0), lora=cfg)
+    linears = [block.attention.wq, block.attention.wo, block.feed_forward.w1]
+    assert [m.dense_vjp for m in linears] == [want] * 3
