@@ -30,6 +30,7 @@ from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
 from wmtp_jax.train.distributed import maybe_initialize
 from wmtp_jax.train.lock import OutputDirBusy
 from wmtp_jax.train.loop import NonFiniteLossError
+from wmtp_jax.train.xla_flags import apply_cpu_defaults
 
 PACKAGED_CONFIGS = Path(_configs_package.__file__).parent
 
@@ -139,6 +140,7 @@ def run(config, pipeline=None):
     `run(config)`; default `wmtp_jax.pipelines.<config.pipeline>`): validate the config, set the
     log level, join a multi-process run, route library logs to `<output_dir>/run.log`, print the
     header, run, print the summary. Config errors and the run's refusals exit 2 with one line."""
+    apply_cpu_defaults()  # before the first computation (docs/performance_step.md)
     try:
         validate_config(config)
     except ValueError as e:

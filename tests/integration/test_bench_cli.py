@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from wmtp_jax.bench import flops
 from wmtp_jax.bench.train_step import TrainCase
+from wmtp_jax.train.xla_flags import with_cpu_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -85,6 +87,9 @@ def test_train_and_decode_write_json_lines(tmp_path):
         m = r["machine"]
         assert m["backend"] == "cpu" and m["jax"] and m["flax"] and m["host_cores"] >= 1
         assert len(r["loadavg"]) == 3 and "commit" in m
+        # the user's XLA_FLAGS kept, the release's CPU defaults appended (train/xla_flags.py)
+        want = with_cpu_defaults("--xla_force_host_platform_device_count=2", jax.__version__)
+        assert m["xla_flags"] == want
     c = train["config"]
     assert (c["pipeline"], c["batch"], c["seq"], c["dim"], c["n_layers"]) == (
         "verifiable",

@@ -63,6 +63,7 @@ def machine_info() -> dict:
         "device_count": len(devs),
         "process_count": jax.process_count(),
         "cpu_model": _cpu_model(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_cores": os.cpu_count(),
         "python": platform.python_version(),
         "hostname": platform.node(),

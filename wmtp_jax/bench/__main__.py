@@ -40,6 +40,7 @@ from wmtp_jax.bench.train_step import (
 )
 from wmtp_jax.kernels import flash_cpu
 from wmtp_jax.ops.attention import IMPLEMENTATIONS
+from wmtp_jax.train.xla_flags import apply_cpu_defaults
 
 PRESETS = {
     # the micro pipelines' shapes (pipelines/bootstrap.py): 2 trunk + 4 head blocks, critic 3 blocks
@@ -525,6 +526,7 @@ def _run_packing(a) -> int:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    apply_cpu_defaults()  # as training does; a flag set in XLA_FLAGS wins
     if a.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", a.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -50,6 +50,9 @@ def param(value: Array, names: Sequence[str | None], kind=nnx.Param) -> nnx.Para
 class Linear(nnx.Module):
     """y = x W (+ b) + (alpha/r) · dropout(x) A B.
 
+    `x W` goes through `dense` (its weight-gradient VJP) unless `dense_vjp` is off: the blocks
+    turn it off under remat, and LoRA does.
+
     kernel `[in, out]`; optional LoRA factors `lora_a [in, r]` (U(±1/√in)) and `lora_b [r, out]`
     (zeros) stored as `nnx.LoRAParam` on this module, so base paths stay `.../<name>/kernel`.
     """
@@ -68,8 +71,12 @@ class Linear(nnx.Module):
         lora_rank: int = 0,
         lora_alpha: float = 1.0,
         lora_dropout: float = 0.0,
+        dense_vjp: bool = True,
     ):
         self.in_features, self.out_features = in_features, out_features
+        # `dense`'s VJP, except with LoRA (frozen kernel: autodiff skips its gradient, a custom
+        # VJP would not) and inside remat (the policies see a custom VJP, not a dot to save)
+        self.dense_vjp = dense_vjp and not lora_rank
         self.dtype, pdt = to_dtype(dtype), to_dtype(param_dtype)
         self.kernel = param(kernel_init(rngs.params(), (in_features, out_features), pdt), names)
         self.bias = param(jnp.zeros((out_features,), pdt), names[1:]) if use_bias else None
@@ -86,7 +93,12 @@ class Linear(nnx.Module):
     def __call__(self, x: Array, *, out_dtype=None) -> Array:
         dt = self.dtype
         x = x.astype(dt)
-        y = dense(x, self.kernel[...].astype(dt), out_dtype=out_dtype)
+        if self.dense_vjp:
+            y = dense(x, self.kernel[...].astype(dt), out_dtype=out_dtype)
+        else:
+            y = jnp.einsum(
+                "...i,io->...o", x, self.kernel[...].astype(dt), preferred_element_type=out_dtype
+            )
         if self.lora_rank:
             xd = self.lora_dropout(x) if self.lora_dropout is not None else x
             z = jnp.einsum("...i,ir->...r", xd, self.lora_a[...].astype(dt))
@@ -96,6 +108,8 @@ class Linear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
+
+
 
 
 class Embed(nnx.Module):
@@ -238,6 +252,7 @@ class Attention(nnx.Module):
     def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
         d, h, kv, hd = args.dim, args.n_heads, args.kv_heads, args.head_dim
         kw = dict(rngs=rngs, dtype=args.dtype, param_dtype=args.param_dtype)
+        kw["dense_vjp"] = args.remat == "none"
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
         self.implementation = args.attention
         self.wq = Linear(d, h * hd, names=("embed", "heads"), **kw, **_lora_kw(lora, "wq"))
@@ -278,6 +293,7 @@ class FeedForward(nnx.Module):
     def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs, lora=None):
         d, f = args.dim, args.hidden_dim
         kw = dict(rngs=rngs, dtype=args.dtype, param_dtype=args.param_dtype)
+        kw["dense_vjp"] = args.remat == "none"
         self.w1 = Linear(d, f, names=("embed", "mlp"), **kw, **_lora_kw(lora, "w1"))
         self.w2 = Linear(f, d, names=("mlp", "embed"), **kw, **_lora_kw(lora, "w2"))
         self.w3 = Linear(d, f, names=("embed", "mlp"), **kw, **_lora_kw(lora, "w3"))

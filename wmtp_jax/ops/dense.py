@@ -19,7 +19,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def dense(x: Array, w: Array, *, out_dtype=None) -> Array:
+def dense(x: Array, w: Array, out_dtype=None) -> Array:
     """x `[..., I]` @ w `[I, O]` -> `[..., O]` (dtype `out_dtype`, else the operands')."""
     return _dense(x, w, None if out_dtype is None else jnp.dtype(out_dtype))
 
