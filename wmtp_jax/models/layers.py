@@ -110,8 +110,6 @@ class Linear(nnx.Module):
         return y
 
 
-
-
 class Embed(nnx.Module):
     """Token embedding `[V, D]`, N(0, 1) init as torch nn.Embedding."""
 
