@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wmtp_jax.data.packing import pack_batch
+from wmtp_jax.kernels import flash_cpu
 from wmtp_jax.ops import attention as A
 
 SEG = np.asarray(
@@ -68,7 +69,8 @@ def test_cudnn_with_segment_ids_refuses_on_cpu():
     q = jnp.zeros((1, 8, 2, 8), jnp.bfloat16)
     with pytest.raises(ValueError, match=r"'cudnn' needs an NVIDIA GPU with cuDNN"):
         A.attention(q, q, q, segment_ids=jnp.asarray(SEG[:1]), implementation="cudnn")
-    assert A.resolve("auto", 2048, jnp.bfloat16, 64, segments=True, backend="cpu") == "blockwise"
+    cpu = A.resolve("auto", 2048, jnp.bfloat16, 64, segments=True, backend="cpu")
+    assert cpu == ("cpu_flash" if flash_cpu.unavailable() is None else "blockwise")  # not cudnn
     assert A.cudnn_packed_unavailable() is not None  # no GPU here
 
 
