@@ -178,14 +178,21 @@ def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, c
     return out["weighted_ce_loss"], (metrics, new_extra)
 
 
-def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
-    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
+def _batch_whitened(frozen, batch, wc: WeightingConfig):
+    """(ids, attention mask, labels, loss mask, weights, packing kwargs) of a validation batch,
+    weights whitened over the batch (the original's validation)."""
     ids, am, labels, rewards = rows(batch)
     pk = packing(batch)
     rewards = packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
     values = critic_values(frozen, ids, am, **pk)
     w, _, _ = token_weights(values, rewards, m, wc, None, pk["segment_ids"])
+    return ids, am, labels, m, w, pk
+
+
+def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
+    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
+    ids, am, labels, _, w, pk = _batch_whitened(frozen, batch, wc)
     out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
     return {
         "weighted_ce_loss": out["weighted_ce_loss"],
@@ -197,12 +204,7 @@ def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int
 def validation_weights(frozen, batch, *, wc: WeightingConfig):
     """(input_ids, loss mask, weights) `[N,S]` of a validation batch (batch whitening): what the
     weight picture draws (a packed row shows its sequences one after the other)."""
-    ids, am, labels, rewards = rows(batch)
-    pk = packing(batch)
-    rewards = packed_rewards(batch, rewards)
-    m = ops.loss_mask_of(labels, am)
-    values = critic_values(frozen, ids, am, **pk)
-    w, _, _ = token_weights(values, rewards, m, wc, None, pk["segment_ids"])
+    ids, _, _, m, w, _ = _batch_whitened(frozen, batch, wc)
     return ids, m, w
 
 
