@@ -186,7 +186,7 @@ class PackedLoader:
     def __init__(self, loader, rows: int, seq_len: int, *, pad_id: int = 0):
         self.loader, self.rows, self.seq_len, self.pad_id = loader, int(rows), int(seq_len), pad_id
         self.stats = dict.fromkeys(STAT_KEYS, 0)
-        self._window: dict[str, float] = {}
+        self._window_start = dict(self.stats)  # `stats` when the current window began
         self._pads: list[float] = []
 
     def __iter__(self):
@@ -196,7 +196,6 @@ class PackedLoader:
         packed, st = pack_batch(next(self.loader), self.rows, self.seq_len, pad_id=self.pad_id)
         for k, v in st.items():
             self.stats[k] += v
-            self._window[k] = self._window.get(k, 0) + v
         self._pads.append(pad_fraction(packed))
         return packed
 
@@ -207,10 +206,10 @@ class PackedLoader:
         batches); {} when no batch was drawn."""
         if not self._pads:
             return {}
-        w = self._window
-        out = {name: float(w[k]) for k, name in WINDOW_METRICS.items()}
+        start = self._window_start
+        out = {name: float(self.stats[k] - start[k]) for k, name in WINDOW_METRICS.items()}
         out["data/pad_fraction"] = float(np.mean(self._pads))
-        self._window, self._pads = {}, []
+        self._window_start, self._pads = dict(self.stats), []
         return out
 
     def __len__(self) -> int:
