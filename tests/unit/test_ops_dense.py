@@ -65,16 +65,21 @@ def value_and_grads(f, x, w, seed=1):
     return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(f(x, w) * c), argnums=(0, 1)))(x, w)
 
 
+def assert_matches_autodiff(x_dense, x, w):
+    """dense at x_dense (x, or x placed differently) = the plain einsum at x: value, dx, dw."""
+    (a, (ax, aw)), (b, (bx, bw)) = value_and_grads(dense, x_dense, w), value_and_grads(plain, x, w)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(ax, bx, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(aw, bw, atol=1e-5, rtol=1e-6)
+
+
 @pytest.mark.parametrize("lead", [(6,), (2, 5), (2, 3, 4)])
 def test_equals_autodiff_of_the_einsum(lead):
     r = np.random.default_rng(0)
     x = jnp.asarray(r.standard_normal((*lead, 16)), jnp.float32)
     w = jnp.asarray(r.standard_normal((16, 24)), jnp.float32)
     np.testing.assert_allclose(dense(x, w), plain(x, w), atol=1e-6, rtol=0)
-    (a, (ax, aw)), (b, (bx, bw)) = value_and_grads(dense, x, w), value_and_grads(plain, x, w)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
-    np.testing.assert_allclose(ax, bx, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(aw, bw, atol=1e-5, rtol=1e-6)
+    assert_matches_autodiff(x, x, w)
 
 
 def test_under_vmap_over_a_stacked_weight():
@@ -93,10 +98,7 @@ def test_sharded_batch_on_8_devices_matches_unsharded():
     x = jnp.asarray(r.standard_normal((8, 5, 16)), jnp.float32)
     w = jnp.asarray(r.standard_normal((16, 12)), jnp.float32)
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-    (a, (ax, aw)), (b, (bx, bw)) = value_and_grads(dense, xs, w), value_and_grads(plain, x, w)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
-    np.testing.assert_allclose(ax, bx, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(aw, bw, atol=1e-5, rtol=1e-6)
+    assert_matches_autodiff(xs, x, w)
 
 
 def test_bfloat16_operands_float32_output_and_cotangent_dtypes():
@@ -112,3 +114,15 @@ def test_bfloat16_operands_float32_output_and_cotangent_dtypes():
     scale = float(jnp.abs(hw.astype(jnp.float32)).max())
     np.testing.assert_allclose(gx.astype(jnp.float32), hx.astype(jnp.float32), rtol=2e-2, atol=2)
     np.testing.assert_allclose(gw.astype(jnp.float32), hw.astype(jnp.float32), atol=2e-2 * scale)
+
+
+def test_bf16_inputs_float32_outputs():
+    x, w, g = _data(3, dtype=jnp.bfloat16)
+    y, vjp = jax.vjp(lambda a, b: dense(a, b, jnp.float32), x, w)
+    y0, vjp0 = jax.vjp(lambda a, b: plain(a, b, jnp.float32), x, w)
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(y, y0)
+    for a, b, like in zip(vjp(g), vjp0(g), (x, w)):
+        assert a.dtype == like.dtype == jnp.bfloat16
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=1e-2 * np.abs(b).max())  # bf16 rounding
