@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from tests.unit.attention_data import packed_ids, qkv  # noqa: E402
 from wmtp_jax.kernels import flash_cpu  # noqa: E402
 from wmtp_jax.ops import attention as A  # noqa: E402
+from wmtp_jax.ops import blockwise as BW  # noqa: E402
 
 TOL = 1e-5
 
@@ -107,10 +108,10 @@ def test_rows_without_visible_keys_are_finite_zero_and_get_no_gradient():
 def test_invisible_block_pairs_are_skipped_with_a_cond():
     # segments of length 8 with blocks of 8: only the diagonal block pairs hold visible pairs
     ids = jnp.asarray(np.repeat(np.arange(1, 5), 8)[None].repeat(2, 0), jnp.int32)
-    np.testing.assert_array_equal(A._live(ids, 4, 8), np.eye(4, dtype=bool))
+    np.testing.assert_array_equal(BW._live(ids, 4, 8), np.eye(4, dtype=bool))
     # shifted by half a block: each segment spans two blocks; all padding (id 0) in block 3
     shifted = np.concatenate([np.repeat(np.arange(1, 5), 8)[4:28], np.zeros(8, int)])
-    live = A._live(jnp.asarray(shifted[None].repeat(2, 0), jnp.int32), 4, 8)
+    live = BW._live(jnp.asarray(shifted[None].repeat(2, 0), jnp.int32), 4, 8)
     want = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
     np.testing.assert_array_equal(live, want)
     q, k, v = qkv(2, 32, 2, 2, 8)

@@ -111,3 +111,19 @@ def segment_mean(x: jax.Array, mask: jax.Array, segment_ids: jax.Array, num_segm
     total = segment_sum(xs, segment_ids, num_segments)
     count = segment_sum(m, segment_ids, num_segments)
     return total / jnp.maximum(count, 1.0), count
+
+
+def segments_of(
+    segment_ids: jax.Array | None, lengths: jax.Array | None, b: int, s: int
+) -> jax.Array | None:
+    """Canonical int32 `[B, S]` segment ids (0 = padding) from segment ids and/or lengths."""
+    if segment_ids is None and lengths is None:
+        return None
+    seg = (
+        jnp.ones((b, s), jnp.int32)
+        if segment_ids is None
+        else jnp.asarray(segment_ids).astype(jnp.int32)
+    )
+    if lengths is not None:
+        seg = jnp.where(jnp.arange(s)[None] < jnp.asarray(lengths)[:, None], seg, 0)
+    return seg
