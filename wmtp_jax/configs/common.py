@@ -1,140 +1,201 @@
 """Config parts shared by every pipeline (ml_collections).
 
-A pipeline config file does::
-
-    from wmtp_jax.configs import common
+A pipeline config file composes its config from tables, each key set once per variant:
 
     def get_config(variant="micro"):
-        config = common.get_config("verifiable", variant)
-        with config.unlocked():        # pipeline-specific keys
-            config.weighting = ...
-        return common.finalize(config)  # validates and locks
+        return common.build(
+            "baseline", variant, "uniform-weight MTP baseline",
+            parts.policy_models(variant), parts.data(variant, use_pairwise=False), ...
+        )
 
-Key names follow the original's YAML config vocabulary (docs/semantics.md). Unknown keys
-are errors (locked config); `validate_config` checks values and names the bad key: it is the one
-validation entry (the common keys, then the pipeline's own `validate` in configs/<pipeline>.py).
+`build` joins `base` (the keys every pipeline shares) with the pipeline's tables, refusing a key
+given twice, then `finalize` validates and locks. Key names follow the original's YAML config
+vocabulary (docs/semantics.md). Unknown keys are errors (locked config); `validate_config` checks
+values and names the bad key: it is the one validation entry (the common keys, then the
+pipeline's own `validate` in configs/<pipeline>.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Mapping
 
 import ml_collections
 
-SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-# = wmtp_jax.ops.attention.IMPLEMENTATIONS
-ATTENTION = ("auto", "xla", "blockwise", "cudnn", "cpu_flash")
-LR_SCHEDULERS = ("constant", "cosine", "linear")
+from wmtp_jax.models import DTYPES as _MODEL_DTYPES
+from wmtp_jax.models import REMAT_POLICIES as _MODEL_REMAT
+from wmtp_jax.ops.attention import IMPLEMENTATIONS
+from wmtp_jax.train.mesh import STRATEGIES
+from wmtp_jax.train.optimizer import SCHEDULES
+
+# the allowed values, from the modules that implement them
+SHARDING_STRATEGIES = STRATEGIES
+DTYPES = tuple(_MODEL_DTYPES)
+REMAT_POLICIES = tuple(_MODEL_REMAT)
+ATTENTION = IMPLEMENTATIONS
+LR_SCHEDULERS = SCHEDULES
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 VARIANTS = ("micro", "small", "7b")
 
 
+def base(pipeline: str, variant: str, description: str, output_dir: str = "") -> dict:
+    """The keys every pipeline has and none sets itself: the run's identity, mesh, runtime and
+    tracking. `variant`: micro and small (and the study's smoke) run on a laptop CPU in float32;
+    7b has the production shapes (bf16 compute, full remat, FSDP)."""
+    cpu = variant != "7b"
+    return {
+        "pipeline": pipeline,
+        "variant": variant,
+        "output_dir": output_dir or f"storage/checkpoints/{pipeline}/{pipeline}-{variant}",
+        "seed": 42,
+        "resume": True,  # continue from the latest checkpoint in output_dir when there is one
+        "mesh": {"data": 1, "fsdp": -1, "tensor": 1},  # -1 = the rest of the devices
+        "runtime": {
+            "sharding": "FULL_SHARD",
+            # compute dtype; params and optimizer state stay float32
+            "dtype": "float32" if cpu else "bfloat16",
+            "remat": "none" if cpu else "full",
+            # training / prefill attention (wmtp_jax.ops.attention): auto picks by backend, shape
+            "attention": "auto",
+            # persistent XLA compilation cache: a re-run, resume or evaluation skips recompiling
+            # ("" = off)
+            "compilation_cache": "storage/jax_cache",
+        },
+        "mlflow": {
+            "tracking_uri": "sqlite:///storage/mlflow/mlflow.db",
+            # "" disables MLflow (metrics.jsonl in output_dir is always written)
+            "experiment": "wmtp",
+            # MLflow outages never stop training (calls are retried in the background); at the
+            # end the run waits this long for queued calls, then leaves unsent rows to the next
+            # resumed run.
+            "sync_timeout": 120.0,
+        },
+        "experiment": {
+            "name": f"{pipeline}-{variant}",
+            "description": description,
+            "tags": (pipeline, variant),
+        },
+        "logging": {"level": "INFO"},
+        "distributed": {"coordinator_address": "", "num_processes": -1, "process_id": -1},
+    }
+
+
+def schedule(
+    variant: str,
+    *,
+    max_steps: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    learning_rate: float | None,
+    eval_every_steps: int,
+    warmup_ratio: float,
+    min_lr_ratio: float,
+    checkpoint_every_steps: int,
+    save_lora_only: bool,
+) -> dict:
+    """training.* step schedule and checkpoint.* of a training pipeline. The arguments differ
+    between pipelines; the rest is the same for every pipeline of a variant (log every step on
+    `:small`, which runs a few steps). learning_rate None: no training.learning_rate (a pipeline
+    whose parameter groups carry their own)."""
+    training = {
+        "max_steps": max_steps,  # optimizer steps; -1 = n_epochs × steps per epoch of the data
+        "n_epochs": 1.0,
+        "batch_size": batch_size,  # GLOBAL micro-batch (sequences over all processes/devices)
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_grad_norm": 1.0,  # ≤ 0: no clipping (norm still logged)
+        "eval_every_steps": eval_every_steps,  # ≤ 0: only at the end
+        "log_interval": 1 if variant == "small" else 5,
+        "lr_scheduler": {
+            "type": "cosine",
+            "warmup_ratio": warmup_ratio,
+            "min_lr_ratio": min_lr_ratio,
+        },
+    }
+    if learning_rate is not None:
+        training["learning_rate"] = learning_rate
+    checkpoint = {
+        "every_steps": checkpoint_every_steps,  # ≤ 0: no periodic checkpoints
+        "keep": 3 if variant == "7b" else 2,  # periodic checkpoints kept (the best separately)
+        "save_final": True,
+        "save_best": True,
+        # True: only trainable params (LoRA + heads) + base-model path
+        "save_lora_only": save_lora_only,
+    }
+    return {"training": training, "checkpoint": checkpoint}
+
+
+def generic_schedule(variant: str) -> dict:
+    """The step schedule of a pipeline kept outside the package (`get_config`): a short CPU run
+    (micro, small) or the production shapes (7b)."""
+    if variant == "7b":
+        return schedule(
+            variant,
+            max_steps=-1,
+            batch_size=32,
+            gradient_accumulation_steps=4,
+            learning_rate=1e-5,
+            eval_every_steps=200,
+            warmup_ratio=0.03,
+            min_lr_ratio=0.005,
+            checkpoint_every_steps=200,
+            save_lora_only=False,
+        )
+    return schedule(
+        "micro",
+        max_steps=40,
+        batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        eval_every_steps=20,
+        warmup_ratio=0.05,
+        min_lr_ratio=0.1,
+        checkpoint_every_steps=20,
+        save_lora_only=False,
+    )
+
+
+def merge(*tables: Mapping) -> dict:
+    """The union of nested tables; a key given by two tables is an error (set each key once)."""
+    out: dict = {}
+    for table in tables:
+        for key, value in table.items():
+            if key not in out:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+            elif isinstance(out[key], dict) and isinstance(value, Mapping):
+                out[key] = merge(out[key], value)
+            else:
+                raise ValueError(f"config key {key!r} is set twice")
+    return out
+
+
+def check_variant(variant: str, variants=VARIANTS) -> None:
+    if variant not in variants:
+        raise ValueError(f"unknown config variant {variant!r}; valid: {variants}")
+
+
+def compose(pipeline: str, variant: str, description: str, *tables: Mapping, output_dir: str = ""):
+    """The unlocked ConfigDict of `base` joined with `tables`."""
+    return ml_collections.ConfigDict(
+        merge(base(pipeline, variant, description, output_dir), *tables)
+    )
+
+
+def build(pipeline: str, variant: str, description: str, *tables: Mapping, output_dir: str = ""):
+    """The validated, locked config of `base` joined with `tables`."""
+    return finalize(compose(pipeline, variant, description, *tables, output_dir=output_dir))
+
+
 def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDict:
-    """The common (unlocked) ConfigDict for `pipeline`, with `variant` defaults applied."""
-    c = ml_collections.ConfigDict()
-    c.pipeline = pipeline
-    c.variant = variant
-    c.output_dir = f"storage/checkpoints/{pipeline}/{pipeline}-{variant}"
-    c.seed = 42
-    c.resume = True  # continue from the latest checkpoint in output_dir when there is one
-
-    t = c.training = ml_collections.ConfigDict()
-    t.max_steps = -1  # optimizer steps; -1 = n_epochs × steps per epoch of the train data
-    t.n_epochs = 1.0
-    t.batch_size = 8  # GLOBAL micro-batch (sequences over all processes/devices)
-    t.gradient_accumulation_steps = 1
-    t.learning_rate = 1e-4
-    t.max_grad_norm = 1.0  # ≤ 0: no clipping (norm still logged)
-    t.eval_every_steps = 100  # ≤ 0: only at the end
-    t.log_interval = 10
-    t.lr_scheduler = ml_collections.ConfigDict(
-        {"type": "cosine", "warmup_ratio": 0.03, "min_lr_ratio": 0.005}
-    )
-
-    k = c.checkpoint = ml_collections.ConfigDict()
-    k.every_steps = 500  # ≤ 0: no periodic checkpoints
-    k.keep = 3  # periodic checkpoints kept (the best is kept separately)
-    k.save_final = True
-    k.save_best = True
-    k.save_lora_only = False  # True: only trainable params (LoRA + heads) + base-model path
-
-    m = c.mesh = ml_collections.ConfigDict()
-    m.data, m.fsdp, m.tensor = 1, -1, 1  # -1 = the rest of the devices
-
-    r = c.runtime = ml_collections.ConfigDict()
-    r.sharding = "FULL_SHARD"
-    r.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    r.remat = "none"
-    # training / prefill attention (wmtp_jax.ops.attention): auto picks by backend and shape
-    r.attention = "auto"
-    # Persistent XLA compilation cache: a re-run, resume or evaluation skips recompiling ("" = off).
-    r.compilation_cache = "storage/jax_cache"
-
-    f = c.mlflow = ml_collections.ConfigDict()
-    f.tracking_uri = "sqlite:///storage/mlflow/mlflow.db"
-    f.experiment = "wmtp"  # "" disables MLflow (metrics.jsonl in output_dir is always written)
-    # MLflow outages never stop training (calls are retried in the background); at the end the
-    # run waits this long for queued calls, then leaves unsent rows to the next resumed run.
-    f.sync_timeout = 120.0
-
-    e = c.experiment = ml_collections.ConfigDict()
-    e.name = f"{pipeline}-{variant}"
-    e.description = ""
-    e.tags = (pipeline, variant)
-
-    c.logging = ml_collections.ConfigDict({"level": "INFO"})
-    c.distributed = ml_collections.ConfigDict(
-        {"coordinator_address": "", "num_processes": -1, "process_id": -1}
-    )
-
-    if variant in ("micro", "small"):  # small: micro + a real model (configs/parts.apply_small)
-        apply_micro(c)
-    elif variant == "7b":
-        apply_7b(c)
-    else:
-        raise ValueError(f"unknown config variant {variant!r}; valid: {VARIANTS}")
-    return c
-
-
-def apply_micro(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Laptop-CPU defaults: float32, short run, frequent logs and checkpoints."""
-    c.training.max_steps = 40
-    c.training.batch_size = 4
-    c.training.learning_rate = 1e-3
-    c.training.eval_every_steps = 20
-    c.training.log_interval = 5
-    c.training.lr_scheduler.warmup_ratio = 0.05
-    c.training.lr_scheduler.min_lr_ratio = 0.1
-    c.checkpoint.every_steps = 20
-    c.checkpoint.keep = 2
-    c.runtime.dtype = "float32"
-    return c
-
-
-def apply_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Production shapes (the original's production YAMLs): bf16 compute, remat, FSDP."""
-    c.training.max_steps = -1
-    c.training.n_epochs = 1.0
-    c.training.batch_size = 32
-    c.training.gradient_accumulation_steps = 4
-    c.training.learning_rate = 1e-5
-    c.training.max_grad_norm = 1.0
-    c.training.eval_every_steps = 200
-    c.training.log_interval = 5
-    c.training.lr_scheduler.update({"type": "cosine", "warmup_ratio": 0.03, "min_lr_ratio": 0.005})
-    c.checkpoint.every_steps = 200
-    c.checkpoint.keep = 3
-    c.runtime.update({"sharding": "FULL_SHARD", "dtype": "bfloat16", "remat": "full"})
-    return c
+    """The (unlocked) config of a pipeline kept outside the package (e.g. the tests' toy one):
+    `base` and `generic_schedule`; it adds its own keys and calls `finalize`."""
+    check_variant(variant)
+    return compose(pipeline, variant, "", generic_schedule(variant))
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Check the common keys and lock (a pipeline config file's `finalize` runs its own
-    `validate` first)."""
-    validate_common(c)
+    """Validate (`validate_config`: the common keys, then the pipeline's own) and lock."""
+    validate_config(c)
     c.lock()
     return c
 

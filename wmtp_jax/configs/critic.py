@@ -9,69 +9,69 @@ critic_mlp_pairwise.yaml (pairwise ranking, consumed by verifiable)).
 The trained critic is exported to `<output_dir>/final_model` (load_critic), verifiable's default.
 """
 
-import ml_collections
-
 from wmtp_jax.configs import common, parts
 
 
-def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    c = common.get_config("critic", variant)
-    micro = variant != "7b"  # micro and small run on a CPU
-    with c.unlocked():
-        c.experiment.description = "independent value model (critic)"
-        c.models = ml_collections.ConfigDict(
-            {
-                "value_model": parts.model_entry(
-                    "micro-llama" if micro else "ref-sheared-llama-2.7b",
-                    parts.MICRO_LLAMA if micro else parts.PROD_LLAMA,
-                )
-            }
+def get_config(variant: str = "micro"):
+    common.check_variant(variant)
+    big = variant == "7b"
+    if big:
+        steps = common.schedule(
+            variant,
+            max_steps=-1,
+            batch_size=96,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-5,
+            eval_every_steps=200,
+            warmup_ratio=0.05,
+            min_lr_ratio=0.0,
+            checkpoint_every_steps=200,
+            save_lora_only=False,
         )
-        parts.add_data(c, variant, use_pairwise=True, seed=42 if micro else 84)
-        if not micro:
-            c.data_sampling.use_length_balanced = True
-        t = c.training
-        t.backbone_frozen = True  # without LoRA: only the value head trains
-        t.use_lora = True
-        t.lora = parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS)
-        t.lora.learning_rate = 2e-5
-        t.lora.weight_decay = 0.01
-        t.value_head = ml_collections.ConfigDict(
-            {"type": "mlp", "dropout": 0.2, "learning_rate": 1e-4, "weight_decay": 0.01}
+        lora = parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS)
+    else:
+        steps = parts.cpu_schedule(
+            variant, max_steps=200, batch_size=8, eval_every_steps=100, learning_rate=1e-3
         )
-        t.value_loss = ml_collections.ConfigDict(
-            {
-                "type": "pairwise_ranking",
-                "gamma": 1.0,
-                "coef": 1.0,
-                "loss_fn": "huber",
-                "huber_delta": 0.5,
-                "bias_init": 0.0,
-                "lambda_schedule": {
-                    "type": "linear",
-                    "value": 0.995,
-                    "start": 1.0,
-                    "end": 0.95,
-                    "warmup_steps": 250,
-                    "decay_steps": 500,
-                },
-            }
-        )
-        if micro:
-            t.max_steps = 200
-            t.batch_size = 8
-            t.eval_every_steps = 100
-            c.checkpoint.every_steps = 100
-            t.lora.rank, t.lora.alpha, t.lora.dropout = 16, 32.0, 0.0
-            t.lora.learning_rate, t.value_head.learning_rate = 3e-3, 3e-3
-            t.value_head.dropout = 0.0
-            t.value_loss.lambda_schedule.update({"warmup_steps": 10, "decay_steps": 50})
-        else:
-            t.batch_size, t.gradient_accumulation_steps = 96, 1
-            t.lr_scheduler.update({"warmup_ratio": 0.05, "min_lr_ratio": 0.0})
-    if variant == "small":
-        parts.apply_small(c)
-    return finalize(c)
+        lora = parts.lora_entry(16, 32.0, 0.0, parts.HF_TARGETS)
+    # parameter groups: LoRA factors and the value head, each with its own LR
+    lora_lr, head_lr = {"micro": (3e-3, 3e-3), "small": (1e-4, 1e-3), "7b": (2e-5, 1e-4)}[variant]
+    training = {
+        "backbone_frozen": True,  # without LoRA: only the value head trains
+        "use_lora": True,
+        "lora": {**lora, "learning_rate": lora_lr, "weight_decay": 0.01},
+        "value_head": {
+            "type": "mlp",
+            "dropout": 0.2 if big else 0.0,
+            "learning_rate": head_lr,
+            "weight_decay": 0.01,
+        },
+        "value_loss": {
+            "type": "pairwise_ranking",
+            "gamma": 1.0,
+            "coef": 1.0,
+            "loss_fn": "huber",
+            "huber_delta": 0.5,
+            "bias_init": 0.0,
+            "lambda_schedule": {
+                "type": "linear",
+                "value": 0.995,
+                "start": 1.0,
+                "end": 0.95,
+                "warmup_steps": 250 if big else 10,
+                "decay_steps": 500 if big else 50,
+            },
+        },
+    }
+    return common.build(
+        "critic",
+        variant,
+        "independent value model (critic)",
+        {"models": {"value_model": parts.llama_entry(variant)}},
+        parts.data(variant, use_pairwise=True, seed=84 if big else 42, use_length_balanced=big),
+        steps,
+        {"training": training},
+    )
 
 
 def validate(c):
@@ -115,8 +115,3 @@ def validate(c):
         c.data_sampling.use_pairwise,
         "the critic trains on pairs (must be true)",
     )
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)

@@ -24,50 +24,52 @@ BENCHMARKS = ("humaneval", "mbpp", "codecontests", "gsm8k", "synthetic")
 SANDBOX_POLICIES = ("required", "best_effort", "none")
 
 
-def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    c = common.get_config("evaluation", variant)
-    micro = variant != "7b"  # micro and small run on a CPU
-    with c.unlocked():
-        c.output_dir = "auto"  # auto = <run dir or model dir>/eval/<benchmark>-<split>
-        c.experiment.description = "benchmark evaluation (pass@k)"
-        # Evaluation restores rather than writes checkpoints: `checkpoint` is the path to restore
-        # (the training pipelines' `checkpoint.*` section does not apply).
-        del c["checkpoint"]
-        c.checkpoint = ""
-        c.use_best = False
-        c.temperature = ml_collections.FieldReference(0.2, field_type=object)
-        c.base_model = ""
-        c.tokenizer_path = ""  # "" = <model dir>/tokenizer
-        c.benchmark = "synthetic" if micro else "humaneval"
-        # auto = the benchmark's own prompt (HumanEval plain, the others Alpaca) | plain | alpaca
-        # | chat (the tokenizer's chat template; code extracted from the reply)
-        c.prompt_format = "auto"
-        c.data_dir = "storage/datasets"
-        c.split = "test"
-        c.validation_split = "valid"
-        c.validation_limit = 0  # problems of the validation split used by the sweep (0 = all)
-        c.limit = 0  # first N problems (0 = the whole benchmark)
-        c.n_samples = 10 if micro else 20
-        c.k = (1, 5, 10) if micro else (1, 5, 10, 20)
-        # c.temperature (above): a float, or a list swept on validation_split
-        c.top_p = 0.95
-        c.top_k = 0
-        c.max_new_tokens = 96 if micro else 512
-        c.batch_size = 32
-        c.min_bucket = 16
-        c.speculative = False  # self-speculative MTP decoding (greedy only)
-        c.dtype = "float32" if micro else "bfloat16"  # parameter + compute dtype for decoding
-        c.workers = 0  # sandbox worker processes (0 = CPU count)
-        # required: refuse to run generated code without full isolation (bubblewrap);
-        # best_effort / none: explicit opt-outs, recorded in summary.json
-        c.sandbox = "required"
-        c.timeout = 5.0  # seconds per program (per test for codecontests)
-        c.max_tests = 10  # codecontests tests per problem (0 = all)
-        c.sample_seed = 0
-        if variant == "small":  # a few HumanEval problems, greedy, with the instruct model's chat
-            c.benchmark, c.limit, c.n_samples, c.k, c.temperature = "humaneval", 5, 1, (1,), 0.0
-            c.prompt_format, c.max_new_tokens, c.batch_size = "chat", 256, 8
-    return finalize(c)
+def get_config(variant: str = "micro"):
+    common.check_variant(variant)
+    cpu = variant != "7b"  # micro and small run on a CPU
+    small = variant == "small"  # a few HumanEval problems, greedy, with the instruct model's chat
+    return common.build(
+        "evaluation",
+        variant,
+        "benchmark evaluation (pass@k)",
+        {"training": common.generic_schedule(variant)["training"]},
+        {
+            # Evaluation restores rather than writes checkpoints: `checkpoint` is the path to
+            # restore (the training pipelines' `checkpoint.*` section does not apply).
+            "checkpoint": "",
+            "use_best": False,
+            # a float, or a list swept on validation_split
+            "temperature": ml_collections.FieldReference(0.0 if small else 0.2, field_type=object),
+            "base_model": "",
+            "tokenizer_path": "",  # "" = <model dir>/tokenizer
+            "benchmark": "humaneval" if small or not cpu else "synthetic",
+            # auto = the benchmark's own prompt (HumanEval plain, the others Alpaca) | plain |
+            # alpaca | chat (the tokenizer's chat template; code extracted from the reply)
+            "prompt_format": "chat" if small else "auto",
+            "data_dir": "storage/datasets",
+            "split": "test",
+            "validation_split": "valid",
+            "validation_limit": 0,  # problems of the validation split used by the sweep (0 = all)
+            "limit": 5 if small else 0,  # first N problems (0 = the whole benchmark)
+            "n_samples": {"micro": 10, "small": 1, "7b": 20}[variant],
+            "k": {"micro": (1, 5, 10), "small": (1,), "7b": (1, 5, 10, 20)}[variant],
+            "top_p": 0.95,
+            "top_k": 0,
+            "max_new_tokens": {"micro": 96, "small": 256, "7b": 512}[variant],
+            "batch_size": 8 if small else 32,
+            "min_bucket": 16,
+            "speculative": False,  # self-speculative MTP decoding (greedy only)
+            "dtype": "float32" if cpu else "bfloat16",  # parameter + compute dtype for decoding
+            "workers": 0,  # sandbox worker processes (0 = CPU count)
+            # required: refuse to run generated code without full isolation (bubblewrap);
+            # best_effort / none: explicit opt-outs, recorded in summary.json
+            "sandbox": "required",
+            "timeout": 5.0,  # seconds per program (per test for codecontests)
+            "max_tests": 10,  # codecontests tests per problem (0 = all)
+            "sample_seed": 0,
+        },
+        output_dir="auto",  # auto = <run dir or model dir>/eval/<benchmark>-<split>
+    )
 
 
 def validate(c):
@@ -110,8 +112,3 @@ def validate(c):
         c.speculative,
         "self-speculative decoding is greedy only: set temperature=0",
     )
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)

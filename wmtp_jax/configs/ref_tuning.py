@@ -7,49 +7,48 @@
 The tuned model is exported to `<output_dir>/final_model` (load_llama), rho1's default reference.
 """
 
-import ml_collections
-
 from wmtp_jax.configs import common, parts
 
 
-def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    c = common.get_config("ref_tuning", variant)
-    micro = variant != "7b"  # micro and small run on a CPU
-    with c.unlocked():
-        c.experiment.description = "NTP supervised fine-tuning of the Rho-1 reference model"
-        c.models = ml_collections.ConfigDict(
-            {
-                "policy": parts.model_entry(
-                    "micro-llama" if micro else "ref-sheared-llama-2.7b",
-                    parts.MICRO_LLAMA if micro else parts.PROD_LLAMA,
-                )
-            }
+def get_config(variant: str = "micro"):
+    common.check_variant(variant)
+    if variant == "7b":  # LoRA r32
+        training = common.schedule(
+            variant,
+            max_steps=-1,
+            batch_size=96,
+            gradient_accumulation_steps=1,
+            learning_rate=5e-5,
+            eval_every_steps=200,
+            warmup_ratio=0.03,
+            min_lr_ratio=0.005,
+            checkpoint_every_steps=200,
+            save_lora_only=False,
         )
-        parts.add_data(c, variant, use_pairwise=False, seed=42 if micro else 24)
-        if not micro:
-            c.data_sampling.max_pairs_per_problem = 50
-        t = c.training
-        t.use_lora = not micro
-        t.lora = parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS)
-        if micro:
-            t.max_steps = 300
-            t.batch_size = 16
-            t.learning_rate = 3e-3
-            t.eval_every_steps = 100
-            c.checkpoint.every_steps = 100
-        else:
-            t.batch_size, t.gradient_accumulation_steps, t.learning_rate = 96, 1, 5e-5
-    if variant == "small":
-        parts.apply_small(c)
-    return finalize(c)
+    else:  # full fine-tuning
+        training = parts.cpu_schedule(variant, max_steps=300, batch_size=16, eval_every_steps=100)
+    return common.build(
+        "ref_tuning",
+        variant,
+        "NTP supervised fine-tuning of the Rho-1 reference model",
+        {"models": {"policy": parts.llama_entry(variant)}},
+        parts.data(
+            variant,
+            use_pairwise=False,
+            seed=24 if variant == "7b" else 42,
+            max_pairs_per_problem=50 if variant == "7b" else None,
+        ),
+        training,
+        {
+            "training": {
+                "use_lora": variant == "7b",
+                "lora": parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS),
+            }
+        },
+    )
 
 
 def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.HF_TARGETS)
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)

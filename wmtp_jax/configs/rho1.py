@@ -7,35 +7,35 @@ excess loss; weighted MTP CE on the selection
     python -m wmtp_jax.main --config=configs/rho1.py:7b
 """
 
-import ml_collections
-
 from wmtp_jax.configs import common, parts
 
 
-def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    c = common.get_config("rho1", variant)
-    micro = variant != "7b"  # micro and small run on a CPU
-    with c.unlocked():
-        c.experiment.description = "Rho-1 reference-selected MTP"
-        c.models = ml_collections.ConfigDict(
-            {
+def get_config(variant: str = "micro"):
+    common.check_variant(variant)
+    reference = {
+        "micro": "micro-llama-ref",
+        "small": "smollm2-135m-ref",
+        "7b": "ref-sheared-llama-2.7b",
+    }[variant]
+    return common.build(
+        "rho1",
+        variant,
+        "Rho-1 reference-selected MTP",
+        {
+            "models": {
                 "policy": parts.policy_entry(variant),
                 # an HF-layout llama model dir (load_llama; LoRA factors are merged on load)
                 "reference": {
-                    "name": "micro-llama-ref" if micro else "ref-sheared-llama-2.7b",
+                    "name": reference,
                     "checkpoint_path": parts.reference_output(variant),
-                    "dtype": "float32" if micro else "bfloat16",
+                    "dtype": parts.frozen_dtype(variant),
                 },
             }
-        )
-        parts.add_data(c, variant, use_pairwise=False)
-        parts.add_mtp_training(c, variant, batch_7b=128, ga_7b=1)
-        t = c.training
-        t.k_percent = 0.6 if micro else 0.7
-        t.rho1_mode = "signed"
-    if variant == "small":
-        parts.apply_small(c)
-    return finalize(c)
+        },
+        parts.data(variant, use_pairwise=False),
+        parts.mtp_training(variant, batch_7b=128, ga_7b=1),
+        {"training": {"k_percent": 0.7 if variant == "7b" else 0.6, "rho1_mode": "signed"}},
+    )
 
 
 def validate(c):
@@ -49,8 +49,3 @@ def validate(c):
         "need 0 < k ≤ 1 (the fraction of valid tokens kept)",
     )
     parts.validate_choice(c.training.rho1_mode, "training.rho1_mode", parts.RHO1_MODES)
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)

@@ -7,55 +7,50 @@ weights → weighted MTP CE
     python -m wmtp_jax.main --config=configs/verifiable.py:7b       # Meta MTP 7B + 2.7B critic
 """
 
-import ml_collections
-
 from wmtp_jax.configs import common, parts
 
 
-def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
-    c = common.get_config("verifiable", variant)
-    micro = variant != "7b"  # micro and small run on a CPU
-    with c.unlocked():
-        c.experiment.description = "TD-weighted MTP with an independent value model"
-        c.models = ml_collections.ConfigDict(
-            {
+def get_config(variant: str = "micro"):
+    common.check_variant(variant)
+    cpu = variant != "7b"  # micro and small run on a CPU
+    return common.build(
+        "verifiable",
+        variant,
+        "TD-weighted MTP with an independent value model",
+        {
+            "models": {
                 "policy": parts.policy_entry(variant),
                 # a critic model dir (load_critic), exported by the critic pipeline
                 "value_model": {
                     "checkpoint_path": parts.critic_output(variant),
-                    "dtype": "float32" if micro else "bfloat16",
+                    "dtype": parts.frozen_dtype(variant),
                 },
-            }
-        )
-        parts.add_data(c, variant, use_pairwise=False)
-        c.data.use_negatives = False  # true: also train on the incorrect side of each pair
-        c.weighting = ml_collections.ConfigDict({"advantage": "gae", "whitening": "ema"})
-        parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
-        parts.add_loss_chunking(c, variant)
-        t = c.training
-        t.gamma = 1.0
-        t.td_lambda = 0.95
-        t.initial_value = 0.5
-        t.beta = 1.0
-        t.weight_clip_min = 0.1
-        t.weight_clip_max = 3.0
-        t.td_ema_momentum = 0.1
-        t.td_ema_warmup_steps = 10
-        if micro:
-            t.td_ema_warmup_steps = 5
-        # closing the loop: greedy pass@1 of the initial and the trained policy at the end
-        c.final_eval = ml_collections.ConfigDict(
-            {
-                "enabled": micro,
+            },
+            "weighting": {"advantage": "gae", "whitening": "ema"},
+            "training": {
+                "gamma": 1.0,
+                "td_lambda": 0.95,
+                "initial_value": 0.5,
+                "beta": 1.0,
+                "weight_clip_min": 0.1,
+                "weight_clip_max": 3.0,
+                "td_ema_momentum": 0.1,
+                "td_ema_warmup_steps": 5 if cpu else 10,
+            },
+            # closing the loop: greedy pass@1 of the initial and the trained policy at the end
+            "final_eval": {
+                "enabled": cpu,
                 "benchmark": "synthetic",
                 "split": "test",
                 "limit": 0,
                 "max_new_tokens": 96,
-            }
-        )
-    if variant == "small":
-        parts.apply_small(c)
-    return finalize(c)
+            },
+            "data": {"use_negatives": False},  # true: also train on each pair's incorrect side
+        },
+        parts.data(variant, use_pairwise=False),
+        parts.mtp_training(variant, batch_7b=48, ga_7b=2),
+        parts.loss_chunking(variant),
+    )
 
 
 def validate(c):
@@ -83,8 +78,3 @@ def validate(c):
         t.td_ema_warmup_steps,
         "need ≥ 0",
     )
-
-
-def finalize(c):
-    validate(c)
-    return common.finalize(c)

@@ -26,6 +26,7 @@ BETAS = (0.9, 0.95)
 EPS = 1e-8
 WEIGHT_DECAY = 0.01
 DEFAULT_GROUP = "default"
+SCHEDULES = ("constant", "cosine", "linear")  # training.lr_scheduler.type
 
 
 def lr_schedule(
@@ -41,8 +42,8 @@ def lr_schedule(
     w = max(wraw, 1)
     if type == "constant" or d <= 0:
         return lambda count: jnp.asarray(base_lr, jnp.float32)
-    if type not in ("cosine", "linear"):
-        raise ValueError(f"training.lr_scheduler.type={type!r}; one of constant, cosine, linear")
+    if type not in SCHEDULES:
+        raise ValueError(f"training.lr_scheduler.type={type!r}; one of {', '.join(SCHEDULES)}")
     eta_min = base_lr * min_lr_ratio
     end = min_lr_ratio if min_lr_ratio > 0 else 1e-8
 
