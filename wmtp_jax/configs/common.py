@@ -236,8 +236,16 @@ _NOT_PIPELINES = ("common", "parts")
 
 def validate_common(c: ml_collections.ConfigDict) -> None:
     """Check the common keys' values; raises ValueError naming the key."""
-    t = c.training
     _check(isinstance(c.pipeline, str) and c.pipeline != "", "pipeline", c.pipeline, "need a name")
+    if "training" in c:  # training pipelines (not evaluation, not the study)
+        validate_training(c.training)
+    if isinstance(c.get("checkpoint"), ml_collections.ConfigDict):  # evaluation: a path
+        _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "need ≥ 1")
+    _validate_run(c)
+
+
+def validate_training(t: ml_collections.ConfigDict) -> None:
+    """training.*: the step schedule."""
     _check(
         t.max_steps == -1 or t.max_steps > 0, "training.max_steps", t.max_steps, "need > 0 or -1"
     )
@@ -254,7 +262,10 @@ def validate_common(c: ml_collections.ConfigDict) -> None:
         t.gradient_accumulation_steps,
         "need ≥ 1",
     )
-    _check(0 < t.learning_rate <= 1, "training.learning_rate", t.learning_rate, "need 0 < lr ≤ 1")
+    if "learning_rate" in t:  # the critic's parameter groups carry their own
+        _check(
+            0 < t.learning_rate <= 1, "training.learning_rate", t.learning_rate, "need 0 < lr ≤ 1"
+        )
     _check(t.log_interval >= 1, "training.log_interval", t.log_interval, "need ≥ 1")
     _check(math.isfinite(t.max_grad_norm), "training.max_grad_norm", t.max_grad_norm, "need finite")
     s = t.lr_scheduler
@@ -271,8 +282,10 @@ def validate_common(c: ml_collections.ConfigDict) -> None:
         s.min_lr_ratio,
         "need 0 ≤ r ≤ 1",
     )
-    if isinstance(c.checkpoint, ml_collections.ConfigDict):  # evaluation: checkpoint is a path
-        _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "need ≥ 1")
+
+
+def _validate_run(c: ml_collections.ConfigDict) -> None:
+    """mesh.*, runtime.*, logging.*, output_dir."""
     for ax in ("data", "fsdp", "tensor"):
         v = c.mesh[ax]
         _check(v == -1 or v >= 1, f"mesh.{ax}", v, "need ≥ 1 or -1 (the rest of the devices)")

@@ -21,7 +21,7 @@ def get_config(variant: str = "micro"):
             max_steps=-1,
             batch_size=96,
             gradient_accumulation_steps=1,
-            learning_rate=1e-5,
+            learning_rate=None,
             eval_every_steps=200,
             warmup_ratio=0.05,
             min_lr_ratio=0.0,
@@ -31,7 +31,7 @@ def get_config(variant: str = "micro"):
         lora = parts.lora_entry(32, 64.0, 0.1, parts.HF_TARGETS)
     else:
         steps = parts.cpu_schedule(
-            variant, max_steps=200, batch_size=8, eval_every_steps=100, learning_rate=1e-3
+            variant, max_steps=200, batch_size=8, eval_every_steps=100, learning_rate=None
         )
         lora = parts.lora_entry(16, 32.0, 0.0, parts.HF_TARGETS)
     # parameter groups: LoRA factors and the value head, each with its own LR

@@ -32,7 +32,6 @@ def get_config(variant: str = "micro"):
         "evaluation",
         variant,
         "benchmark evaluation (pass@k)",
-        {"training": common.generic_schedule(variant)["training"]},
         {
             # Evaluation restores rather than writes checkpoints: `checkpoint` is the path to
             # restore (the training pipelines' `checkpoint.*` section does not apply).

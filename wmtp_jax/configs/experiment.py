@@ -43,12 +43,10 @@ def get_config(variant: str = "micro"):
         train = {r: {**small, "n_samples": 12, "val_n_samples": 2} for r in _ROLES}
     else:  # per role: the pipeline's micro defaults (policy = every arm, so they match)
         train = {role: _train_entry(module) for role, module in _ROLES.items()}
-    common_schedule = common.generic_schedule("micro")
     return common.build(
         "experiment",
         variant,
         "WMTP study: baseline vs verifiable vs rho1",
-        common_schedule,
         {
             # the cells this job runs (comma-separated); the report covers study_arms ×
             # study_seeds plus these, so separate jobs can fill one output_dir

@@ -84,7 +84,7 @@ def make_optimizer(
     groups = dict(groups or {DEFAULT_GROUP: {}})
     schedules, txs = {}, {}
     for name, hp in groups.items():
-        lr = float(hp.get("learning_rate", training.learning_rate))
+        lr = float(hp["learning_rate"] if "learning_rate" in hp else training.learning_rate)
         schedules[name] = schedule_from_config(training, lr, total_steps)
         txs[name] = optax.adamw(
             schedules[name],
