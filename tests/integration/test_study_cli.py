@@ -170,7 +170,7 @@ def test_main_job_ends_with_greedy_pass_at_1(study):
             "--config.training.eval_every_steps=0",
             "--config.data_sampling.n_samples=12",
             "--config.data_sampling.val_n_samples=2",
-            f"--config.models.value_model.checkpoint_path={critic}",
+            f"--config.models.value_model.path={critic}",
             "--config.final_eval.limit=3",
             "--config.final_eval.max_new_tokens=16",
         )

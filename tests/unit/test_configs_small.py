@@ -31,11 +31,11 @@ def test_small_configs_use_the_converted_model_and_cpu_settings(module, paths):
 
 def test_small_prerequisites_and_evaluation():
     assert (
-        verifiable.get_config("small").models.value_model.checkpoint_path
+        verifiable.get_config("small").models.value_model.path
         == "storage/checkpoints/critic/critic-small/final_model"
     )
     assert (
-        rho1.get_config("small").models.reference.checkpoint_path
+        rho1.get_config("small").models.reference.path
         == "storage/checkpoints/ref_tuning/ref_tuning-small/final_model"
     )
     e = evaluation.get_config("small")

@@ -27,7 +27,7 @@ def get_config(variant: str = "micro"):
                 # an HF-layout llama model dir (load_llama; LoRA factors are merged on load)
                 "reference": {
                     "name": reference,
-                    "checkpoint_path": parts.reference_output(variant),
+                    "path": parts.reference_output(variant),
                     "dtype": parts.frozen_dtype(variant),
                 },
             }

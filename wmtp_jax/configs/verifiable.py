@@ -22,7 +22,7 @@ def get_config(variant: str = "micro"):
                 "policy": parts.policy_entry(variant),
                 # a critic model dir (load_critic), exported by the critic pipeline
                 "value_model": {
-                    "checkpoint_path": parts.critic_output(variant),
+                    "path": parts.critic_output(variant),
                     "dtype": parts.frozen_dtype(variant),
                 },
             },

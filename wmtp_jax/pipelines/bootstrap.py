@@ -208,21 +208,21 @@ def ensure_micro_storage(config) -> None:
         make(m.policy.path, "llama" if config.pipeline == "ref_tuning" else "mtp")
     if config.pipeline == "critic":
         make(m.value_model.path, "llama")
-    if config.pipeline == "verifiable" and not Path(m.value_model.checkpoint_path).exists():
+    if config.pipeline == "verifiable" and not Path(m.value_model.path).exists():
         got = _run_prerequisite("critic", critic_config, config)
-        if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
+        if got.resolve() != Path(m.value_model.path).resolve():
             raise FileNotFoundError(
                 f"the {config.variant} critic was written to {got}, but "
-                f"models.value_model.checkpoint_path is "
-                f"{m.value_model.checkpoint_path}"
+                f"models.value_model.path is "
+                f"{m.value_model.path}"
             )
-    if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
+    if config.pipeline == "rho1" and not Path(m.reference.path).exists():
         got = _run_prerequisite("reference", ref_tuning_config, config)
-        if got.resolve() != Path(m.reference.checkpoint_path).resolve():
+        if got.resolve() != Path(m.reference.path).resolve():
             raise FileNotFoundError(
                 f"the {config.variant} reference was written to {got}, but "
-                f"models.reference.checkpoint_path is "
-                f"{m.reference.checkpoint_path}"
+                f"models.reference.path is "
+                f"{m.reference.path}"
             )
 
 
@@ -256,10 +256,10 @@ def setup(config):
 
 
 def load_frozen_entry(config, entry, *, kind: str, mesh):
-    """The frozen model of a `config.models` entry (its checkpoint_path and dtype), sharded with
+    """The frozen model of a `config.models` entry (its path and dtype), sharded with
     the strategy's parameter rules (the critic of verifiable, the reference of rho1)."""
     return load.load_frozen(
-        entry.checkpoint_path,
+        entry.path,
         kind=kind,
         dtype=entry.dtype,
         config=config,

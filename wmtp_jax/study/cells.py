@@ -96,7 +96,7 @@ def grid(study) -> tuple[list[str], list[int]]:
 def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, name: str, **models):
     """`pipeline`'s micro config for one run of the study: the study's dataset, `train.<role>`
     sizes, seed (loader order, model init, pair sampling), MLflow store; `models` sets
-    models.<role>.checkpoint_path (the critic / reference of this seed)."""
+    models.<role>.path (the critic / reference of this seed)."""
     c = importlib.import_module(f"wmtp_jax.configs.{pipeline}").get_config("micro")
     t = study.train[role]
     c.output_dir = str(output_dir)
@@ -114,7 +114,7 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
     c.experiment.name = f"{study.experiment.name}/{name}-seed{seed}"
     c.runtime.compilation_cache = study.runtime.compilation_cache
     for key, path in models.items():
-        c.models[key].checkpoint_path = str(path)
+        c.models[key].path = str(path)
     if "final_eval" in c:
         c.final_eval.enabled = False  # the study evaluates every arm itself
     validate_config(c)

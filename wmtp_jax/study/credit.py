@@ -176,7 +176,7 @@ def run_critic(critic, batch, wc, batch_size: int):
 def measure(
     verifiable_config, *, split: str = "test", batch_size: int = 16, max_solutions: int = 0
 ) -> dict:
-    """Critic credit of `models.value_model.checkpoint_path` (a verifiable config: its critic,
+    """Critic credit of `models.value_model.path` (a verifiable config: its critic,
     data, weighting). Returns per-token arrays (score, weight, inside, solution) + summary."""
     c = verifiable_config
     tok = loaders.load_tokenizer(c.models.policy)
