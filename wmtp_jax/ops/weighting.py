@@ -23,7 +23,7 @@ def build_weights(
     loss_mask,
     beta=1.0,
     min_weight=0.1,
-    max_weight=5.0,
+    max_weight=3.0,
     external_mean=None,
     external_std=None,
 ) -> jax.Array:
@@ -46,7 +46,7 @@ def build_weights(
 
 
 def compute_weight_clipping_ratio(
-    td_errors, loss_mask, mean, std, beta=1.0, min_weight=0.1, max_weight=5.0
+    td_errors, loss_mask, mean, std, beta=1.0, min_weight=0.1, max_weight=3.0
 ) -> jax.Array:
     """Fraction of valid tokens whose unclipped exp(((A − μ)/(σ + 1e-8))/β) lies outside
     [min_weight, max_weight] (`weight/clipping_ratio`)."""
