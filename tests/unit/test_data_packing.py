@@ -2,7 +2,6 @@
 segment ids / positions / spread per-sample values, pairs, row sizing, and exact resume of a
 packed loader (its state is the inner loader's)."""
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -132,8 +131,7 @@ def test_window_metrics_count_cuts_drops_and_padding():
 )
 def test_batch_shards(mesh, want):
     """Packed rows are rounded to the data × fsdp devices (8 test devices) so they shard."""
-    c = ml_collections.ConfigDict({"mesh": dict(zip(("data", "fsdp", "tensor"), mesh))})
-    assert batch_shards(c) == want
+    assert batch_shards(*mesh) == want
 
 
 def test_suggest_rows():

@@ -26,12 +26,12 @@ from wmtp_jax.bench import flops as flops_lib
 from wmtp_jax.configs.common import validate_config
 from wmtp_jax.data.loaders import Loaders
 from wmtp_jax.models.args import ModelArgs
-from wmtp_jax.models.load import build_sharded, lora_config
+from wmtp_jax.models.load import build_sharded
 from wmtp_jax.models.mtp import MTPTransformer
 from wmtp_jax.models.value import ValueModel
 from wmtp_jax.ops import IGNORE_INDEX
 from wmtp_jax.ops.attention import resolve
-from wmtp_jax.pipelines import baseline, critic, verifiable
+from wmtp_jax.pipelines import baseline, critic, specs, verifiable
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.step import build
 
@@ -154,7 +154,7 @@ def make_task(case: TrainCase, config, mesh):
     if case.pipeline == "critic":
         model = critic.random_critic(config, mesh, case.critic_args())
         return critic.build(config, mesh, model=model, data=NO_DATA)
-    args, lora = case.policy_args(), lora_config(config)
+    args, lora = case.policy_args(), specs.lora(config)
     policy = build_sharded(
         lambda: MTPTransformer(args, rngs=nnx.Rngs(seed), lora=lora), mesh, rules
     )

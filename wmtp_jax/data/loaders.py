@@ -1,9 +1,10 @@
-"""A training run's data from its config: the tokenizer of a model entry, sampled records of a
-split, the collator, and the train / validation loaders (`load`)."""
+"""A training run's data: the tokenizer of a model dir, sampled records of a split, the
+collator, and the train / validation loaders (`load`), all from a typed `DataSpec` (built once
+from the config by the pipelines)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,6 +18,50 @@ from wmtp_jax.data.sources import load_samples
 from wmtp_jax.data.tokenizer import load_tokenizer as _load_tokenizer
 
 
+class Sampling(NamedTuple):
+    """The original's sampler settings (`data_sampling.*`)."""
+
+    seed: int
+    n_samples: int
+    val_n_samples: int
+    use_pairwise: bool
+    max_pairs_per_problem: int | None  # None: no cap
+    difficulty_bins: Mapping[str, tuple[int, int]]  # {bin: (lo, hi)} inclusive
+    difficulty_weights: Mapping[str, float]
+    use_length_balanced: bool
+    length_bins: tuple[int, ...]
+
+    def sampler_dict(self, *, validation: bool = False, pairwise: bool | None = None) -> dict:
+        """The sampler's plain dict (validation: n_samples = val_n_samples)."""
+        return {
+            "n_samples": self.val_n_samples if validation else self.n_samples,
+            "use_pairwise": self.use_pairwise if pairwise is None else bool(pairwise),
+            "max_pairs_per_problem": self.max_pairs_per_problem,
+            "difficulty_bins": {k: list(v) for k, v in self.difficulty_bins.items()},
+            "difficulty_weights": dict(self.difficulty_weights),
+            "use_length_balanced": self.use_length_balanced,
+            "length_bins": list(self.length_bins),
+        }
+
+
+class DataSpec(NamedTuple):
+    """What the loaders read: the dataset dir and its splits, the static sequence length, the
+    global batch, the sampler, packing, and the devices a batch's rows are split over."""
+
+    path: str
+    train_split: str
+    validation_split: str
+    max_length: int
+    batch_size: int  # global micro-batch
+    seed: int  # train-loader shuffling
+    sampling: Sampling
+    append_eos: bool = True
+    num_threads: int = 1
+    packing: bool = False
+    pack_rows: int = 0  # 0 = sized from the data
+    batch_shards: int = 1  # data × fsdp devices (packed rows are a multiple of it)
+
+
 class Loaders(NamedTuple):
     """What a pipeline trains on: the tokenizer, an endless shuffled train loader and a factory
     of one-pass validation loaders (None: no validation)."""
@@ -26,66 +71,38 @@ class Loaders(NamedTuple):
     val_iter_fn: Callable[[], Iterator] | None
 
 
-def tokenizer_path(entry) -> str:
-    """models.<role>.tokenizer_path, else `<path>/tokenizer`."""
-    return entry.tokenizer_path or str(Path(entry.path) / "tokenizer")
+def tokenizer_dir(path: str, tokenizer_path: str = "") -> str:
+    """`tokenizer_path`, else `<path>/tokenizer` (model dir `path`'s own tokenizer)."""
+    return tokenizer_path or str(Path(path) / "tokenizer")
 
 
-def load_tokenizer(entry):
-    """The tokenizer of model entry `entry` (see tokenizer_path)."""
-    return _load_tokenizer(tokenizer_path(entry))
-
-
-def sampling_dict(config, *, validation: bool = False, pairwise: bool | None = None) -> dict:
-    """data_sampling as the sampler's plain dict (validation: n_samples = val_n_samples)."""
-    s = config.data_sampling
-    return {
-        "n_samples": int(s.val_n_samples if validation else s.n_samples),
-        "use_pairwise": bool(s.use_pairwise if pairwise is None else pairwise),
-        "max_pairs_per_problem": s.max_pairs_per_problem or None,
-        "difficulty_bins": {k: list(v) for k, v in s.difficulty_bins.items()},
-        "difficulty_weights": dict(s.difficulty_weights),
-        "use_length_balanced": bool(s.use_length_balanced),
-        "length_bins": list(s.length_bins),
-    }
-
-
-def make_source(config, split: str, *, pairwise: bool, validation: bool = False):
+def make_source(spec: DataSpec, split: str, *, pairwise: bool, validation: bool = False):
     """Sampled records of `split` (all processes see the same global list; the loader shards)."""
     return load_samples(
-        config.dataset.path,
+        spec.path,
         split,
-        sampling_dict(config, validation=validation, pairwise=pairwise),
-        seed=int(config.data_sampling.seed),
+        spec.sampling.sampler_dict(validation=validation, pairwise=pairwise),
+        seed=spec.sampling.seed,
     )
 
 
-def make_collator(config, tokenizer, *, pairwise: bool):
+def make_collator(spec: DataSpec, tokenizer, *, pairwise: bool):
     cls = PairwiseCollator if pairwise else AlpacaCollator
-    return cls(
-        tokenizer,
-        max_length=int(config.dataset.max_length),
-        append_eos=bool(config.data.append_eos),
-    )
+    return cls(tokenizer, max_length=spec.max_length, append_eos=spec.append_eos)
 
 
-def make_loaders(config, tokenizer, *, pairwise: bool):
+def make_loaders(spec: DataSpec, tokenizer, *, pairwise: bool):
     """(endless shuffled train loader, val_iter_fn, n_val_records).
 
-    Batches: per-process rows of a global batch of `training.batch_size`, static length
-    `dataset.max_length`, plus `valid` (0 on padding rows of the last validation batch)."""
-    collate = make_collator(config, tokenizer, pairwise=pairwise)
-    bs = int(config.training.batch_size)
-    train_src = make_source(config, config.dataset.train, pairwise=pairwise)
+    Batches: per-process rows of a global batch of `spec.batch_size`, static length
+    `spec.max_length`, plus `valid` (0 on padding rows of the last validation batch)."""
+    collate = make_collator(spec, tokenizer, pairwise=pairwise)
+    bs = spec.batch_size
+    train_src = make_source(spec, spec.train_split, pairwise=pairwise)
     train = DataLoader(
-        train_src,
-        collate,
-        bs,
-        seed=int(config.seed),
-        shuffle=True,
-        num_threads=int(config.data.num_threads),
+        train_src, collate, bs, seed=spec.seed, shuffle=True, num_threads=spec.num_threads
     )
-    val_src = make_source(config, config.dataset.validation, pairwise=pairwise, validation=True)
+    val_src = make_source(spec, spec.validation_split, pairwise=pairwise, validation=True)
 
     def val_iter_fn():
         return DataLoader(
@@ -95,28 +112,36 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
             shuffle=False,
             num_epochs=1,
             drop_remainder=False,
-            num_threads=int(config.data.num_threads),
+            num_threads=spec.num_threads,
         )
 
-    if config.data.get("packing", False):
+    if spec.packing:
         train, val_iter_fn = packed_loaders(
-            config, tokenizer, collate, train_src, train, val_iter_fn
+            tokenizer,
+            collate,
+            train_src,
+            train,
+            val_iter_fn,
+            seq_len=spec.max_length,
+            batch_size=bs,
+            rows=spec.pack_rows,
+            batch_shards=spec.batch_shards,
         )
     logging.info(
         "data: %d train / %d validation %s records from %s (max_length %d)",
         len(train_src),
         len(val_src),
         "pair" if pairwise else "pointwise",
-        config.dataset.path,
-        config.dataset.max_length,
+        spec.path,
+        spec.max_length,
     )
     return train, val_iter_fn, len(val_src)
 
 
-def load(config, entry, *, pairwise: bool) -> Loaders:
-    """The tokenizer of model entry `entry` and the loaders of config.dataset."""
-    tok = load_tokenizer(entry)
-    train, val_iter_fn, _ = make_loaders(config, tok, pairwise=pairwise)
+def load(spec: DataSpec, tokenizer_dir: str, *, pairwise: bool) -> Loaders:
+    """The tokenizer in `tokenizer_dir` and the loaders of `spec`."""
+    tok = _load_tokenizer(tokenizer_dir)
+    train, val_iter_fn, _ = make_loaders(spec, tok, pairwise=pairwise)
     return Loaders(tok, train, val_iter_fn)
 
 

@@ -249,27 +249,35 @@ def suggest_rows(lengths, batch_size: int, seq_len: int, headroom: float = 1.15)
     return max(1, min(int(batch_size), rows))
 
 
-def batch_shards(config) -> int:
-    """Devices a batch's rows are split over: data × fsdp of `config.mesh` (a -1 axis takes the
+def batch_shards(data: int, fsdp: int, tensor: int) -> int:
+    """Devices a batch's rows are split over: data × fsdp of the mesh axes (a -1 axis takes the
     rest of the devices; the tensor axis replicates the batch)."""
-    m = config.mesh
-    if int(m.tensor) == -1:
-        return int(m.data) * int(m.fsdp)
-    return jax.device_count() // int(m.tensor)
+    if int(tensor) == -1:
+        return int(data) * int(fsdp)
+    return jax.device_count() // int(tensor)
 
 
 AUTO_PROBE = 256  # records tokenized to size the rows when data.pack_rows = 0
 
 
-def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
+def packed_loaders(
+    tokenizer,
+    collate,
+    train_src,
+    train,
+    val_iter_fn,
+    *,
+    seq_len: int,
+    batch_size: int,
+    rows: int,
+    batch_shards: int,
+):
     """(PackedLoader(train), val_iter_fn yielding packed batches) for `data.packing`.
 
-    Rows per global batch: `data.pack_rows`, or when 0 `suggest_rows` on the lengths of the
-    first AUTO_PROBE training records; rounded up to a multiple of the process count (each
+    Rows per global batch: `rows` (data.pack_rows), or when 0 `suggest_rows` on the lengths of
+    the first AUTO_PROBE training records; rounded up to a multiple of the process count (each
     process packs its own samples into its share of the rows) and of `batch_shards`."""
-    seq_len = int(config.dataset.max_length)
-    bs = int(config.training.batch_size)
-    rows = int(config.data.get("pack_rows", 0))
+    bs = int(batch_size)
     if rows <= 0:
         probe = [train_src[i] for i in range(min(AUTO_PROBE, len(train_src)))]
         enc = collate(probe)
@@ -277,7 +285,7 @@ def packed_loaders(config, tokenizer, collate, train_src, train, val_iter_fn):
         lens = np.max([_lengths(enc[k]) for k in keys], axis=0)  # pairs: the longer side
         rows = suggest_rows(lens, bs, seq_len)
     procs = jax.process_count()
-    step = math.lcm(procs, batch_shards(config))
+    step = math.lcm(procs, batch_shards)
     rows = -(-rows // step) * step
     local = rows // procs
     pad_id = int(tokenizer.pad_token_id)

@@ -1,6 +1,6 @@
 """Models of a training run: trainable models restored from a model dir (float32 master params,
 the run's compute dtype, LoRA factors attached), frozen inference models (LoRA merged), random
-init directly in the sharded layout, and the config readers they take their options from.
+init directly in the sharded layout, and the run options (`Runtime`) they take.
 
 Sharding rules are passed in (`rules`: the strategy's parameter rules, train.mesh.rules_for).
 """
@@ -9,44 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
 
 from wmtp_jax.models import io
-from wmtp_jax.models.lora import HF_TO_META_TARGET, LoRAConfig, merge_lora
+from wmtp_jax.models.lora import LoRAConfig, merge_lora
 from wmtp_jax.models.partitioning import DEFAULT_RULES, Rules, init_sharded
 
-# ---- config readers --------------------------------------------------------------------------
+# ---- run options ----------------------------------------------------------------------------
 
 
-def lora_config(config, *, hf_names: bool = False) -> LoRAConfig | None:
-    """LoRAConfig from training.lora when training.use_lora, else None (HF names mapped)."""
-    if not config.training.use_lora:
-        return None
-    lo = config.training.lora
-    targets = tuple(HF_TO_META_TARGET.get(t, t) if hf_names else t for t in lo.target_modules)
-    return LoRAConfig(
-        rank=int(lo.rank), alpha=float(lo.alpha), dropout=float(lo.dropout), targets=targets
-    )
+class Runtime(NamedTuple):
+    """How a run computes (`runtime.*`): compute dtype, remat policy, attention implementation."""
+
+    dtype: str = "float32"
+    remat: str = "none"
+    attention: str = "auto"
+
+    def overrides(self) -> dict:
+        """ModelArgs overrides of a trained model: float32 master params, this compute dtype,
+        remat policy and attention implementation."""
+        return {
+            "dtype": self.dtype,
+            "param_dtype": "float32",
+            "remat": self.remat,
+            "attention": self.attention,
+        }
 
 
-def runtime_overrides(config) -> dict:
-    """ModelArgs overrides of the trained model: float32 master params, runtime compute dtype,
-    remat policy and attention implementation."""
-    return {
-        "dtype": config.runtime.dtype,
-        "param_dtype": "float32",
-        "remat": config.runtime.remat,
-        "attention": config.runtime.attention,
-    }
-
-
-def trainable_filter(config, extra: Any = None):
+def trainable_filter(use_lora: bool, extra: Any = None):
     """LoRA-only (`nnx.LoRAParam`, plus `extra`) or every parameter."""
-    if not config.training.use_lora:
+    if not use_lora:
         return nnx.Param
     return nnx.LoRAParam if extra is None else nnx.Any(nnx.LoRAParam, extra)
 
@@ -116,7 +112,7 @@ def load_trainable(
     directory,
     *,
     kind: str,
-    config,
+    runtime: Runtime,
     rules: Rules,
     lora: LoRAConfig | None = None,
     mesh=None,
@@ -125,13 +121,13 @@ def load_trainable(
     """The model of `directory` rebuilt with float32 params, the runtime compute dtype and
     `lora` factors (A random, B zero) attached; base weights restored from the directory."""
     cfg = dict(io.read_config(directory))
-    args = io.ModelArgs.from_dict(cfg["args"]).replace(**runtime_overrides(config))
+    args = io.ModelArgs.from_dict(cfg["args"]).replace(**runtime.overrides())
     if lora is None and not cfg.get("lora"):
         return io.load_model(
             directory,
             kind=kind,
             dtype="float32",
-            args_overrides=runtime_overrides(config),
+            args_overrides=runtime.overrides(),
             mesh=mesh,
             rules=rules,
             seed=seed,
@@ -146,7 +142,7 @@ def load_trainable(
     return load_into(model, directory)
 
 
-def load_frozen(directory, *, kind: str, dtype: str, config, rules: Rules, mesh=None):
+def load_frozen(directory, *, kind: str, dtype: str, attention: str, rules: Rules, mesh=None):
     """An inference-only model (critic / reference) in `dtype`, sharded with the strategy's
     parameter `rules`; LoRA factors, when the directory has them, are merged into the weights."""
     d = Path(directory)
@@ -158,7 +154,7 @@ def load_frozen(directory, *, kind: str, dtype: str, config, rules: Rules, mesh=
         dtype=dtype,
         mesh=mesh,
         rules=rules,
-        args_overrides={"remat": "none", "attention": config.runtime.attention},
+        args_overrides={"remat": "none", "attention": attention},
     )
     if io.read_config(d).get("lora"):
         model = merge_lora(model)

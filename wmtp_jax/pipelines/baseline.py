@@ -14,6 +14,7 @@ from wmtp_jax.data import loaders
 from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.models.io import tokenizer_dir_files
+from wmtp_jax.pipelines import specs
 from wmtp_jax.pipelines.bootstrap import setup
 from wmtp_jax.train.checkpoint import export_model
 from wmtp_jax.train.loop import TrainTask, fit
@@ -56,9 +57,9 @@ def build_policy(config, mesh):
     return load.load_trainable(
         config.models.policy.path,
         kind="mtp",
-        config=config,
+        runtime=specs.runtime(config),
         rules=rules_for(config.runtime.sharding).params,
-        lora=load.lora_config(config),
+        lora=specs.lora(config),
         mesh=mesh,
         seed=int(config.seed),
     )
@@ -66,7 +67,7 @@ def build_policy(config, mesh):
 
 def export_policy(config, policy):
     """export_fn: the trained policy as an `mtp` model dir with the tokenizer carried along."""
-    tok = Path(loaders.tokenizer_path(config.models.policy))
+    tok = Path(specs.tokenizer(config.models.policy))
 
     def export(model, directory):
         return export_model(
@@ -86,7 +87,9 @@ def build(config, mesh, *, policy=None, data: loaders.Loaders | None = None) -> 
     """The baseline TrainTask. policy / data: already built (e.g. random-init for the benchmark);
     default: loaded from config.models.policy and config.dataset."""
     if data is None:
-        data = loaders.load(config, config.models.policy, pairwise=False)
+        data = loaders.load(
+            specs.data_spec(config), specs.tokenizer(config.models.policy), pairwise=False
+        )
     if policy is None:
         policy = build_policy(config, mesh)
     cs = int(config.training.loss_chunk_size)
@@ -94,7 +97,7 @@ def build(config, mesh, *, policy=None, data: loaders.Loaders | None = None) -> 
         model=policy,
         loss_fn=partial(loss_fn, chunk_size=cs),
         train_iter=data.train,
-        trainable=load.trainable_filter(config),
+        trainable=load.trainable_filter(config.training.use_lora),
         eval_fn=partial(eval_fn, chunk_size=cs),
         val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",

@@ -262,7 +262,7 @@ def load_frozen_entry(config, entry, *, kind: str, mesh):
         entry.path,
         kind=kind,
         dtype=entry.dtype,
-        config=config,
+        attention=config.runtime.attention,
         rules=rules_for(config.runtime.sharding).params,
         mesh=mesh,
     )

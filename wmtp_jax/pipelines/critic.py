@@ -23,6 +23,7 @@ from wmtp_jax import ops
 from wmtp_jax.data import loaders
 from wmtp_jax.models import io, load
 from wmtp_jax.models.value import ValueModel
+from wmtp_jax.pipelines import specs
 from wmtp_jax.pipelines.bootstrap import setup
 from wmtp_jax.train.checkpoint import export_model
 from wmtp_jax.train.loop import TrainTask, fit
@@ -177,7 +178,7 @@ def build_critic(config, mesh):
     """ValueModel on the llama backbone of models.value_model.path (+ LoRA), head per config."""
     path = config.models.value_model.path
     args = io.ModelArgs.from_dict(io.read_config(path)["args"]).replace(
-        **load.runtime_overrides(config)
+        **specs.runtime(config).overrides()
     )
     model = random_critic(config, mesh, args)
     _, saved = io.load_params(path)
@@ -195,7 +196,7 @@ def random_critic(config, mesh, args: io.ModelArgs) -> ValueModel:
         head_type=t.value_head.type,
         dropout=float(t.value_head.dropout),
         bias_init=float(t.value_loss.bias_init),
-        lora=load.lora_config(config, hf_names=True),
+        lora=specs.lora(config, hf_names=True),
     )
     return load.build_sharded(make, mesh, rules_for(config.runtime.sharding).params)
 
@@ -231,7 +232,7 @@ def export_critic(config, args: io.ModelArgs):
         "dropout": float(t.value_head.dropout),
         "bias_init": float(t.value_loss.bias_init),
     }
-    tok_dir = loaders.tokenizer_path(entry)
+    tok_dir = specs.tokenizer(entry)
 
     def export(m, directory):
         return export_model(
@@ -240,7 +241,7 @@ def export_critic(config, args: io.ModelArgs):
             kind="critic",
             args=args,
             value_head=head,
-            lora=load.lora_config(config, hf_names=True),
+            lora=specs.lora(config, hf_names=True),
             tokenizer=io.tokenizer_dir_files(tok_dir),
             source={"pipeline": "critic", "base": entry.path},
         )
@@ -252,7 +253,9 @@ def build(config, mesh, *, model=None, data: loaders.Loaders | None = None) -> T
     """The critic TrainTask. model / data: already built (e.g. random-init for the benchmark);
     default: loaded from config.models.value_model and config.dataset (pairs)."""
     if data is None:
-        data = loaders.load(config, config.models.value_model, pairwise=True)
+        data = loaders.load(
+            specs.data_spec(config), specs.tokenizer(config.models.value_model), pairwise=True
+        )
     if model is None:
         model = build_critic(config, mesh)
     vl = ValueLossConfig.from_config(config)

@@ -15,6 +15,7 @@ from wmtp_jax import ops
 from wmtp_jax.data import loaders
 from wmtp_jax.models import load
 from wmtp_jax.models.io import tokenizer_dir_files
+from wmtp_jax.pipelines import specs
 from wmtp_jax.pipelines.bootstrap import setup
 from wmtp_jax.train.checkpoint import export_model
 from wmtp_jax.train.loop import TrainTask, fit
@@ -42,9 +43,9 @@ def eval_fn(model, frozen, batch, extra):
 def load_data(config) -> loaders.Loaders:
     """Tokenizer (right padding required) and loaders of config.dataset."""
     entry = config.models.policy
-    data = loaders.load(config, entry, pairwise=False)
+    data = loaders.load(specs.data_spec(config), specs.tokenizer(entry), pairwise=False)
     if data.tokenizer.padding_side != "right":
-        raise ValueError(f"{loaders.tokenizer_path(entry)}: padding_side must be right")
+        raise ValueError(f"{specs.tokenizer(entry)}: padding_side must be right")
     return data
 
 
@@ -53,9 +54,9 @@ def build_model(config, mesh):
     return load.load_trainable(
         config.models.policy.path,
         kind="llama",
-        config=config,
+        runtime=specs.runtime(config),
         rules=rules_for(config.runtime.sharding).params,
-        lora=load.lora_config(config, hf_names=True),
+        lora=specs.lora(config, hf_names=True),
         mesh=mesh,
         seed=int(config.seed),
     )
@@ -64,7 +65,7 @@ def build_model(config, mesh):
 def export_llama(config):
     """export_fn: the tuned model as a `llama` dir (with its LM head and the tokenizer)."""
     entry = config.models.policy
-    tok_dir = Path(loaders.tokenizer_path(entry))
+    tok_dir = Path(specs.tokenizer(entry))
 
     def export(m, directory):
         return export_model(
@@ -72,7 +73,7 @@ def export_llama(config):
             m,
             kind="llama",
             args=m.args,
-            lora=load.lora_config(config, hf_names=True),
+            lora=specs.lora(config, hf_names=True),
             lm_head=True,
             tokenizer=tokenizer_dir_files(tok_dir),
             source={"pipeline": "ref_tuning", "base": entry.path},
@@ -92,7 +93,7 @@ def build(config, mesh, *, model=None, data: loaders.Loaders | None = None) -> T
         model=model,
         loss_fn=loss_fn,
         train_iter=data.train,
-        trainable=load.trainable_filter(config),
+        trainable=load.trainable_filter(config.training.use_lora),
         eval_fn=eval_fn,
         val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",

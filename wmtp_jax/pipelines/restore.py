@@ -16,9 +16,9 @@ import numpy as np
 from flax import nnx
 
 from wmtp_jax.models import io
-from wmtp_jax.models.load import lora_config
 from wmtp_jax.models.lora import merge_lora
 from wmtp_jax.models.partitioning import state_shardings
+from wmtp_jax.pipelines import specs
 from wmtp_jax.train import checkpoint
 from wmtp_jax.train.mesh import rules_for
 
@@ -37,7 +37,7 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
             f"base model {base!r} of checkpoint {step_dir} not found (set config.base_model)"
         )
     cfg = dict(io.read_config(base))
-    lora = lora_config(run_cfg) if run_cfg.training.get("use_lora", False) else None
+    lora = specs.lora(run_cfg) if run_cfg.training.get("use_lora", False) else None
     cfg["lora"] = lora.to_dict() if lora is not None else None
     dtype = dtype or "float32"
     args = io.ModelArgs.from_dict(cfg["args"]).replace(dtype=dtype, param_dtype=dtype)

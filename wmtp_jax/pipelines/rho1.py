@@ -20,7 +20,7 @@ from wmtp_jax import ops
 from wmtp_jax.data import loaders
 from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
-from wmtp_jax.pipelines import baseline
+from wmtp_jax.pipelines import baseline, specs
 from wmtp_jax.pipelines.bootstrap import load_frozen_entry, setup
 from wmtp_jax.train.loop import TrainTask, fit
 
@@ -80,7 +80,9 @@ def build(
     """The Rho-1 TrainTask. policy / reference / data: already built; default: loaded from
     config.models and config.dataset."""
     if data is None:
-        data = loaders.load(config, config.models.policy, pairwise=False)
+        data = loaders.load(
+            specs.data_spec(config), specs.tokenizer(config.models.policy), pairwise=False
+        )
     if policy is None:
         policy = baseline.build_policy(config, mesh)
     if reference is None:
@@ -96,7 +98,7 @@ def build(
         frozen=reference,
         loss_fn=partial(loss_fn, **kw),
         train_iter=data.train,
-        trainable=load.trainable_filter(config),
+        trainable=load.trainable_filter(config.training.use_lora),
         eval_fn=partial(eval_fn, **kw),
         val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",

@@ -25,7 +25,7 @@ from wmtp_jax.data import loaders
 from wmtp_jax.data.packing import packing_of
 from wmtp_jax.models import load
 from wmtp_jax.ops._utils import masked_mean, masked_std
-from wmtp_jax.pipelines import baseline, viz
+from wmtp_jax.pipelines import baseline, specs, viz
 from wmtp_jax.pipelines.bootstrap import load_frozen_entry, setup
 from wmtp_jax.pipelines.evaluation import closing_eval
 from wmtp_jax.train.loop import TrainTask, fit
@@ -222,7 +222,9 @@ def build(
     benchmark); default: loaded from config.models and config.dataset."""
     if data is None:
         pairwise = bool(config.data.use_negatives)
-        data = loaders.load(config, config.models.policy, pairwise=pairwise)
+        data = loaders.load(
+            specs.data_spec(config), specs.tokenizer(config.models.policy), pairwise=pairwise
+        )
     if policy is None:
         policy = baseline.build_policy(config, mesh)
     if critic is None:
@@ -236,7 +238,7 @@ def build(
         frozen=critic,
         loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs),
         train_iter=data.train,
-        trainable=load.trainable_filter(config),
+        trainable=load.trainable_filter(config.training.use_lora),
         extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
         eval_fn=partial(eval_fn, wc=wc, chunk_size=cs),
         val_iter_fn=data.val_iter_fn,

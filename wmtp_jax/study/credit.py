@@ -22,13 +22,13 @@ import numpy as np
 from flax import nnx
 
 from wmtp_jax import ops
-from wmtp_jax.data import loaders
 from wmtp_jax.data.collate import RESPONSE_HEADER, AlpacaCollator, _prompt
 from wmtp_jax.data.records import JsonlRecords
 from wmtp_jax.data.sources import load_problem_index_map, resolve_split
 from wmtp_jax.data.spans import mutated_span
+from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.ops._utils import masked_mean, masked_std
-from wmtp_jax.pipelines import verifiable
+from wmtp_jax.pipelines import specs, verifiable
 from wmtp_jax.study.bootstrap import percentile_interval
 
 # ---- pure math -------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def measure(
     """Critic credit of `models.value_model.path` (a verifiable config: its critic,
     data, weighting). Returns per-token arrays (score, weight, inside, solution) + summary."""
     c = verifiable_config
-    tok = loaders.load_tokenizer(c.models.policy)
+    tok = load_tokenizer(specs.tokenizer(c.models.policy))
     wc = verifiable.WeightingConfig.from_config(c)
     L, eos = int(c.dataset.max_length), bool(c.data.append_eos)
     incorrect, correct = held_out(c.dataset.path, split, max_solutions)
