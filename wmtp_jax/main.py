@@ -26,6 +26,7 @@ from wmtp_jax import configs as _configs_package
 from wmtp_jax import console
 from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.ops.attention import check_backend
+from wmtp_jax.pipelines import preflight
 from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
 from wmtp_jax.train.distributed import maybe_initialize
 from wmtp_jax.train.lock import OutputDirBusy
@@ -148,6 +149,10 @@ def run(config, pipeline=None):
     level = str(config.logging.level)
     logging.set_verbosity(level.lower())
     maybe_initialize(config)
+    try:
+        preflight.check(config)  # paths, devices: after joining a multi-process run
+    except ConfigError as e:
+        _fail(str(e))
     out = str(config.output_dir)
     name = "run.log" if jax.process_index() == 0 else f"run.{jax.process_index()}.log"
     log_file = console.route_logs(os.path.join(out, name) if out and out != "auto" else None, level)

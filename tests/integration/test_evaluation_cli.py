@@ -245,7 +245,7 @@ def test_sandbox_config_key():
     c = evaluation.get_config("micro")
     assert c.sandbox == "required"
     c.sandbox = "off"
-    with pytest.raises(ValueError, match=r"sandbox='off' is invalid; one of \('required'"):
+    with pytest.raises(ValueError, match=r"sandbox: 'off' is invalid; one of \('required'"):
         evaluation.validate(c)
 
 

@@ -223,7 +223,7 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
     c.dataset.max_length = 65
     with pytest.raises(
         ConfigError,
-        match=r"dataset.max_length=65 exceeds models.policy "
+        match=r"dataset.max_length: 65 exceeds models.policy "
         r"max_seq_len=64 \(.*policy/model_config.json\)",
     ):
         check_model_lengths(c)

@@ -130,15 +130,15 @@ def test_config_attention_names_are_the_ops_implementations():
 @pytest.mark.parametrize(
     "key,value,match",
     [
-        ("runtime.sharding", "FOO", "runtime.sharding='FOO'"),
-        ("training.max_steps", 0, "training.max_steps=0"),
-        ("training.batch_size", -2, "training.batch_size=-2"),
-        ("training.gradient_accumulation_steps", 0, "gradient_accumulation_steps=0"),
-        ("training.lr_scheduler.type", "step", "lr_scheduler.type='step'"),
-        ("runtime.dtype", "int8", "runtime.dtype='int8'"),
-        ("runtime.remat", "some", "runtime.remat='some'"),
-        ("runtime.attention", "flash", "runtime.attention='flash'"),
-        ("mesh.fsdp", 0, "mesh.fsdp=0"),
+        ("runtime.sharding", "FOO", "runtime.sharding: 'FOO'"),
+        ("training.max_steps", 0, "training.max_steps: 0"),
+        ("training.batch_size", -2, "training.batch_size: -2"),
+        ("training.gradient_accumulation_steps", 0, "gradient_accumulation_steps: 0"),
+        ("training.lr_scheduler.type", "step", "lr_scheduler.type: 'step'"),
+        ("runtime.dtype", "int8", "runtime.dtype: 'int8'"),
+        ("runtime.remat", "some", "runtime.remat: 'some'"),
+        ("runtime.attention", "flash", "runtime.attention: 'flash'"),
+        ("mesh.fsdp", 0, "mesh.fsdp: 0"),
     ],
 )
 def test_validation_names_the_key(key, value, match):

@@ -25,3 +25,4 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    parts.validate_loss_chunking(c)

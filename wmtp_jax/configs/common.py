@@ -201,12 +201,71 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 class ConfigError(ValueError):
-    """A config value is invalid; the message names the key."""
+    """A config value is invalid; the message (`<key>: <reason>`) names the key."""
+
+
+SEED_LIMIT = 2**32  # seeds are numpy / JAX uint32 seeds
 
 
 def _check(ok: bool, key: str, value, want: str):
     if not ok:
-        raise ConfigError(f"config error: {key}={value!r} is invalid; {want}")
+        raise ConfigError(f"{key}: {value!r} is invalid; {want}")
+
+
+def value_at(c, key: str):
+    """The value at dotted `key`."""
+    node = c
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def check_int(c, key: str, lo: int | None = None, hi: int | None = None, *, also=()) -> None:
+    """`key` is an integer in [lo, hi] (either bound may be None), or one of `also`."""
+    v = value_at(c, key)
+    if v in also and (is_int(v) or v is None):
+        return
+    want = "need an integer" + (f" ≥ {lo}" if lo is not None else "")
+    want += (" and" if lo is not None and hi is not None else "") + (
+        f" ≤ {hi}" if hi is not None else ""
+    )
+    want += f" (or {' / '.join(map(str, also))})" if also else ""
+    _check(is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi), key, v, want)
+
+
+def check_number(
+    c, key: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False
+) -> None:
+    """`key` is a finite number in [lo, hi] (or (lo, hi] with lo_open)."""
+    v = value_at(c, key)
+    want = "need a finite number"
+    if lo is not None:
+        want += f" {'>' if lo_open else '≥'} {lo:g}"
+    if hi is not None:
+        want += f"{' and' if lo is not None else ''} ≤ {hi:g}"
+    ok = is_number(v) and (lo is None or (v > lo if lo_open else v >= lo))
+    _check(ok and (hi is None or v <= hi), key, v, want)
+
+
+def check_seed(c, key: str) -> None:
+    check_int(c, key, 0, SEED_LIMIT - 1)
+
+
+def check_floats_finite(c, prefix: str = "") -> None:
+    """Every float value in the config is finite (no nan / inf)."""
+    for key, v in c.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            check_floats_finite(v, f"{prefix}{key}.")
+        elif isinstance(v, float):
+            _check(math.isfinite(v), f"{prefix}{key}", v, "need a finite number")
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -235,60 +294,48 @@ _NOT_PIPELINES = ("common", "parts")
 
 
 def validate_common(c: ml_collections.ConfigDict) -> None:
-    """Check the common keys' values; raises ValueError naming the key."""
+    """Check the common keys' values; raises ConfigError naming the key."""
     _check(isinstance(c.pipeline, str) and c.pipeline != "", "pipeline", c.pipeline, "need a name")
+    _check(
+        isinstance(c.output_dir, str) and c.output_dir.strip() != "" and "\0" not in c.output_dir,
+        "output_dir",
+        c.output_dir,
+        "need a directory path",
+    )
+    check_floats_finite(c)
+    check_seed(c, "seed")
     if "training" in c:  # training pipelines (not evaluation, not the study)
         validate_training(c.training)
     if isinstance(c.get("checkpoint"), ml_collections.ConfigDict):  # evaluation: a path
-        _check(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, "need ≥ 1")
+        check_int(c, "checkpoint.keep", 1)
+        check_int(c, "checkpoint.every_steps")
     _validate_run(c)
 
 
 def validate_training(t: ml_collections.ConfigDict) -> None:
     """training.*: the step schedule."""
-    _check(
-        t.max_steps == -1 or t.max_steps > 0, "training.max_steps", t.max_steps, "need > 0 or -1"
-    )
-    _check(
-        t.max_steps > 0 or (t.n_epochs > 0 and math.isfinite(t.n_epochs)),
-        "training.n_epochs",
-        t.n_epochs,
-        "need > 0 when training.max_steps = -1",
-    )
-    _check(t.batch_size > 0, "training.batch_size", t.batch_size, "need > 0")
-    _check(
-        t.gradient_accumulation_steps >= 1,
-        "training.gradient_accumulation_steps",
-        t.gradient_accumulation_steps,
-        "need ≥ 1",
-    )
-    if "learning_rate" in t:  # the critic's parameter groups carry their own
-        _check(
-            0 < t.learning_rate <= 1, "training.learning_rate", t.learning_rate, "need 0 < lr ≤ 1"
-        )
-    _check(t.log_interval >= 1, "training.log_interval", t.log_interval, "need ≥ 1")
-    _check(math.isfinite(t.max_grad_norm), "training.max_grad_norm", t.max_grad_norm, "need finite")
-    s = t.lr_scheduler
+    t = ml_collections.ConfigDict({"training": t})  # so the keys below carry their prefix
+    check_int(t, "training.max_steps", 1, also=(-1,))
+    if t.training.max_steps == -1:
+        check_number(t, "training.n_epochs", 0, lo_open=True)
+    check_int(t, "training.batch_size", 1)
+    check_int(t, "training.gradient_accumulation_steps", 1)
+    if "learning_rate" in t.training:  # the critic's parameter groups carry their own
+        check_number(t, "training.learning_rate", 0, 1, lo_open=True)
+    check_int(t, "training.log_interval", 1)
+    check_int(t, "training.eval_every_steps")
+    check_number(t, "training.max_grad_norm")
+    s = t.training.lr_scheduler
     _check(s.type in LR_SCHEDULERS, "training.lr_scheduler.type", s.type, f"one of {LR_SCHEDULERS}")
-    _check(
-        0 <= s.warmup_ratio < 1,
-        "training.lr_scheduler.warmup_ratio",
-        s.warmup_ratio,
-        "need 0 ≤ r < 1",
-    )
-    _check(
-        0 <= s.min_lr_ratio <= 1,
-        "training.lr_scheduler.min_lr_ratio",
-        s.min_lr_ratio,
-        "need 0 ≤ r ≤ 1",
-    )
+    check_number(t, "training.lr_scheduler.warmup_ratio", 0, 1)
+    _check(s.warmup_ratio < 1, "training.lr_scheduler.warmup_ratio", s.warmup_ratio, "need < 1")
+    check_number(t, "training.lr_scheduler.min_lr_ratio", 0, 1)
 
 
 def _validate_run(c: ml_collections.ConfigDict) -> None:
-    """mesh.*, runtime.*, logging.*, output_dir."""
+    """mesh.*, runtime.*, logging.*, mlflow.*, distributed.*."""
     for ax in ("data", "fsdp", "tensor"):
-        v = c.mesh[ax]
-        _check(v == -1 or v >= 1, f"mesh.{ax}", v, "need ≥ 1 or -1 (the rest of the devices)")
+        check_int(c, f"mesh.{ax}", 1, also=(-1,))
     _check(
         [c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1,
         "mesh",
@@ -320,9 +367,8 @@ def _validate_run(c: ml_collections.ConfigDict) -> None:
         c.logging.level,
         f"one of {LOG_LEVELS}",
     )
-    _check(
-        isinstance(c.output_dir, str) and c.output_dir != "",
-        "output_dir",
-        c.output_dir,
-        "need a directory",
-    )
+    check_number(c, "mlflow.sync_timeout", 0)
+    d = c.distributed
+    check_int(c, "distributed.num_processes", 1, also=(-1,))
+    hi = d.num_processes - 1 if d.num_processes > 0 else None
+    check_int(c, "distributed.process_id", 0, hi, also=(-1,))

@@ -109,6 +109,11 @@ def validate(c):
         t.value_loss.gamma,
         "need 0 < γ ≤ 1",
     )
+    common.check_number(c, "training.value_loss.coef", 0)
+    for key in ("value", "start", "end"):
+        common.check_number(c, f"training.value_loss.lambda_schedule.{key}", 0, 1)
+    for key in ("warmup_steps", "decay_steps"):
+        common.check_int(c, f"training.value_loss.lambda_schedule.{key}", 0)
     common._check(
         c.data_sampling.use_pairwise,
         "data_sampling.use_pairwise",

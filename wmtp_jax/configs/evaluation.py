@@ -84,20 +84,26 @@ def validate(c):
     )
     temps = c.temperature if isinstance(c.temperature, (tuple, list)) else (c.temperature,)
     ch(
-        len(temps) > 0 and all(float(t) >= 0 for t in temps),
+        len(temps) > 0 and all(common.is_number(t) and t >= 0 for t in temps),
         "temperature",
         c.temperature,
         "need ≥ 0 (0 = greedy), or a non-empty list of such values",
     )
-    ch(0 < c.top_p <= 1, "top_p", c.top_p, "need 0 < top_p ≤ 1")
-    ch(c.top_k >= 0, "top_k", c.top_k, "need ≥ 0 (0 = off)")
-    ch(c.n_samples >= 1, "n_samples", c.n_samples, "need ≥ 1")
-    ch(len(c.k) > 0 and all(1 <= k for k in c.k), "k", c.k, "need a list of k ≥ 1")
-    ch(c.max_new_tokens >= 1, "max_new_tokens", c.max_new_tokens, "need ≥ 1")
-    ch(c.batch_size >= 1, "batch_size", c.batch_size, "need ≥ 1")
-    ch(c.min_bucket >= 1, "min_bucket", c.min_bucket, "need ≥ 1")
-    ch(c.limit >= 0 and c.validation_limit >= 0, "limit", c.limit, "need ≥ 0")
-    ch(c.timeout > 0, "timeout", c.timeout, "need > 0")
+    for key in ("n_samples", "max_new_tokens", "batch_size", "min_bucket"):
+        common.check_int(c, key, 1)
+    for key in ("top_k", "limit", "validation_limit", "workers", "max_tests"):
+        common.check_int(c, key, 0)
+    common.check_seed(c, "sample_seed")
+    common.check_number(c, "timeout", 0, lo_open=True)
+    common.check_number(c, "top_p", 0, 1, lo_open=True)
+    for key in ("checkpoint", "base_model", "tokenizer_path", "data_dir", "split"):
+        ch(isinstance(c[key], str), key, c[key], "need a path or name")
+    ch(
+        len(c.k) > 0 and all(common.is_int(k) and 1 <= k for k in c.k),
+        "k",
+        c.k,
+        "need a list of integers k ≥ 1",
+    )
     ch(c.sandbox in SANDBOX_POLICIES, "sandbox", c.sandbox, f"one of {SANDBOX_POLICIES}")
     ch(
         c.split != c.validation_split or len(temps) == 1,

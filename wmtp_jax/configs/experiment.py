@@ -102,18 +102,41 @@ def validate(c):
         common._check(not bad, key, c[key], f"arms from {ARMS}")
     for key in ("seeds", "study_seeds"):
         common._check(
-            all(s >= 0 for s in parse_list(c[key], key, int)), key, c[key], "need integers ≥ 0"
+            all(0 <= s < common.SEED_LIMIT for s in parse_list(c[key], key, int)),
+            key,
+            c[key],
+            f"need integers in [0, {common.SEED_LIMIT})",
         )
-    for role, t in c.train.items():
-        common._check(t.max_steps > 0, f"train.{role}.max_steps", t.max_steps, "need > 0")
-        common._check(t.batch_size > 0, f"train.{role}.batch_size", t.batch_size, "need > 0")
+    for role in c.train:
+        common.check_int(c, f"train.{role}.max_steps", 1)
+        common.check_int(c, f"train.{role}.batch_size", 1)
+        common.check_int(c, f"train.{role}.eval_every_steps")
+        # the train loader drops the last partial batch: fewer samples than one batch is no data
+        common.check_int(c, f"train.{role}.n_samples", c.train[role].batch_size)
+        common.check_int(c, f"train.{role}.val_n_samples", 1)
     e = c.eval
     common._check(
-        len(e.temperatures) > 0 and all(float(t) > 0 for t in e.temperatures),
+        len(e.temperatures) > 0 and all(common.is_number(t) and t > 0 for t in e.temperatures),
         "eval.temperatures",
         e.temperatures,
         "need a non-empty list of values > 0",
     )
+    common._check(
+        len(e.k) > 0 and all(common.is_int(k) and k >= 1 for k in e.k),
+        "eval.k",
+        e.k,
+        "need a list of integers k ≥ 1",
+    )
+    for key in ("n_samples", "max_new_tokens", "batch_size"):
+        common.check_int(c, f"eval.{key}", 1)
+    for key in ("limit", "validation_limit", "workers"):
+        common.check_int(c, f"eval.{key}", 0)
+    common.check_seed(c, "eval.sample_seed")
+    common.check_number(c, "eval.timeout", 0, lo_open=True)
+    common.check_number(c, "eval.top_p", 0, 1, lo_open=True)
+    common.check_int(c, "credit.batch_size", 1)
+    common.check_int(c, "credit.max_solutions", 0)
+    common.check_seed(c, "bootstrap.seed")
     common._check(
         e.n_samples >= max(e.k), "eval.n_samples", e.n_samples, f"need ≥ max(eval.k) = {max(e.k)}"
     )

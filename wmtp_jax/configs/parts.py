@@ -198,19 +198,16 @@ def _check(ok, key, value, want):
 
 
 def validate_data(c: ml_collections.ConfigDict):
-    _check(c.dataset.max_length >= 8, "dataset.max_length", c.dataset.max_length, "need ≥ 8")
-    _check(
-        c.data_sampling.n_samples >= 1,
-        "data_sampling.n_samples",
-        c.data_sampling.n_samples,
-        "need ≥ 1",
-    )
-    _check(
-        c.data_sampling.val_n_samples >= 1,
-        "data_sampling.val_n_samples",
-        c.data_sampling.val_n_samples,
-        "need ≥ 1",
-    )
+    common.check_int(c, "dataset.max_length", 8)
+    for key in ("dataset.path", "dataset.train", "dataset.validation"):
+        v = common.value_at(c, key)
+        _check(isinstance(v, str) and v.strip(), key, v, "need a non-empty name")
+    common.check_seed(c, "data_sampling.seed")
+    # the train loader drops the last partial batch: fewer samples than one batch is no data
+    common.check_int(c, "data_sampling.n_samples", c.training.batch_size)
+    common.check_int(c, "data_sampling.val_n_samples", 1)
+    common.check_int(c, "data_sampling.max_pairs_per_problem", 0, also=(None,))
+    common.check_int(c, "data.num_threads", 1)
     rows = c.data.get("pack_rows", 0)
     _check(
         isinstance(rows, int) and 0 <= rows <= c.training.batch_size,
@@ -231,6 +228,21 @@ def validate_data(c: ml_collections.ConfigDict):
         dict(c.data_sampling.difficulty_weights),
         "every weighted bin must be in data_sampling.difficulty_bins",
     )
+    for name in c.data_sampling.difficulty_weights:
+        common.check_number(c, f"data_sampling.difficulty_weights.{name}", 0)
+    bins = c.data_sampling.length_bins
+    _check(
+        len(bins) >= 2
+        and all(isinstance(x, int) for x in bins)
+        and all(x < y for x, y in zip(bins, bins[1:])),
+        "data_sampling.length_bins",
+        bins,
+        "need ≥ 2 increasing integers",
+    )
+
+
+def validate_loss_chunking(c: ml_collections.ConfigDict):
+    common.check_int(c, "training.loss_chunk_size", 0)
 
 
 def validate_lora(c: ml_collections.ConfigDict, allowed):

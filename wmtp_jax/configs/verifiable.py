@@ -57,6 +57,9 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    parts.validate_loss_chunking(c)
+    common.check_int(c, "final_eval.limit", 0)
+    common.check_int(c, "final_eval.max_new_tokens", 1)
     t = c.training
     parts.validate_choice(c.weighting.advantage, "weighting.advantage", parts.ADVANTAGES)
     parts.validate_choice(c.weighting.whitening, "weighting.whitening", parts.WHITENINGS)

@@ -30,6 +30,7 @@ from wmtp_jax.data.tokenizer import ensure_micro_tokenizer, load_tokenizer
 from wmtp_jax.models import ModelArgs, io, load
 from wmtp_jax.models.llama import Llama
 from wmtp_jax.models.mtp import MTPTransformer
+from wmtp_jax.pipelines import preflight
 from wmtp_jax.train.lock import claim_output_dir
 from wmtp_jax.train.mesh import mesh_from_config, rules_for
 
@@ -197,6 +198,7 @@ def ensure_micro_storage(config) -> None:
     if config.variant not in ("micro", "small"):
         return
     ds = ensure_dataset(config.dataset.path)
+    preflight.check_dataset(config)  # the splits of the dataset just created
     L = int(config.dataset.max_length)
     m = config.models
     if config.variant == "small":
@@ -237,7 +239,7 @@ def check_model_lengths(config) -> None:
         limit = int(io.read_config(path)["args"].get("max_seq_len", 2048))
         if n > limit:
             raise ConfigError(
-                f"config error: dataset.max_length={n} exceeds models.{role} "
+                f"dataset.max_length: {n} exceeds models.{role} "
                 f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
                 f"dataset.max_length or use a model with a longer context"
             )
@@ -248,6 +250,7 @@ def setup(config):
     get_config), lock output_dir (a second run on it refuses before loading anything), bootstrap
     micro storage when needed, check lengths against the models, and build the mesh."""
     validate_config(config)
+    preflight.check(config)
     claim_output_dir(config.output_dir)
     check_model_lengths(config)
     ensure_micro_storage(config)
