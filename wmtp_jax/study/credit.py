@@ -29,7 +29,7 @@ from wmtp_jax.data.records import JsonlRecords
 from wmtp_jax.data.sources import load_problem_index_map, resolve_split
 from wmtp_jax.data.spans import mutated_span
 from wmtp_jax.pipelines import verifiable
-from wmtp_jax.study.bootstrap import percentile_interval
+from wmtp_jax.study.intervals import percentile_interval
 from wmtp_jax.weighting import WeightingConfig, advantages, batch_weights, critic_values
 
 # ---- pure math -------------------------------------------------------------------------------
