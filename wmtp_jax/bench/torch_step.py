@@ -48,7 +48,7 @@ def torch_mtp(args, params: dict):
         lin.weight = nn.Parameter(t(w).T.contiguous())
         return lin
 
-    def rope(x, cos, sin):  # x [B, S, N, hd], rotate-half as wmtp_jax.models.layers.apply_rope
+    def rope(x, cos, sin):  # x [B, S, N, hd], rotate-half as wmtp_jax.models.rope.apply_rope
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos[:, :, None] + torch.cat([-x2, x1], dim=-1) * sin[:, :, None]
 
