@@ -25,7 +25,7 @@ PIPELINES: dict[str, Entry] = {
     "rho1": Entry("wmtp_jax.configs.rho1", "wmtp_jax.pipelines.rho1"),
     "ref_tuning": Entry("wmtp_jax.configs.ref_tuning", "wmtp_jax.pipelines.ref_tuning"),
     "evaluation": Entry("wmtp_jax.configs.evaluation", "wmtp_jax.pipelines.evaluation"),
-    "experiment": Entry("wmtp_jax.configs.experiment", "wmtp_jax.study.pipeline"),
+    "experiment": Entry("wmtp_jax.configs.experiment", "wmtp_jax.study.experiment"),
 }
 
 

@@ -4,6 +4,8 @@ anywhere, and every folder imports only from the layers below its own."""
 import ast
 from pathlib import Path
 
+from wmtp_jax import registry
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("wmtp_jax", "conversion")
 # Bottom to top: a module may import only from a strictly lower layer (or its own folder). The
@@ -149,3 +151,18 @@ def test_kernels_import_nothing_from_the_package_but_themselves():
     g = import_graph()
     out = sorted((m, t) for m, ts in g.items() if _in(m, ("wmtp_jax.kernels",)) for t in ts)
     assert all(_in(t, ("wmtp_jax.kernels",)) for _, t in out), out
+
+
+def test_module_names_are_distinct():
+    """No module or package name is another's plural, and a name shared across folders only
+    mirrors one idea: configs/X ↔ pipelines/X (the registry's pairs), bench/X measures X, and
+    ops/rho1 is the rho1 pipeline's math."""
+    mirrored = {"attention", "decode", "packing", "rho1"} | set(registry.PIPELINES)
+    names: dict[str, list[str]] = {}
+    for m, (path, is_pkg) in _modules().items():
+        names.setdefault(m.rpartition(".")[2], []).append(m)
+    del names["__main__"]
+    shared = sorted(n for n, ms in names.items() if len(ms) > 1 and n not in mirrored)
+    assert shared == []
+    plural = sorted((n, f"{n}s") for n in names if f"{n}s" in names or f"{n}es" in names)
+    assert plural == []

