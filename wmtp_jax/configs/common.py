@@ -17,12 +17,12 @@ pipeline's own `validate` in configs/<pipeline>.py).
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Mapping
 
 import ml_collections
 
+from wmtp_jax import registry
 from wmtp_jax.models import DTYPES as _MODEL_DTYPES
 from wmtp_jax.models import REMAT_POLICIES as _MODEL_REMAT
 from wmtp_jax.ops.attention import IMPLEMENTATIONS
@@ -280,17 +280,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
 def pipeline_config_module(pipeline: str):
     """wmtp_jax.configs.<pipeline>, or None when `pipeline` has no config module here."""
-    if not isinstance(pipeline, str) or not pipeline.isidentifier() or pipeline in _NOT_PIPELINES:
-        return None
-    try:
-        return importlib.import_module(f"wmtp_jax.configs.{pipeline}")
-    except ModuleNotFoundError as e:
-        if e.name == f"wmtp_jax.configs.{pipeline}":
-            return None
-        raise
-
-
-_NOT_PIPELINES = ("common", "parts")
+    return registry.config_module(pipeline)
 
 
 def validate_common(c: ml_collections.ConfigDict) -> None:
