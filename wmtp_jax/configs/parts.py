@@ -155,10 +155,16 @@ def mtp_training(variant: str, *, batch_7b: int, ga_7b: int) -> dict:
 
 
 def cpu_schedule(
-    variant: str, *, max_steps: int, batch_size: int, eval_every_steps: int, learning_rate=3e-3
+    variant: str,
+    *,
+    max_steps: int,
+    batch_size: int,
+    eval_every_steps: int,
+    learning_rate: float | None = 3e-3,
 ) -> dict:
-    """The micro step schedule of a pipeline (checkpoints at every evaluation) or, for
-    `:small`, 4 steps of 2 sequences at a fine-tuning LR, no periodic checkpoints."""
+    """The micro step schedule of a pipeline (checkpoints at every evaluation, `learning_rate`)
+    or, for `:small`, 4 steps of 2 sequences at the fine-tuning LR 2e-5, no periodic
+    checkpoints. learning_rate None: no training.learning_rate in either (the critic)."""
     if variant == "small":
         return common.schedule(
             variant,
