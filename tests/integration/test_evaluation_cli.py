@@ -222,13 +222,14 @@ def test_pipeline_speculative_on_a_training_run(world, tmp_path):
 
 def test_refuses_without_isolation_before_any_work(tmp_path):
     """`sandbox: required` (the default) with no bwrap: one error line, non-zero exit, before
-    the checkpoint is even looked at."""
+    the checkpoint is even looked at (an empty directory: the config check only asks that it is
+    one)."""
     cmd = [
         sys.executable,
         "-m",
         "wmtp_jax.main",
         "--config=configs/evaluation.py",
-        f"--config.checkpoint={tmp_path / 'nonexistent'}",
+        f"--config.checkpoint={tmp_path}",
         "--config.benchmark=synthetic",
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PATH=str(tmp_path))  # no bwrap on PATH

@@ -186,6 +186,18 @@ def test_missing_dataset_split(cwd, capsys):
     assert err.startswith("error: dataset.path: ") and "it is a file" in err
 
 
+def test_evaluated_paths(cwd, capsys):
+    (cwd / "file").write_text("x")
+    err = refused(config(evaluation), capsys)
+    assert err.startswith("error: checkpoint: '' is invalid; required: a model dir")
+    err = refused(config(evaluation, checkpoint=str(cwd / "nope")), capsys)
+    assert err.startswith("error: checkpoint: ") and "no such directory" in err
+    for key in ("checkpoint", "base_model", "tokenizer_path", "data_dir"):
+        c = config(evaluation, **{"checkpoint": str(cwd), key: str(cwd / "file")})
+        err = refused(c, capsys)
+        assert err.startswith(f"error: {key}: ") and "it is a file" in err, err
+
+
 def test_defaults_pass(cwd):
     """Every shipped config and variant passes the value checks."""
     from wmtp_jax.configs import common, critic, ref_tuning, rho1

@@ -33,6 +33,7 @@ def check(config) -> None:
     check_mesh(config)
     check_models(config)
     check_dataset(config)
+    check_evaluated(config)
 
 
 def check_directory(key: str, path, *, must_exist: bool, hint: str = "") -> None:
@@ -114,3 +115,18 @@ def check_dataset(config) -> None:
             resolve_split(path, split)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"dataset.{key}: {str(split)!r} is invalid; {e}") from None
+
+
+def check_evaluated(config) -> None:
+    """evaluation: `checkpoint` (required), `base_model` and `tokenizer_path` (when set) are
+    existing directories; `data_dir` is a directory where it exists."""
+    if not isinstance(config.get("checkpoint"), str):  # training configs: a section
+        return
+    if not config.checkpoint:
+        _fail("checkpoint", "", "required: a model dir, a training run dir or one step dir")
+    check_directory("checkpoint", config.checkpoint, must_exist=True)
+    for key in ("base_model", "tokenizer_path"):
+        if config.get(key):
+            check_directory(key, config[key], must_exist=True)
+    if config.get("data_dir"):
+        check_directory("data_dir", config.data_dir, must_exist=False)
