@@ -6,7 +6,8 @@ Dispatches on `config.pipeline` to its registered module's `run(config)` (wmtp_j
 `cli(pipeline)` / `run(config, pipeline)` run another module's `run(config)` the same way (a
 pipeline kept outside the package, e.g. the tests' toy one). Config errors exit 2 with one line
 naming the problem: a missing config file, an unknown variant, an unknown key (the config is
-locked), a value of the wrong type, a bad value (`configs.common.validate_config`), an unknown
+locked), a value of the wrong type, a bad value (`configs.common.validate_config`), a path,
+device count or dataset split the config does not fit (`pipelines.preflight`), an unknown
 pipeline. So do the run's refusals (busy output_dir, a checkpoint that does not fit, no readable
 checkpoint, a NaN loss).
 """
