@@ -57,3 +57,12 @@ def test_every_pipeline_config_is_covered():
     from wmtp_jax import registry
 
     assert set(registry.PIPELINES) == {m.__name__.split(".")[-1] for m, _ in CASES}
+
+
+def test_a_key_is_set_once():
+    """Tables join into one config; a key given by two tables is refused."""
+    from wmtp_jax.configs import common
+
+    assert common.merge({"a": {"b": 1}}, {"a": {"c": 2}, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+    with pytest.raises(ValueError, match="config key 'b' is set twice"):
+        common.merge({"a": {"b": 1}}, {"a": {"b": 1}})
