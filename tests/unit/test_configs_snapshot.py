@@ -64,5 +64,5 @@ def test_a_key_is_set_once():
     from wmtp_jax.configs import common
 
     assert common.merge({"a": {"b": 1}}, {"a": {"c": 2}, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
-    with pytest.raises(ValueError, match="config key 'b' is set twice"):
+    with pytest.raises(ValueError, match="config key a.b is set twice"):
         common.merge({"a": {"b": 1}}, {"a": {"b": 1}})

@@ -155,7 +155,7 @@ def generic_schedule(variant: str) -> dict:
     )
 
 
-def merge(*tables: Mapping) -> dict:
+def merge(*tables: Mapping, prefix: str = "") -> dict:
     """The union of nested tables; a key given by two tables is an error (set each key once)."""
     out: dict = {}
     for table in tables:
@@ -163,9 +163,9 @@ def merge(*tables: Mapping) -> dict:
             if key not in out:
                 out[key] = dict(value) if isinstance(value, Mapping) else value
             elif isinstance(out[key], dict) and isinstance(value, Mapping):
-                out[key] = merge(out[key], value)
+                out[key] = merge(out[key], value, prefix=f"{prefix}{key}.")
             else:
-                raise ValueError(f"config key {key!r} is set twice")
+                raise ValueError(f"config key {prefix}{key!s} is set twice")
     return out
 
 
