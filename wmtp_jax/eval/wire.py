@@ -20,6 +20,7 @@ hostile program writes, the grader only ever sees fresh built-in values.
 """
 
 import builtins
+import ctypes
 import json
 import os
 import resource
@@ -101,14 +102,24 @@ SETUP_ERROR = 113  # exit status when ``confine`` fails
 
 
 def confine(config: dict) -> None:
-    """rlimits, then the run's uid (the interpreter may start as root inside bwrap), then cwd."""
+    """The run's memory cgroup, rlimits, the run's uid (the interpreter may start as root inside
+    bwrap), a fresh session keyring of that uid (the one inherited is the scorer's), cwd."""
     try:
+        if config["cgroup_fd"] is not None:
+            os.write(config["cgroup_fd"], b"0")  # "0": this process
+            os.close(config["cgroup_fd"])
         for name, value in config["rlimits"]:
             resource.setrlimit(getattr(resource, name), (value, value))
         if config["uid"] is not None and os.getuid() != config["uid"]:
             os.setgroups([])
             os.setgid(config["uid"])
             os.setuid(config["uid"])
+        if config["keyctl"] is not None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            join_session_keyring = ctypes.c_long(1)  # KEYCTL_JOIN_SESSION_KEYRING, name NULL
+            if libc.syscall(ctypes.c_long(config["keyctl"]), join_session_keyring, None) < 0:
+                if ctypes.get_errno() != 38:  # ENOSYS: a kernel without keyrings
+                    raise OSError(ctypes.get_errno(), "cannot join a fresh session keyring")
         os.chdir(config["cwd"])
     except Exception as e:
         os.write(2, f"sandbox setup error: {e!r}\n".encode())

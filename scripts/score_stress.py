@@ -1,0 +1,362 @@
+"""Score 1,000 mixed samples (benign, hostile) with `python -m wmtp_jax.eval.score`, check the
+verdicts and that nothing outlives the run, and time it.
+
+    python scripts/score_stress.py [--code DIR] [--mix timing|full] [--repeat N] [--check]
+
+--code: the checkout whose scorer runs (default: this one), so that two versions can be timed
+side by side on the same samples. --mix timing: the 1,000 samples less the hostile kinds whose
+cost or effect is unbounded without this round's defences (a memory bomb in files, a set of
+equal-hash ints, a lone surrogate, a deeply nested line), which an older scorer cannot take;
+--mix full: all kinds. --check: fail (exit 1) on a wrong verdict or anything left behind. The
+scorer runs with a session keyring holding a secret key, as a PAM login would give it.
+Prints one line per run: seconds, load average before and after, leftovers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SANDBOX_UIDS = (1_000_000, 1_000_000 + (1 << 30) + (1 << 24))
+M61 = (1 << 61) - 1  # ints k * M61 all hash to 0
+
+PROBLEMS = [
+    (11, "add", ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], ""),
+    (12, "scale", ["assert scale(2) == 6"], "FACTOR = 3"),
+    (
+        13,
+        "is_even",
+        ["assert all(map(is_even, [2, 4, 6]))", "assert not any(map(is_even, [1, 3]))"],
+        "",
+    ),
+    (
+        14,
+        "key_of",
+        [
+            "assert sorted([3, 1, 2], key=key_of) == [1, 2, 3]",
+            "assert [key_of(x) for x in (1, 2)] == [1, 2]",
+            "assert all(key_of(x) == x for x in range(3))",
+            "assert set(map(key_of, [1, 2])) == {1, 2}",
+        ],
+        "",
+    ),
+    (15, "uniq", ["assert uniq([1, 2, 2]) == {1, 2}"], ""),
+]
+ADD = "def add(a, b):\n    return a + b\n"
+SYSCALLS = (
+    "import ctypes, errno, os\n"
+    "_libc = ctypes.CDLL(None, use_errno=True)\n"
+    "def _sys(nr, *args):\n"
+    "    r = _libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) "
+    "else a for a in args])\n"
+    "    return r, ctypes.get_errno()\n"
+)  # x86_64 numbers below: keyctl 250, add_key 248, ptrace 101, bpf 321, unshare 272, mount 165
+
+
+def kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool, bool]]:
+    """kind -> (task_id, code, passes, hostile); hostile kinds with a right answer pass: what
+    they try must simply not matter (nor outlive the run)."""
+    outside = [f"/tmp/wmtp_stress_{token}", f"/dev/shm/wmtp_stress_{token}"]
+    writes = "".join(
+        f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in outside
+    )
+    right_if = lambda cond: (  # noqa: E731
+        f"def add(a, b):\n    return a + b if ({cond}) else 0\n"
+    )
+    return {
+        # benign, and the earlier rounds' hostile kinds
+        "right": (11, ADD, True, False),
+        "right (setup)": (12, "def scale(x):\n    return x * FACTOR\n", True, False),
+        "right (map)": (13, "def is_even(x):\n    return x % 2 == 0\n", True, False),
+        "right (key)": (14, "def key_of(x):\n    return x\n", True, False),
+        "right (set)": (15, "def uniq(xs):\n    return set(xs)\n", True, False),
+        "wrong": (11, "def add(a, b):\n    return a * b\n", False, False),
+        "wrong (setup)": (12, "def scale(x):\n    return x\n", False, False),
+        "exits first": (11, "import sys\nsys.exit(0)\n" + ADD, False, False),
+        "lies about equality": (
+            11,
+            "def add(a, b):\n    class Y:\n        def __eq__(s, o):\n            return True\n"
+            "    return Y()\n",
+            False,
+            False,
+        ),
+        "crashes": (11, "def add(a, b):\n    return a + b + None\n", False, False),
+        "memory bomb": (11, "x = bytearray(1 << 40)\n" + ADD, False, False),
+        "huge reply": (11, "def add(a, b):\n    return 'y' * (2 << 20)\n", False, False),
+        "daemon": (
+            11,
+            "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n" + ADD,
+            True,
+            False,
+        ),
+        "shared memory": (
+            11,
+            f"import ctypes\nctypes.CDLL(None).shmget({shm_key}, 1 << 20, 0o1000 | 0o666)\n" + ADD,
+            True,
+            False,
+        ),
+        "writes outside": (11, writes + ADD, True, False),
+        "kills everything": (
+            11,
+            "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n" + ADD,
+            True,
+            False,
+        ),
+        "infinite loop": (11, "def add(a, b):\n    while True:\n        pass\n", False, False),
+        # this round's hostile kinds
+        "reads the scorer's keyring": (
+            11,
+            SYSCALLS + "_buf = ctypes.create_string_buffer(256)\n"
+            "_got = _sys(250, 11, -3, _buf, 256)[0] > 0 or "  # KEYCTL_READ session keyring
+            "'wmtp_stress' in open('/proc/keys').read()\n" + right_if("_got"),
+            False,
+            True,
+        ),
+        "stores a key": (
+            11,
+            SYSCALLS + "for _ring in (-4, -3, -5):\n"  # user, session, user-session keyrings
+            "    _sys(248, b'user', b'wmtp_answers', b'3', 1, _ring)\n" + ADD,
+            True,
+            True,
+        ),
+        "replays a stored key": (
+            11,
+            SYSCALLS
+            + "_found = any(_sys(250, 10, _r, b'user', b'wmtp_answers', 0)[0] > 0 "  # SEARCH
+            "for _r in (-4, -3, -5))\n" + right_if("_found"),
+            False,
+            True,
+        ),
+        "nested user namespace + mount": (
+            11,
+            SYSCALLS + "_ok = _sys(272, 0x10000000 | 0x20000)[0] == 0 and "
+            "_sys(165, b'none', b'/tmp', b'tmpfs', 0, None)[0] == 0\n" + right_if("_ok"),
+            False,
+            True,
+        ),
+        "ptrace": (11, SYSCALLS + right_if("_sys(101, 0, 0, 0, 0)[0] == 0"), False, True),
+        "bpf": (11, SYSCALLS + right_if("_sys(321, 0, None, 0)[1] != errno.EPERM"), False, True),
+        "StopIteration in map": (
+            13,
+            "def is_even(x):\n    raise StopIteration\n",
+            False,
+            True,
+        ),
+        "GeneratorExit in map": (13, "def is_even(x):\n    raise GeneratorExit\n", False, True),
+        "KeyboardInterrupt in map": (
+            13,
+            "def is_even(x):\n    raise KeyboardInterrupt\n",
+            False,
+            True,
+        ),
+        "SystemExit in map": (13, "def is_even(x):\n    raise SystemExit(0)\n", False, True),
+        "StopIteration in sorted": (
+            14,
+            "def key_of(x):\n    raise StopIteration\n",
+            False,
+            True,
+        ),
+        "deep reply": (
+            11,
+            "def add(a, b):\n    v = a + b\n    for _ in range(500):\n        v = [v]\n"
+            "    return v\n",
+            False,
+            True,
+        ),
+        # unbounded without this round's defences: --mix full only
+        "memfd over the cap": (
+            11,
+            "import os\n_fds = []\nfor _ in range(80):\n"
+            "    _f = os.memfd_create('x')\n"
+            "    for _ in range(16):\n        os.write(_f, b'x' * (1 << 20))\n"
+            "    _fds.append(_f)\n" + ADD,
+            False,
+            True,
+        ),
+        "equal-hash set": (
+            15,
+            f"def uniq(xs):\n    return {{k * {M61} for k in range(1, 40001)}}\n",
+            False,
+            True,
+        ),
+        "lone surrogate": (11, ADD + "# \ud800\n", False, True),
+    }
+
+
+FULL_ONLY = {"memfd over the cap", "equal-hash set", "lone surrogate", "deep sample line"}
+SLOW = {"infinite loop"}  # costs the whole timeout
+
+
+def build(mix: str, token: str, shm_key: int) -> tuple[list[dict], dict]:
+    table = kinds(token, shm_key)
+    benign = [k for k, v in table.items() if not v[3] and k not in SLOW]
+    hostile = [k for k, v in table.items() if v[3] and (mix == "full" or k not in FULL_ONLY)]
+    if mix == "full":
+        hostile.append("deep sample line")
+    names = [benign[i % len(benign)] for i in range(896)] + ["infinite loop"] * 4
+    names += [hostile[i % len(hostile)] for i in range(100)]
+    samples = []
+    for k in names:
+        if k == "deep sample line":
+            samples.append({"task_id": 11, "completion": ADD, "kind": k, "deep": None})
+        else:
+            samples.append({"task_id": table[k][0], "completion": table[k][1], "kind": k})
+    return samples, table
+
+
+def write_samples(path: str, samples: list[dict]) -> None:
+    with open(path, "w") as f:
+        for s in samples:
+            line = json.dumps(s)
+            if s["kind"] == "deep sample line":
+                line = line.replace('"deep": null', '"deep": ' + "[" * 100_000 + "]" * 100_000)
+            f.write(line + "\n")
+
+
+def write_problems(data_dir: str) -> None:
+    os.makedirs(os.path.join(data_dir, "mbpp", "processed"))
+    with open(os.path.join(data_dir, "mbpp", "processed", "test.jsonl"), "w") as f:
+        for task_id, name, tests, setup in PROBLEMS:
+            meta = {"test_list": tests, "test_setup_code": setup}
+            row = {"task_id": task_id, "instruction": f"Write {name}.", "metadata": meta}
+            f.write(json.dumps(row) + "\n")
+
+
+def keyring_with_secret(secret: bytes) -> None:
+    """A fresh session keyring for this process (and the scorer it starts) holding a key."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    long = ctypes.c_long
+    if libc.syscall(long(250), long(1), None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING
+        raise OSError(ctypes.get_errno(), "keyctl join")
+    if (
+        libc.syscall(long(248), b"user", b"wmtp_stress_secret", secret, long(len(secret)), long(-3))
+        < 0
+    ):
+        raise OSError(ctypes.get_errno(), "add_key")
+
+
+def sysv_objects() -> set[tuple[str, str]]:
+    out = set()
+    for kind in ("shm", "sem", "msg"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            out |= {(kind, line.split()[1]) for line in f.readlines()[1:]}
+    return out
+
+
+def sandbox_keys() -> list[str]:
+    lo, hi = SANDBOX_UIDS
+    with open("/proc/keys") as f:
+        keys = [line.strip() for line in f if lo <= int(line.split()[5]) < hi]
+    with open("/proc/key-users") as f:
+        users = [line.strip() for line in f if lo <= int(line.split(":")[0]) < hi]
+    return keys + users
+
+
+def sandbox_pids() -> list[int]:
+    lo, hi = SANDBOX_UIDS
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        except (OSError, StopIteration):
+            continue
+        if any(lo <= int(u) < hi for u in uids):
+            pids.append(int(pid))
+    return pids
+
+
+def settle(probe, wait: float = 10.0):
+    """What ``probe()`` still returns after up to ``wait`` s (other scorers' runs come and go:
+    only what stays is a leak)."""
+    seen = set(probe())
+    deadline = time.monotonic() + wait
+    while seen and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen &= set(probe())
+    return sorted(seen)
+
+
+def run_once(code: str, mix: str, workers: int, check: bool) -> dict:
+    token = secrets.token_hex(6)
+    shm_key = 0x5EED0000 + secrets.randbelow(1 << 16)
+    samples, table = build(mix, token, shm_key)
+    with tempfile.TemporaryDirectory(prefix="wmtp_stress_") as tmp:
+        data_dir = os.path.join(tmp, "data")
+        write_problems(data_dir)
+        path = os.path.join(tmp, "samples.jsonl")
+        write_samples(path, samples)
+        work_tmp = os.path.join(tmp, "runs")
+        os.mkdir(work_tmp)
+        env = {**os.environ, "PYTHONPATH": code, "TMPDIR": work_tmp}
+        ipc_before = sysv_objects()
+        load_before = os.getloadavg()[0]
+        start = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
+            + ["--samples", path, "--data-dir", data_dir, "--no-progress"]
+            + ["--workers", str(workers), "--timeout", "2", "--k", "1"],
+            cwd=code,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.monotonic() - start
+        report = {
+            "seconds": round(seconds, 1),
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+            "exit": proc.returncode,
+        }
+        if proc.returncode != 0:
+            report["stderr"] = proc.stderr.strip().splitlines()[-3:]
+            return report
+        with open(path + "_results.jsonl") as f:
+            results = [json.loads(line) for line in f]
+        wrong = {}
+        for r in results:
+            expected = table[r["kind"]][2] if r["kind"] in table else False
+            if r["passed"] != expected:
+                wrong.setdefault(r["kind"], r["result"])
+        report["wrong_verdicts"] = wrong
+        report["left_processes"] = settle(sandbox_pids)
+        report["left_keys"] = settle(sandbox_keys)
+        report["left_sysv"] = sorted(settle(lambda: sysv_objects() - ipc_before))
+        report["left_files"] = sorted(os.listdir(work_tmp)) + [
+            p
+            for p in (f"/tmp/wmtp_stress_{token}", f"/dev/shm/wmtp_stress_{token}")
+            if os.path.exists(p)
+        ]
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--code", default=REPO, help="checkout whose scorer runs")
+    parser.add_argument("--mix", choices=("timing", "full"), default="full")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    keyring_with_secret(secrets.token_hex(8).encode())
+    failed = False
+    for _ in range(args.repeat):
+        report = run_once(os.path.abspath(args.code), args.mix, args.workers, args.check)
+        print(json.dumps({"code": args.code, "mix": args.mix, **report}), flush=True)
+        leftovers = [
+            report.get(k) for k in ("left_processes", "left_keys", "left_sysv", "left_files")
+        ]
+        failed |= report["exit"] != 0 or bool(report.get("wrong_verdicts")) or any(leftovers)
+    return 1 if args.check and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
