@@ -252,12 +252,16 @@ def sysv_objects() -> set[tuple[str, str]]:
 
 
 def sandbox_keys() -> list[str]:
+    """Keys ("key <id> <uid> <description>") and key users ("key user <uid>") of sandbox uids
+    (an earlier scorer's may linger: compare)."""
     lo, hi = SANDBOX_UIDS
     with open("/proc/keys") as f:
-        keys = [line.strip() for line in f if lo <= int(line.split()[5]) < hi]
+        keys = [line.split() for line in f]
     with open("/proc/key-users") as f:
-        users = [line.strip() for line in f if lo <= int(line.split(":")[0]) < hi]
-    return keys + users
+        users = [int(line.split(":")[0]) for line in f]
+    return [f"key {k[0]} {k[5]} {' '.join(k[8:])}" for k in keys if lo <= int(k[5]) < hi] + [
+        f"key user {u}" for u in users if lo <= u < hi
+    ]
 
 
 def sandbox_pids() -> list[int]:
@@ -297,7 +301,7 @@ def run_once(code: str, mix: str, workers: int, check: bool) -> dict:
         work_tmp = os.path.join(tmp, "runs")
         os.mkdir(work_tmp)
         env = {**os.environ, "PYTHONPATH": code, "TMPDIR": work_tmp}
-        ipc_before = sysv_objects()
+        ipc_before, keys_before = sysv_objects(), set(sandbox_keys())
         load_before = os.getloadavg()[0]
         start = time.monotonic()
         proc = subprocess.run(
@@ -328,7 +332,7 @@ def run_once(code: str, mix: str, workers: int, check: bool) -> dict:
                 wrong.setdefault(r["kind"], r["result"])
         report["wrong_verdicts"] = wrong
         report["left_processes"] = settle(sandbox_pids)
-        report["left_keys"] = settle(sandbox_keys)
+        report["left_keys"] = settle(lambda: set(sandbox_keys()) - keys_before)
         report["left_sysv"] = sorted(settle(lambda: sysv_objects() - ipc_before))
         report["left_files"] = sorted(os.listdir(work_tmp)) + [
             p

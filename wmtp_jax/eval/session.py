@@ -38,9 +38,10 @@ class Session:
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
         self._sel.register(self.proc.stderr, selectors.EVENT_READ)
 
-    def end(self, reason: str):
+    def end(self, reason: str, error: type[SessionEnded] | None = None):
+        """Record ``reason`` as the verdict (the first one stays) and raise ``error``."""
         self.ended = self.ended or reason
-        raise SessionEnded(self.ended)
+        raise (error or SessionEnded)(self.ended)
 
     def exchange(self, msg=None):
         if self.ended:

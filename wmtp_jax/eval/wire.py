@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import sys
+import time
 
 _SEQUENCES = {"tuple": tuple, "set": set, "frozenset": frozenset}
 
@@ -58,39 +59,82 @@ def encode(x, refs=None):
     raise TypeError(f"a {type(x).__name__} is not plain data")
 
 
-def decode(v, names=None):
-    """JSON value from ``json.loads`` -> fresh built-in value; ValueError on anything else.
-    ``names``: the program's globals, for {"ref": name} (server side only)."""
-    t = type(v)
-    if v is None or t in (bool, int, float, str):
-        return v
-    if t is list:
-        return [decode(x, names) for x in v]
-    if t is dict and len(v) == 1:
-        ((tag, body),) = v.items()
+MAX_DEPTH = 100  # containers nested deeper are refused
+MAX_EQUAL_HASHES = 64  # distinct values sharing one hash: more are refused
+
+
+def decode(v, names=None, deadline=None):
+    """JSON value from ``json.loads`` -> fresh built-in value, in time linear in the size of ``v``.
+
+    ValueError on anything that is not plain data, on containers nested deeper than MAX_DEPTH,
+    and on more than MAX_EQUAL_HASHES distinct numbers, tuples or frozensets with one hash (a
+    set or dict of them costs quadratic time, here or in the test code); TimeoutError past
+    ``deadline`` (``time.monotonic()``). ``names``: the program's globals, for {"ref": name}
+    (server side only)."""
+    return _Decoder(names, deadline).value(v, 0)
+
+
+class _Decoder:
+    def __init__(self, names, deadline):
+        self.names, self.deadline, self.nodes = names, deadline, 0
+        self.first, self.groups = {}, {}  # hash -> first value; hash -> distinct values
+
+    def value(self, v, depth):
+        self.nodes += 1
+        if self.deadline is not None and not self.nodes % 4096:
+            if time.monotonic() > self.deadline:
+                raise TimeoutError("decoding the reply ran past the deadline")
+        t = type(v)
+        if v is None or t in (bool, str):
+            return v
+        if t in (int, float):
+            return self.hashed(v)
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH}")
+        if t is list:
+            return [self.value(x, depth + 1) for x in v]
+        if t is dict and len(v) == 1:
+            ((tag, body),) = v.items()
+            try:
+                if tag in _SEQUENCES and type(body) is list:
+                    out = _SEQUENCES[tag](self.value(x, depth + 1) for x in body)
+                    return out if tag == "set" else self.hashed(out)
+                if (
+                    tag == "dict"
+                    and type(body) is list
+                    and all(type(p) is list and len(p) == 2 for p in body)
+                ):
+                    return {self.value(k, depth + 1): self.value(x, depth + 1) for k, x in body}
+                if tag == "bytes" and type(body) is str:
+                    return body.encode("latin-1")
+                if (
+                    tag == "complex"
+                    and type(body) is list
+                    and len(body) == 2
+                    and all(type(b) in (int, float) for b in body)
+                ):
+                    return self.hashed(complex(*body))
+            except (TypeError, UnicodeEncodeError) as e:  # unhashable set item or dict key, ...
+                raise ValueError(f"malformed {tag}: {e}") from None
+            if tag == "ref" and self.names is not None and type(body) is str:
+                if body in self.names:
+                    return self.names[body]
+        raise ValueError(f"not plain data: {str(v)[:80]}")
+
+    def hashed(self, x):
+        """``x``, counted among the distinct values of its hash (strings are left out: their
+        hash is keyed per process, out of the program's reach)."""
         try:
-            if tag in _SEQUENCES and type(body) is list:
-                return _SEQUENCES[tag](decode(x, names) for x in body)
-            if (
-                tag == "dict"
-                and type(body) is list
-                and all(type(p) is list and len(p) == 2 for p in body)
-            ):
-                return {decode(k, names): decode(x, names) for k, x in body}
-            if tag == "bytes" and type(body) is str:
-                return body.encode("latin-1")
-            if (
-                tag == "complex"
-                and type(body) is list
-                and len(body) == 2
-                and all(type(b) in (int, float) for b in body)
-            ):
-                return complex(*body)
-        except (TypeError, UnicodeEncodeError) as e:  # unhashable set item or dict key, ...
-            raise ValueError(f"malformed {tag}: {e}") from None
-        if tag == "ref" and names is not None and type(body) is str and body in names:
-            return names[body]
-    raise ValueError(f"not plain data: {str(v)[:80]}")
+            h = hash(x)
+        except TypeError:  # a tuple holding a list: never a set item or dict key
+            return x
+        first = self.first.setdefault(h, x)
+        if first is not x and first != x:
+            group = self.groups.setdefault(h, {first})
+            group.add(x)
+            if len(group) > MAX_EQUAL_HASHES:
+                raise ValueError(f"more than {MAX_EQUAL_HASHES} distinct values with one hash")
+        return x
 
 
 def dumps(msg) -> bytes:
@@ -159,7 +203,7 @@ def serve(path: str) -> None:
             args = decode(req["args"], program)
             kwargs = dict(decode(req["kwargs"], program))
             reply = {"value": encode(fn(*args, **kwargs))}
-        except Exception as e:
+        except BaseException as e:  # SystemExit, KeyboardInterrupt, GeneratorExit too
             reply = {"raised": [type(e).__name__, str(e)[:1000]]}
         send(reply)
 
