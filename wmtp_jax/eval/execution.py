@@ -41,7 +41,7 @@ class RunResult:
     timed_out: bool
     output_exceeded: bool
     wall_s: float
-    memory_exceeded: bool = False  # the kernel killed it at the run's memory cap
+    memory_exceeded: bool = False  # the kernel killed one of its processes at the memory cap
 
 
 def _run(
@@ -68,12 +68,12 @@ def _run(
                     if key.data is err and len(err) > 8192:
                         del err[:-4096]
                     exceeded = len(out) > limits.max_output
-        while not (timed_out or exceeded) and (rc := exited(proc)) is None:
+        while not (timed_out or exceeded) and exited(proc) is None:
             if time.monotonic() >= start + timeout:
                 timed_out = True
                 break
             time.sleep(0.002)
-        memory_exceeded = not (timed_out or exceeded) and rc != 0 and run.memory_exceeded()
+        memory_exceeded = run.memory_exceeded()
     return RunResult(
         None if (timed_out or exceeded) else proc.returncode,
         bytes(out[: limits.max_output]),
@@ -209,7 +209,8 @@ def run_stdio_tests(
             elif res.output_exceeded:
                 first_failure = f"failed: output limit exceeded (test {i})"
             elif res.returncode != 0:
-                first_failure = f"{failure_reason(res.returncode, res.stderr)} (test {i})"
+                reason = failure_reason(res.returncode, res.stderr, res.memory_exceeded)
+                first_failure = f"{reason} (test {i})"
             else:
                 first_failure = f"failed: wrong answer (test {i})"
         if stop_on_failure:
