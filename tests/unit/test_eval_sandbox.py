@@ -564,3 +564,18 @@ def test_best_effort_and_none_are_recorded_opt_ins(monkeypatch, tmp_path, fresh_
     assert none.record()["policy"] == "none" and not none.isolated and not none.uid_drop
     with pytest.raises(ValueError, match="required, best_effort, none"):
         execution.sandbox("off")
+
+
+def test_required_refuses_without_the_syscall_filter(monkeypatch, fresh_probe):
+    def missing(bounded_files):
+        raise syscalls.FilterUnavailable("cannot compile the syscall filter (no libseccomp)")
+
+    monkeypatch.setattr(syscalls, "program", missing)
+    with pytest.raises(isolation.SandboxUnavailable) as e:
+        execution.sandbox("required")
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot compile the syscall filter" in msg
+    assert "--sandbox best_effort or none" in msg
+    sb = execution.sandbox("best_effort")  # isolated still, and the missing filter recorded
+    assert sb.isolated and not sb.seccomp and "NO syscall filter" in sb.describe()
+    assert execution.run_program("print(6 * 7)", sb=sb).stdout == b"42\n"
