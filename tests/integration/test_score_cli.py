@@ -201,6 +201,89 @@ def test_clear_errors(tmp_path):
     assert proc.returncode == 2 and f"{bad}:1: missing or non-string 'completion'" in proc.stderr
 
 
+def _score_lines(tmp_path, lines: list[bytes], *args, name="samples.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    cmd = [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp", "--no-progress"]
+    return subprocess.run(
+        [*cmd, "--samples", str(path), "--data-dir", FIXTURES, "--k", "1", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+def test_samples_python_cannot_hold_fail_alone(tmp_path):
+    good = json.dumps({"task_id": 11, "completion": "def add(a, b):\n    return a + b\n"})
+    deep = '{"task_id": 11, "meta": ' + "[" * 100_000 + "]" * 100_000 + ', "completion": "x"}'
+    deepish = json.dumps({"task_id": 11, "completion": "x", "meta": _nest(100)})
+    huge_int = '{"task_id": 11, "completion": "x", "n": ' + "9" * 5000 + "}"
+    surrogate = json.dumps(
+        {"task_id": 11, "completion": "def add(a, b):\n    return a + b\n# \ud800"}
+    )
+    proc = _score_lines(tmp_path, [l.encode() for l in (good, deep, deepish, huge_int, surrogate)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = tmp_path / "samples.jsonl"
+    results = [json.loads(line) for line in open(f"{path}_results.jsonl")]
+    assert [r["passed"] for r in results] == [True, False, False, False, False]
+    assert results[1]["result"] == f"failed: {path}:2: sample line nested too deeply"
+    assert results[2]["result"] == f"failed: {path}:3: sample line nested deeper than 64 levels"
+    assert results[3]["result"].startswith(
+        f"failed: {path}:4: sample line unreadable: Exceeds the limit"
+    )
+    assert results[4]["result"] == (
+        "failed: the completion is not valid Unicode (surrogates not allowed at index 34)"
+    )
+    assert results[1] == {
+        "task_id": 11,
+        "completion": "x",
+        **{k: results[1][k] for k in ("passed", "result")},
+    }
+    assert "Traceback" not in proc.stderr and not os.path.exists(f"{path}_results.jsonl.partial")
+    proc = _score_lines(tmp_path, [b'{"task_id": 11, "meta": ' + b"[" * 100_000])  # no end
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {path}:1: unreadable sample line (nested too deeply)"
+    ]
+
+
+def _nest(depth: int):
+    v = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("timeout", ["inf", "0", "-1", "nan", "1e9", "soon"])
+def test_bad_timeouts_are_refused_in_one_line(tmp_path, timeout):
+    proc = _score_lines(tmp_path, [b'{"task_id": 11, "completion": "x"}'], "--timeout", timeout)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --timeout must be a number of seconds in (0, 86400], got {timeout}"
+    ]
+
+
+def test_out_is_checked_before_scoring_and_results_are_kept_as_they_come(tmp_path):
+    line = b'{"task_id": 11, "completion": "def add(a, b):\\n    return a + b\\n"}'
+    for out, why in [
+        (tmp_path / "missing" / "r.jsonl", "No such file or directory"),
+        (tmp_path, "is a directory"),
+    ]:
+        proc = _score_lines(tmp_path, [line], "--out", str(out))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"error: --out {out}: cannot write the results there ({why})"
+        ], proc.stderr
+    # a late error (the results file cannot be written at the end) loses nothing
+    out = tmp_path / "r.jsonl"
+    os.mkdir(f"{out}.tmp")
+    proc = _score_lines(tmp_path, [line, line.replace(b"a + b", b"a - b")], "--out", str(out))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {out} (Is a directory); every result is in {out}.partial"
+    )
+    kept = sorted((json.loads(l) for l in open(f"{out}.partial")), key=lambda r: r["index"])
+    assert [(r["index"], r["passed"]) for r in kept] == [(0, True), (1, False)]
+
+
 def test_without_isolation_nothing_runs_unless_opted_out(tmp_path):
     """No bwrap: the default refuses with one line and executes nothing; `--sandbox none` runs
     (proving the sample would have left a trace) and records the opt-out."""

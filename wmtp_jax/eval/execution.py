@@ -230,8 +230,10 @@ def parallel_map(
     workers: int | None = None,
     desc: str = "executing",
     progress: bool = True,
+    on_done: Callable[[int, R], None] | None = None,
 ) -> list[R]:
-    """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess).
+    """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess);
+    ``on_done(i, result)`` is called here, in the caller's thread, as each item is done.
 
     Default workers: 2 × CPU count (much of a short run is process/namespace setup latency).
     """
@@ -244,5 +246,8 @@ def parallel_map(
         if progress and len(items) > 1:
             done = tqdm(done, total=len(items), desc=desc, unit="run", file=sys.stderr)
         for fut in done:
-            results[futures[fut]] = fut.result()
+            i = futures[fut]
+            results[i] = fut.result()
+            if on_done is not None:
+                on_done(i, results[i])
     return results
