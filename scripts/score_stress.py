@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+import pyseccomp
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SANDBOX_UIDS = (1_000_000, 1_000_000 + (1 << 30) + (1 << 24))
 M61 = (1 << 61) - 1  # ints k * M61 all hash to 0
@@ -58,7 +60,11 @@ SYSCALLS = (
     "    r = _libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) "
     "else a for a in args])\n"
     "    return r, ctypes.get_errno()\n"
-)  # x86_64 numbers below: keyctl 250, add_key 248, ptrace 101, bpf 321, unshare 272, mount 165
+)
+NR = {
+    name: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    for name in ("keyctl", "add_key", "ptrace", "bpf", "unshare", "mount")
+}
 
 
 def kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool, bool]]:
@@ -111,11 +117,19 @@ def kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool, bool]]:
             False,
         ),
         "infinite loop": (11, "def add(a, b):\n    while True:\n        pass\n", False, False),
+        "fork bomb": (
+            11,
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+            "        pass\n" + ADD,
+            False,
+            False,
+        ),
         # this round's hostile kinds
         "reads the scorer's keyring": (
             11,
             SYSCALLS + "_buf = ctypes.create_string_buffer(256)\n"
-            "_got = _sys(250, 11, -3, _buf, 256)[0] > 0 or "  # KEYCTL_READ session keyring
+            # KEYCTL_READ of the session keyring
+            f"_got = _sys({NR['keyctl']}, 11, -3, _buf, 256)[0] > 0 or "
             "'wmtp_stress' in open('/proc/keys').read()\n" + right_if("_got"),
             False,
             True,
@@ -123,27 +137,38 @@ def kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool, bool]]:
         "stores a key": (
             11,
             SYSCALLS + "for _ring in (-4, -3, -5):\n"  # user, session, user-session keyrings
-            "    _sys(248, b'user', b'wmtp_answers', b'3', 1, _ring)\n" + ADD,
+            f"    _sys({NR['add_key']}, b'user', b'wmtp_answers', b'3', 1, _ring)\n" + ADD,
             True,
             True,
         ),
         "replays a stored key": (
             11,
             SYSCALLS
-            + "_found = any(_sys(250, 10, _r, b'user', b'wmtp_answers', 0)[0] > 0 "  # SEARCH
+            # KEYCTL_SEARCH of the user, session and user-session keyrings
+            + f"_found = any(_sys({NR['keyctl']}, 10, _r, b'user', b'wmtp_answers', 0)[0] > 0 "
             "for _r in (-4, -3, -5))\n" + right_if("_found"),
             False,
             True,
         ),
         "nested user namespace + mount": (
             11,
-            SYSCALLS + "_ok = _sys(272, 0x10000000 | 0x20000)[0] == 0 and "
-            "_sys(165, b'none', b'/tmp', b'tmpfs', 0, None)[0] == 0\n" + right_if("_ok"),
+            SYSCALLS + f"_ok = _sys({NR['unshare']}, 0x10000000 | 0x20000)[0] == 0 and "
+            f"_sys({NR['mount']}, b'none', b'/tmp', b'tmpfs', 0, None)[0] == 0\n" + right_if("_ok"),
             False,
             True,
         ),
-        "ptrace": (11, SYSCALLS + right_if("_sys(101, 0, 0, 0, 0)[0] == 0"), False, True),
-        "bpf": (11, SYSCALLS + right_if("_sys(321, 0, None, 0)[1] != errno.EPERM"), False, True),
+        "ptrace": (
+            11,
+            SYSCALLS + right_if(f"_sys({NR['ptrace']}, 0, 0, 0, 0)[0] == 0"),
+            False,
+            True,
+        ),
+        "bpf": (
+            11,
+            SYSCALLS + right_if(f"_sys({NR['bpf']}, 0, None, 0)[1] != errno.EPERM"),
+            False,
+            True,
+        ),
         "StopIteration in map": (
             13,
             "def is_even(x):\n    raise StopIteration\n",
@@ -192,7 +217,7 @@ def kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool, bool]]:
 
 
 FULL_ONLY = {"memfd over the cap", "equal-hash set", "lone surrogate", "deep sample line"}
-SLOW = {"infinite loop"}  # costs the whole timeout
+SLOW = {"infinite loop": 4, "fork bomb": 2}  # each costs the whole timeout: a few only
 
 
 def build(mix: str, token: str, shm_key: int) -> tuple[list[dict], dict]:
@@ -201,7 +226,8 @@ def build(mix: str, token: str, shm_key: int) -> tuple[list[dict], dict]:
     hostile = [k for k, v in table.items() if v[3] and (mix == "full" or k not in FULL_ONLY)]
     if mix == "full":
         hostile.append("deep sample line")
-    names = [benign[i % len(benign)] for i in range(896)] + ["infinite loop"] * 4
+    names = [benign[i % len(benign)] for i in range(900 - sum(SLOW.values()))]
+    names += [k for k, n in SLOW.items() for _ in range(n)]
     names += [hostile[i % len(hostile)] for i in range(100)]
     samples = []
     for k in names:
@@ -234,10 +260,12 @@ def keyring_with_secret(secret: bytes) -> None:
     """A fresh session keyring for this process (and the scorer it starts) holding a key."""
     libc = ctypes.CDLL(None, use_errno=True)
     long = ctypes.c_long
-    if libc.syscall(long(250), long(1), None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING
+    if libc.syscall(long(NR["keyctl"]), long(1), None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING
         raise OSError(ctypes.get_errno(), "keyctl join")
     if (
-        libc.syscall(long(248), b"user", b"wmtp_stress_secret", secret, long(len(secret)), long(-3))
+        libc.syscall(
+            long(NR["add_key"]), b"user", b"wmtp_stress_secret", secret, long(len(secret)), long(-3)
+        )
         < 0
     ):
         raise OSError(ctypes.get_errno(), "add_key")
@@ -278,6 +306,29 @@ def sandbox_pids() -> list[int]:
     return pids
 
 
+def procs_mentioning(text: str) -> list[int]:
+    """Processes whose command line names ``text`` (a surviving bwrap names its run dir)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+def cgroups_of(pid: int) -> list[str]:
+    """The runs' memory cgroups that scorer ``pid`` made (named wmtp-<pid>-<n>)."""
+    return [
+        os.path.join(d, n)
+        for d, dirs, _ in os.walk("/sys/fs/cgroup")
+        for n in dirs
+        if n.startswith(f"wmtp-{pid}-")
+    ]
+
+
 def settle(probe, wait: float = 10.0):
     """What ``probe()`` still returns after up to ``wait`` s (other scorers' runs come and go:
     only what stays is a leak)."""
@@ -304,15 +355,17 @@ def run_once(code: str, mix: str, workers: int, check: bool) -> dict:
         ipc_before, keys_before = sysv_objects(), set(sandbox_keys())
         load_before = os.getloadavg()[0]
         start = time.monotonic()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
             + ["--samples", path, "--data-dir", data_dir, "--no-progress"]
             + ["--workers", str(workers), "--timeout", "2", "--k", "1"],
             cwd=code,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
+        _, stderr = proc.communicate()
         seconds = time.monotonic() - start
         report = {
             "seconds": round(seconds, 1),
@@ -321,19 +374,20 @@ def run_once(code: str, mix: str, workers: int, check: bool) -> dict:
             "exit": proc.returncode,
         }
         if proc.returncode != 0:
-            report["stderr"] = proc.stderr.strip().splitlines()[-3:]
+            report["stderr"] = stderr.strip().splitlines()[-3:]
             return report
         with open(path + "_results.jsonl") as f:
             results = [json.loads(line) for line in f]
         wrong = {}
-        for r in results:
-            expected = table[r["kind"]][2] if r["kind"] in table else False
+        for s, r in zip(samples, results):  # in input order (a too-deep line keeps no "kind")
+            expected = table[s["kind"]][2] if s["kind"] in table else False
             if r["passed"] != expected:
-                wrong.setdefault(r["kind"], r["result"])
+                wrong.setdefault(s["kind"], r["result"])
         report["wrong_verdicts"] = wrong
-        report["left_processes"] = settle(sandbox_pids)
+        report["left_processes"] = settle(lambda: sandbox_pids() + procs_mentioning(work_tmp))
         report["left_keys"] = settle(lambda: set(sandbox_keys()) - keys_before)
         report["left_sysv"] = sorted(settle(lambda: sysv_objects() - ipc_before))
+        report["left_cgroups"] = cgroups_of(proc.pid)
         report["left_files"] = sorted(os.listdir(work_tmp)) + [
             p
             for p in (f"/tmp/wmtp_stress_{token}", f"/dev/shm/wmtp_stress_{token}")
