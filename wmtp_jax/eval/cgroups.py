@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import signal
+import threading
 import time
 
 from absl import logging
@@ -203,3 +204,39 @@ class RunCgroup:
                 pass
             finally:
                 os.close(fd)
+
+
+_RETIRING: list[RunCgroup] = []
+_RETIRING_LOCK = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def retire(cgroup: RunCgroup) -> None:
+    """Remove ``cgroup`` now if its processes are gone, else from a background thread once they
+    are (a killed run's namespace dies a few ms after its bwrap): the caller does not wait. The
+    thread is no daemon, so the scorer exits only once every run's cgroup is gone."""
+    global _reaper
+    cgroup.close_procs()
+    try:
+        os.rmdir(cgroup.dir)
+        return
+    except OSError:  # EBUSY: processes still inside
+        pass
+    with _RETIRING_LOCK:
+        _RETIRING.append(cgroup)
+        if _reaper is None:
+            _reaper = threading.Thread(target=_remove_retired, name="wmtp-cgroup-reaper")
+            _reaper.start()
+
+
+def _remove_retired() -> None:
+    global _reaper
+    while True:
+        with _RETIRING_LOCK:
+            if not _RETIRING:
+                _reaper = None
+                return
+            batch = _RETIRING[:]
+            del _RETIRING[:]
+        for cgroup in batch:
+            cgroup.remove()

@@ -364,7 +364,7 @@ def launch(
         if seccomp_fd is not None:
             os.close(seccomp_fd)
         if cgroup is not None:
-            cgroup.remove()
+            cgroups.retire(cgroup)
         shutil.rmtree(host_dir, ignore_errors=True)
 
 
