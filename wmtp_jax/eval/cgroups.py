@@ -169,21 +169,31 @@ class RunCgroup:
         with open(os.path.join(self.dir, "cgroup.procs")) as f:
             return [int(p) for p in f.read().split()]
 
-    def remove(self, grace: float = 2.0) -> None:
-        """Kill what is left inside (after ``grace`` seconds) and remove the cgroup."""
-        self.close_procs()
-        deadline, killed = time.monotonic() + grace, False
+    def try_remove(self, deadline: float) -> bool:
+        """Remove the cgroup if its processes are gone (True); past ``deadline`` kill them first
+        (and past it by more than a minute give up with a warning, True)."""
         try:
-            while pids := self._pids():
-                if time.monotonic() > deadline and not killed:
-                    self._kill(pids)
-                    killed, deadline = True, time.monotonic() + grace
-                elif time.monotonic() > deadline:
-                    raise OSError(f"processes {pids} do not die")
-                time.sleep(0.001)
             os.rmdir(self.dir)
-        except OSError as e:
-            logging.warning("cannot remove the run's cgroup %s: %s", self.dir, e)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:  # EBUSY: processes still inside
+            pass
+        now = time.monotonic()
+        if now > deadline + 60:
+            logging.warning("cannot remove the run's cgroup %s: its processes do not die", self.dir)
+            return True
+        if now > deadline:
+            with contextlib.suppress(OSError):
+                self._kill(self._pids())
+        return False
+
+    def remove(self, grace: float = 2.0) -> None:
+        """Wait for the processes inside to end (kill them after ``grace`` s), then remove it."""
+        self.close_procs()
+        deadline = time.monotonic() + grace
+        while not self.try_remove(deadline):
+            time.sleep(0.001)
 
     def _kill(self, pids: list[int]) -> None:
         if self.h.version == 2 and os.path.exists(os.path.join(self.dir, "cgroup.kill")):
@@ -206,24 +216,22 @@ class RunCgroup:
                 os.close(fd)
 
 
-_RETIRING: list[RunCgroup] = []
+_RETIRING: list[tuple[RunCgroup, float]] = []  # (cgroup, when to kill what is left)
 _RETIRING_LOCK = threading.Lock()
 _reaper: threading.Thread | None = None
 
 
-def retire(cgroup: RunCgroup) -> None:
+def retire(cgroup: RunCgroup, grace: float = 2.0) -> None:
     """Remove ``cgroup`` now if its processes are gone, else from a background thread once they
-    are (a killed run's namespace dies a few ms after its bwrap): the caller does not wait. The
-    thread is no daemon, so the scorer exits only once every run's cgroup is gone."""
+    are (a killed run's namespace dies a few ms after its bwrap; after ``grace`` s what is left is
+    killed): the caller does not wait. The thread is no daemon, so the scorer exits only once
+    every run's cgroup is gone."""
     global _reaper
     cgroup.close_procs()
-    try:
-        os.rmdir(cgroup.dir)
+    if cgroup.try_remove(time.monotonic() + grace):
         return
-    except OSError:  # EBUSY: processes still inside
-        pass
     with _RETIRING_LOCK:
-        _RETIRING.append(cgroup)
+        _RETIRING.append((cgroup, time.monotonic() + grace))
         if _reaper is None:
             _reaper = threading.Thread(target=_remove_retired, name="wmtp-cgroup-reaper")
             _reaper.start()
@@ -232,11 +240,9 @@ def retire(cgroup: RunCgroup) -> None:
 def _remove_retired() -> None:
     global _reaper
     while True:
+        time.sleep(0.01)
         with _RETIRING_LOCK:
+            _RETIRING[:] = [(c, d) for c, d in _RETIRING if not c.try_remove(d)]
             if not _RETIRING:
                 _reaper = None
                 return
-            batch = _RETIRING[:]
-            del _RETIRING[:]
-        for cgroup in batch:
-            cgroup.remove()

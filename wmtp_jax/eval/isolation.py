@@ -325,7 +325,7 @@ def launch(
 ) -> Iterator[Run]:
     """Start ``source`` as ``main.py`` behind ``wire.py <mode>`` (``run`` or ``serve``), fed
     ``stdin`` (None: a pipe). On leaving the block it is killed with everything it started, and
-    its run dir, cgroup and uid are gone."""
+    its run dir and cgroup are removed (its uid is never handed out again)."""
     uid = _UIDS.acquire() if sb.uid_drop else None
     host_dir = tempfile.mkdtemp(prefix="wmtp_sandbox_")
     cgroup, seccomp_fd = None, None
@@ -348,12 +348,14 @@ def launch(
         cgroup_fd = cgroup.procs_fd if cgroup is not None else None
         cmd = command(sb, host_dir, mode, uid, limits, timeout, cgroup_fd, seccomp_fd)
         with contextlib.ExitStack() as stack:
+            stdin_file = subprocess.PIPE
             if stdin is not None:
-                with open(os.path.join(host_dir, "stdin"), "wb") as f:
+                path = os.path.join(host_dir, "stdin")
+                with open(path, "wb") as f:
                     f.write(stdin)
-                stdin = stack.enter_context(open(os.path.join(host_dir, "stdin"), "rb"))
+                stdin_file = stack.enter_context(open(path, "rb"))
             fds = [fd for fd in (cgroup_fd, seccomp_fd) if fd is not None]
-            proc = spawn(cmd, subprocess.PIPE if stdin is None else stdin, fds)
+            proc = spawn(cmd, stdin_file, fds)
         if cgroup is not None:
             cgroup.close_procs()  # the child holds its copy
         try:
