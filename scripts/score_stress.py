@@ -9,7 +9,9 @@ cost or effect is unbounded without this round's defences (a memory bomb in file
 equal-hash ints, a lone surrogate, a deeply nested line), which an older scorer cannot take;
 --mix full: all kinds. --check: fail (exit 1) on a wrong verdict or anything left behind. The
 scorer runs with a session keyring holding a secret key, as a PAM login would give it.
-Prints one line per run: seconds, load average before and after, leftovers.
+Prints one line per run: wall seconds, CPU seconds of the scorer and everything it started (a
+cpuacct cgroup, where one can be made: nearly independent of the machine's load), the load
+average before and after, wrong verdicts, leftovers.
 """
 
 from __future__ import annotations
@@ -329,6 +331,48 @@ def cgroups_of(pid: int) -> list[str]:
     ]
 
 
+class CpuMeter:
+    """CPU seconds used by this process and everything it starts (the scorer, bwrap, every
+    sandboxed program), from a cpuacct cgroup (v1) joined for the duration: unlike wall time, it
+    hardly depends on what else the machine runs. None where no such cgroup can be made."""
+
+    ROOT = "/sys/fs/cgroup/cpuacct"
+
+    def __enter__(self):
+        self.dir = None
+        try:
+            with open("/proc/self/cgroup") as f:
+                self.home = next(
+                    line.rstrip("\n").split(":", 2)[2]
+                    for line in f
+                    if "cpuacct" in line.split(":")[1].split(",")
+                )
+            self.dir = os.path.join(self.ROOT, f"wmtp_stress_{os.getpid()}")
+            os.mkdir(self.dir)
+            with open(os.path.join(self.dir, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except (OSError, StopIteration):
+            self.dir = None
+        return self
+
+    def seconds(self) -> float | None:
+        if self.dir is None:
+            return None
+        with open(os.path.join(self.dir, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+
+    def __exit__(self, *exc):
+        if self.dir is not None:
+            with open(os.path.join(self.ROOT, self.home.lstrip("/"), "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            for _ in range(100):  # its last processes may still be on their way out
+                try:
+                    os.rmdir(self.dir)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
 def settle(probe, wait: float = 10.0):
     """What ``probe()`` still returns after up to ``wait`` s (other scorers' runs come and go:
     only what stays is a leak)."""
@@ -354,21 +398,24 @@ def run_once(code: str, mix: str, workers: int, check: bool) -> dict:
         env = {**os.environ, "PYTHONPATH": code, "TMPDIR": work_tmp}
         ipc_before, keys_before = sysv_objects(), set(sandbox_keys())
         load_before = os.getloadavg()[0]
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
-            + ["--samples", path, "--data-dir", data_dir, "--no-progress"]
-            + ["--workers", str(workers), "--timeout", "2", "--k", "1"],
-            cwd=code,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _, stderr = proc.communicate()
-        seconds = time.monotonic() - start
+        with CpuMeter() as cpu:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp"]
+                + ["--samples", path, "--data-dir", data_dir, "--no-progress"]
+                + ["--workers", str(workers), "--timeout", "2", "--k", "1"],
+                cwd=code,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            _, stderr = proc.communicate()
+            seconds = time.monotonic() - start
+            cpu_seconds = cpu.seconds()
         report = {
             "seconds": round(seconds, 1),
+            "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1),
             "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2),
             "exit": proc.returncode,

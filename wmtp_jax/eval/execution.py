@@ -109,7 +109,8 @@ def sandbox(policy: str = "required") -> Sandbox:
         problem = "bubblewrap (`bwrap`) is not installed (apt-get install bubblewrap)"
         if bwrap:
             try:
-                syscalls.program(bounded_files=False), syscalls.program(bounded_files=True)
+                for bounded_files in (False, True):  # compiled once, here
+                    syscalls.program(bounded_files)
                 seccomp = True
             except syscalls.FilterUnavailable as e:
                 if policy == "required":
