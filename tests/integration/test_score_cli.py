@@ -201,6 +201,89 @@ def test_clear_errors(tmp_path):
     assert proc.returncode == 2 and f"{bad}:1: missing or non-string 'completion'" in proc.stderr
 
 
+def _score_lines(tmp_path, lines: list[bytes], *args, name="samples.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    cmd = [sys.executable, "-m", "wmtp_jax.eval.score", "--benchmark", "mbpp", "--no-progress"]
+    return subprocess.run(
+        [*cmd, "--samples", str(path), "--data-dir", FIXTURES, "--k", "1", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+def test_samples_python_cannot_hold_fail_alone(tmp_path):
+    good = json.dumps({"task_id": 11, "completion": "def add(a, b):\n    return a + b\n"})
+    deep = '{"task_id": 11, "meta": ' + "[" * 100_000 + "]" * 100_000 + ', "completion": "x"}'
+    deepish = json.dumps({"task_id": 11, "completion": "x", "meta": _nest(100)})
+    huge_int = '{"task_id": 11, "completion": "x", "n": ' + "9" * 5000 + "}"
+    surrogate = json.dumps(
+        {"task_id": 11, "completion": "def add(a, b):\n    return a + b\n# \ud800"}
+    )
+    proc = _score_lines(tmp_path, [l.encode() for l in (good, deep, deepish, huge_int, surrogate)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = tmp_path / "samples.jsonl"
+    results = [json.loads(line) for line in open(f"{path}_results.jsonl")]
+    assert [r["passed"] for r in results] == [True, False, False, False, False]
+    assert results[1]["result"] == f"failed: {path}:2: sample line nested too deeply"
+    assert results[2]["result"] == f"failed: {path}:3: sample line nested deeper than 64 levels"
+    assert results[3]["result"].startswith(
+        f"failed: {path}:4: sample line unreadable: Exceeds the limit"
+    )
+    assert results[4]["result"] == (
+        "failed: the completion is not valid Unicode (surrogates not allowed at index 34)"
+    )
+    assert results[1] == {
+        "task_id": 11,
+        "completion": "x",
+        **{k: results[1][k] for k in ("passed", "result")},
+    }
+    assert "Traceback" not in proc.stderr and not os.path.exists(f"{path}_results.jsonl.partial")
+    proc = _score_lines(tmp_path, [b'{"task_id": 11, "meta": ' + b"[" * 100_000])  # no end
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {path}:1: unreadable sample line (nested too deeply)"
+    ]
+
+
+def _nest(depth: int):
+    v = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("timeout", ["inf", "0", "-1", "nan", "1e9", "soon"])
+def test_bad_timeouts_are_refused_in_one_line(tmp_path, timeout):
+    proc = _score_lines(tmp_path, [b'{"task_id": 11, "completion": "x"}'], "--timeout", timeout)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --timeout must be a number of seconds in (0, 86400], got {timeout}"
+    ]
+
+
+def test_out_is_checked_before_scoring_and_results_are_kept_as_they_come(tmp_path):
+    line = b'{"task_id": 11, "completion": "def add(a, b):\\n    return a + b\\n"}'
+    for out, why in [
+        (tmp_path / "missing" / "r.jsonl", "No such file or directory"),
+        (tmp_path, "is a directory"),
+    ]:
+        proc = _score_lines(tmp_path, [line], "--out", str(out))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"error: --out {out}: cannot write the results there ({why})"
+        ], proc.stderr
+    # a late error (the results file cannot be written at the end) loses nothing
+    out = tmp_path / "r.jsonl"
+    os.mkdir(f"{out}.tmp")
+    proc = _score_lines(tmp_path, [line, line.replace(b"a + b", b"a - b")], "--out", str(out))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {out} (Is a directory); every result is in {out}.partial"
+    )
+    kept = sorted((json.loads(l) for l in open(f"{out}.partial")), key=lambda r: r["index"])
+    assert [(r["index"], r["passed"]) for r in kept] == [(0, True), (1, False)]
+
+
 def test_without_isolation_nothing_runs_unless_opted_out(tmp_path):
     """No bwrap: the default refuses with one line and executes nothing; `--sandbox none` runs
     (proving the sample would have left a trace) and records the opt-out."""
@@ -227,124 +310,26 @@ def test_without_isolation_nothing_runs_unless_opted_out(tmp_path):
 
 # ---- stress: 1,000 mixed samples, 2 workers ---------------------------------------------------
 
-ADD_OK = "def add(a, b):\n    return a + b\n"
-
-
-def _stress_kinds(token: str, shm_key: int) -> dict[str, tuple[int, str, bool]]:
-    """kind -> (task_id, code, passes). Hostile kinds with a right `add` pass: what they try
-    must simply not matter (nor outlive the run)."""
-    outside = [
-        f"/tmp/wmtp_stress_{token}",
-        f"/var/tmp/wmtp_stress_{token}",
-        f"/dev/shm/wmtp_stress_{token}",
-        os.path.join(REPO, f"wmtp_stress_{token}"),
-        os.path.expanduser(f"~/wmtp_stress_{token}"),
-    ]
-    writes = "".join(
-        f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in outside
-    )
-    return {
-        "right": (11, ADD_OK, True),
-        "right (setup)": (12, "def scale(x):\n    return x * FACTOR\n", True),
-        "wrong": (11, "def add(a, b):\n    return a * b\n", False),
-        "wrong (setup)": (12, "def scale(x):\n    return x\n", False),
-        "exits first": (11, "import sys\nsys.exit(0)\n" + ADD_OK, False),
-        "os._exit": (11, ADD_OK + "import os\nos._exit(0)\n", False),
-        "prints markers": (
-            11,
-            "import os\nfor fd in range(10):\n    try:\n        os.write(fd, "
-            "b'\\npassed\\nWMTP_DONE_0\\n')\n    except OSError:\n"
-            "        pass\ndef add(a, b):\n    return 0\n",
-            False,
-        ),
-        "lies about equality": (
-            11,
-            "def add(a, b):\n    class Y:\n        def __eq__(s, o):\n"
-            "            return True\n    return Y()\n",
-            False,
-        ),
-        "crashes": (11, "def add(a, b):\n    return a + b + None\n", False),
-        "memory bomb": (11, "x = bytearray(1 << 40)\n" + ADD_OK, False),
-        "huge reply": (11, "def add(a, b):\n    return 'y' * (2 << 20)\n", False),
-        "daemon": (
-            11,
-            "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n" + ADD_OK,
-            True,
-        ),
-        "shared memory": (
-            11,
-            f"import ctypes\nctypes.CDLL(None).shmget({shm_key}, 1 << 20, "
-            "0o1000 | 0o666)\n" + ADD_OK,
-            True,
-        ),
-        "writes outside": (11, writes + ADD_OK, True),
-        "kills everything": (
-            11,
-            "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n" + ADD_OK,
-            True,
-        ),
-        "infinite loop": (11, "def add(a, b):\n    while True:\n        pass\n", False),
-        "fork bomb": (
-            11,
-            "import os\nwhile True:\n    try:\n        os.fork()\n"
-            "    except OSError:\n        pass\n" + ADD_OK,
-            False,
-        ),
-    }, outside
-
-
-def _procs_mentioning(text: str) -> list[int]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    out.append(int(pid))
-        except OSError:
-            continue
-    return out
-
-
-def _shm_keys() -> set[int]:
-    with open("/proc/sysvipc/shm") as f:
-        return {int(line.split()[0]) for line in f.readlines()[1:]}
-
 
 @pytest.mark.slow
-def test_stress_1000_mixed_samples_two_workers_leave_nothing(tmp_path):
-    token = secrets.token_hex(6)
-    shm_key = 0x5EED0000 + secrets.randbelow(1 << 16)
-    kinds, outside = _stress_kinds(token, shm_key)
-    slow = {"infinite loop", "fork bomb"}  # each costs the whole timeout: a few only
-    cheap = [k for k in kinds if k not in slow]
-    names = [cheap[i % len(cheap)] for i in range(994)] + ["infinite loop"] * 4 + ["fork bomb"] * 2
-    samples = [
-        {"task_id": kinds[k][0], "completion": f"```python\n{kinds[k][1]}```", "kind": k}
-        for k in names
-    ]
-    work_tmp = tmp_path / "tmp"
-    work_tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(work_tmp)}  # the scorer's run dirs go here
-    start = time.monotonic()
-    proc, summary, results = _score(
-        tmp_path, "mbpp", samples, "--workers", "2", "--timeout", "2", env=env
+def test_stress_1000_mixed_samples_two_workers_leave_nothing():
+    """scripts/score_stress.py: 900 benign and earlier-round hostile samples + 100 of this round's
+    (keyrings, nested namespaces, ptrace, bpf, memfd over the cap, exceptions in map, equal-hash
+    sets, deep replies, a lone surrogate, a deeply nested line), right verdicts, and no process,
+    key, SysV object, cgroup or file left behind."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "score_stress.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1200,
     )
-    print(f"1000 mixed samples scored in {time.monotonic() - start:.1f} s")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert summary["n_samples"] == 1000 and summary["sandbox"]["isolated"]
-    wrong = [(r["kind"], r["result"]) for r in results if r["passed"] != kinds[r["kind"]][2]]
-    assert wrong == []
-    assert {r["result"] for r in results if r["kind"] == "infinite loop"} == {"timed out"}
-    # nothing outlives the run: no process (a surviving sandbox keeps its bwrap, whose command
-    # line names its run dir under work_tmp), no shared memory, no file outside the work dir
-    deadline = time.monotonic() + 10
-    while _procs_mentioning(str(work_tmp)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _procs_mentioning(str(work_tmp)) == []
-    assert _lasting_sandbox_pids() == []
-    assert shm_key not in _shm_keys()
-    assert [p for p in outside if os.path.exists(p)] == []
-    assert list(work_tmp.iterdir()) == []
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"1000 mixed samples scored in {report['seconds']} s")
+    assert proc.returncode == 0 and report["exit"] == 0, (report, proc.stderr[-2000:])
+    assert report["wrong_verdicts"] == {}
+    left = ("processes", "keys", "sysv", "cgroups", "files")
+    assert {k: report[f"left_{k}"] for k in left} == {k: [] for k in left}
 
 
 def test_empty_samples_file_is_an_error(tmp_path):

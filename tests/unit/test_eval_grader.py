@@ -5,6 +5,7 @@ here: each must fail, on HumanEval, MBPP and synthetic alike."""
 
 import math
 import os
+import time
 
 import pytest
 
@@ -147,22 +148,53 @@ def test_failures_the_test_code_swallows_still_fail():
         }
 
 
-def test_exceptions_cross_as_builtin_types():
+def test_exceptions_arrive_marked_and_fail_even_when_caught():
     program = (
         "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
         "class Odd(Exception):\n    pass\n"
         "def g():\n    raise Odd('odd')\n"
     )
-    tests = (
-        "try:\n    f(-1)\n    assert False\n"
-        "except ValueError as e:\n    assert str(e) == 'negative'\n"
-        "assert f(2) == 2\n"
-    )
-    assert grader.run_tests(program, tests) == {"passed": True, "result": "passed"}
-    assert grader.run_tests(program, "g()\n") == {
-        "passed": False,
-        "result": "failed: CandidateError: Odd: odd",
-    }
+    for catch in ("ValueError", "Exception", "BaseException"):
+        tests = f"try:\n    f(-1)\nexcept {catch}:\n    pass\nassert f(2) == 2\n"
+        assert grader.run_tests(program, tests) == {
+            "passed": False,
+            "result": "failed: ValueError: negative",
+        }
+    assert grader.run_tests(program, "g()\n") == {"passed": False, "result": "failed: Odd: odd"}
+    with session.serve(program) as s:
+        s.exchange()
+        f = grader._Remote(s, "f", {})
+        assert f(3) == 3
+        with pytest.raises(grader.CandidateRaised, match="negative"):
+            f(-1)
+        assert s.ended == "failed: ValueError: negative"
+
+
+# Test shapes where a StopIteration crossing as itself would end the iteration early and pass.
+SHAPES = [
+    "assert all(map(f, [1, 2]))",
+    "assert not any(map(f, [1, 2]))",
+    "assert list(map(f, [1, 2])) == []",
+    "assert sorted([2, 1], key=f) == [1, 2]",
+    "assert [f(x) for x in (1, 2)] == [1, 2]",
+    "assert all(f(x) for x in (1, 2))",
+    "assert {f(x) for x in (1, 2)} == set()",
+    "try:\n    f(1)\nexcept BaseException:\n    pass",
+]
+
+
+@pytest.mark.parametrize(
+    "exc", ["StopIteration", "GeneratorExit", "KeyboardInterrupt", "SystemExit"]
+)
+def test_signal_exceptions_from_the_candidate_fail_every_shape(exc):
+    program = f"def f(x):\n    raise {exc}\n"
+    for shape in SHAPES:
+        assert grader.run_tests(program, shape + "\n", entry_point="f") == {
+            "passed": False,
+            "result": f"failed: {exc}",
+        }, shape
+    right = "def f(x):\n    return x\n"  # the shapes themselves are fine
+    assert grader.run_tests(right, "assert all(map(f, [1, 2]))\n")["passed"]
 
 
 def test_missing_function_timeouts_and_output_caps():
@@ -257,6 +289,47 @@ def test_wire_nan_and_rejects():
     with pytest.raises(TypeError, match="not plain data"):
         wire.encode(object())
     assert wire.encode(True) is True and wire.encode([1.0]) == [1.0]
+
+
+M61 = (1 << 61) - 1  # the modulus of int hashes: k * M61 all hash to 0
+
+
+def _nested(depth: int):
+    v = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def test_wire_decoding_refuses_equal_hashes_depth_and_the_deadline():
+    collide = [k * M61 for k in range(1, 40_001)]
+    with pytest.raises(ValueError, match="more than 64 distinct values with one hash"):
+        wire.decode({"set": collide})
+    with pytest.raises(ValueError, match="one hash"):  # in a list too: tests may set() it
+        wire.decode(collide)
+    with pytest.raises(ValueError, match="one hash"):  # tuples hash by their items
+        wire.decode([{"tuple": [k, 1]} for k in collide[:100]])
+    assert wire.decode({"set": collide[:64]}) == set(collide[:64])
+    legit = [{"tuple": [a, b, c]} for a in (-1, -2) for b in (-1, -2) for c in (-1, -2)]
+    assert len(wire.decode({"set": legit})) == 8  # hash(-1) == hash(-2): a few collide
+    assert wire.decode([7] * 10_000) == [7] * 10_000  # equal values are one
+    assert wire.decode(_nested(wire.MAX_DEPTH)) == _nested(wire.MAX_DEPTH)
+    with pytest.raises(ValueError, match="nested deeper than 100"):
+        wire.decode(_nested(wire.MAX_DEPTH + 1))
+    with pytest.raises(TimeoutError):
+        wire.decode(list(range(10_000)), deadline=time.monotonic() - 1)
+
+
+def test_hostile_replies_fail_the_sample():
+    for body, reason in [
+        # a list (a set would be quadratic to build in the sandbox already) that the test code
+        # makes a set of
+        (f"return [k * {M61} for k in range(1, 40001)]", "more than 64 distinct values"),
+        ("v = 0\n    for _ in range(200):\n        v = [v]\n    return v", "nested deeper"),
+    ]:
+        res = grader.run_tests(f"def uniq(xs):\n    {body}\n", "assert set(uniq([1])) == {1}\n")
+        assert not res["passed"] and "malformed reply from the program" in res["result"]
+        assert reason in res["result"], res
 
 
 def test_session_refuses_oversized_and_garbled_replies():

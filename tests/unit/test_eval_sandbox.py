@@ -1,6 +1,7 @@
 """Isolation: hostile programs fail, see nothing of the host, harm nothing outside their sandbox
 and leave no process or IPC object; the policy refuses to run without isolation."""
 
+import ctypes
 import os
 import secrets
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wmtp_jax.eval import execution, grader, isolation, session
+from wmtp_jax.eval import execution, grader, isolation, session, syscalls
 
 REPO = Path(__file__).resolve().parents[2]
 SB = execution.sandbox()  # required: fails here, loudly, where isolation is missing
@@ -290,6 +291,237 @@ def test_sandbox_dies_with_a_killed_harness(tmp_path):
     assert not sandbox_uids() & started
 
 
+# ---- kernel keyrings, syscall filter, memory cap --------------------------------------------
+
+NR = {
+    n: syscalls.syscall_number(n)
+    for n in (
+        "keyctl",
+        "add_key",
+        "request_key",
+        "unshare",
+        "setns",
+        "clone",
+        "clone3",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "ptrace",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "process_vm_readv",
+        "memfd_create",
+    )
+}
+KEYCTL_READ, KEYCTL_SEARCH, KEYCTL_JOIN, KEYCTL_REVOKE = 11, 10, 1, 3
+SESSION_KEYRING, USER_KEYRING, USER_SESSION_KEYRING = -3, -4, -5
+SYSCALL = (
+    "import ctypes, errno, os\n_libc = ctypes.CDLL(None, use_errno=True)\n"
+    "def sys_(nr, *args):\n"
+    "    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]\n"
+    "    r = _libc.syscall(ctypes.c_long(nr), *args)\n"
+    "    return 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()]\n"
+)
+
+
+def _syscall(nr: int, *args) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    r = libc.syscall(ctypes.c_long(nr), *args)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return r
+
+
+def _run_uids_holding_keys() -> list[int]:
+    with open("/proc/key-users") as f:
+        users = {int(line.split(":")[0]) for line in f}
+    return sorted(u for u in users if isolation._UIDS.base <= u < isolation._UIDS.base + 10_000)
+
+
+@pytest.fixture
+def scorer_secret_key():
+    """This process gets a fresh session keyring holding a secret, as a PAM login gives one
+    (with a link to the user keyring); the key is revoked afterwards."""
+    _syscall(NR["keyctl"], KEYCTL_JOIN, None)
+    secret = "s3cr3t-" + secrets.token_hex(8)
+    key = _syscall(
+        NR["add_key"],
+        b"user",
+        b"wmtp_scorer_secret",
+        secret.encode(),
+        len(secret),
+        SESSION_KEYRING,
+    )
+    yield key, secret
+    _syscall(NR["keyctl"], KEYCTL_REVOKE, key)
+
+
+def test_the_scorers_keyring_is_out_of_reach(scorer_secret_key):
+    key, secret = scorer_secret_key
+    out = _lines(
+        SYSCALL + "buf = ctypes.create_string_buffer(4096)\n"
+        f"for ring in ({SESSION_KEYRING}, {USER_KEYRING}, {USER_SESSION_KEYRING}, {key}):\n"
+        f"    print(sys_({NR['keyctl']}, {KEYCTL_READ}, ring, buf, 4096), buf.raw.rstrip(b'\\0'))\n"
+        f"print(sys_({NR['keyctl']}, {KEYCTL_SEARCH}, {SESSION_KEYRING}, b'user',"
+        " b'wmtp_scorer_secret', 0))\n"
+        "print(open('/proc/keys').read())\n"
+    )
+    text = "\n".join(out)
+    assert secret not in text and "wmtp_scorer_secret" not in text, text
+    assert out[:5] == ["EPERM b''"] * 4 + ["EPERM"], out
+    keys = [line.split() for line in out[5:] if line.strip()]
+    assert [k[7:] for k in keys] == [["keyring", "_ses:", "empty"]]  # its own fresh keyring
+
+
+def test_keys_do_not_pass_from_one_sample_to_the_next():
+    stash = (
+        SYSCALL
+        + "".join(
+            f"print(sys_({NR['add_key']}, b'user', b'wmtp_answers', b'42', 2, {ring}))\n"
+            for ring in (SESSION_KEYRING, USER_KEYRING, USER_SESSION_KEYRING)
+        )
+        + f"print(sys_({NR['request_key']}, b'user', b'wmtp_answers', None, 0))\n"
+    )
+    replay = (
+        SYSCALL
+        + "".join(
+            f"print(sys_({NR['keyctl']}, {KEYCTL_SEARCH}, {ring}, b'user', b'wmtp_answers', 0))\n"
+            for ring in (SESSION_KEYRING, USER_KEYRING, USER_SESSION_KEYRING)
+        )
+        + "print(os.getuid())\n"
+    )
+    assert _lines(stash) == ["EPERM"] * 4
+    first, second = _lines(replay), _lines(replay)
+    assert first[:3] == second[:3] == ["EPERM"] * 3
+    assert first[3] != second[3]  # a fresh uid per run
+    deadline = time.monotonic() + 5  # a run's keyring goes with its last process
+    while _run_uids_holding_keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _run_uids_holding_keys() == []
+
+
+def test_uids_holding_keys_are_skipped(monkeypatch):
+    pool = isolation._UidPool()
+    monkeypatch.setattr(isolation, "_key_users", lambda: {pool.base, pool.base + 2})
+    assert [pool.acquire() for _ in range(3)] == [pool.base + 1, pool.base + 3, pool.base + 4]
+
+
+def test_syscall_filter_denies_namespaces_mounts_tracing():
+    clone_newuser = 0x10000000 | signal.SIGCHLD
+    out = _lines(
+        SYSCALL + "for name, call in [\n"
+        f"    ('unshare user', ({NR['unshare']}, 0x10000000)),\n"
+        f"    ('unshare mount', ({NR['unshare']}, 0x00020000)),\n"
+        f"    ('unshare net', ({NR['unshare']}, 0x40000000)),\n"
+        f"    ('clone user', ({NR['clone']}, {clone_newuser}, 0, 0, 0, 0)),\n"
+        f"    ('setns', ({NR['setns']}, 0, 0)),\n"
+        f"    ('mount', ({NR['mount']}, b'none', b'/tmp', b'tmpfs', 0, None)),\n"
+        f"    ('umount', ({NR['umount2']}, b'/tmp', 0)),\n"
+        f"    ('pivot_root', ({NR['pivot_root']}, b'/tmp', b'/tmp')),\n"
+        f"    ('ptrace', ({NR['ptrace']}, 0, 0, 0, 0)),\n"
+        f"    ('process_vm_readv', ({NR['process_vm_readv']}, 1, None, 0, None, 0, 0)),\n"
+        f"    ('bpf', ({NR['bpf']}, 0, None, 0)),\n"
+        f"    ('perf_event_open', ({NR['perf_event_open']}, None, 0, -1, -1, 0)),\n"
+        f"    ('userfaultfd', ({NR['userfaultfd']}, 0)),\n"
+        f"    ('clone3', ({NR['clone3']}, None, 0)),\n"
+        "]:\n    print(name, sys_(*call))\n"
+        "import subprocess\n"  # libc falls back from clone3 to clone: programs still spawn
+        "print(subprocess.run(['/bin/echo', 'spawned'], capture_output=True).stdout.decode())\n"
+        "print(open('/proc/self/status').read().count('Seccomp:\\t2'))\n"
+    )
+    want = [
+        f"{n} EPERM"
+        for n in (
+            "unshare user",
+            "unshare mount",
+            "unshare net",
+            "clone user",
+            "setns",
+            "mount",
+            "umount",
+            "pivot_root",
+            "ptrace",
+            "process_vm_readv",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+        )
+    ]
+    assert out == [*want, "clone3 ENOSYS", "spawned", "", "1"]
+
+
+CAP = 96 << 20
+FILL = (
+    "import os\ndef fill(f, mib):\n    for _ in range(mib):\n"
+    "        os.write(f, b'x' * (1 << 20))\n"
+)
+IN_MEMORY_FILES = {
+    "memfd": FILL + "fds = [os.memfd_create('x') for _ in range(12)]\nfor f in fds:\n"
+    "    fill(f, 15)\nprint('held', 12 * 15, 'MiB')\n",
+    "tmpfs /tmp and /dev/shm": FILL + "for d in ('/tmp', '/dev/shm'):\n    for i in range(4):\n"
+    "        fill(os.open(f'{d}/f{i}', os.O_CREAT | os.O_WRONLY), 15)\n"
+    "print('held', 2 * 4 * 15, 'MiB')\n",
+    "SysV shm": "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\n"
+    "for _ in range(12):\n    i = libc.shmget(0, 15 << 20, 0o1000 | 0o600)\n"
+    "    p = libc.shmat(i, None, 0)\n    ctypes.memset(p, 1, 15 << 20)\n"
+    "    libc.shmdt(ctypes.c_void_p(p))\nprint('held', 12 * 15, 'MiB')\n",
+    "many processes": "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n"
+    "        x = b'x' * (40 << 20)\n        time.sleep(60)\n"
+    "pid, status = os.wait()\n"
+    "print('a child was killed by', os.WTERMSIG(status), flush=True)\nos._exit(3)\n",
+}
+
+
+@pytest.mark.skipif(SB.cgroups is None, reason="no memory cgroup can be made here")
+@pytest.mark.parametrize("kind", list(IN_MEMORY_FILES))
+def test_memory_cap_spans_processes_and_files_in_memory(kind):
+    """One cap for everything a run holds: files in memory (which RLIMIT_AS does not count) and
+    all of its processes."""
+    limits = isolation.Limits(memory=CAP, tmpfs_size=64 << 20)
+    res = execution.run_program(IN_MEMORY_FILES[kind], timeout=20.0, limits=limits)
+    assert res.memory_exceeded and res.returncode != 0 and b"held" not in res.stdout, res
+    if kind == "many processes":
+        assert res.stdout == b"a child was killed by 9\n"
+    assert execution.run_program("print(1)", limits=limits).stdout == b"1\n"
+    res = grader.run_tests(
+        IN_MEMORY_FILES[kind] + "def f():\n    return 1\n",
+        "assert f() == 1\n",
+        limits=limits,
+        timeout=20.0,
+    )
+    assert res == {"passed": False, "result": "failed: memory limit exceeded"}
+
+
+def test_without_a_cgroup_files_in_memory_are_bounded():
+    limits = isolation.Limits(memory=None, tmpfs_size=8 << 20)
+    out = _lines(
+        SYSCALL + f"print(sys_({NR['memfd_create']}, b'x', 0))\n"
+        "print(ctypes.CDLL(None).shmget(0, 1 << 20, 0o1000 | 0o600))\n"
+        "for d in ('/tmp', '/dev/shm'):\n    try:\n"
+        "        open(f'{d}/big', 'wb').write(b'x' * (9 << 20))\n"
+        "    except OSError as e:\n        print(d, errno.errorcode[e.errno])\n",
+        limits=limits,
+    )
+    assert out == ["EPERM", "-1", "/tmp ENOSPC", "/dev/shm ENOSPC"]
+
+
+@pytest.mark.skipif(SB.cgroups is None, reason="no memory cgroup can be made here")
+def test_runs_cgroups_are_removed():
+    def mine():
+        return [d for d in os.listdir(SB.cgroups.parent) if d.startswith(f"wmtp-{os.getpid()}-")]
+
+    execution.run_program("import os\nos.fork()\nprint(1)")
+    with session.serve("x = 1\n") as s:
+        s.exchange()
+        assert mine()
+    deadline = time.monotonic() + 5  # removed once the run's processes are gone
+    while mine() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mine() == []
+
+
 # ---- policy ------------------------------------------------------------------------------------
 
 
@@ -338,3 +570,18 @@ def test_best_effort_and_none_are_recorded_opt_ins(monkeypatch, tmp_path, fresh_
     assert none.record()["policy"] == "none" and not none.isolated and not none.uid_drop
     with pytest.raises(ValueError, match="required, best_effort, none"):
         execution.sandbox("off")
+
+
+def test_required_refuses_without_the_syscall_filter(monkeypatch, fresh_probe):
+    def missing(bounded_files):
+        raise syscalls.FilterUnavailable("cannot compile the syscall filter (no libseccomp)")
+
+    monkeypatch.setattr(syscalls, "program", missing)
+    with pytest.raises(isolation.SandboxUnavailable) as e:
+        execution.sandbox("required")
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot compile the syscall filter" in msg
+    assert "--sandbox best_effort or none" in msg
+    sb = execution.sandbox("best_effort")  # isolated still, and the missing filter recorded
+    assert sb.isolated and not sb.seccomp and "NO syscall filter" in sb.describe()
+    assert execution.run_program("print(6 * 7)", sb=sb).stdout == b"42\n"

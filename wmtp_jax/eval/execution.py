@@ -21,18 +21,15 @@ from typing import TypeVar
 from absl import logging
 from tqdm import tqdm
 
+from wmtp_jax.eval import cgroups, syscalls
 from wmtp_jax.eval.isolation import (
     POLICIES,
-    WIRE_SOURCE,
     Limits,
     Sandbox,
     SandboxUnavailable,
-    command,
     exited,
     failure_reason,
-    reap,
-    run_dir,
-    spawn,
+    launch,
 )
 
 
@@ -44,54 +41,47 @@ class RunResult:
     timed_out: bool
     output_exceeded: bool
     wall_s: float
+    memory_exceeded: bool = False  # the kernel killed one of its processes at the memory cap
 
 
 def _run(
     source: str, stdin: bytes | None, timeout: float, limits: Limits, sb: Sandbox
 ) -> RunResult:
-    with run_dir(sb, {"main.py": source, "wire.py": WIRE_SOURCE}) as (host_dir, uid):
-        stdin_path = os.path.join(host_dir, "stdin")
-        with open(stdin_path, "wb") as f:
-            f.write(stdin or b"")
-        with open(stdin_path, "rb") as stdin_file:
-            cmd = command(sb, host_dir, "run", uid, limits, timeout)
-            start = time.monotonic()
-            proc = spawn(cmd, stdin_file)
+    with launch(sb, source, "run", limits, timeout, stdin or b"") as run:
+        proc, start = run.proc, time.monotonic()
         out, err = bytearray(), bytearray()
         timed_out = exceeded = False
-        try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ, out)
-                sel.register(proc.stderr, selectors.EVENT_READ, err)
-                while sel.get_map() and not exceeded:
-                    left = start + timeout - time.monotonic()
-                    if left <= 0:
-                        timed_out = True
-                        break
-                    for key, _ in sel.select(left):
-                        chunk = os.read(key.fd, 65536)
-                        if not chunk:
-                            sel.unregister(key.fileobj)
-                            continue
-                        key.data.extend(chunk)
-                        if key.data is err and len(err) > 8192:
-                            del err[:-4096]
-                        exceeded = len(out) > limits.max_output
-            while not (timed_out or exceeded) and exited(proc) is None:
-                if time.monotonic() >= start + timeout:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while sel.get_map() and not exceeded:
+                left = start + timeout - time.monotonic()
+                if left <= 0:
                     timed_out = True
                     break
-                time.sleep(0.002)
-        finally:
-            reap(proc, sb, uid)
-    rc = None if (timed_out or exceeded) else proc.returncode
+                for key, _ in sel.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
+                    if key.data is err and len(err) > 8192:
+                        del err[:-4096]
+                    exceeded = len(out) > limits.max_output
+        while not (timed_out or exceeded) and exited(proc) is None:
+            if time.monotonic() >= start + timeout:
+                timed_out = True
+                break
+            time.sleep(0.002)
+        memory_exceeded = run.memory_exceeded()
     return RunResult(
-        rc,
+        None if (timed_out or exceeded) else proc.returncode,
         bytes(out[: limits.max_output]),
         bytes(err[-4096:]),
         timed_out,
         exceeded,
         time.monotonic() - start,
+        memory_exceeded,
     )
 
 
@@ -113,29 +103,56 @@ def sandbox(policy: str = "required") -> Sandbox:
     if policy not in POLICIES:
         raise ValueError(f"sandbox={policy!r}: must be one of {', '.join(POLICIES)}")
     root = os.geteuid() == 0
+    hierarchy = cgroups.find() if policy != "none" else None
     if policy != "none":
         bwrap = shutil.which("bwrap")
         problem = "bubblewrap (`bwrap`) is not installed (apt-get install bubblewrap)"
         if bwrap:
-            sb = Sandbox(policy, bwrap, userns=not root, uid_drop=root)
-            problem = _probe(sb)
-            if problem is None:
+            try:
+                for bounded_files in (False, True):  # compiled once, here
+                    syscalls.program(bounded_files)
+                seccomp = True
+            except syscalls.FilterUnavailable as e:
+                if policy == "required":
+                    raise SandboxUnavailable(_refusal(str(e))) from None
+                logging.warning("sandbox=best_effort: %s", e)
+                seccomp = False
+            sb, problem = _first_working(Sandbox(policy, bwrap, not root, root, seccomp, hierarchy))
+            if sb is not None:
                 logging.info("sandbox=%s: %s", policy, sb.describe())
                 return sb
             problem = f"{bwrap} cannot isolate here: {problem}"
         if policy == "required":
-            raise SandboxUnavailable(
-                f"sandbox isolation unavailable: {problem}; to run generated code without it, "
-                "opt out with --sandbox best_effort or none (evaluation: "
-                "--config.sandbox=best_effort or none)"
-            )
+            raise SandboxUnavailable(_refusal(problem))
         logging.warning("sandbox=best_effort: %s", problem)
-    sb = Sandbox(policy, None, False, root and policy == "best_effort")
-    problem = _probe(sb)
-    if problem is not None:
+    sb, problem = _first_working(
+        Sandbox(policy, None, False, root and policy == "best_effort", False, hierarchy)
+    )
+    if sb is None:
         raise SandboxUnavailable(f"cannot run a trivial Python program: {problem}")
     logging.warning("sandbox=%s: %s", policy, sb.describe())
     return sb
+
+
+def _refusal(problem: str) -> str:
+    return (
+        f"sandbox isolation unavailable: {problem}; to run generated code without it, "
+        "opt out with --sandbox best_effort or none (evaluation: "
+        "--config.sandbox=best_effort or none)"
+    )
+
+
+def _first_working(sb: Sandbox) -> tuple[Sandbox | None, str | None]:
+    """``sb`` if a trivial program runs under it, else ``sb`` without its memory cgroup (in-memory
+    files bounded instead) if that works; else (None, what went wrong)."""
+    problem = _probe(sb)
+    if problem is None:
+        return sb, None
+    if sb.cgroups is None:
+        return None, problem
+    logging.warning("the runs' memory cgroups do not work (%s): in-memory files bounded", problem)
+    without = dataclasses.replace(sb, cgroups=None)
+    return (without, None) if _probe(without) is None else (None, problem)
 
 
 def run_program(
@@ -193,7 +210,8 @@ def run_stdio_tests(
             elif res.output_exceeded:
                 first_failure = f"failed: output limit exceeded (test {i})"
             elif res.returncode != 0:
-                first_failure = f"{failure_reason(res.returncode, res.stderr)} (test {i})"
+                reason = failure_reason(res.returncode, res.stderr, res.memory_exceeded)
+                first_failure = f"{reason} (test {i})"
             else:
                 first_failure = f"failed: wrong answer (test {i})"
         if stop_on_failure:
@@ -213,8 +231,10 @@ def parallel_map(
     workers: int | None = None,
     desc: str = "executing",
     progress: bool = True,
+    on_done: Callable[[int, R], None] | None = None,
 ) -> list[R]:
-    """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess).
+    """``[fn(x) for x in items]`` on a thread pool (each call launches its own subprocess);
+    ``on_done(i, result)`` is called here, in the caller's thread, as each item is done.
 
     Default workers: 2 × CPU count (much of a short run is process/namespace setup latency).
     """
@@ -227,5 +247,8 @@ def parallel_map(
         if progress and len(items) > 1:
             done = tqdm(done, total=len(items), desc=desc, unit="run", file=sys.stderr)
         for fut in done:
-            results[futures[fut]] = fut.result()
+            i = futures[fut]
+            results[i] = fut.result()
+            if on_done is not None:
+                on_done(i, results[i])
     return results

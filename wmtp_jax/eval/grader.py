@@ -6,7 +6,10 @@ data, the sandbox calls the program's function, and the result comes back as pla
 into fresh built-in values (``wire``). A sample passes iff the test code runs to its end. That
 verdict is taken here, out of the program's reach: there is no marker to print, and neither an
 interpreter flag (``-O``), a tracer, nor an ``__eq__`` of the program crosses the wire. The test
-code is compiled with ``optimize=0``, so its asserts hold under any interpreter flags.
+code is compiled with ``optimize=0``, so its asserts hold under any interpreter flags. An
+exception the candidate raises never reaches the test code as itself: it arrives as
+``CandidateRaised`` and fails the sample. Replies are decoded in linear time, within the
+deadline, up to a size (``Limits.max_output``) and a nesting depth (``wire.MAX_DEPTH``).
 
 What the test code calls: HumanEval and synthetic name their ``entry_point``; for MBPP, every
 global the tests use that is neither a builtin nor defined by the setup code, and that the
@@ -25,22 +28,17 @@ from wmtp_jax.eval import isolation, wire
 from wmtp_jax.eval.session import Session, SessionEnded, serve
 
 
-class CandidateError(Exception):
-    """The candidate raised an exception that is not a builtin one (type name + message)."""
+class CandidateRaised(SessionEnded):
+    """The candidate raised an exception, of whatever type (StopIteration, SystemExit... too).
 
-
-def _exception(name: str, message: str) -> Exception:
-    cls = getattr(builtins, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(message)
-        except Exception:  # a constructor wanting more arguments (UnicodeDecodeError)
-            pass
-    return CandidateError(f"{name}: {message}")
+    It reaches the trusted test code as this type only, never as itself: a BaseException that
+    no builtin treats as a signal (StopIteration would end a ``map`` early, so that
+    ``all(map(candidate, xs))`` holds), that ``except Exception`` does not catch, and that ends
+    the session: the sample fails even where the test code swallows it."""
 
 
 class _Remote:
-    """A function of the program, behind the wire: call -> plain value, or the raised error."""
+    """A function of the program, behind the wire: call -> plain value, or CandidateRaised."""
 
     def __init__(self, session: Session, name: str, refs: dict[int, str]):
         self._session, self._name, self._refs = session, name, refs
@@ -54,22 +52,24 @@ class _Remote:
             }
         except (TypeError, RecursionError) as e:
             raise TypeError(f"cannot pass this argument to the sandbox: {e}") from None
-        reply = self._session.exchange(msg)
+        session = self._session
+        reply = session.exchange(msg)
         if type(reply) is dict and len(reply) == 1:
             if "value" in reply:
                 try:
-                    return wire.decode(reply["value"])
-                except (ValueError, RecursionError):
-                    pass
-            elif "raised" in reply:
-                raised = reply["raised"]
-                if (
-                    type(raised) is list
-                    and len(raised) == 2
-                    and all(type(s) is str for s in raised)
-                ):
-                    raise _exception(raised[0][:100], raised[1][:1000])
-        self._session.end("failed: malformed reply from the program")
+                    return wire.decode(reply["value"], deadline=session.deadline)
+                except TimeoutError:
+                    session.end("timed out")
+                except (ValueError, RecursionError) as e:
+                    session.end(f"failed: malformed reply from the program ({e})")
+            raised = reply.get("raised")
+            if type(raised) is list and len(raised) == 2 and all(type(s) is str for s in raised):
+                text = raised[1].strip().splitlines()
+                session.end(
+                    f"failed: {raised[0][:100]}" + (f": {text[0][:300]}" if text else ""),
+                    CandidateRaised,
+                )
+        session.end("failed: malformed reply from the program")
 
 
 def _names(code: types.CodeType) -> set[str]:

