@@ -41,6 +41,7 @@ from absl import logging
 
 from wmtp_jax.kernels import flash_cpu
 from wmtp_jax.ops.blockwise import BLOCK_SIZE, block_size_for, blockwise_attention
+from wmtp_jax.ops.platform import current_platform, target_platform
 from wmtp_jax.ops.segments import segments_of
 
 Array = jax.Array
@@ -57,7 +58,7 @@ _logged: set = set()
 
 def cudnn_unavailable(dtype, head_dim: int, backend: str | None = None) -> str | None:
     """Why `cudnn` cannot run here (a one-line reason), or None when it can."""
-    backend = backend or jax.default_backend()
+    backend = backend or current_platform()
     if backend != "gpu":
         return f"needs an NVIDIA GPU with cuDNN, the backend is {backend!r}"
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
@@ -71,7 +72,9 @@ def cudnn_unavailable(dtype, head_dim: int, backend: str | None = None) -> str |
             check_cudnn_version,
         )
 
-        check_cudnn_version()
+        check_cudnn_version()  # raises without jax's CUDA plugin: cuDNN attention cannot trace
+        if jax.default_backend() != "gpu":
+            return None  # compiling for a GPU target elsewhere: the target's compiler checks it
         if not check_compute_capability("8.0"):
             return "needs compute capability ≥ 8.0 (Ampere or newer)"
     except Exception as e:  # noqa: BLE001 - any failure means "not usable"
@@ -86,7 +89,7 @@ def check_backend(implementation: str, backend: str | None = None) -> None:
         raise ValueError(
             f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}"
         )
-    backend = backend or jax.default_backend()
+    backend = backend or current_platform()
     if implementation == "cudnn" and backend != "gpu":
         raise ValueError(
             f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
@@ -120,7 +123,7 @@ def resolve(
         raise ValueError(
             f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}"
         )
-    backend = backend or jax.default_backend()
+    backend = backend or current_platform()
     if implementation == "cudnn":
         why = cudnn_unavailable(dtype, head_dim, backend)
         if why:
@@ -170,22 +173,16 @@ def attention(
         raise ValueError(f"attention: segment_ids shape {segment_ids.shape}, expected {(b, s)}")
     if lengths is not None and lengths.shape != (b,):
         raise ValueError(f"attention: lengths shape {lengths.shape}, expected {(b,)}")
+    platform = current_platform()
     impl = resolve(implementation, s, q.dtype, hd, segments=segment_ids is not None)
-    key = (implementation, impl, s, jnp.dtype(q.dtype).name)
+    key = (implementation, impl, platform, s, jnp.dtype(q.dtype).name)
     if key not in _logged:  # once per distinct choice, at trace time
         _logged.add(key)
-        logging.info(
-            "attention: %s -> %s (backend %s, S=%d, %s)",
-            implementation,
-            impl,
-            jax.default_backend(),
-            s,
-            key[3],
-        )
+        logging.info("attention: %s -> %s (platform %s, S=%d, %s)", *key[:2], platform, s, key[4])
     if impl == "cpu_flash":
         seg = segments_of(segment_ids, lengths, b, s)
         seg = jnp.ones((b, s), jnp.int32) if seg is None else seg
-        return flash_cpu.flash_attention_cpu(q, k, v, seg, causal=causal)
+        return flash_cpu.flash_attention_cpu(q, k, v, seg, causal=causal, backend=platform)
     if impl == "blockwise":
         return blockwise_attention(
             q, k, v, causal=causal, segment_ids=segment_ids, lengths=lengths, block_size=block_size
@@ -329,8 +326,10 @@ __all__ = [
     "block_size_for",
     "check_backend",
     "blockwise_attention",
+    "current_platform",
     "cudnn_unavailable",
     "reference_attention",
     "resolve",
     "segments_of",
+    "target_platform",
 ]
