@@ -49,7 +49,7 @@ from absl import logging
 
 from wmtp_jax.kernels import flash_cpu
 from wmtp_jax.ops.blockwise import BLOCK_SIZE, block_size_for, blockwise_attention
-from wmtp_jax.ops.platform import current_platform, target_platform
+from wmtp_jax.ops.platform import current_platform, target_compute_capability, target_platform
 from wmtp_jax.ops.segments import segments_of
 from wmtp_jax.ops.splash import splash_attention
 
@@ -259,28 +259,56 @@ def cudnn_segments(seg: Array, max_segments: int) -> tuple[Array, Array, Array]:
 
 
 def cudnn_packed_unavailable() -> str | None:
-    """Why cuDNN's packed layout cannot run here (jax's private API, Hopper and cuDNN ≥ 9.6),
-    or None. Checked at trace time on a GPU where `cudnn` itself is usable."""
+    """Why cuDNN's packed layout cannot be used for the target (jax's private API, Hopper and
+    cuDNN ≥ 9.6), or None. Checked at trace time where `cudnn` itself is usable."""
     try:  # a private jax module (see cudnn_unavailable)
-        from jax._src.cudnn.fused_attention_stablehlo import (
-            check_compute_capability,
-            check_cudnn_version,
-        )
+        from jax._src.cudnn.fused_attention_stablehlo import check_cudnn_version
 
         if check_cudnn_version() < 90600:
             return "cuDNN's packed layout needs cuDNN ≥ 9.6"
-        if not check_compute_capability("9.0"):
-            return "cuDNN's packed layout needs compute capability ≥ 9.0 (Hopper)"
     except Exception as e:  # noqa: BLE001 - any failure means "not usable"
         return f"cuDNN packed-layout check failed: {e}"
+    cc = target_compute_capability()
+    if cc is None:
+        return "cuDNN's packed layout: the target GPU's compute capability is unknown"
+    if cc < (9, 0):
+        return "cuDNN's packed layout needs compute capability ≥ 9.0 (Hopper)"
     return None
+
+
+def _answer_jax_cudnn_checks_for_the_target() -> None:
+    """jax's cuDNN checks ask the local GPU for its compute capability. Wrap them (once, for
+    the process) so that while a program is traced for a GPU target on a host without one
+    (`target_platform("gpu")`, ahead-of-time compilation) they answer with the target's
+    `target_compute_capability()`; everywhere else the wrappers call jax's own checks."""
+    import jax._src.cudnn.fused_attention_stablehlo as F  # private, only usable with the plugin
+
+    if getattr(F.check_compute_capability, "_wmtp_target", False):
+        return
+    version = lambda c: tuple(int(x) for x in c.split("."))
+
+    def wrap(original, compare):
+        def check(capability):
+            cc = target_compute_capability()
+            if current_platform() != "gpu" or jax.default_backend() == "gpu" or cc is None:
+                return original(capability)
+            return compare(cc, version(capability))
+
+        check._wmtp_target = True
+        return check
+
+    F.check_compute_capability = wrap(F.check_compute_capability, lambda a, b: a >= b)
+    F.is_cuda_compute_capability_equal = wrap(
+        F.is_cuda_compute_capability_equal, lambda a, b: a == b
+    )
 
 
 def cudnn_packed_attention(q, k, v, seg: Array, *, causal: bool = True, block_size=None):
     """Segment-masked attention with cuDNN's packed (ragged) layout: `cudnn_segments` turns the
     canonical ids `seg` `[B, S]` into per-row segment lengths and offsets with
     CUDNN_MAX_SEGMENTS slots (at most S); a batch with a row of more segments runs `blockwise`
-    instead (`lax.cond`, never a wrong answer). GPU only; not exercised by the CPU tests."""
+    instead (`lax.cond`, never a wrong answer). GPU only; compiled ahead of time for an H100
+    target in docs/performance.md, not run by the CPU tests."""
     # private jax API (no public packed-layout entry point in jax.nn); imported here because it
     # is only usable on a GPU
     from jax._src.cudnn.fused_attention_stablehlo import MaskType
@@ -289,6 +317,8 @@ def cudnn_packed_attention(q, k, v, seg: Array, *, causal: bool = True, block_si
     b, s, _, hd = q.shape
     m = max(2, min(CUDNN_MAX_SEGMENTS, s))  # jax takes the packed path only with M > 1
     seqlens, offsets, count = cudnn_segments(seg, m)
+
+    _answer_jax_cudnn_checks_for_the_target()
 
     def packed():
         return cudnn_sdpa(
@@ -356,5 +386,6 @@ __all__ = [
     "resolve",
     "segments_of",
     "splash_attention",
+    "target_compute_capability",
     "target_platform",
 ]
