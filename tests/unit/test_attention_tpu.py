@@ -29,8 +29,8 @@ DEFAULT_PRECISION = jax.default_matmul_precision("default")
 TOL = 2e-5  # float32, highest precision: observed ≤ 5e-6 on outputs and gradients
 
 
-def v5e_mesh() -> Mesh:
-    """A ("data", "fsdp", "tensor") = (1, 4, 1) mesh of 4 compile-only TPU v5e chips."""
+def v5e_mesh(shape=(1, 4, 1)) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh of the 4 compile-only chips of a TPU v5e:2x2 slice."""
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # parallel test processes
     topo = topologies.get_topology_desc(
         platform="tpu",
@@ -39,14 +39,17 @@ def v5e_mesh() -> Mesh:
         chips_per_host_bounds=(2, 2, 1),
         num_slices=1,
     )
-    return Mesh(np.asarray(topo.devices).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
+    return Mesh(np.asarray(topo.devices).reshape(shape), ("data", "fsdp", "tensor"))
 
 
-def tpu_hlo(fn, *args) -> str:
-    """Optimized HLO of `fn` compiled for v5e:2x2, batch (dim 0) over fsdp, traced for TPU."""
-    mesh = v5e_mesh()
-    sh = NamedSharding(mesh, P("fsdp"))
-    abstract = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh) for a in args]
+def tpu_hlo(fn, *args, mesh_shape=(1, 4, 1)) -> str:
+    """Optimized HLO of `fn` compiled for v5e:2x2, traced for TPU: the batch (dim 0) over data
+    and fsdp, dim 2 (heads) over tensor."""
+    mesh = v5e_mesh(mesh_shape)
+    spec = lambda a: P(("data", "fsdp"), None, "tensor") if a.ndim == 4 else P(("data", "fsdp"))
+    abstract = [
+        jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec(a))) for a in args
+    ]
     with A.target_platform("tpu"), jax.set_mesh(mesh), DEFAULT_PRECISION:
         lowered = jax.jit(fn).lower(*abstract)
         compiled = lowered.compile()
@@ -101,41 +104,45 @@ def test_splash_wrapper_matches_the_dense_definition_in_interpret_mode(causal):
         np.testing.assert_allclose(out, A.reference_attention(q, k, v), atol=TOL, rtol=0)
 
 
-def test_tpu_aot_attention_forward_backward_is_the_pallas_kernel():
-    b, s, h, kv, hd = 8, 1024, 8, 2, 128
-    q, k, v = (jnp.zeros(x.shape, jnp.bfloat16) for x in qkv(1, 1, h, kv, hd))
-    shapes = [((b, s, h, hd), jnp.bfloat16), ((b, s, kv, hd), jnp.bfloat16)]
-    args = [jnp.zeros(*shapes[0]), jnp.zeros(*shapes[1]), jnp.zeros(*shapes[1])]
+@pytest.mark.parametrize(
+    "mesh_shape,s,mask",
+    [((1, 4, 1), 1024, "segment_ids"), ((2, 1, 2), 1000, "lengths")],
+    ids=["fsdp4-packed", "data2-tensor2-padded"],
+)
+def test_tpu_aot_attention_forward_backward_is_the_pallas_kernel(mesh_shape, s, mask):
+    b, h, kv, hd = 8, 8, 2, 128
+    args = [jnp.zeros((b, s, n, hd), jnp.bfloat16) for n in (h, kv, kv)]
     ids = jnp.zeros((b, s), jnp.int32)
 
     def loss(q, k, v, ids):
-        out = A.attention(q, k, v, segment_ids=ids)  # auto
+        kw = {"segment_ids": ids} if mask == "segment_ids" else {"lengths": ids[:, 0]}
+        out = A.attention(q, k, v, **kw)  # auto
         return jnp.sum(out.astype(jnp.float32) ** 2)
 
-    hlo = tpu_hlo(jax.grad(loss, argnums=(0, 1, 2)), *args, ids)
+    hlo = tpu_hlo(jax.grad(loss, argnums=(0, 1, 2)), *args, ids, mesh_shape=mesh_shape)
     assert hlo.count('custom_call_target="tpu_custom_call"') == 3  # forward, dq, dkv
     assert kernel_kinds(hlo) == {"fwd", "dq", "dkv"}
     assert all("segmented" in n for n in re.findall(r"%(splash_mha_[\w.]+) = ", hlo))
-    assert square_arrays(hlo, s) == []  # no [S, S] logits or probabilities
-    assert "all-gather" not in hlo  # the kernel is shard_mapped over the batch, not gathered
-    del q, k, v
+    assert square_arrays(hlo, s) == [] and square_arrays(hlo, padded_length(s)[0]) == []
+    # shard_mapped: each chip runs its own rows (and heads), nothing is gathered
+    assert "all-gather" not in hlo
 
 
 def test_tpu_aot_micro_mtp_model_forward_backward_uses_splash_in_every_layer():
     args = ModelArgs(
-        dim=256,
+        dim=128,
         n_layers=2,
         n_heads=4,
         n_kv_heads=2,
         vocab_size=384,
         multiple_of=32,
         n_future_tokens=2,
-        max_seq_len=512,
+        max_seq_len=256,
         dtype="bfloat16",
     )
     model = nnx.eval_shape(lambda: MTPTransformer(args, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(model)
-    s = 512
+    s = 256
     mesh = v5e_mesh()
     p_abs = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())),
