@@ -104,6 +104,24 @@ def test_splash_wrapper_matches_the_dense_definition_in_interpret_mode(causal):
         np.testing.assert_allclose(out, A.reference_attention(q, k, v), atol=TOL, rtol=0)
 
 
+def test_splash_shard_mapped_over_a_mesh_matches_in_interpret_mode():
+    # 8 CPU devices as (data, fsdp, tensor) = (2, 2, 2): each shard runs 1 row and 2 of the 4
+    # query heads with its kv head (GQA survives the head split)
+    mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    q, k, v = qkv(4, 136, 4, 2, 16)
+    ids = packed_ids(4, 136)
+    heads = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
+    q, k, v = (jax.device_put(t, heads) for t in (q, k, v))
+    ids = jax.device_put(ids, NamedSharding(mesh, P(("data", "fsdp"))))
+    with jax.set_mesh(mesh):
+        f = jax.jit(lambda q, k, v, ids: splash_attention(q, k, v, ids, interpret=True))
+        out = f(q, k, v, ids)
+        assert "manual_computation" in f.lower(q, k, v, ids).as_text()  # the shard_map
+    vis = (ids != 0)[:, :, None, None]
+    ref = A.reference_attention(q, k, v, segment_ids=ids)
+    np.testing.assert_allclose(out * vis, ref * vis, atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize(
     "mesh_shape,s,mask",
     [((1, 4, 1), 1024, "segment_ids"), ((2, 1, 2), 1000, "lengths")],
