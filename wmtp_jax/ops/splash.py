@@ -12,8 +12,9 @@ What the wrapper adds to the kernel (which takes one row: q `[H, S, hd]`, k, v `
   the visibility rule of `ops.attention` (id 0 keys are never seen by real queries). A padding
   query (id 0) sees the other padding keys instead of nothing: its output is unspecified there
   too, and it never has an empty row (it sees itself), so no NaN;
-* the scale 1/√hd: applied to q in float32 before the kernel (the kernel does not scale); the
-  kernel's logits, softmax statistics and accumulators are float32;
+* the scale 1/√hd: applied to q in float32 before the kernel (the kernel does not scale), then
+  q is cast back to its dtype (one extra bfloat16 rounding of q unless 1/√hd is a power of two,
+  hd = 16, 64, 256); the kernel's logits, softmax statistics and accumulators are float32;
 * S not a multiple of 128 (the kernel's lane width): zero-padded to the next multiple, the
   padded positions get segment id 0 (not visible to real queries) and are sliced off; the
   block is the largest of 512 / 256 / 128 that divides the padded length;
