@@ -17,13 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax.kernels import build
+from wmtp_jax.ops.platform import current_platform
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 def unavailable(head_dim: int | None = None, backend: str | None = None) -> str | None:
-    """None when the kernel can run here, else a one-line reason."""
-    backend = backend or jax.default_backend()
+    """None when the kernel can run here, else a one-line reason (`backend`: default
+    `current_platform()`, the compile target)."""
+    backend = backend or current_platform()
     if backend != "cpu":
         return f"runs on the CPU backend only, the backend is {backend!r}"
     if head_dim is not None and not 1 <= head_dim <= HEAD_DIMS[-1]:
@@ -72,9 +74,10 @@ def _flash_bwd(causal, scale, res, dout):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention_cpu(q, k, v, seg, *, causal: bool = True):
-    """See the module docstring. Raises ValueError when the kernel cannot run here."""
-    why = unavailable(q.shape[-1])
+def flash_attention_cpu(q, k, v, seg, *, causal: bool = True, backend: str | None = None):
+    """See the module docstring. Raises ValueError when the kernel cannot run here or is being
+    traced for another platform (`backend`, default `current_platform()`)."""
+    why = unavailable(q.shape[-1], backend)
     if why:
         raise ValueError(f"attention implementation 'cpu_flash' {why}")
     hd = q.shape[-1]
