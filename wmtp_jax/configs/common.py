@@ -56,7 +56,8 @@ def base(pipeline: str, variant: str, description: str, output_dir: str = "") ->
             # compute dtype; params and optimizer state stay float32
             "dtype": "float32" if cpu else "bfloat16",
             "remat": "none" if cpu else "full",
-            # training attention (wmtp_jax.ops.attention): auto picks by platform (TPU: splash, GPU: cudnn)
+            # training attention (wmtp_jax.ops.attention): auto picks by platform
+            # (TPU: splash, GPU: cudnn, CPU: cpu_flash where it builds)
             "attention": "auto",
             # persistent XLA compilation cache: a re-run, resume or evaluation skips recompiling
             # ("" = off)
