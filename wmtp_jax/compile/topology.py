@@ -1,0 +1,133 @@
+"""Accelerator topologies by the names their users write, and the chip table.
+
+TPU names (compile-only devices from libtpu, `jax.experimental.topologies`; no TPU needed):
+
+    v4-8, v4-32, v5p-64, ...     v4 / v5p: the number is TensorCores, 2 per chip (v5p-64 = 32
+                                 chips); one JAX device per chip (megacore)
+    v5e-16, v5litepod-16, v6e-8  v5e / v6e: the number is chips
+    v5e:4x4, v6e:2x4, v5p:2x2x4, v4:2x2x1   an explicit chip grid
+
+Chip figures (dense bf16 peak, HBM capacity and bandwidth, inter-chip bandwidth per chip) are
+the vendors' published ones; `device_capacity_bytes` is what the step must fit in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from jax.experimental import topologies
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str  # short name used in messages (v5e, h100, ...)
+    hbm_bytes: int
+    peak_flops: float  # dense bf16 FLOP/s
+    hbm_bandwidth: float  # bytes/s
+    ici_bandwidth: float  # bytes/s per chip, all links (NVLink for GPUs)
+    platform: str  # tpu | gpu
+    dims: int = 2  # TPU grid rank (v4 / v5p: 3-D torus)
+
+
+CHIPS = {
+    "v4": Chip("v4", 32 * GIB, 275e12, 1228e9, 300e9, "tpu", 3),
+    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, 200e9, "tpu", 2),
+    "v5p": Chip("v5p", 95 * GIB, 459e12, 2765e9, 600e9, "tpu", 3),
+    "v6e": Chip("v6e", 32 * GIB, 918e12, 1640e9, 448e9, "tpu", 2),
+    "a100-40gb": Chip("a100-40gb", 40 * 10**9, 312e12, 1555e9, 600e9, "gpu"),
+    "a100-80gb": Chip("a100-80gb", 80 * 10**9, 312e12, 2039e9, 600e9, "gpu"),
+    "h100": Chip("h100", 80 * 10**9, 989e12, 3350e9, 900e9, "gpu"),
+}
+_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "a100": "a100-80gb"}
+_CORES_PER_CHIP = {"v4": 2, "v5p": 2}  # the -N suffix counts TensorCores
+_GRIDS_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8)}
+_GRIDS_2D.update({128: (8, 16), 256: (16, 16)})
+_GRIDS_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4)}
+_GRIDS_3D.update({128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8)})
+
+
+class TopologyError(ValueError):
+    """A topology name that cannot be compiled for (exit 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # as given
+    chip: Chip
+    grid: tuple  # chips per axis
+    devices: tuple  # compile-only jax devices
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+
+def parse(name: str) -> tuple[Chip, tuple]:
+    """(chip, chip grid) of a topology name; TopologyError (one line) for anything else."""
+    raw = str(name).strip().lower()
+    m = re.fullmatch(r"([a-z0-9.]+?)(?:-(\d+)|:(\d+(?:x\d+)*))", raw)
+    if not m:
+        raise TopologyError(
+            f"--topology={name!r}: expected e.g. v5e:2x2, v5e-16, v5p-64, v4-8, v6e-8"
+        )
+    gen, count, grid = m.group(1), m.group(2), m.group(3)
+    gen = _ALIASES.get(gen, gen)
+    chip = CHIPS.get(gen)
+    if chip is None or chip.platform != "tpu":
+        tpus = sorted(k for k, c in CHIPS.items() if c.platform == "tpu")
+        raise TopologyError(
+            f"--topology={name!r}: unknown TPU generation {m.group(1)!r}; valid: {tpus} "
+            f"(GPU targets: see docs/scaling.md)"
+        )
+    if grid is not None:
+        shape = tuple(int(x) for x in grid.split("x"))
+        if len(shape) != chip.dims or min(shape) < 1:
+            raise TopologyError(
+                f"--topology={name!r}: {gen} takes a {chip.dims}-D chip grid "
+                f"({'AxBxC' if chip.dims == 3 else 'AxB'})"
+            )
+        return chip, shape
+    n = int(count)
+    cores = _CORES_PER_CHIP.get(gen, 1)
+    if n % cores:
+        raise TopologyError(f"--topology={name!r}: {gen}-N counts TensorCores ({cores} per chip)")
+    chips = n // cores
+    grids = _GRIDS_3D if chip.dims == 3 else _GRIDS_2D
+    if chips not in grids:
+        sizes = [c * cores for c in sorted(grids)]
+        form = "AxBxC" if chip.dims == 3 else "AxB"
+        raise TopologyError(
+            f"--topology={name!r}: {gen}-N with N in {sizes} (or a grid {gen}:{form})"
+        )
+    return chip, grids[chips]
+
+
+def get(name: str) -> Topology:
+    """The compile-only devices of a TPU topology (needs libtpu: the `dev` extra's jax[tpu])."""
+    chip, grid = parse(name)
+    per_host = tuple(min(g, 2) for g in grid[:2]) + (1,)
+    config = "megacore" if chip.name == "v4" else "default"
+    try:
+        desc = topologies.get_topology_desc(
+            platform="tpu",
+            topology_name=f"{chip.name}:{'x'.join(map(str, grid))}",
+            chip_config_name=config,
+            chips_per_host_bounds=per_host,
+            num_slices=1,
+        )
+    except Exception as e:  # noqa: BLE001 - libtpu missing or the shape refused
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TopologyError(f"--topology={name!r}: {msg}") from None
+    return Topology(name=name, chip=chip, grid=grid, devices=tuple(desc.devices))
+
+
+def describe(topo: Topology) -> str:
+    c = topo.chip
+    return (
+        f"{topo.name}: {topo.n_devices} × TPU {c.name} ({'x'.join(map(str, topo.grid))}), "
+        f"{c.hbm_bytes / GIB:.0f} GiB HBM, {c.peak_flops / 1e12:.0f} TFLOP/s bf16, "
+        f"{c.hbm_bandwidth / 1e9:.0f} GB/s per chip"
+    )
