@@ -50,13 +50,19 @@ class Program:
     compile_s: float
 
 
+def _itemsize(dtype) -> int:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):  # typed PRNG key: its raw key data
+        return 4 * math.prod(jax.random.key_data(jax.random.key(0, impl=dtype._impl)).shape)
+    return np.dtype(dtype).itemsize
+
+
 def per_device_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
     total = 0
     for x in jax.tree.leaves(tree):
         sh = getattr(x, "sharding", None)
         shape = sh.shard_shape(x.shape) if sh is not None else x.shape
-        total += math.prod(shape) * np.dtype(x.dtype).itemsize
+        total += math.prod(shape) * _itemsize(x.dtype)
     return total
 
 

@@ -14,6 +14,7 @@ the vendors' published ones; `device_capacity_bytes` is what the step must fit i
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from jax.experimental import topologies
@@ -108,6 +109,8 @@ def parse(name: str) -> tuple[Chip, tuple]:
 def get(name: str) -> Topology:
     """The compile-only devices of a TPU topology (needs libtpu: the `dev` extra's jax[tpu])."""
     chip, grid = parse(name)
+    # compile-only use: several processes may load libtpu at once (tests, parallel compiles)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     per_host = tuple(min(g, 2) for g in grid[:2]) + (1,)
     config = "megacore" if chip.name == "v4" else "default"
     try:
