@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 
 import jax
@@ -86,7 +87,9 @@ def human(n: float, unit: str = "B") -> str:
 def refuse_if_too_big(need: int, topo: Topology, what: str) -> None:
     cap = topo.chip.hbm_bytes
     if need > cap:
-        raise DoesNotFit(f"needs {gib(need)} per device ({what}), {topo.chip.name} has {gib(cap)}")
+        raise DoesNotFit(
+            f"needs {gib(need)} per device ({what}), {topo.chip.name} has {cap / 2**30:g} GiB"
+        )
 
 
 def _compile(name: str, jitted, args: tuple, topo: Topology) -> Program:
@@ -100,12 +103,25 @@ def _compile(name: str, jitted, args: tuple, topo: Topology) -> Program:
     try:
         compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - XLA raises a generic error for out-of-memory
-        text = str(e)
-        if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
-            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-            raise DoesNotFit(f"{name}: does not fit on {topo.chip.name}: {first[:300]}") from None
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            raise DoesNotFit(oom_line(str(e), arg_bytes, topo)) from None
         raise
     return Program(name, compiled, arg_bytes, t1 - t0, time.perf_counter() - t1)
+
+
+def oom_line(text: str, arg_bytes: int, topo: Topology) -> str:
+    """One line from XLA's out-of-memory compile error: arguments + the temporaries it names
+    against the chip (the error's own first line when it names no figure)."""
+    cap = f"{topo.chip.name} has {topo.chip.hbm_bytes / 2**30:g} GiB"
+    m = re.search(r"temporaries \(([\d.]+)([GM])\)", text)
+    if m:
+        temp = float(m.group(1)) * (2**30 if m.group(2) == "G" else 2**20)
+        return (
+            f"needs {gib(arg_bytes + temp)} per device ({gib(arg_bytes)} arguments + "
+            f"{gib(temp)} temporaries), {cap}"
+        )
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
+    return f"does not fit: {first[:300]}; {cap}"
 
 
 def config_mesh(config, topo: Topology):
