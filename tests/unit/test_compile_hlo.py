@@ -10,8 +10,9 @@ from jax.sharding import PartitionSpec as P
 
 from wmtp_jax.bench import flops
 from wmtp_jax.compile import hlo, topology
-from wmtp_jax.compile.aot import per_device_bytes
+from wmtp_jax.compile.aot import oom_line, per_device_bytes
 from wmtp_jax.models import presets
+from wmtp_jax.models.args import ModelArgs
 
 
 def test_scanned_matmuls_count_every_iteration():
@@ -130,3 +131,33 @@ def test_per_device_bytes_of_sharded_specs():
     spec = jax.ShapeDtypeStruct((8 * n, 4), np.float32, sharding=NamedSharding(mesh, P("x")))
     rep = jax.ShapeDtypeStruct((3,), np.int32, sharding=NamedSharding(mesh, P()))
     assert per_device_bytes({"a": spec, "b": rep}) == 8 * 4 * 4 + 3 * 4
+
+
+def test_xla_out_of_memory_error_becomes_one_line():
+    topo = topology.Topology("v6e-8", topology.CHIPS["v6e"], (2, 4), ())
+    err = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (34.72G) exceeds available HBM (31.25G).\nmore"
+    )
+    line = oom_line(err, 5 * 2**30, topo)
+    assert (
+        line
+        == "needs 39.7 GiB per device (5.0 GiB arguments + 34.7 GiB temporaries), v6e has 32 GiB"
+    )
+
+
+def test_analytic_flops_of_rho1_and_ref_tuning():
+    """ref_tuning (full fine-tuning of a llama): 6·(n_layers·N_block + D·V) + 6·S·H·hd·L;
+    rho1 = baseline + the frozen reference forward 2·N_llama + 2·S·H·hd·L."""
+    llama = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=100, multiple_of=16)
+    mtp = llama.replace(n_layers=3, n_future_tokens=2)
+    s = 32
+    n_llama = 2 * flops.block_params(llama) + 64 * 100
+    attn = 6 * s * 64
+    assert flops.train_flops_per_token("ref_tuning", llama, s)["total"] == 6 * n_llama + 2 * attn
+    base = flops.train_flops_per_token("baseline", mtp, s)["total"]
+    rho1 = flops.train_flops_per_token("rho1", mtp, s, critic_args=llama)["total"]
+    assert rho1 - base == 2 * n_llama + 2 * (2 * s * 64)
+    d = flops.decode_flops(mtp, batch=2, prompt_len=8, cache_len=16)
+    n_head0 = 2 * flops.block_params(mtp) + 64 * 100  # 1 trunk + head 0, output projection
+    assert d["step"] == 2 * (2 * n_head0 + 2 * 4 * 16 * 64)
