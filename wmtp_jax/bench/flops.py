@@ -22,7 +22,13 @@ Model FLOPs per token (remat recomputation is NOT counted — this is MFU, not H
                           gradients for frozen weights) + 6·N_lora (+ 6·N_value_head for a
                           critic, whose head is trained) + 6·S·H·hd·n_attn_blocks
     verifiable adds       the frozen critic forward 2·N_critic + 2·S·H_c·hd_c·n_layers_c
+    rho1 adds             the frozen reference forward 2·N_llama + 2·S·H_r·hd_r·n_layers_r
     critic pipeline       its model is the critic; a pair of sequences is 2 sequences
+    ref_tuning            its model is a llama: N_llama = n_layers·N_block + D·V
+
+Decoding (`decode_flops`, head 0 only as the sampler runs it): prefill 2·N_head0 per prompt
+token + causal attention 2·L·H·hd per token per block; one decode step 2·N_head0 per row +
+4·T·H·hd per block (the query reads all T cache slots), N_head0 = (n_trunk + 1)·N_block + D·V.
 
 Step FLOPs = per-token FLOPs × tokens (GA·B·S for the policy pipelines, 2·GA·B·S for the
 critic's pairs). MFU = step FLOPs / step seconds / (peak FLOP/s per device × devices).
@@ -107,6 +113,11 @@ def critic_params(args: ModelArgs, head_type: str = "mlp") -> int:
     return args.n_layers * block_params(args) + value_head_params(args.dim, head_type)
 
 
+def llama_params(args: ModelArgs) -> int:
+    """N_llama: n_layers·N_block + D·V (the LM head; a tied head is still a matmul)."""
+    return args.n_layers * block_params(args) + args.dim * args.vocab_size
+
+
 def _train_flops(n_base: int, n_lora: int, n_head_trainable: int, attn: int, lora: bool) -> int:
     if not lora:
         return 6 * n_base + attn
@@ -125,14 +136,17 @@ def train_flops_per_token(
 ) -> dict:
     """Model FLOPs per token of one train step, with its parts (see the module docstring).
 
-    pipeline: baseline | verifiable (policy `args` + frozen critic `critic_args`) | critic
-    (`args` is then the critic's backbone). Returns {"total", "matmul", "attention",
+    pipeline: baseline | verifiable (policy `args` + frozen critic `critic_args`) | rho1 (policy
+    + frozen reference `critic_args`) | critic (`args` is then the critic's backbone) |
+    ref_tuning (`args` a llama). Returns {"total", "matmul", "attention",
     "critic_forward", "n_params_matmul", "n_params_lora"}.
     """
     lora = lora_rank > 0
-    if pipeline == "critic":
-        n_head = value_head_params(args.dim, value_head)
-        n_base = args.n_layers * block_params(args) + (0 if lora else n_head)
+    if pipeline in ("critic", "ref_tuning"):
+        critic = pipeline == "critic"
+        n_head = value_head_params(args.dim, value_head) if critic else 0
+        blocks = args.n_layers * block_params(args)
+        n_base = (blocks if critic else llama_params(args)) + (0 if lora else n_head)
         n_lora = args.n_layers * lora_block_params(args, lora_rank, lora_targets)
         attn = args.n_layers * attention_train_flops(args, seq)
         total = _train_flops(n_base, n_lora, n_head, attn, lora)
@@ -144,20 +158,25 @@ def train_flops_per_token(
             "n_params_matmul": n_base + (n_head if lora else 0),
             "n_params_lora": n_lora,
         }
-    if pipeline not in ("baseline", "verifiable"):
-        raise ValueError(f"unknown pipeline {pipeline!r}; valid: baseline, critic, verifiable")
+    if pipeline not in ("baseline", "verifiable", "rho1"):
+        raise ValueError(
+            f"unknown pipeline {pipeline!r}; valid: baseline, critic, verifiable, rho1, ref_tuning"
+        )
     n_blocks = args.n_trunk_layers + args.n_future_tokens
     n_base = policy_params(args)
     n_lora = n_blocks * lora_block_params(args, lora_rank, lora_targets)
     attn = n_blocks * attention_train_flops(args, seq)
     total = _train_flops(n_base, n_lora, 0, attn, lora)
     crit = 0
-    if pipeline == "verifiable":
+    if pipeline in ("verifiable", "rho1"):
         if critic_args is None:
-            raise ValueError("pipeline 'verifiable' needs critic_args (the frozen critic's shape)")
-        crit = 2 * critic_params(
-            critic_args, value_head
-        ) + critic_args.n_layers * attention_forward_flops(critic_args, seq)
+            raise ValueError(f"pipeline {pipeline!r} needs critic_args (the frozen model's shape)")
+        n_frozen = (
+            critic_params(critic_args, value_head)
+            if pipeline == "verifiable"
+            else llama_params(critic_args)
+        )
+        crit = 2 * n_frozen + critic_args.n_layers * attention_forward_flops(critic_args, seq)
     return {
         "total": total + crit,
         "matmul": total - attn,
@@ -166,6 +185,17 @@ def train_flops_per_token(
         "n_params_matmul": n_base,
         "n_params_lora": n_lora,
     }
+
+
+def decode_flops(args: ModelArgs, batch: int, prompt_len: int, cache_len: int) -> dict:
+    """{"prefill", "step"}: FLOPs of the prefill of `batch` prompts of `prompt_len` tokens and of
+    one decode step over a `cache_len`-slot cache (head 0; see the module docstring)."""
+    n_blocks = args.n_trunk_layers + 1  # a llama (K = 1): all n_layers
+    n = n_blocks * block_params(args) + args.dim * args.vocab_size
+    hd = args.n_heads * args.head_dim
+    prefill = batch * prompt_len * (2 * n + n_blocks * attention_forward_flops(args, prompt_len))
+    step = batch * (2 * n + n_blocks * 4 * cache_len * hd)
+    return {"prefill": prefill, "step": step}
 
 
 def peak_flops_per_device(

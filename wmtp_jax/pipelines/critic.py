@@ -189,8 +189,16 @@ def build_critic(config, mesh):
 def random_critic(config, mesh, args: serialization.ModelArgs) -> ValueModel:
     """A random-init ValueModel of backbone `args` with the configured head and LoRA, created
     directly in its sharded layout on `mesh`."""
+    return load.build_sharded(
+        critic_factory(config, args), mesh, rules_for(config.runtime.sharding).params
+    )
+
+
+def critic_factory(config, args: io.ModelArgs):
+    """Zero-argument constructor of the trained critic: a ValueModel of backbone `args` with the
+    configured head and LoRA (`nnx.eval_shape` of it is the abstract critic of wmtp_jax.compile)."""
     t = config.training
-    make = lambda: ValueModel(
+    return lambda: ValueModel(
         args,
         rngs=nnx.Rngs(int(config.seed)),
         head_type=t.value_head.type,
@@ -198,7 +206,6 @@ def random_critic(config, mesh, args: serialization.ModelArgs) -> ValueModel:
         bias_init=float(t.value_loss.bias_init),
         lora=specs.lora(config, hf_names=True),
     )
-    return load.build_sharded(make, mesh, rules_for(config.runtime.sharding).params)
 
 
 def trainable(config):

@@ -82,6 +82,19 @@ def _scalar_metrics(metrics: dict, where: str) -> dict:
 
 def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) -> Compiled:
     """Split and place the task's model(s) on `mesh`, build the optimizer and the jitted steps."""
+    return _build(task, config, mesh, total_steps, donate, mesh_lib.put_global)
+
+
+def build_abstract(task, config, mesh: Mesh, total_steps: int) -> Compiled:
+    """`build` with nothing allocated: the task's models may be abstract (`nnx.eval_shape`), and
+    every array of the returned state, frozen parameters and frozen models is a
+    `jax.ShapeDtypeStruct` carrying its sharding on `mesh` (e.g. a compile-only TPU topology's),
+    ready for `train_step.lower(...)` (wmtp_jax.compile)."""
+    return _build(task, config, mesh, total_steps, True, mesh_lib.abstract_like)
+
+
+def _build(task, config, mesh: Mesh, total_steps: int, donate: bool, put) -> Compiled:
+    """`put(tree, shardings)` places a tree: `put_global` (arrays) or `abstract_like` (specs)."""
     rules = mesh_lib.rules_for(config.runtime.sharding)
     repl = mesh_lib.replicated(mesh)
     graphdef, params, fixed, other = nnx.split(task.model, task.trainable, nnx.Param, ...)
@@ -89,22 +102,22 @@ def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) ->
         raise ValueError("TrainTask.trainable selects no parameter of TrainTask.model")
     if task.frozen is not None:
         frozen_graph, frozen_state = nnx.split(task.frozen)
-        frozen_state = mesh_lib.put_global(
-            frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params)
-        )
+        frozen_state = put(frozen_state, mesh_lib.tree_shardings(frozen_state, mesh, rules.params))
     else:
         frozen_graph, frozen_state = None, None
 
     labels = label_tree(params, task.param_labels) if task.param_labels else None
     tx, schedules = make_optimizer(config.training, total_steps, labels, task.param_groups)
     state_sh, grads_sh, fixed_sh = _shardings(params, fixed, tx, mesh, rules)
-    put = mesh_lib.put_global
     params = put(params, state_sh["params"])
-    fixed = put(fixed, fixed_sh)
+    if put is mesh_lib.abstract_like:
+        opt_state = put(jax.eval_shape(tx.init, params), state_sh["opt_state"])
+    else:
+        opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)
     state = {
         "step": put(np.zeros((), np.int32), repl),
         "params": params,
-        "opt_state": jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params),
+        "opt_state": opt_state,
         "other": put(other, repl),
         "extra": put(task.extra_state if task.extra_state is not None else {}, repl),
         "rng": put(np.asarray(jax.random.key_data(jax.random.key(int(config.seed)))), repl),
@@ -114,7 +127,7 @@ def build(task, config, mesh: Mesh, total_steps: int, *, donate: bool = True) ->
     return Compiled(
         graphdef=graphdef,
         state=state,
-        fixed=fixed,
+        fixed=put(fixed, fixed_sh),
         frozen_graph=frozen_graph,
         frozen_state=frozen_state,
         state_shardings=state_sh,
