@@ -7,13 +7,15 @@ Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)`; `cli
 the package, e.g. the tests' toy one). Config errors exit 2 with one line naming
 the problem: a missing config file, an unknown variant, an unknown key (the config is locked), a
 value of the wrong type, a bad value (`configs.common.validate_config`). So do the run's refusals
-(busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss).
+(busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss). A failed
+checkpoint save exits 1 with one line at once (`abandon`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import logging as pylogging
 import os
 import sys
 from pathlib import Path
@@ -26,9 +28,13 @@ from wmtp_jax import configs as _configs_package
 from wmtp_jax import console
 from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.ops.attention import check_backend
-from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
+from wmtp_jax.train.checkpoint import (
+    CheckpointSaveError,
+    CorruptCheckpoint,
+    IncompatibleCheckpoint,
+)
 from wmtp_jax.train.distributed import maybe_initialize
-from wmtp_jax.train.lock import OutputDirBusy
+from wmtp_jax.train.lock import OutputDirBusy, release_all
 from wmtp_jax.train.loop import NonFiniteLossError
 from wmtp_jax.train.xla_flags import apply_cpu_defaults
 
@@ -42,6 +48,20 @@ _CONFIG = config_flags.DEFINE_config_file(
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+def abandon(msg: str, code: int = 1) -> None:
+    """Print `error: msg`, drop the output_dir locks, flush the logs and end the process now.
+
+    After a failed checkpoint save orbax's non-daemon save threads wait for their failed peer
+    (up to orbax's 300 s barrier timeout) and would run during interpreter shutdown: nothing is
+    left to save, so the process does not join them."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    release_all()
+    pylogging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def load_pipeline(name: str):
@@ -132,7 +152,10 @@ def main(argv, pipeline=None):
         _fail(f"--config: {_last_line(e)}")
     if config is None:
         _fail("--config=configs/<pipeline>.py[:variant] is required")
-    run(config, pipeline)
+    try:
+        run(config, pipeline)
+    except CheckpointSaveError as e:
+        abandon(str(e))
 
 
 def run(config, pipeline=None):

@@ -96,6 +96,14 @@ def release_output_dir(output_dir) -> None:
             os.close(entry[0])
 
 
+def release_all() -> None:
+    """Drop every lock this process holds (before an `os._exit`)."""
+    for key in list(_held):
+        fd = _held.pop(key)[0]
+        if fd is not None:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def hold_output_dir(output_dir):
     """`claim_output_dir` for the block (nested holds and an earlier claim are kept)."""

@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from wmtp_jax.train import mesh as mesh_lib
-from wmtp_jax.train.checkpoint import Checkpointer, decode_bytes
+from wmtp_jax.train.checkpoint import Checkpointer, CheckpointSaveError, decode_bytes
 from wmtp_jax.train.lock import hold_output_dir
 from wmtp_jax.train.progress import Progress
 from wmtp_jax.train.step import Compiled, build
@@ -329,10 +329,17 @@ class _Run:
 def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
     """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
 
-    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run."""
+    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run.
+    A failed checkpoint save ends the run (the tracker marked FAILED) with CheckpointSaveError."""
     with hold_output_dir(config.output_dir):
         run = _start(config, task, mesh)
-        status, step = _train(run, stop_at_step)
+        try:
+            status, step = _train(run, stop_at_step)
+            run.ck.wait()
+        except CheckpointSaveError:
+            run.progress.close()
+            run.tracker.end("FAILED")
+            raise
         return _finish(run, status, step)
 
 
