@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import socket
 import time
@@ -186,16 +187,24 @@ class Checkpointer:
         return self._mgr(best).latest_step()
 
     def restore(
-        self, template, step: int | None = None, *, best: bool = False, expect: dict | None = None
+        self,
+        template,
+        step: int | None = None,
+        *,
+        best: bool = False,
+        expect: dict | None = None,
+        check_meta=None,
     ):
         """(state, meta) of `step`, or of the newest good checkpoint; placed like `template`.
 
         Without `step`, checkpoints are tried newest first. One that cannot be read or fails
-        verification (meta step = its directory's step, every float leaf finite) is moved
-        to `<output_dir>/corrupt_checkpoints/` with a warning naming it, and the previous one is
+        verification (meta fields of the right types, meta step = its directory's step,
+        `check_meta(meta)` passes, every float leaf finite) is moved to
+        `<output_dir>/corrupt_checkpoints/` with a warning naming it, and the previous one is
         tried. A checkpoint that does not fit (`expect` keys of meta["model"] differ, or a
-        template leaf is missing or shaped otherwise) raises IncompatibleCheckpoint: that is a
-        config or model change, not a bad file, and falling back would not help.
+        template leaf is missing or shaped otherwise, or `check_meta` raises it) raises
+        IncompatibleCheckpoint: that is a config or model change, not a bad file, and falling
+        back would not help.
         """
         mgr = self._mgr(best)
         steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
@@ -205,7 +214,7 @@ class Checkpointer:
         for s in steps:
             path = mgr.directory / str(s)
             try:
-                state, meta = _restore_step(mgr, s, template, expect)
+                state, meta = _restore_step(mgr, s, template, expect, check_meta)
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # noqa: BLE001 -- any read/verify failure: try the previous one
@@ -266,10 +275,13 @@ class Checkpointer:
 QUARANTINE = "corrupt_checkpoints"
 
 
-def _restore_step(mgr: ocp.CheckpointManager, step: int, template, expect: dict | None):
+def _restore_step(mgr: ocp.CheckpointManager, step: int, template, expect: dict | None, check_meta):
     """(state, meta) of one step, checked to fit `template` / `expect` and verified."""
     path = mgr.directory / str(step)
-    meta = dict(mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    check_meta_fields(meta, step)
+    if check_meta is not None:
+        check_meta(meta)
     _check_compatible(path, meta, template, expect)
     out = mgr.restore(
         step,
@@ -345,10 +357,36 @@ def _leaf_name(path) -> str:
     return "/".join(parts)
 
 
-def _verify(path: Path, step: int, state, meta: dict):
-    """Meta names the directory's step; no NaN/inf in the state (the NaN guard never saves one)."""
-    if meta.get("step") != step:
+def check_meta_fields(meta, step: int) -> None:
+    """ValueError naming the first field of a checkpoint's meta that is missing or mistyped:
+    step (= the directory's), and where present status (a string), model (an object), best
+    (None or {metric, value: a finite number, step <= this step}). The data-iterator state is
+    the loader's to check (`check_state`)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta is {type(meta).__name__}, not an object")
+    if type(meta.get("step")) is not int or meta["step"] != step:
         raise ValueError(f"meta step {meta.get('step')!r} != directory step {step}")
+    if not isinstance(meta.get("status", ""), str):
+        raise ValueError(f"meta status {meta['status']!r} is not a string")
+    if not isinstance(meta.get("model", {}), dict):
+        raise ValueError(f"meta model {meta['model']!r} is not an object")
+    best = meta.get("best")
+    if best is None:
+        return
+    ok = (
+        isinstance(best, dict)
+        and isinstance(best.get("metric"), str)
+        and type(best.get("value")) in (int, float)
+        and math.isfinite(best["value"])
+        and type(best.get("step")) is int
+        and 0 <= best["step"] <= step
+    )
+    if not ok:
+        raise ValueError(f"meta best {best!r} is not {{metric, finite value, step <= {step}}}")
+
+
+def _verify(path: Path, step: int, state, meta: dict):
+    """No NaN/inf in the state (the NaN guard never saves one)."""
     floats = [
         x
         for x in jax.tree.leaves(state)
