@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from wmtp_jax import configs as _configs_package
@@ -169,8 +169,11 @@ def run(config, pipeline=None):
     except ValueError as e:
         _fail(str(e))
     level = str(config.logging.level)
-    logging.set_verbosity(level.lower())
-    maybe_initialize(config)
+    console.route_logs(None, level)  # the console shows warnings only, from here on
+    try:
+        maybe_initialize(config)
+    except ValueError as e:
+        _fail(str(e))
     out = str(config.output_dir)
     name = "run.log" if jax.process_index() == 0 else f"run.{jax.process_index()}.log"
     log_file = console.route_logs(os.path.join(out, name) if out and out != "auto" else None, level)

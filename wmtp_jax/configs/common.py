@@ -87,7 +87,13 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
 
     c.logging = ml_collections.ConfigDict({"level": "INFO"})
     c.distributed = ml_collections.ConfigDict(
-        {"coordinator_address": "", "num_processes": -1, "process_id": -1}
+        {
+            "coordinator_address": "",
+            "num_processes": -1,
+            "process_id": -1,
+            # seconds for every process to reach the coordinator (one error line after it)
+            "initialization_timeout": 300.0,
+        }
     )
 
     if variant in ("micro", "small"):  # small: micro + a real model (configs/parts.apply_small)
