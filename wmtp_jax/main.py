@@ -7,7 +7,8 @@ Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)`; `cli
 the package, e.g. the tests' toy one). Config errors exit 2 with one line naming
 the problem: a missing config file, an unknown variant, an unknown key (the config is locked), a
 value of the wrong type, a bad value (`configs.common.validate_config`). So do the run's refusals
-(busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss). A failed
+(busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss, bad
+training data: `DataError` naming file:line). A failed
 checkpoint save exits 1 with one line at once (`abandon`).
 """
 
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 from wmtp_jax import configs as _configs_package
 from wmtp_jax import console
 from wmtp_jax.configs.common import ConfigError, validate_config
+from wmtp_jax.data.records import DataError
 from wmtp_jax.ops.attention import check_backend
 from wmtp_jax.train.checkpoint import (
     CheckpointSaveError,
@@ -190,6 +192,7 @@ def run(config, pipeline=None):
         IncompatibleCheckpoint,
         CorruptCheckpoint,
         ConfigError,
+        DataError,
     ) as e:
         _fail(str(e))
     if jax.process_index() == 0:

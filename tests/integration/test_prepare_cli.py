@@ -232,3 +232,23 @@ def test_decode_and_parse_errors_name_file_and_line_and_leave_no_tmp(tmp_path):
     p = prepare("--dataset", "codecontests", "--src", src, "--out", tmp_path / "cc", ok=False)
     assert p.returncode == 1 and f"error: {fake}: not a readable parquet file (" in p.stderr
     assert _tmp_files(tmp_path / "cc") == []
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "JSON nested deeper than 100 levels"),
+        ("9" * 5000, "JSON number too large (Exceeds the limit (4300 digits)"),
+    ],
+    ids=["nested-100k-deep", "5000-digit-integer"],
+)
+def test_json_limits_are_one_line_naming_file_and_line(tmp_path, value, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = src / "train.jsonl"
+    good = '{"question": "q", "answer": "x\\n#### 1"}\n'
+    bad.write_text(good + '{"question": "q", "answer": "#### 2", "x": ' + value + "}\n")
+    p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: {message}"), p.stderr
+    assert "Traceback" not in p.stderr and _tmp_files(tmp_path / "o") == []

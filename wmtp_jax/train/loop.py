@@ -37,7 +37,6 @@ from jax.experimental import multihost_utils
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.checkpoint import (
     Checkpointer,
-    CheckpointSaveError,
     IncompatibleCheckpoint,
     decode_bytes,
 )
@@ -335,13 +334,14 @@ def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) 
     """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
 
     Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run.
-    A failed checkpoint save ends the run (the tracker marked FAILED) with CheckpointSaveError."""
+    An error during the steps (e.g. CheckpointSaveError, bad data) closes the progress bar and
+    marks the tracker's run FAILED before it propagates."""
     with hold_output_dir(config.output_dir):
         run = _start(config, task, mesh)
         try:
             status, step = _train(run, stop_at_step)
             run.ck.wait()
-        except CheckpointSaveError:
+        except Exception:
             run.progress.close()
             run.tracker.end("FAILED")
             raise
