@@ -35,11 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from wmtp_jax.train import mesh as mesh_lib
-from wmtp_jax.train.checkpoint import (
-    Checkpointer,
-    IncompatibleCheckpoint,
-    decode_bytes,
-)
+from wmtp_jax.train.checkpoint import Checkpointer, IncompatibleCheckpoint, decode_bytes
 from wmtp_jax.train.lock import hold_output_dir
 from wmtp_jax.train.progress import Progress
 from wmtp_jax.train.step import Compiled, build
