@@ -112,6 +112,11 @@ class ToyData:
     def get_state(self):
         return {"epoch": self.epoch, "index": self.index}
 
+    @staticmethod
+    def check_state(s):
+        if not (isinstance(s, dict) and all(type(s.get(k)) is int for k in ("epoch", "index"))):
+            raise ValueError(f"toy data state {s!r} is not {{epoch: int, index: int}}")
+
     def set_state(self, s):
         self.epoch, self.index = int(s["epoch"]), int(s["index"])
 

@@ -1,8 +1,9 @@
 """What the user sees: a one-line header, progress bars, warnings and the final summary.
 
 Library INFO logs (orbax's option dumps, JAX, our own step logs) go to `<output_dir>/run.log` at
-`logging.level`; the console shows WARNING and above. `WMTP_LOG_TO_CONSOLE=1` restores the old
-behaviour (everything at `logging.level` on stderr), e.g. for debugging a hang.
+`logging.level`; the console shows WARNING and above, less orbax's tracebacks (a failed save's
+threads each log one; the run then ends with one `error:` line). `WMTP_LOG_TO_CONSOLE=1`
+restores the old behaviour (everything at `logging.level` on stderr), e.g. for debugging a hang.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import jax
 from absl import logging
 
 _file_handler: pylogging.Handler | None = None
+
+
+def _not_an_orbax_traceback(record: pylogging.LogRecord) -> bool:
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 class _LazyFileHandler(pylogging.FileHandler):
@@ -34,7 +39,10 @@ def route_logs(log_file: str | os.PathLike | None, level: str = "INFO") -> Path 
     logging.set_verbosity(level.lower())
     if os.environ.get("WMTP_LOG_TO_CONSOLE") == "1":
         return None
-    logging.get_absl_handler().setLevel(pylogging.WARNING)
+    console = logging.get_absl_handler()
+    console.setLevel(pylogging.WARNING)
+    if _not_an_orbax_traceback not in console.filters:
+        console.addFilter(_not_an_orbax_traceback)
     # MLflow prints INFO (database creation, run links) through a stream handler of its own,
     # configured when it is imported: keep its console at WARNING
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

@@ -9,28 +9,35 @@ naming the problem: a missing config file, an unknown variant, an unknown key (t
 locked), a value of the wrong type, a bad value (`configs.common.validate_config`), a path,
 device count or dataset split the config does not fit (`pipelines.preflight`), an unknown
 pipeline. So do the run's refusals (busy output_dir, a checkpoint that does not fit, no readable
-checkpoint, a NaN loss).
+checkpoint, a NaN loss, bad training data: `DataError` naming file:line). A failed checkpoint save
+exits 1 with one line at once (`abandon`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging as pylogging
 import os
 import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from wmtp_jax import configs as _configs_package
 from wmtp_jax import console, registry
 from wmtp_jax.configs.common import ConfigError, validate_config
+from wmtp_jax.data.records import DataError
 from wmtp_jax.ops.attention import check_backend
 from wmtp_jax.pipelines import preflight
-from wmtp_jax.train.checkpoint import CorruptCheckpoint, IncompatibleCheckpoint
+from wmtp_jax.train.checkpoint import (
+    CheckpointSaveError,
+    CorruptCheckpoint,
+    IncompatibleCheckpoint,
+)
 from wmtp_jax.train.distributed import maybe_initialize
-from wmtp_jax.train.lock import OutputDirBusy
+from wmtp_jax.train.lock import OutputDirBusy, release_all
 from wmtp_jax.train.loop import NonFiniteLossError
 from wmtp_jax.train.xla_flags import apply_cpu_defaults
 
@@ -44,6 +51,20 @@ _CONFIG = config_flags.DEFINE_config_file(
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+def abandon(msg: str, code: int = 1) -> None:
+    """Print `error: msg`, drop the output_dir locks, flush the logs and end the process now.
+
+    After a failed checkpoint save orbax's non-daemon save threads wait for their failed peer
+    (up to orbax's 300 s barrier timeout) and would run during interpreter shutdown: nothing is
+    left to save, so the process does not join them."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    release_all()
+    pylogging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def load_pipeline(name: str):
@@ -128,7 +149,10 @@ def main(argv, pipeline=None):
         _fail(f"--config: {_last_line(e)}")
     if config is None:
         _fail("--config=configs/<pipeline>.py[:variant] is required")
-    run(config, pipeline)
+    try:
+        run(config, pipeline)
+    except CheckpointSaveError as e:
+        abandon(str(e))
 
 
 def run(config, pipeline=None):
@@ -142,11 +166,11 @@ def run(config, pipeline=None):
     except ValueError as e:
         _fail(str(e))
     level = str(config.logging.level)
-    logging.set_verbosity(level.lower())
-    maybe_initialize(config)
+    console.route_logs(None, level)  # the console shows warnings only, from here on
     try:
+        maybe_initialize(config)
         preflight.check(config)  # paths, devices: after joining a multi-process run
-    except ConfigError as e:
+    except (ValueError, ConfigError) as e:
         _fail(str(e))
     out = str(config.output_dir)
     name = "run.log" if jax.process_index() == 0 else f"run.{jax.process_index()}.log"
@@ -164,6 +188,7 @@ def run(config, pipeline=None):
         IncompatibleCheckpoint,
         CorruptCheckpoint,
         ConfigError,
+        DataError,
     ) as e:
         _fail(str(e))
     if jax.process_index() == 0:

@@ -232,3 +232,86 @@ def test_decode_and_parse_errors_name_file_and_line_and_leave_no_tmp(tmp_path):
     p = prepare("--dataset", "codecontests", "--src", src, "--out", tmp_path / "cc", ok=False)
     assert p.returncode == 1 and f"error: {fake}: not a readable parquet file (" in p.stderr
     assert _tmp_files(tmp_path / "cc") == []
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "JSON nested deeper than 100 levels"),
+        ("9" * 5000, "JSON number too large (Exceeds the limit (4300 digits)"),
+    ],
+    ids=["nested-100k-deep", "5000-digit-integer"],
+)
+def test_json_limits_are_one_line_naming_file_and_line(tmp_path, value, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = src / "train.jsonl"
+    good = '{"question": "q", "answer": "x\\n#### 1"}\n'
+    bad.write_text(good + '{"question": "q", "answer": "#### 2", "x": ' + value + "}\n")
+    p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: {message}"), p.stderr
+    assert "Traceback" not in p.stderr and _tmp_files(tmp_path / "o") == []
+
+
+GSM8K_ROWS = {
+    "train": [
+        {
+            "question": "Tom has 3 apples and eats one. How many are left? é",
+            "answer": "3-1=2\n#### 2",
+        },
+        {"question": "What is 6 times 7?", "answer": "6*7=42\n#### 42"},
+        {"question": "Half of 1,000?", "answer": "1000/2=500\n#### 500"},
+    ],
+    "test": [{"question": "2 + 2?", "answer": "2+2=4\n#### 4"}],
+}
+
+
+def write_tfds_gsm8k(data_dir: Path) -> Path:
+    """A tiny TFDS `gsm8k` directory written by tfds itself (array_record, no TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    class Gsm8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            text = tfds.features.Text()
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict({"question": text, "answer": text}),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {s: self._generate_examples(s) for s in GSM8K_ROWS}
+
+        def _generate_examples(self, split):
+            yield from enumerate(GSM8K_ROWS[split])
+
+    builder = Gsm8k(data_dir=str(data_dir), file_format="array_record")
+    builder.download_and_prepare()
+    return Path(builder.data_dir)
+
+
+def test_gsm8k_from_a_tfds_directory(tmp_path):
+    """`--src <tfds dir>`: the same records as from the JSONL files, in the TFDS order."""
+    src = write_tfds_gsm8k(tmp_path / "tfds")
+    assert (src / "dataset_info.json").is_file() and src.name == "1.0.0"
+    p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o")
+    assert "gsm8k/train: 3 records" in p.stdout and "gsm8k/test: 1 records" in p.stdout
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    for split, rows in GSM8K_ROWS.items():
+        (jsonl / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare("--dataset", "gsm8k", "--src", jsonl, "--out", tmp_path / "j")
+    for split, rows in GSM8K_ROWS.items():
+        got = lines(tmp_path / "o" / "processed" / f"{split}.jsonl")
+        want = lines(tmp_path / "j" / "processed" / f"{split}.jsonl")
+        assert [r["task_id"] for r in got] == [f"gsm8k_{i}" for i in range(len(rows))]
+        strip = lambda rs: sorted((r["instruction"], r["output"], r["metadata"]["final_answer"])
+                                  for r in rs)  # fmt: skip
+        assert (
+            strip(got)
+            == strip(want)
+            == sorted((r["question"], r["answer"], r["answer"].rsplit("#### ", 1)[1]) for r in rows)
+        )
+        assert all(r["input"] == "" and r["metadata"]["source"] == "gsm8k" for r in got)

@@ -90,10 +90,11 @@ def test_conversion_keeps_the_model_tied_with_its_tokenizer(smol):
 
 def test_logits_match_transformers(smol, reference):
     """Both float32 forwards sit ~1e-4 from the exact (float64) one: transformers' own float32
-    logits are 1.08e-4 from it here, so no float32 forward with its own GEMM rounding is within
+    logits are 1.11e-4 from it here, so no float32 forward with its own GEMM rounding is within
     1e-4 of transformers (docs/conversion.md, "Parity with transformers", has the layer-by-layer
-    numbers). Ours must be as close to the float64 forward as transformers' float32 (10% slack)
-    and within 1.5e-4 of transformers' float32 (measured: 1.35e-4 llama, 1.29e-4 MTP head 0)."""
+    numbers). The bounds are multiples of `floor` = transformers' float32 distance to float64 on
+    the machine running the test, since summation order (ISA, kernel library, XLA fusion) moves
+    every float32 forward; each multiple has >= 30% headroom over what was measured."""
     from wmtp_jax.models.serialization import load_llama, load_policy
 
     x, mask = padded(reference["ids"], reference["tok"].pad_token_id)
@@ -108,17 +109,22 @@ def test_logits_match_transformers(smol, reference):
     assert head0.shape[2] == 2
     np.testing.assert_array_equal(head0[:, :, 1], head0[:, :, 0])  # copied heads
     err = lambda a, b: float(np.abs(a - b)[mask].max())
+    floor = err(want, truth)
+    # Measured err(ours, float64) / floor: 0.96 llama, 0.91 MTP head 0 on a 2-core AVX-512 Xeon
+    # with XLA:CPU dot fusion off (1.01, 0.94 with --xla_cpu_experimental_ynn_fusion_type=dot),
+    # 1.15 on a 2-core AVX-512 AMD EPYC, where the old bound 1.1 failed: bound 1.5 (30% over
+    # 1.15). err(ours, transformers) / floor: 1.22, 1.16 (fusion on: 1.13, 1.08): bound 2.0.
     for got in (ours, head0[:, :, 0]):
-        assert err(got, want) < 1.5e-4
-        assert err(got, truth) <= 1.1 * err(want, truth)
+        assert err(got, truth) <= 1.5 * floor
+        assert err(got, want) <= 2.0 * floor
         assert (got.argmax(-1) == want.argmax(-1))[mask].all()
     # runtime.attention=auto on CPU (cpu_flash where it builds): its own float32 summation order
-    # through 30 layers lands a little further (measured 1.57e-4 from transformers, 1.21× its
-    # distance to float64); the attention alone is within 1e-5 of the definition
-    # (tests/unit/test_kernels_flash_cpu.py)
+    # through 30 layers lands a little further, measured 1.21 × floor from float64 and 1.41 ×
+    # floor from transformers (Xeon above, fusion off; on: 1.04, 1.23): bounds 1.6 and 2.0. The
+    # attention alone is within 1e-5 of the definition (tests/unit/test_kernels_flash_cpu.py)
     auto = np.asarray(load_llama(smol["llama"])(jax.numpy.asarray(x)))
-    assert err(auto, want) < 2e-4
-    assert err(auto, truth) <= 1.3 * err(want, truth)
+    assert err(auto, truth) <= 1.6 * floor
+    assert err(auto, want) <= 2.0 * floor
     assert (auto.argmax(-1) == want.argmax(-1))[mask].all()
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import train_toy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +93,40 @@ def test_two_process_distributed_run_trains_and_checkpoints(tmp_path):
     assert all(r["train/loss"] > 0 for r in rows if "train/loss" in r)
     meta = json.loads((tmp_path / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["data_iter"] == {"epoch": 0, "index": 16}  # process 0's position: 4 steps × 4 rows
+
+
+@pytest.mark.parametrize("process_id", [0, 1])  # 0: the coordinator, its peer never comes
+def test_an_unreachable_coordinator_ends_with_one_line_at_the_deadline(tmp_path, process_id):
+    port = _free_port()  # nobody listens there
+    p = _run(
+        f"--config.output_dir={tmp_path}",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={process_id}",
+        "--config.distributed.initialization_timeout=3",
+        timeout=200,  # jax alone would wait 300 s, then abort with a C++ stack trace
+    )
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and "Check failure" not in p.stderr, p.stderr[-3000:]
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert err == [
+        f"error: joining the coordinator 127.0.0.1:{port} (process {process_id} of 2) did not "
+        "complete within distributed.initialization_timeout=3 s: the coordinator is "
+        "unreachable or not every process started"
+    ], p.stderr[-3000:]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_a_bad_initialization_timeout_is_refused(value):
+    p = _run(
+        "--config.distributed.coordinator_address=127.0.0.1:1",
+        "--config.distributed.num_processes=2",
+        "--config.distributed.process_id=1",
+        f"--config.distributed.initialization_timeout={value}",
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines() == [
+        f"error: distributed.initialization_timeout={float(value)!r} must be a finite number "
+        "of seconds > 0"
+    ]

@@ -229,3 +229,20 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
         r"max_seq_len=64 \(.*policy/model_config.json\)",
     ):
         check_model_lengths(c)
+
+
+def test_newest_checkpoint_with_wrong_meta_falls_back_to_the_previous(reference, tmp_path):
+    """Readable JSON, wrong content (a mistyped data position): moved aside like a torn file."""
+    c = cfg(tmp_path)
+    fit(c, train_toy.make_task(c), stop_at_step=4)
+    meta = tmp_path / "checkpoints" / "4" / "meta" / "metadata"
+    m = json.loads(meta.read_text())
+    meta.write_text(json.dumps(dict(m, data_iter=dict(m["data_iter"], index="32"))))
+    second = fit(c, train_toy.make_task(c))
+    assert second.status == "completed" and second.step == 6
+    moved = list((tmp_path / "corrupt_checkpoints").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("checkpoints-4-")
+    got = losses(second.metrics_file)  # steps 3, 4 re-run from checkpoint 2
+    assert [s for s, _ in got] == [1, 2, 3, 4, 5, 6]
+    for (s, a), (_, b) in zip(got, reference):
+        assert abs(a - b) <= 1e-6, (s, a, b)

@@ -49,6 +49,26 @@ def test_resume_equals_uninterrupted_run(stop):
         other.set_state(state)
 
 
+def test_a_malformed_or_inconsistent_state_is_refused_naming_the_field():
+    ld = DataLoader(list(range(7)), ids_collate, 3, seed=11, process_index=0, process_count=1)
+    take(ld, 4)
+    state = json.loads(json.dumps(ld.get_state()))
+    assert state["epoch"] == 2  # 7 records / 3 = 2 batches per epoch
+    DataLoader.check_state(state)
+    for bad, match in [
+        ({"next_batch": "4"}, r"next_batch='4' is not a non-negative int"),
+        ({"next_batch": -1}, r"next_batch=-1 is not a non-negative int"),
+        ({"shuffle": 1}, r"shuffle=1 is not a bool"),
+        ({"num_records": 70}, r"next_batch=4 is not epoch=2 × 23 batches \(70 records / 3\)"),
+        ({"step_in_epoch": 1}, r"inconsistent"),
+        ({"global_batch_size": 0}, r"inconsistent"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ld.set_state({**state, **bad})
+    with pytest.raises(ValueError, match="list, not an object"):
+        DataLoader.check_state([4])
+
+
 def test_process_slices_concatenate_to_global_batch():
     single = DataLoader(
         list(range(N * 2)), ids_collate, 8, seed=2, process_index=0, process_count=1

@@ -113,3 +113,76 @@ def test_skip_bad_drops_torn_and_non_object_lines(tmp_path):
     with pytest.raises(DataError, match="log.jsonl:3"):
         list(iter_jsonl(p))
     assert list(iter_jsonl(p, skip_bad=True)) == [(1, {"a": 1}), (5, {"a": 3})]
+
+
+def test_json_limits_name_the_file_line(tmp_path, monkeypatch):
+    """Depth (a 100k-deep array: Python's parser would raise RecursionError), integers over
+    Python's 4300 digits, NUL bytes and the size limit: one DataError naming file:line each."""
+    from wmtp_jax.data import records
+
+    f = tmp_path / "r.jsonl"
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    depth_101 = b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}"  # 101 levels: parses, then refused
+    cases = [
+        (deep, r":2: JSON nested deeper than 100 levels$"),
+        (depth_101, r":2: JSON nested deeper than 100 levels$"),
+        (b'{"a": ' + b"9" * 5000 + b"}", r":2: JSON number too large \(Exceeds the limit \(4300"),
+        (b'{"a": "x\x00y"}', r":2: malformed JSON \(Invalid control character at column 9\)$"),
+        (b'{"a": 1}\x00', r":2: malformed JSON \(Extra data at column 9\)$"),
+    ]
+    for bad, match in cases:
+        f.write_bytes(b'{"a": 1}\n' + bad + b"\n")
+        with pytest.raises(DataError, match=rf"^{f}{match}"):
+            list(iter_jsonl(f))
+        with pytest.raises(DataError, match=rf"^{f}{match}"):
+            JsonlRecords(f)[1]
+    f.write_bytes(b'{"a": ' + b"[" * 99 + b"]" * 99 + b"}\n")  # 100 levels: fine
+    assert list(iter_jsonl(f))[0][0] == 1
+    monkeypatch.setattr(records, "MAX_JSON_BYTES", 16)
+    f.write_bytes(b'{"a": "0123456789"}\n')
+    with pytest.raises(DataError, match=rf"^{f}:1: JSON of 20 bytes exceeds the 16-byte limit$"):
+        list(iter_jsonl(f))
+
+
+def test_training_records_and_metadata_are_type_checked_naming_where(tmp_path):
+    from wmtp_jax.data.sources import SampledSource, check_indices, load_problem_index_map
+
+    f = tmp_path / "train.jsonl"
+    ok = {"instruction": "i", "input": None, "output": "o", "is_correct": False}
+    f.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [ok, dict(ok, output=5), dict(ok, input=["x"]), dict(ok, is_correct="no")]
+        )
+        + "\n"
+    )
+    src = SampledSource(JsonlRecords(f), [0, 1, 2, 3], pairwise=False)
+    assert src[0] == ok
+    for i, match in [
+        (1, r":2: field 'output' must be string, got int '5'$"),
+        (2, r":3: field 'input' must be string, got list"),
+        (3, r":4: field 'is_correct' must be boolean, got str 'no'$"),
+    ]:
+        with pytest.raises(DataError, match=rf"^{f}{match}"):
+            src[i]
+    pairs = SampledSource(
+        JsonlRecords(f), [{"correct_idx": 0, "incorrect_idx": 1, "problem_id": "p"}], True
+    )
+    with pytest.raises(DataError, match=rf"^{f}:2: field 'output'"):
+        pairs[0]
+    meta = tmp_path / "train_metadata.json"
+    good = {"correct_indices": [0], "incorrect_indices": [1, 3], "difficulty": 2}
+    for pim, match in [
+        ({"p": dict(good, correct_indices=["0"])}, r"\['p'\]\.correct_indices must be a list"),
+        ({"p": dict(good, incorrect_indices=[True])}, r"\[.p.\]\.incorrect_indices must be a list"),
+        ({"p": dict(good, difficulty="hard")}, r"\['p'\]\.difficulty must be a number or null"),
+        ({"p": [0, 1]}, r"\['p'\] is list, not an object"),
+        ([["p", good]], r" is list, not an object"),
+    ]:
+        meta.write_text(json.dumps({"problem_index_map": pim}))
+        with pytest.raises(DataError, match=rf"^{meta}: problem_index_map{match}"):
+            load_problem_index_map(meta)
+    meta.write_text(json.dumps({"problem_index_map": {"p": good}}))
+    check_indices(load_problem_index_map(meta), 4, meta, f)
+    with pytest.raises(DataError, match=rf"incorrect_indices has index 3, but {f} holds 3 records"):
+        check_indices(load_problem_index_map(meta), 3, meta, f)

@@ -33,7 +33,8 @@ def test_save_restore_on_other_mesh_and_retention(tmp_path):
     ck = Checkpointer(tmp_path, keep=2)
     for step in (2, 4, 6):
         ck.save(step, _state(m8, step), {"data_iter": b"\x00pos", "best": None}, {"lr": 1e-3})
-    ck.save(4, _state(m8, 40.0), {"best": {"value": 1.0}}, {"lr": 1e-3}, best=True)
+    best_meta = {"metric": "val/loss", "value": 1.0, "step": 4}
+    ck.save(4, _state(m8, 40.0), {"best": best_meta}, {"lr": 1e-3}, best=True)
     ck.wait()
     assert ck.periodic.all_steps() == [4, 6] and ck.latest_step() == 6
     assert ck.latest_step(best=True) == 4
@@ -50,7 +51,7 @@ def test_save_restore_on_other_mesh_and_retention(tmp_path):
     )
     assert decode_bytes(meta["data_iter"]) == b"\x00pos" and meta["step"] == 6
     best, bmeta = ck.restore(template, best=True)
-    assert float(best["params"]["b"][0]) == 40.0 and bmeta["best"] == {"value": 1.0}
+    assert float(best["params"]["b"][0]) == 40.0 and bmeta["best"] == best_meta
     assert ck.read_config() == {"lr": 1e-3}
 
 
@@ -122,3 +123,41 @@ def test_restore_refuses_a_model_that_does_not_fit_and_reports_all_bad(tmp_path)
     ):
         ck.restore(_state(m))
     assert ck.latest_step() is None and len(list((tmp_path / "corrupt_checkpoints").iterdir())) == 2
+
+
+def test_readable_but_wrong_meta_is_moved_aside_and_the_previous_checkpoint_restored(tmp_path):
+    import json
+
+    import pytest
+
+    from wmtp_jax.train.checkpoint import check_meta_fields
+
+    m = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ck = Checkpointer(tmp_path, keep=5)
+    good = {"status": "periodic", "best": {"metric": "val/loss", "value": 1.5, "step": 1}}
+    for step in (1, 2, 3):
+        ck.save(step, _state(m, step), dict(good, data_iter={"n": step}), {})
+    ck.wait()
+    meta3 = tmp_path / "checkpoints" / "3" / "meta" / "metadata"
+    meta3.write_text(json.dumps(dict(good, step=3, best=dict(good["best"], value="1.5"))))
+    meta2 = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta2.write_text(json.dumps(dict(good, step=2, data_iter={"n": "2"})))
+
+    def check_meta(meta):  # as a loader's check_state: a mistyped position is a bad checkpoint
+        if type(meta["data_iter"]["n"]) is not int:
+            raise ValueError(f"n={meta['data_iter']['n']!r}")
+
+    state, meta = ck.restore(_state(m, 0.0), check_meta=check_meta)
+    assert meta["step"] == 1 and float(state["params"]["b"][0]) == 1.0
+    moved = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "corrupt_checkpoints").iterdir())
+    assert moved == ["checkpoints-2", "checkpoints-3"] and ck.periodic.all_steps() == [1]
+    for bad, field in [
+        ({"step": "1"}, "meta step '1' != directory step 1"),
+        ({"step": 1, "status": 3}, "meta status 3"),
+        ({"step": 1, "model": []}, "meta model"),
+        ({"step": 1, "best": {"metric": "m", "value": float("nan"), "step": 1}}, "meta best"),
+        ({"step": 1, "best": {"metric": "m", "value": 1.0, "step": 2}}, "meta best"),
+        ([1], "meta is list"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            check_meta_fields(bad, 1)

@@ -78,7 +78,13 @@ def base(pipeline: str, variant: str, description: str, output_dir: str = "") ->
             "tags": (pipeline, variant),
         },
         "logging": {"level": "INFO"},
-        "distributed": {"coordinator_address": "", "num_processes": -1, "process_id": -1},
+        "distributed": {
+            "coordinator_address": "",
+            "num_processes": -1,
+            "process_id": -1,
+            # seconds for every process to reach the coordinator (one error line after it)
+            "initialization_timeout": 300.0,
+        },
     }
 
 

@@ -140,8 +140,31 @@ class DataLoader:
             **self._fingerprint(),
         }
 
+    @staticmethod
+    def check_state(state: Any) -> None:
+        """ValueError unless `state` is a well-formed `get_state()` (types, and a position that
+        agrees with its own record count and batch size); whether it fits this loader is
+        `set_state`'s check."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"loader state is {type(state).__name__}, not an object")
+        want = {"next_batch": int, "epoch": int, "step_in_epoch": int, "num_records": int}
+        want |= {"global_batch_size": int, "seed": int, "shuffle": bool, "drop_remainder": bool}
+        for k, t in want.items():
+            v = state.get(k)
+            if type(v) is not t or (t is int and v < 0 and k != "seed"):  # a bool is no int here
+                kind = "a bool" if t is bool else "an int" if k == "seed" else "a non-negative int"
+                raise ValueError(f"loader state {k}={v!r} is not {kind}")
+        n, b, nxt = state["num_records"], state["global_batch_size"], state["next_batch"]
+        steps = (n // b if state["drop_remainder"] else -(-n // b)) if b else 0
+        if not steps or (state["epoch"], state["step_in_epoch"]) != divmod(nxt, steps):
+            raise ValueError(
+                f"loader state is inconsistent: next_batch={nxt} is not epoch={state['epoch']} "
+                f"× {steps} batches ({n} records / {b}) + step_in_epoch={state['step_in_epoch']}"
+            )
+
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Resumes at `state["next_batch"]`; the data configuration must match the saved one."""
+        self.check_state(state)
         mine = self._fingerprint()
         diff = {k: (state.get(k), v) for k, v in mine.items() if k in state and state[k] != v}
         if diff:

@@ -222,6 +222,9 @@ class PackedLoader:
     def get_state(self) -> dict[str, Any]:
         return self.loader.get_state()
 
+    def check_state(self, state: Any) -> None:
+        self.loader.check_state(state)
+
     def set_state(self, state: Mapping[str, Any]) -> None:
         self.loader.set_state(state)
 

@@ -133,21 +133,31 @@ def mbpp_split_of(task_id: int) -> str | None:
 
 
 def iter_tfds_gsm8k(src: Path) -> dict[str, Iterator[tuple[str, dict]]]:
-    """A prepared TFDS `gsm8k` directory (has dataset_info.json) -> {split: rows}."""
+    """A prepared TFDS `gsm8k` directory (has dataset_info.json) -> {split: rows} ("train",
+    "test"), read through `tfds.data_source` without TensorFlow, so the directory must be
+    stored as array_record (`file_format="array_record"`); tfrecord needs TensorFlow."""
     try:
-        import tensorflow_datasets as tfds  # heavy and optional (not a dependency): TFDS input only
+        import tensorflow_datasets as tfds  # a dev extra: TFDS input only
     except ImportError:
-        raise SystemExit(
+        raise ValueError(
             f"{src} is a TFDS directory but tensorflow-datasets is not installed; "
-            "install it or pass the GSM8K JSONL/parquet files"
+            "install it (pip install tensorflow-datasets) or pass the GSM8K JSONL/parquet files"
         ) from None
     builder = tfds.builder_from_directory(str(src))
+    fmt = builder.info.file_format
+    if fmt is not None and str(getattr(fmt, "value", fmt)) != "array_record":
+        raise ValueError(
+            f"{src}: TFDS files are {getattr(fmt, 'value', fmt)}; reading needs array_record "
+            "(no TensorFlow here): rebuild it with file_format='array_record', or pass the "
+            "GSM8K JSONL/parquet files"
+        )
 
     def rows(split):
         for n, ex in enumerate(builder.as_data_source(split=split), 1):
-            yield (
-                f"{src}[{split}]:{n}",
-                {k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()},
-            )
+            loc = f"{src}[{split}]:{n}"
+            try:
+                yield loc, {k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()}
+            except UnicodeDecodeError as e:
+                raise DataError(f"{loc}: not valid UTF-8 (byte at {e.start})") from None
 
     return {s: rows(s) for s in builder.info.splits if s in ("train", "test")}

@@ -38,16 +38,49 @@ def decode_line(raw: bytes, path, line: int) -> str:
         ) from None
 
 
+MAX_JSON_DEPTH = 100  # nesting levels of one JSON document (records nest 4 deep at most)
+MAX_JSON_BYTES = 1 << 30  # one JSON document (a JSONL line, a metadata file)
+
+
+def _depth(obj) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (dict, list)):
+            deepest = max(deepest, d + 1)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return deepest
+
+
+def loads(text: str | bytes, at: str):
+    """`json.loads` with limits: at most MAX_JSON_BYTES, MAX_JSON_DEPTH levels of nesting and
+    Python's 4300 digits per integer; every failure is one DataError starting with `at` (file or
+    file:line). The one JSON parser of the data readers."""
+    if len(text) > MAX_JSON_BYTES:
+        raise DataError(f"{at}: JSON of {len(text)} bytes exceeds the {MAX_JSON_BYTES}-byte limit")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        msg = e.msg.removesuffix(" at")  # "Invalid control character at"
+        raise DataError(f"{at}: malformed JSON ({msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{at}: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        msg = str(e).split(";")[0]
+        raise DataError(f"{at}: JSON number too large ({msg})") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise DataError(f"{at}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
 def parse_json_line(raw: str | bytes, path, line: int) -> dict:
-    """One JSON object from a JSONL line, or DataError naming file:line."""
+    """One JSON object from a JSONL line (`loads`' limits), or DataError naming file:line."""
     if isinstance(raw, bytes):
         raw = decode_line(raw, path, line)
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{where(path, line)}: malformed JSON ({e.msg} at column {e.colno})"
-        ) from None
+    obj = loads(raw, where(path, line))
     if not isinstance(obj, dict):
         raise DataError(f"{where(path, line)}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -85,6 +118,16 @@ def require(
             f"got {type(value).__name__} {str(value)[:40]!r}"
         )
     return value
+
+
+def check_training_record(rec: Mapping, at: str) -> Mapping:
+    """`rec` when its fields have the prepared layout's types (instruction and output strings,
+    input a string or null, is_correct a boolean or absent), else DataError naming `at`."""
+    require(rec, "instruction", str, at, None)
+    require(rec, "output", str, at, None)
+    require(rec, "input", str, at, None, default="")
+    require(rec, "is_correct", bool, at, None, default=True)
+    return rec
 
 
 def iter_jsonl(path: str | os.PathLike, *, skip_bad: bool = False) -> Iterator[tuple[int, dict]]:
@@ -185,6 +228,10 @@ class JsonlRecords(Sequence):
         except DataError:  # re-raised naming the file line (blank lines are not records)
             parse_json_line(raw, self.path, self._line_of(int(self._off[i])))
             raise
+
+    def location(self, i: int) -> str:
+        """ "file:line" of record `i` (reads the file up to it: for error messages)."""
+        return where(self.path, self._line_of(int(self._off[i % len(self)])))
 
     def _line_of(self, offset: int) -> int:
         """1-based line number of the byte at `offset` (error path only: reads the prefix)."""

@@ -8,13 +8,12 @@ full JSONL record (correct solutions only, as the original).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from wmtp_jax.data import pairs as sampling_lib
-from wmtp_jax.data.records import DataError, JsonlRecords
+from wmtp_jax.data.records import DataError, JsonlRecords, check_training_record, loads
 
 SPLIT_ALIASES = {
     "train": ("train",),
@@ -53,15 +52,49 @@ def load_problem_index_map(metadata_path: str | os.PathLike) -> dict:
     if not p.exists():
         raise FileNotFoundError(f"{p}: metadata missing (run `python -m wmtp_jax.data.prepare`)")
     try:
-        meta = json.loads(p.read_bytes().decode("utf-8"))
+        meta = loads(p.read_bytes().decode("utf-8"), str(p))
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not valid UTF-8 (at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     pim = meta.get("problem_index_map") if isinstance(meta, dict) else None
     if not pim:
         raise FileNotFoundError(f"{p}: empty problem_index_map")
+    if not isinstance(pim, dict):
+        raise DataError(f"{p}: problem_index_map is {type(pim).__name__}, not an object")
+    for pid, info in pim.items():
+        _check_problem(info, f"{p}: problem_index_map[{pid!r}]")
     return pim
+
+
+_INDEX_LISTS = ("correct_indices", "incorrect_indices")
+_LENGTH_LISTS = ("correct_token_lengths", "incorrect_token_lengths")
+
+
+def _check_problem(info, at: str) -> None:
+    """DataError naming `at` and the field unless `info` has the metadata writer's types."""
+    if not isinstance(info, dict):
+        raise DataError(f"{at} is {type(info).__name__}, not an object")
+    for k in _INDEX_LISTS + _LENGTH_LISTS:
+        v = info.get(k)
+        if v is None:
+            continue
+        if not isinstance(v, list) or not all(type(x) is int and x >= 0 for x in v):
+            raise DataError(f"{at}.{k} must be a list of non-negative integers, got {v!r:.60}")
+    d = info.get("difficulty")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float))):
+        raise DataError(f"{at}.difficulty must be a number or null, got {d!r:.60}")
+
+
+def check_indices(pim: Mapping, n_records: int, metadata_path, records_path) -> None:
+    """DataError when a record index of the metadata is past the records file's end (the two
+    files do not belong together)."""
+    for pid, info in pim.items():
+        for k in _INDEX_LISTS:
+            bad = [i for i in info.get(k) or [] if i >= n_records]
+            if bad:
+                raise DataError(
+                    f"{metadata_path}: problem_index_map[{pid!r}].{k} has index {bad[0]}, but "
+                    f"{records_path} holds {n_records} records (re-run prepare)"
+                )
 
 
 class SampledSource(Sequence):
@@ -73,11 +106,18 @@ class SampledSource(Sequence):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _record(self, i: int) -> dict:
+        rec = self.records[i]
+        try:
+            return check_training_record(rec, "")
+        except DataError as e:  # the location is only read for an error
+            raise DataError(f"{self.records.location(i)}{e}") from None
+
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
         if not self.pairwise:
-            return self.records[item]
-        c, n = self.records[item["correct_idx"]], self.records[item["incorrect_idx"]]
+            return self._record(item)
+        c, n = self._record(item["correct_idx"]), self._record(item["incorrect_idx"])
         return {
             "instruction": c["instruction"],
             "input": c.get("input") or "",
@@ -99,9 +139,12 @@ def load_samples(
     world_size > 1, keeps this rank's `[rank::world_size]` shard (prefer world_size=1 with the
     loader's global-batch sharding, which is independent of the process count)."""
     path, meta = resolve_split(dataset_dir, split)
-    pairs = sampling_lib.sample_pairs(load_problem_index_map(meta), sampling, seed)
+    records = JsonlRecords(path)
+    pim = load_problem_index_map(meta)
+    check_indices(pim, len(records), meta, path)
+    pairs = sampling_lib.sample_pairs(pim, sampling, seed)
     pairwise = bool(sampling.get("use_pairwise", False))
     items = pairs if pairwise else sampling_lib.pointwise_indices(pairs)
     if world_size > 1:
         items = sampling_lib.shard(items, rank, world_size)
-    return SampledSource(JsonlRecords(path), items, pairwise)
+    return SampledSource(records, items, pairwise)

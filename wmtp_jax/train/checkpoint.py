@@ -17,13 +17,21 @@ back to the newest good checkpoint, moving a bad one to `corrupt_checkpoints/` w
 a checkpoint that does not fit the model (shapes, `meta["model"]`) is an error, not a fallback.
 Restores go into an abstract target placed on the CURRENT mesh (ShapeDtypeStruct +
 NamedSharding), so a checkpoint restores on any mesh.
+A save that fails (a read-only or full disk) raises `CheckpointSaveError` naming the step
+directory and the OS error; `checkpoints/` and `best/` are probed for writing when the
+`Checkpointer` is made, so an unwritable directory fails before the first step. orbax's
+background save threads are non-daemon and wait up to its 300 s barrier timeout for a failed
+peer: a command line ends the process after a save error (`wmtp_jax.main`) instead of joining them.
 Typed PRNG keys are stored as their raw key data.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -79,51 +87,124 @@ def _manager(directory: Path, keep: int, async_: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta", "config"))
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (the message names the step directory and OS error)."""
+
+
+def _os_error(e: BaseException) -> BaseException:
+    """The first OSError in `e`'s cause/context chain (orbax re-raises it from its threads, and
+    tensorstore reports errno in its own exception), else `e`."""
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        if isinstance(x, OSError):
+            return x
+        seen.add(id(x))
+        x = x.__cause__ or x.__context__
+    return e
+
+
+# OS errors a save meets, recognised in the text of a tensorstore error (which has no errno)
+_SAVE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def _save_error(path: Path, e: BaseException) -> CheckpointSaveError:
+    cause = _os_error(e)
+    if isinstance(cause, OSError):
+        text = str(cause)
+    else:
+        text = _one_line(cause)
+        known = [n for n in _SAVE_ERRNOS if os.strerror(n) in str(cause)]
+        if known:
+            text = f"[Errno {known[0]}] {os.strerror(known[0])}"
+    return CheckpointSaveError(f"could not save checkpoint {path}: {text.splitlines()[0][:1000]}")
+
+
+def _check_writable(directory: Path) -> None:
+    """Create `directory` and a probe file in it, or raise CheckpointSaveError naming the OS error
+    (root ignores permission bits, so os.access would not tell)."""
+    probe = directory / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise CheckpointSaveError(f"checkpoint directory {directory} is not writable: {e}") from e
+
+
 class Checkpointer:
     """Periodic/final (`checkpoints/`, newest `keep`) and best (`best/`, 1) checkpoints."""
 
     def __init__(self, output_dir, keep: int = 3, async_: bool = True):
         self.root = Path(output_dir).absolute()
+        for sub in (CHECKPOINTS, BEST):
+            _check_writable(self.root / sub)
         self.periodic = _manager(self.root / CHECKPOINTS, keep, async_)
         self.best = _manager(self.root / BEST, 1, async_)
+        self._pending = {False: None, True: None}  # the step dir of each manager's last save
 
     def _mgr(self, best: bool) -> ocp.CheckpointManager:
         return self.best if best else self.periodic
 
+    def _finish(self, best: bool) -> None:
+        """Wait for `best`'s manager's async save; CheckpointSaveError if it failed."""
+        try:
+            self._mgr(best).wait_until_finished()
+        except Exception as e:  # noqa: BLE001 -- whatever orbax raised, the save failed
+            raise _save_error(self._pending[best] or self._mgr(best).directory, e) from e
+
     def save(self, step: int, state, meta: dict, config: dict, *, best: bool = False) -> Path:
+        """Start saving `step` (async); CheckpointSaveError if this or an earlier save failed."""
         mgr = self._mgr(best)
+        path = mgr.directory / str(step)
         if step in mgr.all_steps():  # e.g. the final step was also a periodic one
-            return mgr.directory / str(step)
+            return path
         meta = dict(meta, step=int(step))
         # The two managers' async finalisations use the same orbax multi-host barrier names
         # ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing"): never let
         # a save on one overlap the other's.
-        self._mgr(not best).wait_until_finished()
-        mgr.save(
-            int(step),
-            force=True,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(to_storable(state)),
-                meta=ocp.args.JsonSave(_jsonable(meta)),
-                config=ocp.args.JsonSave(_jsonable(config)),
-            ),
-        )
-        return mgr.directory / str(step)
+        self._finish(not best)
+        self._finish(best)
+        self._pending[best] = path
+        try:
+            mgr.save(
+                int(step),
+                force=True,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(to_storable(state)),
+                    meta=ocp.args.JsonSave(_jsonable(meta)),
+                    config=ocp.args.JsonSave(_jsonable(config)),
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 -- whatever orbax raised, the save failed
+            raise _save_error(path, e) from e
+        return path
 
     def latest_step(self, best: bool = False) -> int | None:
         return self._mgr(best).latest_step()
 
     def restore(
-        self, template, step: int | None = None, *, best: bool = False, expect: dict | None = None
+        self,
+        template,
+        step: int | None = None,
+        *,
+        best: bool = False,
+        expect: dict | None = None,
+        check_meta=None,
     ):
         """(state, meta) of `step`, or of the newest good checkpoint; placed like `template`.
 
         Without `step`, checkpoints are tried newest first. One that cannot be read or fails
-        verification (meta step = its directory's step, every float leaf finite) is moved
-        to `<output_dir>/corrupt_checkpoints/` with a warning naming it, and the previous one is
+        verification (meta fields of the right types, meta step = its directory's step,
+        `check_meta(meta)` passes, every float leaf finite) is moved to
+        `<output_dir>/corrupt_checkpoints/` with a warning naming it, and the previous one is
         tried. A checkpoint that does not fit (`expect` keys of meta["model"] differ, or a
-        template leaf is missing or shaped otherwise) raises IncompatibleCheckpoint: that is a
-        config or model change, not a bad file, and falling back would not help.
+        template leaf is missing or shaped otherwise, or `check_meta` raises it) raises
+        IncompatibleCheckpoint: that is a config or model change, not a bad file, and falling
+        back would not help.
         """
         mgr = self._mgr(best)
         steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
@@ -133,7 +214,7 @@ class Checkpointer:
         for s in steps:
             path = mgr.directory / str(s)
             try:
-                state, meta = _restore_step(mgr, s, template, expect)
+                state, meta = _restore_step(mgr, s, template, expect, check_meta)
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # noqa: BLE001 -- any read/verify failure: try the previous one
@@ -182,8 +263,9 @@ class Checkpointer:
         return self._mgr(best).directory / str(step)
 
     def wait(self):
-        self.periodic.wait_until_finished()
-        self.best.wait_until_finished()
+        """Wait for both managers' saves; CheckpointSaveError if one failed."""
+        self._finish(False)
+        self._finish(True)
 
     def close(self):
         self.periodic.close()
@@ -193,10 +275,13 @@ class Checkpointer:
 QUARANTINE = "corrupt_checkpoints"
 
 
-def _restore_step(mgr: ocp.CheckpointManager, step: int, template, expect: dict | None):
+def _restore_step(mgr: ocp.CheckpointManager, step: int, template, expect: dict | None, check_meta):
     """(state, meta) of one step, checked to fit `template` / `expect` and verified."""
     path = mgr.directory / str(step)
-    meta = dict(mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    check_meta_fields(meta, step)
+    if check_meta is not None:
+        check_meta(meta)
     _check_compatible(path, meta, template, expect)
     out = mgr.restore(
         step,
@@ -272,10 +357,36 @@ def _leaf_name(path) -> str:
     return "/".join(parts)
 
 
-def _verify(path: Path, step: int, state, meta: dict):
-    """Meta names the directory's step; no NaN/inf in the state (the NaN guard never saves one)."""
-    if meta.get("step") != step:
+def check_meta_fields(meta, step: int) -> None:
+    """ValueError naming the first field of a checkpoint's meta that is missing or mistyped:
+    step (= the directory's), and where present status (a string), model (an object), best
+    (None or {metric, value: a finite number, step <= this step}). The data-iterator state is
+    the loader's to check (`check_state`)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta is {type(meta).__name__}, not an object")
+    if type(meta.get("step")) is not int or meta["step"] != step:
         raise ValueError(f"meta step {meta.get('step')!r} != directory step {step}")
+    if not isinstance(meta.get("status", ""), str):
+        raise ValueError(f"meta status {meta['status']!r} is not a string")
+    if not isinstance(meta.get("model", {}), dict):
+        raise ValueError(f"meta model {meta['model']!r} is not an object")
+    best = meta.get("best")
+    if best is None:
+        return
+    ok = (
+        isinstance(best, dict)
+        and isinstance(best.get("metric"), str)
+        and type(best.get("value")) in (int, float)
+        and math.isfinite(best["value"])
+        and type(best.get("step")) is int
+        and 0 <= best["step"] <= step
+    )
+    if not ok:
+        raise ValueError(f"meta best {best!r} is not {{metric, finite value, step <= {step}}}")
+
+
+def _verify(path: Path, step: int, state, meta: dict):
+    """No NaN/inf in the state (the NaN guard never saves one)."""
     floats = [
         x
         for x in jax.tree.leaves(state)

@@ -4,11 +4,20 @@ Order of precedence: config flags (`distributed.coordinator_address`, `num_proce
 `process_id`), then the environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
 `JAX_PROCESS_ID`), then cluster auto-detection (SLURM, Open MPI, Cloud TPU / GKE: jax's own
 `initialize()` with no arguments). A single process with none of these is a no-op.
+
+Deadline: when the processes have not all reached the coordinator within
+`distributed.initialization_timeout` seconds (default 300, jax's own), the process prints one
+`error:` line naming the coordinator and exits 2. jax's own timeout ends the process with a C++
+fatal error and a stack trace (not an exception), so a watchdog thread ends it first; jax's
+deadline is set 30 s later as a backstop.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import threading
 
 import jax
 from absl import logging
@@ -52,18 +61,58 @@ def resolve(config=None) -> dict | None:
     return None
 
 
+DEFAULT_TIMEOUT = 300.0  # jax.distributed.initialize's own default (seconds)
+
+
+def initialization_timeout(config=None) -> float:
+    """`distributed.initialization_timeout` (seconds, finite and > 0; default 300)."""
+    d = getattr(config, "distributed", None) if config is not None else None
+    t = d.get("initialization_timeout", DEFAULT_TIMEOUT) if d is not None else DEFAULT_TIMEOUT
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise ValueError(
+            f"distributed.initialization_timeout={t!r} must be a finite number of seconds > 0"
+        )
+    return float(t)
+
+
+def _deadline(seconds: float, what: str) -> threading.Timer:
+    """A started watchdog: one `error:` line and exit 2 after `seconds` unless cancelled."""
+
+    def expire():
+        print(
+            f"error: {what} did not complete within distributed.initialization_timeout="
+            f"{seconds:g} s: the coordinator is unreachable or not every process started",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(2)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def maybe_initialize(config=None) -> bool:
-    """Call `jax.distributed.initialize` when running multi-process; returns whether it did."""
+    """Call `jax.distributed.initialize` when running multi-process; returns whether it did.
+    Ends the process (one line, exit 2) when it does not complete in time (see above)."""
     if jax.distributed.is_initialized():
         return True
     kwargs = resolve(config)
     if kwargs is None:
         return False
+    timeout = initialization_timeout(config)
     if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
         # CPU collectives across processes (tests over loopback) go through gloo.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     logging.info("jax.distributed.initialize(%s)", kwargs or "auto-detect")
-    jax.distributed.initialize(**kwargs)
+    where = kwargs.get("coordinator_address", "auto-detected")
+    who = f"process {kwargs['process_id']} of {kwargs['num_processes']}" if kwargs else "process"
+    watchdog = _deadline(timeout, f"joining the coordinator {where} ({who})")
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=math.ceil(timeout) + 30)
+    finally:
+        watchdog.cancel()
     logging.info(
         "process %d/%d, %d local / %d global devices",
         jax.process_index(),

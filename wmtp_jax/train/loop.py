@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from wmtp_jax.train import mesh as mesh_lib
-from wmtp_jax.train.checkpoint import Checkpointer, decode_bytes
+from wmtp_jax.train.checkpoint import Checkpointer, IncompatibleCheckpoint, decode_bytes
 from wmtp_jax.train.lock import hold_output_dir
 from wmtp_jax.train.progress import Progress
 from wmtp_jax.train.step import Compiled, build
@@ -329,10 +329,18 @@ class _Run:
 def fit(config, task: TrainTask, *, mesh=None, stop_at_step: int | None = None) -> TrainResult:
     """Train `task` under `config`; `stop_at_step`: checkpoint and stop after it (as SIGTERM).
 
-    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run."""
+    Holds the exclusive lock on `config.output_dir` (wmtp_jax.train.lock) for the whole run.
+    An error during the steps (e.g. CheckpointSaveError, bad data) closes the progress bar and
+    marks the tracker's run FAILED before it propagates."""
     with hold_output_dir(config.output_dir):
         run = _start(config, task, mesh)
-        status, step = _train(run, stop_at_step)
+        try:
+            status, step = _train(run, stop_at_step)
+            run.ck.wait()
+        except Exception:
+            run.progress.close()
+            run.tracker.end("FAILED")
+            raise
         return _finish(run, status, step)
 
 
@@ -386,9 +394,21 @@ def _resume(ck: Checkpointer, config, task: TrainTask, state, signature: dict):
             f"output_dir={str(ck.root)!r} already holds checkpoints (latest step {latest}) "
             "and resume=False: choose a new output_dir or set --config.resume=True"
         )
-    state, meta = ck.restore(state, expect=signature)
+    check = getattr(task.train_iter, "check_state", None)
+
+    def check_meta(meta: dict):
+        if check is not None and meta.get("data_iter") is not None:
+            check(decode_bytes(meta["data_iter"]))  # malformed: a bad checkpoint, fall back
+
+    state, meta = ck.restore(state, expect=signature, check_meta=check_meta)
     if meta.get("data_iter") is not None:
-        task.train_iter.set_state(decode_bytes(meta["data_iter"]))
+        try:
+            task.train_iter.set_state(decode_bytes(meta["data_iter"]))
+        except ValueError as e:  # well-formed but for other data: a config change
+            raise IncompatibleCheckpoint(
+                f"checkpoint {ck.path(meta['step'])} was trained on other data: {e}; resume "
+                f"with the same data and batch settings, or train into a new output_dir"
+            ) from e
     logging.info("resumed from %s (step %d)", ck.path(meta["step"]), meta["step"])
     return state, meta.get("best"), True
 

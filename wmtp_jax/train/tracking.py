@@ -108,6 +108,7 @@ class Tracker:
         self.tracking_uri = str(config.mlflow.tracking_uri)
         self.sync_timeout = float(config.mlflow.get("sync_timeout", 120.0))
         self._thread = None
+        self._ended = False
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -331,8 +332,10 @@ class Tracker:
         return True
 
     def end(self, status: str = "FINISHED"):
-        if not self.enabled:
+        """Close metrics.jsonl and end the MLflow run with `status` (later calls do nothing)."""
+        if not self.enabled or self._ended:
             return
+        self._ended = True
         self._metrics_file.close()
         if self._thread is None:
             return
