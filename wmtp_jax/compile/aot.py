@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from wmtp_jax.compile import task as task_lib
 from wmtp_jax.compile.topology import Topology
 from wmtp_jax.generate.decode import model_forward
-from wmtp_jax.models import io
+from wmtp_jax.models import serialization
 from wmtp_jax.ops.attention import resolve
 from wmtp_jax.ops.platform import target_platform
 from wmtp_jax.train import mesh as mesh_lib
@@ -145,7 +145,7 @@ def _inference_model(args, kind: str, dtype: str):
     """The abstract trained model as evaluation runs it: LoRA merged, params in `dtype`."""
     cfg = {"kind": "mtp" if kind == "mtp" else "llama", "lm_head": True, "lora": None}
     args = args.replace(dtype=dtype, param_dtype=dtype, remat="none")
-    return nnx.eval_shape(io.model_factory(cfg, args)), args
+    return nnx.eval_shape(serialization.model_factory(cfg, args)), args
 
 
 def decode_programs(

@@ -24,7 +24,7 @@ from flax import nnx
 
 from wmtp_jax.bench.train_step import NO_DATA
 from wmtp_jax.configs.common import ConfigError
-from wmtp_jax.models import io, load, presets
+from wmtp_jax.models import load, presets, serialization
 from wmtp_jax.models.args import ModelArgs
 from wmtp_jax.pipelines import baseline, bootstrap, critic, ref_tuning, rho1, verifiable
 
@@ -78,8 +78,8 @@ def shape_source(path: str, preset: str | None) -> tuple[dict, str]:
     name. ConfigError (exit 2) when there is none."""
     if preset:
         return {"args": None}, f"preset {preset}"
-    if (Path(path) / io.CONFIG_FILE).is_file():
-        return dict(io.read_config(path)), f"{path}/{io.CONFIG_FILE}"
+    if (Path(path) / serialization.CONFIG_FILE).is_file():
+        return dict(serialization.read_config(path)), f"{path}/{serialization.CONFIG_FILE}"
     parts = Path(str(path)).parts
     name = next((_MICRO_DIRS[p] for p in reversed(parts) if p in _MICRO_DIRS), None)
     name = name or presets.preset_for_path(path)
@@ -125,10 +125,10 @@ def abstract_model(config, pipeline: str, name: str, role: Role, args: ModelArgs
         hf = role.kind == "llama"
         lora = load.lora_config(config, hf_names=hf)
         cfg = {"kind": role.kind, "lm_head": True, "lora": lora.to_dict() if lora else None}
-        make = io.model_factory(cfg, args, seed=seed)
+        make = serialization.model_factory(cfg, args, seed=seed)
     else:  # frozen: LoRA merged, the stored head
         cfg = {"kind": role.kind, "lm_head": True, "value_head": info["value_head"], "lora": None}
-        make = io.model_factory(cfg, args, seed=seed)
+        make = serialization.model_factory(cfg, args, seed=seed)
     model = nnx.eval_shape(make)
     if not role.trained:
         model.eval()

@@ -194,7 +194,7 @@ def random_critic(config, mesh, args: serialization.ModelArgs) -> ValueModel:
     )
 
 
-def critic_factory(config, args: io.ModelArgs):
+def critic_factory(config, args: serialization.ModelArgs):
     """Zero-argument constructor of the trained critic: a ValueModel of backbone `args` with the
     configured head and LoRA (`nnx.eval_shape` of it is the abstract critic of wmtp_jax.compile)."""
     t = config.training
