@@ -226,7 +226,7 @@ def test_critic_pairwise_loss_values_and_training():
     v_pos = v.at[:2].add(1.0)
     want = -np.log(1 / (1 + np.exp(-1.0)))
     assert float(critic.value_loss(v_pos, v, m, m, batch, vl, 1.0)) == pytest.approx(want, 1e-5)
-    for loss_type in ("pairwise_ranking", "lambda_return"):
+    for loss_type in ("pairwise_ranking", "lambda_return", "first_divergence"):
         vl = critic.ValueLossConfig(
             type=loss_type, loss_fn="mse", schedule=("linear", 1.0, 0.95, 2, 4)
         )

@@ -110,6 +110,12 @@ def validate(c):
         "need 0 < γ ≤ 1",
     )
     common._check(
+        not (t.value_loss.type == "first_divergence" and c.data.packing),
+        "training.value_loss.type",
+        t.value_loss.type,
+        "first_divergence compares the two rows of a pair token by token: needs data.packing=False",
+    )
+    common._check(
         c.data_sampling.use_pairwise,
         "data_sampling.use_pairwise",
         c.data_sampling.use_pairwise,
