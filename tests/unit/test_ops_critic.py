@@ -139,7 +139,7 @@ def test_first_divergence_targets_and_loss():
     m = np.array([[0, 1, 1, 1, 0], [0, 1, 1, 1, 0]], np.float32)
     vp = np.full((2, 5), 0.5, np.float32)
     vn = np.full((2, 5), 0.5, np.float32)
-    # pos rows: errors (0, −.5, −.5) and (0, 0, −.5) over 3 tokens; neg rows: (0, .5, .5), (0, 0, .5)
+    # pos rows: errors (0, −.5, −.5), (0, 0, −.5) over 3 tokens; neg: (0, .5, .5), (0, 0, .5)
     want = ((0.5 / 3 + 0.25 / 3) / 2 + (0.5 / 3 + 0.25 / 3) / 2) / 2
     got = jax.jit(first_divergence_loss)(vp, vn, pos, neg, m, m)
     np.testing.assert_allclose(got, want, rtol=1e-6)
