@@ -172,3 +172,27 @@ def test_left_padding_tokenizer_rejected(tok):
             AlpacaCollator(tok, 32)
     finally:
         tok.padding_side = "right"
+
+
+def test_critical_marks_the_tokens_of_the_spans(tok):
+    out = "def add_const(x):\n    return x + 7"
+    s = out.index("7")
+    recs = [
+        {"instruction": "Add 7.", "output": out, "critical_spans": [[s, s + 1]]},
+        {"instruction": "Add 7.", "output": out, "critical_spans": []},
+    ]
+    got = AlpacaCollator(tok, L, append_eos=True)(recs)
+    bare = [{k: v for k, v in r.items() if k != "critical_spans"} for r in recs]
+    plain = AlpacaCollator(tok, L, append_eos=True)(bare)
+    for k in ("input_ids", "attention_mask", "labels"):  # the spans change nothing else
+        np.testing.assert_array_equal(got[k], plain[k])
+    crit = got["critical"]
+    assert crit.dtype == np.float32 and crit[1].sum() == 0
+    (idx,) = np.nonzero(crit[0])
+    assert len(idx) >= 1 and (got["labels"][0, idx] >= 0).all()
+    assert (
+        "7" in tok.decode(got["input_ids"][0, idx])
+        and len(tok.decode(got["input_ids"][0, idx])) <= 3
+    )
+    with pytest.raises(ValueError, match="critical_spans"):
+        AlpacaCollator(tok, L)([recs[0], {"instruction": "x", "output": "y"}])

@@ -1,6 +1,6 @@
 import pytest
 
-from wmtp_jax.data.spans import diff_span, mutated_span, nearest
+from wmtp_jax.data.spans import critical_spans, diff_span, merge_spans, mutated_span, nearest
 
 
 def test_replacement_span():
@@ -28,3 +28,14 @@ def test_identical_is_an_error():
         diff_span("abc", "abc")
     with pytest.raises(ValueError, match="no candidates"):
         nearest("abc", [])
+
+
+def test_critical_spans_on_the_correct_solution():
+    corrects = ["return 3 * x + 4", "y = 3 * x\n    return y + 4"]
+    # mutant 0 and 1 are nearest to correct 0 (two places), mutant 2 to correct 1
+    wrong = ["return 3 * x - 4", "return 2 * x + 4", "y = 3 * x\n    return y + 5"]
+    got = critical_spans(corrects, wrong)
+    assert got == [[(7, 8), (13, 14)], [(25, 26)]]
+    assert corrects[0][7:8] == "3" and corrects[0][13:14] == "+" and corrects[1][25:26] == "4"
+    assert merge_spans([(5, 7), (1, 2), (6, 9), (2, 3)]) == [(1, 3), (5, 9)]
+    assert critical_spans(["abc"], []) == [[]]

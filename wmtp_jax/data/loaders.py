@@ -50,13 +50,17 @@ def sampling_dict(config, *, validation: bool = False, pairwise: bool | None = N
     }
 
 
-def make_source(config, split: str, *, pairwise: bool, validation: bool = False):
-    """Sampled records of `split` (all processes see the same global list; the loader shards)."""
+def make_source(
+    config, split: str, *, pairwise: bool, validation: bool = False, critical: bool = False
+):
+    """Sampled records of `split` (all processes see the same global list; the loader shards);
+    `critical`: pointwise records carry `critical_spans` (sources.critical_span_map)."""
     return load_samples(
         config.dataset.path,
         split,
         sampling_dict(config, validation=validation, pairwise=pairwise),
         seed=int(config.data_sampling.seed),
+        critical=critical,
     )
 
 
@@ -69,14 +73,17 @@ def make_collator(config, tokenizer, *, pairwise: bool):
     )
 
 
-def make_loaders(config, tokenizer, *, pairwise: bool):
+def make_loaders(config, tokenizer, *, pairwise: bool, critical: bool = False):
     """(endless shuffled train loader, val_iter_fn, n_val_records).
 
     Batches: per-process rows of a global batch of `training.batch_size`, static length
-    `dataset.max_length`, plus `valid` (0 on padding rows of the last validation batch)."""
+    `dataset.max_length`, plus `valid` (0 on padding rows of the last validation batch), plus
+    `critical` `[B,L]` with `critical` (the oracle weighting; pointwise, unpacked)."""
+    if critical and (pairwise or config.data.get("packing", False)):
+        raise ValueError("critical spans need pointwise, unpacked batches")
     collate = make_collator(config, tokenizer, pairwise=pairwise)
     bs = int(config.training.batch_size)
-    train_src = make_source(config, config.dataset.train, pairwise=pairwise)
+    train_src = make_source(config, config.dataset.train, pairwise=pairwise, critical=critical)
     train = DataLoader(
         train_src,
         collate,
@@ -85,7 +92,9 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
         shuffle=True,
         num_threads=int(config.data.num_threads),
     )
-    val_src = make_source(config, config.dataset.validation, pairwise=pairwise, validation=True)
+    val_src = make_source(
+        config, config.dataset.validation, pairwise=pairwise, validation=True, critical=critical
+    )
 
     def val_iter_fn():
         return DataLoader(
@@ -113,10 +122,11 @@ def make_loaders(config, tokenizer, *, pairwise: bool):
     return train, val_iter_fn, len(val_src)
 
 
-def load(config, entry, *, pairwise: bool) -> Loaders:
-    """The tokenizer of model entry `entry` and the loaders of config.dataset."""
+def load(config, entry, *, pairwise: bool, critical: bool = False) -> Loaders:
+    """The tokenizer of model entry `entry` and the loaders of config.dataset (`critical`: see
+    make_loaders)."""
     tok = load_tokenizer(entry)
-    train, val_iter_fn, _ = make_loaders(config, tok, pairwise=pairwise)
+    train, val_iter_fn, _ = make_loaders(config, tok, pairwise=pairwise, critical=critical)
     return Loaders(tok, train, val_iter_fn)
 
 

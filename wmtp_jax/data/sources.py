@@ -3,7 +3,8 @@
 `load_samples(dataset_dir, split, sampling, seed)` returns a `SampledSource`: `len()` and
 `src[i]` (a record read by byte offset on demand). Pairwise records are
 `{instruction, input, correct_output, incorrect_output, problem_id}`; pointwise records are the
-full JSONL record (correct solutions only, as the original).
+full JSONL record (correct solutions only, as the original); with `critical=True` they also
+carry `critical_spans` (`critical_span_map`: where the problem's mutants deviate from them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from wmtp_jax.data import sampling as sampling_lib
 from wmtp_jax.data.records import DataError, JsonlRecords
+from wmtp_jax.data.spans import critical_spans
 
 SPLIT_ALIASES = {
     "train": ("train",),
@@ -67,8 +69,11 @@ def load_problem_index_map(metadata_path: str | os.PathLike) -> dict:
 class SampledSource(Sequence):
     """Random-access view `src[i]` over the sampled indices of a JSONL split (grain data source)."""
 
-    def __init__(self, records: JsonlRecords, items: Sequence, pairwise: bool):
+    def __init__(
+        self, records: JsonlRecords, items: Sequence, pairwise: bool, critical: dict | None = None
+    ):
         self.records, self.items, self.pairwise = records, list(items), pairwise
+        self.critical = critical
 
     def __len__(self) -> int:
         return len(self.items)
@@ -76,7 +81,10 @@ class SampledSource(Sequence):
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
         if not self.pairwise:
-            return self.records[item]
+            rec = self.records[item]
+            if self.critical is not None:
+                rec = {**rec, "critical_spans": self.critical.get(int(item), [])}
+            return rec
         c, n = self.records[item["correct_idx"]], self.records[item["incorrect_idx"]]
         return {
             "instruction": c["instruction"],
@@ -87,6 +95,22 @@ class SampledSource(Sequence):
         }
 
 
+def critical_span_map(records: JsonlRecords, problem_index_map: Mapping) -> dict:
+    """{record index of a correct solution: [[start, end], ...]}: the character ranges of it at
+    which the problem's incorrect solutions (mutants) deviate (`spans.critical_spans`)."""
+    out = {}
+    for info in problem_index_map.values():
+        ci = [int(i) for i in info.get("correct_indices") or []]
+        wi = [int(i) for i in info.get("incorrect_indices") or []]
+        if not ci:
+            continue
+        spans = critical_spans(
+            [records[i]["output"] for i in ci], [records[i]["output"] for i in wi]
+        )
+        out.update({i: [list(x) for x in sp] for i, sp in zip(ci, spans)})
+    return out
+
+
 def load_samples(
     dataset_dir: str | os.PathLike,
     split: str,
@@ -94,14 +118,19 @@ def load_samples(
     seed: int = 42,
     rank: int = 0,
     world_size: int = 1,
+    critical: bool = False,
 ) -> SampledSource:
     """Samples pairs (or correct-only pointwise records when `use_pairwise` is false) and, for
     world_size > 1, keeps this rank's `[rank::world_size]` shard (prefer world_size=1 with the
-    loader's global-batch sharding, which is independent of the process count)."""
+    loader's global-batch sharding, which is independent of the process count). `critical`:
+    pointwise records carry `critical_spans` (critical_span_map)."""
     path, meta = resolve_split(dataset_dir, split)
-    pairs = sampling_lib.sample_pairs(load_problem_index_map(meta), sampling, seed)
+    pim = load_problem_index_map(meta)
+    pairs = sampling_lib.sample_pairs(pim, sampling, seed)
     pairwise = bool(sampling.get("use_pairwise", False))
     items = pairs if pairwise else sampling_lib.pointwise_indices(pairs)
     if world_size > 1:
         items = sampling_lib.shard(items, rank, world_size)
-    return SampledSource(JsonlRecords(path), items, pairwise)
+    records = JsonlRecords(path)
+    crit = critical_span_map(records, pim) if critical and not pairwise else None
+    return SampledSource(records, items, pairwise, crit)
