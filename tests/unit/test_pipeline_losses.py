@@ -184,6 +184,25 @@ def test_baseline_chunked_loss_equals_dense():
     np.testing.assert_allclose(f(pol, 16), f(pol, 0), rtol=1e-5)
 
 
+def test_baseline_ntp_trains_head_0_only():
+    """loss_heads = 1 (the ntp control): the loss is head 0's CE of the full MTP loss, dense and
+    chunked, and heads 1..K-1 get no gradient."""
+    pol = policy()
+    batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
+    full = baseline.loss_fn(pol, None, batch, None, {})[1][0]
+    for cs in (0, 16):
+        got = nnx.jit(
+            lambda p, cs=cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs, n_future=1)
+        )(pol)
+        np.testing.assert_allclose(got[0], full["head_0_ce"], rtol=1e-5)
+        assert list(got[1][0]) == ["head_0_ce"]
+    grads = nnx.grad(lambda p: baseline.loss_fn(p, None, batch, None, {}, n_future=1)[0])(pol)
+    heads = nnx.to_pure_dict(nnx.state(grads, nnx.Param))["heads"]
+    per_head = jax.tree.map(lambda g: jnp.abs(g).reshape(g.shape[0], -1).sum(1), heads)
+    norms = sum(jax.tree.leaves(per_head))
+    assert float(norms[0]) > 0 and float(jnp.abs(norms[1:]).sum()) == 0.0
+
+
 def test_baseline_loss_falls_overfitting():
     task = TrainTask(model=policy(), train_iter=iter(()), loss_fn=baseline.loss_fn)
     losses, _, _ = overfit(task, pointwise_batch())

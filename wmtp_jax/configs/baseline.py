@@ -18,6 +18,9 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         parts.add_data(c, variant, use_pairwise=False)
         parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
         parts.add_loss_chunking(c, variant)
+        # heads the CE trains: 0 = all K (MTP); 1 = next-token CE on head 0 only, the same trunk
+        # (the study's `ntp` control: heads 1..K-1 get no gradient and decoding uses head 0)
+        c.training.loss_heads = 0
     if variant == "small":
         parts.apply_small(c)
     return finalize(c)
@@ -27,6 +30,9 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    common._check(
+        c.training.loss_heads >= 0, "training.loss_heads", c.training.loss_heads, "need ≥ 0"
+    )
 
 
 def finalize(c):
