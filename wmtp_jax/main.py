@@ -46,7 +46,7 @@ def _fail(msg: str) -> None:
 
 def load_pipeline(name: str):
     """The module `wmtp_jax.pipelines.<name>` (exit 2 when there is none, or it has no `run`)."""
-    module = f"wmtp_jax.pipelines.{name}"
+    module = "wmtp_jax.study.pipeline" if name == "experiment" else f"wmtp_jax.pipelines.{name}"
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
