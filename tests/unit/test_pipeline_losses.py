@@ -164,6 +164,28 @@ def test_verifiable_critic_gets_no_gradient_and_weights_vary():
     assert int(new_extra["ema"].step_count) == 1
 
 
+def test_verifiable_controls_keep_the_mean_weight_and_move_the_weights():
+    """random_weights (permute) and oracle: the same mean weight over the valid tokens as the
+    method's weights in that batch, other placement, another loss; the EMA is the method's."""
+    pol, crit = policy(), ToyCritic(nnx.Rngs(1))
+    batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
+    batch["critical"] = jnp.zeros((B, S), jnp.float32).at[:, 5:7].set(1.0)
+    extra = weighting.init_extra(0.1, 2)
+    key = jax.random.key(0)
+    run = lambda control: verifiable.loss_fn(
+        pol, crit, batch, key, extra, wc=WC, ga=1, control=control
+    )
+    base, (mb, eb) = run(("none", 1.0))
+    for control in (("permute", 1.0), ("oracle", 4.0)):
+        loss, (m, e) = run(control)
+        assert float(m["weight/mean"]) == pytest.approx(float(mb["weight/mean"]), rel=1e-5)
+        assert abs(float(loss) - float(base)) > 1e-4
+        np.testing.assert_array_equal(e["ema"].mean, eb["ema"].mean)
+    assert float(run(("oracle", 4.0))[1][0]["weight/max"]) == pytest.approx(
+        4 * float(run(("oracle", 4.0))[1][0]["weight/min"]), rel=1e-5
+    )
+
+
 def test_verifiable_loss_falls_overfitting_with_ema_over_accumulation():
     wc = WC._replace(advantage="gae", whitening="ema")
     task = TrainTask(

@@ -28,6 +28,7 @@ HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 ADVANTAGES = ("gae", "td")
 WHITENINGS = ("ema", "batch")
+CONTROLS = ("none", "permute", "oracle")  # weighting.control (wmtp_jax.weighting.controls)
 VALUE_LOSSES = ("pairwise_ranking", "lambda_return", "first_divergence")
 VALUE_LOSS_FNS = ("huber", "mse")
 VALUE_HEADS = ("mlp", "linear", "sigmoid")
