@@ -281,7 +281,7 @@ def test_critic_pairwise_loss_values_and_training():
     v_pos = v.at[:2].add(1.0)
     want = -np.log(1 / (1 + np.exp(-1.0)))
     assert float(critic.value_loss(v_pos, v, m, m, batch, vl, 1.0)) == pytest.approx(want, 1e-5)
-    for loss_type in ("pairwise_ranking", "lambda_return", "first_divergence"):
+    for loss_type in ("pairwise_ranking", "lambda_return", "first_divergence", "prefix_mc"):
         vl = critic.ValueLossConfig(
             type=loss_type, loss_fn="mse", schedule=("linear", 1.0, 0.95, 2, 4)
         )
@@ -292,7 +292,12 @@ def test_critic_pairwise_loss_values_and_training():
             extra_state={"micro_batches": jnp.zeros((), jnp.int32)},
             trainable=nnx.Param,
         )
-        losses, state, _ = overfit(task, pairwise_batch(), lr=1e-1)
+        pb = pairwise_batch()
+        pb["pos_value_target"] = np.full((B, S), 0.5, np.float32)
+        pb["pos_value_target"][:, 6:] = 1.0
+        pb["neg_value_target"] = np.full((B, S), 0.5, np.float32)
+        pb["neg_value_target"][:, 6:] = 0.0
+        losses, state, _ = overfit(task, pb, lr=1e-1)
         assert losses[-1] < 0.85 * losses[0], (loss_type, losses)
         assert int(state["extra"]["micro_batches"]) == len(losses)
 

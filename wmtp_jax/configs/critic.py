@@ -110,10 +110,10 @@ def validate(c):
         "need 0 < γ ≤ 1",
     )
     common._check(
-        not (t.value_loss.type == "first_divergence" and c.data.packing),
+        not (t.value_loss.type in ("first_divergence", "prefix_mc") and c.data.packing),
         "training.value_loss.type",
         t.value_loss.type,
-        "first_divergence compares the two rows of a pair token by token: needs data.packing=False",
+        "per-token pair targets: needs data.packing=False",
     )
     common._check(
         c.data_sampling.use_pairwise,

@@ -18,7 +18,8 @@ from wmtp_jax.configs import baseline, common, critic, ref_tuning
 
 # critic objectives: name -> training.value_loss overrides of the critic's micro config
 # (ranking = the pipeline's default; lambda_mse = the original's production critic_mlp: λ-return
-# regression with MSE at constant λ = 1, i.e. Monte Carlo; divergence = ops.first_divergence_loss)
+# regression with MSE at constant λ = 1, i.e. Monte Carlo; divergence = ops.first_divergence_loss;
+# prefix_mc = ops.prefix_value_loss on data.spans.prefix_success targets)
 CRITICS = {
     "ranking": {},
     "lambda_mse": {
@@ -28,6 +29,7 @@ CRITICS = {
         "lambda_schedule.value": 1.0,
     },
     "divergence": {"type": "first_divergence", "loss_fn": "mse"},
+    "prefix_mc": {"type": "prefix_mc", "loss_fn": "mse"},
 }
 # arm -> (pipeline, critic objective or None, config overrides): every arm is a weighting of the
 # same policy CE; `verifiable` uses the ranking critic, `verifiable_<critic>` the others

@@ -51,16 +51,24 @@ def sampling_dict(config, *, validation: bool = False, pairwise: bool | None = N
 
 
 def make_source(
-    config, split: str, *, pairwise: bool, validation: bool = False, critical: bool = False
+    config,
+    split: str,
+    *,
+    pairwise: bool,
+    validation: bool = False,
+    critical: bool = False,
+    siblings: bool = False,
 ):
     """Sampled records of `split` (all processes see the same global list; the loader shards);
-    `critical`: pointwise records carry `critical_spans` (sources.critical_span_map)."""
+    `critical`: pointwise records carry `critical_spans` (sources.critical_span_map);
+    `siblings`: pair records carry the problem's other solutions (sources.load_samples)."""
     return load_samples(
         config.dataset.path,
         split,
         sampling_dict(config, validation=validation, pairwise=pairwise),
         seed=int(config.data_sampling.seed),
         critical=critical,
+        siblings=siblings,
     )
 
 
@@ -73,17 +81,23 @@ def make_collator(config, tokenizer, *, pairwise: bool):
     )
 
 
-def make_loaders(config, tokenizer, *, pairwise: bool, critical: bool = False):
+def make_loaders(
+    config, tokenizer, *, pairwise: bool, critical: bool = False, siblings: bool = False
+):
     """(endless shuffled train loader, val_iter_fn, n_val_records).
 
     Batches: per-process rows of a global batch of `training.batch_size`, static length
     `dataset.max_length`, plus `valid` (0 on padding rows of the last validation batch), plus
-    `critical` `[B,L]` with `critical` (the oracle weighting; pointwise, unpacked)."""
+    `critical` `[B,L]` with `critical` (the oracle weighting; pointwise, unpacked), plus
+    `{pos,neg}_value_target` `[B,L]` with `siblings` (the prefix_mc critic; pairs, unpacked)."""
     if critical and (pairwise or config.data.get("packing", False)):
         raise ValueError("critical spans need pointwise, unpacked batches")
+    if siblings and (not pairwise or config.data.get("packing", False)):
+        raise ValueError("prefix value targets need pairwise, unpacked batches")
     collate = make_collator(config, tokenizer, pairwise=pairwise)
     bs = int(config.training.batch_size)
-    train_src = make_source(config, config.dataset.train, pairwise=pairwise, critical=critical)
+    kw = dict(pairwise=pairwise, critical=critical, siblings=siblings)
+    train_src = make_source(config, config.dataset.train, **kw)
     train = DataLoader(
         train_src,
         collate,
@@ -92,9 +106,7 @@ def make_loaders(config, tokenizer, *, pairwise: bool, critical: bool = False):
         shuffle=True,
         num_threads=int(config.data.num_threads),
     )
-    val_src = make_source(
-        config, config.dataset.validation, pairwise=pairwise, validation=True, critical=critical
-    )
+    val_src = make_source(config, config.dataset.validation, validation=True, **kw)
 
     def val_iter_fn():
         return DataLoader(
@@ -122,11 +134,15 @@ def make_loaders(config, tokenizer, *, pairwise: bool, critical: bool = False):
     return train, val_iter_fn, len(val_src)
 
 
-def load(config, entry, *, pairwise: bool, critical: bool = False) -> Loaders:
-    """The tokenizer of model entry `entry` and the loaders of config.dataset (`critical`: see
-    make_loaders)."""
+def load(
+    config, entry, *, pairwise: bool, critical: bool = False, siblings: bool = False
+) -> Loaders:
+    """The tokenizer of model entry `entry` and the loaders of config.dataset (`critical`,
+    `siblings`: see make_loaders)."""
     tok = load_tokenizer(entry)
-    train, val_iter_fn, _ = make_loaders(config, tok, pairwise=pairwise, critical=critical)
+    train, val_iter_fn, _ = make_loaders(
+        config, tok, pairwise=pairwise, critical=critical, siblings=siblings
+    )
     return Loaders(tok, train, val_iter_fn)
 
 

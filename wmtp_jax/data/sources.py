@@ -70,10 +70,19 @@ class SampledSource(Sequence):
     """Random-access view `src[i]` over the sampled indices of a JSONL split (grain data source)."""
 
     def __init__(
-        self, records: JsonlRecords, items: Sequence, pairwise: bool, critical: dict | None = None
+        self,
+        records: JsonlRecords,
+        items: Sequence,
+        pairwise: bool,
+        critical: dict | None = None,
+        siblings: Mapping | None = None,
     ):
         self.records, self.items, self.pairwise = records, list(items), pairwise
-        self.critical = critical
+        self.critical, self.siblings = critical, siblings
+
+    def _siblings(self, pid, index: int) -> list:
+        """[(output, is_correct)] of the other solutions of problem `pid`."""
+        return [(self.records[i]["output"], c) for i, c in self.siblings[pid] if i != index]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -86,13 +95,18 @@ class SampledSource(Sequence):
                 rec = {**rec, "critical_spans": self.critical.get(int(item), [])}
             return rec
         c, n = self.records[item["correct_idx"]], self.records[item["incorrect_idx"]]
-        return {
+        out = {
             "instruction": c["instruction"],
             "input": c.get("input") or "",
             "correct_output": c["output"],
             "incorrect_output": n["output"],
             "problem_id": item["problem_id"],
         }
+        if self.siblings is not None:
+            pid = item["problem_id"]
+            out["correct_siblings"] = self._siblings(pid, int(item["correct_idx"]))
+            out["incorrect_siblings"] = self._siblings(pid, int(item["incorrect_idx"]))
+        return out
 
 
 def critical_span_map(records: JsonlRecords, problem_index_map: Mapping) -> dict:
@@ -119,11 +133,14 @@ def load_samples(
     rank: int = 0,
     world_size: int = 1,
     critical: bool = False,
+    siblings: bool = False,
 ) -> SampledSource:
     """Samples pairs (or correct-only pointwise records when `use_pairwise` is false) and, for
     world_size > 1, keeps this rank's `[rank::world_size]` shard (prefer world_size=1 with the
     loader's global-batch sharding, which is independent of the process count). `critical`:
-    pointwise records carry `critical_spans` (critical_span_map)."""
+    pointwise records carry `critical_spans` (critical_span_map); `siblings`: pair records carry
+    `correct_siblings` / `incorrect_siblings`, the problem's other solutions as
+    (output, is_correct) (the prefix_mc critic's Monte-Carlo targets)."""
     path, meta = resolve_split(dataset_dir, split)
     pim = load_problem_index_map(meta)
     pairs = sampling_lib.sample_pairs(pim, sampling, seed)
@@ -133,4 +150,11 @@ def load_samples(
         items = sampling_lib.shard(items, rank, world_size)
     records = JsonlRecords(path)
     crit = critical_span_map(records, pim) if critical and not pairwise else None
-    return SampledSource(records, items, pairwise, crit)
+    sib = None
+    if siblings and pairwise:
+        sib = {
+            pid: [(int(i), True) for i in info.get("correct_indices") or []]
+            + [(int(i), False) for i in info.get("incorrect_indices") or []]
+            for pid, info in pim.items()
+        }
+    return SampledSource(records, items, pairwise, crit, sib)

@@ -10,11 +10,15 @@ characters around the gap, so the span is never empty.
 `critical_spans(corrects, incorrects)` -> per correct solution, the sorted, merged character ranges
 of that solution at which some mutant deviates from it (each mutant compared with its nearest
 correct solution): the tokens that decide correctness, the oracle weighting's ground truth.
+
+`prefix_success(output, siblings, ends)` -> per prefix end, the fraction of correct solutions among
+the problem's solutions that share that prefix: Monte-Carlo value targets from the mutants.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Sequence
 
 
@@ -69,3 +73,24 @@ def critical_spans(
         if wrong != corrects[i]:
             found[i].append(diff_span(corrects[i], wrong))
     return [merge_spans(f) for f in found]
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    """Number of leading characters `a` and `b` share."""
+    return len(os.path.commonprefix([a, b]))
+
+
+def prefix_success(output: str, correct: bool, siblings, ends) -> list[float]:
+    """Empirical success probability of each prefix `output[:e]` for e in `ends`: among the
+    solutions of the problem that start with it (`output` itself and `siblings`, pairs
+    (text, is_correct), the others), the fraction that are correct. An end past the text
+    (e > len(output), e.g. the EOS) is the whole solution: shared by identical siblings only."""
+    lcps = [
+        (len(t) + 1 if t == output else common_prefix_length(output, t), bool(c))
+        for t, c in siblings
+    ]
+    out = []
+    for e in ends:
+        share = [c for n, c in lcps if n >= e]
+        out.append((float(correct) + sum(share)) / (1 + len(share)))
+    return out

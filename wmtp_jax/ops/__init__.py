@@ -11,6 +11,7 @@ from wmtp_jax.ops.critic_loss import (
     first_divergence_targets,
     get_scheduled_lambda,
     pairwise_ranking_loss,
+    prefix_value_loss,
     segment_mean_value,
     sequence_mean_value,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "compute_gae_advantage",
     "first_divergence_loss",
     "first_divergence_targets",
+    "prefix_value_loss",
     "compute_lambda_return",
     "compute_lambda_value_loss",
     "compute_mtp_ce_loss",

@@ -88,11 +88,28 @@ def first_divergence_loss(
     (V − target)² (or Huber/δ), mean over sequences with ≥ 1 token, then the mean of the two
     sides (rows without tokens, e.g. padding pairs, do not count)."""
     t_pos, t_neg = first_divergence_targets(pos_ids, neg_ids, shared_value)
+    return prefix_value_loss(v_pos, v_neg, t_pos, t_neg, mask_pos, mask_neg, loss_type, huber_delta)
+
+
+def prefix_value_loss(
+    v_pos,
+    v_neg,
+    target_pos,
+    target_neg,
+    mask_pos,
+    mask_neg,
+    loss_type: str = "mse",
+    huber_delta: float = 0.5,
+) -> jax.Array:
+    """Regress both rows' values onto given per-token targets `[B,S]` (the prefix_mc critic:
+    the empirical success probability of each prefix among the problem's solutions sharing it);
+    per-sequence masked mean of (V − target)² (or Huber/δ), mean over sequences with ≥ 1
+    token, then the mean of the two sides."""
     out = []
-    for v, t, m in ((v_pos, t_pos, mask_pos), (v_neg, t_neg, mask_neg)):
+    for v, t, m in ((v_pos, target_pos, mask_pos), (v_neg, target_neg, mask_neg)):
         v = as_values(v)
         m = as_mask(m, v.shape, "mask")
-        err = v - jax.lax.stop_gradient(t)
+        err = v - jax.lax.stop_gradient(jnp.asarray(t, jnp.float32))
         out.append(_per_sequence_mean(_point_loss(err, loss_type, huber_delta), m))
     return (out[0] + out[1]) / 2
 
