@@ -130,6 +130,7 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
         ):
             raise ValueError("critic credit: seeds were measured on different tokens")
     per = {str(s): creds[s][0] for s in seeds}
+    top = [credit.top1_inside(a["score"], a["inside"], a["solution"]) for a in arrays]
     mean = lambda k: float(np.mean([creds[s][0][k] for s in seeds]))
     return {
         "auroc": mean("auroc"),
@@ -143,6 +144,8 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
         "mean_weight_inside": mean("mean_weight_inside"),
         "mean_weight_outside": mean("mean_weight_outside"),
         "pairwise_accuracy": mean("pairwise_accuracy"),
+        "top1_inside": float(np.mean([t[0] for t in top])),
+        "top1_chance": top[0][1],
         "seeds": {
             k: {
                 x: v[x]
@@ -294,14 +297,15 @@ def markdown(res: dict) -> str:
             f"outside the span; pairwise accuracy on {cc['n_pairs']} held-out pairs.",
             "",
             "| critic objective | seeds | credit AUROC | weight inside | weight outside "
-            "| pairwise accuracy |",
-            "|---|---|---|---|---|---|",
+            "| pairwise accuracy | top-1 −δ inside (chance) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for k, c in ccs.items():
             lines.append(
                 f"| {k} | {len(c['seeds'])} | {_fmt(c, 'auroc')} | "
                 f"{c['mean_weight_inside']:.3f} | {c['mean_weight_outside']:.3f} | "
-                f"{c['pairwise_accuracy']:.3f} |"
+                f"{c['pairwise_accuracy']:.3f} | {c['top1_inside']:.3f} "
+                f"({c['top1_chance']:.3f}) |"
             )
     t = res["timings"]["cells"]
     if t:
