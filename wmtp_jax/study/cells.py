@@ -406,7 +406,7 @@ def run_credit(study, seed: int, critic_dir: str, objective: str = "ranking") ->
             max_solutions=int(study.credit.max_solutions),
         )
         d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / "credit.npz", **got["arrays"])
+        np.savez_compressed(d / "credit.npz", **got["arrays"])
         summary = {
             **got["summary"],
             "seed": seed,
