@@ -252,15 +252,18 @@ def markdown(res: dict) -> str:
         f"Grid: arms {', '.join(res['grid']['arms'])} × seeds "
         f"{', '.join(map(str, res['grid']['seeds']))}"
         + ("" if res["complete"] else f" — INCOMPLETE, missing {', '.join(res['missing'])}"),
-        "",
-        "Mean over problems × seeds, 95% percentile-bootstrap interval "
-        f"({res['bootstrap']['n_resamples']} resamples of problems and seeds).",
-        "",
-        "| arm | seeds | problems | "
-        + " | ".join(title[m] for m in metrics)
-        + " | Δ greedy pass@1 vs baseline |",
-        "|---|---|---|" + "---|" * len(metrics) + "---|",
     ]
+    if arms:
+        lines += [
+            "",
+            "Mean over problems × seeds, 95% percentile-bootstrap interval "
+            f"({res['bootstrap']['n_resamples']} resamples of problems and seeds).",
+            "",
+            "| arm | seeds | problems | "
+            + " | ".join(title[m] for m in metrics)
+            + " | Δ greedy pass@1 vs baseline |",
+            "|---|---|---|" + "---|" * len(metrics) + "---|",
+        ]
     for a, r in arms.items():
         p = res["paired"].get(f"{a}-baseline")
         lines.append(
