@@ -1,7 +1,8 @@
 """The study end to end (`configs/experiment.py:smoke` on a tiny storage/): results.json's
 structure, re-scoring every cell's samples.jsonl gives its reported pass@1, MLflow nesting, a
 re-run reuses every finished cell, the aggregate command, bad values; and the main job's closing
-evaluation (verifiable prints initial vs trained greedy pass@1)."""
+evaluation (verifiable prints initial vs trained greedy pass@1); the published light files
+rebuild the same table, and a re-run cell is byte-identical."""
 
 import json
 import subprocess
@@ -13,13 +14,14 @@ from tests.integration.study_storage import make_tiny_storage
 from tests.integration.test_pipelines import env, ok, run_cli
 
 OUT = "storage/experiments/experiment-smoke"
+PUB = "published/experiment-smoke"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     w = make_tiny_storage(tmp_path_factory.mktemp("study"))
-    p = ok(run_cli(w, "experiment.py:smoke", timeout=900))
+    p = ok(run_cli(w, "experiment.py:smoke", f"--config.publish_dir={PUB}", timeout=900))
     return w, p
 
 
@@ -184,3 +186,46 @@ def test_main_job_ends_with_greedy_pass_at_1(study):
     run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     m = MlflowClient(f"sqlite:///{w}/storage/mlflow/mlflow.db").get_run(run_id).data.metrics
     assert {"eval/greedy_pass_at_1", "eval/greedy_pass_at_1_initial"} <= set(m)
+
+
+def test_published_files_rebuild_the_same_table(study):
+    """publish_dir holds no checkpoint, and aggregate on it writes the study's results.md."""
+    w, _ = study
+    pub = w / PUB
+    files = sorted(str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file())
+    assert "seed_0/baseline/cell.json" in files and "seed_0/credit/credit.npz" in files
+    assert "seed_0/verifiable/eval/greedy/samples.jsonl" in files and "study.json" in files
+    assert not any("checkpoint" in f or "final_model" in f for f in files), files
+    ok(
+        subprocess.run(
+            [sys.executable, "-m", "wmtp_jax.study.aggregate", PUB],
+            cwd=w,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
+    assert (pub / "results.md").read_text() == (w / OUT / "results.md").read_text()
+    want = json.loads((w / OUT / "results.json").read_text())
+    got = json.loads((pub / "results.json").read_text())
+    assert got["arms"]["baseline"]["pass@1"] == want["arms"]["baseline"]["pass@1"]
+    assert got["critic_credits"] == want["critic_credits"]
+
+
+def test_rerun_cell_is_byte_identical(study):
+    """The same cell (baseline, seed 0) run again into another output_dir on the same machine:
+    the same greedy samples byte for byte and the same cell numbers."""
+    w, _ = study
+    other = "storage/experiments/rerun"
+    ok(run_cli(w, "experiment.py:smoke", "--config.arms=baseline", f"--config.output_dir={other}"))
+    for f in (
+        "eval/greedy/samples.jsonl",
+        "eval/greedy/results.jsonl",
+        "eval/sampled/samples.jsonl",
+    ):
+        a = (w / OUT / "seed_0/baseline" / f).read_bytes()
+        assert a == (w / other / "seed_0/baseline" / f).read_bytes(), f
+    a, b = (json.loads((w / d / "seed_0/baseline/cell.json").read_text()) for d in (OUT, other))
+    for k in ("metrics", "per_problem", "temperature", "temperature_sweep", "val_curve"):
+        assert a[k] == b[k], k

@@ -172,3 +172,54 @@ def test_left_padding_tokenizer_rejected(tok):
             AlpacaCollator(tok, 32)
     finally:
         tok.padding_side = "right"
+
+
+def test_critical_marks_the_tokens_of_the_spans(tok):
+    out = "def add_const(x):\n    return x + 7"
+    s = out.index("7")
+    recs = [
+        {"instruction": "Add 7.", "output": out, "critical_spans": [[s, s + 1]]},
+        {"instruction": "Add 7.", "output": out, "critical_spans": []},
+    ]
+    got = AlpacaCollator(tok, L, append_eos=True)(recs)
+    bare = [{k: v for k, v in r.items() if k != "critical_spans"} for r in recs]
+    plain = AlpacaCollator(tok, L, append_eos=True)(bare)
+    for k in ("input_ids", "attention_mask", "labels"):  # the spans change nothing else
+        np.testing.assert_array_equal(got[k], plain[k])
+    crit = got["critical"]
+    assert crit.dtype == np.float32 and crit[1].sum() == 0
+    (idx,) = np.nonzero(crit[0])
+    assert len(idx) >= 1 and (got["labels"][0, idx] >= 0).all()
+    assert (
+        "7" in tok.decode(got["input_ids"][0, idx])
+        and len(tok.decode(got["input_ids"][0, idx])) <= 3
+    )
+    with pytest.raises(ValueError, match="critical_spans"):
+        AlpacaCollator(tok, L)([recs[0], {"instruction": "x", "output": "y"}])
+
+
+def test_pair_value_targets_from_siblings(tok):
+    good, bad = "def f(x):\n    return x + 7", "def f(x):\n    return x - 7"
+    other = "def f(x):\n    y = x + 7\n    return y"
+    rec = {
+        "instruction": "Add 7.",
+        "correct_output": good,
+        "incorrect_output": bad,
+        "correct_siblings": [(bad, False), (other, True)],
+        "incorrect_siblings": [(good, True), (other, True)],
+    }
+    got = PairwiseCollator(tok, L, append_eos=True)([rec])
+    plain = PairwiseCollator(tok, L, append_eos=True)(
+        [{k: v for k, v in rec.items() if "siblings" not in k}]
+    )
+    assert "pos_value_target" not in plain
+    for side, final in (("pos", 1.0), ("neg", 0.0)):
+        np.testing.assert_array_equal(got[f"{side}_input_ids"], plain[f"{side}_input_ids"])
+        t, lab = got[f"{side}_value_target"][0], got[f"{side}_labels"][0]
+        idx = np.nonzero(lab >= 0)[0]
+        assert (t[lab < 0] == 0).all()
+        assert t[idx[0]] == pytest.approx(2 / 3)  # "def": all three solutions share it
+        assert t[idx[-1]] == final  # the EOS: the whole solution, its own outcome
+    # the correct row after "return x": shared with the mutant only → ½; then "+" → 1
+    t = got["pos_value_target"][0]
+    assert sorted(set(np.round(t[got["pos_labels"][0] >= 0], 4))) == [0.5, 0.6667, 1.0]

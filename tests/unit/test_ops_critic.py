@@ -12,6 +12,8 @@ from wmtp_jax.ops import (
     compute_td_error_stats,
     compute_token_variance,
     create_output_end_mask,
+    first_divergence_loss,
+    first_divergence_targets,
     get_scheduled_lambda,
     pairwise_ranking_loss,
 )
@@ -126,3 +128,23 @@ def test_diagnostics_match_reference_loops():
         jax.jit(compute_position_correlation)(v, m), np.mean(corrs), rtol=1e-4
     )
     assert float(jax.jit(compute_position_correlation)(v, np.zeros_like(m))) == 0.0
+
+
+def test_first_divergence_targets_and_loss():
+    pos = np.array([[5, 6, 7, 8, 0], [1, 2, 3, 0, 0]])
+    neg = np.array([[5, 6, 9, 8, 0], [1, 2, 3, 4, 0]])  # row 1: neg runs on where pos ended
+    t_pos, t_neg = jax.jit(first_divergence_targets)(pos, neg)
+    np.testing.assert_array_equal(t_pos, [[0.5, 0.5, 1, 1, 1], [0.5, 0.5, 0.5, 1, 1]])
+    np.testing.assert_array_equal(t_neg, [[0.5, 0.5, 0, 0, 0], [0.5, 0.5, 0.5, 0, 0]])
+    m = np.array([[0, 1, 1, 1, 0], [0, 1, 1, 1, 0]], np.float32)
+    vp = np.full((2, 5), 0.5, np.float32)
+    vn = np.full((2, 5), 0.5, np.float32)
+    # pos rows: errors (0, −.5, −.5), (0, 0, −.5) over 3 tokens; neg: (0, .5, .5), (0, 0, .5)
+    want = ((0.5 / 3 + 0.25 / 3) / 2 + (0.5 / 3 + 0.25 / 3) / 2) / 2
+    got = jax.jit(first_divergence_loss)(vp, vn, pos, neg, m, m)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # the exact targets give zero loss and a zero gradient
+    z = jax.jit(first_divergence_loss)(t_pos, t_neg, pos, neg, m, m)
+    assert float(z) == 0.0
+    g = jax.grad(first_divergence_loss, argnums=(0, 1))(vp, vn, pos, neg, m, m)
+    assert float(jnp.abs(g[0][:, 0]).sum()) == 0.0  # masked tokens get no gradient

@@ -164,6 +164,28 @@ def test_verifiable_critic_gets_no_gradient_and_weights_vary():
     assert int(new_extra["ema"].step_count) == 1
 
 
+def test_verifiable_controls_keep_the_mean_weight_and_move_the_weights():
+    """random_weights (permute) and oracle: the same mean weight over the valid tokens as the
+    method's weights in that batch, other placement, another loss; the EMA is the method's."""
+    pol, crit = policy(), ToyCritic(nnx.Rngs(1))
+    batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
+    batch["critical"] = jnp.zeros((B, S), jnp.float32).at[:, 5:7].set(1.0)
+    extra = weighting.init_extra(0.1, 2)
+    key = jax.random.key(0)
+    run = lambda control: verifiable.loss_fn(
+        pol, crit, batch, key, extra, wc=WC, ga=1, control=control
+    )
+    base, (mb, eb) = run(("none", 1.0))
+    for control in (("permute", 1.0), ("oracle", 4.0)):
+        loss, (m, e) = run(control)
+        assert float(m["weight/mean"]) == pytest.approx(float(mb["weight/mean"]), rel=1e-5)
+        assert abs(float(loss) - float(base)) > 1e-4
+        np.testing.assert_array_equal(e["ema"].mean, eb["ema"].mean)
+    assert float(run(("oracle", 4.0))[1][0]["weight/max"]) == pytest.approx(
+        4 * float(run(("oracle", 4.0))[1][0]["weight/min"]), rel=1e-5
+    )
+
+
 def test_verifiable_loss_falls_overfitting_with_ema_over_accumulation():
     wc = WC._replace(advantage="gae", whitening="ema")
     task = TrainTask(
@@ -196,6 +218,25 @@ def test_baseline_chunked_loss_equals_dense():
         lambda p, cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs)[0], static_argnums=1
     )
     np.testing.assert_allclose(f(pol, 16), f(pol, 0), rtol=1e-5)
+
+
+def test_baseline_ntp_trains_head_0_only():
+    """loss_heads = 1 (the ntp control): the loss is head 0's CE of the full MTP loss, dense and
+    chunked, and heads 1..K-1 get no gradient."""
+    pol = policy()
+    batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
+    full = baseline.loss_fn(pol, None, batch, None, {})[1][0]
+    for cs in (0, 16):
+        got = nnx.jit(
+            lambda p, cs=cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs, n_future=1)
+        )(pol)
+        np.testing.assert_allclose(got[0], full["head_0_ce"], rtol=1e-5)
+        assert list(got[1][0]) == ["head_0_ce"]
+    grads = nnx.grad(lambda p: baseline.loss_fn(p, None, batch, None, {}, n_future=1)[0])(pol)
+    heads = nnx.to_pure_dict(nnx.state(grads, nnx.Param))["heads"]
+    per_head = jax.tree.map(lambda g: jnp.abs(g).reshape(g.shape[0], -1).sum(1), heads)
+    norms = sum(jax.tree.leaves(per_head))
+    assert float(norms[0]) > 0 and float(jnp.abs(norms[1:]).sum()) == 0.0
 
 
 def test_baseline_loss_falls_overfitting():
@@ -240,7 +281,7 @@ def test_critic_pairwise_loss_values_and_training():
     v_pos = v.at[:2].add(1.0)
     want = -np.log(1 / (1 + np.exp(-1.0)))
     assert float(critic.value_loss(v_pos, v, m, m, batch, vl, 1.0)) == pytest.approx(want, 1e-5)
-    for loss_type in ("pairwise_ranking", "lambda_return"):
+    for loss_type in ("pairwise_ranking", "lambda_return", "first_divergence", "prefix_mc"):
         vl = critic.ValueLossConfig(
             type=loss_type, loss_fn="mse", schedule=("linear", 1.0, 0.95, 2, 4)
         )
@@ -251,7 +292,12 @@ def test_critic_pairwise_loss_values_and_training():
             extra_state={"micro_batches": jnp.zeros((), jnp.int32)},
             trainable=nnx.Param,
         )
-        losses, state, _ = overfit(task, pairwise_batch(), lr=1e-1)
+        pb = pairwise_batch()
+        pb["pos_value_target"] = np.full((B, S), 0.5, np.float32)
+        pb["pos_value_target"][:, 6:] = 1.0
+        pb["neg_value_target"] = np.full((B, S), 0.5, np.float32)
+        pb["neg_value_target"][:, 6:] = 0.0
+        losses, state, _ = overfit(task, pb, lr=1e-1)
         assert losses[-1] < 0.85 * losses[0], (loss_type, losses)
         assert int(state["extra"]["micro_batches"]) == len(losses)
 

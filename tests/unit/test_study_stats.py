@@ -132,3 +132,13 @@ def test_problem_scores_per_problem_pass_at_k(tmp_path):
     assert got["task_ids"] == ["a", "b", "c"]
     assert got["pass@1"] == pytest.approx([1 / 3, 0.0, 1.0])
     assert got["pass@2"] == pytest.approx([1 - (2 / 3) * (1 / 2), 0.0, 1.0])  # 1 - C(2,2)/C(3,2)
+
+
+def test_top1_inside_hand_computed():
+    # solution 0: max at token 1 (inside); solution 1: max at token 3 (outside); ties: first
+    score = [0.1, 0.9, 0.2, 0.5, 0.1, 0.5]
+    inside = [0, 1, 1, 0, 1, 0]
+    sol = [0, 0, 0, 1, 1, 1]
+    rate, chance = credit.top1_inside(score, inside, sol)
+    assert rate == 0.5 and chance == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert credit.top1_inside([1.0, 1.0], [1, 0], [0, 0])[0] == 1.0

@@ -43,7 +43,7 @@ class Role:
     """One model of a pipeline: its config entry key, model kind, and whether it is trained."""
 
     entry: str  # key under config.models
-    path_key: str  # "path" (a base model) or "checkpoint_path" (a frozen model dir)
+    path_key: str  # the entry key of the model dir ("path")
     kind: str  # mtp | llama | critic
     trained: bool
 
@@ -52,11 +52,11 @@ ROLES = {
     "baseline": {"policy": Role("policy", "path", "mtp", True)},
     "verifiable": {
         "policy": Role("policy", "path", "mtp", True),
-        "critic": Role("value_model", "checkpoint_path", "critic", False),
+        "critic": Role("value_model", "path", "critic", False),
     },
     "rho1": {
         "policy": Role("policy", "path", "mtp", True),
-        "reference": Role("reference", "checkpoint_path", "llama", False),
+        "reference": Role("reference", "path", "llama", False),
     },
     "critic": {"model": Role("value_model", "path", "llama", True)},
     "ref_tuning": {"model": Role("policy", "path", "llama", True)},

@@ -18,6 +18,9 @@ def get_config(variant: str = "micro"):
         parts.data(variant, use_pairwise=False),
         parts.mtp_training(variant, batch_7b=48, ga_7b=2),
         parts.loss_chunking(variant),
+        # heads the CE trains: 0 = all K (MTP); 1 = next-token CE on head 0 only, the same trunk
+        # (the study's `ntp` control: heads 1..K-1 get no gradient and decoding uses head 0)
+        {"training": {"loss_heads": 0}},
     )
 
 
@@ -26,3 +29,6 @@ def validate(c):
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
     parts.validate_loss_chunking(c)
+    common._check(
+        c.training.loss_heads >= 0, "training.loss_heads", c.training.loss_heads, "need ≥ 0"
+    )

@@ -115,6 +115,12 @@ def validate(c):
     for key in ("warmup_steps", "decay_steps"):
         common.check_int(c, f"training.value_loss.lambda_schedule.{key}", 0)
     common._check(
+        not (t.value_loss.type in ("first_divergence", "prefix_mc") and c.data.packing),
+        "training.value_loss.type",
+        t.value_loss.type,
+        "per-token pair targets: needs data.packing=False",
+    )
+    common._check(
         c.data_sampling.use_pairwise,
         "data_sampling.use_pairwise",
         c.data_sampling.use_pairwise,

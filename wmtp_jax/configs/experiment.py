@@ -14,7 +14,34 @@ are the pipelines' own micro configs. See docs/study.md.
 
 from wmtp_jax.configs import baseline, common, critic, ref_tuning
 
-ARMS = ("baseline", "verifiable", "rho1", "verifiable_negatives")
+# critic objectives: name -> training.value_loss overrides of the critic's micro config
+# (ranking = the pipeline's default; lambda_mse = the original's production critic_mlp: λ-return
+# regression with MSE at constant λ = 1, i.e. Monte Carlo; divergence = ops.first_divergence_loss;
+# prefix_mc = ops.prefix_value_loss on data.spans.prefix_success targets)
+CRITICS = {
+    "ranking": {},
+    "lambda_mse": {
+        "type": "lambda_return",
+        "loss_fn": "mse",
+        "lambda_schedule.type": "constant",
+        "lambda_schedule.value": 1.0,
+    },
+    "divergence": {"type": "first_divergence", "loss_fn": "mse"},
+    "prefix_mc": {"type": "prefix_mc", "loss_fn": "mse"},
+}
+# arm -> (pipeline, critic objective or None, config overrides): every arm is a weighting of the
+# same policy CE; `verifiable` uses the ranking critic, `verifiable_<critic>` the others
+ARM_SPECS = {
+    "baseline": ("baseline", None, {}),
+    "ntp": ("baseline", None, {"training.loss_heads": 1}),
+    "verifiable": ("verifiable", "ranking", {}),
+    **{f"verifiable_{k}": ("verifiable", k, {}) for k in CRITICS if k != "ranking"},
+    "random_weights": ("verifiable", "control", {"weighting.control": "permute"}),
+    "oracle": ("verifiable", "control", {"weighting.control": "oracle"}),
+    "verifiable_negatives": ("verifiable", "ranking", {"data.use_negatives": True}),
+    "rho1": ("rho1", None, {}),
+}
+ARMS = tuple(ARM_SPECS)
 VARIANTS = ("micro", "smoke")
 
 
@@ -54,6 +81,15 @@ def get_config(variant: str = "micro"):
             "seeds": "0" if smoke else "0,1,2",
             "study_arms": "baseline,verifiable" if smoke else "baseline,verifiable,rho1",
             "study_seeds": "0" if smoke else "0,1,2",
+            # critic objectives whose credit is measured per seed (plus those the arms need)
+            "critics": "ranking" if smoke else ",".join(CRITICS),
+            # the critic whose weights random_weights permutes and whose mean weight oracle keeps
+            "control_critic": "ranking",
+            # oracle: weight ratio critical : other tokens (chosen on validation, docs/study.md)
+            "oracle_ratio": 4.0,
+            # when set: every finished cell's and credit's light files (no checkpoints) are
+            # copied there, a study dir `python -m wmtp_jax.study.aggregate` rebuilds the report
+            "publish_dir": "",
             "dataset": {"path": b.dataset.path, "max_length": b.dataset.max_length},
             "train": train,
             "eval": {
@@ -100,6 +136,15 @@ def validate(c):
     for key in ("arms", "study_arms"):
         bad = [a for a in parse_list(c[key], key) if a not in ARMS]
         common._check(not bad, key, c[key], f"arms from {ARMS}")
+    bad = [k for k in parse_list(c.critics, "critics") if k not in CRITICS]
+    common._check(not bad, "critics", c.critics, f"critics from {tuple(CRITICS)}")
+    common._check(
+        c.control_critic in CRITICS,
+        "control_critic",
+        c.control_critic,
+        f"one of {tuple(CRITICS)}",
+    )
+    common._check(c.oracle_ratio > 0, "oracle_ratio", c.oracle_ratio, "need > 0")
     for key in ("seeds", "study_seeds"):
         common._check(
             all(0 <= s < common.SEED_LIMIT for s in parse_list(c[key], key, int)),

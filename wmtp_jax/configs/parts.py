@@ -34,7 +34,8 @@ HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 ADVANTAGES = ("gae", "td")
 WHITENINGS = ("ema", "batch")
-VALUE_LOSSES = ("pairwise_ranking", "lambda_return")
+CONTROLS = ("none", "permute", "oracle")  # weighting.control (wmtp_jax.weighting.controls)
+VALUE_LOSSES = ("pairwise_ranking", "lambda_return", "first_divergence", "prefix_mc")
 VALUE_LOSS_FNS = ("huber", "mse")
 LAMBDA_SCHEDULES = ("linear", "cosine", "constant")
 

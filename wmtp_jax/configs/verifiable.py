@@ -26,7 +26,16 @@ def get_config(variant: str = "micro"):
                     "dtype": parts.frozen_dtype(variant),
                 },
             },
-            "weighting": {"advantage": "gae", "whitening": "ema"},
+            # control (the study's controls, docs/study.md): none = the method; permute = its
+            # weights shuffled among each batch's valid tokens; oracle = oracle_ratio : 1 on the
+            # tokens where a mutant deviates (needs pointwise, unpacked data), both at the
+            # method's mean weight
+            "weighting": {
+                "advantage": "gae",
+                "whitening": "ema",
+                "control": "none",
+                "oracle_ratio": 4.0,
+            },
             "training": {
                 "gamma": 1.0,
                 "td_lambda": 0.95,
@@ -63,6 +72,19 @@ def validate(c):
     t = c.training
     parts.validate_choice(c.weighting.advantage, "weighting.advantage", parts.ADVANTAGES)
     parts.validate_choice(c.weighting.whitening, "weighting.whitening", parts.WHITENINGS)
+    parts.validate_choice(c.weighting.control, "weighting.control", parts.CONTROLS)
+    common._check(
+        c.weighting.oracle_ratio > 0,
+        "weighting.oracle_ratio",
+        c.weighting.oracle_ratio,
+        "need > 0",
+    )
+    common._check(
+        c.weighting.control != "oracle" or not (c.data.use_negatives or c.data.packing),
+        "weighting.control",
+        c.weighting.control,
+        "oracle needs data.use_negatives=False and data.packing=False",
+    )
     common._check(t.beta > 0, "training.beta", t.beta, "need > 0")
     common._check(
         0 <= t.weight_clip_min <= t.weight_clip_max,

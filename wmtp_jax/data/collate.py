@@ -9,7 +9,12 @@ Per sequence (the original's collators.py, docs/semantics.md "Data"):
 With append_eos=False this is token for token the original's `tokenizer(full, max_length,
 padding="max_length", truncation=True)`; with append_eos=True the EOS is a labelled target.
 L = max_length, or the smallest of `buckets` holding the longest sequence of the batch.
-Arrays are int32 (ids, mask, labels) and float32 (is_correct).
+Arrays are int32 (ids, mask, labels) and float32 (is_correct, critical).
+Records with `critical_spans` (character ranges of the output; data.sources.critical_span_map)
+also give `critical` [B, L]: 1.0 on the labelled tokens whose characters overlap a range. Pair
+records with `correct_siblings` / `incorrect_siblings` also give `pos_value_target` /
+`neg_value_target` [B, L]: per labelled token t, `spans.prefix_success` of the response through
+t (the EOS: the whole response), 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from wmtp_jax.data.spans import prefix_success
 from wmtp_jax.ops import IGNORE_INDEX
 
 PROMPT_WITH_INPUT = (
@@ -64,12 +70,22 @@ class _SequenceEncoder:
                 f"buckets {self.buckets} must be positive and end at max_length {self.max_length}"
             )
 
-    def encode(self, prompts: list[str], outputs: list[str]) -> dict[str, np.ndarray]:
-        """[B, L] input_ids / attention_mask / labels for prompt+output pairs."""
+    def encode(
+        self,
+        prompts: list[str],
+        outputs: list[str],
+        spans: list | None = None,
+        targets: list | None = None,
+    ) -> dict[str, np.ndarray]:
+        """[B, L] input_ids / attention_mask / labels for prompt+output pairs (+ `critical` when
+        `spans`, per row a list of [start, end) character ranges of its output, is given; +
+        `value_target` when `targets`, per row (is_correct, siblings), is given)."""
         fulls = [p + RESPONSE_HEADER + o for p, o in zip(prompts, outputs)]
         heads = [p + RESPONSE_HEADER for p in prompts]
         n_prompt = [len(x) for x in self.tok(heads, add_special_tokens=True)["input_ids"]]
-        seqs = self.tok(fulls, add_special_tokens=True)["input_ids"]
+        offsets = spans is not None or targets is not None
+        enc = self.tok(fulls, add_special_tokens=True, return_offsets_mapping=offsets)
+        seqs = enc["input_ids"]
         if self.append_eos:
             seqs = [list(s) + [self.tok.eos_token_id] for s in seqs]
         seqs = [s[: self.max_length] for s in seqs]
@@ -83,7 +99,27 @@ class _SequenceEncoder:
             mask[r, : len(s)] = 1
         pos = np.arange(length)[None, :]
         labels = np.where((mask == 1) & (pos >= np.asarray(n_prompt)[:, None]), ids, IGNORE_INDEX)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels.astype(np.int32)}
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels.astype(np.int32)}
+        if spans is not None:
+            crit = np.zeros((b, length), np.float32)
+            for r, (head, row) in enumerate(zip(heads, spans)):
+                off = np.asarray(enc["offset_mapping"][r], np.int64).reshape(-1, 2)[:length]
+                a, e = off[:, 0] - len(head), off[:, 1] - len(head)
+                hit = np.zeros(len(off), bool)
+                for s0, s1 in row:
+                    hit |= (a < s1) & (e > s0) & (e > a)
+                crit[r, : len(off)] = hit
+            out["critical"] = crit * (labels != IGNORE_INDEX)
+        if targets is not None:
+            tgt = np.zeros((b, length), np.float32)
+            for r, (head, out_text, (correct, sib)) in enumerate(zip(heads, outputs, targets)):
+                n = int(mask[r].sum())
+                off = np.asarray(enc["offset_mapping"][r], np.int64).reshape(-1, 2)[:n]
+                ends = np.full(n, len(out_text) + 1, np.int64)  # EOS: the whole response
+                ends[: len(off)] = np.maximum(off[:, 1] - len(head), 0)
+                tgt[r, :n] = prefix_success(out_text, correct, sib, ends.tolist())
+            out["value_target"] = tgt * (labels != IGNORE_INDEX)
+        return out
 
 
 def _prompt(rec: Mapping) -> str:
@@ -107,7 +143,15 @@ class AlpacaCollator:
         self.enc = _SequenceEncoder(tokenizer, max_length, append_eos, buckets)
 
     def __call__(self, records: Sequence[Mapping]) -> dict[str, np.ndarray]:
-        out = self.enc.encode([_prompt(r) for r in records], [r["output"] for r in records])
+        spans = [r.get("critical_spans") for r in records]
+        has = [x is not None for x in spans]
+        if any(has) and not all(has):
+            raise ValueError("collate: some records have critical_spans and others not")
+        out = self.enc.encode(
+            [_prompt(r) for r in records],
+            [r["output"] for r in records],
+            spans if all(has) else None,
+        )
         out["is_correct"] = np.asarray(
             [1.0 if r.get("is_correct", True) else 0.0 for r in records], np.float32
         )
@@ -130,9 +174,15 @@ class PairwiseCollator:
 
     def __call__(self, records: Sequence[Mapping]) -> dict[str, np.ndarray]:
         prompts = [_prompt(r) for r in records]
+        targets = None
+        if all("correct_siblings" in r for r in records):
+            targets = [(True, r["correct_siblings"]) for r in records] + [
+                (False, r["incorrect_siblings"]) for r in records
+            ]
         both = self.enc.encode(
             prompts * 2,
             [r["correct_output"] for r in records] + [r["incorrect_output"] for r in records],
+            targets=targets,
         )
         b = len(records)
         out = {}

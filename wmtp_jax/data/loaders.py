@@ -76,13 +76,25 @@ def tokenizer_dir(path: str, tokenizer_path: str = "") -> str:
     return tokenizer_path or str(Path(path) / "tokenizer")
 
 
-def make_source(spec: DataSpec, split: str, *, pairwise: bool, validation: bool = False):
-    """Sampled records of `split` (all processes see the same global list; the loader shards)."""
+def make_source(
+    spec: DataSpec,
+    split: str,
+    *,
+    pairwise: bool,
+    validation: bool = False,
+    critical: bool = False,
+    siblings: bool = False,
+):
+    """Sampled records of `split` (all processes see the same global list; the loader shards);
+    `critical`: pointwise records carry `critical_spans` (sources.critical_span_map);
+    `siblings`: pair records carry the problem's other solutions (sources.load_samples)."""
     return load_samples(
         spec.path,
         split,
         spec.sampling.sampler_dict(validation=validation, pairwise=pairwise),
         seed=spec.sampling.seed,
+        critical=critical,
+        siblings=siblings,
     )
 
 
@@ -91,18 +103,27 @@ def make_collator(spec: DataSpec, tokenizer, *, pairwise: bool):
     return cls(tokenizer, max_length=spec.max_length, append_eos=spec.append_eos)
 
 
-def make_loaders(spec: DataSpec, tokenizer, *, pairwise: bool):
+def make_loaders(
+    spec: DataSpec, tokenizer, *, pairwise: bool, critical: bool = False, siblings: bool = False
+):
     """(endless shuffled train loader, val_iter_fn, n_val_records).
 
     Batches: per-process rows of a global batch of `spec.batch_size`, static length
-    `spec.max_length`, plus `valid` (0 on padding rows of the last validation batch)."""
+    `spec.max_length`, plus `valid` (0 on padding rows of the last validation batch), plus
+    `critical` `[B,L]` with `critical` (the oracle weighting; pointwise, unpacked), plus
+    `{pos,neg}_value_target` `[B,L]` with `siblings` (the prefix_mc critic; pairs, unpacked)."""
+    if critical and (pairwise or spec.packing):
+        raise ValueError("critical spans need pointwise, unpacked batches")
+    if siblings and (not pairwise or spec.packing):
+        raise ValueError("prefix value targets need pairwise, unpacked batches")
     collate = make_collator(spec, tokenizer, pairwise=pairwise)
     bs = spec.batch_size
-    train_src = make_source(spec, spec.train_split, pairwise=pairwise)
+    kw = dict(pairwise=pairwise, critical=critical, siblings=siblings)
+    train_src = make_source(spec, spec.train_split, **kw)
     train = DataLoader(
         train_src, collate, bs, seed=spec.seed, shuffle=True, num_threads=spec.num_threads
     )
-    val_src = make_source(spec, spec.validation_split, pairwise=pairwise, validation=True)
+    val_src = make_source(spec, spec.validation_split, validation=True, **kw)
 
     def val_iter_fn():
         return DataLoader(
@@ -138,10 +159,20 @@ def make_loaders(spec: DataSpec, tokenizer, *, pairwise: bool):
     return train, val_iter_fn, len(val_src)
 
 
-def load(spec: DataSpec, tokenizer_dir: str, *, pairwise: bool) -> Loaders:
-    """The tokenizer in `tokenizer_dir` and the loaders of `spec`."""
+def load(
+    spec: DataSpec,
+    tokenizer_dir: str,
+    *,
+    pairwise: bool,
+    critical: bool = False,
+    siblings: bool = False,
+) -> Loaders:
+    """The tokenizer in `tokenizer_dir` and the loaders of `spec` (`critical`, `siblings`: see
+    make_loaders)."""
     tok = _load_tokenizer(tokenizer_dir)
-    train, val_iter_fn, _ = make_loaders(spec, tok, pairwise=pairwise)
+    train, val_iter_fn, _ = make_loaders(
+        spec, tok, pairwise=pairwise, critical=critical, siblings=siblings
+    )
     return Loaders(tok, train, val_iter_fn)
 
 

@@ -3,7 +3,8 @@
 `load_samples(dataset_dir, split, sampling, seed)` returns a `SampledSource`: `len()` and
 `src[i]` (a record read by byte offset on demand). Pairwise records are
 `{instruction, input, correct_output, incorrect_output, problem_id}`; pointwise records are the
-full JSONL record (correct solutions only, as the original).
+full JSONL record (correct solutions only, as the original); with `critical=True` they also
+carry `critical_spans` (`critical_span_map`: where the problem's mutants deviate from them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from wmtp_jax.data import pairs as sampling_lib
 from wmtp_jax.data.records import DataError, JsonlRecords, check_training_record, loads
+from wmtp_jax.data.spans import critical_spans
 
 SPLIT_ALIASES = {
     "train": ("train",),
@@ -100,8 +102,20 @@ def check_indices(pim: Mapping, n_records: int, metadata_path, records_path) -> 
 class SampledSource(Sequence):
     """Random-access view `src[i]` over the sampled indices of a JSONL split (grain data source)."""
 
-    def __init__(self, records: JsonlRecords, items: Sequence, pairwise: bool):
+    def __init__(
+        self,
+        records: JsonlRecords,
+        items: Sequence,
+        pairwise: bool,
+        critical: dict | None = None,
+        siblings: Mapping | None = None,
+    ):
         self.records, self.items, self.pairwise = records, list(items), pairwise
+        self.critical, self.siblings = critical, siblings
+
+    def _siblings(self, pid, index: int) -> list:
+        """[(output, is_correct)] of the other solutions of problem `pid`."""
+        return [(self.records[i]["output"], c) for i, c in self.siblings[pid] if i != index]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -116,15 +130,39 @@ class SampledSource(Sequence):
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
         if not self.pairwise:
-            return self._record(item)
+            rec = self._record(item)
+            if self.critical is not None:
+                rec = {**rec, "critical_spans": self.critical.get(int(item), [])}
+            return rec
         c, n = self._record(item["correct_idx"]), self._record(item["incorrect_idx"])
-        return {
+        out = {
             "instruction": c["instruction"],
             "input": c.get("input") or "",
             "correct_output": c["output"],
             "incorrect_output": n["output"],
             "problem_id": item["problem_id"],
         }
+        if self.siblings is not None:
+            pid = item["problem_id"]
+            out["correct_siblings"] = self._siblings(pid, int(item["correct_idx"]))
+            out["incorrect_siblings"] = self._siblings(pid, int(item["incorrect_idx"]))
+        return out
+
+
+def critical_span_map(records: JsonlRecords, problem_index_map: Mapping) -> dict:
+    """{record index of a correct solution: [[start, end], ...]}: the character ranges of it at
+    which the problem's incorrect solutions (mutants) deviate (`spans.critical_spans`)."""
+    out = {}
+    for info in problem_index_map.values():
+        ci = [int(i) for i in info.get("correct_indices") or []]
+        wi = [int(i) for i in info.get("incorrect_indices") or []]
+        if not ci:
+            continue
+        spans = critical_spans(
+            [records[i]["output"] for i in ci], [records[i]["output"] for i in wi]
+        )
+        out.update({i: [list(x) for x in sp] for i, sp in zip(ci, spans)})
+    return out
 
 
 def load_samples(
@@ -134,10 +172,15 @@ def load_samples(
     seed: int = 42,
     rank: int = 0,
     world_size: int = 1,
+    critical: bool = False,
+    siblings: bool = False,
 ) -> SampledSource:
     """Samples pairs (or correct-only pointwise records when `use_pairwise` is false) and, for
     world_size > 1, keeps this rank's `[rank::world_size]` shard (prefer world_size=1 with the
-    loader's global-batch sharding, which is independent of the process count)."""
+    loader's global-batch sharding, which is independent of the process count). `critical`:
+    pointwise records carry `critical_spans` (critical_span_map); `siblings`: pair records carry
+    `correct_siblings` / `incorrect_siblings`, the problem's other solutions as
+    (output, is_correct) (the prefix_mc critic's Monte-Carlo targets)."""
     path, meta = resolve_split(dataset_dir, split)
     records = JsonlRecords(path)
     pim = load_problem_index_map(meta)
@@ -147,4 +190,12 @@ def load_samples(
     items = pairs if pairwise else sampling_lib.pointwise_indices(pairs)
     if world_size > 1:
         items = sampling_lib.shard(items, rank, world_size)
-    return SampledSource(records, items, pairwise)
+    crit = critical_span_map(records, pim) if critical and not pairwise else None
+    sib = None
+    if siblings and pairwise:
+        sib = {
+            pid: [(int(i), True) for i in info.get("correct_indices") or []]
+            + [(int(i), False) for i in info.get("incorrect_indices") or []]
+            for pid, info in pim.items()
+        }
+    return SampledSource(records, items, pairwise, crit, sib)

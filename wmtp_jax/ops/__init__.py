@@ -7,8 +7,11 @@ from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss, head_logits, rms_norm
 from wmtp_jax.ops.critic_loss import (
     compute_lambda_value_loss,
     create_output_end_mask,
+    first_divergence_loss,
+    first_divergence_targets,
     get_scheduled_lambda,
     pairwise_ranking_loss,
+    prefix_value_loss,
     segment_mean_value,
     sequence_mean_value,
 )
@@ -48,6 +51,9 @@ __all__ = [
     "build_weights",
     "chunked_mtp_ce_loss",
     "compute_gae_advantage",
+    "first_divergence_loss",
+    "first_divergence_targets",
+    "prefix_value_loss",
     "compute_lambda_return",
     "compute_lambda_value_loss",
     "compute_mtp_ce_loss",

@@ -1,5 +1,6 @@
-"""Critic (value model) losses: pairwise ranking, λ-return regression, Monte-Carlo MSE, and the
-helpers the critic pipeline uses (λ schedule, terminal masks). Float32 throughout."""
+"""Critic (value model) losses: pairwise ranking, λ-return regression, Monte-Carlo MSE, the
+first-divergence regression, and the helpers the critic pipeline uses (λ schedule, terminal
+masks). Float32 throughout."""
 
 from __future__ import annotations
 
@@ -51,6 +52,74 @@ def pairwise_ranking_loss(
     pair_values and pair_mean)."""
     pos, neg, w = pair_values(v_pos, v_neg, mask_pos, mask_neg, valid, segment_ids)
     return pair_mean(-jax.nn.log_sigmoid(pos - neg), w)
+
+
+def shared_prefix_mask(pos_ids, neg_ids) -> jax.Array:
+    """float32 `[B,S]`: 1 at positions t where the two rows agree on every token ≤ t (their
+    common prefix; a padding position counts as a token, so a row that ends first diverges)."""
+    same = (jnp.asarray(pos_ids) == jnp.asarray(neg_ids)).astype(jnp.float32)
+    return jnp.cumprod(same, axis=1)
+
+
+def first_divergence_targets(pos_ids, neg_ids, shared_value: float = 0.5):
+    """Per-token value targets `[B,S]` of a (correct, incorrect) pair of one prompt:
+    `shared_value` on the common prefix (both continuations are possible: the pair's Monte-Carlo
+    success rate is 1/2), then the outcome: 1 on the correct row, 0 on the incorrect one from
+    the first token where they differ. A critic fitting them drops its value on the incorrect
+    row exactly at the first divergent token, so −δ peaks there."""
+    shared = shared_prefix_mask(pos_ids, neg_ids)
+    t_pos = shared * shared_value + (1.0 - shared)
+    t_neg = shared * shared_value
+    return t_pos, t_neg
+
+
+def first_divergence_loss(
+    v_pos,
+    v_neg,
+    pos_ids,
+    neg_ids,
+    mask_pos,
+    mask_neg,
+    loss_type: str = "mse",
+    huber_delta: float = 0.5,
+    shared_value: float = 0.5,
+) -> jax.Array:
+    """Regress both rows' values onto `first_divergence_targets`; per-sequence masked mean of
+    (V − target)² (or Huber/δ), mean over sequences with ≥ 1 token, then the mean of the two
+    sides (rows without tokens, e.g. padding pairs, do not count)."""
+    t_pos, t_neg = first_divergence_targets(pos_ids, neg_ids, shared_value)
+    return prefix_value_loss(v_pos, v_neg, t_pos, t_neg, mask_pos, mask_neg, loss_type, huber_delta)
+
+
+def prefix_value_loss(
+    v_pos,
+    v_neg,
+    target_pos,
+    target_neg,
+    mask_pos,
+    mask_neg,
+    loss_type: str = "mse",
+    huber_delta: float = 0.5,
+) -> jax.Array:
+    """Regress both rows' values onto given per-token targets `[B,S]` (the prefix_mc critic:
+    the empirical success probability of each prefix among the problem's solutions sharing it);
+    per-sequence masked mean of (V − target)² (or Huber/δ), mean over sequences with ≥ 1
+    token, then the mean of the two sides."""
+    out = []
+    for v, t, m in ((v_pos, target_pos, mask_pos), (v_neg, target_neg, mask_neg)):
+        v = as_values(v)
+        m = as_mask(m, v.shape, "mask")
+        err = v - jax.lax.stop_gradient(jnp.asarray(t, jnp.float32))
+        out.append(_per_sequence_mean(_point_loss(err, loss_type, huber_delta), m))
+    return (out[0] + out[1]) / 2
+
+
+def _point_loss(err: jax.Array, loss_type: str, delta: float) -> jax.Array:
+    if loss_type == "huber":
+        return huber_over_delta(err, delta)
+    if loss_type == "mse":
+        return err**2
+    raise ValueError(f"value_loss.loss_fn: expected 'huber' or 'mse', got {loss_type!r}")
 
 
 def _per_sequence_mean(loss: jax.Array, mask: jax.Array) -> jax.Array:

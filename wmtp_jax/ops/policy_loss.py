@@ -17,16 +17,18 @@ def policy_mtp_loss(
     chunk_size: int = 0,
     segment_ids=None,
     positions=None,
+    n_future: int | None = None,
 ) -> dict:
     """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
     head latents (`policy.latents`, `policy.norm.scale`, `policy.output_kernel()`). Packed
     batches pass `segment_ids` / `positions` `[B,S]` (attention and targets stay inside each
-    sequence). Returns the loss dict (weighted / unweighted CE, per-head CE, ...)."""
+    sequence). `n_future`: only the first n heads' CE (None = all K; 1 = next-token CE).
+    Returns the loss dict (weighted / unweighted CE, per-head CE, ...)."""
     pk = dict(segment_ids=segment_ids, positions=positions)
     if chunk_size and chunk_size > 0:
         _, lat = policy.latents(input_ids, **pk)
         return chunked_mtp_ce_loss(
-            lat,
+            lat if n_future is None else lat[:, :, :n_future],
             policy.norm.scale[...],
             policy.output_kernel(),
             labels,
@@ -38,4 +40,6 @@ def policy_mtp_loss(
             segment_ids=segment_ids,
         )
     logits = policy(input_ids, return_all_heads=True, **pk)
-    return compute_mtp_ce_loss(logits, labels, attention_mask, weights, segment_ids=segment_ids)
+    return compute_mtp_ce_loss(
+        logits, labels, attention_mask, weights, n_future, segment_ids=segment_ids
+    )

@@ -2,6 +2,7 @@
 
 loss = compute_mtp_ce_loss(policy(input_ids), labels, attention_mask)["unweighted_ce_loss"]
 (per head Σ(ce·m)/Σm, mean over heads with ≥ 1 valid token). Best checkpoint = lowest val/loss.
+`training.loss_heads` = 1 trains head 0 only (next-token CE on the same trunk: the ntp control).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from wmtp_jax.train.loop import TrainTask, fit
 from wmtp_jax.train.mesh import rules_for
 
 
-def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
+def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0, n_future=None):
     """One micro-batch → (loss, (metrics, extra)); metrics: train/loss (the loop's),
     per-head CE `head_<k>_ce` and the number of valid target tokens."""
     out = ops.policy_mtp_loss(
@@ -30,6 +31,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
         batch["labels"],
         batch["attention_mask"],
         chunk_size=chunk_size,
+        n_future=n_future,
         **packing_of(batch),
     )
     metrics = {
@@ -39,7 +41,7 @@ def loss_fn(model, frozen, batch, rng, extra, *, chunk_size: int = 0):
     return out["unweighted_ce_loss"], (metrics, extra)
 
 
-def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0):
+def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0, n_future=None):
     """val/loss = unweighted MTP CE of one validation batch."""
     out = ops.policy_mtp_loss(
         model,
@@ -47,6 +49,7 @@ def eval_fn(model, frozen, batch, extra, *, chunk_size: int = 0):
         batch["labels"],
         batch["attention_mask"],
         chunk_size=chunk_size,
+        n_future=n_future,
         **packing_of(batch),
     )
     return {"loss": out["unweighted_ce_loss"]}
@@ -93,12 +96,13 @@ def build(config, mesh, *, policy=None, data: loaders.Loaders | None = None) -> 
     if policy is None:
         policy = build_policy(config, mesh)
     cs = int(config.training.loss_chunk_size)
+    nf = int(config.training.get("loss_heads", 0)) or None
     return TrainTask(
         model=policy,
-        loss_fn=partial(loss_fn, chunk_size=cs),
+        loss_fn=partial(loss_fn, chunk_size=cs, n_future=nf),
         train_iter=data.train,
         trainable=load.trainable_filter(config.training.use_lora),
-        eval_fn=partial(eval_fn, chunk_size=cs),
+        eval_fn=partial(eval_fn, chunk_size=cs, n_future=nf),
         val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",

@@ -4,7 +4,13 @@ One forward of the 2B sequences [pos; neg] → values [2B,S,1] → split. `value
   pairwise_ranking: coef · mean_b −log σ(v̄_pos − v̄_neg), v̄ the masked mean value;
   lambda_return:    coef · (L_λ(v_pos, R=1) + L_λ(v_neg, R=0)) / 2, L_λ = Huber(δ)/δ or MSE
                     against λ-returns ending at the last real token, λ from lambda_schedule
-                    (validation always λ = 1, pure Monte Carlo).
+                    (validation always λ = 1, pure Monte Carlo);
+  first_divergence: coef · (MSE|Huber)(v, targets) per side, targets ½ on the pair's shared
+                    prefix, then 1 (correct) / 0 (incorrect) from the first divergent token
+                    (ops.first_divergence_targets): a critic built to localise the error;
+  prefix_mc:        coef · (MSE|Huber)(v, targets) per side, targets = the empirical success
+                    probability of each prefix among the problem's correct and mutant solutions
+                    sharing it (data.spans.prefix_success; batches from loaders(siblings=True)).
 Parameter groups: "lora" (training.lora.learning_rate / weight_decay) and "value_head"
 (training.value_head.*). Without LoRA, `backbone_frozen` trains only the head. Diagnostics as the
 original (pairwise accuracy, margin, token variance, spikiness, mean |TD|, position corr.).
@@ -92,6 +98,32 @@ def value_loss(v_pos, v_neg, m_pos, m_neg, batch, vl: ValueLossConfig, lam):
         valid = _row_weights(batch, v_pos.shape[0])
         seg = pair_segments(batch)
         return vl.coef * ops.pairwise_ranking_loss(v_pos, v_neg, m_pos, m_neg, valid, seg)
+    if vl.type in ("first_divergence", "prefix_mc") and pair_segments(batch) is not None:
+        raise ValueError(f"value_loss.type={vl.type} needs unpacked pairs (data.packing)")
+    if vl.type == "prefix_mc":
+        valid = _row_weights(batch, v_pos.shape[0])[:, None]
+        return vl.coef * ops.prefix_value_loss(
+            v_pos,
+            v_neg,
+            batch["pos_value_target"],
+            batch["neg_value_target"],
+            m_pos * valid,
+            m_neg * valid,
+            vl.loss_fn,
+            vl.huber_delta,
+        )
+    if vl.type == "first_divergence":
+        valid = _row_weights(batch, v_pos.shape[0])[:, None]
+        return vl.coef * ops.first_divergence_loss(
+            v_pos,
+            v_neg,
+            batch["pos_input_ids"],
+            batch["neg_input_ids"],
+            m_pos * valid,
+            m_neg * valid,
+            vl.loss_fn,
+            vl.huber_delta,
+        )
     b = v_pos.shape[0]
 
     def side(v, name, m, reward):
@@ -260,8 +292,12 @@ def build(config, mesh, *, model=None, data: loaders.Loaders | None = None) -> T
     """The critic TrainTask. model / data: already built (e.g. random-init for the benchmark);
     default: loaded from config.models.value_model and config.dataset (pairs)."""
     if data is None:
+        siblings = config.training.value_loss.type == "prefix_mc"
         data = loaders.load(
-            specs.data_spec(config), specs.tokenizer(config.models.value_model), pairwise=True
+            specs.data_spec(config),
+            specs.tokenizer(config.models.value_model),
+            pairwise=True,
+            siblings=siblings,
         )
     if model is None:
         model = build_critic(config, mesh)

@@ -26,6 +26,7 @@ from wmtp_jax.train.loop import TrainTask, fit
 from wmtp_jax.weighting import (
     WeightingConfig,
     advance_extra,
+    apply_control,
     critic_values,
     init_extra,
     token_weights,
@@ -65,13 +66,30 @@ def packed_rewards(batch, rewards):
     return jnp.concatenate([ones, jnp.zeros_like(ones)], axis=0)
 
 
-def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, chunk_size: int = 0):
+def loss_fn(
+    model,
+    frozen,
+    batch,
+    rng,
+    extra,
+    *,
+    wc: WeightingConfig,
+    ga: int,
+    chunk_size: int = 0,
+    control: tuple = ("none", 1.0),
+):
+    """`control` = (weighting.control, weighting.oracle_ratio): the study's controls replace the
+    weights after they are computed (wmtp_jax.weighting.controls); the EMA still sees the
+    critic's advantages."""
     ids, am, labels, rewards = rows(batch)
     pk = packing(batch)
     rewards = packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
     values = critic_values(frozen, ids, am, **pk)
     w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"], pk["segment_ids"])
+    w = apply_control(
+        control[0], w, m, key=rng, critical=batch.get("critical"), ratio=float(control[1])
+    )
     out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
     new_extra = advance_extra(extra, adv, m, ga)
     metrics = {
@@ -133,8 +151,12 @@ def build(
     benchmark); default: loaded from config.models and config.dataset."""
     if data is None:
         pairwise = bool(config.data.use_negatives)
+        critical = config.weighting.control == "oracle"
         data = loaders.load(
-            specs.data_spec(config), specs.tokenizer(config.models.policy), pairwise=pairwise
+            specs.data_spec(config),
+            specs.tokenizer(config.models.policy),
+            pairwise=pairwise,
+            critical=critical,
         )
     if policy is None:
         policy = baseline.build_policy(config, mesh)
@@ -147,7 +169,13 @@ def build(
     return TrainTask(
         model=policy,
         frozen=critic,
-        loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs),
+        loss_fn=partial(
+            loss_fn,
+            wc=wc,
+            ga=ga,
+            chunk_size=cs,
+            control=(config.weighting.control, float(config.weighting.oracle_ratio)),
+        ),
         train_iter=data.train,
         trainable=load.trainable_filter(config.training.use_lora),
         extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),

@@ -2,16 +2,19 @@
 
 Layout under `output_dir`:
   study.json                       the study config and its grid (arms × seeds)
-  seed_<s>/critic/                 the critic run (prerequisite; `final_model` = its model dir)
+  seed_<s>/critic/                 the ranking critic (prerequisite; `final_model` its model dir)
+  seed_<s>/critic_<objective>/     the critic of another objective (configs.experiment.CRITICS)
   seed_<s>/reference/              the rho1 reference (ref_tuning run), when rho1 is an arm
-  seed_<s>/credit/credit.{json,npz}  critic credit on the held-out incorrect solutions
+  seed_<s>/credit[_<objective>]/credit.{json,npz}  critic credit on the held-out incorrect solutions
   seed_<s>/<arm>/                  the arm's training run (checkpoints, metrics.jsonl, final_model)
   seed_<s>/<arm>/eval/{greedy,sampled}/  samples.jsonl, results.jsonl, summary.json
   seed_<s>/<arm>/cell.json         the finished cell (numbers, per-problem scores, timings)
   initial/eval/greedy/             greedy pass@1 of the shared initial policy
 A step is done when its marker file exists (`train_done.json`, `cell.json`, `credit.json`); an
 interrupted training run resumes from its checkpoint. Steps hold a file lock (fcntl) while they
-run, so jobs with overlapping selections wait for each other instead of colliding.
+run, so jobs with overlapping selections wait for each other instead of colliding. With
+`publish_dir`, each finished cell's and credit's light files (LIGHT_FILES: no checkpoints) are
+copied there under the same relative paths: a study dir the report can be rebuilt from.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from absl import logging
 from wmtp_jax import registry
 from wmtp_jax.configs import baseline as baseline_config
 from wmtp_jax.configs.common import validate_config
-from wmtp_jax.configs.experiment import parse_list
+from wmtp_jax.configs.experiment import ARM_SPECS, CRITICS, parse_list
 from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.eval.metrics import pass_at_k
 from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
@@ -37,12 +41,6 @@ from wmtp_jax.pipelines.evaluation import cached_run, eval_config
 from wmtp_jax.study import credit
 from wmtp_jax.train.tracking import config_dict, log_to_run
 
-ARM_PIPELINES = {
-    "baseline": "baseline",
-    "verifiable": "verifiable",
-    "rho1": "rho1",
-    "verifiable_negatives": "verifiable",
-}
 STUDY_FILE = "study.json"
 CELL_FILE = "cell.json"
 TRAIN_DONE = "train_done.json"
@@ -81,6 +79,28 @@ def cell_dir(out, arm: str, seed: int) -> Path:
     return seed_dir(out, seed) / arm
 
 
+def critic_role(objective: str) -> str:
+    """The run directory name of a critic objective's critic (`critic` for ranking)."""
+    return "critic" if objective == "ranking" else f"critic_{objective}"
+
+
+def credit_dir(out, seed: int, objective: str) -> Path:
+    return seed_dir(out, seed) / ("credit" if objective == "ranking" else f"credit_{objective}")
+
+
+def arm_critic(study, arm: str) -> str | None:
+    """The critic objective arm `arm` is weighted by (None: no critic)."""
+    crit = ARM_SPECS[arm][1]
+    return study.control_critic if crit == "control" else crit
+
+
+def critics_needed(study, arms) -> list[str]:
+    """`critics` (credit measured) plus the critics of `arms`, in CRITICS order."""
+    want = set(parse_list(study.critics, "critics"))
+    want |= {c for a in arms if (c := arm_critic(study, a))}
+    return [c for c in CRITICS if c in want]
+
+
 def grid(study) -> tuple[list[str], list[int]]:
     """(arms, seeds) of the report: study_arms ∪ arms, study_seeds ∪ seeds (in that order)."""
     arms = parse_list(study.study_arms, "study_arms")
@@ -88,6 +108,28 @@ def grid(study) -> tuple[list[str], list[int]]:
     seeds = parse_list(study.study_seeds, "study_seeds", int)
     seeds += [s for s in parse_list(study.seeds, "seeds", int) if s not in seeds]
     return arms, seeds
+
+
+def val_curve(metrics_file) -> list[list[float]]:
+    """[[step, val/loss], ...] of a training run's metrics.jsonl (empty when absent)."""
+    p = Path(metrics_file)
+    if not p.exists():
+        return []
+    return [[r["step"], r["val/loss"]] for _, r in iter_jsonl(p) if "val/loss" in r]
+
+
+def publish(study, *paths: Path) -> None:
+    """Copy `paths` (under output_dir) to `publish_dir` at the same relative paths (no-op when
+    publish_dir is empty); study.json goes along, so publish_dir is a study dir."""
+    if not study.get("publish_dir"):
+        return
+    out, dest = Path(study.output_dir), Path(study.publish_dir)
+    for p in (out / STUDY_FILE, *paths):
+        target = dest / Path(p).relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.copyfile(p, tmp)
+        os.replace(tmp, target)
 
 
 # ---- sub-configs -----------------------------------------------------------------------------
@@ -121,23 +163,31 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
     return c
 
 
+def set_key(c, dotted: str, value) -> None:
+    """c.a.b = value for dotted = "a.b"."""
+    *parents, last = dotted.split(".")
+    for p in parents:
+        c = c[p]
+    c[last] = value
+
+
 def arm_config(study, arm: str, seed: int, critic=None, reference=None):
+    """The arm's pipeline config (ARM_SPECS): `critic` the model dir of its critic objective."""
+    pipeline, _, overrides = ARM_SPECS[arm]
     models = {}
-    if ARM_PIPELINES[arm] == "verifiable":
+    if pipeline == "verifiable":
         models["value_model"] = critic
     if arm == "rho1":
         models["reference"] = reference
     c = sub_config(
-        study,
-        ARM_PIPELINES[arm],
-        "policy",
-        seed,
-        cell_dir(study.output_dir, arm, seed),
-        arm,
-        **models,
+        study, pipeline, "policy", seed, cell_dir(study.output_dir, arm, seed), arm, **models
     )
-    if arm == "verifiable_negatives":
-        c.data.use_negatives = True
+    with c.unlocked():
+        for k, v in overrides.items():
+            set_key(c, k, v)
+        if arm == "oracle":
+            c.weighting.oracle_ratio = float(study.oracle_ratio)
+    validate_config(c)
     return c
 
 
@@ -179,15 +229,25 @@ def train(config, parent_run: str | None) -> dict:
     return info
 
 
-def prerequisite(study, role: str, seed: int, parent_run: str | None) -> dict:
-    """The seed's critic (`role` critic) or rho1 reference (`role` reference), trained once."""
+def prerequisite(
+    study, role: str, seed: int, parent_run: str | None, objective: str = "ranking"
+) -> dict:
+    """The seed's critic of `objective` (`role` critic) or rho1 reference (`role` reference),
+    trained once."""
     pipeline = {"critic": "critic", "reference": "ref_tuning"}[role]
-    d = seed_dir(study.output_dir, seed) / role
-    with locked(seed_dir(study.output_dir, seed) / f".{role}.lock"):
+    name = critic_role(objective) if role == "critic" else role
+    d = seed_dir(study.output_dir, seed) / name
+    with locked(seed_dir(study.output_dir, seed) / f".{name}.lock"):
         fresh = not (d / TRAIN_DONE).exists()
-        info = train(sub_config(study, pipeline, role, seed, d, role), parent_run)
+        c = sub_config(study, pipeline, role, seed, d, name)
+        if role == "critic":
+            with c.unlocked():
+                for k, v in CRITICS[objective].items():
+                    set_key(c.training.value_loss, k, v)
+            validate_config(c)
+        info = train(c, parent_run)
     if fresh:
-        say(f"seed {seed}: {role} trained ({info['step']} steps) in {info['seconds']:.0f} s")
+        say(f"seed {seed}: {name} trained ({info['step']} steps) in {info['seconds']:.0f} s")
     return info
 
 
@@ -263,7 +323,8 @@ def _cell_metrics(ev: dict) -> dict:
 
 
 def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -> dict:
-    """Train `arm` for `seed` and evaluate it, unless `cell.json` exists (then it is read)."""
+    """Train `arm` for `seed` and evaluate it, unless `cell.json` exists (then it is read).
+    prereq: {"critics": {objective: info}, "reference": info}."""
     d = cell_dir(study.output_dir, arm, seed)
     with locked(seed_dir(study.output_dir, seed) / f".{arm}.lock"):
         if (d / CELL_FILE).exists():
@@ -271,11 +332,12 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
             say(f"{arm} seed {seed}: done before, reused (pass@1 {cell['metrics']['pass@1']:.3f})")
             return cell
         t0 = time.time()
+        crit = arm_critic(study, arm)
         cfg = arm_config(
             study,
             arm,
             seed,
-            critic=prereq.get("critic", {}).get("model_dir"),
+            critic=prereq["critics"][crit]["model_dir"] if crit else None,
             reference=prereq.get("reference", {}).get("model_dir"),
         )
         tr = train(cfg, parent_run)
@@ -304,6 +366,7 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
             "sampled_task_ids": ev["sampled"]["per_problem"]["task_ids"],
             "train": tr,
             "metrics_file": tr["metrics_file"],
+            "val_curve": val_curve(tr["metrics_file"]),
             "timings": {
                 "train_s": t1 - t0,
                 "eval_s": time.time() - t1,
@@ -317,6 +380,8 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
             tags={"study.arm": arm, "study.seed": seed, "study.temperature": cell["temperature"]},
         )
         write_json(d / CELL_FILE, cell)
+        publish(study, d / CELL_FILE, *(d / "eval" / "greedy").glob("*.json*"))
+        publish(study, d / "eval" / "sampled" / "summary.json")
     m = metrics
     say(
         f"{arm} seed {seed}: pass@1 {m['pass@1']:.3f} | sampled (T={cell['temperature']:g}) "
@@ -326,10 +391,10 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
     return cell
 
 
-def run_credit(study, seed: int, critic_dir: str) -> dict:
-    """Critic credit of the seed's critic on held-out incorrect solutions (once)."""
-    d = seed_dir(study.output_dir, seed) / "credit"
-    with locked(seed_dir(study.output_dir, seed) / ".credit.lock"):
+def run_credit(study, seed: int, critic_dir: str, objective: str = "ranking") -> dict:
+    """Critic credit of the seed's critic of `objective` on held-out incorrect solutions (once)."""
+    d = credit_dir(study.output_dir, seed, objective)
+    with locked(seed_dir(study.output_dir, seed) / f".{d.name}.lock"):
         if (d / "credit.json").exists():
             return json.loads((d / "credit.json").read_text())
         t0 = time.time()
@@ -341,17 +406,20 @@ def run_credit(study, seed: int, critic_dir: str) -> dict:
             max_solutions=int(study.credit.max_solutions),
         )
         d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / "credit.npz", **got["arrays"])
+        np.savez_compressed(d / "credit.npz", **got["arrays"])
         summary = {
             **got["summary"],
             "seed": seed,
+            "objective": objective,
             "critic": critic_dir,
             "seconds": time.time() - t0,
         }
         write_json(d / "credit.json", summary)
+        publish(study, d / "credit.npz", d / "credit.json")
     say(
-        f"seed {seed}: critic credit AUROC {summary['auroc']:.3f} on {summary['n_solutions']} "
-        f"held-out incorrect solutions, pairwise accuracy {summary['pairwise_accuracy']:.3f} "
+        f"seed {seed}: {objective} critic credit AUROC {summary['auroc']:.3f} on "
+        f"{summary['n_solutions']} held-out incorrect solutions, pairwise accuracy "
+        f"{summary['pairwise_accuracy']:.3f} "
         f"({summary['n_pairs']} pairs) in {summary['seconds']:.0f} s"
     )
     return summary
@@ -380,6 +448,7 @@ def initial_policy(study) -> dict:
                 timeout=float(e.timeout),
             )
         )
+    publish(study, *out.glob("*.json*"))
     return {
         "path": path,
         "pass@1": s["pass@1"],

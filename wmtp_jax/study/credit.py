@@ -88,6 +88,23 @@ def auroc_interval(
     return percentile_interval(out[np.isfinite(out)], confidence)
 
 
+def top1_inside(score, inside, solution) -> tuple[float, float]:
+    """(fraction of solutions whose highest-scoring token is inside the span, the chance rate:
+    the mean fraction of a solution's tokens that are inside). A critic that drops its value
+    only at the first erroneous token can reach 1 here while its AUROC stays near
+    0.5 + ½ · 1/(tokens in the span)."""
+    s = np.asarray(score, np.float64)
+    y = np.asarray(inside, bool)
+    sol = np.asarray(solution, np.int64)
+    order = np.lexsort((-s, sol))  # by solution, the highest score first (ties: first token)
+    first = np.ones(len(order), bool)
+    first[1:] = sol[order][1:] != sol[order][:-1]
+    hits = y[order][first]
+    n = np.bincount(sol)
+    chance = np.bincount(sol, y.astype(np.float64))[n > 0] / n[n > 0]
+    return float(hits.mean()), float(chance.mean())
+
+
 def summarize(score, weight, inside) -> dict:
     """Per-seed numbers of one critic: auroc, mean weight inside / outside, token counts."""
     inside = np.asarray(inside, bool)

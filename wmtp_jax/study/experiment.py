@@ -1,6 +1,7 @@
 """Experiment: the WMTP study (configs/experiment.py; docs/study.md).
 
-For every selected seed: the critic (and, for rho1, the reference) once, the critic credit, then
+For every selected seed: the critics (one per objective in `critics` or used by an arm; for rho1
+also the reference) once, each critic's credit, then
 every selected arm trained from the same initial policy and evaluated on the test split. Each step
 is skipped when its result is on disk. results.{json,md,png} are written once every cell of the
 grid exists (`python -m wmtp_jax.study.aggregate DIR` writes them at any time). MLflow: one parent
@@ -62,10 +63,15 @@ def run(config) -> StudyResult:
     cells.say(f"{out}: arms {arms} × seeds {seeds}")
     cells.initial_policy(config)
     for seed in seeds:
-        prereq = {"critic": cells.prerequisite(config, "critic", seed, parent)}
+        critics = {
+            k: cells.prerequisite(config, "critic", seed, parent, k)
+            for k in cells.critics_needed(config, arms)
+        }
+        prereq = {"critics": critics}
         if "rho1" in arms:
             prereq["reference"] = cells.prerequisite(config, "reference", seed, parent)
-        cells.run_credit(config, seed, prereq["critic"]["model_dir"])
+        for k, info in critics.items():
+            cells.run_credit(config, seed, info["model_dir"], k)
         for arm in arms:
             cells.run_cell(config, arm, seed, prereq, parent)
     res = report.aggregate(out, write=None)  # the table once every cell of the grid exists
@@ -78,8 +84,9 @@ def run(config) -> StudyResult:
             for m in r
             if m.startswith(("pass@", "sampled_pass@"))
         }
-        if res.get("critic_credit"):
-            flat["critic_credit/auroc"] = res["critic_credit"]["auroc"]
+        for k, cc in (res.get("critic_credits") or {}).items():
+            if cc:
+                flat[f"critic_credit/{k}/auroc"] = cc["auroc"]
         tracker.log_metrics(flat, step=0)
         tracker.log_artifact(out / report.RESULTS_JSON)
         tracker.log_artifact(out / report.RESULTS_MD)

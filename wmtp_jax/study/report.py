@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wmtp_jax.data.records import iter_jsonl
+from wmtp_jax.configs.experiment import CRITICS
 from wmtp_jax.study import cells, credit, intervals
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
@@ -46,12 +46,14 @@ def load_cells(out: Path) -> dict:
 
 
 def load_credit(out: Path) -> dict:
-    """{seed: (summary, arrays)} of every finished critic-credit measurement."""
-    got = {}
-    for f in sorted(out.glob("seed_*/credit/credit.json")):
+    """{objective: {seed: (summary, arrays)}} of every finished critic-credit measurement
+    (`seed_<s>/credit/` is the ranking critic's, `seed_<s>/credit_<objective>/` the others')."""
+    got: dict = {}
+    for f in sorted(out.glob("seed_*/credit*/credit.json")):
         s = json.loads(f.read_text())
         with np.load(f.with_suffix(".npz")) as z:
-            got[int(s["seed"])] = (s, {k: z[k] for k in z.files})
+            arrays = {k: z[k] for k in z.files}
+        got.setdefault(s.get("objective", "ranking"), {})[int(s["seed"])] = (s, arrays)
     return got
 
 
@@ -128,6 +130,7 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
         ):
             raise ValueError("critic credit: seeds were measured on different tokens")
     per = {str(s): creds[s][0] for s in seeds}
+    top = [credit.top1_inside(a["score"], a["inside"], a["solution"]) for a in arrays]
     mean = lambda k: float(np.mean([creds[s][0][k] for s in seeds]))
     return {
         "auroc": mean("auroc"),
@@ -141,6 +144,8 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
         "mean_weight_inside": mean("mean_weight_inside"),
         "mean_weight_outside": mean("mean_weight_outside"),
         "pairwise_accuracy": mean("pairwise_accuracy"),
+        "top1_inside": float(np.mean([t[0] for t in top])),
+        "top1_chance": top[0][1],
         "seeds": {
             k: {
                 x: v[x]
@@ -179,7 +184,9 @@ def aggregate(out, *, write: bool | None = True) -> dict:
         if a != "baseline"
         if (p := paired_results(cellmap, a, seeds, n, bseed)) is not None
     }
-    res["critic_credit"] = credit_results(load_credit(out), n, bseed)
+    creds = load_credit(out)
+    res["critic_credits"] = {k: credit_results(creds[k], n, bseed) for k in CRITICS if k in creds}
+    res["critic_credit"] = res["critic_credits"].get("ranking")  # the `verifiable` arm's critic
     init = out / "initial" / "eval" / "greedy" / "summary.json"
     if init.exists():
         s = json.loads(init.read_text())
@@ -215,9 +222,10 @@ def timings(out: Path, cellmap: dict) -> dict:
             f = d / role / cells.TRAIN_DONE
             if f.exists():
                 row[f"{role}_s"] = json.loads(f.read_text())["seconds"]
-        f = d / "credit" / "credit.json"
-        if f.exists():
-            row["credit_s"] = json.loads(f.read_text())["seconds"]
+        for f in sorted(d.glob("critic_*/" + cells.TRAIN_DONE)):
+            row[f"{f.parent.name}_s"] = json.loads(f.read_text())["seconds"]
+        for f in sorted(d.glob("credit*/credit.json")):
+            row[f"{f.parent.name}_s"] = json.loads(f.read_text())["seconds"]
         if row:
             t["prerequisites"][s] = row
     return t
@@ -244,15 +252,18 @@ def markdown(res: dict) -> str:
         f"Grid: arms {', '.join(res['grid']['arms'])} × seeds "
         f"{', '.join(map(str, res['grid']['seeds']))}"
         + ("" if res["complete"] else f" — INCOMPLETE, missing {', '.join(res['missing'])}"),
-        "",
-        "Mean over problems × seeds, 95% percentile-bootstrap interval "
-        f"({res['bootstrap']['n_resamples']} resamples of problems and seeds).",
-        "",
-        "| arm | seeds | problems | "
-        + " | ".join(title[m] for m in metrics)
-        + " | Δ greedy pass@1 vs baseline |",
-        "|---|---|---|" + "---|" * len(metrics) + "---|",
     ]
+    if arms:
+        lines += [
+            "",
+            "Mean over problems × seeds, 95% percentile-bootstrap interval "
+            f"({res['bootstrap']['n_resamples']} resamples of problems and seeds).",
+            "",
+            "| arm | seeds | problems | "
+            + " | ".join(title[m] for m in metrics)
+            + " | Δ greedy pass@1 vs baseline |",
+            "|---|---|---|" + "---|" * len(metrics) + "---|",
+        ]
     for a, r in arms.items():
         p = res["paired"].get(f"{a}-baseline")
         lines.append(
@@ -276,20 +287,29 @@ def markdown(res: dict) -> str:
         ]
         for k, p in res["paired"].items():
             lines.append(f"| {k} | " + " | ".join(_fmt(p.get(m), "delta") for m in metrics) + " |")
-    cc = res.get("critic_credit")
-    if cc:
+    ccs = {k: v for k, v in (res.get("critic_credits") or {}).items() if v}
+    if ccs:
+        cc = next(iter(ccs.values()))
         lines += [
             "",
             "## Critic credit (held-out incorrect solutions)",
             "",
-            f"AUROC of −δ_t for tokens inside vs outside the mutated span: "
-            f"{_fmt(cc, 'auroc')} ({cc['n_solutions']} solutions, "
-            f"{cc['n_tokens_inside']} inside / {cc['n_tokens_outside']} outside tokens; "
-            f"interval over solutions × seeds).",
-            f"Mean verifiable token weight inside {cc['mean_weight_inside']:.3f}, outside "
-            f"{cc['mean_weight_outside']:.3f}. Critic pairwise accuracy on "
-            f"{cc['n_pairs']} held-out pairs: {cc['pairwise_accuracy']:.3f}.",
+            f"AUROC of −δ_t for tokens inside vs outside the mutated span ({cc['n_solutions']} "
+            f"solutions, {cc['n_tokens_inside']} inside / {cc['n_tokens_outside']} outside "
+            f"tokens; interval over solutions × seeds); mean verifiable token weight inside and "
+            f"outside the span; pairwise accuracy on {cc['n_pairs']} held-out pairs.",
+            "",
+            "| critic objective | seeds | credit AUROC | weight inside | weight outside "
+            "| pairwise accuracy | top-1 −δ inside (chance) |",
+            "|---|---|---|---|---|---|---|",
         ]
+        for k, c in ccs.items():
+            lines.append(
+                f"| {k} | {len(c['seeds'])} | {_fmt(c, 'auroc')} | "
+                f"{c['mean_weight_inside']:.3f} | {c['mean_weight_outside']:.3f} | "
+                f"{c['pairwise_accuracy']:.3f} | {c['top1_inside']:.3f} "
+                f"({c['top1_chance']:.3f}) |"
+            )
     t = res["timings"]["cells"]
     if t:
         lines += [
@@ -313,19 +333,17 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _val_curve(metrics_file) -> tuple[list, list]:
-    steps, vals = [], []
-    p = Path(metrics_file)
-    if p.exists():
-        for _, r in iter_jsonl(p):
-            if "val/loss" in r:
-                steps.append(r["step"])
-                vals.append(r["val/loss"])
-    return steps, vals
+def _val_curve(cell: dict) -> tuple[list, list]:
+    """(steps, val/loss) of a cell: stored in cell.json, else read from its metrics file."""
+    curve = cell.get("val_curve")
+    if curve is None:
+        curve = cells.val_curve(cell["metrics_file"])
+    return [x[0] for x in curve], [x[1] for x in curve]
 
 
 def plot(res: dict, cellmap: dict, path: Path) -> None:
-    """Left: pass@k per arm with 95% intervals; right: validation loss of every cell."""
+    """Left: pass@k per arm with 95% intervals; middle: validation loss of every cell; right:
+    critic credit AUROC per critic objective with 95% intervals (0.5 = no localisation)."""
     from matplotlib.figure import Figure  # heavy (~1 s), and only `aggregate` draws
 
     arms = list(res["arms"])
@@ -334,8 +352,8 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
         for m in (next(iter(res["arms"].values())) if arms else {})
         if m.startswith(("pass@", "sampled_pass@"))
     ]
-    fig = Figure(figsize=(12, 4.5))  # no pyplot: no global backend or figure registry
-    ax, bx = fig.subplots(1, 2)
+    fig = Figure(figsize=(17, 4.8))  # no pyplot: no global backend or figure registry
+    ax, bx, cx = fig.subplots(1, 3)
     width = 0.8 / max(len(metrics), 1)
     for j, m in enumerate(metrics):
         xs = np.arange(len(arms)) + (j - (len(metrics) - 1) / 2) * width
@@ -347,13 +365,13 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
         )
     top = max([res["arms"][a][m]["ci95"][1] for a in arms for m in metrics], default=0.0)
     ax.set_ylim(0, min(1.0, max(0.05, 1.15 * top)))
-    ax.set_xticks(np.arange(len(arms)), arms)
+    ax.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test pass@k (95% CI)")
     ax.set_title("held-out test problems")
     ax.legend(fontsize=8)
     colors = {a: f"C{i}" for i, a in enumerate(arms)}
     for (a, s), c in sorted(cellmap.items()):
-        steps, vals = _val_curve(c["metrics_file"])
+        steps, vals = _val_curve(c)
         if steps:
             bx.plot(
                 steps,
@@ -368,5 +386,24 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
     bx.set_title("validation loss per cell")
     if cellmap:
         bx.legend(fontsize=8)
+    ccs = {k: v for k, v in (res.get("critic_credits") or {}).items() if v}
+    names = list(ccs)
+    mean = np.array([ccs[k]["auroc"] for k in names])
+    ci = np.array([ccs[k]["ci95"] for k in names]).reshape(-1, 2)
+    cx.bar(np.arange(len(names)), mean, 0.6, color="C2")
+    if names:
+        cx.errorbar(
+            np.arange(len(names)),
+            mean,
+            yerr=[mean - ci[:, 0], ci[:, 1] - mean],
+            fmt="none",
+            ecolor="k",
+            capsize=3,
+        )
+    cx.axhline(0.5, color="k", lw=0.8, ls="--")
+    cx.set_ylim(0, 1)
+    cx.set_xticks(np.arange(len(names)), names)
+    cx.set_ylabel("credit AUROC of −δ (95% CI)")
+    cx.set_title("does the critic find the mutated span?")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
