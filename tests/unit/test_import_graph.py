@@ -20,6 +20,7 @@ LAYERS = (
     ("wmtp_jax.pipelines",),
     ("wmtp_jax.study", "wmtp_jax.bench"),
     ("wmtp_jax.main",),
+    ("wmtp_jax.compile",),  # the AOT entry point: main's config loading, the bench's FLOPs
 )
 
 
