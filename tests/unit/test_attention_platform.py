@@ -1,4 +1,4 @@
-"""wmtp_jax.ops.platform / ops.attention: `target_platform` makes the attention dispatch choose
+"""wmtp_jax.kernels.platform / ops.attention: `target_platform` makes the attention dispatch choose
 for the compile target (not the CPU host), per thread; the CPU custom call is never chosen for,
 or traced into, an accelerator program."""
 

@@ -9,7 +9,7 @@ decode: the trained model in the compute dtype (LoRA merged, the strategy's para
 shardings), `prefill` of `[B, L]` prompts into a `[.., B, KV, T, hd]` KV cache, and one cached
 decode step of `[B]` tokens (what `generate.decode_loop` runs per token).
 
-Every trace runs under `ops.platform.target_platform(<the topology's platform>)`, so
+Every trace runs under `kernels.platform.target_platform(<the topology's platform>)`, so
 `runtime.attention=auto` resolves for the accelerator (never the CPU custom-call kernel).
 """
 
@@ -29,9 +29,9 @@ from jax.sharding import PartitionSpec as P
 from wmtp_jax.compile import task as task_lib
 from wmtp_jax.compile.topology import Topology
 from wmtp_jax.generate.decode import model_forward
+from wmtp_jax.kernels.platform import target_platform
 from wmtp_jax.models import serialization
 from wmtp_jax.ops.attention import resolve
-from wmtp_jax.ops.platform import target_platform
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.step import build_abstract
 

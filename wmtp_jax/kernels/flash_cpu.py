@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmtp_jax.kernels import build
-from wmtp_jax.ops.platform import current_platform
+from wmtp_jax.kernels.platform import current_platform
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
 

@@ -48,8 +48,8 @@ import jax.numpy as jnp
 from absl import logging
 
 from wmtp_jax.kernels import flash_cpu
+from wmtp_jax.kernels.platform import current_platform, target_compute_capability, target_platform
 from wmtp_jax.ops.blockwise import BLOCK_SIZE, block_size_for, blockwise_attention
-from wmtp_jax.ops.platform import current_platform, target_compute_capability, target_platform
 from wmtp_jax.ops.segments import segments_of
 from wmtp_jax.ops.splash import splash_attention
 
