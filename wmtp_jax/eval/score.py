@@ -23,6 +23,7 @@ import math
 import os
 import re
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 
 from absl import logging
@@ -52,8 +53,10 @@ def _top_level_members(text: str, keys: tuple[str, ...]) -> dict:
     """``keys`` of the JSON object ``text`` where they are strings or numbers that Python can
     hold, every other member skipped unparsed: what can be read of a line ``json.loads`` cannot
     hold. ValueError (or IndexError) if ``text`` is no JSON object."""
-    out = {}
-    i = _WS.match(text, text.index("{") + 1).end()
+    out, i = {}, _WS.match(text).end()
+    if text[i] != "{":
+        raise ValueError("not an object")
+    i = _WS.match(text, i + 1).end()
     while text[i] != "}":
         key, i = json.decoder.scanstring(text, i + 1)
         i = _WS.match(text, i).end()
@@ -111,24 +114,32 @@ def _parse_sample(text: str, where_: str) -> dict:
     return row
 
 
+def _sample(raw: bytes, path: str, lineno: int) -> dict:
+    where_ = where(path, lineno)
+    row = _parse_sample(decode_line(raw, path, lineno), where_)
+    if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
+        raise ValueError(f"{where_}: missing or non-string 'task_id'")
+    if not isinstance(row.get("completion"), str):
+        raise ValueError(f"{where_}: missing or non-string 'completion'")
+    row["_where"] = where_
+    return row
+
+
 def read_samples(path: str) -> list[dict]:
     """Sample lines with their file:line in ``_where``; every error names file:line (malformed
     JSON, not UTF-8, not an object, a missing field). A line that Python cannot hold whole is
     kept, marked to fail (see the module docstring)."""
-    samples = []
+    samples, lineno = [], 0
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where_ = where(path, lineno)
-            row = _parse_sample(decode_line(raw, path, lineno), where_)
-            if not isinstance(row.get("task_id"), (str, int)) or isinstance(row["task_id"], bool):
-                raise ValueError(f"{where_}: missing or non-string 'task_id'")
-            if not isinstance(row.get("completion"), str):
-                raise ValueError(f"{where_}: missing or non-string 'completion'")
-            row["_where"] = where_
-            samples.append(row)
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if raw.strip():
+                    samples.append(_sample(raw, path, lineno))
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{where(path, lineno + 1)}: cannot read ({type(e).__name__}: {e})"
+        ) from None
     if not samples:
         raise ValueError(f"{path}: no samples (the file is empty)")
     return samples
