@@ -3,6 +3,8 @@ critic values → advantages (GAE | TD) → whitening (EMA | batch) → token we
 state folded over a step's micro-batches. Built on wmtp_jax.ops; imports nothing above it."""
 
 from wmtp_jax.weighting.scheme import (
+    ADVANTAGES,
+    WHITENINGS,
     WeightingConfig,
     advance_extra,
     advantages,
@@ -13,6 +15,8 @@ from wmtp_jax.weighting.scheme import (
 )
 
 __all__ = [
+    "ADVANTAGES",
+    "WHITENINGS",
     "WeightingConfig",
     "advance_extra",
     "advantages",
