@@ -15,6 +15,8 @@ from wmtp_jax.ops.segments import as_segments, segment_sum
 from wmtp_jax.ops.td import compute_lambda_return
 
 MEAN_EPS = 1e-8
+LOSS_FNS = ("huber", "mse")  # value_loss.loss_fn
+LAMBDA_SCHEDULES = ("linear", "cosine", "constant")  # value_loss.lambda_schedule.type
 
 
 def sequence_mean_value(values, mask) -> jax.Array:
@@ -218,7 +220,7 @@ def get_scheduled_lambda(
 ):
     """Hold λ = start for warmup_steps, decay to end over decay_steps (linear | cosine), then end;
     `constant` always gives start. Python numbers in → float out; a traced step → float32 array."""
-    if schedule_type not in ("linear", "cosine", "constant"):
+    if schedule_type not in LAMBDA_SCHEDULES:
         raise ValueError(
             f"lambda_schedule.type: expected linear|cosine|constant, got {schedule_type!r}"
         )

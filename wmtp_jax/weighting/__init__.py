@@ -3,8 +3,10 @@ critic values → advantages (GAE | TD) → whitening (EMA | batch) → token we
 state folded over a step's micro-batches; the study's controls (permuted and oracle weights).
 Built on wmtp_jax.ops; imports nothing above it."""
 
-from wmtp_jax.weighting.controls import apply_control, oracle_weights, permute_valid
+from wmtp_jax.weighting.controls import CONTROLS, apply_control, oracle_weights, permute_valid
 from wmtp_jax.weighting.scheme import (
+    ADVANTAGES,
+    WHITENINGS,
     WeightingConfig,
     advance_extra,
     advantages,
@@ -15,6 +17,9 @@ from wmtp_jax.weighting.scheme import (
 )
 
 __all__ = [
+    "ADVANTAGES",
+    "CONTROLS",
+    "WHITENINGS",
     "WeightingConfig",
     "advance_extra",
     "advantages",

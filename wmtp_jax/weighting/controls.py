@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+CONTROLS = ("none", "permute", "oracle")  # weighting.control: the method, or one of the two
+
 
 def permute_valid(weights, mask, key) -> jax.Array:
     """`weights` `[B,S]` permuted uniformly at random among the positions where `mask` > 0

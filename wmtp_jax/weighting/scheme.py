@@ -19,6 +19,9 @@ import jax.numpy as jnp
 from wmtp_jax import ops
 from wmtp_jax.ops._utils import masked_mean, masked_std
 
+ADVANTAGES = ("gae", "td")  # weighting.advantage: GAE or the TD errors themselves
+WHITENINGS = ("ema", "batch")  # weighting.whitening: EMA statistics or this batch's
+
 
 class WeightingConfig(NamedTuple):
     """Static hyper-parameters of the weights (training.* and weighting.*)."""
