@@ -31,7 +31,12 @@ from conversion.trees import (
     unflatten,
 )
 from wmtp_jax.models.args import ModelArgs
-from wmtp_jax.models.io import atomic_dir, copy_tokenizer, find_tokenizer_files, save_model
+from wmtp_jax.models.serialization import (
+    atomic_dir,
+    copy_tokenizer,
+    find_tokenizer_files,
+    save_model,
+)
 
 
 def hf_files(src: Path) -> list[Path]:

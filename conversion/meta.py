@@ -32,7 +32,8 @@ from conversion.trees import (
     tree_to_torch,
 )
 from wmtp_jax.models.args import ModelArgs
-from wmtp_jax.models.io import (
+from wmtp_jax.models.lora import merge_lora
+from wmtp_jax.models.serialization import (
     atomic_dir,
     copy_tokenizer,
     find_tokenizer_files,
@@ -40,7 +41,6 @@ from wmtp_jax.models.io import (
     load_params,
     save_model,
 )
-from wmtp_jax.models.lora import merge_lora
 
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _COLUMN = (

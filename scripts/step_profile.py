@@ -112,17 +112,17 @@ def profile_torch(steps: int, threads: int) -> dict:
     import torch  # optional dependency, only for this comparison
     from torch.profiler import ProfilerActivity, profile
 
-    from wmtp_jax.bench.torch_step import torch_mtp, torch_mtp_ce
+    from wmtp_jax.bench import torch_model
 
     torch.set_num_threads(threads)
     p = prepare_case(CASE)
-    model = torch_mtp(CASE.policy_args(), jax.device_get(p.state["params"].to_pure_dict()))
+    model = torch_model.MTP(CASE.policy_args(), jax.device_get(p.state["params"].to_pure_dict()))
     opt = torch.optim.AdamW(model.parameters(), 1e-4, betas=(0.9, 0.95), weight_decay=0.01)
     b = {k: torch.from_numpy(np.asarray(v)[0]).long() for k, v in synthetic_batch(CASE).items()}
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch_mtp_ce(model(b["input_ids"]), b["labels"], b["attention_mask"])
+        loss = torch_model.mtp_ce(model(b["input_ids"]), b["labels"], b["attention_mask"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

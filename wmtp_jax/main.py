@@ -2,20 +2,19 @@
 
 `python -m wmtp_jax.main --config=configs/<pipeline>.py[:variant] [--config.k=v ...]`.
 
-Dispatches on `config.pipeline` to `wmtp_jax.pipelines.<name>.run(config)`; `cli(pipeline)` /
-`run(config, pipeline)` run another module's `run(config)` the same way (a pipeline kept outside
-the package, e.g. the tests' toy one). Config errors exit 2 with one line naming
-the problem: a missing config file, an unknown variant, an unknown key (the config is locked), a
-value of the wrong type, a bad value (`configs.common.validate_config`). So do the run's refusals
-(busy output_dir, a checkpoint that does not fit, no readable checkpoint, a NaN loss, bad
-training data: `DataError` naming file:line). A failed
-checkpoint save exits 1 with one line at once (`abandon`).
+Dispatches on `config.pipeline` to its registered module's `run(config)` (wmtp_jax.registry);
+`cli(pipeline)` / `run(config, pipeline)` run another module's `run(config)` the same way (a
+pipeline kept outside the package, e.g. the tests' toy one). Config errors exit 2 with one line
+naming the problem: a missing config file, an unknown variant, an unknown key (the config is
+locked), a value of the wrong type, a bad value (`configs.common.validate_config`), an unknown
+pipeline. So do the run's refusals (busy output_dir, a checkpoint that does not fit, no readable
+checkpoint, a NaN loss, bad training data: `DataError` naming file:line). A failed checkpoint
+save exits 1 with one line at once (`abandon`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging as pylogging
 import os
 import sys
@@ -26,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wmtp_jax import configs as _configs_package
-from wmtp_jax import console
+from wmtp_jax import console, registry
 from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.data.records import DataError
 from wmtp_jax.ops.attention import check_backend
@@ -67,17 +66,11 @@ def abandon(msg: str, code: int = 1) -> None:
 
 
 def load_pipeline(name: str):
-    """The module `wmtp_jax.pipelines.<name>` (exit 2 when there is none, or it has no `run`)."""
-    module = f"wmtp_jax.pipelines.{name}"
+    """The registered pipeline module of `name` (wmtp_jax.registry; exit 2 when there is none)."""
     try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):
-            _fail(f"config.pipeline={name!r}: no pipeline module {module!r}")
-        raise
-    if not hasattr(mod, "run"):
-        _fail(f"config.pipeline={name!r}: module {module!r} has no run(config)")
-    return mod
+        return registry.pipeline_module(name)
+    except registry.UnknownPipeline as e:
+        _fail(f"config.pipeline={name!r}: {e}")
 
 
 def summary(result) -> str:
@@ -162,7 +155,7 @@ def main(argv, pipeline=None):
 
 def run(config, pipeline=None):
     """Run `pipeline.run(config)` as the command line does (`pipeline`: a module with
-    `run(config)`; default `wmtp_jax.pipelines.<config.pipeline>`): validate the config, set the
+    `run(config)`; default the registered module of `config.pipeline`): validate the config, set the
     log level, join a multi-process run, route library logs to `<output_dir>/run.log`, print the
     header, run, print the summary. Config errors and the run's refusals exit 2 with one line."""
     apply_cpu_defaults()  # before the first computation (docs/performance_step.md)

@@ -10,7 +10,7 @@ def make_tiny_storage(w: Path) -> Path:
 
     from wmtp_jax.configs import parts
     from wmtp_jax.data import ensure_micro_tokenizer, ensure_synthetic
-    from wmtp_jax.models import ModelArgs, io
+    from wmtp_jax.models import ModelArgs, serialization
     from wmtp_jax.models.llama import Llama
     from wmtp_jax.models.mtp import MTPTransformer
 
@@ -28,7 +28,7 @@ def make_tiny_storage(w: Path) -> Path:
         n_future_tokens=2,
         max_seq_len=128,
     )
-    io.save_model(
+    serialization.save_model(
         w / parts.MICRO_POLICY,
         MTPTransformer(args, rngs=nnx.Rngs(0)),
         kind="mtp",
@@ -36,7 +36,7 @@ def make_tiny_storage(w: Path) -> Path:
         tokenizer=files,
     )
     largs = args.replace(n_layers=2, n_future_tokens=1)
-    io.save_model(
+    serialization.save_model(
         w / parts.MICRO_LLAMA,
         Llama(largs, rngs=nnx.Rngs(1)),
         kind="llama",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wmtp_jax.models import ModelArgs, MTPTransformer, io
+from wmtp_jax.models import ModelArgs, MTPTransformer, serialization
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = dict(
@@ -65,7 +65,7 @@ def world(tmp_path_factory):
     args = ModelArgs(vocab_size=len(tok), **ARGS)
     model = MTPTransformer(args, rngs=nnx.Rngs(0))
     files = sorted(p for p in (root / "tok").iterdir() if p.is_file())
-    io.save_model(root / "model", model, kind="mtp", args=args, tokenizer=files)
+    serialization.save_model(root / "model", model, kind="mtp", args=args, tokenizer=files)
     return dict(
         root=root, data=data, model_dir=root / "model", args=args, model=model, tok_files=files
     )
@@ -256,7 +256,7 @@ def test_llama_model_dir_evaluates_and_critic_is_refused(world, tmp_path):
     from wmtp_jax.pipelines import evaluation
 
     args = world["args"].replace(n_future_tokens=1, tie_embeddings=True)
-    io.save_model(
+    serialization.save_model(
         tmp_path / "llama",
         Llama(args, rngs=nnx.Rngs(2)),
         kind="llama",
@@ -279,6 +279,8 @@ def test_llama_model_dir_evaluates_and_critic_is_refused(world, tmp_path):
     assert 0 < g["tokens_to_stop"] <= g["tokens"] <= 1.2 * g["tokens_to_stop"]
     from wmtp_jax.models import ValueModel
 
-    io.save_model(tmp_path / "critic", ValueModel(args, rngs=nnx.Rngs(0)), kind="critic", args=args)
+    serialization.save_model(
+        tmp_path / "critic", ValueModel(args, rngs=nnx.Rngs(0)), kind="critic", args=args
+    )
     with pytest.raises(ValueError, match="kind 'critic' cannot generate"):
         evaluation.run(eval_config(world, **{"checkpoint": str(tmp_path / "critic")}))

@@ -79,10 +79,10 @@ def check_run(work, out_dir, metric="train/loss"):
 
 def test_critic_then_verifiable_with_ema_resume(work):
     ok(run_cli(work, "critic.py", *FAST, "--config.training.value_loss.type=lambda_return"))
-    from wmtp_jax.models import io
+    from wmtp_jax.models import serialization
 
     critic_dir = work / "storage/checkpoints/critic/critic-micro/final_model"
-    assert io.read_config(critic_dir)["kind"] == "critic"
+    assert serialization.read_config(critic_dir)["kind"] == "critic"
     check_run(work, "storage/checkpoints/critic/critic-micro")
 
     out = "storage/checkpoints/verifiable/verifiable-micro"
@@ -120,10 +120,10 @@ def test_critic_then_verifiable_with_ema_resume(work):
 
 def test_ref_tuning_then_rho1(work):
     ok(run_cli(work, "ref_tuning.py", *FAST))
-    from wmtp_jax.models import io
+    from wmtp_jax.models import serialization
 
     ref = work / "storage/checkpoints/ref_tuning/ref_tuning-micro/final_model"
-    assert io.read_config(ref)["kind"] == "llama"
+    assert serialization.read_config(ref)["kind"] == "llama"
     check_run(work, "storage/checkpoints/ref_tuning/ref_tuning-micro")
     ok(run_cli(work, "rho1.py", *FAST, "--config.training.use_lora=True"))
     rows = metrics_rows(work / "storage/checkpoints/rho1/rho1-micro")
@@ -135,9 +135,11 @@ def test_ref_tuning_then_rho1(work):
 def test_baseline_lora(work):
     ok(run_cli(work, "baseline.py", *FAST, "--config.training.use_lora=True"))
     check_run(work, "storage/checkpoints/baseline/baseline-micro")
-    from wmtp_jax.models import io
+    from wmtp_jax.models import serialization
 
-    cfg = io.read_config(work / "storage/checkpoints/baseline/baseline-micro/final_model")
+    cfg = serialization.read_config(
+        work / "storage/checkpoints/baseline/baseline-micro/final_model"
+    )
     assert cfg["lora"]["rank"] == 16 and "w1" in cfg["lora"]["targets"]
 
 

@@ -75,7 +75,7 @@ def padded(ids, pad):
 
 
 def test_conversion_keeps_the_model_tied_with_its_tokenizer(smol):
-    from wmtp_jax.models.io import read_config
+    from wmtp_jax.models.serialization import read_config
 
     cfg = read_config(smol["llama"])
     assert cfg["kind"] == "llama" and cfg["args"]["tie_embeddings"] and cfg["lm_head"]
@@ -95,7 +95,7 @@ def test_logits_match_transformers(smol, reference):
     numbers). The bounds are multiples of `floor` = transformers' float32 distance to float64 on
     the machine running the test, since summation order (ISA, kernel library, XLA fusion) moves
     every float32 forward; each multiple has >= 30% headroom over what was measured."""
-    from wmtp_jax.models.io import load_llama, load_policy
+    from wmtp_jax.models.serialization import load_llama, load_policy
 
     x, mask = padded(reference["ids"], reference["tok"].pad_token_id)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_greedy_tokens_match_generate_up_to_the_stops(smol, reference):
     (its head 0 logits above; its speculative completions in the evaluation test)."""
     from wmtp_jax.eval.benchmarks import HUMANEVAL_STOP
     from wmtp_jax.generate import Sampler, SamplingConfig, StopTexts, token_texts
-    from wmtp_jax.models.io import load_llama
+    from wmtp_jax.models.serialization import load_llama
 
     tok, ids = reference["tok"], reference["ids"]
     x, mask = padded(ids, tok.pad_token_id)

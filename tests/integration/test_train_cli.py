@@ -47,7 +47,8 @@ def test_cudnn_attention_on_cpu_is_refused_before_training():
 def test_missing_pipeline_module_is_a_clear_error():
     p = _run("--config.pipeline=nope", main=[sys.executable, "-m", "wmtp_jax.main", MAIN[-1]])
     assert p.returncode != 0
-    assert "no pipeline module 'wmtp_jax.pipelines.nope'" in p.stderr
+    assert p.returncode == 2
+    assert "config.pipeline='nope': unknown pipeline 'nope'; one of baseline," in p.stderr
 
 
 def _free_port() -> int:

@@ -200,7 +200,7 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
     import ml_collections
 
     from wmtp_jax.configs.common import ConfigError
-    from wmtp_jax.models import io
+    from wmtp_jax.models import serialization
     from wmtp_jax.models.args import ModelArgs
     from wmtp_jax.pipelines.bootstrap import check_model_lengths
 
@@ -209,7 +209,9 @@ def test_max_length_above_a_models_max_seq_len_is_refused_naming_both(tmp_path):
     args = ModelArgs(
         dim=16, n_layers=2, n_heads=2, vocab_size=32, n_future_tokens=2, max_seq_len=64
     )
-    (model / io.CONFIG_FILE).write_text(json.dumps(io.make_config("mtp", args)))
+    (model / serialization.CONFIG_FILE).write_text(
+        json.dumps(serialization.make_config("mtp", args))
+    )
     c = ml_collections.ConfigDict(
         {
             "dataset": {"max_length": 64},

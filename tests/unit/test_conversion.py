@@ -17,7 +17,7 @@ from conversion.torch_io import ConversionError
 from conversion.trees import flatten
 from tests.torch_ref.meta_mtp import ModelArgs as TorchArgs
 from tests.torch_ref.meta_mtp import Transformer
-from wmtp_jax.models.io import load_params
+from wmtp_jax.models.serialization import load_params
 
 META = dict(
     dim=32,

@@ -19,7 +19,7 @@ from conversion.hf import flax_to_hf, hf_to_flax, hf_to_mtp  # noqa: E402
 from conversion.meta import flax_to_meta, meta_to_flax  # noqa: E402
 from conversion.trees import flatten  # noqa: E402
 from wmtp_jax.models import ModelArgs  # noqa: E402
-from wmtp_jax.models.io import load_llama, load_params, load_policy  # noqa: E402
+from wmtp_jax.models.serialization import load_llama, load_params, load_policy  # noqa: E402
 
 BASE = dict(
     hidden_size=32,

@@ -1,16 +1,26 @@
 """The package's static import graph (module-level and function-level imports): no import circle
-touches the checked packages, and they import nothing from the layers above them."""
+anywhere, and every folder imports only from the layers below its own."""
 
 import ast
 from pathlib import Path
 
+from wmtp_jax import registry
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("wmtp_jax", "conversion")
-# packages held to the rules below (extend to the whole package once it has no circle left)
-CHECKED = ("wmtp_jax.ops", "wmtp_jax.models", "wmtp_jax.generate", "wmtp_jax.eval", "wmtp_jax.data")
-CHECKED += ("conversion", "wmtp_jax.kernels")
-ABOVE = ("wmtp_jax.pipelines", "wmtp_jax.train", "wmtp_jax.study", "wmtp_jax.bench")
-ABOVE += ("wmtp_jax.main", "wmtp_jax.configs")
+# Bottom to top: a module may import only from a strictly lower layer (or its own folder). The
+# registry names the config and pipeline modules as strings and imports them on first use, so it
+# is a leaf here: configs (below the pipelines) and main / the study / the bench read one table.
+LAYERS = (
+    ("wmtp_jax", "wmtp_jax.kernels", "wmtp_jax.registry", "wmtp_jax.console"),
+    ("wmtp_jax.ops",),
+    ("wmtp_jax.models", "wmtp_jax.data"),
+    ("wmtp_jax.generate", "wmtp_jax.eval", "wmtp_jax.weighting", "wmtp_jax.train", "conversion"),
+    ("wmtp_jax.configs",),
+    ("wmtp_jax.pipelines",),
+    ("wmtp_jax.study", "wmtp_jax.bench"),
+    ("wmtp_jax.main",),
+)
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -100,14 +110,59 @@ def test_no_import_circle_anywhere():
     assert circles(import_graph()) == []
 
 
-def test_checked_packages_import_nothing_above_them():
+def folder(m: str) -> str:
+    """The layered unit of module `m`: its folder under wmtp_jax (or a top-level module)."""
+    parts = m.split(".")
+    return parts[0] if parts[0] != "wmtp_jax" else ".".join(parts[:2])
+
+
+def layer(m: str) -> int:
+    f = folder(m)
+    hits = [i for i, names in enumerate(LAYERS) if f in names]
+    assert hits, f"{f} ({m}) is in no layer: add it to LAYERS"
+    return hits[0]
+
+
+def test_every_folder_has_one_layer():
+    names = [f for names in LAYERS for f in names]
+    assert len(names) == len(set(names))
+    for m in import_graph():
+        layer(m)
+
+
+def test_no_folder_imports_from_its_own_layer_or_above():
     up = sorted(
-        (m, t) for m, ts in import_graph().items() if _in(m, CHECKED) for t in ts if _in(t, ABOVE)
+        (m, t)
+        for m, ts in import_graph().items()
+        for t in ts
+        if folder(t) != folder(m) and layer(t) >= layer(m)
     )
     assert up == []
+
+
+def test_layer_check_catches_an_upward_import():
+    assert layer("wmtp_jax.pipelines.bootstrap") >= layer("wmtp_jax.configs.common")
+    assert layer("wmtp_jax.study.cells") > layer("wmtp_jax.pipelines.evaluation")
+    assert layer("wmtp_jax.weighting.scheme") < layer("wmtp_jax.pipelines.verifiable")
+    assert layer("wmtp_jax.weighting.scheme") < layer("wmtp_jax.study.credit")
 
 
 def test_kernels_import_nothing_from_the_package_but_themselves():
     g = import_graph()
     out = sorted((m, t) for m, ts in g.items() if _in(m, ("wmtp_jax.kernels",)) for t in ts)
     assert all(_in(t, ("wmtp_jax.kernels",)) for _, t in out), out
+
+
+def test_module_names_are_distinct():
+    """No module or package name is another's plural, and a name shared across folders only
+    mirrors one idea: configs/X ↔ pipelines/X (the registry's pairs), bench/X measures X, and
+    ops/rho1 is the rho1 pipeline's math."""
+    mirrored = {"attention", "decode", "packing", "rho1"} | set(registry.PIPELINES)
+    names: dict[str, list[str]] = {}
+    for m, (path, is_pkg) in _modules().items():
+        names.setdefault(m.rpartition(".")[2], []).append(m)
+    del names["__main__"]
+    shared = sorted(n for n, ms in names.items() if len(ms) > 1 and n not in mirrored)
+    assert shared == []
+    plural = sorted((n, f"{n}s") for n in names if f"{n}s" in names or f"{n}es" in names)
+    assert plural == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wmtp_jax import weighting
 from wmtp_jax.data.packing import pack_batch
 from wmtp_jax.models import ModelArgs
 from wmtp_jax.models.llama import Llama
@@ -132,8 +133,8 @@ def test_verifiable_packed_equals_unpacked(advantage, whitening):
     policy = randomize(MTPTransformer(args(), rngs=nnx.Rngs(0)), 1)
     critic = ValueModel(args(k=1, layers=2), rngs=nnx.Rngs(2), head_type="linear")
     critic = randomize(critic, 3)
-    wc = verifiable.WeightingConfig(advantage=advantage, whitening=whitening, lam=0.9, beta=0.5)
-    extra = verifiable.init_extra(0.9, 0)
+    wc = weighting.WeightingConfig(advantage=advantage, whitening=whitening, lam=0.9, beta=0.5)
+    extra = weighting.init_extra(0.9, 0)
     extra["ema"] = extra["ema"]._replace(
         mean=jnp.float32(0.05), std=jnp.float32(0.2), step_count=jnp.int32(3)
     )
@@ -217,8 +218,8 @@ def test_verifiable_negatives_packed_pairs_equal_unpacked(advantage, whitening):
     within 2 of its start, so a head crossing a segment end would change the loss."""
     policy = randomize(MTPTransformer(args(), rngs=nnx.Rngs(0)), 1)
     critic = randomize(ValueModel(args(k=1, layers=2), rngs=nnx.Rngs(2), head_type="linear"), 3)
-    wc = verifiable.WeightingConfig(advantage=advantage, whitening=whitening, lam=0.9, beta=0.5)
-    extra = verifiable.init_extra(0.9, 0)
+    wc = weighting.WeightingConfig(advantage=advantage, whitening=whitening, lam=0.9, beta=0.5)
+    extra = weighting.init_extra(0.9, 0)
     extra["ema"] = extra["ema"]._replace(
         mean=jnp.float32(0.05), std=jnp.float32(0.2), step_count=jnp.int32(3)
     )

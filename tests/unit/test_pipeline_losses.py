@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wmtp_jax import ops
+from wmtp_jax import ops, weighting
 from wmtp_jax.configs import common as common_cfg
 from wmtp_jax.models import ModelArgs
 from wmtp_jax.models.mtp import MTPTransformer
@@ -94,7 +94,7 @@ def policy():
     return MTPTransformer(ARGS, rngs=nnx.Rngs(0))
 
 
-WC = verifiable.WeightingConfig(beta=1.0, min_weight=0.1, max_weight=3.0)
+WC = weighting.WeightingConfig(beta=1.0, min_weight=0.1, max_weight=3.0)
 
 
 # ---- verifiable ------------------------------------------------------------------------------
@@ -104,10 +104,10 @@ def test_ema_fold_over_micro_batches_equals_update_on_whole_effective_batch():
     r = np.random.RandomState(0)
     a1, a2 = r.randn(2, 7).astype(np.float32), 3 + r.randn(2, 7).astype(np.float32)
     m1, m2 = (r.rand(2, 7) > 0.3).astype(np.float32), (r.rand(2, 7) > 0.3).astype(np.float32)
-    extra = verifiable.init_extra(0.1, 2)
-    e1 = verifiable.advance_extra(extra, a1, m1, ga=2)
+    extra = weighting.init_extra(0.1, 2)
+    e1 = weighting.advance_extra(extra, a1, m1, ga=2)
     np.testing.assert_array_equal(e1["ema"].mean, 0.0)  # no update mid-step
-    e2 = verifiable.advance_extra(e1, a2, m2, ga=2)
+    e2 = weighting.advance_extra(e1, a2, m2, ga=2)
     want = ops.td_ema_update(
         ops.td_ema_init(0.1, 2), np.concatenate([a1, a2]), np.concatenate([m1, m2])
     )
@@ -121,7 +121,7 @@ def test_token_weights_batch_formula_and_ema_stats():
     values = jnp.asarray([[0.5, 0.6, 0.4, 0.9, 0.9]], jnp.float32)
     mask = jnp.asarray([[0, 1, 1, 1, 0]], jnp.float32)
     wc = WC._replace(advantage="td")
-    w, adv, (mu, sd) = verifiable.token_weights(values, jnp.ones((1,)), mask, wc, None)
+    w, adv, (mu, sd) = weighting.token_weights(values, jnp.ones((1,)), mask, wc, None)
     # td: δ_t = v_t − v_{t−1}, terminal (t=3) R − v_3 = 0.1
     np.testing.assert_allclose(adv[0], [0, 0.1, -0.2, 0.1, 0], atol=1e-6)
     a = np.array([0.1, -0.2, 0.1])
@@ -129,15 +129,29 @@ def test_token_weights_batch_formula_and_ema_stats():
     np.testing.assert_allclose(w[0, 1:4], want, rtol=1e-5)
     assert float(w[0, 0]) == 0 and float(w[0, 4]) == 0
     ema = ops.td_ema_init()._replace(mean=jnp.float32(0.1), std=jnp.float32(0.5))
-    w2, _, (mu2, sd2) = verifiable.token_weights(values, jnp.ones((1,)), mask, wc, ema)
+    w2, _, (mu2, sd2) = weighting.token_weights(values, jnp.ones((1,)), mask, wc, ema)
     np.testing.assert_allclose(w2[0, 1:4], np.clip(np.exp((a - 0.1) / 0.5), 0.1, 3.0), rtol=1e-5)
     assert float(mu2) == pytest.approx(0.1) and float(sd2) == pytest.approx(0.5)
+
+
+def test_batch_weights_equal_build_weights_with_the_batch_moments():
+    """The one batch whitening (verifiable validation and the critic-credit study): μ, σ are the
+    masked mean and unbiased std, and the weights are those of build_weights given them."""
+    r = np.random.RandomState(3)
+    adv = r.randn(3, 6).astype(np.float32)
+    mask = (r.rand(3, 6) > 0.3).astype(np.float32)
+    w, (mu, sd) = weighting.batch_weights(adv, mask, WC)
+    a = adv[mask > 0].astype(np.float64)
+    assert float(mu) == pytest.approx(a.mean(), rel=1e-5)
+    assert float(sd) == pytest.approx(a.std(ddof=1), rel=1e-5)
+    want = ops.build_weights(adv, mask, 1.0, 0.1, 3.0, mu, sd)
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(want))
 
 
 def test_verifiable_critic_gets_no_gradient_and_weights_vary():
     pol, crit = policy(), ToyCritic(nnx.Rngs(1))
     batch = {k: jnp.asarray(v) for k, v in pointwise_batch().items()}
-    extra = verifiable.init_extra(0.1, 2)
+    extra = weighting.init_extra(0.1, 2)
     gd, cstate = nnx.split(crit, nnx.Param)
 
     def loss_of_critic(cs):
@@ -157,7 +171,7 @@ def test_verifiable_loss_falls_overfitting_with_ema_over_accumulation():
         frozen=ToyCritic(nnx.Rngs(1)),
         train_iter=iter(()),
         loss_fn=lambda *a: verifiable.loss_fn(*a, wc=wc, ga=2),
-        extra_state=verifiable.init_extra(0.1, 2),
+        extra_state=weighting.init_extra(0.1, 2),
     )
     losses, state, _ = overfit(task, pointwise_batch(), ga=2)
     assert losses[-1] < 0.6 * losses[0], losses

@@ -7,29 +7,29 @@ import math
 import numpy as np
 import pytest
 
-from wmtp_jax.study import bootstrap, cells, credit
+from wmtp_jax.study import cells, credit, intervals
 
 
 def test_bootstrap_hand_made_case():
     # 3 problems [0, 0, 1], one seed: a resample mean is k/3 with k ~ Binomial(3, 1/3):
     # P(0) = 8/27, P(1/3) = 12/27, P(2/3) = 6/27, P(1) = 1/27 -> 2.5% quantile 0, 97.5% quantile 1
     # (P(mean < 1) = 26/27 = 0.963 < 0.975).
-    r = bootstrap.bootstrap_ci([0.0, 0.0, 1.0], n_resamples=4000, seed=0)
+    r = intervals.bootstrap_ci([0.0, 0.0, 1.0], n_resamples=4000, seed=0)
     assert r["mean"] == pytest.approx(1 / 3)
     assert r["ci95"] == [0.0, 1.0]
-    means = bootstrap.bootstrap_means([0.0, 0.0, 1.0], n_resamples=4000, seed=0)
+    means = intervals.bootstrap_means([0.0, 0.0, 1.0], n_resamples=4000, seed=0)
     freq = [np.mean(np.isclose(means, k / 3)) for k in range(4)]
     assert freq == pytest.approx([8 / 27, 12 / 27, 6 / 27, 1 / 27], abs=0.025)
 
 
 def test_bootstrap_constant_deterministic_and_seed_resampling():
-    r = bootstrap.bootstrap_ci(np.full((3, 5), 0.4), 1000, 1)
+    r = intervals.bootstrap_ci(np.full((3, 5), 0.4), 1000, 1)
     assert r["mean"] == pytest.approx(0.4) and r["ci95"] == pytest.approx([0.4, 0.4])
     x = np.random.default_rng(0).random((3, 20))
-    assert bootstrap.bootstrap_ci(x, 1000, 7) == bootstrap.bootstrap_ci(x, 1000, 7)
+    assert intervals.bootstrap_ci(x, 1000, 7) == intervals.bootstrap_ci(x, 1000, 7)
     # rows (seeds) are resampled too: two seeds that disagree on every problem
     # -> resample means 0 (both draws seed 0), 1/2, 1 with probabilities 1/4, 1/2, 1/4
-    m = bootstrap.bootstrap_means([[0.0] * 4, [1.0] * 4], 4000, 0)
+    m = intervals.bootstrap_means([[0.0] * 4, [1.0] * 4], 4000, 0)
     assert sorted(set(np.round(m, 6))) == [0.0, 0.5, 1.0]
     assert np.mean(m == 0) == pytest.approx(0.25, abs=0.03)
 
@@ -37,26 +37,26 @@ def test_bootstrap_constant_deterministic_and_seed_resampling():
 def test_paired_bootstrap():
     a = np.array([[1.0, 1.0, 0.0, 1.0]])
     b = np.array([[0.0, 1.0, 0.0, 0.0]])
-    r = bootstrap.paired_bootstrap_ci(a, b, 2000, 0)
+    r = intervals.paired_bootstrap_ci(a, b, 2000, 0)
     assert r["delta"] == pytest.approx(0.5)
     # the difference per problem is [1, 0, 0, 1]: the same problems are drawn for both arms, so
     # each resample is j/4 (j = draws of problems 0 or 3), never the unpaired extremes like -1/4
-    m = bootstrap.bootstrap_means(a - b, 2000, 0)
+    m = intervals.bootstrap_means(a - b, 2000, 0)
     assert np.all(np.isin(np.round(m * 4), [0, 1, 2, 3, 4]))
     assert 0.0 <= r["ci95"][0] <= 0.25 and 0.75 <= r["ci95"][1] <= 1.0
     # identical arms: every paired resample is exactly 0
-    assert bootstrap.paired_bootstrap_ci(a, a, 1000, 0) == {"delta": 0.0, "ci95": [0.0, 0.0]}
+    assert intervals.paired_bootstrap_ci(a, a, 1000, 0) == {"delta": 0.0, "ci95": [0.0, 0.0]}
     with pytest.raises(ValueError, match="shapes differ"):
-        bootstrap.paired_bootstrap_ci(a, b[:, :3])
+        intervals.paired_bootstrap_ci(a, b[:, :3])
 
 
 def test_bootstrap_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty"):
-        bootstrap.bootstrap_ci([])
+        intervals.bootstrap_ci([])
     with pytest.raises(ValueError, match="finite"):
-        bootstrap.bootstrap_ci([0.0, math.nan])
+        intervals.bootstrap_ci([0.0, math.nan])
     with pytest.raises(ValueError, match="n_resamples"):
-        bootstrap.bootstrap_means([1.0], 0)
+        intervals.bootstrap_means([1.0], 0)
 
 
 def test_auroc_hand_computed():

@@ -72,8 +72,9 @@ def test_flatten_config_truncates():
 
 
 def test_export_model_hands_host_params_to_models_io(tmp_path, monkeypatch):
-    """export_model → wmtp_jax.models.io.save_model(dir, pure host params, kind=..., args=...)."""
-    from wmtp_jax.models import io
+    """export_model → wmtp_jax.models.serialization.save_model(dir, pure host params, kind=...,
+    args=...)."""
+    from wmtp_jax.models import serialization
     from wmtp_jax.train.checkpoint import export_model
 
     class Tiny(nnx.Module):
@@ -87,7 +88,7 @@ def test_export_model_hands_host_params_to_models_io(tmp_path, monkeypatch):
         seen.update(directory=directory, params=params, **kw)
         return tmp_path / "out"
 
-    monkeypatch.setattr(io, "save_model", fake_save)
+    monkeypatch.setattr(serialization, "save_model", fake_save)
     assert export_model(tmp_path / "m", Tiny(), kind="mtp", args="ARGS") == tmp_path / "out"
     assert seen["kind"] == "mtp" and seen["args"] == "ARGS" and seen["force"] is True
     assert list(seen["params"]) == ["w"] and isinstance(seen["params"]["w"], np.ndarray)

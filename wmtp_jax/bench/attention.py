@@ -184,6 +184,46 @@ def _torch_probe(case_json: str, threads: int | None) -> None:
     print(json.dumps({"torch_peak_rss_bytes": max(0, _status_bytes("VmHWM") - base)}))
 
 
+def _runners(c, impls, *, torch_ref: bool, threads, compile_only: bool):
+    """(runners {name: (run, info)}, errors {name: message}, skipped {name: info}) of one case:
+    every implementation compiled (an error row when it fails), torch SDPA beside them."""
+    runners, errors, skipped = {}, {}, {}
+    for impl in impls:
+        try:
+            resolved = attn.resolve(impl, c.seq, jnp.dtype(c.dtype), c.head_dim)
+            run, mem = _jax_runner(c, impl, guard=not compile_only)
+            info = {"memory_analysis": mem, "resolved": resolved}
+            if run is None:
+                skipped[impl] = {**info, "skipped": mem["skipped"]}
+            else:
+                runners[impl] = (run, info)
+        except Exception as e:  # noqa: BLE001 - e.g. OOM, cudnn on CPU: an error row
+            errors[impl] = f"{type(e).__name__}: {str(e)[:500]}"
+    if torch_ref:
+        try:
+            rss = None if _on_gpu() else torch_cpu_peak_rss(c, threads)
+            run, peak = _torch_runner(c, threads)
+            runners["torch_sdpa"] = (run, {"torch_peak_bytes": peak, "torch_peak_rss_bytes": rss})
+        except Exception as e:  # noqa: BLE001 - torch missing or failing: recorded
+            errors["torch_sdpa"] = f"{type(e).__name__}: {str(e)[:500]}"
+    return runners, errors, skipped
+
+
+def _time(runners: dict, warmup: int, repeats: int):
+    """({name: seconds of each call}, load average before and after); the runners alternate call
+    by call, after `warmup` calls each."""
+    for run, _ in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runners}
+    load = [os.getloadavg()[0]]
+    for _ in range(repeats):
+        for name, (run, _) in runners.items():
+            times[name].append(run())
+    load.append(os.getloadavg()[0])
+    return times, load
+
+
 def run_attention_sweep(
     cases: list,
     impls: list,
@@ -201,37 +241,10 @@ def run_attention_sweep(
     torch_ref = torch_ref and not compile_only
     repeats, warmup = (0, 0) if compile_only else (repeats, warmup)
     for c in cases:
-        runners, errors, skipped = {}, {}, {}
-        for impl in impls:
-            try:
-                resolved = attn.resolve(impl, c.seq, jnp.dtype(c.dtype), c.head_dim)
-                run, mem = _jax_runner(c, impl, guard=not compile_only)
-                info = {"memory_analysis": mem, "resolved": resolved}
-                if run is None:
-                    skipped[impl] = {**info, "skipped": mem["skipped"]}
-                else:
-                    runners[impl] = (run, info)
-            except Exception as e:  # noqa: BLE001 - e.g. OOM, cudnn on CPU: an error row
-                errors[impl] = f"{type(e).__name__}: {str(e)[:500]}"
-        if torch_ref:
-            try:
-                rss = None if _on_gpu() else torch_cpu_peak_rss(c, threads)
-                run, peak = _torch_runner(c, threads)
-                runners["torch_sdpa"] = (
-                    run,
-                    {"torch_peak_bytes": peak, "torch_peak_rss_bytes": rss},
-                )
-            except Exception as e:  # noqa: BLE001 - torch missing or failing: recorded
-                errors["torch_sdpa"] = f"{type(e).__name__}: {str(e)[:500]}"
-        for run, _ in runners.values():
-            for _ in range(warmup):
-                run()
-        times = {name: [] for name in runners}
-        load = [os.getloadavg()[0]]
-        for _ in range(repeats):
-            for name, (run, _) in runners.items():
-                times[name].append(run())
-        load.append(os.getloadavg()[0])
+        runners, errors, skipped = _runners(
+            c, impls, torch_ref=torch_ref, threads=threads, compile_only=compile_only
+        )
+        times, load = _time(runners, warmup, repeats)
         ms = {name: 1e3 * statistics.median(t) for name, t in times.items() if t}
         xla_info = skipped.get("xla") or runners.get("xla", (None, {}))[1]
         xla_mem = (xla_info.get("memory_analysis") or {}).get("estimate")

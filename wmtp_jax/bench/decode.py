@@ -23,7 +23,7 @@ from wmtp_jax.data import load_tokenizer
 from wmtp_jax.eval import load_problems
 from wmtp_jax.generate import SamplingConfig
 from wmtp_jax.generate.sampler import Sampler, bucket_length
-from wmtp_jax.models import io
+from wmtp_jax.models import serialization
 from wmtp_jax.models.args import ModelArgs
 from wmtp_jax.models.mtp import MTPTransformer
 
@@ -52,7 +52,7 @@ class DecodeCase:
 def load_policy(case: DecodeCase):
     """(model, args): the policy of `case.policy_dir`, or a random-init MTPTransformer."""
     if case.policy_dir:
-        model = io.load_model(case.policy_dir, kind="mtp", dtype=case.dtype)
+        model = serialization.load_model(case.policy_dir, kind="mtp", dtype=case.dtype)
         return model, model.args
     args = ModelArgs(
         dim=case.dim,
@@ -134,6 +134,62 @@ def _vs_greedy(rows: list[dict], match: float, **ratios: str) -> None:
             r[out] = r[metric] / rows[0][metric]
 
 
+def _warm_samplers(model, tok, ids, case: DecodeCase, modes, bucket: int, full, one):
+    """One compiled Sampler per mode (a full pass and a one-token pass run once, stats reset) and
+    the seconds of each mode's first (compiling) call."""
+    samplers, first = {}, {}
+    for mode in modes:
+        samplers[mode] = Sampler(
+            model,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id or 0,
+            batch_size=case.batch,
+            min_bucket=bucket,
+            speculative=mode == "speculative",
+        )
+        t0 = time.perf_counter()
+        samplers[mode].sample(ids, 1, full)
+        first[mode] = time.perf_counter() - t0
+        samplers[mode].sample(ids, 1, one)
+        samplers[mode].reset_stats()
+    return samplers, first
+
+
+def _passes(samplers: dict, ids, sampling, repeats: int):
+    """({mode: seconds of each pass}, {mode: the last pass's outputs}); the modes alternate pass
+    by pass, so a load burst on a shared host hits both."""
+    times, outs = {m: [] for m in samplers}, {}
+    for _ in range(repeats):
+        for mode, sampler in samplers.items():
+            t0 = time.perf_counter()
+            outs[mode] = sampler.sample(ids, 1, sampling)
+            times[mode].append(time.perf_counter() - t0)
+    return times, outs
+
+
+def _prompts_row(case: DecodeCase, mode, st, times, pre, repeats: int, n_prompts: int) -> dict:
+    """One mode's numbers: `st` its sampler stats over `repeats` passes, `times` / `pre` the
+    seconds of its full and one-token (prefill) passes."""
+    n_tok = st["tokens"] // repeats
+    sec, prefill = min(times), min(pre)
+    return {
+        "kind": "decode",
+        "mode": mode,
+        "config": dataclasses.asdict(case),
+        "policy": "dir",
+        "seconds": sec,
+        "times_s": times,
+        "tokens_per_s": n_tok / sec,
+        "new_tokens": n_tok,
+        "prefill_s": prefill,
+        "prefill_times_s": pre,
+        "decode_phase_tokens_per_s": (n_tok - n_prompts) / max(sec - prefill, 1e-9),
+        "forwards_per_call": st["forwards"] / repeats,
+        "tokens_per_forward": n_tok / max(st["forwards"] / repeats, 1) / case.batch,
+        "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
+    }
+
+
 def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     """Greedy vs speculative on a benchmark's real prompts (`case.prompts`, test split, the first
     `n_prompts`) with the policy's tokenizer and its real EOS, as the evaluation decodes them.
@@ -155,62 +211,17 @@ def run_decode_prompts(case: DecodeCase, *, repeats: int = 3) -> list[dict]:
     one = SamplingConfig(temperature=0.0, max_new_tokens=1)
     bucket = bucket_length(max(len(i) for i in ids))  # one program per mode
     modes = [m for m in MODES if m == "greedy" or args.n_future_tokens >= 2]
-    samplers, first, outs = {}, {}, {}
-    for mode in modes:
-        samplers[mode] = Sampler(
-            model,
-            eos_id=tok.eos_token_id,
-            pad_id=tok.pad_token_id or 0,
-            batch_size=case.batch,
-            min_bucket=bucket,
-            speculative=mode == "speculative",
-        )
-        t0 = time.perf_counter()
-        samplers[mode].sample(ids, 1, full)
-        first[mode] = time.perf_counter() - t0
-        samplers[mode].sample(ids, 1, one)
-        samplers[mode].reset_stats()
-    times = {m: [] for m in modes}
-    pre = {m: [] for m in modes}
+    samplers, first = _warm_samplers(model, tok, ids, case, modes, bucket, full, one)
     load = [os.getloadavg()[0]]
-    for _ in range(repeats):
-        for mode in modes:
-            t0 = time.perf_counter()
-            outs[mode] = samplers[mode].sample(ids, 1, full)
-            times[mode].append(time.perf_counter() - t0)
+    times, outs = _passes(samplers, ids, full, repeats)
     stats = {m: dict(samplers[m].stats) for m in modes}
-    for _ in range(repeats):
-        for mode in modes:
-            t0 = time.perf_counter()
-            samplers[mode].sample(ids, 1, one)
-            pre[mode].append(time.perf_counter() - t0)
+    pre, _ = _passes(samplers, ids, one, repeats)
     load.append(os.getloadavg()[0])
-    rows = []
-    for mode in modes:
-        st = stats[mode]
-        n_tok = st["tokens"] // repeats
-        sec, prefill = min(times[mode]), min(pre[mode])
-        rows.append(
-            {
-                "kind": "decode",
-                "mode": mode,
-                "config": dataclasses.asdict(case),
-                "policy": "dir",
-                "prompt_bucket": bucket,
-                "first_call_s": first[mode],
-                "seconds": sec,
-                "times_s": times[mode],
-                "tokens_per_s": n_tok / sec,
-                "new_tokens": n_tok,
-                "prefill_s": prefill,
-                "prefill_times_s": pre[mode],
-                "decode_phase_tokens_per_s": (n_tok - len(ids)) / max(sec - prefill, 1e-9),
-                "forwards_per_call": st["forwards"] / repeats,
-                "tokens_per_forward": n_tok / max(st["forwards"] / repeats, 1) / case.batch,
-                "acceptance_rate": (st["accepted"] / st["drafted"]) if st.get("drafted") else None,
-                "loadavg_during": load,
-            }
-        )
+    rows = [
+        _prompts_row(case, mode, stats[mode], times[mode], pre[mode], repeats, len(ids))
+        | {"prompt_bucket": bucket, "first_call_s": first[mode], "loadavg_during": load}
+        for mode in modes
+    ]
     if "speculative" in outs:
         g, sp = outs["greedy"], outs["speculative"]
         _vs_greedy(

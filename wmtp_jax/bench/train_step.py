@@ -13,7 +13,6 @@ backend reports it, tokens/s and MFU (see flops.py).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import statistics
 import time
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from wmtp_jax import registry
 from wmtp_jax.bench import flops as flops_lib
 from wmtp_jax.configs.common import validate_config
 from wmtp_jax.data.loaders import Loaders
@@ -119,7 +119,7 @@ def make_config(case: TrainCase):
     """The pipeline's own micro config with the case's values written in (locked keys only)."""
     if case.pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {case.pipeline!r}; valid: {PIPELINES}")
-    c = importlib.import_module(f"wmtp_jax.configs.{case.pipeline}").get_config("micro")
+    c = registry.get_config(case.pipeline, "micro")
     t = c.training
     t.batch_size, t.gradient_accumulation_steps, t.max_steps = case.batch, case.ga, 1000
     c.seed = case.seed

@@ -17,10 +17,11 @@ validation entry (the common keys, then the pipeline's own `validate` in configs
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import ml_collections
+
+from wmtp_jax import registry
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -166,17 +167,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
 def pipeline_config_module(pipeline: str):
     """wmtp_jax.configs.<pipeline>, or None when `pipeline` has no config module here."""
-    if not isinstance(pipeline, str) or not pipeline.isidentifier() or pipeline in _NOT_PIPELINES:
-        return None
-    try:
-        return importlib.import_module(f"wmtp_jax.configs.{pipeline}")
-    except ModuleNotFoundError as e:
-        if e.name == f"wmtp_jax.configs.{pipeline}":
-            return None
-        raise
-
-
-_NOT_PIPELINES = ("common", "parts")
+    return registry.config_module(pipeline)
 
 
 def validate_common(c: ml_collections.ConfigDict) -> None:

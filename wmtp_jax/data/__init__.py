@@ -17,9 +17,9 @@ _EXPORTS = {
         "apply_alpaca_template",
         "IGNORE_INDEX",
     ),
-    "wmtp_jax.data.loader": ("DataLoader",),
+    "wmtp_jax.data.grain_loader": ("DataLoader",),
     "wmtp_jax.data.records": ("DataError", "JsonlRecords"),
-    "wmtp_jax.data.sampling": (
+    "wmtp_jax.data.pairs": (
         "SamplingShortfall",
         "pointwise_indices",
         "sample_pairs",

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from wmtp_jax.data.collate import AlpacaCollator, PairwiseCollator
-from wmtp_jax.data.loader import DataLoader
+from wmtp_jax.data.grain_loader import DataLoader
 from wmtp_jax.data.packing import packed_loaders
 from wmtp_jax.data.sources import load_samples
 from wmtp_jax.data.tokenizer import load_tokenizer as _load_tokenizer

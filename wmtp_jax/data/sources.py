@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from wmtp_jax.data import sampling as sampling_lib
+from wmtp_jax.data import pairs as sampling_lib
 from wmtp_jax.data.records import DataError, JsonlRecords, check_training_record, loads
 
 SPLIT_ALIASES = {

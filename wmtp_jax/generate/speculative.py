@@ -40,6 +40,33 @@ def _first_index(mask, default):
     return jnp.where(first < k, first, default)
 
 
+def _prefill(model, prompts, prompt_lens, cache, as_eos):
+    """Prompts into the cache, then the forward of each row's last prompt token: (cache, last
+    prompt position `[B]`, greedy tokens of the K heads there `[B, K]`)."""
+    b, l = prompts.shape
+    pos0 = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    _, cache = model_forward(model, prompts, pos0, cache, all_heads=True)
+    last = prompt_lens.astype(jnp.int32) - 1
+    tok = jnp.take_along_axis(prompts, last[:, None], axis=1).astype(jnp.int32)
+    logits, cache = model_forward(model, tok, last[:, None], cache, all_heads=True)
+    return cache, last, as_eos(jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))
+
+
+def _emit(out, drafts, g_a, a, at, stops, eos_id: int):
+    """A round's tokens y = x_1..x_a, g_a written into `out` at `at` `[B]`: (new out, index of
+    the first EOS in y, index of the first y_j completing a text stop; K where none, j ≤ a)."""
+    k = drafts.shape[1] + 1
+    j = jnp.arange(k)[None]
+    y = jnp.where(j < a[:, None], jnp.concatenate([drafts, drafts[:, :1]], axis=1), g_a[:, None])
+    write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
+    new = write(out, y, at)
+    # a text stop completed by y_j ends the row after y_j (tokens before it are in `new`)
+    hit = jnp.stack([stop_hit(new, at + jj, stops) for jj in range(k)], axis=1)
+    stop_at = _first_index(hit & (j <= a[:, None]), default=k)
+    eos_at = _first_index((y == eos_id) & (j <= a[:, None]), default=k)
+    return new, eos_at, stop_at
+
+
 def speculative_loop(
     model,
     prompts,
@@ -58,14 +85,9 @@ def speculative_loop(
     dict(forwards, drafted, accepted))."""
     b, l = prompts.shape
     k = n_heads
-    cache = model.init_cache(b, l + max_new_tokens + k, cache_dtype)
-    pos0 = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    _, cache = model_forward(model, prompts, pos0, cache, all_heads=True)
-    last = prompt_lens.astype(jnp.int32) - 1
-    tok = jnp.take_along_axis(prompts, last[:, None], axis=1).astype(jnp.int32)
-    logits, cache = model_forward(model, tok, last[:, None], cache, all_heads=True)
     as_eos = lambda t: jnp.where(jnp.isin(t, end_ids), eos_id, t)
-    greedy = as_eos(jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))  # [B, K]
+    cache = model.init_cache(b, l + max_new_tokens + k, cache_dtype)
+    cache, last, greedy = _prefill(model, prompts, prompt_lens, cache, as_eos)
     nxt, drafts = greedy[:, 0], greedy[:, 1:]
     # x_0 is emitted at once (a call with max_new_tokens = 1 runs no round)
     lead = stops[2].shape[1] + 1  # window of the text-stop check
@@ -87,17 +109,7 @@ def speculative_loop(
         g = as_eos(jnp.argmax(logits, axis=-1).astype(jnp.int32))  # [B, K pos, K head]
         match = drafts == g[:, :-1, 0]
         a = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)  # [B]
-        # emitted: the a accepted drafts x_1..x_a, then head 1's token after them, g_a
-        j = jnp.arange(k)[None]
-        y = jnp.where(
-            j < a[:, None], jnp.concatenate([drafts, drafts[:, :1]], axis=1), g[rows, a, 0][:, None]
-        )
-        write = jax.vmap(lambda o, t, j: jax.lax.dynamic_update_slice(o, t, (j,)))
-        new = write(out, y, lead + n_gen)
-        # a text stop completed by y_j ends the row after y_j (tokens before it are in `new`)
-        hit = jnp.stack([stop_hit(new, lead + n_gen + jj, stops) for jj in range(k)], axis=1)
-        stop_at = _first_index(hit & (j <= a[:, None]), default=k)
-        eos_at = _first_index((y == eos_id) & (j <= a[:, None]), default=k)
+        new, eos_at, stop_at = _emit(out, drafts, g[rows, a, 0], a, lead + n_gen, stops, eos_id)
         n_emit = jnp.minimum(jnp.minimum(eos_at, a + 1), max_new_tokens - n_gen)
         n_emit = jnp.minimum(n_emit, stop_at + 1)
         out = jnp.where(done[:, None], out, new)

@@ -1,12 +1,12 @@
 """wmtp_jax.models: Flax NNX models (Meta MTP policy, HF-layout LLaMA, value model) and LoRA."""
 
 from .args import ModelArgs
-
-# Checkpoint loading/saving (wmtp_jax.models.io) is exported below by its owner.
-from .io import load_critic, load_llama, load_params, load_policy, save_model  # noqa: E402
 from .llama import Llama
 from .lora import LoRAConfig, lora_state, merge_lora, trainable_filter
 from .mtp import MTPTransformer
+
+# Checkpoint loading/saving (wmtp_jax.models.serialization) is exported below by its owner.
+from .serialization import load_critic, load_llama, load_params, load_policy, save_model  # noqa: E402
 from .value import (
     VALUE_HEADS,
     LinearValueHead,

@@ -33,9 +33,9 @@ class ModelArgs:
     `attn_head_dim` overrides `dim // n_heads` (HF `head_dim`). `tie_embeddings`: the output
     projection is `tok_embeddings.embedding.T` (one parameter; HF `tie_word_embeddings`).
     `rope_scaling`: None or the HF rope parameters of a `llama3` | `linear` | `dynamic` RoPE
-    (stored as sorted (key, value) pairs so ModelArgs stays hashable; see `layers.rope_inv_freq`).
+    (stored as sorted (key, value) pairs so ModelArgs stays hashable; see `rope.rope_inv_freq`).
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
-    `remat` is a policy name: none | full | dots | dots_no_batch (see wmtp_jax.models.layers).
+    `remat` is a policy name: none | full | dots | dots_no_batch (see wmtp_jax.models.stacking).
     `attention` is the training / prefill attention: auto | xla | blockwise | cudnn
     (see wmtp_jax.ops.attention). `unroll_heads`: the MTP head blocks as an unrolled loop instead
     of one vmap (same numbers; the benchmark's before/after of vmapped heads).

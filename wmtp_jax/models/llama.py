@@ -13,17 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .args import ModelArgs
-from .layers import (
-    Embed,
-    Linear,
-    RMSNorm,
-    _kv,
-    attention_inputs,
-    cache_len,
-    empty_cache,
-    scan_blocks,
-    stack_blocks,
-)
+from .cache import cache_entry, cache_len, empty_cache
+from .primitives import Embed, Linear, RMSNorm
+from .stacking import attention_inputs, scan_blocks, stack_blocks
 
 
 class Llama(nnx.Module):
@@ -56,7 +48,7 @@ class Llama(nnx.Module):
     ):
         """Last hidden state after the final norm `[B, S, D]` (HF `last_hidden_state`), compute
         dtype; `(hidden, new_cache)` when `cache` is given. Packed rows: `segment_ids` `[B, S]`
-        instead of `attention_mask` (see `layers.attention_inputs`)."""
+        instead of `attention_mask` (see `stacking.attention_inputs`)."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, S] int, got shape {tokens.shape}")
         cos, sin, mask, start = attention_inputs(
@@ -69,7 +61,7 @@ class Llama(nnx.Module):
             cos,
             sin,
             mask,
-            _kv(cache and cache["layers"]),
+            cache_entry(cache and cache["layers"]),
             start,
             remat=self.args.remat,
         )

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from wmtp_jax.models import io
+from wmtp_jax.models import serialization
 from wmtp_jax.models.lora import HF_TO_META_TARGET, LoRAConfig, merge_lora
 from wmtp_jax.models.partitioning import DEFAULT_RULES, Rules, init_sharded
 
@@ -82,7 +82,7 @@ def load_into(model: nnx.Module, directory, *, subtree: tuple = (), drop: tuple 
 
     subtree: where the saved tree goes inside the model's tree (e.g. a critic's backbone);
     drop: top-level saved keys to skip (e.g. the llama `output` head under a value head)."""
-    _, saved = io.load_params(directory)
+    _, saved = serialization.load_params(directory)
     saved = {k: v for k, v in saved.items() if k not in drop}
     state = nnx.state(model, nnx.Param)
     pure = state.to_pure_dict()
@@ -124,10 +124,10 @@ def load_trainable(
 ):
     """The model of `directory` rebuilt with float32 params, the runtime compute dtype and
     `lora` factors (A random, B zero) attached; base weights restored from the directory."""
-    cfg = dict(io.read_config(directory))
-    args = io.ModelArgs.from_dict(cfg["args"]).replace(**runtime_overrides(config))
+    cfg = dict(serialization.read_config(directory))
+    args = serialization.ModelArgs.from_dict(cfg["args"]).replace(**runtime_overrides(config))
     if lora is None and not cfg.get("lora"):
-        return io.load_model(
+        return serialization.load_model(
             directory,
             kind=kind,
             dtype="float32",
@@ -142,7 +142,7 @@ def load_trainable(
             f"adding new ones (training.use_lora)"
         )
     cfg["lora"] = lora.to_dict() if lora is not None else cfg.get("lora")
-    model = build_sharded(io.model_factory(cfg, args, seed=seed), mesh, rules)
+    model = build_sharded(serialization.model_factory(cfg, args, seed=seed), mesh, rules)
     return load_into(model, directory)
 
 
@@ -150,9 +150,9 @@ def load_frozen(directory, *, kind: str, dtype: str, config, rules: Rules, mesh=
     """An inference-only model (critic / reference) in `dtype`, sharded with the strategy's
     parameter `rules`; LoRA factors, when the directory has them, are merged into the weights."""
     d = Path(directory)
-    if not (d / io.CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{d}: no model directory ({io.CONFIG_FILE} missing)")
-    model = io.load_model(
+    if not (d / serialization.CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{d}: no model directory ({serialization.CONFIG_FILE} missing)")
+    model = serialization.load_model(
         d,
         kind=kind,
         dtype=dtype,
@@ -160,7 +160,7 @@ def load_frozen(directory, *, kind: str, dtype: str, config, rules: Rules, mesh=
         rules=rules,
         args_overrides={"remat": "none", "attention": config.runtime.attention},
     )
-    if io.read_config(d).get("lora"):
+    if serialization.read_config(d).get("lora"):
         model = merge_lora(model)
     model.eval()
     return model

@@ -2,7 +2,7 @@
 
 `y = x W + (alpha / rank) · dropout(x) A B`, A `[in, r]` ~ U(±1/√in), B `[r, out]` = 0 (so a
 fresh LoRA model computes exactly the base model). The factors live on the targeted
-`layers.Linear` modules as `nnx.LoRAParam` (`.../wq/lora_a`, `.../wq/lora_b`), in every block of
+`primitives.Linear` modules as `nnx.LoRAParam` (`.../wq/lora_a`, `.../wq/lora_b`), in every block of
 both families (MTP trunk + all heads, LLaMA layers), so base-weight paths are unchanged.
 
 Build a LoRA model from base weights:
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Linear
+from .primitives import Linear
 
 # LoRA target names: Meta vocabulary is canonical, HF names are aliases.
 HF_TO_META_TARGET = {

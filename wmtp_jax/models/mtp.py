@@ -15,18 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .args import ModelArgs
-from .layers import (
-    Embed,
-    Linear,
-    RMSNorm,
-    _kv,
-    attention_inputs,
-    cache_len,
-    empty_cache,
-    scan_blocks,
-    stack_blocks,
-    vmap_blocks,
-)
+from .cache import cache_entry, cache_len, empty_cache
+from .primitives import Embed, Linear, RMSNorm
+from .stacking import attention_inputs, scan_blocks, stack_blocks, vmap_blocks
 
 
 class MTPTransformer(nnx.Module):
@@ -78,7 +69,12 @@ class MTPTransformer(nnx.Module):
         new_cache = None if cache is None else dict(cache)
         if self.layers is not None:
             h, kv = scan_blocks(
-                self.layers, h, *ctx, _kv(cache and cache["layers"]), start, remat=self.args.remat
+                self.layers,
+                h,
+                *ctx,
+                cache_entry(cache and cache["layers"]),
+                start,
+                remat=self.args.remat,
             )
             if kv is not None:
                 new_cache["layers"] = {"k": kv[0], "v": kv[1]}
@@ -86,7 +82,7 @@ class MTPTransformer(nnx.Module):
             self.heads,
             h,
             *ctx,
-            _kv(cache and cache["heads"]),
+            cache_entry(cache and cache["heads"]),
             start,
             n=n_heads,
             remat=self.args.remat,

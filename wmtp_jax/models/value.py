@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .args import ModelArgs
-from .layers import Linear
 from .llama import Llama
+from .primitives import Linear
 
 _zeros = nnx.initializers.zeros
 

@@ -30,7 +30,7 @@ from wmtp_jax.ops.td import (
     compute_td_errors,
     compute_td_targets,
 )
-from wmtp_jax.ops.weighting import (
+from wmtp_jax.ops.whitening import (
     TDStatsEMA,
     build_weights,
     compute_weight_clipping_ratio,

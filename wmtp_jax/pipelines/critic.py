@@ -21,7 +21,7 @@ from flax import nnx
 
 from wmtp_jax import ops
 from wmtp_jax.data import loaders
-from wmtp_jax.models import io, load
+from wmtp_jax.models import load, serialization
 from wmtp_jax.models.value import ValueModel
 from wmtp_jax.pipelines.bootstrap import setup
 from wmtp_jax.train.checkpoint import export_model
@@ -176,16 +176,16 @@ def _backbone_key(model_tree: dict, saved: dict) -> tuple:
 def build_critic(config, mesh):
     """ValueModel on the llama backbone of models.value_model.path (+ LoRA), head per config."""
     path = config.models.value_model.path
-    args = io.ModelArgs.from_dict(io.read_config(path)["args"]).replace(
+    args = serialization.ModelArgs.from_dict(serialization.read_config(path)["args"]).replace(
         **load.runtime_overrides(config)
     )
     model = random_critic(config, mesh, args)
-    _, saved = io.load_params(path)
+    _, saved = serialization.load_params(path)
     sub = _backbone_key(nnx.state(model, nnx.Param).to_pure_dict(), saved)
     return load.load_into(model, path, subtree=sub, drop=("output",))
 
 
-def random_critic(config, mesh, args: io.ModelArgs) -> ValueModel:
+def random_critic(config, mesh, args: serialization.ModelArgs) -> ValueModel:
     """A random-init ValueModel of backbone `args` with the configured head and LoRA, created
     directly in its sharded layout on `mesh`."""
     t = config.training
@@ -223,7 +223,7 @@ def param_groups(config):
     return dict(sorted(groups.items()))  # "lora" first: train/learning_rate = the LoRA LR
 
 
-def export_critic(config, args: io.ModelArgs):
+def export_critic(config, args: serialization.ModelArgs):
     """export_fn: the trained critic as a `critic` model dir with the tokenizer carried along."""
     entry, t = config.models.value_model, config.training
     head = {
@@ -241,7 +241,7 @@ def export_critic(config, args: io.ModelArgs):
             args=args,
             value_head=head,
             lora=load.lora_config(config, hf_names=True),
-            tokenizer=io.tokenizer_dir_files(tok_dir),
+            tokenizer=serialization.tokenizer_dir_files(tok_dir),
             source={"pipeline": "critic", "base": entry.path},
         )
 

@@ -32,7 +32,7 @@ from wmtp_jax.generate import (
     token_texts,
     truncate_at_stops,
 )
-from wmtp_jax.models import io
+from wmtp_jax.models import serialization
 from wmtp_jax.pipelines.restore import restore_policy
 from wmtp_jax.train.mesh import mesh_from_config
 from wmtp_jax.train.tracking import Tracker, log_to_run
@@ -326,7 +326,7 @@ def cached_run(config) -> dict:
     """`run(config)`, or the `summary.json` already in its output_dir when that is newer than the
     evaluated model dir and has the same settings (a finished evaluation is not repeated)."""
     out = Path(config.output_dir) / "summary.json"
-    model = Path(config.checkpoint) / io.CONFIG_FILE
+    model = Path(config.checkpoint) / serialization.CONFIG_FILE
     if out.exists() and model.exists() and out.stat().st_mtime >= model.stat().st_mtime:
         prior = json.loads(out.read_text())
         if prior.get("settings") == settings(config):

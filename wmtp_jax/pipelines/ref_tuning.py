@@ -14,7 +14,7 @@ from pathlib import Path
 from wmtp_jax import ops
 from wmtp_jax.data import loaders
 from wmtp_jax.models import load
-from wmtp_jax.models.io import tokenizer_dir_files
+from wmtp_jax.models.serialization import tokenizer_dir_files
 from wmtp_jax.pipelines.bootstrap import setup
 from wmtp_jax.train.checkpoint import export_model
 from wmtp_jax.train.loop import TrainTask, fit

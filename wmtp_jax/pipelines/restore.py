@@ -1,6 +1,6 @@
 """The policy an evaluation scores: a model directory or a training checkpoint, restored.
 
-A model dir (`wmtp_jax.models.io` format) may hold an `mtp` policy or a plain `llama`
+A model dir (`wmtp_jax.models.serialization` format) may hold an `mtp` policy or a plain `llama`
 (next-token) model with an LM head. A training run (or one of its step directories) is read
 through `wmtp_jax.train.checkpoint`: the base model named by the run's config, overlaid with the
 checkpoint's trainable (and stored frozen) parameters, LoRA rebuilt and merged.
@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from wmtp_jax.models import io
+from wmtp_jax.models import serialization
 from wmtp_jax.models.load import lora_config
 from wmtp_jax.models.lora import merge_lora
 from wmtp_jax.models.partitioning import state_shardings
@@ -32,18 +32,18 @@ def restore_training_checkpoint(step_dir: Path, *, base_model: str = "", dtype=N
     training.lora and merged."""
     run_cfg = ml_collections.ConfigDict(checkpoint.read_config(step_dir))
     base = base_model or run_cfg.models.policy.path
-    if not (Path(base) / io.CONFIG_FILE).exists():
+    if not (Path(base) / serialization.CONFIG_FILE).exists():
         raise FileNotFoundError(
             f"base model {base!r} of checkpoint {step_dir} not found (set config.base_model)"
         )
-    cfg = dict(io.read_config(base))
+    cfg = dict(serialization.read_config(base))
     lora = lora_config(run_cfg) if run_cfg.training.get("use_lora", False) else None
     cfg["lora"] = lora.to_dict() if lora is not None else None
     dtype = dtype or "float32"
-    args = io.ModelArgs.from_dict(cfg["args"]).replace(dtype=dtype, param_dtype=dtype)
-    make = io.model_factory(cfg, args)
+    args = serialization.ModelArgs.from_dict(cfg["args"]).replace(dtype=dtype, param_dtype=dtype)
+    make = serialization.model_factory(cfg, args)
     graphdef, abstract, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    _, base_params = io.load_params(base, dtype=np.float32)
+    _, base_params = serialization.load_params(base, dtype=np.float32)
     values = checkpoint.flatten(base_params)
     saved = checkpoint.read_params(step_dir)
     want = checkpoint.flatten(nnx.to_pure_dict(abstract))
@@ -98,13 +98,13 @@ def restore_policy(config, mesh=None):
             "config.checkpoint is required: a model dir, a training run dir "
             "or <run>/checkpoints/<step>"
         )
-    if (path / io.CONFIG_FILE).exists():
+    if (path / serialization.CONFIG_FILE).exists():
         return _restore_model_dir(config, path, mesh)
     try:
         step_dir, root, best, step = checkpoint.locate(path, best=bool(config.use_best))
     except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"checkpoint={str(path)!r}: neither a model dir ({io.CONFIG_FILE}) "
+            f"checkpoint={str(path)!r}: neither a model dir ({serialization.CONFIG_FILE}) "
             f"nor a training run ({e})"
         ) from None
     model, run_cfg, base = restore_training_checkpoint(
@@ -133,14 +133,14 @@ def restore_policy(config, mesh=None):
 
 
 def _restore_model_dir(config, path: Path, mesh):
-    cfg = io.read_config(path)
+    cfg = serialization.read_config(path)
     if cfg["kind"] not in GENERATIVE_KINDS or not cfg.get("lm_head", True):
         raise ValueError(
             f"checkpoint={str(path)!r}: kind {cfg['kind']!r}"
             f"{'' if cfg.get('lm_head', True) else ' without an LM head'} cannot "
             f"generate; evaluation needs an 'mtp' policy or a 'llama' model"
         )
-    model = io.load_model(path, kind=cfg["kind"], dtype=config.dtype or None, mesh=mesh)
+    model = serialization.load_model(path, kind=cfg["kind"], dtype=config.dtype or None, mesh=mesh)
     if model.lora is not None:
         model = merge_lora(model)
     tok = config.tokenizer_path or str(path / "tokenizer")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from wmtp_jax import registry
 from wmtp_jax.configs import baseline as baseline_config
 from wmtp_jax.configs.common import validate_config
 from wmtp_jax.configs.experiment import parse_list
@@ -97,7 +97,7 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
     """`pipeline`'s micro config for one run of the study: the study's dataset, `train.<role>`
     sizes, seed (loader order, model init, pair sampling), MLflow store; `models` sets
     models.<role>.checkpoint_path (the critic / reference of this seed)."""
-    c = importlib.import_module(f"wmtp_jax.configs.{pipeline}").get_config("micro")
+    c = registry.get_config(pipeline, "micro")
     t = study.train[role]
     c.output_dir = str(output_dir)
     c.seed = seed
@@ -152,7 +152,7 @@ def train(config, parent_run: str | None) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     t0 = time.time()
-    result = importlib.import_module(f"wmtp_jax.pipelines.{config.pipeline}").run(config)
+    result = registry.run(config)
     if result.status not in ("completed", "data_exhausted"):
         raise RuntimeError(
             f"{config.pipeline} run in {out} ended with status {result.status!r}; "

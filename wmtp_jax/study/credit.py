@@ -6,11 +6,12 @@ Per held-out incorrect solution (the test split): its mutated span (metadata `mu
 collator encodes them; a response token is *inside* when its character range [a, b) overlaps the
 span [s, e) (a < e and b > s). Tokens without characters (EOS) are left out of the pool.
 Per token: score = −δ_t, δ = `ops.compute_td_errors(v, R = 0, mask, γ, v₋₁)` exactly as the
-verifiable pipeline (v the frozen critic's values); weight = `ops.build_weights` of the verifiable
-advantages (`verifiable.advantages`), whitened with the mean / std of all held-out response
-tokens. AUROC(inside vs outside) pools the tokens of all solutions (ties count 1/2); its interval
-resamples solutions (and seeds). Pairwise accuracy: v̄(correct) > v̄(incorrect) over every
-(correct, incorrect) pair of a held-out problem (v̄ the mean value over response tokens).
+verifiable pipeline (v the frozen critic's values); weight = the verifiable weights of the
+verifiable advantages whitened with the mean / std of all held-out response tokens
+(`wmtp_jax.weighting.batch_weights`). AUROC(inside vs outside) pools the tokens of all solutions
+(ties count 1/2); its interval resamples solutions (and seeds). Pairwise accuracy:
+v̄(correct) > v̄(incorrect) over every (correct, incorrect) pair of a held-out problem (v̄ the mean
+value over response tokens).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from wmtp_jax.data.collate import RESPONSE_HEADER, AlpacaCollator, _prompt
 from wmtp_jax.data.records import JsonlRecords
 from wmtp_jax.data.sources import load_problem_index_map, resolve_split
 from wmtp_jax.data.spans import mutated_span
-from wmtp_jax.ops._utils import masked_mean, masked_std
 from wmtp_jax.pipelines import verifiable
-from wmtp_jax.study.bootstrap import percentile_interval
+from wmtp_jax.study.intervals import percentile_interval
+from wmtp_jax.weighting import WeightingConfig, advantages, batch_weights, critic_values
 
 # ---- pure math -------------------------------------------------------------------------------
 
@@ -146,9 +147,9 @@ def encode(tokenizer, records, max_length: int, append_eos: bool):
 def _forward(critic, ids, am, labels, rewards, *, wc):
     """values → (−δ, advantages, v̄, loss mask) for one padded batch (the verifiable formulas)."""
     m = ops.loss_mask_of(labels, am)
-    v = verifiable.critic_values(critic, ids, am)
+    v = critic_values(critic, ids, am)
     td = ops.compute_td_errors(v, rewards, m, wc.gamma, wc.initial_value)
-    adv = verifiable.advantages(v, rewards, m, wc)
+    adv = advantages(v, rewards, m, wc)
     return -td, adv, ops.sequence_mean_value(v, m), m
 
 
@@ -180,7 +181,7 @@ def measure(
     data, weighting). Returns per-token arrays (score, weight, inside, solution) + summary."""
     c = verifiable_config
     tok = loaders.load_tokenizer(c.models.policy)
-    wc = verifiable.WeightingConfig.from_config(c)
+    wc = WeightingConfig.from_config(c)
     L, eos = int(c.dataset.max_length), bool(c.data.append_eos)
     incorrect, correct = held_out(c.dataset.path, split, max_solutions)
     if not incorrect:
@@ -188,8 +189,7 @@ def measure(
     critic = verifiable.load_critic(c, None)
     batch, offsets = encode(tok, [s["record"] for s in incorrect], L, eos)
     neg_td, adv, vbar_neg, m = run_critic(critic, batch, wc, batch_size)
-    mu, sd = masked_mean(adv, m), masked_std(adv, m, ddof=1)
-    w = np.asarray(ops.build_weights(adv, m, wc.beta, wc.min_weight, wc.max_weight, mu, sd))
+    w = np.asarray(batch_weights(adv, m, wc)[0])
     score, weight, inside, solution = [], [], [], []
     for r, sol in enumerate(incorrect):
         pool = (m[r] > 0) & (offsets[r, :, 1] > offsets[r, :, 0])

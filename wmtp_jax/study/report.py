@@ -2,7 +2,7 @@
 
 results.json:
   arms.<arm>.<metric>.{mean, ci95}    metric: pass@1 (greedy), sampled_pass@k; bootstrap over
-                                      problems × seeds (wmtp_jax.study.bootstrap)
+                                      problems × seeds (wmtp_jax.study.intervals)
   arms.<arm>.seeds.<seed>.{pass@1, samples, sampled_pass@k, temperature, sampled_samples}
   paired.<arm>-baseline.<metric>.{delta, ci95}, and paired.<arm>-baseline.{delta, ci95} for
                                       greedy pass@1 (same resampled seeds and problems)
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wmtp_jax.data.records import iter_jsonl
-from wmtp_jax.study import bootstrap, cells, credit
+from wmtp_jax.study import cells, credit, intervals
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
 
@@ -80,7 +80,7 @@ def _metrics_of(cs: list[dict]) -> list[str]:
 
 def arm_results(cellmap: dict, arm: str, seeds: list[int], n: int, seed: int) -> dict:
     cs = [cellmap[(arm, s)] for s in seeds if (arm, s) in cellmap]
-    out = {m: bootstrap.bootstrap_ci(_matrix(cs, m), n, seed) for m in _metrics_of(cs)}
+    out = {m: intervals.bootstrap_ci(_matrix(cs, m), n, seed) for m in _metrics_of(cs)}
     out["n_seeds"] = len(cs)
     out["n_problems"] = cs[0]["n_problems"]
     out["seeds"] = {
@@ -105,7 +105,7 @@ def paired_results(cellmap: dict, arm: str, seeds: list[int], n: int, seed: int)
     b = [cellmap[("baseline", s)] for s in both]
     out = {"seeds": both}
     for m in _metrics_of(a):
-        out[m] = bootstrap.paired_bootstrap_ci(_matrix(a, m), _aligned(b, a, m), n, seed)
+        out[m] = intervals.paired_bootstrap_ci(_matrix(a, m), _aligned(b, a, m), n, seed)
     out.update(delta=out["pass@1"]["delta"], ci95=out["pass@1"]["ci95"])
     return out
 

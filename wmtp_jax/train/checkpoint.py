@@ -8,7 +8,7 @@ Layout under `output_dir`::
     checkpoints/<step>/meta     JSON: step, data-iterator state, best metric so far, status
     checkpoints/<step>/config   JSON: the full config
     best/<step>/...             the same three items for the best validation metric (1 kept)
-    final_model/                optional model directory (wmtp_jax.models.io format)
+    final_model/                optional model directory (wmtp_jax.models.serialization format)
 
 Periodic and final checkpoints share `checkpoints/` (retention `checkpoint.keep`, newest kept).
 Writes are atomic (orbax writes a temporary directory and renames it on commit); uncommitted
@@ -44,7 +44,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from wmtp_jax.models import io
+from wmtp_jax.models import serialization
 
 CHECKPOINTS = "checkpoints"  # periodic / final step directories under output_dir
 BEST = "best"  # the best validation step directory under output_dir
@@ -445,9 +445,10 @@ def decode_bytes(x):
 
 
 def export_model(directory, model, **save_model_kwargs) -> Path:
-    """Write `model` as a model directory readable by `wmtp_jax.models.io.load_*`.
+    """Write `model` as a model directory readable by `wmtp_jax.models.serialization.load_*`.
 
-    `save_model_kwargs` go to `wmtp_jax.models.io.save_model` (kind=..., args=..., lora=...).
+    `save_model_kwargs` go to `wmtp_jax.models.serialization.save_model` (kind=..., args=...,
+    lora=...).
     Multi-host: parameters are gathered to every host, process 0 writes, all wait.
     """
     params = nnx.state(model, nnx.Param).to_pure_dict()
@@ -457,7 +458,7 @@ def export_model(directory, model, **save_model_kwargs) -> Path:
         params = jax.device_get(params)
     path = Path(directory).absolute()
     if jax.process_index() == 0:
-        path = io.save_model(directory, params, force=True, **save_model_kwargs)
+        path = serialization.save_model(directory, params, force=True, **save_model_kwargs)
         logging.info("exported model to %s", path)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("wmtp_export_model")

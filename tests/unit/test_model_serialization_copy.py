@@ -1,5 +1,5 @@
-"""models.io.copy_files: tokenizer/model files are carried as regular files, and a hostile model
-directory (a symlink leaving it, a FIFO) cannot copy host files into the output."""
+"""models.serialization.copy_files: tokenizer/model files are carried as regular files, and a
+hostile model directory (a symlink leaving it, a FIFO) cannot copy host files into the output."""
 
 import os
 import stat
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from wmtp_jax.models import ModelArgs, save_model
-from wmtp_jax.models.io import UnsafeFileError, copy_files, tokenizer_dir_files
+from wmtp_jax.models.serialization import UnsafeFileError, copy_files, tokenizer_dir_files
 
 
 @pytest.fixture

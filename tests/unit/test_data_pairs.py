@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from tests.fixtures.data.helpers import synthetic_dir
-from wmtp_jax.data import sampling as S
+from wmtp_jax.data import pairs as S
 from wmtp_jax.data.sources import load_samples, resolve_split
 
 
@@ -140,8 +140,8 @@ def test_length_balanced_invariants():
 _HASH_SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
-from tests.unit.test_data_sampling import make_map
-from wmtp_jax.data import sampling as S
+from tests.unit.test_data_pairs import make_map
+from wmtp_jax.data import pairs as S
 pim = make_map(80)
 cfg = {{"use_length_balanced": True, "n_samples": 30, "length_bins": [0, 50, 150, 250, 400],
        "max_pairs_per_problem": 3, "difficulty_bins": {{"all": [0, 9]}}}}

@@ -1,4 +1,5 @@
-"""wmtp_jax.models.io on converted checkpoints: logits vs torch references, critic, LoRA, meshes."""
+"""wmtp_jax.models.serialization on converted checkpoints: logits vs torch references, critic,
+LoRA, meshes."""
 
 import jax
 
@@ -26,7 +27,7 @@ from wmtp_jax.models import (
     load_policy,
     save_model,
 )
-from wmtp_jax.models.io import atomic_dir, load_params, read_config  # noqa: E402
+from wmtp_jax.models.serialization import atomic_dir, load_params, read_config  # noqa: E402
 
 META = dict(
     dim=32,

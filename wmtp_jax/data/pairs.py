@@ -27,17 +27,9 @@ def _pos_int_or_none(x):
     return None if not x else int(x)  # None and 0 both mean "unlimited" (original)
 
 
-def sample_unique_pairs(
-    problem_index_map: Mapping[str, Mapping],
-    n_samples: int,
-    difficulty_weights: Mapping[str, float],
-    difficulty_bins: Mapping[str, Sequence[int]],
-    seed: int,
-    max_pairs_per_problem: int | None = None,
-) -> list[dict]:
-    """Difficulty-binned unique pairs `{correct_idx, incorrect_idx, problem_id}` (§1.4)."""
-    rng = random.Random(seed)
-    cap = _pos_int_or_none(max_pairs_per_problem)
+def _difficulty_binned(problem_index_map, difficulty_bins) -> dict[str, list]:
+    """{bin: [(problem id, correct indices, incorrect indices)]} in map order: each problem with
+    both sides and a difficulty goes to the first bin [lo, hi] holding it."""
     binned: dict[str, list] = {name: [] for name in difficulty_bins}
     for pid, info in problem_index_map.items():
         c, i, d = (
@@ -51,19 +43,12 @@ def sample_unique_pairs(
             if lo <= d <= hi:
                 binned[name].append((pid, list(c), list(i)))
                 break
-    bin_pairs: dict[str, list[dict]] = {}
-    for name, problems in binned.items():
-        pairs = []
-        for pid, c, i in problems:
-            rng.shuffle(c)
-            rng.shuffle(i)
-            n = min(len(c), len(i))
-            if cap is not None:
-                n = min(n, cap)
-            pairs += [
-                {"correct_idx": c[j], "incorrect_idx": i[j], "problem_id": pid} for j in range(n)
-            ]
-        bin_pairs[name] = pairs
+    return binned
+
+
+def _bin_targets(difficulty_weights, bin_pairs: dict, n_samples: int) -> dict[str, int]:
+    """Pairs to draw per bin, in weight order: n_samples × normalised weight (bins with weight > 0
+    and pairs), the remainder one by one to the bins with the most pairs first."""
     weights = {}
     for name, w in difficulty_weights.items():
         if w > 0 and bin_pairs.get(name):
@@ -82,14 +67,45 @@ def sample_unique_pairs(
     by_avail = sorted(norm, key=lambda k: len(bin_pairs[k]), reverse=True)
     for j in range(remainder):
         targets[by_avail[j % len(by_avail)]] += 1
+    return targets
+
+
+def sample_unique_pairs(
+    problem_index_map: Mapping[str, Mapping],
+    n_samples: int,
+    difficulty_weights: Mapping[str, float],
+    difficulty_bins: Mapping[str, Sequence[int]],
+    seed: int,
+    max_pairs_per_problem: int | None = None,
+) -> list[dict]:
+    """Difficulty-binned unique pairs `{correct_idx, incorrect_idx, problem_id}` (§1.4)."""
+    rng = random.Random(seed)
+    cap = _pos_int_or_none(max_pairs_per_problem)
+    binned = _difficulty_binned(problem_index_map, difficulty_bins)
+    bin_pairs: dict[str, list[dict]] = {}
+    for name, problems in binned.items():
+        pairs = []
+        for pid, c, i in problems:
+            rng.shuffle(c)
+            rng.shuffle(i)
+            n = min(len(c), len(i))
+            if cap is not None:
+                n = min(n, cap)
+            pairs += [
+                {"correct_idx": c[j], "incorrect_idx": i[j], "problem_id": pid} for j in range(n)
+            ]
+        bin_pairs[name] = pairs
+    targets = _bin_targets(difficulty_weights, bin_pairs, n_samples)
     selected = []
-    for name in norm:
+    for name in targets:
         pairs = bin_pairs[name]
         rng.shuffle(pairs)
         selected += pairs[: min(targets[name], len(pairs))]
     rng.shuffle(selected)
     if len(selected) < n_samples:
-        detail = ", ".join(f"{k}: target {targets[k]}, available {len(bin_pairs[k])}" for k in norm)
+        detail = ", ".join(
+            f"{k}: target {n}, available {len(bin_pairs[k])}" for k, n in targets.items()
+        )
         raise SamplingShortfall(
             f"unique-pair sampling got {len(selected)} < n_samples {n_samples} ({detail})"
         )
@@ -108,6 +124,25 @@ def length_bin(length: int, length_bins: Sequence[int]) -> str:
         if length < b:
             return f"{a}-{b}"
     return f"{edges[-1]}+"
+
+
+def _length_binned(pid, info, length_bins) -> tuple[dict, dict]:
+    """({length bin: correct indices}, {length bin: incorrect indices}) of one problem, by the
+    metadata's token lengths (which must match the index lists)."""
+    c, i = info.get("correct_indices") or [], info.get("incorrect_indices") or []
+    cl, il = info.get("correct_token_lengths") or [], info.get("incorrect_token_lengths") or []
+    if len(cl) != len(c) or len(il) != len(i):
+        raise ValueError(
+            f"problem {pid!r}: token-length lists ({len(cl)}, {len(il)}) do not "
+            f"match the index lists ({len(c)}, {len(i)}); rebuild the metadata"
+        )
+    cb: dict[str, list] = {}
+    ib: dict[str, list] = {}
+    for idx, n in zip(c, cl):
+        cb.setdefault(length_bin(n, length_bins), []).append(idx)
+    for idx, n in zip(i, il):
+        ib.setdefault(length_bin(n, length_bins), []).append(idx)
+    return cb, ib
 
 
 def sample_length_balanced_pairs(
@@ -132,18 +167,7 @@ def sample_length_balanced_pairs(
         if difficulty_bins:
             if d is None or not any(lo <= d <= hi for lo, hi in difficulty_bins.values()):
                 continue
-        cl, il = info.get("correct_token_lengths") or [], info.get("incorrect_token_lengths") or []
-        if len(cl) != len(c) or len(il) != len(i):
-            raise ValueError(
-                f"problem {pid!r}: token-length lists ({len(cl)}, {len(il)}) do not "
-                f"match the index lists ({len(c)}, {len(i)}); rebuild the metadata"
-            )
-        cb: dict[str, list] = {}
-        ib: dict[str, list] = {}
-        for idx, n in zip(c, cl):
-            cb.setdefault(length_bin(n, length_bins), []).append(idx)
-        for idx, n in zip(i, il):
-            ib.setdefault(length_bin(n, length_bins), []).append(idx)
+        cb, ib = _length_binned(pid, info, length_bins)
         problem_pairs = []
         for lab in sorted(cb.keys() & ib.keys(), key=order.__getitem__):
             cs, is_ = cb[lab], ib[lab]
