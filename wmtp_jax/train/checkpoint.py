@@ -32,6 +32,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -119,6 +120,25 @@ def _save_error(path: Path, e: BaseException) -> CheckpointSaveError:
     return CheckpointSaveError(f"could not save checkpoint {path}: {text.splitlines()[0][:1000]}")
 
 
+def _closed_loop_reports_to_the_log() -> None:
+    """After a failed write, tensorstore's pending callbacks find orbax's asyncio loop closed and
+    each reports `RuntimeError: Event loop is closed` through `sys.unraisablehook` (dozens of
+    tracebacks on stderr). Those go to the log at INFO; every other report to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_wmtp_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        v = unraisable.exc_value
+        if isinstance(v, RuntimeError) and str(v) == "Event loop is closed":
+            logging.info("after a failed checkpoint write: %s (%s)", v, unraisable.err_msg)
+        else:
+            previous(unraisable)
+
+    hook._wmtp_closed_loop = True
+    sys.unraisablehook = hook
+
+
 def _check_writable(directory: Path) -> None:
     """Create `directory` and a probe file in it, or raise CheckpointSaveError naming the OS error
     (root ignores permission bits, so os.access would not tell)."""
@@ -140,6 +160,7 @@ class Checkpointer:
 
     def __init__(self, output_dir, keep: int = 3, async_: bool = True):
         self.root = Path(output_dir).absolute()
+        _closed_loop_reports_to_the_log()
         for sub in (CHECKPOINTS, BEST):
             _check_writable(self.root / sub)
         self.periodic = _manager(self.root / CHECKPOINTS, keep, async_)
