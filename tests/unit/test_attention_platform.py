@@ -60,3 +60,24 @@ def test_cpu_flash_is_never_chosen_or_traced_for_an_accelerator(target):
         with pytest.raises(ValueError, match=f"the backend is '{target}'"):
             flash_cpu.flash_attention_cpu(q, k, v, jnp.ones((1, 16), jnp.int32))
     assert A.check_backend("cpu_flash") is None  # the host itself is unchanged
+
+
+def test_gpu_target_compute_capability_answers_jax_cudnn_checks_only_inside_the_target():
+    import jax._src.cudnn.fused_attention_stablehlo as F  # the private module cudnn calls
+
+    assert A.target_compute_capability() is None  # CPU host, no target
+    with A.target_platform("gpu"):
+        assert A.target_compute_capability() is None  # no mesh, no explicit capability
+    A._answer_jax_cudnn_checks_for_the_target()
+    A._answer_jax_cudnn_checks_for_the_target()  # idempotent
+    assert F.check_compute_capability("9.0") is False  # jax's own answer on this host
+    with A.target_platform("cuda", compute_capability="9.0"):
+        assert A.target_compute_capability() == (9, 0)
+        assert F.check_compute_capability("9.0") and F.check_compute_capability("8.0")
+        assert not F.check_compute_capability("10.0")
+        assert F.is_cuda_compute_capability_equal("9.0")
+        with A.target_platform("tpu"):
+            assert F.check_compute_capability("9.0") is False
+    with A.target_platform("gpu", compute_capability="8.0"):
+        assert not F.check_compute_capability("9.0")
+    assert F.check_compute_capability("9.0") is False

@@ -202,8 +202,8 @@ def test_auto_never_picks_a_path_that_fails_here():
             assert A.resolve("auto", s, dt, 64) == ("cpu_flash" if native else plain)
             assert A.resolve("auto", s, dt, 512) == plain  # head_dim beyond the kernel
     # the choice on other backends (cuDNN cannot be checked on this host → never picked)
-    assert A.resolve("auto", 4096, jnp.bfloat16, 64, backend="tpu") == "blockwise"
-    assert A.resolve("auto", 256, jnp.bfloat16, 64, backend="tpu") == "xla"
+    assert A.resolve("auto", 4096, jnp.bfloat16, 64, backend="tpu") == "splash"
+    assert A.resolve("auto", 256, jnp.float32, 64, backend="tpu") == "splash"
     assert A.cudnn_unavailable(jnp.float32, 64, backend="gpu").startswith("supports bfloat16")
     assert A.cudnn_unavailable(jnp.bfloat16, 12, backend="gpu").startswith("needs head_dim")
     assert A.resolve("auto", 2048, jnp.float32, 64, backend="gpu") == "blockwise"

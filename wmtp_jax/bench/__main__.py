@@ -360,7 +360,8 @@ def attention_cases(a) -> tuple[list, list]:
     if a.attention_impl_given:
         impls = _attention_impls(a.attention_impl)
     else:
-        impls = ["xla", "blockwise"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+        backend = jax.default_backend()
+        impls = ["xla", "blockwise"] + {"gpu": ["cudnn"], "tpu": ["splash"]}.get(backend, [])
         impls += ["cpu_flash"] if flash_cpu.unavailable() is None else []
     cases = [
         AttentionCase(batch=b, seq=s, n_heads=h, n_kv_heads=kv, head_dim=hd, dtype=_csv(a.dtype)[0])

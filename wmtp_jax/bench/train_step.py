@@ -68,7 +68,7 @@ class TrainCase:
     donate: bool = True
     heads: str = "vmap"  # vmap | loop: the MTP head blocks as one vmap, or an unrolled loop
     # (ModelArgs.unroll_heads)
-    attention: str = "auto"  # runtime.attention: auto | xla | blockwise | cudnn
+    attention: str = "auto"  # runtime.attention: auto | xla | blockwise | splash | cudnn
     seed: int = 0
 
     def policy_args(self) -> ModelArgs:

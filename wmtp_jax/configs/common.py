@@ -68,7 +68,7 @@ def get_config(pipeline: str, variant: str = "micro") -> ml_collections.ConfigDi
     r.sharding = "FULL_SHARD"
     r.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
     r.remat = "none"
-    # training / prefill attention (wmtp_jax.ops.attention): auto picks by backend and shape
+    # training attention (wmtp_jax.ops.attention): auto picks by platform (TPU: splash, GPU: cudnn)
     r.attention = "auto"
     # Persistent XLA compilation cache: a re-run, resume or evaluation skips recompiling ("" = off).
     r.compilation_cache = "storage/jax_cache"

@@ -36,7 +36,7 @@ class ModelArgs:
     (stored as sorted (key, value) pairs so ModelArgs stays hashable; see `layers.rope_inv_freq`).
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
     `remat` is a policy name: none | full | dots | dots_no_batch (see wmtp_jax.models.layers).
-    `attention` is the training / prefill attention: auto | xla | blockwise | cudnn
+    `attention` is the training / prefill attention: auto | xla | blockwise | splash | cudnn
     (see wmtp_jax.ops.attention). `unroll_heads`: the MTP head blocks as an unrolled loop instead
     of one vmap (same numbers; the benchmark's before/after of vmapped heads).
     """

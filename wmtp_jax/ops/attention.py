@@ -26,11 +26,19 @@ Implementations (`IMPLEMENTATIONS`; `runtime.attention` in the configs):
   custom call compiled on first use): online softmax per 64×64 block pair, FlashAttention-2
   backward, masked and cross-segment block pairs skipped, float32. CPU backend only, head_dim in
   16/32/64/128/256, and a C++ compiler at first use.
+* `splash`: jax's Pallas splash attention for TPU (`wmtp_jax.ops.splash`, a Mosaic
+  `tpu_custom_call`): causal block skipping, segment ids, native GQA, its own flash backward;
+  S padded to a multiple of 128. TPU only.
 * `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (fused flash attention on an
   NVIDIA GPU, bfloat16 / float16; lengths use cuDNN's padding mask). Segment ids use cuDNN's
   packed (ragged) layout where jax offers it (`cudnn_packed_attention`, Hopper and newer; else
   an internal mask). Refused with a clear error elsewhere.
-* `auto`: `resolve` picks by backend, dtype and shape, never a path that fails on the backend.
+* `auto`: `resolve` picks by platform, dtype and shape, never a path that fails there.
+
+The platform is `current_platform()`: the host's backend, or the compile target set with
+`target_platform("tpu" | "gpu" | "cpu")` when a program is traced for an accelerator on
+another host (ahead-of-time compilation). `cpu_flash` is never chosen for, nor traced into, a
+non-CPU program.
 """
 
 from __future__ import annotations
@@ -41,12 +49,13 @@ from absl import logging
 
 from wmtp_jax.kernels import flash_cpu
 from wmtp_jax.ops.blockwise import BLOCK_SIZE, block_size_for, blockwise_attention
-from wmtp_jax.ops.platform import current_platform, target_platform
+from wmtp_jax.ops.platform import current_platform, target_compute_capability, target_platform
 from wmtp_jax.ops.segments import segments_of
+from wmtp_jax.ops.splash import splash_attention
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "cpu_flash")
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "splash", "cudnn", "cpu_flash")
 CUDNN_MAX_SEGMENTS = 32  # static segments per row of cudnn's packed layout (more: blockwise)
 AUTO_BLOCKWISE_MIN_SEQ = {"cpu": 256, "gpu": 1024, "tpu": 1024}  # below: xla (a block or two)
 
@@ -95,6 +104,11 @@ def check_backend(implementation: str, backend: str | None = None) -> None:
             f"runtime.attention='cudnn' needs an NVIDIA GPU with cuDNN, the backend "
             f"is {backend!r}; use auto, xla or blockwise"
         )
+    if implementation == "splash" and backend != "tpu":
+        raise ValueError(
+            f"runtime.attention='splash' runs on TPU only, the backend is {backend!r}; use "
+            f"auto, xla or blockwise"
+        )
     if implementation == "cpu_flash" and backend != "cpu":
         raise ValueError(
             f"runtime.attention='cpu_flash' runs on the CPU backend only, the backend is "
@@ -113,11 +127,12 @@ def resolve(
 ) -> str:
     """The implementation that runs: `implementation` itself, or `auto`'s choice.
 
-    auto: GPU → cudnn when usable and there are no segment ids (cudnn's packed layout for
-    segment ids is wired but untested on hardware, so `auto` does not pick it), else blockwise
-    from S ≥ 1024, else xla; TPU the same without cudnn; CPU → cpu_flash when it can run
-    (head_dim, a compiler), else blockwise from S ≥ 256, else xla (`AUTO_BLOCKWISE_MIN_SEQ`).
-    Raises ValueError for an unknown name or an unusable cudnn or cpu_flash.
+    auto: TPU → splash (any shape: S is padded to a multiple of 128); GPU → cudnn when usable
+    and there are no segment ids (cudnn's packed layout for segment ids is wired but untested
+    on hardware, so `auto` does not pick it), else blockwise from S ≥ 1024, else xla; CPU →
+    cpu_flash when it can run (head_dim, a compiler), else blockwise from S ≥ 256, else xla
+    (`AUTO_BLOCKWISE_MIN_SEQ`). `backend`: default `current_platform()`.
+    Raises ValueError for an unknown name or an unusable splash, cudnn or cpu_flash.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -140,8 +155,15 @@ def resolve(
                 f"(runtime.attention)"
             )
         return "cpu_flash"
+    if implementation == "splash" and backend != "tpu":
+        raise ValueError(
+            f"attention implementation 'splash' runs on TPU only, the backend is {backend!r}; "
+            f"use auto, xla or blockwise (runtime.attention)"
+        )
     if implementation != "auto":
         return implementation
+    if backend == "tpu":
+        return "splash"
     if backend == "cpu" and flash_cpu.unavailable(head_dim, backend) is None:
         return "cpu_flash"
     if backend == "gpu" and not segments and cudnn_unavailable(dtype, head_dim, backend) is None:
@@ -183,6 +205,8 @@ def attention(
         seg = segments_of(segment_ids, lengths, b, s)
         seg = jnp.ones((b, s), jnp.int32) if seg is None else seg
         return flash_cpu.flash_attention_cpu(q, k, v, seg, causal=causal, backend=platform)
+    if impl == "splash":
+        return splash_attention(q, k, v, segments_of(segment_ids, lengths, b, s), causal=causal)
     if impl == "blockwise":
         return blockwise_attention(
             q, k, v, causal=causal, segment_ids=segment_ids, lengths=lengths, block_size=block_size
@@ -235,28 +259,56 @@ def cudnn_segments(seg: Array, max_segments: int) -> tuple[Array, Array, Array]:
 
 
 def cudnn_packed_unavailable() -> str | None:
-    """Why cuDNN's packed layout cannot run here (jax's private API, Hopper and cuDNN ≥ 9.6),
-    or None. Checked at trace time on a GPU where `cudnn` itself is usable."""
+    """Why cuDNN's packed layout cannot be used for the target (jax's private API, Hopper and
+    cuDNN ≥ 9.6), or None. Checked at trace time where `cudnn` itself is usable."""
     try:  # a private jax module (see cudnn_unavailable)
-        from jax._src.cudnn.fused_attention_stablehlo import (
-            check_compute_capability,
-            check_cudnn_version,
-        )
+        from jax._src.cudnn.fused_attention_stablehlo import check_cudnn_version
 
         if check_cudnn_version() < 90600:
             return "cuDNN's packed layout needs cuDNN ≥ 9.6"
-        if not check_compute_capability("9.0"):
-            return "cuDNN's packed layout needs compute capability ≥ 9.0 (Hopper)"
     except Exception as e:  # noqa: BLE001 - any failure means "not usable"
         return f"cuDNN packed-layout check failed: {e}"
+    cc = target_compute_capability()
+    if cc is None:
+        return "cuDNN's packed layout: the target GPU's compute capability is unknown"
+    if cc < (9, 0):
+        return "cuDNN's packed layout needs compute capability ≥ 9.0 (Hopper)"
     return None
+
+
+def _answer_jax_cudnn_checks_for_the_target() -> None:
+    """jax's cuDNN checks ask the local GPU for its compute capability. Wrap them (once, for
+    the process) so that while a program is traced for a GPU target on a host without one
+    (`target_platform("gpu")`, ahead-of-time compilation) they answer with the target's
+    `target_compute_capability()`; everywhere else the wrappers call jax's own checks."""
+    import jax._src.cudnn.fused_attention_stablehlo as F  # private, only usable with the plugin
+
+    if getattr(F.check_compute_capability, "_wmtp_target", False):
+        return
+    version = lambda c: tuple(int(x) for x in c.split("."))
+
+    def wrap(original, compare):
+        def check(capability):
+            cc = target_compute_capability()
+            if current_platform() != "gpu" or jax.default_backend() == "gpu" or cc is None:
+                return original(capability)
+            return compare(cc, version(capability))
+
+        check._wmtp_target = True
+        return check
+
+    F.check_compute_capability = wrap(F.check_compute_capability, lambda a, b: a >= b)
+    F.is_cuda_compute_capability_equal = wrap(
+        F.is_cuda_compute_capability_equal, lambda a, b: a == b
+    )
 
 
 def cudnn_packed_attention(q, k, v, seg: Array, *, causal: bool = True, block_size=None):
     """Segment-masked attention with cuDNN's packed (ragged) layout: `cudnn_segments` turns the
     canonical ids `seg` `[B, S]` into per-row segment lengths and offsets with
     CUDNN_MAX_SEGMENTS slots (at most S); a batch with a row of more segments runs `blockwise`
-    instead (`lax.cond`, never a wrong answer). GPU only; not exercised by the CPU tests."""
+    instead (`lax.cond`, never a wrong answer). GPU only; compiled ahead of time for an H100
+    target in docs/performance.md, not run by the CPU tests."""
     # private jax API (no public packed-layout entry point in jax.nn); imported here because it
     # is only usable on a GPU
     from jax._src.cudnn.fused_attention_stablehlo import MaskType
@@ -265,6 +317,8 @@ def cudnn_packed_attention(q, k, v, seg: Array, *, causal: bool = True, block_si
     b, s, _, hd = q.shape
     m = max(2, min(CUDNN_MAX_SEGMENTS, s))  # jax takes the packed path only with M > 1
     seqlens, offsets, count = cudnn_segments(seg, m)
+
+    _answer_jax_cudnn_checks_for_the_target()
 
     def packed():
         return cudnn_sdpa(
@@ -331,5 +385,7 @@ __all__ = [
     "reference_attention",
     "resolve",
     "segments_of",
+    "splash_attention",
+    "target_compute_capability",
     "target_platform",
 ]

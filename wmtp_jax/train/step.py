@@ -16,6 +16,7 @@ under FSDP / ZeRO-2), clips by global norm and applies AdamW. Metrics are device
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -131,12 +132,26 @@ def _build(task, config, mesh: Mesh, total_steps: int, donate: bool, put) -> Com
         frozen_state=frozen_state,
         state_shardings=state_sh,
         train_step=jax.jit(
-            train_step, donate_argnums=(0,) if donate else (), out_shardings=(state_sh, repl)
+            on_mesh(train_step, mesh),
+            donate_argnums=(0,) if donate else (),
+            out_shardings=(state_sh, repl),
         ),
-        eval_step=jax.jit(eval_step, out_shardings=repl) if task.eval_fn else None,
+        eval_step=jax.jit(on_mesh(eval_step, mesh), out_shardings=repl) if task.eval_fn else None,
         schedules=schedules,
         tx=tx,
     )
+
+
+def on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced with `mesh` as the abstract mesh: kernels that GSPMD cannot partition (the
+    TPU splash attention, `wmtp_jax.ops.splash`) find it and run under a `shard_map`."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
 
 
 def _shardings(params, fixed, tx, mesh: Mesh, rules):
