@@ -42,7 +42,7 @@ def test_micro_verifiable_compiles_for_v5e(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     r = json.loads(out.read_text())
     assert r["topology"] == {"name": "v5e:2x2", "chip": "v5e", "grid": [2, 2], "devices": 4}
-    assert r["settings"]["attention"] in ("xla", "blockwise", "pallas")  # never cpu_flash
+    assert r["settings"]["attention"] == "splash"  # the Pallas TPU kernel, never cpu_flash
     assert set(r["models"]) == {"policy", "critic"}
     for sec in (r["train"], r["decode"], r["decode"]["prefill"]):
         m = sec["memory"]
@@ -52,9 +52,10 @@ def test_micro_verifiable_compiles_for_v5e(tmp_path):
         assert sec["flops"]["compiled"] > 0 and sec["flops"]["analytic"] > 0
         assert sec["estimate"]["step_s"] > 0 and 0 < sec["estimate"]["mfu"] <= 1
         assert all({"kind", "count", "bytes"} <= set(c) for c in sec["collectives"])
-    # float32, no remat: the compiled matmul FLOPs are the analytic model's (+ the masked half
-    # of the dense [S, S] attention the analytic count leaves out)
-    assert 0.9 < r["train"]["flops"]["ratio"] < 1.4
+    # float32, no remat: the compiled matmul FLOPs are the analytic model's less attention,
+    # which runs inside the splash kernel (a tpu_custom_call the HLO count cannot see)
+    assert r["train"]["flops"]["kernel_calls"] > 0
+    assert 0.7 < r["train"]["flops"]["ratio"] < 1.1
     assert "[train] per device on v5e:2x2" in p.stdout
 
 

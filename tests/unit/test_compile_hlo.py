@@ -40,6 +40,10 @@ def test_trip_count_from_condition_without_backend_hint():
   %x = f32[4,8] get-tuple-element(%p), index=1
   %w = f32[8,8] constant({...})
   %d = f32[4,8] dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %e = f32[4,8] add(%d, %d), frontend_attributes={kernel_metadata={
+"a multi-line attribute":"its last line starts with a brace"
+}}, metadata={op_name="m"}
+  %d2 = f32[4,8] dot(%e, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
   %one = s32[] constant(1)
   %j = s32[] add(%i, %one)
   ROOT %t = (s32[], f32[4,8]) tuple(%j, %d)
@@ -62,7 +66,7 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
 }
 """
     a = hlo.analyze(text)
-    assert a.flops == 7 * 2 * 4 * 8 * 8
+    assert a.flops == 7 * 2 * (2 * 4 * 8 * 8)
     assert a.collectives == [{"kind": "all-reduce", "count": 1, "bytes": 4 * 8 * 4}]
 
 

@@ -33,7 +33,7 @@ from wmtp_jax.kernels.platform import target_platform
 from wmtp_jax.models import serialization
 from wmtp_jax.ops.attention import resolve
 from wmtp_jax.train import mesh as mesh_lib
-from wmtp_jax.train.step import build_abstract
+from wmtp_jax.train.step import build_abstract, on_mesh
 
 
 class DoesNotFit(Exception):
@@ -174,15 +174,16 @@ def decode_programs(
         return jax.numpy.argmax(logits[:, 0, 0], axis=-1).astype(np.int32), cache
 
     prompts = jax.ShapeDtypeStruct((batch, prompt_len), np.int32, sharding=rows)
-    pre = _compile("prefill", jax.jit(prefill), (state, prompts), topo)
+    pre = _compile("prefill", jax.jit(on_mesh(prefill, mesh)), (state, prompts), topo)
     cache_sh = pre.compiled.output_shardings
     with target_platform(topo.chip.platform):
-        cache_shape = jax.eval_shape(prefill, state, prompts)
+        cache_shape = jax.eval_shape(on_mesh(prefill, mesh), state, prompts)
     cache = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), cache_shape, cache_sh
     )
     tok = jax.ShapeDtypeStruct((batch,), np.int32, sharding=rows)
-    dec = _compile("decode", jax.jit(step, donate_argnums=(1,)), (state, cache, tok, tok), topo)
+    step = jax.jit(on_mesh(step, mesh), donate_argnums=(1,))
+    dec = _compile("decode", step, (state, cache, tok, tok), topo)
     return pre, dec, {"batch": batch, "prompt_len": prompt_len, "cache_len": cache_len}
 
 

@@ -9,6 +9,8 @@ inherits its caller's, a while body gets its caller's × the trip count (the bac
 * FLOPs: 2·MACs of every `dot` and `convolution` (TPU writes matmuls as convolutions, batch
   dimensions as dilated windows; only the taps that land on real input elements count).
   Elementwise work is not counted: these are matmul FLOPs, comparable with the analytic model.
+  Nor is the work inside custom-call kernels (the Pallas splash attention on TPU): their
+  executions are counted as `kernel_calls`.
 * Collectives: all-gather, reduce-scatter, all-reduce, all-to-all, collective-permute (sync or
   async), by kind, with executions and bytes (the larger of the operand and the result buffer).
 * HBM bytes: operands + results of every top-level instruction outside fusions (fusion
@@ -126,7 +128,7 @@ def parse(text: str) -> Module:
                 if m.group(1):
                     entry = cur
             continue
-        if line.startswith("}"):
+        if line.rstrip() == "}":  # not "}}, metadata=..." of a multi-line attribute
             cur = None
             continue
         m = _INSTR.match(line)
@@ -188,7 +190,10 @@ def multipliers(mod: Module) -> tuple[dict, int]:
                 order += [(c, k * n) for c in _called(ins.attrs, "body")]
                 order += [(c, k * (n + 1)) for c in _called(ins.attrs, "condition")]
                 continue
-            for key in ("calls", "branch_computations", "true_computation", "false_computation"):
+            keys = ["calls", "branch_computations", "true_computation", "false_computation"]
+            if ins.op in ("call", "async-start"):  # a call's body (to_apply elsewhere: reducers)
+                keys.append("to_apply")
+            for key in keys:
                 order += [(c, k) for c in _called(ins.attrs, key) if c in mod.computations]
     return dict(mult), unknown
 
@@ -265,6 +270,8 @@ class Analysis:
     collectives: list  # [{"kind", "count", "bytes"}]
     hbm_bytes: int
     unknown_trip_counts: int
+    kernel_calls: int = 0  # executions of Pallas / Mosaic kernels (tpu_custom_call): their FLOPs
+    # are not in `flops`
 
     @property
     def collective_bytes(self) -> int:
@@ -281,7 +288,7 @@ def analyze(text: str) -> Analysis:
         if i.op == "fusion"
         for c in _called(i.attrs, "calls")
     }
-    flops, hbm = 0, 0
+    flops, hbm, kernels = 0, 0, 0
     coll = defaultdict(lambda: [0, 0])
     for comp, k in mult.items():
         types = mod.types[comp]
@@ -291,6 +298,8 @@ def analyze(text: str) -> Analysis:
                 flops += k * conv_flops(ins, ty(ins.operands[0]), ty(ins.operands[1]))
             elif ins.op == "dot" and ins.operands:
                 flops += k * dot_flops(ins, ty(ins.operands[0]))
+            if ins.op == "custom-call" and 'custom_call_target="tpu_custom_call"' in ins.attrs:
+                kernels += k
             kind = _collective_kind(ins.op)
             if kind:
                 size = max(sum(nbytes(ty(o)) for o in ins.operands), largest(ins.type))
@@ -299,4 +308,4 @@ def analyze(text: str) -> Analysis:
             if comp not in fused and ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
                 hbm += k * (nbytes(ins.type) + sum(nbytes(ty(o)) for o in ins.operands))
     collectives = [{"kind": kd, "count": c, "bytes": b} for kd, (c, b) in sorted(coll.items())]
-    return Analysis(flops, collectives, hbm, unknown)
+    return Analysis(flops, collectives, hbm, unknown, kernels)

@@ -52,6 +52,7 @@ def section(prog: Program, topo: Topology, analytic_flops_per_device: float, ext
             "ratio": a.flops / analytic_flops_per_device if analytic_flops_per_device else None,
             "cost_analysis": float(cost.get("flops", 0.0)),
             "unknown_trip_counts": a.unknown_trip_counts,
+            "kernel_calls": a.kernel_calls,  # Pallas kernels: their FLOPs are not in `compiled`
         },
         "collectives": a.collectives,
         "collective_bytes": a.collective_bytes,

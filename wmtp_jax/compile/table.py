@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from wmtp_jax.compile.aot import human
+
 HEAD = (
     "| run | pipeline | slice | sharding | remat | memory / device | of HBM | compiled / "
     "analytic FLOPs per device | collectives per step | roofline step | MFU ≤ | fits |\n"
@@ -14,8 +16,8 @@ HEAD = (
 )
 
 
-def _gib(n) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def _time(s: float) -> str:
+    return f"{s:.2f} s" if s >= 1 else f"{s * 1e3:.1f} ms"
 
 
 def row(name: str, r: dict, key: str = "train") -> str:
@@ -25,12 +27,12 @@ def row(name: str, r: dict, key: str = "train") -> str:
         why = sec.get("reason", sec.get("skipped", "not compiled"))
         return f"| {name} | {r['pipeline']} | {topo} | {s['sharding']} | {s['remat']} | {why} |"
     m, f, e = sec["memory"], sec["flops"], sec["estimate"]
-    coll = ", ".join(f"{c['kind']} {c['count']}× {_gib(c['bytes'])}" for c in sec["collectives"])
+    coll = ", ".join(f"{c['kind']} {c['count']}× {human(c['bytes'])}" for c in sec["collectives"])
     return (
         f"| {name} | {r['pipeline']} | {topo} | {s['sharding']} | {s['remat']} | "
-        f"{_gib(m['per_device_bytes'])} | {100 * m['fraction']:.0f}% | "
-        f"{f['compiled'] / 1e12:.1f} / {f['analytic'] / 1e12:.1f} TFLOP ({f['ratio']:.2f}×) | "
-        f"{coll or 'none'} | {e['step_s']:.2f} s ({e['bound']}) | {100 * e['mfu']:.0f}% | "
+        f"{human(m['per_device_bytes'])} | {100 * m['fraction']:.1f}% | "
+        f"{human(f['compiled'], 'FLOP')} / {human(f['analytic'], 'FLOP')} ({f['ratio']:.2f}×) | "
+        f"{coll or 'none'} | {_time(e['step_s'])} ({e['bound']}) | {100 * e['mfu']:.1f}% | "
         f"{'yes' if sec['fits'] else 'no'} |"
     )
 
