@@ -121,7 +121,7 @@ def test_rerun_reuses_finished_cells_and_aggregate(study):
     out = w / OUT
     before = json.loads((out / "results.json").read_text())
     log_size = (out / "run.log").stat().st_size
-    p = ok(run_cli(w, "experiment.py:smoke", timeout=600))
+    p = ok(run_cli(w, "experiment.py:smoke", f"--config.publish_dir={PUB}", timeout=600))
     new_log = (out / "run.log").read_text()[log_size:]
     assert "baseline seed 0: done before, reused" in p.stdout
     assert "verifiable seed 0: done before, reused" in p.stdout

@@ -368,7 +368,8 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
     ax.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test pass@k (95% CI)")
     ax.set_title("held-out test problems")
-    ax.legend(fontsize=8)
+    if metrics:
+        ax.legend(fontsize=8)
     colors = {a: f"C{i}" for i, a in enumerate(arms)}
     for (a, s), c in sorted(cellmap.items()):
         steps, vals = _val_curve(c)
