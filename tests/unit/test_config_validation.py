@@ -207,3 +207,13 @@ def test_defaults_pass(cwd):
             common.validate_config(module.get_config(variant))
     for variant in experiment.VARIANTS:
         common.validate_config(experiment.get_config(variant))
+
+
+def test_missing_critic_at_another_than_the_default_path(cwd, capsys):
+    """The micro bootstrap trains verifiable's critic only into its default run directory: a
+    missing critic elsewhere is one error line, and nothing is trained or created."""
+    c = config(verifiable, **{"models.value_model.path": str(cwd / "nosuch" / "critic")})
+    err = refused(c, capsys)
+    assert err.startswith("error: models.value_model.path: ") and "no such directory" in err, err
+    assert "storage/checkpoints/critic/critic-micro/final_model" in err, err
+    assert not (cwd / "storage").exists() and not (cwd / "nosuch").exists()

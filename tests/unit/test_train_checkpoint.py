@@ -161,3 +161,50 @@ def test_readable_but_wrong_meta_is_moved_aside_and_the_previous_checkpoint_rest
     ]:
         with pytest.raises(ValueError, match=field):
             check_meta_fields(bad, 1)
+
+
+def test_items_beyond_the_template_are_not_read(tmp_path):
+    """A run that stores `frozen_params` (the critic's frozen backbone) resumes into a template
+    without them: its good checkpoints are restored, not moved to corrupt_checkpoints/."""
+    m = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ck = Checkpointer(tmp_path, keep=3)
+    for step in (1, 2):
+        frozen = {"backbone": {"kernel": jnp.full((4, 4), 7.0)}}
+        ck.save(step, dict(_state(m, step), frozen_params=frozen), {}, {})
+    ck.wait()
+    state, meta = Checkpointer(tmp_path, keep=3).restore(_state(m, 0.0))
+    assert meta["step"] == 2 and "frozen_params" not in state
+    np.testing.assert_array_equal(np.asarray(state["params"]["b"]), np.full(8, 2.0))
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+
+
+def test_a_structure_mismatch_of_a_readable_checkpoint_is_one_line_and_moves_nothing(tmp_path):
+    """A valid checkpoint whose tree differs from the model's (a leaf more, or a leaf where the
+    model has a node of the same name and shape) is IncompatibleCheckpoint: one line, naming the
+    checkpoint, both steps left in place."""
+    import pytest
+
+    from wmtp_jax.train.checkpoint import IncompatibleCheckpoint
+
+    m = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ck = Checkpointer(tmp_path, keep=3)
+    for step in (1, 2):
+        s = _state(m, step)
+        s["params"]["extra"] = jnp.zeros(3)
+        ck.save(step, s, {}, {})
+    ck.wait()
+    ck = Checkpointer(tmp_path, keep=3)
+    with pytest.raises(IncompatibleCheckpoint) as e:
+        ck.restore(_state(m, 0.0))
+    assert "\n" not in str(e.value), str(e.value)
+    assert "checkpoints/2 does not fit the model being trained: params/extra is not in the " in (
+        str(e.value)
+    )
+    nested = _state(m, 0.0)  # params/b/value: the same leaf name and shape, another tree
+    nested["params"]["extra"] = jnp.zeros(3)
+    nested["params"]["b"] = {"value": nested["params"]["b"]}
+    with pytest.raises(IncompatibleCheckpoint) as e:
+        ck.restore(nested)
+    assert "\n" not in str(e.value) and "checkpoints/2 does not fit the model" in str(e.value)
+    assert "tree structures do not match" in str(e.value)
+    assert ck.periodic.all_steps() == [1, 2] and not (tmp_path / "corrupt_checkpoints").exists()

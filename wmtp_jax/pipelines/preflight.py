@@ -4,7 +4,9 @@ checks the values themselves; both raise `ConfigError` (`<key>: <reason>`), whic
 line prints as one `error:` line (exit 2).
 
 Micro and small runs create their missing dataset and models (`pipelines.bootstrap`), so a path
-that does not exist yet is only an error for the other variants.
+that does not exist yet is only an error for the other variants, and for the models the bootstrap
+trains (verifiable's critic, rho1's reference): it trains them only into their default run
+directory, so another path must exist.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from pathlib import Path
 
 import jax
 
+from wmtp_jax.configs import parts
 from wmtp_jax.configs.common import ConfigError
 from wmtp_jax.data.sources import available_splits, resolve_split
 from wmtp_jax.train.lock import LOCK_FILE
 from wmtp_jax.train.mesh import resolve_mesh_shape
 
 BOOTSTRAPPED = ("micro", "small")  # variants whose missing storage the bootstrap creates
+# (pipeline, role) → the model dir its bootstrap trains (another pipeline's run exports it)
+TRAINED_PREREQUISITES = {
+    ("verifiable", "value_model"): parts.critic_output,
+    ("rho1", "reference"): parts.reference_output,
+}
 
 
 def _fail(key: str, value, reason: str):
@@ -89,9 +97,21 @@ def check_mesh(config) -> None:
 
 def check_models(config) -> None:
     """Each `models.<role>.path` (and tokenizer_path) is a directory; for a variant that is not
-    bootstrapped it must exist."""
-    bootstrapped = config.get("variant") in BOOTSTRAPPED
+    bootstrapped it must exist, and so must a trained prerequisite at another than its default
+    path (`TRAINED_PREREQUISITES`)."""
+    variant = config.get("variant")
+    bootstrapped = variant in BOOTSTRAPPED
     for role, entry in config.get("models", {}).items():
+        default = TRAINED_PREREQUISITES.get((config.get("pipeline"), role))
+        if bootstrapped and default is not None and not Path(entry.path).exists():
+            made = default(variant)
+            if Path(entry.path).absolute() != Path(made).absolute():
+                _fail(
+                    f"models.{role}.path",
+                    entry.path,
+                    f"no such directory (the {variant} bootstrap trains this model only into "
+                    f"its default {made})",
+                )
         check_directory(f"models.{role}.path", entry.path, must_exist=not bootstrapped)
         tok = str(entry.get("tokenizer_path", ""))
         if tok:

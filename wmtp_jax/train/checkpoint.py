@@ -297,21 +297,34 @@ QUARANTINE = "corrupt_checkpoints"
 
 
 def _restore_step(mgr: ocp.CheckpointManager, step: int, template, expect: dict | None, check_meta):
-    """(state, meta) of one step, checked to fit `template` / `expect` and verified."""
+    """(state, meta) of one step, checked to fit `template` / `expect` and verified. Top-level
+    items the checkpoint holds beyond the template (e.g. `frozen_params`) are not read."""
     path = mgr.directory / str(step)
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     check_meta_fields(meta, step)
     if check_meta is not None:
         check_meta(meta)
-    _check_compatible(path, meta, template, expect)
-    out = mgr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_target(template)),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
-    state = from_storable(out.state, template)
+    stored = _check_compatible(path, meta, template, expect)
+    target = abstract_target(template)
+    try:
+        # a partial restore of the `state` item: top-level items the template lacks are not read
+        restored = ocp.PyTreeCheckpointer().restore(
+            path / "state",
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=any(k not in target for k in stored),
+            ),
+        )
+    except ValueError as e:
+        if "tree structures do not match" not in str(e):
+            raise
+        # the metadata was read: a readable checkpoint of another structure, not a bad file
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} does not fit the model being trained ({_one_line(e)}); resume "
+            f"with the same model and config, or train into a new output_dir"
+        ) from e
+    state = from_storable(restored, template)
     _verify(path, step, state, meta)
     return state, meta
 
@@ -329,8 +342,10 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
 
-def _check_compatible(path: Path, meta: dict, template, expect: dict | None):
-    """IncompatibleCheckpoint naming what differs: `expect` vs meta["model"], then leaf shapes."""
+def _check_compatible(path: Path, meta: dict, template, expect: dict | None) -> dict:
+    """The stored state's metadata tree, or IncompatibleCheckpoint naming what differs: `expect`
+    vs meta["model"], then the leaves (missing, shaped otherwise, or stored beyond the model
+    within a top-level item the template restores)."""
     saved = meta.get("model") or {}
     diff = [
         f"{k}={saved[k]!r} in the checkpoint, {v!r} now"
@@ -346,20 +361,31 @@ def _check_compatible(path: Path, meta: dict, template, expect: dict | None):
     if item is None:  # a corrupt file, not a mismatch: the caller falls back
         raise ValueError(f"{path / 'state'}: array metadata unreadable")
     tree = item.tree
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path / 'state'}: the stored state is not a dict")
     have = {_leaf_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
     bad = []
+    want = set()
     for k, v in jax.tree_util.tree_leaves_with_path(abstract_target(template)):
         name = _leaf_name(k)
+        want.add(name)
         if name not in have:
             bad.append(f"{name} is missing")
         elif have[name] != tuple(v.shape):
             bad.append(f"{name} has shape {have[name]} in the checkpoint, {tuple(v.shape)} now")
+    restored = [k for k in tree if k in template]  # the other top-level items are not read
+    bad += [
+        f"{name} is not in the model"
+        for name in sorted(have)
+        if name not in want and name.split("/")[0] in restored
+    ]
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
         raise IncompatibleCheckpoint(
             f"checkpoint {path} does not fit the model being trained: {'; '.join(bad[:3])}{more}; "
             f"resume with the same model and config, or train into a new output_dir"
         )
+    return tree
 
 
 def _leaf_name(path) -> str:
