@@ -18,6 +18,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         parts.add_data(c, variant, use_pairwise=False)
         parts.add_mtp_training(c, variant, batch_7b=48, ga_7b=2)
         parts.add_loss_chunking(c, variant)
+        parts.add_final_eval(c, variant, enabled=variant == "small")
     if variant == "small":
         parts.apply_small(c)
     return finalize(c)
@@ -27,6 +28,7 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    parts.validate_mtp_training(c)
 
 
 def finalize(c):

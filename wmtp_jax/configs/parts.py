@@ -33,6 +33,7 @@ VALUE_LOSS_FNS = ("huber", "mse")
 VALUE_HEADS = ("mlp", "linear", "sigmoid")
 LAMBDA_SCHEDULES = ("linear", "cosine", "constant")
 RHO1_MODES = ("signed", "absolute", "difficult")
+WARM_START_MODES = ("auto", "on", "off")
 
 
 def critic_output(variant: str) -> str:
@@ -125,6 +126,13 @@ def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: in
     global batch."""
     micro = variant != "7b"
     t = c.training
+    # NTP→MTP warm start (docs/conversion.md): for `steps` optimizer steps only heads 1..K−1
+    # train, at learning_rate × lr_scale (trunk, norm, embeddings and head 0 frozen). auto = on
+    # for a policy made by hf-to-mtp (untrained extra heads), off otherwise (Meta's MTP
+    # checkpoints, micro-mtp).
+    t.warm_start = ml_collections.ConfigDict({"mode": "auto", "steps": 20, "lr_scale": 1.0})
+    # per-head loss weights [K] (() = uniform): the loss is Σ w_k·CE_k / Σ w_k
+    t.head_loss_weights = ()
     t.use_lora = not micro
     t.lora = (
         lora_entry(16, 32.0, 0.05, MTP_TARGETS)
@@ -137,6 +145,24 @@ def add_mtp_training(c: ml_collections.ConfigDict, variant: str, *, batch_7b: in
     else:
         t.batch_size, t.gradient_accumulation_steps, t.learning_rate = batch_7b, ga_7b, 1e-4
         c.checkpoint.save_lora_only = True
+
+
+def add_final_eval(c: ml_collections.ConfigDict, variant: str, *, enabled: bool | None = None):
+    """final_eval.*: closing the loop, greedy pass@1 of the initial and the trained policy at the
+    end (micro and small); probe_limit > 0: also greedy pass@1 of head 0 on the first probe_limit
+    problems of probe_split at each validation (`val/pass1_head0`). enabled: default micro and
+    small."""
+    c.final_eval = ml_collections.ConfigDict(
+        {
+            "enabled": variant != "7b" if enabled is None else enabled,
+            "benchmark": "synthetic",
+            "split": "test",
+            "limit": 0,
+            "max_new_tokens": 96,
+            "probe_split": "valid",
+            "probe_limit": 0,
+        }
+    )
 
 
 def add_loss_chunking(c: ml_collections.ConfigDict, variant: str):
@@ -170,6 +196,8 @@ def apply_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         t.lora.learning_rate = 1e-4
     if "value_head" in t:
         t.value_head.learning_rate = 1e-3
+    if "final_eval" in c:
+        c.final_eval.probe_limit = 32
     c.checkpoint.every_steps = 0
     return c
 
@@ -212,6 +240,35 @@ def validate_data(c: ml_collections.ConfigDict):
         dict(c.data_sampling.difficulty_weights),
         "every weighted bin must be in data_sampling.difficulty_bins",
     )
+
+
+def validate_mtp_training(c: ml_collections.ConfigDict):
+    """training.warm_start, training.head_loss_weights and final_eval (MTP-policy pipelines)."""
+    t = c.training
+    validate_choice(t.warm_start.mode, "training.warm_start.mode", WARM_START_MODES)
+    _check(t.warm_start.steps >= 0, "training.warm_start.steps", t.warm_start.steps, "need ≥ 0")
+    _check(
+        t.warm_start.lr_scale > 0,
+        "training.warm_start.lr_scale",
+        t.warm_start.lr_scale,
+        "need > 0",
+    )
+    w = tuple(t.head_loss_weights)
+    _check(
+        all(x >= 0 for x in w) and (not w or sum(w) > 0),
+        "training.head_loss_weights",
+        w,
+        "need () or K weights ≥ 0, not all 0",
+    )
+    fe = c.get("final_eval")
+    if fe is not None:
+        _check(fe.probe_limit >= 0, "final_eval.probe_limit", fe.probe_limit, "need ≥ 0")
+        _check(
+            fe.probe_split != fe.split or fe.probe_limit == 0,
+            "final_eval.probe_split",
+            fe.probe_split,
+            f"the probe must not look at the evaluated split {fe.split!r}",
+        )
 
 
 def validate_lora(c: ml_collections.ConfigDict, allowed):

@@ -42,6 +42,7 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    parts.validate_mtp_training(c)
     common._check(
         0 < c.training.k_percent <= 1,
         "training.k_percent",

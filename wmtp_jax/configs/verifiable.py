@@ -43,16 +43,7 @@ def get_config(variant: str = "micro") -> ml_collections.ConfigDict:
         t.td_ema_warmup_steps = 10
         if micro:
             t.td_ema_warmup_steps = 5
-        # closing the loop: greedy pass@1 of the initial and the trained policy at the end
-        c.final_eval = ml_collections.ConfigDict(
-            {
-                "enabled": micro,
-                "benchmark": "synthetic",
-                "split": "test",
-                "limit": 0,
-                "max_new_tokens": 96,
-            }
-        )
+        parts.add_final_eval(c, variant)
     if variant == "small":
         parts.apply_small(c)
     return finalize(c)
@@ -62,6 +53,7 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    parts.validate_mtp_training(c)
     t = c.training
     parts.validate_choice(c.weighting.advantage, "weighting.advantage", parts.ADVANTAGES)
     parts.validate_choice(c.weighting.whitening, "weighting.whitening", parts.WHITENINGS)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 from absl import logging
+from flax import nnx
 
 from wmtp_jax.configs import evaluation as evaluation_config
 from wmtp_jax.configs.common import validate_config
@@ -306,6 +307,66 @@ def _report(config, info: dict, summary: dict, samples, results, sweep: dict):
 
 
 # ---- evaluation as a step of another run ------------------------------------------------------
+
+
+class GreedyProbe:
+    """Greedy pass@1 of head 0 of the model being trained, on the first `limit` problems of a
+    validation split, with closing_eval's prompt and token budget: a training run's
+    `val/pass1_head0` at each validation (TrainTask.probe). One Sampler, compiled once; each
+    call points it at the current parameters."""
+
+    def __init__(self, benchmark, data_dir, split, limit, max_new_tokens, tok_dir, batch_size=32):
+        self.benchmark, self.split = benchmark, split
+        self.tokenizer = load_tokenizer(tok_dir)
+        self.end_ids = end_ids(tok_dir)
+        self.problems = load_problems(benchmark, data_dir, split, limit=int(limit))
+        self.cfg = SamplingConfig(temperature=0.0, max_new_tokens=int(max_new_tokens))
+        self.batch_size = min(int(batch_size), len(self.problems))
+        self.sampler = self.texts = None
+
+    def __call__(self, model) -> dict:
+        if self.sampler is None:
+            self.sampler = Sampler(
+                model,
+                eos_id=self.tokenizer.eos_token_id,
+                pad_id=self.tokenizer.pad_token_id or 0,
+                batch_size=self.batch_size,
+                end_ids=self.end_ids,
+            )
+            self.texts = token_texts(self.tokenizer, self.sampler.vocab_size)
+        else:
+            view = nnx.view(model, deterministic=True, raise_if_not_found=False)
+            self.sampler.state = nnx.split(view)[1]
+        samples = completions(
+            self.sampler,
+            self.tokenizer,
+            self.problems,
+            self.benchmark,
+            1,
+            self.cfg,
+            texts=self.texts,
+        )
+        summary, _ = score_samples(
+            self.benchmark,
+            samples,
+            split=self.split,
+            ks=(1,),
+            problems=self.problems,
+            progress=False,
+        )
+        return {"pass1_head0": summary["pass@1"]}
+
+
+def greedy_probe(config, tok_dir) -> GreedyProbe | None:
+    """The run's GreedyProbe (`final_eval.probe_limit` > 0 problems of `final_eval.probe_split`),
+    or None."""
+    fe = config.get("final_eval")
+    if not fe or int(fe.get("probe_limit", 0)) <= 0:
+        return None
+    data_dir = str(Path(config.dataset.path).parent)
+    return GreedyProbe(
+        fe.benchmark, data_dir, fe.probe_split, fe.probe_limit, fe.max_new_tokens, tok_dir
+    )
 
 
 def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):

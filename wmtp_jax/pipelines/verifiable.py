@@ -154,16 +154,30 @@ def critic_values(frozen, input_ids, attention_mask, segment_ids=None, positions
     return jax.lax.stop_gradient(v[..., 0].astype(jnp.float32))
 
 
-def loss_fn(model, frozen, batch, rng, extra, *, wc: WeightingConfig, ga: int, chunk_size: int = 0):
+def loss_fn(
+    model,
+    frozen,
+    batch,
+    rng,
+    extra,
+    *,
+    wc: WeightingConfig,
+    ga: int,
+    chunk_size=0,
+    head_weights=None,
+):
     ids, am, labels, rewards = rows(batch)
     pk = packing(batch)
     rewards = packed_rewards(batch, rewards)
     m = ops.loss_mask_of(labels, am)
     values = critic_values(frozen, ids, am, **pk)
     w, adv, (mu, sd) = token_weights(values, rewards, m, wc, extra["ema"], pk["segment_ids"])
-    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
+    out = ops.policy_mtp_loss(
+        model, ids, labels, am, w, chunk_size=chunk_size, head_weights=head_weights, **pk
+    )
     new_extra = advance_extra(extra, adv, m, ga)
     metrics = {
+        **ops.head_metrics(out),
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
         "loss_ratio": out["weighted_ce_loss"] / (out["unweighted_ce_loss"] + 1e-8),
@@ -190,11 +204,15 @@ def _batch_whitened(frozen, batch, wc: WeightingConfig):
     return ids, am, labels, m, w, pk
 
 
-def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
-    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
+def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size=0, head_weights=None):
+    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted,
+    per-head CE."""
     ids, am, labels, _, w, pk = _batch_whitened(frozen, batch, wc)
-    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
+    out = ops.policy_mtp_loss(
+        model, ids, labels, am, w, chunk_size=chunk_size, head_weights=head_weights, **pk
+    )
     return {
+        **ops.head_metrics(out),
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
         "loss": out["unweighted_ce_loss"],
@@ -228,17 +246,20 @@ def build(
     if critic is None:
         critic = load_critic(config, mesh)
     wc = WeightingConfig.from_config(config)
-    cs = int(config.training.loss_chunk_size)
+    kw = dict(
+        chunk_size=int(config.training.loss_chunk_size),
+        head_weights=baseline.head_weights(config, policy),
+    )
     ga = int(config.training.gradient_accumulation_steps)
     t = config.training
     return TrainTask(
         model=policy,
         frozen=critic,
-        loss_fn=partial(loss_fn, wc=wc, ga=ga, chunk_size=cs),
+        loss_fn=partial(loss_fn, wc=wc, ga=ga, **kw),
         train_iter=data.train,
         trainable=load.trainable_filter(config),
         extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
-        eval_fn=partial(eval_fn, wc=wc, chunk_size=cs),
+        eval_fn=partial(eval_fn, wc=wc, **kw),
         val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",
@@ -253,6 +274,7 @@ def build(
             val_iter_fn=data.val_iter_fn,
             weigh=partial(validation_weights, wc=wc),
         ),
+        **baseline.policy_task_kwargs(config),
     )
 
 
