@@ -196,9 +196,26 @@ def apply_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         t.lora.learning_rate = 1e-4
     if "value_head" in t:
         t.value_head.learning_rate = 1e-3
+    if "warm_start" in t:  # the MTP policies: warm start, then a short NTP-led fine-tune
+        apply_small_mtp(c)
+    c.checkpoint.every_steps = 0
+    return c
+
+
+def apply_small_mtp(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`:small` schedule of the MTP-policy pipelines (docs/conversion.md, "Fine-tuning an
+    hf-to-mtp policy"): 16 steps of 4 sequences of ≤ 128 tokens (the synthetic samples are ≤ 122
+    SmolLM2 tokens): 8 warm-start steps in which only heads 1..3 train, at 2e-5 × 50, then 8
+    steps of everything at 2e-5 with head 0 weighted 10× each extra head; validation (and the
+    greedy probe on 32 validation problems) after the warm start and at the end."""
+    c.dataset.max_length = 128
+    c.data_sampling.n_samples = 400
+    t = c.training
+    t.max_steps, t.batch_size, t.eval_every_steps = 16, 4, 8
+    t.warm_start.update(steps=8, lr_scale=50.0)
+    t.head_loss_weights = (1.0,) + (0.1,) * (SMALL_N_FUTURE - 1)
     if "final_eval" in c:
         c.final_eval.probe_limit = 32
-    c.checkpoint.every_steps = 0
     return c
 
 

@@ -410,18 +410,19 @@ def closing_eval(config, result):
         temperature=0.0,
         max_new_tokens=int(fe.max_new_tokens),
     )
-    base = result.output_dir / "eval"
+    # the initial policy's numbers are kept in its own model dir: every run that starts from it
+    # (baseline and verifiable, every seed) shares one evaluation (cached_run)
+    initial = Path(config.models.policy.path)
     got = {}
-    for name, model_dir in (
-        ("initial", config.models.policy.path),
-        ("trained", result.output_dir / "final_model"),
+    for name, model_dir, out in (
+        ("initial", initial, initial / "eval" / f"greedy-{fe.benchmark}-{fe.split}"),
+        (
+            "trained",
+            result.output_dir / "final_model",
+            result.output_dir / "eval" / f"trained-{fe.benchmark}-{fe.split}",
+        ),
     ):
-        s = cached_run(
-            eval_config(
-                model_dir, base / f"{name}-{fe.benchmark}-{fe.split}", data_dir=data_dir, **keys
-            )
-        )
-        got[name] = s
+        got[name] = cached_run(eval_config(model_dir, out, data_dir=data_dir, **keys))
     result.evaluation = {
         "benchmark": fe.benchmark,
         "split": fe.split,
