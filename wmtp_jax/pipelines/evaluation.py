@@ -398,7 +398,9 @@ def cached_run(config) -> dict:
 def closing_eval(config, result):
     """End of a training run (`final_eval.enabled`): greedy pass@1 of the initial policy
     (`models.policy.path`) and of the trained one (`<output_dir>/final_model`) on
-    `final_eval.{benchmark,split}`; stored in `result.evaluation` and the run's MLflow metrics."""
+    `final_eval.{benchmark,split}`; stored in `result.evaluation` and the run's MLflow metrics.
+    The initial policy's evaluation is written to (and reused from) `<policy dir>/eval/greedy-
+    <benchmark>-<split>`, the trained one's to `<output_dir>/eval/trained-<benchmark>-<split>`."""
     fe = config.get("final_eval")
     if not fe or not fe.enabled or result.status not in ("completed", "data_exhausted"):
         return result
