@@ -180,8 +180,9 @@ def test_main_job_ends_with_greedy_pass_at_1(study):
     line = next(x for x in p.stdout.splitlines() if x.startswith("pass@1 (greedy"))
     assert line.startswith("pass@1 (greedy, synthetic test, 3 problems): initial policy "), line
     out = w / "storage/checkpoints/verifiable/verifiable-micro"
-    for name in ("initial", "trained"):
-        s = json.loads((out / f"eval/{name}-synthetic-test/summary.json").read_text())
+    # the initial policy's evaluation is kept in its model dir (shared by every run from it)
+    for d in (w / "storage/models/micro-mtp/eval/greedy", out / "eval/trained"):
+        s = json.loads((d.parent / f"{d.name}-synthetic-test/summary.json").read_text())
         assert s["temperature"] == 0.0 and s["n_problems"] == 3
     run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     m = MlflowClient(f"sqlite:///{w}/storage/mlflow/mlflow.db").get_run(run_id).data.metrics

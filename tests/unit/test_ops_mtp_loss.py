@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmtp_jax.ops import compute_mtp_ce_loss, compute_ntp_loss
+from wmtp_jax.ops import compute_mtp_ce_loss, compute_ntp_loss, head_metrics, weigh_heads
 
 # jit everywhere (eager dispatch is slow on the shared CPU); eager is checked once below
 mtp = jax.jit(compute_mtp_ce_loss, static_argnames=("n_future",))
@@ -194,3 +194,20 @@ def test_shape_errors_name_tensors():
             jnp.ones((1, 3)),
             weights=jnp.ones((1, 3, 1)),
         )
+
+
+def test_weigh_heads_is_a_weighted_mean_over_counted_heads():
+    out = {
+        "head_weighted_ce_loss": jnp.array([1.0, 2.0, 4.0, 8.0]),
+        "head_unweighted_ce_loss": jnp.array([2.0, 4.0, 6.0, 100.0]),
+        "head_valid_tokens": jnp.array([5.0, 4.0, 3.0, 0.0]),  # head 3 has no valid token
+    }
+    w = weigh_heads(out, (1.0, 0.5, 0.25, 9.0))
+    np.testing.assert_allclose(w["weighted_ce_loss"], (1 + 1 + 1) / 1.75, rtol=1e-6)
+    np.testing.assert_allclose(w["unweighted_ce_loss"], (2 + 2 + 1.5) / 1.75, rtol=1e-6)
+    u = weigh_heads(out, (1.0, 1.0, 1.0, 1.0))  # uniform = the mean over counted heads
+    np.testing.assert_allclose(u["unweighted_ce_loss"], 4.0, rtol=1e-6)
+    assert set(head_metrics(out)) == {f"ce_head_{k}" for k in range(4)}
+    assert float(head_metrics(out)["ce_head_2"]) == 6.0
+    with pytest.raises(ValueError, match="head_weights"):
+        weigh_heads(out, (1.0, 1.0))

@@ -230,8 +230,8 @@ def test_baseline_ntp_trains_head_0_only():
         got = nnx.jit(
             lambda p, cs=cs: baseline.loss_fn(p, None, batch, None, {}, chunk_size=cs, n_future=1)
         )(pol)
-        np.testing.assert_allclose(got[0], full["head_0_ce"], rtol=1e-5)
-        assert list(got[1][0]) == ["head_0_ce"]
+        np.testing.assert_allclose(got[0], full["ce_head_0"], rtol=1e-5)
+        assert list(got[1][0]) == ["ce_head_0"]
     grads = nnx.grad(lambda p: baseline.loss_fn(p, None, batch, None, {}, n_future=1)[0])(pol)
     heads = nnx.to_pure_dict(nnx.state(grads, nnx.Param))["heads"]
     per_head = jax.tree.map(lambda g: jnp.abs(g).reshape(g.shape[0], -1).sum(1), heads)

@@ -15,12 +15,13 @@ def get_config(variant: str = "micro"):
         variant,
         "uniform-weight MTP baseline",
         {"models": {"policy": parts.policy_entry(variant)}},
-        parts.data(variant, use_pairwise=False),
+        parts.data(variant, use_pairwise=False, mtp_policy=True),
         parts.mtp_training(variant, batch_7b=48, ga_7b=2),
         parts.loss_chunking(variant),
         # heads the CE trains: 0 = all K (MTP); 1 = next-token CE on head 0 only, the same trunk
         # (the study's `ntp` control: heads 1..K-1 get no gradient and decoding uses head 0)
         {"training": {"loss_heads": 0}},
+        parts.final_eval(variant, enabled=variant == "small"),
     )
 
 
@@ -32,3 +33,4 @@ def validate(c):
     common._check(
         c.training.loss_heads >= 0, "training.loss_heads", c.training.loss_heads, "need ≥ 0"
     )
+    parts.validate_mtp_training(c)

@@ -37,6 +37,7 @@ HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 # owned by pipelines/critic.py, above the configs: the one list kept here
 VALUE_LOSSES = ("pairwise_ranking", "lambda_return", "first_divergence", "prefix_mc")
+WARM_START_MODES = ("auto", "on", "off")  # training.warm_start.mode
 
 
 def critic_output(variant: str) -> str:
@@ -87,20 +88,25 @@ def data(
     seed: int = 42,
     max_pairs_per_problem: int | None = None,
     use_length_balanced: bool = False,
+    mtp_policy: bool = False,
 ) -> dict:
     """dataset.*, data_sampling.*, data.* (the original's names). max_pairs_per_problem None:
-    8 on a CPU, 60 for 7b."""
+    8 on a CPU, 60 for 7b. mtp_policy: an MTP-policy pipeline, whose `:small` fine-tune reads 400
+    samples of ≤ 128 tokens (the synthetic samples are ≤ 122 SmolLM2 tokens)."""
     cpu = variant != "7b"
     n_samples, val_n_samples = {"micro": (4000, 128), "small": (64, 8), "7b": (200000, 500)}[
         variant
     ]
+    small_policy = variant == "small" and mtp_policy
+    n_samples = 400 if small_policy else n_samples
+    max_length = 128 if small_policy else {"micro": 128, "small": 256, "7b": 2048}[variant]
     return {
         "dataset": {
             "name": "synthetic" if cpu else "codecontests",
             "path": MICRO_DATASET if cpu else PROD_DATASET,
             "train": "train",
             "validation": "valid",
-            "max_length": {"micro": 128, "small": 256, "7b": 2048}[variant],
+            "max_length": max_length,
         },
         "data_sampling": {
             "seed": seed,
@@ -132,8 +138,24 @@ def lora_entry(rank: int, alpha: float, dropout: float, targets) -> dict:
 def mtp_training(variant: str, *, batch_7b: int, ga_7b: int) -> dict:
     """LoRA and step schedule shared by the MTP-policy pipelines (baseline, verifiable, rho1):
     micro = full fine-tuning, 600 steps of 16 at LR 3e-3 (docs/training.md, the micro setting);
-    small = 4 steps of 2 at 2e-5; 7b = LoRA r64/α128 on all seven projections, LR 1e-4,
-    LoRA-only checkpoints, the production global batch."""
+    small = the NTP→MTP fine-tune of an hf-to-mtp policy (docs/conversion.md): 16 steps of 4 at
+    2e-5, the first 8 a warm start in which only heads 1..K−1 train (at 2e-5 × 50), then
+    everything with head 0 weighted 10× each extra head; 7b = LoRA r64/α128 on all seven
+    projections, LR 1e-4, LoRA-only checkpoints, the production global batch."""
+    small = variant == "small"
+    # NTP→MTP warm start (docs/conversion.md): for `steps` optimizer steps only heads 1..K−1
+    # train, at learning_rate × lr_scale (trunk, norm, embeddings and head 0 frozen). auto = on
+    # for a policy made by hf-to-mtp (untrained extra heads), off otherwise (Meta's MTP
+    # checkpoints, micro-mtp).
+    heads = {
+        "warm_start": {
+            "mode": "auto",
+            "steps": 8 if small else 20,
+            "lr_scale": 50.0 if small else 1.0,
+        },
+        # per-head loss weights [K] (() = uniform): the loss is Σ w_k·CE_k / Σ w_k
+        "head_loss_weights": (1.0,) + (0.1,) * (SMALL_N_FUTURE - 1) if small else (),
+    }
     if variant == "7b":
         lora = {"use_lora": True, "lora": lora_entry(64, 128.0, 0.05, MTP_TARGETS)}
         steps = common.schedule(
@@ -148,10 +170,24 @@ def mtp_training(variant: str, *, batch_7b: int, ga_7b: int) -> dict:
             checkpoint_every_steps=200,
             save_lora_only=True,
         )
+    elif small:
+        lora = {"use_lora": False, "lora": lora_entry(16, 32.0, 0.05, MTP_TARGETS)}
+        steps = common.schedule(
+            variant,
+            max_steps=16,
+            batch_size=4,
+            gradient_accumulation_steps=1,
+            learning_rate=2e-5,
+            eval_every_steps=8,
+            warmup_ratio=0.0,
+            min_lr_ratio=0.1,
+            checkpoint_every_steps=0,
+            save_lora_only=False,
+        )
     else:
         lora = {"use_lora": False, "lora": lora_entry(16, 32.0, 0.05, MTP_TARGETS)}
         steps = cpu_schedule(variant, max_steps=600, batch_size=16, eval_every_steps=200)
-    return common.merge({"training": lora}, steps)
+    return common.merge({"training": {**lora, **heads}}, steps)
 
 
 def cpu_schedule(
@@ -197,6 +233,23 @@ def loss_chunking(variant: str) -> dict:
     head) pairs per row per scan step). 512 is measured at 23.5 % of the dense step's memory at
     V=32000, K=4, S=2048 (4096: 35 %, over the 30 % target; docs/performance.md (b))."""
     return {"training": {"loss_chunk_size": 512 if variant == "7b" else 0}}
+
+
+def final_eval(variant: str, *, enabled: bool | None = None) -> dict:
+    """final_eval.*: closing the loop, greedy pass@1 of the initial and the trained policy at the
+    end (default: micro and small); probe_limit > 0: also greedy pass@1 of head 0 on the first
+    probe_limit problems of probe_split at each validation (`val/pass1_head0`; `:small` 32)."""
+    return {
+        "final_eval": {
+            "enabled": variant != "7b" if enabled is None else enabled,
+            "benchmark": "synthetic",
+            "split": "test",
+            "limit": 0,
+            "max_new_tokens": 96,
+            "probe_split": "valid",
+            "probe_limit": 32 if variant == "small" else 0,
+        }
+    }
 
 
 def _check(ok, key, value, want):
@@ -249,6 +302,35 @@ def validate_data(c: ml_collections.ConfigDict):
 
 def validate_loss_chunking(c: ml_collections.ConfigDict):
     common.check_int(c, "training.loss_chunk_size", 0)
+
+
+def validate_mtp_training(c: ml_collections.ConfigDict):
+    """training.warm_start, training.head_loss_weights and final_eval (MTP-policy pipelines)."""
+    t = c.training
+    validate_choice(t.warm_start.mode, "training.warm_start.mode", WARM_START_MODES)
+    _check(t.warm_start.steps >= 0, "training.warm_start.steps", t.warm_start.steps, "need ≥ 0")
+    _check(
+        t.warm_start.lr_scale > 0,
+        "training.warm_start.lr_scale",
+        t.warm_start.lr_scale,
+        "need > 0",
+    )
+    w = tuple(t.head_loss_weights)
+    _check(
+        all(x >= 0 for x in w) and (not w or sum(w) > 0),
+        "training.head_loss_weights",
+        w,
+        "need () or K weights ≥ 0, not all 0",
+    )
+    fe = c.get("final_eval")
+    if fe is not None:
+        _check(fe.probe_limit >= 0, "final_eval.probe_limit", fe.probe_limit, "need ≥ 0")
+        _check(
+            fe.probe_split != fe.split or fe.probe_limit == 0,
+            "final_eval.probe_split",
+            fe.probe_split,
+            f"the probe must not look at the evaluated split {fe.split!r}",
+        )
 
 
 def validate_lora(c: ml_collections.ConfigDict, allowed):

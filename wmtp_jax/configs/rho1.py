@@ -32,7 +32,7 @@ def get_config(variant: str = "micro"):
                 },
             }
         },
-        parts.data(variant, use_pairwise=False),
+        parts.data(variant, use_pairwise=False, mtp_policy=True),
         parts.mtp_training(variant, batch_7b=128, ga_7b=1),
         {"training": {"k_percent": 0.7 if variant == "7b" else 0.6, "rho1_mode": "signed"}},
     )
@@ -42,6 +42,7 @@ def validate(c):
     """Pipeline-specific value checks (ValueError naming the key); run again after overrides."""
     parts.validate_data(c)
     parts.validate_lora(c, parts.MTP_TARGETS)
+    parts.validate_mtp_training(c)
     common._check(
         0 < c.training.k_percent <= 1,
         "training.k_percent",

@@ -46,19 +46,13 @@ def get_config(variant: str = "micro"):
                 "td_ema_momentum": 0.1,
                 "td_ema_warmup_steps": 5 if cpu else 10,
             },
-            # closing the loop: greedy pass@1 of the initial and the trained policy at the end
-            "final_eval": {
-                "enabled": cpu,
-                "benchmark": "synthetic",
-                "split": "test",
-                "limit": 0,
-                "max_new_tokens": 96,
-            },
             "data": {"use_negatives": False},  # true: also train on each pair's incorrect side
         },
-        parts.data(variant, use_pairwise=False),
+        parts.data(variant, use_pairwise=False, mtp_policy=True),
         parts.mtp_training(variant, batch_7b=48, ga_7b=2),
         parts.loss_chunking(variant),
+        # closing the loop: greedy pass@1 of the initial and the trained policy at the end
+        parts.final_eval(variant),
     )
 
 
@@ -69,6 +63,7 @@ def validate(c):
     parts.validate_loss_chunking(c)
     common.check_int(c, "final_eval.limit", 0)
     common.check_int(c, "final_eval.max_new_tokens", 1)
+    parts.validate_mtp_training(c)
     t = c.training
     parts.validate_choice(c.weighting.advantage, "weighting.advantage", parts.ADVANTAGES)
     parts.validate_choice(c.weighting.whitening, "weighting.whitening", parts.WHITENINGS)

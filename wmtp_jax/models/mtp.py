@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .args import ModelArgs
@@ -149,3 +150,14 @@ class MTPTransformer(nnx.Module):
         if cache is not None:
             out = out + (new_cache,)
         return out[0] if len(out) == 1 else out
+
+
+def extra_heads_mask(path: str, shape: tuple, scale: float = 1.0) -> np.ndarray:
+    """Warm-start multiplier of one parameter (`train.step.warm_start_multipliers`): `scale` on
+    heads 1..K−1 of a stacked head parameter (`heads/...`, leading axis K), 0 on head 0, the
+    trunk, the norm and the embeddings (tied output included)."""
+    if not path.startswith("heads/"):
+        return np.zeros((), np.float32)
+    m = np.full((shape[0],) + (1,) * (len(shape) - 1), scale, np.float32)
+    m[0] = 0.0
+    return m

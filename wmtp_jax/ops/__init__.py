@@ -15,7 +15,12 @@ from wmtp_jax.ops.critic_loss import (
     segment_mean_value,
     sequence_mean_value,
 )
-from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, compute_ntp_loss
+from wmtp_jax.ops.mtp_loss import (
+    compute_mtp_ce_loss,
+    compute_ntp_loss,
+    head_metrics,
+    weigh_heads,
+)
 from wmtp_jax.ops.policy_loss import policy_mtp_loss
 from wmtp_jax.ops.rho1 import compute_mtp_selective_weights, masked_quantile
 from wmtp_jax.ops.stats import (
@@ -69,6 +74,7 @@ __all__ = [
     "compute_value_function_stats",
     "compute_weight_clipping_ratio",
     "compute_weight_statistics",
+    "head_metrics",
     "create_output_end_mask",
     "fold_ema",
     "get_scheduled_lambda",
@@ -85,4 +91,5 @@ __all__ = [
     "td_ema_metrics",
     "td_ema_stats",
     "td_ema_update",
+    "weigh_heads",
 ]

@@ -99,6 +99,29 @@ def reduce_head_losses(ce: jax.Array, mask: jax.Array, weights: jax.Array) -> di
     }
 
 
+def weigh_heads(out: dict, head_weights) -> dict:
+    """The loss dict with its two scalar losses re-reduced over heads with `head_weights` `[K]`
+    (≥ 0, not all 0): Σ_k c_k·h_k·L_k / Σ_k c_k·h_k, c_k = 1 if head k has a valid token.
+    h = ones gives the dict unchanged (the mean over counted heads)."""
+    h = jnp.asarray(head_weights, jnp.float32)
+    k = out["head_unweighted_ce_loss"].shape[0]
+    if h.shape != (k,):
+        raise ValueError(f"head_weights: expected shape ({k},), got {h.shape}")
+    c = (out["head_valid_tokens"] > 0).astype(jnp.float32) * h
+    norm = jnp.maximum(jnp.sum(c), 1e-30)
+    return dict(
+        out,
+        weighted_ce_loss=jnp.sum(out["head_weighted_ce_loss"] * c) / norm,
+        unweighted_ce_loss=jnp.sum(out["head_unweighted_ce_loss"] * c) / norm,
+    )
+
+
+def head_metrics(out: dict) -> dict:
+    """{"ce_head_<k>": unweighted CE of head k} (float32 scalars) from a loss dict."""
+    per_head = out["head_unweighted_ce_loss"].astype(jnp.float32)
+    return {f"ce_head_{k}": per_head[k] for k in range(per_head.shape[0])}
+
+
 def compute_mtp_ce_loss(
     logits: jax.Array,
     labels: jax.Array,

@@ -4,7 +4,7 @@ vocabulary from the head latents (no `[B,S,K,V]` logits)."""
 from __future__ import annotations
 
 from wmtp_jax.ops.chunked_loss import chunked_mtp_ce_loss
-from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss
+from wmtp_jax.ops.mtp_loss import compute_mtp_ce_loss, weigh_heads
 
 
 def policy_mtp_loss(
@@ -18,12 +18,39 @@ def policy_mtp_loss(
     segment_ids=None,
     positions=None,
     n_future: int | None = None,
+    head_weights=None,
 ) -> dict:
     """compute_mtp_ce_loss of `policy(input_ids)`; chunk_size > 0 uses the chunked CE on the
     head latents (`policy.latents`, `policy.norm.scale`, `policy.output_kernel()`). Packed
     batches pass `segment_ids` / `positions` `[B,S]` (attention and targets stay inside each
     sequence). `n_future`: only the first n heads' CE (None = all K; 1 = next-token CE).
-    Returns the loss dict (weighted / unweighted CE, per-head CE, ...)."""
+    `head_weights` `[n]` (None = uniform): the scalar losses are the head-weighted means
+    (`weigh_heads`). Returns the loss dict (weighted / unweighted CE, per-head CE, ...)."""
+    out = _loss(
+        policy,
+        input_ids,
+        labels,
+        attention_mask,
+        weights,
+        chunk_size,
+        segment_ids,
+        positions,
+        n_future,
+    )
+    return out if head_weights is None else weigh_heads(out, head_weights)
+
+
+def _loss(
+    policy,
+    input_ids,
+    labels,
+    attention_mask,
+    weights,
+    chunk_size,
+    segment_ids,
+    positions,
+    n_future,
+):
     pk = dict(segment_ids=segment_ids, positions=positions)
     if chunk_size and chunk_size > 0:
         _, lat = policy.latents(input_ids, **pk)

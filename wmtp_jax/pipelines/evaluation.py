@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 from absl import logging
+from flax import nnx
 
 from wmtp_jax.configs import evaluation as evaluation_config
 from wmtp_jax.configs.common import validate_config
@@ -308,6 +309,66 @@ def _report(config, info: dict, summary: dict, samples, results, sweep: dict):
 # ---- evaluation as a step of another run ------------------------------------------------------
 
 
+class GreedyProbe:
+    """Greedy pass@1 of head 0 of the model being trained, on the first `limit` problems of a
+    validation split, with closing_eval's prompt and token budget: a training run's
+    `val/pass1_head0` at each validation (TrainTask.probe). One Sampler, compiled once; each
+    call points it at the current parameters."""
+
+    def __init__(self, benchmark, data_dir, split, limit, max_new_tokens, tok_dir, batch_size=32):
+        self.benchmark, self.split = benchmark, split
+        self.tokenizer = load_tokenizer(tok_dir)
+        self.end_ids = end_ids(tok_dir)
+        self.problems = load_problems(benchmark, data_dir, split, limit=int(limit))
+        self.cfg = SamplingConfig(temperature=0.0, max_new_tokens=int(max_new_tokens))
+        self.batch_size = min(int(batch_size), len(self.problems))
+        self.sampler = self.texts = None
+
+    def __call__(self, model) -> dict:
+        if self.sampler is None:
+            self.sampler = Sampler(
+                model,
+                eos_id=self.tokenizer.eos_token_id,
+                pad_id=self.tokenizer.pad_token_id or 0,
+                batch_size=self.batch_size,
+                end_ids=self.end_ids,
+            )
+            self.texts = token_texts(self.tokenizer, self.sampler.vocab_size)
+        else:
+            view = nnx.view(model, deterministic=True, raise_if_not_found=False)
+            self.sampler.state = nnx.split(view)[1]
+        samples = completions(
+            self.sampler,
+            self.tokenizer,
+            self.problems,
+            self.benchmark,
+            1,
+            self.cfg,
+            texts=self.texts,
+        )
+        summary, _ = score_samples(
+            self.benchmark,
+            samples,
+            split=self.split,
+            ks=(1,),
+            problems=self.problems,
+            progress=False,
+        )
+        return {"pass1_head0": summary["pass@1"]}
+
+
+def greedy_probe(config, tok_dir) -> GreedyProbe | None:
+    """The run's GreedyProbe (`final_eval.probe_limit` > 0 problems of `final_eval.probe_split`),
+    or None."""
+    fe = config.get("final_eval")
+    if not fe or int(fe.get("probe_limit", 0)) <= 0:
+        return None
+    data_dir = str(Path(config.dataset.path).parent)
+    return GreedyProbe(
+        fe.benchmark, data_dir, fe.probe_split, fe.probe_limit, fe.max_new_tokens, tok_dir
+    )
+
+
 def eval_config(checkpoint, output_dir, *, data_dir: str, **overrides):
     """The micro evaluation config for `checkpoint` → `output_dir`, with `overrides` (config keys,
     e.g. temperature, limit) and MLflow off: the caller logs the numbers into its own run."""
@@ -337,7 +398,9 @@ def cached_run(config) -> dict:
 def closing_eval(config, result):
     """End of a training run (`final_eval.enabled`): greedy pass@1 of the initial policy
     (`models.policy.path`) and of the trained one (`<output_dir>/final_model`) on
-    `final_eval.{benchmark,split}`; stored in `result.evaluation` and the run's MLflow metrics."""
+    `final_eval.{benchmark,split}`; stored in `result.evaluation` and the run's MLflow metrics.
+    The initial policy's evaluation is written to (and reused from) `<policy dir>/eval/greedy-
+    <benchmark>-<split>`, the trained one's to `<output_dir>/eval/trained-<benchmark>-<split>`."""
     fe = config.get("final_eval")
     if not fe or not fe.enabled or result.status not in ("completed", "data_exhausted"):
         return result
@@ -349,18 +412,19 @@ def closing_eval(config, result):
         temperature=0.0,
         max_new_tokens=int(fe.max_new_tokens),
     )
-    base = result.output_dir / "eval"
+    # the initial policy's numbers are kept in its own model dir: every run that starts from it
+    # (baseline and verifiable, every seed) shares one evaluation (cached_run)
+    initial = Path(config.models.policy.path)
     got = {}
-    for name, model_dir in (
-        ("initial", config.models.policy.path),
-        ("trained", result.output_dir / "final_model"),
+    for name, model_dir, out in (
+        ("initial", initial, initial / "eval" / f"greedy-{fe.benchmark}-{fe.split}"),
+        (
+            "trained",
+            result.output_dir / "final_model",
+            result.output_dir / "eval" / f"trained-{fe.benchmark}-{fe.split}",
+        ),
     ):
-        s = cached_run(
-            eval_config(
-                model_dir, base / f"{name}-{fe.benchmark}-{fe.split}", data_dir=data_dir, **keys
-            )
-        )
-        got[name] = s
+        got[name] = cached_run(eval_config(model_dir, out, data_dir=data_dir, **keys))
     result.evaluation = {
         "benchmark": fe.benchmark,
         "split": fe.split,

@@ -25,7 +25,7 @@ from wmtp_jax.pipelines.bootstrap import load_frozen_entry, setup
 from wmtp_jax.train.loop import TrainTask, fit
 
 
-def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
+def selective_loss(policy, reference, batch, *, k_percent: float, mode: str, head_weights=None):
     """(loss dict, weights [B,S,K], selection stats) from one policy forward."""
     ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     pk = packing_of(batch)  # packed batches: both models see the segments
@@ -36,12 +36,17 @@ def selective_loss(policy, reference, batch, *, k_percent: float, mode: str):
     w, stats = ops.compute_mtp_selective_weights(
         jax.lax.stop_gradient(logits), ref_logits, labels, m, k_percent, mode, segment_ids=seg
     )
-    return ops.compute_mtp_ce_loss(logits, labels, am, w, segment_ids=seg), w, stats, m
+    out = ops.compute_mtp_ce_loss(logits, labels, am, w, segment_ids=seg)
+    out = out if head_weights is None else ops.weigh_heads(out, head_weights)
+    return out, w, stats, m
 
 
-def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str):
-    out, w, stats, m = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
+def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str, head_weights=None):
+    out, w, stats, m = selective_loss(
+        model, frozen, batch, k_percent=k_percent, mode=mode, head_weights=head_weights
+    )
     metrics = {
+        **ops.head_metrics(out),
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
         "selection_ratio": stats["selection_ratio"],
@@ -57,10 +62,12 @@ def loss_fn(model, frozen, batch, rng, extra, *, k_percent: float, mode: str):
     return out["weighted_ce_loss"], (metrics, extra)
 
 
-def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str):
+def eval_fn(model, frozen, batch, extra, *, k_percent: float, mode: str, head_weights=None):
     """val/weighted_ce_loss, val/unweighted_ce_loss, val/head0_ce_loss, val/excess_loss,
     val/loss (= unweighted). Same normalisation as training (the original's differed)."""
-    out, _, stats, _ = selective_loss(model, frozen, batch, k_percent=k_percent, mode=mode)
+    out, _, stats, _ = selective_loss(
+        model, frozen, batch, k_percent=k_percent, mode=mode, head_weights=head_weights
+    )
     return {
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
@@ -92,7 +99,11 @@ def build(
             f"models.reference vocab_size {reference.args.vocab_size} != policy "
             f"vocab_size {policy.args.vocab_size}: they must share the tokenizer"
         )
-    kw = dict(k_percent=float(config.training.k_percent), mode=config.training.rho1_mode)
+    kw = dict(
+        k_percent=float(config.training.k_percent),
+        mode=config.training.rho1_mode,
+        head_weights=baseline.head_weights(config, policy),
+    )
     return TrainTask(
         model=policy,
         frozen=reference,
@@ -106,6 +117,7 @@ def build(
         count_tokens=loaders.count_response_tokens,
         batches_per_epoch=loaders.steps_per_epoch(data),
         export_fn=baseline.export_policy(config, policy),
+        **baseline.policy_task_kwargs(config),
     )
 
 

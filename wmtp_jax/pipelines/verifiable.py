@@ -77,6 +77,7 @@ def loss_fn(
     ga: int,
     chunk_size: int = 0,
     control: tuple = ("none", 1.0),
+    head_weights=None,
 ):
     """`control` = (weighting.control, weighting.oracle_ratio): the study's controls replace the
     weights after they are computed (wmtp_jax.weighting.controls); the EMA still sees the
@@ -90,9 +91,12 @@ def loss_fn(
     w = apply_control(
         control[0], w, m, key=rng, critical=batch.get("critical"), ratio=float(control[1])
     )
-    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
+    out = ops.policy_mtp_loss(
+        model, ids, labels, am, w, chunk_size=chunk_size, head_weights=head_weights, **pk
+    )
     new_extra = advance_extra(extra, adv, m, ga)
     metrics = {
+        **ops.head_metrics(out),
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
         "loss_ratio": out["weighted_ce_loss"] / (out["unweighted_ce_loss"] + 1e-8),
@@ -119,11 +123,15 @@ def _batch_whitened(frozen, batch, wc: WeightingConfig):
     return ids, am, labels, m, w, pk
 
 
-def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size: int = 0):
-    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted."""
+def eval_fn(model, frozen, batch, extra, *, wc: WeightingConfig, chunk_size=0, head_weights=None):
+    """Batch whitening (the original's validation): weighted / unweighted CE, loss = unweighted,
+    per-head CE."""
     ids, am, labels, _, w, pk = _batch_whitened(frozen, batch, wc)
-    out = ops.policy_mtp_loss(model, ids, labels, am, w, chunk_size=chunk_size, **pk)
+    out = ops.policy_mtp_loss(
+        model, ids, labels, am, w, chunk_size=chunk_size, head_weights=head_weights, **pk
+    )
     return {
+        **ops.head_metrics(out),
         "weighted_ce_loss": out["weighted_ce_loss"],
         "unweighted_ce_loss": out["unweighted_ce_loss"],
         "loss": out["unweighted_ce_loss"],
@@ -163,7 +171,10 @@ def build(
     if critic is None:
         critic = load_critic(config, mesh)
     wc = WeightingConfig.from_config(config)
-    cs = int(config.training.loss_chunk_size)
+    kw = dict(
+        chunk_size=int(config.training.loss_chunk_size),
+        head_weights=baseline.head_weights(config, policy),
+    )
     ga = int(config.training.gradient_accumulation_steps)
     t = config.training
     return TrainTask(
@@ -173,13 +184,13 @@ def build(
             loss_fn,
             wc=wc,
             ga=ga,
-            chunk_size=cs,
             control=(config.weighting.control, float(config.weighting.oracle_ratio)),
+            **kw,
         ),
         train_iter=data.train,
         trainable=load.trainable_filter(config.training.use_lora),
         extra_state=init_extra(float(t.td_ema_momentum), int(t.td_ema_warmup_steps)),
-        eval_fn=partial(eval_fn, wc=wc, chunk_size=cs),
+        eval_fn=partial(eval_fn, wc=wc, **kw),
         val_iter_fn=data.val_iter_fn,
         best_metric="val/loss",
         best_mode="min",
@@ -194,6 +205,7 @@ def build(
             val_iter_fn=data.val_iter_fn,
             weigh=partial(validation_weights, wc=wc),
         ),
+        **baseline.policy_task_kwargs(config),
     )
 
 

@@ -69,6 +69,11 @@ class TrainTask:
     batches_per_epoch: micro-batches per process per epoch (used when training.max_steps = -1).
     export_fn(model, directory): writes the final model directory (e.g. checkpoint.export_model).
     on_end(model, frozen, tracker): extra artifacts at the end (e.g. plots).
+    warm_start_steps / warm_start_mask(path, shape) -> multiplier: for the first
+      warm_start_steps optimizer steps only the parameters (or slices, e.g. heads 1.. of a
+      stacked head parameter) with multiplier 1 are trained; the others are bit-for-bit frozen.
+    probe(model) -> {name: float}: a host-side check of the current model at each validation
+      (e.g. greedy pass@1 by generation), logged with the validation metrics ("val/<name>").
     """
 
     model: nnx.Module
@@ -87,6 +92,9 @@ class TrainTask:
     batches_per_epoch: int | None = None
     export_fn: Callable[[nnx.Module, Path], Any] | None = None
     on_end: Callable[[nnx.Module, Any, Tracker], Any] | None = None
+    warm_start_steps: int = 0
+    warm_start_mask: Callable[[str, tuple], Any] | None = None
+    probe: Callable[[nnx.Module], Mapping[str, float]] | None = None
 
 
 @dataclasses.dataclass
@@ -239,23 +247,30 @@ class Evaluation:
             raise ValueError(f"TrainTask.best_mode={task.best_mode!r}; one of min, max")
         self.c, self.mesh = compiled, mesh
         self.val_iter_fn = task.val_iter_fn
+        self.probe = task.probe
         self.metric = task.best_metric
         self.sign = 1.0 if task.best_mode == "max" else -1.0
         self.best = best
 
     def metrics(self, state) -> dict:
-        """{"val/<name>": mean over the validation batches}; {} without eval_fn or batches."""
+        """{"val/<name>": mean over the validation batches} and the probe's metrics; {} without
+        eval_fn or batches and without a probe."""
         c = self.c
-        if c.eval_step is None or self.val_iter_fn is None:
-            return {}
-        outs = [
-            c.eval_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(b, self.mesh))
-            for b in self.val_iter_fn()
-        ]
-        if not outs:
-            return {}
-        rows = jax.device_get(outs)
-        return {_name(k, "val"): float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        out = {}
+        if c.eval_step is not None and self.val_iter_fn is not None:
+            outs = [
+                c.eval_step(state, c.fixed, c.frozen_state, mesh_lib.shard_batch(b, self.mesh))
+                for b in self.val_iter_fn()
+            ]
+            rows = jax.device_get(outs)
+            out = (
+                {_name(k, "val"): float(np.mean([r[k] for r in rows])) for k in rows[0]}
+                if rows
+                else {}
+            )
+        if self.probe is not None:
+            out.update({_name(k, "val"): float(v) for k, v in self.probe(c.model(state)).items()})
+        return out
 
     def improves(self, val: dict, step: int) -> bool:
         """Whether `val` beats the best value so far (which it then becomes)."""

@@ -180,10 +180,31 @@ def _merge_frozen(frozen_graph, frozen_state):
     return frozen
 
 
+def warm_start_multipliers(params, mask_fn: Callable[[str, tuple], Any]):
+    """The warm-start mask: per trainable leaf `mask_fn(path, shape)`, a float32 multiplier
+    broadcastable to the leaf (0 = frozen during the warm start; m > 0 = trained, its AdamW
+    update times m, i.e. at learning rate × m)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, p: jnp.asarray(mask_fn(path_str(kp), tuple(p.shape)), F32), params
+    )
+
+
+def _masked(tree, mask, on):
+    """`tree` times `mask` while `on` (a traced bool), else `tree` (dtypes kept)."""
+    return jax.tree.map(lambda x, m: jnp.where(on, x * m, x).astype(x.dtype), tree, mask)
+
+
 def _train_step_fn(task, graphdef, frozen_graph, tx, schedules, grads_sh, config) -> Callable:
-    """(state, fixed, frozen_state, batch[GA, B, ...]) -> (state, metrics), to be jitted."""
+    """(state, fixed, frozen_state, batch[GA, B, ...]) -> (state, metrics), to be jitted.
+
+    Warm start (`task.warm_start_steps` > 0): for optimizer steps 1..N the gradients (before
+    clipping, so the frozen part neither fills Adam's moments nor the global norm) and the
+    updates (after AdamW, so weight decay does not move it either) are multiplied by
+    `task.warm_start_mask` (the gradients by 1 where it is > 0): a parameter with multiplier 0
+    is bit-for-bit unchanged."""
     ga = int(config.training.gradient_accumulation_steps)
     max_norm = float(config.training.max_grad_norm)
+    n_warm = int(task.warm_start_steps or 0)
 
     def train_step(state, fixed, frozen_state, batch):
         rng, step_rng = jax.random.split(state["rng"])
@@ -194,8 +215,14 @@ def _train_step_fn(task, graphdef, frozen_graph, tx, schedules, grads_sh, config
         )
         grads = jax.tree.map(lambda g, p: (g / ga).astype(p.dtype), gsum, state["params"])
         grads = jax.lax.with_sharding_constraint(grads, grads_sh)
+        if n_warm > 0:
+            warm = state["step"] < n_warm
+            mask = warm_start_multipliers(grads, task.warm_start_mask)
+            grads = _masked(grads, jax.tree.map(lambda m: (m > 0).astype(F32), mask), warm)
         grads, clip = clip_by_global_norm(grads, max_norm)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        if n_warm > 0:
+            updates = _masked(updates, mask, warm)
         params = optax.apply_updates(state["params"], updates)
         out = {k: jnp.mean(v) for k, v in metrics.items()}
         out.update(loss=jnp.mean(losses), **clip)
