@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from wmtp_jax.bench import flops
 from wmtp_jax.compile import hlo, topology
 from wmtp_jax.compile.aot import oom_line, per_device_bytes
-from wmtp_jax.models import presets
+from wmtp_jax.models import architectures
 from wmtp_jax.models.args import ModelArgs
 
 
@@ -117,16 +117,18 @@ def test_presets_match_published_sizes():
         emb = a.vocab_size * a.dim * (1 if a.tie_embeddings else 2)
         return emb + a.n_layers * flops.block_params(a)
 
-    assert n_params(presets.preset_args("sheared-llama-2.7b")) == pytest.approx(2.7e9, rel=0.02)
-    assert n_params(presets.preset_args("llama-3.2-1b")) == pytest.approx(1.24e9, rel=0.01)
-    assert n_params(presets.preset_args("smollm2-135m")) == pytest.approx(1.35e8, rel=0.01)
-    mtp = presets.preset_args("meta-mtp-7b-1t-4")
+    assert n_params(architectures.preset_args("sheared-llama-2.7b")) == pytest.approx(
+        2.7e9, rel=0.02
+    )
+    assert n_params(architectures.preset_args("llama-3.2-1b")) == pytest.approx(1.24e9, rel=0.01)
+    assert n_params(architectures.preset_args("smollm2-135m")) == pytest.approx(1.35e8, rel=0.01)
+    mtp = architectures.preset_args("meta-mtp-7b-1t-4")
     assert (mtp.n_trunk_layers, mtp.n_future_tokens, mtp.hidden_dim) == (28, 4, 11008)
-    assert presets.preset_args("meta-mtp-7b-1t-4", n_future_tokens=2).n_trunk_layers == 30
-    assert presets.preset_for_path("storage/models/meta-llama-mtp") == "meta-mtp-7b-1t-4"
-    assert presets.preset_for_path("x/critic/critic-7b/final_model") == "sheared-llama-2.7b"
+    assert architectures.preset_args("meta-mtp-7b-1t-4", n_future_tokens=2).n_trunk_layers == 30
+    assert architectures.preset_for_path("storage/models/meta-llama-mtp") == "meta-mtp-7b-1t-4"
+    assert architectures.preset_for_path("x/critic/critic-7b/final_model") == "sheared-llama-2.7b"
     with pytest.raises(ValueError, match="valid:"):
-        presets.preset_args("gpt-5")
+        architectures.preset_args("gpt-5")
 
 
 def test_per_device_bytes_of_sharded_specs():

@@ -3,5 +3,5 @@
 
 topology.py: names and the chip table; task.py: the pipeline's train task on abstract models;
 aot.py: lowering and compiling the train step and the decoding path; hlo.py: FLOPs, collectives
-and HBM traffic of the optimized HLO; report.py: memory, roofline and MFU per device.
+and HBM traffic of the optimized HLO; roofline.py: memory, roofline and MFU per device.
 """

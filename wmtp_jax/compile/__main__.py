@@ -1,7 +1,7 @@
 """`python -m wmtp_jax.compile --config=configs/<pipeline>.py[:variant] --topology=<name>
 [--out FILE] [--config.key=value ...]`: compile a pipeline's train step and its decoding path
 for an accelerator topology on this (CPU-only) machine, and report per device memory, FLOPs,
-collectives and a roofline estimate (wmtp_jax.compile.report).
+collectives and a roofline estimate (wmtp_jax.compile.roofline).
 
 Exit status: 0 the step fits; 3 it does not (one line: `needs 41.2 GiB per device, v5e has 16
 GiB`); 2 a bad topology name or config (one `error:` line).
@@ -16,7 +16,7 @@ from absl import app, flags
 
 from wmtp_jax import main as main_lib
 from wmtp_jax.bench import flops as flops_lib
-from wmtp_jax.compile import aot, report, topology
+from wmtp_jax.compile import aot, roofline, topology
 from wmtp_jax.compile import task as task_lib
 from wmtp_jax.configs.common import ConfigError, validate_config
 from wmtp_jax.models.lora import HF_TO_META_TARGET
@@ -155,18 +155,18 @@ def run(
         prog, extra = aot.train_program(config, topo, mesh, task)
         flops = analytic_train_flops(config, info)
         extra["tokens_per_step"] = tokens_per_step(config)
-        result["train"] = report.section(prog, topo, flops / n, extra)
-        print(report.render("train", result["train"], topo))
+        result["train"] = roofline.section(prog, topo, flops / n, extra)
+        print(roofline.render("train", result["train"], topo))
         if decode and config.pipeline != "critic":
             b = decode_batch or int(config.training.batch_size)
             seq = int(config.dataset.max_length)
             pre, dec, meta = aot.decode_programs(config, topo, mesh, info, b, seq // 2, seq)
             args = next(v for v in info.values() if v["trained"])["args"]
             df = flops_lib.decode_flops(args, b, seq // 2, seq)
-            result["decode"] = report.section(dec, topo, df["step"] / n, meta)
-            result["decode"]["prefill"] = report.section(pre, topo, df["prefill"] / n, meta)
-            print(report.render("prefill", result["decode"]["prefill"], topo))
-            print(report.render("decode step", result["decode"], topo))
+            result["decode"] = roofline.section(dec, topo, df["step"] / n, meta)
+            result["decode"]["prefill"] = roofline.section(pre, topo, df["prefill"] / n, meta)
+            print(roofline.render("prefill", result["decode"]["prefill"], topo))
+            print(roofline.render("decode step", result["decode"], topo))
         else:
             result["decode"] = {"skipped": "the critic pipeline trains a value model (no decoding)"}
     except aot.DoesNotFit as e:

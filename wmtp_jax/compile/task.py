@@ -10,7 +10,7 @@ filter, optimizer groups and extra state are exactly the run's.
 
 Shapes come from the configured model dir (`model_config.json`) when it exists, else from an
 architecture preset: the one named on the command line, or the one the dir's name stands for
-(`wmtp_jax.models.presets.preset_for_path`; micro dirs → the bootstrap's micro shapes).
+(`wmtp_jax.models.architectures.preset_for_path`; micro dirs → the bootstrap's micro shapes).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flax import nnx
 
 from wmtp_jax.bench.train_step import NO_DATA
 from wmtp_jax.configs.common import ConfigError
-from wmtp_jax.models import load, presets, serialization
+from wmtp_jax.models import architectures, load, serialization
 from wmtp_jax.models.args import ModelArgs
 from wmtp_jax.pipelines import baseline, bootstrap, critic, ref_tuning, rho1, verifiable
 
@@ -64,12 +64,12 @@ ROLES = {
 
 
 def preset_shape(name: str, max_seq_len: int) -> ModelArgs:
-    """A named preset (`presets.PRESETS`) or a micro shape (`micro-mtp`, `micro-llama`)."""
+    """A named preset (`architectures.PRESETS`) or a micro shape (`micro-mtp`, `micro-llama`)."""
     if name == "micro-mtp":
         return bootstrap.micro_policy_args(bootstrap.MICRO_VOCAB_SIZE, max_seq_len)
     if name == "micro-llama":
         return bootstrap.micro_llama_args(bootstrap.MICRO_VOCAB_SIZE, max_seq_len)
-    return presets.preset_args(name)
+    return architectures.preset_args(name)
 
 
 def shape_source(path: str, preset: str | None) -> tuple[dict, str]:
@@ -82,11 +82,12 @@ def shape_source(path: str, preset: str | None) -> tuple[dict, str]:
         return dict(serialization.read_config(path)), f"{path}/{serialization.CONFIG_FILE}"
     parts = Path(str(path)).parts
     name = next((_MICRO_DIRS[p] for p in reversed(parts) if p in _MICRO_DIRS), None)
-    name = name or presets.preset_for_path(path)
+    name = name or architectures.preset_for_path(path)
     if name is None:
+        names = ", ".join((*architectures.PRESETS, *MICRO_PRESETS))
         raise ConfigError(
             f"{path}: no model dir and no architecture preset for it; name one "
-            f"(--policy_preset / --frozen_preset): {', '.join((*presets.PRESETS, *MICRO_PRESETS))}"
+            f"(--policy_preset / --frozen_preset): {names}"
         )
     return {"args": None, "preset": name}, f"preset {name} (no {path})"
 
