@@ -199,39 +199,14 @@ def score_samples(
     """
     benchmarks.check_benchmark(benchmark)
     timeout = check_timeout(timeout)
-    if sandbox not in isolation.POLICIES:
-        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(isolation.POLICIES)}")
-    if benchmark == "gsm8k":  # nothing is executed
-        sb, record = None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
-    else:
-        sb = execution.sandbox(sandbox)
-        record = sb.record()
+    sb, record = _open_sandbox(benchmark, sandbox)
     samples = list(samples)
     if problems is None:
         problems = benchmarks.load_problems(benchmark, data_dir, split, max_tests=max_tests)
-    for s in samples:
-        if str(s.get("task_id")) not in problems:
-            where = s.get("_where", "samples")
-            raise ValueError(
-                f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
-                f"({len(problems)} problems)"
-            )
+    _check_task_ids(benchmark, samples, problems)
 
     def check(i: int) -> dict:
-        sample = samples[i]
-        problem = sample.get("_fail") or _unicode_problem(sample["completion"])
-        if problem is not None:  # fails alone
-            checked = {"passed": False, "result": problem}
-        else:
-            checked = benchmarks.check_completion(
-                benchmark,
-                problems[str(sample["task_id"])],
-                sample["completion"],
-                timeout,
-                limits,
-                sb,
-            )
-        return {**{k: v for k, v in sample.items() if k not in ("_where", "_fail")}, **checked}
+        return _check_sample(benchmark, samples[i], problems, timeout, limits, sb)
 
     if benchmark == "gsm8k":  # nothing to execute
         results = []
@@ -244,7 +219,50 @@ def score_samples(
         results = execution.parallel_map(
             check, range(len(samples)), workers, desc, progress, on_done=on_result
         )
+    return _summarize(benchmark, results, problems, ks, record), results
 
+
+def _open_sandbox(benchmark: str, sandbox: str):
+    """(sandbox or None for gsm8k, its record); ValueError for an unknown policy."""
+    if sandbox not in isolation.POLICIES:
+        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(isolation.POLICIES)}")
+    if benchmark == "gsm8k":  # nothing is executed
+        return None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
+    sb = execution.sandbox(sandbox)
+    return sb, sb.record()
+
+
+def _check_task_ids(benchmark: str, samples: list[dict], problems: dict) -> None:
+    """ValueError naming file:line for the first sample whose task_id is not a problem."""
+    for s in samples:
+        if str(s.get("task_id")) not in problems:
+            where = s.get("_where", "samples")
+            raise ValueError(
+                f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
+                f"({len(problems)} problems)"
+            )
+
+
+def _check_sample(benchmark, sample, problems, timeout, limits, sb) -> dict:
+    """``sample`` (less ``_where``/``_fail``) + ``passed`` and ``result``; a sample marked to
+    fail or with a completion that is not valid Unicode fails alone."""
+    problem = sample.get("_fail") or _unicode_problem(sample["completion"])
+    if problem is not None:  # fails alone
+        checked = {"passed": False, "result": problem}
+    else:
+        checked = benchmarks.check_completion(
+            benchmark,
+            problems[str(sample["task_id"])],
+            sample["completion"],
+            timeout,
+            limits,
+            sb,
+        )
+    return {**{k: v for k, v in sample.items() if k not in ("_where", "_fail")}, **checked}
+
+
+def _summarize(benchmark, results, problems, ks, record) -> dict:
+    """The summary of ``score_samples``: counts, pass@k over problems, sandbox record."""
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in results:
         counts[str(r["task_id"])][0] += 1
@@ -262,7 +280,7 @@ def score_samples(
     }
     if benchmark == "gsm8k":
         summary["accuracy"] = metrics.accuracy(r["passed"] for r in results)
-    return summary, results
+    return summary
 
 
 def _parse_ks(text: str) -> list[int]:
