@@ -293,7 +293,8 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(
         prog="python -m wmtp_jax.eval.score",
         description=__doc__,
@@ -329,7 +330,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="default: <samples>_results.jsonl")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _write_results(results: list[dict], out: str, partial: str) -> int:
+    """Write ``out`` atomically and remove ``partial``: 0, or 1 (one error line) if it fails."""
+    try:
+        with open(out + ".tmp", "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+        os.replace(out + ".tmp", out)
+    except OSError as e:
+        print(
+            f"error: cannot write {out} ({e.strerror}); every result is in {partial}",
+            file=sys.stderr,
+        )
+        return 1
+    os.remove(partial)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
     out = args.out or args.samples + "_results.jsonl"
@@ -369,18 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if progress_file.tell() == 0:  # nothing scored: nothing to keep
                 os.remove(partial)
             return 2
-    try:
-        with open(out + ".tmp", "w", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
-        os.replace(out + ".tmp", out)
-    except OSError as e:
-        print(
-            f"error: cannot write {out} ({e.strerror}); every result is in {partial}",
-            file=sys.stderr,
-        )
+    if _write_results(results, out, partial):
         return 1
-    os.remove(partial)
     summary["results_file"] = out
     print(json.dumps(summary, indent=2))
     return 0
