@@ -86,18 +86,8 @@ def analytic_train_flops(config, info: dict) -> float:
     return per_token["total"] * tokens_per_step(config)
 
 
-def run(
-    config,
-    topo_name: str,
-    *,
-    out: str = "",
-    policy_preset="",
-    frozen_preset="",
-    policy_args=None,
-    decode=True,
-    decode_batch=0,
-) -> int:
-    """Compile, print and write the report; the exit status."""
+def _setup(config, topo_name, policy_preset, frozen_preset, policy_args):
+    """Validated config -> (topology, mesh, abstract task, model info); `error:` exit 2."""
     try:
         validate_config(config)
         topo = topology.get(topo_name)
@@ -112,6 +102,11 @@ def run(
         )
     except (ValueError, ConfigError) as e:
         _fail(str(e))
+    return topo, mesh, task, info
+
+
+def _describe(config, topo, mesh, info) -> dict:
+    """Print the topology, models and settings; the report's header sections."""
     print(topology.describe(topo))
     attention = aot.attention_choice(config, info, topo.chip.platform)
     for name, v in info.items():
@@ -125,7 +120,7 @@ def run(
         f"{config.pipeline}: {config.runtime.sharding}, mesh {dict(mesh.shape)}, attention "
         f"{config.runtime.attention} -> {attention}"
     )
-    result = {
+    return {
         "pipeline": str(config.pipeline),
         "topology": {
             "name": topo.name,
@@ -149,8 +144,12 @@ def run(
             for k, v in info.items()
         },
     }
+
+
+def _compile_sections(config, topo, mesh, task, info, result, decode, decode_batch) -> list:
+    """Compile the train step (and prefill + decode step) into ``result``; the does-not-fit
+    reasons (empty when all compiled)."""
     n = topo.n_devices
-    code, reasons = 0, []
     try:
         prog, extra = aot.train_program(config, topo, mesh, task)
         flops = analytic_train_flops(config, info)
@@ -170,19 +169,44 @@ def run(
         else:
             result["decode"] = {"skipped": "the critic pipeline trains a value model (no decoding)"}
     except aot.DoesNotFit as e:
-        code, reasons = 3, [str(e)]
         result.setdefault("train", {"fits": False, "reason": str(e)})
+        return [str(e)]
+    return []
+
+
+def _memory_reasons(result, topo) -> list:
+    """One `needs X per device, chip has Y GiB` line per compiled program that does not fit."""
+    reasons = []
     for key in ("train", "decode"):
         sec = result.get(key, {})
         progs = [sec, sec.get("prefill")] if "memory" in sec else []
         for p in filter(None, progs):
             if not p["fits"]:
-                code = 3
                 m = p["memory"]
                 reasons.append(
                     f"needs {aot.gib(m['per_device_bytes'])} per device, {topo.chip.name} has "
                     f"{m['device_capacity_bytes'] / 2**30:g} GiB"
                 )
+    return reasons
+
+
+def run(
+    config,
+    topo_name: str,
+    *,
+    out: str = "",
+    policy_preset="",
+    frozen_preset="",
+    policy_args=None,
+    decode=True,
+    decode_batch=0,
+) -> int:
+    """Compile, print and write the report; the exit status."""
+    topo, mesh, task, info = _setup(config, topo_name, policy_preset, frozen_preset, policy_args)
+    result = _describe(config, topo, mesh, info)
+    reasons = _compile_sections(config, topo, mesh, task, info, result, decode, decode_batch)
+    reasons += _memory_reasons(result, topo)
+    code = 3 if reasons else 0
     result["fits"] = code == 0
     if out:
         with open(out, "w") as f:

@@ -199,39 +199,14 @@ def score_samples(
     """
     benchmarks.check_benchmark(benchmark)
     timeout = check_timeout(timeout)
-    if sandbox not in isolation.POLICIES:
-        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(isolation.POLICIES)}")
-    if benchmark == "gsm8k":  # nothing is executed
-        sb, record = None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
-    else:
-        sb = execution.sandbox(sandbox)
-        record = sb.record()
+    sb, record = _open_sandbox(benchmark, sandbox)
     samples = list(samples)
     if problems is None:
         problems = benchmarks.load_problems(benchmark, data_dir, split, max_tests=max_tests)
-    for s in samples:
-        if str(s.get("task_id")) not in problems:
-            where = s.get("_where", "samples")
-            raise ValueError(
-                f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
-                f"({len(problems)} problems)"
-            )
+    _check_task_ids(benchmark, samples, problems)
 
     def check(i: int) -> dict:
-        sample = samples[i]
-        problem = sample.get("_fail") or _unicode_problem(sample["completion"])
-        if problem is not None:  # fails alone
-            checked = {"passed": False, "result": problem}
-        else:
-            checked = benchmarks.check_completion(
-                benchmark,
-                problems[str(sample["task_id"])],
-                sample["completion"],
-                timeout,
-                limits,
-                sb,
-            )
-        return {**{k: v for k, v in sample.items() if k not in ("_where", "_fail")}, **checked}
+        return _check_sample(benchmark, samples[i], problems, timeout, limits, sb)
 
     if benchmark == "gsm8k":  # nothing to execute
         results = []
@@ -244,7 +219,50 @@ def score_samples(
         results = execution.parallel_map(
             check, range(len(samples)), workers, desc, progress, on_done=on_result
         )
+    return _summarize(benchmark, results, problems, ks, record), results
 
+
+def _open_sandbox(benchmark: str, sandbox: str):
+    """(sandbox or None for gsm8k, its record); ValueError for an unknown policy."""
+    if sandbox not in isolation.POLICIES:
+        raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(isolation.POLICIES)}")
+    if benchmark == "gsm8k":  # nothing is executed
+        return None, {"policy": sandbox, "isolated": None, "isolation": "nothing executed"}
+    sb = execution.sandbox(sandbox)
+    return sb, sb.record()
+
+
+def _check_task_ids(benchmark: str, samples: list[dict], problems: dict) -> None:
+    """ValueError naming file:line for the first sample whose task_id is not a problem."""
+    for s in samples:
+        if str(s.get("task_id")) not in problems:
+            where = s.get("_where", "samples")
+            raise ValueError(
+                f"{where}: unknown task_id {s.get('task_id')!r} for {benchmark} "
+                f"({len(problems)} problems)"
+            )
+
+
+def _check_sample(benchmark, sample, problems, timeout, limits, sb) -> dict:
+    """``sample`` (less ``_where``/``_fail``) + ``passed`` and ``result``; a sample marked to
+    fail or with a completion that is not valid Unicode fails alone."""
+    problem = sample.get("_fail") or _unicode_problem(sample["completion"])
+    if problem is not None:  # fails alone
+        checked = {"passed": False, "result": problem}
+    else:
+        checked = benchmarks.check_completion(
+            benchmark,
+            problems[str(sample["task_id"])],
+            sample["completion"],
+            timeout,
+            limits,
+            sb,
+        )
+    return {**{k: v for k, v in sample.items() if k not in ("_where", "_fail")}, **checked}
+
+
+def _summarize(benchmark, results, problems, ks, record) -> dict:
+    """The summary of ``score_samples``: counts, pass@k over problems, sandbox record."""
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in results:
         counts[str(r["task_id"])][0] += 1
@@ -262,7 +280,7 @@ def score_samples(
     }
     if benchmark == "gsm8k":
         summary["accuracy"] = metrics.accuracy(r["passed"] for r in results)
-    return summary, results
+    return summary
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -275,7 +293,8 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(
         prog="python -m wmtp_jax.eval.score",
         description=__doc__,
@@ -311,7 +330,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="default: <samples>_results.jsonl")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _write_results(results: list[dict], out: str, partial: str) -> int:
+    """Write ``out`` atomically and remove ``partial``: 0, or 1 (one error line) if it fails."""
+    try:
+        with open(out + ".tmp", "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+        os.replace(out + ".tmp", out)
+    except OSError as e:
+        print(
+            f"error: cannot write {out} ({e.strerror}); every result is in {partial}",
+            file=sys.stderr,
+        )
+        return 1
+    os.remove(partial)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
     out = args.out or args.samples + "_results.jsonl"
@@ -351,18 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if progress_file.tell() == 0:  # nothing scored: nothing to keep
                 os.remove(partial)
             return 2
-    try:
-        with open(out + ".tmp", "w", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
-        os.replace(out + ".tmp", out)
-    except OSError as e:
-        print(
-            f"error: cannot write {out} ({e.strerror}); every result is in {partial}",
-            file=sys.stderr,
-        )
+    if _write_results(results, out, partial):
         return 1
-    os.remove(partial)
     summary["results_file"] = out
     print(json.dumps(summary, indent=2))
     return 0
