@@ -3,8 +3,8 @@
 Each model a pipeline runs (its trained model; the frozen critic of verifiable, the frozen
 reference of rho1) is built as `nnx.eval_shape` of the constructor training uses, with the same
 run settings: trained models get float32 master parameters and the run's compute dtype, remat
-and attention (`load.runtime_overrides`, LoRA per `training.use_lora`); frozen models the dtype
-of their config entry, remat off and LoRA merged (`load.load_frozen`). The pipeline's own
+and attention (`specs.runtime(config).overrides()`, LoRA per `training.use_lora`); frozen
+models the dtype of their config entry, remat off and LoRA merged (`load.load_frozen`). The pipeline's own
 `build(config, mesh, <models>, data=NO_DATA)` then gives the TrainTask, so the loss, trainable
 filter, optimizer groups and extra state are exactly the run's.
 
@@ -24,9 +24,9 @@ from flax import nnx
 
 from wmtp_jax.bench.train_step import NO_DATA
 from wmtp_jax.configs.common import ConfigError
-from wmtp_jax.models import architectures, load, serialization
+from wmtp_jax.models import architectures, serialization
 from wmtp_jax.models.args import ModelArgs
-from wmtp_jax.pipelines import baseline, bootstrap, critic, ref_tuning, rho1, verifiable
+from wmtp_jax.pipelines import baseline, bootstrap, critic, ref_tuning, rho1, specs, verifiable
 
 PIPELINES = ("baseline", "verifiable", "rho1", "critic", "ref_tuning")
 MICRO_PRESETS = {"micro-mtp": "mtp", "micro-llama": "llama"}
@@ -107,7 +107,7 @@ def role_args(config, role: Role, preset: str | None, overrides: dict) -> tuple[
     if args.max_seq_len < seq:
         args = args.replace(max_seq_len=seq)
     if role.trained:
-        args = args.replace(**load.runtime_overrides(config))
+        args = args.replace(**specs.runtime(config).overrides())
     else:
         dtype = str(entry.dtype)
         args = args.replace(
@@ -124,7 +124,7 @@ def abstract_model(config, pipeline: str, name: str, role: Role, args: ModelArgs
         make = critic.critic_factory(config, args)
     elif role.trained:
         hf = role.kind == "llama"
-        lora = load.lora_config(config, hf_names=hf)
+        lora = specs.lora(config, hf_names=hf)
         cfg = {"kind": role.kind, "lm_head": True, "lora": lora.to_dict() if lora else None}
         make = serialization.model_factory(cfg, args, seed=seed)
     else:  # frozen: LoRA merged, the stored head
