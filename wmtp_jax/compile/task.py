@@ -4,9 +4,9 @@ Each model a pipeline runs (its trained model; the frozen critic of verifiable, 
 reference of rho1) is built as `nnx.eval_shape` of the constructor training uses, with the same
 run settings: trained models get float32 master parameters and the run's compute dtype, remat
 and attention (`specs.runtime(config).overrides()`, LoRA per `training.use_lora`); frozen
-models the dtype of their config entry, remat off and LoRA merged (`load.load_frozen`). The pipeline's own
-`build(config, mesh, <models>, data=NO_DATA)` then gives the TrainTask, so the loss, trainable
-filter, optimizer groups and extra state are exactly the run's.
+models the dtype of their config entry, remat off and LoRA merged (`load.load_frozen`). The
+pipeline's own `build(config, mesh, <models>, data=NO_DATA)` then gives the TrainTask, so the
+loss, trainable filter, optimizer groups and extra state are exactly the run's.
 
 Shapes come from the configured model dir (`model_config.json`) when it exists, else from an
 architecture preset: the one named on the command line, or the one the dir's name stands for
