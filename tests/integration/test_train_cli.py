@@ -35,7 +35,7 @@ def test_unknown_key_exits_nonzero_naming_it():
 def test_invalid_value_exits_nonzero_naming_the_key():
     p = _run("--config.runtime.sharding=FOO")
     assert p.returncode != 0
-    assert "runtime.sharding='FOO'" in p.stderr and "FULL_SHARD" in p.stderr
+    assert "runtime.sharding: 'FOO' is invalid" in p.stderr and "FULL_SHARD" in p.stderr
 
 
 def test_cudnn_attention_on_cpu_is_refused_before_training():
@@ -126,7 +126,8 @@ def test_a_bad_initialization_timeout_is_refused(value):
         f"--config.distributed.initialization_timeout={value}",
     )
     assert p.returncode == 2, p.stderr[-2000:]
-    assert p.stderr.strip().splitlines() == [
-        f"error: distributed.initialization_timeout={float(value)!r} must be a finite number "
-        "of seconds > 0"
-    ]
+    # non-finite values are refused by the config's generic number check, the others by the
+    # distributed deadline's own: one line naming the key either way
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("error: distributed.initialization_timeout"), line
+    assert "finite" in line, line

@@ -10,9 +10,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from configs import baseline as baseline_config
 from conversion.hf import hf_to_mtp
-from wmtp_jax.models.io import load_params, load_policy, read_config, save_model
 from wmtp_jax.models.load import load_trainable, trainable_filter
-from wmtp_jax.pipelines import baseline
+from wmtp_jax.models.serialization import load_params, load_policy, read_config, save_model
+from wmtp_jax.pipelines import baseline, specs
 from wmtp_jax.train import mesh as mesh_lib
 from wmtp_jax.train.loop import TrainTask
 from wmtp_jax.train.step import build
@@ -55,8 +55,9 @@ def _train(config, n_steps=STEPS):
     policy = load_trainable(
         config.models.policy.path,
         kind="mtp",
-        config=config,
+        runtime=specs.runtime(config),
         rules=mesh_lib.rules_for(config.runtime.sharding).params,
+        lora=specs.lora(config),
         mesh=mesh,
     )
     rng = np.random.default_rng(0)
@@ -67,7 +68,7 @@ def _train(config, n_steps=STEPS):
         model=policy,
         loss_fn=baseline.loss_fn,
         train_iter=iter(()),
-        trainable=trainable_filter(config),
+        trainable=trainable_filter(config.training.use_lora),
         **baseline.policy_task_kwargs(config),
     )
     c = build(task, config, mesh, total_steps=10)
