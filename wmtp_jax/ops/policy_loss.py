@@ -26,35 +26,10 @@ def policy_mtp_loss(
     sequence). `n_future`: only the first n heads' CE (None = all K; 1 = next-token CE).
     `head_weights` `[n]` (None = uniform): the scalar losses are the head-weighted means
     (`weigh_heads`). Returns the loss dict (weighted / unweighted CE, per-head CE, ...)."""
-    out = _loss(
-        policy,
-        input_ids,
-        labels,
-        attention_mask,
-        weights,
-        chunk_size,
-        segment_ids,
-        positions,
-        n_future,
-    )
-    return out if head_weights is None else weigh_heads(out, head_weights)
-
-
-def _loss(
-    policy,
-    input_ids,
-    labels,
-    attention_mask,
-    weights,
-    chunk_size,
-    segment_ids,
-    positions,
-    n_future,
-):
     pk = dict(segment_ids=segment_ids, positions=positions)
     if chunk_size and chunk_size > 0:
         _, lat = policy.latents(input_ids, **pk)
-        return chunked_mtp_ce_loss(
+        out = chunked_mtp_ce_loss(
             lat if n_future is None else lat[:, :, :n_future],
             policy.norm.scale[...],
             policy.output_kernel(),
@@ -66,7 +41,9 @@ def _loss(
             compute_dtype=policy.args.dtype,
             segment_ids=segment_ids,
         )
-    logits = policy(input_ids, return_all_heads=True, **pk)
-    return compute_mtp_ce_loss(
-        logits, labels, attention_mask, weights, n_future, segment_ids=segment_ids
-    )
+    else:
+        logits = policy(input_ids, return_all_heads=True, **pk)
+        out = compute_mtp_ce_loss(
+            logits, labels, attention_mask, weights, n_future, segment_ids=segment_ids
+        )
+    return out if head_weights is None else weigh_heads(out, head_weights)
