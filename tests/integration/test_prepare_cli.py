@@ -173,14 +173,14 @@ def test_bad_inputs(tmp_path):
         '{"question": "q", "answer": "x\\n#### 1"}\n{"question": 3, "answer": "#### 2"}\n'
     )
     p = prepare("--dataset", "gsm8k", "--src", tmp_path, "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1 and f"{bad}:2: field 'question' must be string, got int" in p.stderr
+    assert p.returncode == 2 and f"{bad}:2: field 'question' must be string, got int" in p.stderr
     p = prepare("--dataset", "nope", "--out", tmp_path, ok=False)
     assert (
         p.returncode == 2
         and "'codecontests', 'mbpp', 'humaneval', 'gsm8k', 'synthetic'" in p.stderr
     )
     p = prepare("--dataset", "mbpp", "--src", bad, "--split", "dev", "--out", tmp_path, ok=False)
-    assert p.returncode == 1 and "valid: ['test', 'train', 'validation']" in p.stderr
+    assert p.returncode == 2 and "valid: ['test', 'train', 'validation']" in p.stderr
 
 
 @pytest.mark.parametrize("name", ["codecontests"])
@@ -204,10 +204,10 @@ def test_empty_input_is_an_error(tmp_path):
     empty = tmp_path / "src" / "train.jsonl"
     empty.write_text("\n\n")  # blank lines only
     p = prepare("--dataset", "gsm8k", "--src", tmp_path / "src", "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1 and f"error: {empty}: empty (no records)" in p.stderr
+    assert p.returncode == 2 and f"error: {empty}: empty (no records)" in p.stderr
     empty.write_text("")
     p = prepare("--dataset", "mbpp", "--src", empty, "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1 and f"{empty}: empty (no records)" in p.stderr
+    assert p.returncode == 2 and f"{empty}: empty (no records)" in p.stderr
     assert _tmp_files(tmp_path / "o") == []
 
 
@@ -218,19 +218,19 @@ def test_decode_and_parse_errors_name_file_and_line_and_leave_no_tmp(tmp_path):
     bad = src / "train.jsonl"
     bad.write_bytes(good.encode() * 3 + b'{"question": "caf\xe9", "answer": "#### 2"}\n')
     p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert f"error: {bad}:4: not valid UTF-8 (byte 0xe9 at column 18)" in p.stderr
     assert "Traceback" not in p.stderr
     assert _tmp_files(tmp_path / "o") == []  # the half-written split was removed
     bad.write_text(good * 2 + '{"question": "q", "answer": \n')
     p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1 and f"{bad}:3: malformed JSON" in p.stderr
+    assert p.returncode == 2 and f"{bad}:3: malformed JSON" in p.stderr
     assert _tmp_files(tmp_path / "o") == []
     bad.unlink()
     fake = src / "train-00000-of-00001.parquet"
     fake.write_text("not parquet at all")
     p = prepare("--dataset", "codecontests", "--src", src, "--out", tmp_path / "cc", ok=False)
-    assert p.returncode == 1 and f"error: {fake}: not a readable parquet file (" in p.stderr
+    assert p.returncode == 2 and f"error: {fake}: not a readable parquet file (" in p.stderr
     assert _tmp_files(tmp_path / "cc") == []
 
 
@@ -249,7 +249,7 @@ def test_json_limits_are_one_line_naming_file_and_line(tmp_path, value, message)
     good = '{"question": "q", "answer": "x\\n#### 1"}\n'
     bad.write_text(good + '{"question": "q", "answer": "#### 2", "x": ' + value + "}\n")
     p = prepare("--dataset", "gsm8k", "--src", src, "--out", tmp_path / "o", ok=False)
-    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: {message}"), p.stderr
     assert "Traceback" not in p.stderr and _tmp_files(tmp_path / "o") == []
 

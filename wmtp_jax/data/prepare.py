@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         )
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     for split, s in stats.items():
         print(
             f"{args.dataset}/{split}: {s['total']} records, {s['n_problems']} problems, "
