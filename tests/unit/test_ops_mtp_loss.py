@@ -201,6 +201,7 @@ def test_weigh_heads_is_a_weighted_mean_over_counted_heads():
         "head_weighted_ce_loss": jnp.array([1.0, 2.0, 4.0, 8.0]),
         "head_unweighted_ce_loss": jnp.array([2.0, 4.0, 6.0, 100.0]),
         "head_valid_tokens": jnp.array([5.0, 4.0, 3.0, 0.0]),  # head 3 has no valid token
+        "head_ce_metric": jnp.array([2.0, 4.0, 6.0, 100.0]),
     }
     w = weigh_heads(out, (1.0, 0.5, 0.25, 9.0))
     np.testing.assert_allclose(w["weighted_ce_loss"], (1 + 1 + 1) / 1.75, rtol=1e-6)
@@ -211,3 +212,15 @@ def test_weigh_heads_is_a_weighted_mean_over_counted_heads():
     assert float(head_metrics(out)["ce_head_2"]) == 6.0
     with pytest.raises(ValueError, match="head_weights"):
         weigh_heads(out, (1.0, 1.0))
+
+
+def test_logged_head_ce_equals_the_per_head_loss():
+    """head_metrics reads head_ce_metric, a separate reduction of the same per-head CE."""
+    key = jax.random.PRNGKey(3)
+    logits = jax.random.normal(key, (2, 7, 3, 11))
+    labels = jax.random.randint(jax.random.PRNGKey(4), (2, 7), 0, 11)
+    am = jnp.ones((2, 7)).at[1, 5:].set(0)
+    out = compute_mtp_ce_loss(logits, labels, am)
+    np.testing.assert_allclose(out["head_ce_metric"], out["head_unweighted_ce_loss"], rtol=1e-6)
+    got = head_metrics(out)
+    np.testing.assert_allclose([got[f"ce_head_{k}"] for k in range(3)], out["head_ce_metric"])

@@ -78,7 +78,8 @@ def reduce_head_losses(ce: jax.Array, mask: jax.Array, weights: jax.Array) -> di
     """ce, mask, weights `[B,S,K]` aligned at the source position -> the loss dict.
 
     Keys: weighted_ce_loss, unweighted_ce_loss (scalars), head_weighted_ce_loss,
-    head_unweighted_ce_loss, head_valid_tokens (`[K]`), n_valid_heads.
+    head_unweighted_ce_loss, head_valid_tokens, head_ce_metric (`[K]`; the logged per-head
+    unweighted CE, equal to head_unweighted_ce_loss up to rounding), n_valid_heads.
     """
     on = mask > 0
     ce = jnp.where(on, ce, 0.0)  # keeps garbage at masked positions out of the sums
@@ -96,6 +97,9 @@ def reduce_head_losses(ce: jax.Array, mask: jax.Array, weights: jax.Array) -> di
         "head_unweighted_ce_loss": head_u,
         "head_valid_tokens": n,
         "n_valid_heads": n_heads,
+        # the logged per-head CE is its own reduction (a dot): exposing head_u as an output
+        # would change how XLA fuses the loss's reduction and move the loss by an ulp
+        "head_ce_metric": jnp.einsum("bsk,bsk->k", ce, mask) / denom,
     }
 
 
@@ -118,7 +122,7 @@ def weigh_heads(out: dict, head_weights) -> dict:
 
 def head_metrics(out: dict) -> dict:
     """{"ce_head_<k>": unweighted CE of head k} (float32 scalars) from a loss dict."""
-    per_head = out["head_unweighted_ce_loss"].astype(jnp.float32)
+    per_head = out["head_ce_metric"].astype(jnp.float32)
     return {f"ce_head_{k}": per_head[k] for k in range(per_head.shape[0])}
 
 
