@@ -2,17 +2,20 @@
 
     python -m wmtp_jax.main --config=configs/experiment.py               # micro: 3 arms × 3 seeds
     python -m wmtp_jax.main --config=configs/experiment.py:smoke         # 2 arms, 1 seed, tiny
+    python -m wmtp_jax.main --config=configs/experiment.py:small         # SmolLM2-135M, 2 × 2
     python -m wmtp_jax.main --config=configs/experiment.py --config.arms=rho1 --config.seeds=2 \
         --config.output_dir=storage/experiments/mystudy                  # one cell of a grid
 
 Per seed: the prerequisites once (critic; the rho1 reference when rho1 is an arm), the critic
 credit, then every arm from the same initial policy, data order, steps and evaluation settings
 (only the token weighting differs), each evaluated on the test split: greedy pass@1 and sampled
-pass@1 / pass@k at the temperature that is best on the validation split. `train.<role>` defaults
-are the pipelines' own micro configs. See docs/study.md.
+pass@1 / pass@k at the temperature that is best on the validation split (`eval.temperatures`
+empty: greedy only). Every run uses its pipeline's `pipeline_variant` config (micro: the
+random-init micro models; small: the `:small` configs on SmolLM2-135M-Instruct), whose steps,
+batch and data sizes are the `train.<role>` defaults. See docs/study.md.
 """
 
-from wmtp_jax.configs import baseline, common, critic, ref_tuning
+from wmtp_jax.configs import baseline, common, critic, evaluation, ref_tuning, verifiable
 
 # critic objectives: name -> training.value_loss overrides of the critic's micro config
 # (ranking = the pipeline's default; lambda_mse = the original's production critic_mlp: λ-return
@@ -33,7 +36,8 @@ CRITICS = {
 # same policy CE; `verifiable` uses the ranking critic, `verifiable_<critic>` the others
 ARM_SPECS = {
     "baseline": ("baseline", None, {}),
-    "ntp": ("baseline", None, {"training.loss_heads": 1}),
+    # one trained head: head weights (the :small configs' (1, .1, .1, .1)) do not apply
+    "ntp": ("baseline", None, {"training.loss_heads": 1, "training.head_loss_weights": ()}),
     "verifiable": ("verifiable", "ranking", {}),
     **{f"verifiable_{k}": ("verifiable", k, {}) for k in CRITICS if k != "ranking"},
     "random_weights": ("verifiable", "control", {"weighting.control": "permute"}),
@@ -42,15 +46,16 @@ ARM_SPECS = {
     "rho1": ("rho1", None, {}),
 }
 ARMS = tuple(ARM_SPECS)
-VARIANTS = ("micro", "smoke")
+VARIANTS = ("micro", "smoke", "small")
+PIPELINE_VARIANTS = ("micro", "small")  # the pipeline configs a study's runs are made from
 
 
 _ROLES = {"policy": baseline, "critic": critic, "reference": ref_tuning}
 
 
-def _train_entry(pipeline_config) -> dict:
-    """The steps / batch / data sizes of a pipeline's micro config (overridable here)."""
-    c = pipeline_config.get_config("micro")
+def _train_entry(pipeline_config, variant: str) -> dict:
+    """The steps / batch / data sizes of a pipeline's `variant` config (overridable here)."""
+    c = pipeline_config.get_config(variant)
     t, s = c.training, c.data_sampling
     return {
         "max_steps": t.max_steps,
@@ -63,26 +68,34 @@ def _train_entry(pipeline_config) -> dict:
 
 def get_config(variant: str = "micro"):
     common.check_variant(variant, VARIANTS)
-    smoke = variant == "smoke"
-    b = baseline.get_config("micro")
+    smoke, small = variant == "smoke", variant == "small"
+    pv = "small" if small else "micro"
+    b = baseline.get_config(pv)
+    # the closing evaluation of the pipelines (final_eval; evaluation's micro settings, which
+    # eval_config starts from): the study's test numbers are comparable to their final line
+    closing, ev = verifiable.get_config(pv).final_eval, evaluation.get_config("micro")
     if smoke:
-        small = {"max_steps": 3, "batch_size": 2, "eval_every_steps": 2}
-        train = {r: {**small, "n_samples": 12, "val_n_samples": 2} for r in _ROLES}
-    else:  # per role: the pipeline's micro defaults (policy = every arm, so they match)
-        train = {role: _train_entry(module) for role, module in _ROLES.items()}
+        tiny = {"max_steps": 3, "batch_size": 2, "eval_every_steps": 2}
+        train = {r: {**tiny, "n_samples": 12, "val_n_samples": 2} for r in _ROLES}
+    else:  # per role: the pipeline's own defaults (policy = every arm, so they match)
+        train = {role: _train_entry(module, pv) for role, module in _ROLES.items()}
+    two_arms = smoke or small
     return common.build(
         "experiment",
         variant,
         "WMTP study: baseline vs verifiable vs rho1",
         {
+            # the pipelines' config variant every run of the study starts from (models, warm
+            # start, head weights, tokenizer, data, schedule; storage bootstrapped from it)
+            "pipeline_variant": pv,
             # the cells this job runs (comma-separated); the report covers study_arms ×
             # study_seeds plus these, so separate jobs can fill one output_dir
-            "arms": "baseline,verifiable" if smoke else "baseline,verifiable,rho1",
-            "seeds": "0" if smoke else "0,1,2",
-            "study_arms": "baseline,verifiable" if smoke else "baseline,verifiable,rho1",
-            "study_seeds": "0" if smoke else "0,1,2",
+            "arms": "baseline,verifiable" if two_arms else "baseline,verifiable,rho1",
+            "seeds": {"smoke": "0", "small": "0,1"}.get(variant, "0,1,2"),
+            "study_arms": "baseline,verifiable" if two_arms else "baseline,verifiable,rho1",
+            "study_seeds": {"smoke": "0", "small": "0,1"}.get(variant, "0,1,2"),
             # critic objectives whose credit is measured per seed (plus those the arms need)
-            "critics": "ranking" if smoke else ",".join(CRITICS),
+            "critics": "ranking" if two_arms else ",".join(CRITICS),
             # the critic whose weights random_weights permutes and whose mean weight oracle keeps
             "control_critic": "ranking",
             # oracle: weight ratio critical : other tokens (chosen on validation, docs/study.md)
@@ -97,20 +110,23 @@ def get_config(variant: str = "micro"):
                 # validation problems for the temperature choice (0 = all; the sweep decodes
                 # len(temperatures) × validation_limit × n_samples sequences per cell)
                 "validation_limit": 2 if smoke else 20,
-                # sampled decoding: the best on validation is used
-                "temperatures": (0.5, 1.0) if smoke else (0.2, 0.6, 1.0),
+                # sampled decoding: the best on validation is used; () = greedy only (small:
+                # a 250-problem pass of SmolLM2 costs minutes on a CPU, a sweep many of them)
+                "temperatures": (0.5, 1.0) if smoke else () if small else (0.2, 0.6, 1.0),
                 "n_samples": 5 if smoke else 10,
                 "k": (1, 5),
                 "top_p": 0.95,
-                "max_new_tokens": 24 if smoke else 96,
-                "batch_size": 8 if smoke else 32,
-                "workers": 2 if smoke else 0,  # sandbox processes (0 = CPU count)
-                "timeout": 5.0,
+                "max_new_tokens": 24 if smoke else closing.max_new_tokens,
+                "batch_size": 8 if smoke else ev.batch_size,
+                "workers": 2 if smoke else ev.workers,  # sandbox processes (0 = CPU count)
+                "timeout": ev.timeout,
                 "sample_seed": 0,
             },
             "credit": {
                 "split": "test",
-                "max_solutions": 8 if smoke else 0,
+                # first N held-out incorrect solutions (0 = all; small: 64, a SmolLM2 forward
+                # pass over all of them costs minutes)
+                "max_solutions": {"smoke": 8, "small": 64}.get(variant, 0),
                 "batch_size": 8 if smoke else 16,
             },
             "bootstrap": {"n_resamples": 1000 if smoke else 2000, "seed": 0},
@@ -133,6 +149,12 @@ def parse_list(text, key: str, cast=str) -> list:
 
 def validate(c):
     """Value checks naming the key (run again after command-line overrides)."""
+    common._check(
+        c.pipeline_variant in PIPELINE_VARIANTS,
+        "pipeline_variant",
+        c.pipeline_variant,
+        f"one of {PIPELINE_VARIANTS}",
+    )
     for key in ("arms", "study_arms"):
         bad = [a for a in parse_list(c[key], key) if a not in ARMS]
         common._check(not bad, key, c[key], f"arms from {ARMS}")
@@ -161,10 +183,10 @@ def validate(c):
         common.check_int(c, f"train.{role}.val_n_samples", 1)
     e = c.eval
     common._check(
-        len(e.temperatures) > 0 and all(common.is_number(t) and t > 0 for t in e.temperatures),
+        all(common.is_number(t) and t > 0 for t in e.temperatures),
         "eval.temperatures",
         e.temperatures,
-        "need a non-empty list of values > 0",
+        "need a list of values > 0 (empty: greedy only)",
     )
     common._check(
         len(e.k) > 0 and all(common.is_int(k) and k >= 1 for k in e.k),

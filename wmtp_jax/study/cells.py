@@ -31,7 +31,6 @@ import numpy as np
 from absl import logging
 
 from wmtp_jax import registry
-from wmtp_jax.configs import baseline as baseline_config
 from wmtp_jax.configs.common import validate_config
 from wmtp_jax.configs.experiment import ARM_SPECS, CRITICS, parse_list
 from wmtp_jax.data.records import iter_jsonl
@@ -136,10 +135,11 @@ def publish(study, *paths: Path) -> None:
 
 
 def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, name: str, **models):
-    """`pipeline`'s micro config for one run of the study: the study's dataset, `train.<role>`
-    sizes, seed (loader order, model init, pair sampling), MLflow store; `models` sets
-    models.<role>.path (the critic / reference of this seed)."""
-    c = registry.get_config(pipeline, "micro")
+    """`pipeline`'s `pipeline_variant` config for one run of the study: the study's dataset,
+    `train.<role>` sizes, seed (loader order and sample choice, model init: a random-init micro
+    model's, the critic's value head and LoRA; the pretrained :small policy has no random part),
+    MLflow store; `models` sets models.<role>.path (the critic / reference of this seed)."""
+    c = registry.get_config(pipeline, study.pipeline_variant)
     t = study.train[role]
     c.output_dir = str(output_dir)
     c.seed = seed
@@ -264,9 +264,9 @@ def problem_scores(results_file: Path, ks) -> dict:
 
 
 def evaluate(study, model_dir, out: Path) -> dict:
-    """Greedy (temperature 0, one sample) and sampled (n_samples at the validation-best of
-    eval.temperatures) evaluations of `model_dir` on the test split, through the evaluation
-    pipeline; finished ones are reused."""
+    """Greedy (temperature 0, one sample) and, unless eval.temperatures is empty, sampled
+    (n_samples at the validation-best of eval.temperatures) evaluations of `model_dir` on the
+    test split, through the evaluation pipeline; finished ones are reused."""
     e = study.eval
     data_dir = str(Path(study.dataset.path).parent)
     if Path(study.dataset.path).name != BENCHMARK:
@@ -287,19 +287,16 @@ def evaluate(study, model_dir, out: Path) -> dict:
         sample_seed=int(e.sample_seed),
         top_p=float(e.top_p),
     )
+    modes = {"greedy": dict(temperature=0.0, n_samples=1, k=(1,))}
+    if len(e.temperatures):
+        modes["sampled"] = dict(
+            temperature=tuple(float(t) for t in e.temperatures),
+            validation_limit=int(e.validation_limit),
+            n_samples=int(e.n_samples),
+            k=tuple(e.k),
+        )
     got = {}
-    for mode, keys in (
-        ("greedy", dict(temperature=0.0, n_samples=1, k=(1,))),
-        (
-            "sampled",
-            dict(
-                temperature=tuple(float(t) for t in e.temperatures),
-                validation_limit=int(e.validation_limit),
-                n_samples=int(e.n_samples),
-                k=tuple(e.k),
-            ),
-        ),
-    ):
+    for mode, keys in modes.items():
         t0 = time.time()
         s = cached_run(eval_config(model_dir, out / mode, data_dir=data_dir, **common, **keys))
         ks = (1,) if mode == "greedy" else tuple(e.k)
@@ -316,9 +313,10 @@ def evaluate(study, model_dir, out: Path) -> dict:
 
 
 def _cell_metrics(ev: dict) -> dict:
-    """The cell's headline numbers: pass@1 (greedy), sampled_pass@k."""
+    """The cell's headline numbers: pass@1 (greedy), sampled_pass@k (when sampled)."""
     out = {"pass@1": ev["greedy"]["pass@1"]}
-    out.update({f"sampled_{k}": v for k, v in ev["sampled"].items() if k.startswith("pass@")})
+    sampled = ev.get("sampled", {})
+    out.update({f"sampled_{k}": v for k, v in sampled.items() if k.startswith("pass@")})
     return out
 
 
@@ -344,26 +342,27 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
         t1 = time.time()
         ev = evaluate(study, tr["model_dir"], d / "eval")
         metrics = _cell_metrics(ev)
+        sampled = ev.get("sampled", {})  # empty: greedy only (eval.temperatures empty)
         cell = {
             "arm": arm,
             "seed": seed,
             "pipeline": cfg.pipeline,
             "metrics": metrics,
-            "temperature": ev["sampled"]["temperature"],
-            "temperature_sweep": ev["sampled"]["temperature_sweep"],
+            "temperature": sampled.get("temperature"),
+            "temperature_sweep": sampled.get("temperature_sweep"),
             "samples": ev["greedy"]["samples"],
-            "sampled_samples": ev["sampled"]["samples"],
+            "sampled_samples": sampled.get("samples"),
             "n_problems": ev["greedy"]["n_problems"],
             "per_problem": {
                 "task_ids": ev["greedy"]["per_problem"]["task_ids"],
                 "pass@1": ev["greedy"]["per_problem"]["pass@1"],
                 **{
                     f"sampled_{k}": v
-                    for k, v in ev["sampled"]["per_problem"].items()
+                    for k, v in sampled.get("per_problem", {}).items()
                     if k != "task_ids"
                 },
             },
-            "sampled_task_ids": ev["sampled"]["per_problem"]["task_ids"],
+            "sampled_task_ids": sampled.get("per_problem", {}).get("task_ids", []),
             "train": tr,
             "metrics_file": tr["metrics_file"],
             "val_curve": val_curve(tr["metrics_file"]),
@@ -373,19 +372,27 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
                 "total_s": time.time() - t0,
             },
         }
+        tags = {"study.arm": arm, "study.seed": seed}
+        if sampled:
+            tags["study.temperature"] = cell["temperature"]
         log_to_run(
             study.mlflow.tracking_uri,
             tr["mlflow_run_id"],
             {f"test/{k.replace('@', '_at_')}": v for k, v in metrics.items()},
-            tags={"study.arm": arm, "study.seed": seed, "study.temperature": cell["temperature"]},
+            tags=tags,
         )
         write_json(d / CELL_FILE, cell)
         publish(study, d / CELL_FILE, *(d / "eval" / "greedy").glob("*.json*"))
-        publish(study, d / "eval" / "sampled" / "summary.json")
+        if sampled:
+            publish(study, d / "eval" / "sampled" / "summary.json")
     m = metrics
+    line = f"{arm} seed {seed}: pass@1 {m['pass@1']:.3f}"
+    if cell["temperature"] is not None:
+        line += f" | sampled (T={cell['temperature']:g}) " + " ".join(
+            f"{k[8:]} {v:.3f}" for k, v in m.items() if k.startswith("sampled_")
+        )
     say(
-        f"{arm} seed {seed}: pass@1 {m['pass@1']:.3f} | sampled (T={cell['temperature']:g}) "
-        + " ".join(f"{k[8:]} {v:.3f}" for k, v in m.items() if k.startswith("sampled_"))
+        line
         + f" | train {cell['timings']['train_s']:.0f} s, eval {cell['timings']['eval_s']:.0f} s"
     )
     return cell
@@ -427,7 +434,7 @@ def run_credit(study, seed: int, critic_dir: str, objective: str = "ranking") ->
 
 def initial_policy(study) -> dict:
     """Greedy pass@1 of the shared initial policy (models.policy.path), once per output_dir."""
-    path = baseline_config.get_config("micro").models.policy.path
+    path = registry.get_config("baseline", study.pipeline_variant).models.policy.path
     out = Path(study.output_dir) / "initial" / "eval" / "greedy"
     e = study.eval
     with locked(Path(study.output_dir) / ".initial.lock"):
@@ -458,7 +465,9 @@ def initial_policy(study) -> dict:
 
 
 def ensure_storage(study) -> None:
-    """The micro dataset, tokenizer and random-init models (pipelines.bootstrap), made once."""
+    """What the `pipeline_variant` runs start from (pipelines.bootstrap), made once: the dataset,
+    and micro: the tokenizer and random-init models; small: the SmolLM2 GGUF converted (hf-to-mtp
+    policy, hf-to-flax critic backbone). The critics are the study's own, trained per seed."""
     with locked(Path(study.output_dir) / ".bootstrap.lock"):
         for pipeline, role in (("baseline", "policy"), ("critic", "critic")):
             ensure_micro_storage(

@@ -4,6 +4,7 @@ results.json:
   arms.<arm>.<metric>.{mean, ci95}    metric: pass@1 (greedy), sampled_pass@k; bootstrap over
                                       problems × seeds (wmtp_jax.study.intervals)
   arms.<arm>.seeds.<seed>.{pass@1, samples, sampled_pass@k, temperature, sampled_samples}
+                                      (no sampled_pass@k, temperature None: greedy only)
   paired.<arm>-baseline.<metric>.{delta, ci95}, and paired.<arm>-baseline.{delta, ci95} for
                                       greedy pass@1 (same resampled seeds and problems)
   critic_credit.{auroc, ci95, n_pairs, n_solutions, mean_weight_inside, mean_weight_outside,
