@@ -169,3 +169,41 @@ def test_empty_temperatures_evaluate_greedy_only(small, tmp_path, monkeypatch):
     assert calls == [0.0] and set(ev) == {"greedy"}
     assert ev["greedy"]["per_problem"] == {"task_ids": ["a", "b"], "pass@1": [1.0, 0.0]}
     assert cells._cell_metrics(ev) == {"pass@1": 0.5}
+
+
+def test_report_of_greedy_only_cells(tmp_path):
+    """Cells without a sampled evaluation aggregate to greedy pass@1 only (hand-made cells)."""
+    from wmtp_jax.study import report
+
+    s = experiment.get_config("small")
+    s.seeds = s.study_seeds = "0"
+    with s.unlocked():
+        s.output_dir = str(tmp_path)
+    cells.record_study(s)
+    scores = {"baseline": [1.0, 0.0, 0.0, 1.0], "verifiable": [1.0, 1.0, 0.0, 1.0]}
+    for arm, per in scores.items():
+        d = cells.cell_dir(tmp_path, arm, 0)
+        d.mkdir(parents=True)
+        cell = {
+            "arm": arm,
+            "seed": 0,
+            "metrics": {"pass@1": sum(per) / 4},
+            "temperature": None,
+            "temperature_sweep": None,
+            "samples": "s.jsonl",
+            "sampled_samples": None,
+            "n_problems": 4,
+            "per_problem": {"task_ids": list("abcd"), "pass@1": per},
+            "sampled_task_ids": [],
+            "metrics_file": str(d / "metrics.jsonl"),
+            "val_curve": [],
+            "timings": {"train_s": 1.0, "eval_s": 1.0, "total_s": 2.0},
+        }
+        cells.write_json(d / cells.CELL_FILE, cell)
+    res = report.aggregate(tmp_path, write=False)
+    assert res["complete"]
+    assert [m for m in res["arms"]["baseline"] if "pass@" in m] == ["pass@1"]
+    assert res["arms"]["verifiable"]["pass@1"]["mean"] == 0.75
+    assert res["paired"]["verifiable-baseline"]["delta"] == pytest.approx(0.25)
+    md = report.markdown(res)
+    assert "| verifiable | 1 | 4 | 0.750 [" in md and "sampled pass@" not in md
