@@ -138,7 +138,7 @@ def lora_entry(rank: int, alpha: float, dropout: float, targets) -> dict:
 def mtp_training(variant: str, *, batch_7b: int, ga_7b: int) -> dict:
     """LoRA and step schedule shared by the MTP-policy pipelines (baseline, verifiable, rho1):
     micro = full fine-tuning, 600 steps of 16 at LR 3e-3 (docs/training.md, the micro setting);
-    small = the NTP→MTP fine-tune of an hf-to-mtp policy (docs/conversion.md): 16 steps of 4 at
+    small = the NTP→MTP fine-tune of an hf-to-mtp policy (docs/conversion.md): 32 steps of 4 at
     2e-5, the first 8 a warm start in which only heads 1..K−1 train (at 2e-5 × 50), then
     everything with head 0 weighted 10× each extra head; 7b = LoRA r64/α128 on all seven
     projections, LR 1e-4, LoRA-only checkpoints, the production global batch."""
@@ -174,11 +174,11 @@ def mtp_training(variant: str, *, batch_7b: int, ga_7b: int) -> dict:
         lora = {"use_lora": False, "lora": lora_entry(16, 32.0, 0.05, MTP_TARGETS)}
         steps = common.schedule(
             variant,
-            max_steps=16,
+            max_steps=32,
             batch_size=4,
             gradient_accumulation_steps=1,
             learning_rate=2e-5,
-            eval_every_steps=8,
+            eval_every_steps=16,
             warmup_ratio=0.0,
             min_lr_ratio=0.1,
             checkpoint_every_steps=0,
