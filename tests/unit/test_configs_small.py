@@ -21,7 +21,7 @@ def test_small_configs_use_the_converted_model_and_cpu_settings(module, paths):
     for role, path in paths.items():
         assert c.models[role].path == path
     mtp = "warm_start" in c.training  # the MTP policies: warm start + a 16-step fine-tune
-    want = (16, 4, 128) if mtp else (4, 2, 256)
+    want = (32, 4, 128) if mtp else (4, 2, 256)
     assert (c.training.max_steps, c.training.batch_size, c.dataset.max_length) == want
     if mtp:
         assert (c.training.warm_start.mode, c.training.warm_start.steps) == ("auto", 8)
