@@ -79,7 +79,8 @@ def get_config(variant: str = "micro"):
         train = {r: {**tiny, "n_samples": 12, "val_n_samples": 2} for r in _ROLES}
     else:  # per role: the pipeline's own defaults (policy = every arm, so they match)
         train = {role: _train_entry(module, pv) for role, module in _ROLES.items()}
-    two_arms = smoke or small
+    arms = "baseline,verifiable" if smoke or small else "baseline,verifiable,rho1"
+    seeds = {"smoke": "0", "small": "0,1"}.get(variant, "0,1,2")
     return common.build(
         "experiment",
         variant,
@@ -90,12 +91,12 @@ def get_config(variant: str = "micro"):
             "pipeline_variant": pv,
             # the cells this job runs (comma-separated); the report covers study_arms ×
             # study_seeds plus these, so separate jobs can fill one output_dir
-            "arms": "baseline,verifiable" if two_arms else "baseline,verifiable,rho1",
-            "seeds": {"smoke": "0", "small": "0,1"}.get(variant, "0,1,2"),
-            "study_arms": "baseline,verifiable" if two_arms else "baseline,verifiable,rho1",
-            "study_seeds": {"smoke": "0", "small": "0,1"}.get(variant, "0,1,2"),
+            "arms": arms,
+            "seeds": seeds,
+            "study_arms": arms,
+            "study_seeds": seeds,
             # critic objectives whose credit is measured per seed (plus those the arms need)
-            "critics": "ranking" if two_arms else ",".join(CRITICS),
+            "critics": "ranking" if smoke or small else ",".join(CRITICS),
             # the critic whose weights random_weights permutes and whose mean weight oracle keeps
             "control_critic": "ranking",
             # oracle: weight ratio critical : other tokens (chosen on validation, docs/study.md)

@@ -106,7 +106,9 @@ def reduce_head_losses(ce: jax.Array, mask: jax.Array, weights: jax.Array) -> di
 def weigh_heads(out: dict, head_weights) -> dict:
     """The loss dict with its two scalar losses re-reduced over heads with `head_weights` `[K]`
     (≥ 0, not all 0): Σ_k c_k·h_k·L_k / Σ_k c_k·h_k, c_k = 1 if head k has a valid token.
-    h = ones gives the dict unchanged (the mean over counted heads)."""
+    h = ones gives the same values (the mean over counted heads); None returns `out` as it is."""
+    if head_weights is None:
+        return out
     h = jnp.asarray(head_weights, jnp.float32)
     k = out["head_unweighted_ce_loss"].shape[0]
     if h.shape != (k,):

@@ -46,4 +46,4 @@ def policy_mtp_loss(
         out = compute_mtp_ce_loss(
             logits, labels, attention_mask, weights, n_future, segment_ids=segment_ids
         )
-    return out if head_weights is None else weigh_heads(out, head_weights)
+    return weigh_heads(out, head_weights)

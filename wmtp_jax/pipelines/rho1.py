@@ -36,8 +36,9 @@ def selective_loss(policy, reference, batch, *, k_percent: float, mode: str, hea
     w, stats = ops.compute_mtp_selective_weights(
         jax.lax.stop_gradient(logits), ref_logits, labels, m, k_percent, mode, segment_ids=seg
     )
-    out = ops.compute_mtp_ce_loss(logits, labels, am, w, segment_ids=seg)
-    out = out if head_weights is None else ops.weigh_heads(out, head_weights)
+    out = ops.weigh_heads(
+        ops.compute_mtp_ce_loss(logits, labels, am, w, segment_ids=seg), head_weights
+    )
     return out, w, stats, m
 
 
