@@ -52,10 +52,12 @@ def test_micro_verifiable_compiles_for_v5e(tmp_path):
         assert sec["flops"]["compiled"] > 0 and sec["flops"]["analytic"] > 0
         assert sec["estimate"]["step_s"] > 0 and 0 < sec["estimate"]["mfu"] <= 1
         assert all({"kind", "count", "bytes"} <= set(c) for c in sec["collectives"])
-    # float32, no remat: the compiled matmul FLOPs are the analytic model's less attention,
-    # which runs inside the splash kernel (a tpu_custom_call the HLO count cannot see)
-    assert r["train"]["flops"]["kernel_calls"] > 0
-    assert 0.7 < r["train"]["flops"]["ratio"] < 1.1
+    # float32, no remat: the compiled matmul FLOPs (the splash kernels' from their shapes) are
+    # the analytic model's within the kernels' backward recomputation (1.01× at the time of
+    # writing; the count is structural, not rounding-dependent)
+    f = r["train"]["flops"]
+    assert f["kernel_calls"] > 0 and 0 < f["kernel_flops"] < f["compiled"]
+    assert 0.9 < f["ratio"] < 1.15
     assert "[train] per device on v5e:2x2" in p.stdout
 
 

@@ -32,6 +32,23 @@ def test_scanned_matmuls_count_every_iteration():
     assert a.unknown_trip_counts == 0
 
 
+def test_splash_kernel_flops_from_q_shape_and_causal_tiles():
+    """A splash dq call on q [2, 8, 1024, 128] (block 512, n = 2 tiles a side, 3 of 4 computed
+    under the causal mask): 3 matmuls × 2·B·H·S²·hd × 3/4; a 4-tile S = 2048 keeps 10 of 16.
+    A custom call of another name counts 0."""
+    ops = ["f32[2,512,128]", "bf16[2,8,1024,128]", "bf16[2,4,1024,128]", "bf16[2,4,1024,128]"]
+    dq = hlo.Instr(
+        "splash_mha_dq_no_residuals.1", "(bf16[2,8,1024,128])", "custom-call", [], "", ""
+    )
+    assert hlo.splash_flops(dq, ops) == 3 * 2 * 2 * 8 * 1024**2 * 128 * 3 // 4
+    fwd = hlo.Instr("splash_mha_fwd.3", "bf16[1,32,2048,128]", "custom-call", [], "", "")
+    assert hlo.splash_flops(fwd, ["bf16[1,32,2048,128]", "bf16[1,8,2048,128]"]) == (
+        2 * 2 * 32 * 2048**2 * 128 * 10 // 16
+    )
+    other = hlo.Instr("my_kernel.1", "bf16[2,8,1024,128]", "custom-call", [], "", "")
+    assert hlo.splash_flops(other, ops) == 0
+
+
 def test_trip_count_from_condition_without_backend_hint():
     text = """
 %body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {

@@ -9,8 +9,12 @@ inherits its caller's, a while body gets its caller's × the trip count (the bac
 * FLOPs: 2·MACs of every `dot` and `convolution` (TPU writes matmuls as convolutions, batch
   dimensions as dilated windows; only the taps that land on real input elements count).
   Elementwise work is not counted: these are matmul FLOPs, comparable with the analytic model.
-  Nor is the work inside custom-call kernels (the Pallas splash attention on TPU): their
-  executions are counted as `kernel_calls`.
+  The Pallas splash attention kernels (TPU `tpu_custom_call`s named `splash_m?a_{fwd,dq,dkv}`)
+  are opaque to the HLO; their matmul FLOPs are computed from the q `[B, H, S, hd]` operand:
+  2·B·H·S²·hd per matmul (fwd 2 matmuls, dq 3, dkv 4: the kernels recompute the
+  probabilities) × the share of (block × block) tiles the causal mask leaves, (n+1)/(2n) for
+  n = S / block (the causal mask is the only one the project gives the kernel; a full mask
+  would be undercounted 2n/(n+1)×). Other custom-call kernels are counted as `kernel_calls`.
 * Collectives: all-gather, reduce-scatter, all-reduce, all-to-all, collective-permute (sync or
   async), by kind, with executions and bytes (the larger of the operand and the result buffer).
 * HBM bytes: operands + results of every top-level instruction outside fusions (fusion
@@ -259,6 +263,23 @@ def dot_flops(ins: Instr, lhs_type: str) -> int:
     return 2 * math.prod(arrays(ins.type)[0][1]) * contract
 
 
+SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}  # per (query head, q block, kv block)
+_SPLASH = re.compile(r"splash_m[hq]a_(fwd|dq|dkv)")
+
+
+def splash_flops(ins: Instr, operand_types: list[str]) -> int:
+    """Matmul FLOPs of one splash kernel call (see the module docstring); 0 if not splash."""
+    m = _SPLASH.match(ins.name)
+    if not m:
+        return 0
+    quads = [d for t in operand_types for _, d in arrays(t) if len(d) == 4]
+    if not quads:
+        return 0
+    b, h, s, hd = max(quads, key=lambda d: (d[1], math.prod(d)))  # q (or dO): the most heads
+    n = s // next((blk for blk in (512, 256, 128) if s % blk == 0), s)
+    return SPLASH_MATMULS[m.group(1)] * 2 * b * h * s * s * hd * (n + 1) // (2 * n)
+
+
 def _collective_kind(op: str) -> str | None:
     base = op[: -len("-start")] if op.endswith("-start") else op
     return base if base in COLLECTIVES else None
@@ -270,8 +291,8 @@ class Analysis:
     collectives: list  # [{"kind", "count", "bytes"}]
     hbm_bytes: int
     unknown_trip_counts: int
-    kernel_calls: int = 0  # executions of Pallas / Mosaic kernels (tpu_custom_call): their FLOPs
-    # are not in `flops`
+    kernel_calls: int = 0  # executions of Pallas / Mosaic kernels (tpu_custom_call)
+    kernel_flops: int = 0  # of those, the splash kernels' matmul FLOPs (included in `flops`)
 
     @property
     def collective_bytes(self) -> int:
@@ -288,7 +309,7 @@ def analyze(text: str) -> Analysis:
         if i.op == "fusion"
         for c in _called(i.attrs, "calls")
     }
-    flops, hbm, kernels = 0, 0, 0
+    flops, hbm, kernels, kflops = 0, 0, 0, 0
     coll = defaultdict(lambda: [0, 0])
     for comp, k in mult.items():
         types = mod.types[comp]
@@ -300,6 +321,7 @@ def analyze(text: str) -> Analysis:
                 flops += k * dot_flops(ins, ty(ins.operands[0]))
             if ins.op == "custom-call" and 'custom_call_target="tpu_custom_call"' in ins.attrs:
                 kernels += k
+                kflops += k * splash_flops(ins, [ty(o) for o in ins.operands])
             kind = _collective_kind(ins.op)
             if kind:
                 size = max(sum(nbytes(ty(o)) for o in ins.operands), largest(ins.type))
@@ -308,4 +330,4 @@ def analyze(text: str) -> Analysis:
             if comp not in fused and ins.op not in _NO_TRAFFIC and not ins.op.endswith("-done"):
                 hbm += k * (nbytes(ins.type) + sum(nbytes(ty(o)) for o in ins.operands))
     collectives = [{"kind": kd, "count": c, "bytes": b} for kd, (c, b) in sorted(coll.items())]
-    return Analysis(flops, collectives, hbm, unknown, kernels)
+    return Analysis(flops + kflops, collectives, hbm, unknown, kernels, kflops)

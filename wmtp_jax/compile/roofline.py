@@ -52,7 +52,8 @@ def section(prog: Program, topo: Topology, analytic_flops_per_device: float, ext
             "ratio": a.flops / analytic_flops_per_device if analytic_flops_per_device else None,
             "cost_analysis": float(cost.get("flops", 0.0)),
             "unknown_trip_counts": a.unknown_trip_counts,
-            "kernel_calls": a.kernel_calls,  # Pallas kernels: their FLOPs are not in `compiled`
+            "kernel_calls": a.kernel_calls,  # Pallas kernel executions
+            "kernel_flops": a.kernel_flops,  # splash attention's FLOPs, from shapes (in `compiled`)
         },
         "collectives": a.collectives,
         "collective_bytes": a.collective_bytes,
@@ -80,7 +81,12 @@ def render(name: str, sec: dict, topo: Topology) -> str:
         f"of {human(m['device_capacity_bytes'])} ({100 * m['fraction']:.1f}%) "
         f"{'fits' if sec['fits'] else 'DOES NOT FIT'}",
         f"  flops     compiled {human(f['compiled'], 'FLOP')}{ratio}, analytic "
-        f"{human(f['analytic'], 'FLOP')}",
+        f"{human(f['analytic'], 'FLOP')}"
+        + (
+            f" (splash kernels {human(f['kernel_flops'], 'FLOP')}, from their shapes)"
+            if f.get("kernel_flops")
+            else ""
+        ),
     ]
     if sec["collectives"]:
         parts = [f"{c['kind']} ×{c['count']} {human(c['bytes'])}" for c in sec["collectives"]]
