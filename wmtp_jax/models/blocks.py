@@ -7,6 +7,7 @@ import jax
 from flax import nnx
 
 from wmtp_jax.ops.attention import attention
+from wmtp_jax.ops.layout import constrain_batch
 
 from .args import ModelArgs
 from .cache import KV, cached_attention, write_cache
@@ -90,6 +91,7 @@ class Block(nnx.Module):
         self.feed_forward = FeedForward(args, rngs=rngs, lora=lora)
 
     def __call__(self, x, cos, sin, mask=None, kv=None, start=None, kv_index=None):
+        x = constrain_batch(x)
         a, kv = self.attention(self.attention_norm(x), cos, sin, mask, kv, start, kv_index)
         h = x + a
         return h + self.feed_forward(self.ffn_norm(h)), kv

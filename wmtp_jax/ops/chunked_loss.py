@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from wmtp_jax.ops._utils import token_ce
 from wmtp_jax.ops.dense import dense
+from wmtp_jax.ops.layout import constrain_batch
 from wmtp_jax.ops.mtp_loss import align_head_targets, reduce_head_losses
 
 
@@ -98,7 +99,9 @@ def chunked_mtp_ce_loss(
 
     @jax.checkpoint
     def chunk_ce(x_c, t_c, scale, kernel):
-        logits = head_logits(x_c, scale, kernel, norm_eps=norm_eps, compute_dtype=compute_dtype)
+        logits = head_logits(
+            constrain_batch(x_c), scale, kernel, norm_eps=norm_eps, compute_dtype=compute_dtype
+        )
         return token_ce(logits, t_c)
 
     def body(carry, xs):

@@ -40,11 +40,12 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
+from wmtp_jax.ops.layout import BATCH_AXES
+
 Array = jax.Array
 
 LANES = 128  # TPU lane width: the kernel's blocks are multiples of it
 BLOCKS = (512, 256, 128)  # block_q = block_kv: the largest that divides the padded S
-BATCH_AXES = ("data", "fsdp")  # the mesh axes of the batch (wmtp_jax.train.mesh)
 HEAD_AXIS = "tensor"  # the mesh axis of attention heads under tensor parallelism
 
 
