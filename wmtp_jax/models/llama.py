@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wmtp_jax.ops.layout import constrain_batch
+
 from .args import ModelArgs
 from .cache import cache_entry, cache_len, empty_cache
 from .primitives import Embed, Linear, RMSNorm
@@ -65,7 +67,7 @@ class Llama(nnx.Module):
             start,
             remat=self.args.remat,
         )
-        h = self.norm(h)
+        h = self.norm(constrain_batch(h))
         return h if cache is None else (h, {"layers": {"k": kv[0], "v": kv[1]}})
 
     def __call__(

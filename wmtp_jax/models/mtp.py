@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wmtp_jax.ops.layout import constrain_batch
+
 from .args import ModelArgs
 from .cache import cache_entry, cache_len, empty_cache
 from .primitives import Embed, Linear, RMSNorm
@@ -111,6 +113,7 @@ class MTPTransformer(nnx.Module):
 
     def project(self, x: jax.Array) -> jax.Array:
         """Shared final norm + output projection, float32 logits: `output(norm(x))`."""
+        x = constrain_batch(x)
         if self.output is None:
             return self.tok_embeddings.attend(self.norm(x), out_dtype=jnp.float32)
         return self.output(self.norm(x), out_dtype=jnp.float32)
