@@ -21,6 +21,8 @@ def test_batch_split_over_data_and_fsdp():
     assert _spec(make_mesh(2, 4, 1), x) == P(("data", "fsdp"))
     assert _spec(make_mesh(1, 8, 1), x) == P("fsdp")
     assert _spec(make_mesh(1, 4, 2), x) == P("fsdp")  # tensor keeps the hidden states whole
+    # 2 rows on data 2 × fsdp 4: only data splits them (the rule splash's shard_map uses too)
+    assert _spec(make_mesh(2, 4, 1), x[:2]) == P("data")
 
 
 def test_no_mesh_or_batch_not_divisible_is_a_no_op():

@@ -30,6 +30,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from wmtp_jax.ops.splash import padded_length
+
 DTYPE_BYTES = {
     "pred": 1,
     "s8": 1,
@@ -276,7 +278,7 @@ def splash_flops(ins: Instr, operand_types: list[str]) -> int:
     if not quads:
         return 0
     b, h, s, hd = max(quads, key=lambda d: (d[1], math.prod(d)))  # q (or dO): the most heads
-    n = s // next((blk for blk in (512, 256, 128) if s % blk == 0), s)
+    n = s // padded_length(s)[1]  # the wrapper's block for this (already padded) S
     return SPLASH_MATMULS[m.group(1)] * 2 * b * h * s * s * hd * (n + 1) // (2 * n)
 
 

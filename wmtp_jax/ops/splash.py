@@ -24,7 +24,7 @@ What the wrapper adds to the kernel (which takes one row: q `[H, S, hd]`, k, v `
 * head_dim: any (the kernel's blocks span the whole head dim; lane padding is Mosaic's);
 * a mesh: Mosaic kernels are not partitioned by GSPMD, so under a multi-device abstract mesh
   (`jax.sharding.get_abstract_mesh()`: `jax.set_mesh`, or the train step, which traces under
-  its mesh) the call is a `shard_map` with the batch over `BATCH_AXES` and heads over
+  its mesh) the call is a `shard_map` with the batch over `ops.layout.batch_axes` and heads over
   `HEAD_AXIS` (each where it divides). Without a mesh the kernel runs on one device.
 
 The backward is the kernel's own (FlashAttention-2 style dq and dkv kernels, recomputing the
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
-from wmtp_jax.ops.layout import BATCH_AXES
+from wmtp_jax.ops.layout import batch_axes
 
 Array = jax.Array
 
@@ -89,15 +89,10 @@ def _rows(q, k, v, seg, *, causal: bool, block: int, interpret: bool):
 
 def _mesh_axes(mesh, b: int, h: int, kvh: int):
     """(batch axes, head axis) of a shard_map over `mesh`: each used only where it divides."""
-    batch, size = [], 1
-    for a in BATCH_AXES:
-        n = mesh.shape.get(a, 1)
-        if n > 1 and b % (size * n) == 0:
-            batch.append(a)
-            size *= n
+    batch = batch_axes(mesh, b)
     t = mesh.shape.get(HEAD_AXIS, 1)
     head = HEAD_AXIS if t > 1 and h % t == 0 and kvh % t == 0 else None
-    return (tuple(batch) or None), head
+    return (batch or None), head
 
 
 def splash_attention(

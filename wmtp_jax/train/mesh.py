@@ -24,9 +24,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wmtp_jax.models.partitioning import DEFAULT_RULES, Rules, state_shardings
+from wmtp_jax.ops.layout import BATCH_AXES
 
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 
 
