@@ -230,3 +230,35 @@ def test_rerun_cell_is_byte_identical(study):
     a, b = (json.loads((w / d / "seed_0/baseline/cell.json").read_text()) for d in (OUT, other))
     for k in ("metrics", "per_problem", "temperature", "temperature_sweep", "val_curve"):
         assert a[k] == b[k], k
+
+
+def test_validation_pilot_touches_no_test_problem_and_trains_no_critic(tmp_path):
+    """A pilot (`eval.split=valid`, `critics=none`, a policy learning rate): the cell is evaluated
+    on validation problems only, no critic is trained, the learning rate reaches the run, and the
+    report says which split it covers. A split other than test/valid exits 2 naming the key."""
+    w = make_tiny_storage(tmp_path)
+    out = "storage/experiments/pilot"
+    args = (
+        "--config.arms=baseline",
+        "--config.study_arms=baseline",
+        "--config.critics=none",
+        "--config.eval.split=valid",
+        "--config.eval.temperatures=()",
+        "--config.train.policy.learning_rate=0.001",
+        f"--config.output_dir={out}",
+    )
+    ok(run_cli(w, "experiment.py:smoke", *args, timeout=600))
+    data = w / "storage/datasets/synthetic/processed"
+    ids, test_ids = (
+        {json.loads(x)["task_id"] for x in (data / f).read_text().splitlines()}
+        for f in ("valid_eval.jsonl", "test_eval.jsonl")
+    )
+    cell = json.loads((w / out / "seed_0/baseline/cell.json").read_text())
+    assert set(cell["per_problem"]["task_ids"]) <= ids
+    assert not set(cell["per_problem"]["task_ids"]) & test_ids
+    assert not list((w / out / "seed_0").glob("critic*"))
+    run_config = (w / out / "seed_0/baseline/config.json").read_text()
+    assert json.loads(run_config)["training"]["learning_rate"] == 0.001
+    assert "**valid** split" in (w / out / "results.md").read_text()
+    bad = run_cli(w, "experiment.py:smoke", "--config.eval.split=train", timeout=120)
+    assert bad.returncode == 2 and "eval.split" in bad.stderr

@@ -54,10 +54,13 @@ _ROLES = {"policy": baseline, "critic": critic, "reference": ref_tuning}
 
 
 def _train_entry(pipeline_config, variant: str) -> dict:
-    """The steps / batch / data sizes of a pipeline's `variant` config (overridable here)."""
+    """The steps / batch / data sizes (and learning rate, where the pipeline has one: the critic's
+    parameter groups carry their own) of a pipeline's `variant` config (overridable here)."""
     c = pipeline_config.get_config(variant)
     t, s = c.training, c.data_sampling
+    lr = {"learning_rate": t.learning_rate} if "learning_rate" in t else {}
     return {
+        **lr,
         "max_steps": t.max_steps,
         "batch_size": t.batch_size,
         "eval_every_steps": t.eval_every_steps,
@@ -76,7 +79,10 @@ def get_config(variant: str = "micro"):
     closing, ev = verifiable.get_config(pv).final_eval, evaluation.get_config("micro")
     if smoke:
         tiny = {"max_steps": 3, "batch_size": 2, "eval_every_steps": 2}
-        train = {r: {**tiny, "n_samples": 12, "val_n_samples": 2} for r in _ROLES}
+        train = {
+            r: {**_train_entry(m, pv), **tiny, "n_samples": 12, "val_n_samples": 2}
+            for r, m in _ROLES.items()
+        }
     else:  # per role: the pipeline's own defaults (policy = every arm, so they match)
         train = {role: _train_entry(module, pv) for role, module in _ROLES.items()}
     arms = "baseline,verifiable" if smoke or small else "baseline,verifiable,rho1"
@@ -95,7 +101,8 @@ def get_config(variant: str = "micro"):
             "seeds": seeds,
             "study_arms": arms,
             "study_seeds": seeds,
-            # critic objectives whose credit is measured per seed (plus those the arms need)
+            # critic objectives whose credit is measured per seed (plus those the arms need;
+            # "none": only those)
             "critics": "ranking" if smoke or small else ",".join(CRITICS),
             # the critic whose weights random_weights permutes and whose mean weight oracle keeps
             "control_critic": "ranking",
@@ -107,7 +114,10 @@ def get_config(variant: str = "micro"):
             "dataset": {"path": b.dataset.path, "max_length": b.dataset.max_length},
             "train": train,
             "eval": {
-                "limit": 3 if smoke else 0,  # test problems (0 = all)
+                # the split every cell is evaluated on: test; valid for a pilot that chooses a
+                # setting (docs/study.md) without touching the test problems
+                "split": "test",
+                "limit": 3 if smoke else 0,  # problems of `split` (0 = all)
                 # validation problems for the temperature choice (0 = all; the sweep decodes
                 # len(temperatures) × validation_limit × n_samples sequences per cell)
                 "validation_limit": 2 if smoke else 20,
@@ -148,6 +158,11 @@ def parse_list(text, key: str, cast=str) -> list:
     return out
 
 
+def credit_critics(c) -> list[str]:
+    """The critic objectives of `critics` ("none": [])."""
+    return [] if c.critics == "none" else parse_list(c.critics, "critics")
+
+
 def validate(c):
     """Value checks naming the key (run again after command-line overrides)."""
     common._check(
@@ -159,7 +174,7 @@ def validate(c):
     for key in ("arms", "study_arms"):
         bad = [a for a in parse_list(c[key], key) if a not in ARMS]
         common._check(not bad, key, c[key], f"arms from {ARMS}")
-    bad = [k for k in parse_list(c.critics, "critics") if k not in CRITICS]
+    bad = [k for k in credit_critics(c) if k not in CRITICS]
     common._check(not bad, "critics", c.critics, f"critics from {tuple(CRITICS)}")
     common._check(
         c.control_critic in CRITICS,
@@ -182,7 +197,10 @@ def validate(c):
         # the train loader drops the last partial batch: fewer samples than one batch is no data
         common.check_int(c, f"train.{role}.n_samples", c.train[role].batch_size)
         common.check_int(c, f"train.{role}.val_n_samples", 1)
+        if "learning_rate" in c.train[role]:
+            common.check_number(c, f"train.{role}.learning_rate", 0, 1, lo_open=True)
     e = c.eval
+    common._check(e.split in ("test", "valid"), "eval.split", e.split, "one of ('test', 'valid')")
     common._check(
         all(common.is_number(t) and t > 0 for t in e.temperatures),
         "eval.temperatures",

@@ -32,7 +32,7 @@ from absl import logging
 
 from wmtp_jax import registry
 from wmtp_jax.configs.common import validate_config
-from wmtp_jax.configs.experiment import ARM_SPECS, CRITICS, parse_list
+from wmtp_jax.configs.experiment import ARM_SPECS, CRITICS, credit_critics, parse_list
 from wmtp_jax.data.records import iter_jsonl
 from wmtp_jax.eval.metrics import pass_at_k
 from wmtp_jax.pipelines.bootstrap import ensure_micro_storage
@@ -95,7 +95,7 @@ def arm_critic(study, arm: str) -> str | None:
 
 def critics_needed(study, arms) -> list[str]:
     """`critics` (credit measured) plus the critics of `arms`, in CRITICS order."""
-    want = set(parse_list(study.critics, "critics"))
+    want = set(credit_critics(study))
     want |= {c for a in arms if (c := arm_critic(study, a))}
     return [c for c in CRITICS if c in want]
 
@@ -147,6 +147,8 @@ def sub_config(study, pipeline: str, role: str, seed: int, output_dir: Path, nam
     c.dataset.path = study.dataset.path
     c.dataset.max_length = study.dataset.max_length
     c.training.max_steps = t.max_steps
+    if "learning_rate" in t:
+        c.training.learning_rate = t.learning_rate
     c.training.batch_size = t.batch_size
     c.training.eval_every_steps = t.eval_every_steps
     c.data_sampling.n_samples = t.n_samples
@@ -266,7 +268,8 @@ def problem_scores(results_file: Path, ks) -> dict:
 def evaluate(study, model_dir, out: Path) -> dict:
     """Greedy (temperature 0, one sample) and, unless eval.temperatures is empty, sampled
     (n_samples at the validation-best of eval.temperatures) evaluations of `model_dir` on the
-    test split, through the evaluation pipeline; finished ones are reused."""
+    `eval.split` (test; valid in a pilot), through the evaluation pipeline; finished ones are
+    reused."""
     e = study.eval
     data_dir = str(Path(study.dataset.path).parent)
     if Path(study.dataset.path).name != BENCHMARK:
@@ -277,7 +280,7 @@ def evaluate(study, model_dir, out: Path) -> dict:
         )
     common = dict(
         benchmark=BENCHMARK,
-        split="test",
+        split=str(e.split),
         validation_split="valid",
         limit=int(e.limit),
         max_new_tokens=int(e.max_new_tokens),
@@ -444,7 +447,7 @@ def initial_policy(study) -> dict:
                 out,
                 data_dir=str(Path(study.dataset.path).parent),
                 benchmark=BENCHMARK,
-                split="test",
+                split=str(e.split),
                 limit=int(e.limit),
                 temperature=0.0,
                 n_samples=1,

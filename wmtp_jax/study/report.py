@@ -232,6 +232,11 @@ def timings(out: Path, cellmap: dict) -> dict:
     return t
 
 
+def split(res: dict) -> str:
+    """The split the study's cells were evaluated on (studies before `eval.split`: test)."""
+    return res["config"]["eval"].get("split", "test")
+
+
 def _fmt(r: dict | None, key: str = "mean") -> str:
     if not r or r.get(key) is None:
         return "–"
@@ -254,6 +259,8 @@ def markdown(res: dict) -> str:
         f"{', '.join(map(str, res['grid']['seeds']))}"
         + ("" if res["complete"] else f" — INCOMPLETE, missing {', '.join(res['missing'])}"),
     ]
+    if split(res) != "test":
+        lines += ["", f"Evaluated on the **{split(res)}** split (a pilot), not on test problems."]
     if arms:
         lines += [
             "",
@@ -367,8 +374,8 @@ def plot(res: dict, cellmap: dict, path: Path) -> None:
     top = max([res["arms"][a][m]["ci95"][1] for a in arms for m in metrics], default=0.0)
     ax.set_ylim(0, min(1.0, max(0.05, 1.15 * top)))
     ax.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("test pass@k (95% CI)")
-    ax.set_title("held-out test problems")
+    ax.set_ylabel(f"{split(res)} pass@k (95% CI)")
+    ax.set_title("held-out test problems" if split(res) == "test" else f"{split(res)} problems")
     if metrics:
         ax.legend(fontsize=8)
     colors = {a: f"C{i}" for i, a in enumerate(arms)}
