@@ -479,13 +479,35 @@ def ensure_storage(study) -> None:
 
 
 def record_study(study) -> None:
-    """study.json: the config and the grid (the union of what every job asked for)."""
+    """study.json: the config, the grid (the union of what every job asked for) and its `cells`,
+    the [arm, seed] pairs asked for (study_arms × study_seeds ∪ arms × seeds of every job): a job
+    that adds seeds for some arms does not make the other arms' cells at those seeds missing."""
     path = Path(study.output_dir) / STUDY_FILE
     with locked(Path(study.output_dir) / ".study.lock"):
         arms, seeds = grid(study)
+        asked = {
+            (a, s)
+            for a in parse_list(study.study_arms, "study_arms")
+            for s in parse_list(study.study_seeds, "study_seeds", int)
+        }
+        asked |= {
+            (a, s)
+            for a in parse_list(study.arms, "arms")
+            for s in parse_list(study.seeds, "seeds", int)
+        }
         if path.exists():
             prior = json.loads(path.read_text())
             arms += [a for a in prior["arms"] if a not in arms]
             seeds += [s for s in prior["seeds"] if s not in seeds]
-        write_json(path, {"arms": arms, "seeds": seeds, "config": config_dict(study)})
+            asked |= {(a, int(s)) for a, s in prior.get("cells", [])}
+        want = sorted(asked, key=lambda c: (arms.index(c[0]), c[1]))
+        write_json(
+            path,
+            {
+                "arms": arms,
+                "seeds": seeds,
+                "cells": [list(c) for c in want],
+                "config": config_dict(study),
+            },
+        )
     logging.info("study grid: arms %s × seeds %s", arms, seeds)

@@ -168,7 +168,9 @@ def aggregate(out, *, write: bool | None = True) -> dict:
     cellmap = load_cells(out)
     arms = list(study["arms"]) + sorted({a for a, _ in cellmap} - set(study["arms"]))
     seeds = sorted(set(study["seeds"]) | {s for _, s in cellmap})
-    missing = [f"{a}/seed_{s}" for a in arms for s in seeds if (a, s) not in cellmap]
+    # the cells asked for (studies recorded before `cells`: every arm × every seed)
+    asked = [(a, int(s)) for a, s in study.get("cells", [[a, s] for a in arms for s in seeds])]
+    missing = [f"{a}/seed_{s}" for a, s in asked if (a, s) not in cellmap]
     res = {
         "complete": not missing,
         "missing": missing,
