@@ -381,7 +381,7 @@ def run_cell(study, arm: str, seed: int, prereq: dict, parent_run: str | None) -
         log_to_run(
             study.mlflow.tracking_uri,
             tr["mlflow_run_id"],
-            {f"test/{k.replace('@', '_at_')}": v for k, v in metrics.items()},
+            {f"{study.eval.split}/{k.replace('@', '_at_')}": v for k, v in metrics.items()},
             tags=tags,
         )
         write_json(d / CELL_FILE, cell)
