@@ -142,3 +142,12 @@ def test_top1_inside_hand_computed():
     rate, chance = credit.top1_inside(score, inside, sol)
     assert rate == 0.5 and chance == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert credit.top1_inside([1.0, 1.0], [1, 0], [0, 0])[0] == 1.0
+
+
+def test_by_position_hand_computed():
+    """Solutions of 5, 1 and 2 tokens: positions 0, ¼, ½, ¾, 1 → fifths 0..4; a one-token
+    solution → fifth 0; a two-token one → fifths 0 and 4."""
+    got = credit.by_position([1, 2, 3, 4, 5, 10, 6, 8], [0, 0, 0, 0, 0, 1, 2, 2])
+    assert got == pytest.approx([17 / 3, 2.0, 3.0, 4.0, 6.5])
+    empty = credit.by_position([1.0, 2.0], [0, 1], n_bins=2)  # two one-token solutions
+    assert empty[0] == 1.5 and np.isnan(empty[1])

@@ -105,6 +105,23 @@ def top1_inside(score, inside, solution) -> tuple[float, float]:
     return float(hits.mean()), float(chance.mean())
 
 
+def by_position(values, solution, n_bins: int = 5) -> list[float]:
+    """Mean of `values` [T] per relative position in its solution: token i of a solution of n
+    tokens (contiguous in `solution` [T]) has position i / (n − 1) (0 for n = 1), binned into
+    `n_bins` equal bins (bin = min(⌊position · n_bins⌋, n_bins − 1)); NaN for an empty bin."""
+    v = np.asarray(values, np.float64)
+    sol = np.asarray(solution, np.int64)
+    start = np.r_[0, np.flatnonzero(np.diff(sol)) + 1]
+    length = np.diff(np.r_[start, len(sol)])
+    first = np.repeat(start, length)
+    span = np.maximum(np.repeat(length, length) - 1, 1)
+    b = np.minimum((np.arange(len(sol)) - first) * n_bins // span, n_bins - 1)
+    n = np.bincount(b, minlength=n_bins)
+    total = np.bincount(b, v, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return [float(x) for x in total / n]
+
+
 def summarize(score, weight, inside) -> dict:
     """Per-seed numbers of one critic: auroc, mean weight inside / outside, token counts."""
     inside = np.asarray(inside, bool)

@@ -147,6 +147,12 @@ def credit_results(creds: dict, n: int, seed: int) -> dict | None:
         "pairwise_accuracy": mean("pairwise_accuracy"),
         "top1_inside": float(np.mean([t[0] for t in top])),
         "top1_chance": top[0][1],
+        # where the weights sit in a solution: mean weight per position quintile (seed mean),
+        # and the share of tokens there that are inside a mutated span
+        "weight_by_position": np.mean(
+            [credit.by_position(a["weight"], a["solution"]) for a in arrays], 0
+        ).tolist(),
+        "inside_by_position": credit.by_position(ref["inside"], ref["solution"]),
         "seeds": {
             k: {
                 x: v[x]
@@ -239,6 +245,10 @@ def split(res: dict) -> str:
     return res["config"]["eval"].get("split", "test")
 
 
+def _f2(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _fmt(r: dict | None, key: str = "mean") -> str:
     if not r or r.get(key) is None:
         return "–"
@@ -320,6 +330,18 @@ def markdown(res: dict) -> str:
                 f"{c['pairwise_accuracy']:.3f} | {c['top1_inside']:.3f} "
                 f"({c['top1_chance']:.3f}) |"
             )
+        span = next(iter(ccs.values()))["inside_by_position"]
+        lines += [
+            "",
+            "Mean verifiable token weight by relative position in the solution (fifths, first to "
+            "last), and the share of the tokens there that are inside a mutated span:",
+            "",
+            "| critic objective | " + " | ".join(f"{i + 1}/5" for i in range(5)) + " |",
+            "|---|" + "---|" * 5,
+            "| *share inside the span* | " + " | ".join(map(_f2, span)) + " |",
+        ]
+        for k, c in ccs.items():
+            lines.append(f"| {k} | " + " | ".join(map(_f2, c["weight_by_position"])) + " |")
     t = res["timings"]["cells"]
     if t:
         lines += [
