@@ -14,7 +14,7 @@ from wmtp_jax.configs import experiment
 from wmtp_jax.study import cells, report
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
-STUDIES = sorted(p.parent.name for p in RESULTS.glob("*/study.json"))
+STUDIES = sorted(str(p.parent.relative_to(RESULTS)) for p in RESULTS.glob("**/study.json"))
 
 
 @pytest.mark.parametrize("name", STUDIES)
