@@ -15,8 +15,8 @@ PUB=${PUB:-docs/results/wmtp22-pilot}
 # name max_steps learning_rate seeds  (s600_lr3e-3 is the pre-registered study's setting)
 SETTINGS=(
   "s600_lr3e-3 600 0.003 4,5,6,7,8,9"
-  "s1200_lr3e-3 1200 0.003 4,5,6,7"
-  "s600_lr1e-3 600 0.001 4,5,6,7"
+  "s1200_lr3e-3 1200 0.003 4,5,6"
+  "s600_lr1e-3 600 0.001 4,5,6"
 )
 for setting in "${SETTINGS[@]}"; do
   read -r name steps lr seeds <<<"$setting"
