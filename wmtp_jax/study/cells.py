@@ -487,13 +487,9 @@ def record_study(study) -> None:
         arms, seeds = grid(study)
         asked = {
             (a, s)
-            for a in parse_list(study.study_arms, "study_arms")
-            for s in parse_list(study.study_seeds, "study_seeds", int)
-        }
-        asked |= {
-            (a, s)
-            for a in parse_list(study.arms, "arms")
-            for s in parse_list(study.seeds, "seeds", int)
+            for ka, ks in (("study_arms", "study_seeds"), ("arms", "seeds"))
+            for a in parse_list(study[ka], ka)
+            for s in parse_list(study[ks], ks, int)
         }
         if path.exists():
             prior = json.loads(path.read_text())
