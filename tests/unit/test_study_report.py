@@ -78,3 +78,21 @@ def test_record_study_unions_the_cells_of_every_job(tmp_path):
     got = json.loads((tmp_path / cells.STUDY_FILE).read_text())
     assert got["cells"] == [["baseline", 0], ["baseline", 1], ["verifiable", 0], ["ntp", 2]]
     assert got["arms"] == ["baseline", "verifiable", "ntp"] and sorted(got["seeds"]) == [0, 1, 2]
+
+
+def test_contrasts_pair_the_method_with_ntp_and_the_oracle_with_the_method(tmp_path):
+    out = _study_dir(tmp_path, [["baseline", 0], ["baseline", 5], ["verifiable", 0]])
+    res = report.aggregate(out, write=False)
+    assert "contrasts" not in res  # neither ntp nor oracle: earlier reports stay unchanged
+    # ntp := a copy of baseline's cells, so verifiable − ntp is verifiable − baseline exactly
+    for s in (0, 5):
+        shutil.copytree(out / f"seed_{s}" / "baseline", out / f"seed_{s}" / "ntp")
+        f = out / f"seed_{s}" / "ntp" / cells.CELL_FILE
+        f.write_text(json.dumps({**json.loads(f.read_text()), "arm": "ntp"}))
+    res = report.aggregate(out, write=True)
+    got, want = res["contrasts"]["verifiable-ntp"], res["paired"]["verifiable-baseline"]
+    assert list(res["contrasts"]) == ["verifiable-ntp"] and got["seeds"] == [0, 5]
+    # committed cells: verifiable 0.244 / 0.548, baseline 0.360 / 0.280 greedy pass@1
+    assert got["delta"] == pytest.approx((0.244 + 0.548) / 2 - (0.360 + 0.280) / 2)
+    assert got == want
+    assert "| verifiable-ntp | 2 | 0.076 [" in (out / "results.md").read_text()

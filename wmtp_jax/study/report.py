@@ -7,6 +7,7 @@ results.json:
                                       (no sampled_pass@k, temperature None: greedy only)
   paired.<arm>-baseline.<metric>.{delta, ci95}, and paired.<arm>-baseline.{delta, ci95} for
                                       greedy pass@1 (same resampled seeds and problems)
+  contrasts.<arm>-<other>             the same for the CONTRASTS pairs whose arms both have cells
   critic_credit.{auroc, ci95, n_pairs, n_solutions, mean_weight_inside, mean_weight_outside,
                  pairwise_accuracy, seeds.<seed>}
   initial_policy.{pass@1, ...}, grid, complete, missing, config
@@ -25,6 +26,9 @@ from wmtp_jax.configs.experiment import CRITICS
 from wmtp_jax.study import cells, credit, intervals
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
+# secondary paired comparisons besides "arm − baseline": does the method beat next-token training,
+# and what would weighting the truly critical tokens add to it
+CONTRASTS = (("verifiable", "ntp"), ("oracle", "verifiable"))
 
 
 def _nan_to_none(x):
@@ -100,12 +104,16 @@ def arm_results(cellmap: dict, arm: str, seeds: list[int], n: int, seed: int) ->
     return out
 
 
-def paired_results(cellmap: dict, arm: str, seeds: list[int], n: int, seed: int) -> dict | None:
-    both = [s for s in seeds if (arm, s) in cellmap and ("baseline", s) in cellmap]
+def paired_results(
+    cellmap: dict, arm: str, seeds: list[int], n: int, seed: int, ref: str = "baseline"
+) -> dict | None:
+    """`arm` − `ref` per metric over the seeds both have: {delta, ci95} (paired bootstrap over
+    problems × seeds); None when they share no seed."""
+    both = [s for s in seeds if (arm, s) in cellmap and (ref, s) in cellmap]
     if not both:
         return None
     a = [cellmap[(arm, s)] for s in both]
-    b = [cellmap[("baseline", s)] for s in both]
+    b = [cellmap[(ref, s)] for s in both]
     out = {"seeds": both}
     for m in _metrics_of(a):
         out[m] = intervals.paired_bootstrap_ci(_matrix(a, m), _aligned(b, a, m), n, seed)
@@ -193,6 +201,13 @@ def aggregate(out, *, write: bool | None = True) -> dict:
         if a != "baseline"
         if (p := paired_results(cellmap, a, seeds, n, bseed)) is not None
     }
+    contrasts = {
+        f"{a}-{b}": p
+        for a, b in CONTRASTS
+        if (p := paired_results(cellmap, a, seeds, n, bseed, ref=b)) is not None
+    }
+    if contrasts:  # absent otherwise: earlier studies' results.json stay as committed
+        res["contrasts"] = contrasts
     creds = load_credit(out)
     res["critic_credits"] = {k: credit_results(creds[k], n, bseed) for k in CRITICS if k in creds}
     res["critic_credit"] = res["critic_credits"].get("ranking")  # the `verifiable` arm's critic
@@ -307,6 +322,20 @@ def markdown(res: dict) -> str:
         ]
         for k, p in res["paired"].items():
             lines.append(f"| {k} | " + " | ".join(_fmt(p.get(m), "delta") for m in metrics) + " |")
+    if res.get("contrasts"):
+        lines += [
+            "",
+            "Secondary paired comparisons (first arm − second; the seeds both have):",
+            "",
+            "| comparison | seeds | " + " | ".join(title[m] for m in metrics) + " |",
+            "|---|---|" + "---|" * len(metrics),
+        ]
+        for k, p in res["contrasts"].items():
+            lines.append(
+                f"| {k} | {len(p['seeds'])} | "
+                + " | ".join(_fmt(p.get(m), "delta") for m in metrics)
+                + " |"
+            )
     ccs = {k: v for k, v in (res.get("critic_credits") or {}).items() if v}
     if ccs:
         cc = next(iter(ccs.values()))
