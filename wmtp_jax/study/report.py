@@ -27,8 +27,10 @@ from wmtp_jax.study import cells, credit, intervals
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
 # secondary paired comparisons besides "arm − baseline": does the method beat next-token training,
-# and what would weighting the truly critical tokens add to it
-CONTRASTS = (("verifiable", "ntp"), ("oracle", "verifiable"))
+# what would weighting the truly critical tokens add to it, and does another critic objective
+CONTRASTS = (("verifiable", "ntp"), ("oracle", "verifiable")) + tuple(
+    (f"verifiable_{k}", "verifiable") for k in CRITICS if k != "ranking"
+)
 
 
 def _nan_to_none(x):
