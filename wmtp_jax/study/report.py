@@ -273,6 +273,23 @@ def _fmt(r: dict | None, key: str = "mean") -> str:
     return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _delta_table(caption: str, pairs: dict, metrics: list, title: dict, with_seeds: bool) -> list:
+    """Markdown lines of one table of paired deltas ({comparison: paired_results}), one row each,
+    with a column of the number of shared seeds when `with_seeds`."""
+    seeds_col = "seeds | " if with_seeds else ""
+    lines = [
+        "",
+        caption,
+        "",
+        f"| comparison | {seeds_col}" + " | ".join(title[m] for m in metrics) + " |",
+        "|---|" + "---|" * (len(metrics) + int(with_seeds)),
+    ]
+    for k, p in pairs.items():
+        n = f"{len(p['seeds'])} | " if with_seeds else ""
+        lines.append(f"| {k} | {n}" + " | ".join(_fmt(p.get(m), "delta") for m in metrics) + " |")
+    return lines
+
+
 def markdown(res: dict) -> str:
     arms = res["arms"]
     metrics = list(next(iter(arms.values())).keys()) if arms else []
@@ -315,29 +332,21 @@ def markdown(res: dict) -> str:
             f"{res['initial_policy']['pass@1']:.3f}.",
         ]
     if res["paired"]:
-        lines += [
-            "",
+        lines += _delta_table(
             "Paired differences (arm − baseline; same resampled seeds and problems):",
-            "",
-            "| comparison | " + " | ".join(title[m] for m in metrics) + " |",
-            "|---|" + "---|" * len(metrics),
-        ]
-        for k, p in res["paired"].items():
-            lines.append(f"| {k} | " + " | ".join(_fmt(p.get(m), "delta") for m in metrics) + " |")
+            res["paired"],
+            metrics,
+            title,
+            with_seeds=False,
+        )
     if res.get("contrasts"):
-        lines += [
-            "",
+        lines += _delta_table(
             "Secondary paired comparisons (first arm − second; the seeds both have):",
-            "",
-            "| comparison | seeds | " + " | ".join(title[m] for m in metrics) + " |",
-            "|---|---|" + "---|" * len(metrics),
-        ]
-        for k, p in res["contrasts"].items():
-            lines.append(
-                f"| {k} | {len(p['seeds'])} | "
-                + " | ".join(_fmt(p.get(m), "delta") for m in metrics)
-                + " |"
-            )
+            res["contrasts"],
+            metrics,
+            title,
+            with_seeds=True,
+        )
     ccs = {k: v for k, v in (res.get("critic_credits") or {}).items() if v}
     if ccs:
         cc = next(iter(ccs.values()))
